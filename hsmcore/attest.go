@@ -1,0 +1,268 @@
+package hsmcore
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+)
+
+// NonceSize is the size of an attestation nonce.
+const NonceSize = 32
+
+// NewNonce returns a fresh random attestation nonce.
+func NewNonce() []byte {
+	n := make([]byte, NonceSize)
+	rand.Read(n)
+	return n
+}
+
+// Statement is what an HSM attests about itself.
+type Statement struct {
+	Format         string     `json:"format"` // "hsmcore-attestation/1"
+	Identity                  // serial, class, manufacturer, operator, firmware, FIPS mode
+	PBKFingerprint []byte     `json:"pbk_fingerprint"`
+	ClusterID      string     `json:"cluster_id"`
+	Nonce          []byte     `json:"nonce"`
+	Time           time.Time  `json:"time"`
+	AuditHead      audit.Head `json:"audit_head"`
+}
+
+const attestationFormat = "hsmcore-attestation/1"
+
+// Attestation is a statement signed by the device key (ECDSA P-384,
+// SHA-384, ASN.1), with the device certificates from both authorities.
+// Statement holds the exact bytes signed.
+type Attestation struct {
+	Statement               []byte `json:"statement"`
+	Signature               []byte `json:"signature"`
+	ManufacturerCertificate []byte `json:"manufacturer_certificate"` // DER, issued by the manufacturer root
+	OperatorCertificate     []byte `json:"operator_certificate"`     // DER, issued by the operator root
+}
+
+// Attest returns a signed statement of the device's identity, PBK
+// fingerprint, cluster and audit head, bound to the caller's nonce. No
+// login is needed.
+func (d *Device) Attest(nonce []byte) (*Attestation, error) {
+	if len(nonce) != NonceSize {
+		return nil, fmt.Errorf("attest: nonce must be %d bytes: %w", NonceSize, ErrInvalid)
+	}
+	d.mu.Lock()
+	st := Statement{
+		Format:    attestationFormat,
+		Identity:  d.id,
+		ClusterID: d.st.ClusterID,
+		Nonce:     bytes.Clone(nonce),
+		Time:      d.opts.now(),
+		AuditHead: d.auditLog.Head(),
+	}
+	d.mu.Unlock()
+	fp := pbkFingerprint(d.pbk)
+	st.PBKFingerprint = fp[:]
+	body, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	sig, err := d.sign(attestationFormat, body)
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	return &Attestation{Statement: body, Signature: sig, ManufacturerCertificate: d.mfrCert, OperatorCertificate: d.opCert}, nil
+}
+
+// sign signs a message with the device key under a domain string, so a
+// signature for one purpose is never valid for another.
+func (d *Device) sign(domain string, msg []byte) ([]byte, error) {
+	h := domainDigest(domain, msg)
+	return ecdsa.SignASN1(rand.Reader, d.deviceKey, h)
+}
+
+func domainDigest(domain string, msg []byte) []byte {
+	h := sha512.New384()
+	h.Write([]byte(domain))
+	h.Write([]byte{0})
+	h.Write(msg)
+	return h.Sum(nil)
+}
+
+// Expectation is what a verifier requires of an attested HSM. Empty
+// strings and zero values are not checked, except where noted.
+type Expectation struct {
+	Serial       string
+	Class        string // required
+	Manufacturer string // required
+	Operator     string // required
+	// MinFirmware: the firmware must not be older ("" accepts any).
+	MinFirmware string
+	// FIPS: if true the HSM must be in FIPS mode.
+	FIPS bool
+	// PBKFingerprint: if not nil, must equal the statement's.
+	PBKFingerprint []byte
+}
+
+// VerifyOptions configure VerifyAttestation.
+type VerifyOptions struct {
+	ManufacturerRoots *x509.CertPool // required
+	OperatorRoots     *x509.CertPool // required
+	Nonce             []byte         // required: the nonce the verifier sent
+	Expect            Expectation
+	// Now is the verifier's time; zero means time.Now().
+	Now time.Time
+	// MaxAge bounds how old a statement may be, and how far in the future
+	// it may claim to be; 0 means 5 minutes.
+	MaxAge time.Duration
+}
+
+// VerifyAttestation checks an attestation and returns its statement. The
+// checks, each failing with ErrAttestation and naming itself: both
+// certificates chain to the given roots; both certify the same public key,
+// whose subject serial and class match the statement and whose issuer
+// organizations are the statement's manufacturer and operator; the
+// signature verifies under that key; the format is known; the nonce is the
+// verifier's; the time is within MaxAge of now; the identity meets Expect.
+func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
+	fail := func(format string, args ...any) (*Statement, error) {
+		return nil, fmt.Errorf("verify attestation: "+format+": %w", append(args, ErrAttestation)...)
+	}
+	if a == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil || len(opts.Nonce) == 0 {
+		return fail("attestation, roots and nonce are required")
+	}
+	if len(a.Statement) > 16<<10 {
+		return fail("statement too large")
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	maxAge := opts.MaxAge
+	if maxAge == 0 {
+		maxAge = 5 * time.Minute
+	}
+	mc, err := verifyLeaf(a.ManufacturerCertificate, opts.ManufacturerRoots, now)
+	if err != nil {
+		return fail("manufacturer chain: %v", err)
+	}
+	oc, err := verifyLeaf(a.OperatorCertificate, opts.OperatorRoots, now)
+	if err != nil {
+		return fail("operator chain: %v", err)
+	}
+	mpub, ok1 := mc.PublicKey.(*ecdsa.PublicKey)
+	opub, ok2 := oc.PublicKey.(*ecdsa.PublicKey)
+	if !ok1 || !ok2 || !mpub.Equal(opub) {
+		return fail("the two certificates certify different keys")
+	}
+	if !ecdsa.VerifyASN1(mpub, domainDigest(attestationFormat, a.Statement), a.Signature) {
+		return fail("signature")
+	}
+	var st Statement
+	if err := decodeStrict(a.Statement, &st); err != nil {
+		return fail("statement: %v", err)
+	}
+	if st.Format != attestationFormat {
+		return fail("statement format %q", st.Format)
+	}
+	switch {
+	case mc.Subject.SerialNumber != st.Serial || oc.Subject.SerialNumber != st.Serial:
+		return fail("certificates name serial %q/%q, statement %q", mc.Subject.SerialNumber, oc.Subject.SerialNumber, st.Serial)
+	case !single(mc.Subject.OrganizationalUnit, st.Class) || !single(oc.Subject.OrganizationalUnit, st.Class):
+		return fail("certificates do not name class %q", st.Class)
+	case !single(mc.Issuer.Organization, st.Manufacturer):
+		return fail("manufacturer certificate not issued by %q", st.Manufacturer)
+	case !single(oc.Issuer.Organization, st.Operator):
+		return fail("operator certificate not issued by %q", st.Operator)
+	}
+	if !bytes.Equal(st.Nonce, opts.Nonce) {
+		return fail("nonce does not match: replayed or not for this request")
+	}
+	if age := now.Sub(st.Time); age > maxAge || age < -maxAge {
+		return fail("statement time %s is not within %s of now: stale", st.Time.Format(time.RFC3339), maxAge)
+	}
+	e := opts.Expect
+	switch {
+	case e.Class == "" || e.Manufacturer == "" || e.Operator == "":
+		return fail("expected class, manufacturer and operator are required")
+	case st.Class != e.Class:
+		return fail("class %q, want %q", st.Class, e.Class)
+	case st.Manufacturer != e.Manufacturer:
+		return fail("manufacturer %q, want %q", st.Manufacturer, e.Manufacturer)
+	case st.Operator != e.Operator:
+		return fail("operator %q, want %q", st.Operator, e.Operator)
+	case e.Serial != "" && st.Serial != e.Serial:
+		return fail("serial %q, want %q", st.Serial, e.Serial)
+	case e.FIPS && !st.FIPS:
+		return fail("not in FIPS mode")
+	case e.PBKFingerprint != nil && !bytes.Equal(st.PBKFingerprint, e.PBKFingerprint):
+		return fail("PBK fingerprint differs")
+	}
+	if e.MinFirmware != "" {
+		min, err := parseFirmware(e.MinFirmware)
+		if err != nil {
+			return nil, fmt.Errorf("verify attestation: %w", err)
+		}
+		fw, err := parseFirmware(st.Firmware)
+		if err != nil || fw.less(min) {
+			return fail("firmware %q older than %q", st.Firmware, e.MinFirmware)
+		}
+	}
+	return &st, nil
+}
+
+func single(list []string, want string) bool { return len(list) == 1 && list[0] == want }
+
+func verifyLeaf(der []byte, roots *x509.CertPool, now time.Time) (*x509.Certificate, error) {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// SignedHead is an audit log head signed by the device key, so a verifier
+// of the log also detects a removed tail.
+type SignedHead struct {
+	Serial    string     `json:"serial"`
+	Head      audit.Head `json:"head"`
+	Signature []byte     `json:"signature"`
+}
+
+const auditHeadDomain = "hsmcore-audit-head/1"
+
+func (d *Device) signHead(h audit.Head) (SignedHead, error) {
+	sh := SignedHead{Serial: d.id.Serial, Head: h}
+	sig, err := d.sign(auditHeadDomain, sh.message())
+	if err != nil {
+		return SignedHead{}, fmt.Errorf("sign audit head: %w", err)
+	}
+	sh.Signature = sig
+	return sh, nil
+}
+
+func (sh SignedHead) message() []byte {
+	return fmt.Appendf(nil, "%s\x00%d\x00%x", sh.Serial, sh.Head.Seq, sh.Head.Hash[:])
+}
+
+// VerifyAuditLog checks an audit log's hash chain and that it ends at a
+// head signed by the device whose certificate (from a verified
+// attestation) is given.
+func VerifyAuditLog(entries []audit.Entry, sh SignedHead, deviceCert *x509.Certificate) error {
+	pub, ok := deviceCert.PublicKey.(*ecdsa.PublicKey)
+	if !ok || deviceCert.Subject.SerialNumber != sh.Serial {
+		return fmt.Errorf("verify audit log: certificate is not the device's: %w", ErrTampered)
+	}
+	if !ecdsa.VerifyASN1(pub, domainDigest(auditHeadDomain, sh.message()), sh.Signature) {
+		return fmt.Errorf("verify audit log: head signature: %w", ErrTampered)
+	}
+	if err := audit.Verify(entries, &sh.Head); err != nil {
+		return fmt.Errorf("verify audit log: %w", err)
+	}
+	return nil
+}
