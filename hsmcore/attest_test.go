@@ -1,0 +1,136 @@
+package hsmcore
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func pool(certs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}
+
+func verifyOpts(t testing.TB, nonce []byte) VerifyOptions {
+	return VerifyOptions{
+		ManufacturerRoots: pool(authority(t, "acme").Certificate()),
+		OperatorRoots:     pool(authority(t, "cloud").Certificate()),
+		Nonce:             nonce,
+		Expect:            Expectation{Class: "hsm2m.medium", Manufacturer: "acme", Operator: "cloud"},
+	}
+}
+
+func TestAttestationVerifies(t *testing.T) {
+	d := newDevice(t, stdHW)
+	nonce := NewNonce()
+	a, err := d.Attest(nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := verifyOpts(t, nonce)
+	fp := d.PBKFingerprint()
+	opts.Expect.PBKFingerprint = fp[:]
+	opts.Expect.MinFirmware = "2.1.0"
+	opts.Expect.Serial = d.Identity().Serial
+	st, err := VerifyAttestation(a, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Identity != d.Identity() {
+		t.Fatalf("statement identity %+v, want %+v", st.Identity, d.Identity())
+	}
+	// The attestation survives a JSON round trip, as it will on the wire.
+	b, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a2 Attestation
+	if err := json.Unmarshal(b, &a2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyAttestation(&a2, opts); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAttestationRefusals(t *testing.T) {
+	d := newDevice(t, stdHW)
+	other := newDevice(t, hw{"hsm2m.medium", "acme", "other", "2.1.0", false})
+	nonce := NewNonce()
+	good, err := d.Attest(nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherAtt, err := other.Attest(nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		att    func() *Attestation
+		opts   func(o *VerifyOptions)
+		reason string
+	}{
+		{"replayed nonce", nil, func(o *VerifyOptions) { o.Nonce = NewNonce() }, "nonce"},
+		{"stale", nil, func(o *VerifyOptions) { o.Now = time.Now().Add(10 * time.Minute) }, "stale"},
+		{"from the future", nil, func(o *VerifyOptions) { o.Now = time.Now().Add(-10 * time.Minute) }, "stale"},
+		{"untrusted manufacturer root", nil, func(o *VerifyOptions) { o.ManufacturerRoots = pool(authority(t, "zeta").Certificate()) }, "manufacturer chain"},
+		{"untrusted operator root", nil, func(o *VerifyOptions) { o.OperatorRoots = pool(authority(t, "other").Certificate()) }, "operator chain"},
+		{"wrong class", nil, func(o *VerifyOptions) { o.Expect.Class = "hsm1.medium" }, "class"},
+		{"wrong operator", func() *Attestation { return otherAtt }, func(o *VerifyOptions) { o.OperatorRoots.AddCert(authority(t, "other").Certificate()) }, "operator"},
+		{"wrong manufacturer", nil, func(o *VerifyOptions) { o.Expect.Manufacturer = "zeta" }, "manufacturer"},
+		{"older firmware", nil, func(o *VerifyOptions) { o.Expect.MinFirmware = "2.2.0" }, "firmware"},
+		{"not FIPS", nil, func(o *VerifyOptions) { o.Expect.FIPS = true }, "FIPS"},
+		{"PBK fingerprint", nil, func(o *VerifyOptions) { o.Expect.PBKFingerprint = make([]byte, 32) }, "PBK"},
+		{"edited statement", func() *Attestation {
+			a := *good
+			a.Statement = []byte(strings.Replace(string(a.Statement), "hsm2m.medium", "hsm2m.mediun", 1))
+			return &a
+		}, nil, "signature"},
+		{"bad signature", func() *Attestation {
+			a := *good
+			a.Signature = append([]byte(nil), a.Signature...)
+			a.Signature[len(a.Signature)-1] ^= 1
+			return &a
+		}, nil, "signature"},
+		{"certificates of two devices", func() *Attestation {
+			a := *good
+			a.OperatorCertificate = otherAtt.OperatorCertificate
+			return &a
+		}, func(o *VerifyOptions) { o.OperatorRoots.AddCert(authority(t, "other").Certificate()) }, "different keys"},
+		{"another device's statement", func() *Attestation {
+			a := *good
+			a.Statement = otherAtt.Statement
+			return &a
+		}, nil, "signature"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := good
+			if c.att != nil {
+				a = c.att()
+			}
+			opts := verifyOpts(t, nonce)
+			if c.opts != nil {
+				c.opts(&opts)
+			}
+			_, err := VerifyAttestation(a, opts)
+			if !errors.Is(err, ErrAttestation) || !strings.Contains(err.Error(), c.reason) {
+				t.Fatalf("got %v, want ErrAttestation naming %q", err, c.reason)
+			}
+		})
+	}
+}
+
+func TestAttestRejectsBadNonce(t *testing.T) {
+	d := newDevice(t, stdHW)
+	if _, err := d.Attest(make([]byte, 8)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("got %v, want ErrInvalid", err)
+	}
+}
