@@ -99,6 +99,7 @@ type Device struct {
 
 	mu       sync.Mutex
 	st       *contents
+	epoch    uint64 // counts imports; sessions from an earlier epoch are void
 	auditLog *audit.Log
 	auditW   *os.File
 }

@@ -375,3 +375,24 @@ func TestExportedImageHeader(t *testing.T) {
 		t.Fatalf("header does not round-trip: %v", err)
 	}
 }
+
+// Sessions opened before an import end with it, even for a user of the
+// same name in the image.
+func TestImportEndsEarlierSessions(t *testing.T) {
+	src := newDevice(t, stdHW)
+	co, _ := initDevice(t, src)
+	img := exportImage(t, co)
+	target := newDevice(t, stdHW)
+	tco, tcu := initDevice(t, target)
+	if _, err := target.ImportImage(context.Background(), tco, bytes.NewReader(img)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Session{tco, tcu} {
+		if _, err := s.Users(); !errors.Is(err, ErrPermission) {
+			t.Fatalf("%s's session after import: got %v, want ErrPermission", s.user, err)
+		}
+	}
+	if _, err := login(t, target, "admin").Users(); err != nil {
+		t.Fatal(err)
+	}
+}

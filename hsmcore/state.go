@@ -109,6 +109,9 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	if h.Format != contentsFormat {
 		return nil, fmt.Errorf("contents format %q: %w", h.Format, ErrUnsupportedVersion)
 	}
+	if h.NextHandle < 1 || h.NextHandle > 1<<62 {
+		return nil, fmt.Errorf("next handle %d: %w", h.NextHandle, ErrMalformed)
+	}
 	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys {
 		return nil, fmt.Errorf("contents holds %d users and %d keys; limits %d and %d: %w", h.Users, h.Keys, MaxUsers, maxKeys, ErrMalformed)
 	}
@@ -249,5 +252,15 @@ func (d *Device) commit(next *contents) error {
 		return err
 	}
 	d.st = next
+	return nil
+}
+
+// replace commits contents that come from elsewhere (an image): like
+// commit, and every session opened before ends.
+func (d *Device) replace(next *contents) error {
+	if err := d.commit(next); err != nil {
+		return err
+	}
+	d.epoch++
 	return nil
 }

@@ -127,11 +127,13 @@ func (d *Device) Initialized() bool {
 }
 
 // Session is a logged-in user on one device. Every operation re-checks that
-// the user still exists with the same role.
+// the user still exists with the same role, and that no image was imported
+// since the login.
 type Session struct {
-	d    *Device
-	user string
-	role Role
+	d     *Device
+	user  string
+	role  Role
+	epoch uint64
 }
 
 // Login checks a user's password and opens a session. Unknown user and
@@ -156,7 +158,7 @@ func (d *Device) Login(name, password string) (*Session, error) {
 	if err := d.audit(name, "login", "", "ok"); err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	return &Session{d: d, user: name, role: u.Role}, nil
+	return &Session{d: d, user: name, role: u.Role, epoch: d.epoch}, nil
 }
 
 // auditName makes an untrusted user name safe to record: names that are
@@ -178,7 +180,7 @@ func (s *Session) Device() *Device { return s.d }
 // with its role and, if roles is not empty, has one of them.
 func (s *Session) check(op string, roles ...Role) error {
 	u := s.d.st.Users[s.user]
-	if u == nil || u.Role != s.role {
+	if u == nil || u.Role != s.role || s.epoch != s.d.epoch {
 		s.d.audit(s.user, op, "", "denied")
 		return fmt.Errorf("%s: session no longer valid: %w", op, ErrPermission)
 	}
