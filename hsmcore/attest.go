@@ -32,6 +32,10 @@ type Statement struct {
 	Nonce          []byte     `json:"nonce"`
 	Time           time.Time  `json:"time"`
 	AuditHead      audit.Head `json:"audit_head"`
+
+	// Certificate is the verified device certificate issued by the
+	// manufacturer, set by VerifyAttestation (for VerifyAuditLog).
+	Certificate *x509.Certificate `json:"-"`
 }
 
 const attestationFormat = "hsmcore-attestation/1"
@@ -210,6 +214,7 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 			return fail("firmware %q older than %q", st.Firmware, e.MinFirmware)
 		}
 	}
+	st.Certificate = mc
 	return &st, nil
 }
 

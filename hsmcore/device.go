@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/kbkdf"
@@ -99,7 +101,6 @@ type Device struct {
 
 	mu       sync.Mutex
 	st       *contents
-	epoch    uint64 // counts imports; sessions from an earlier epoch are void
 	auditLog *audit.Log
 	auditW   *os.File
 }
@@ -332,7 +333,7 @@ func (d *Device) audit(actor, op, object, result string) error {
 	if d.auditW == nil {
 		return errors.New("device closed")
 	}
-	e := d.auditLog.Append(d.opts.now(), actor, op, object, result)
+	e := d.auditLog.Append(d.opts.now(), auditField(actor), op, auditField(object), result)
 	if err := audit.Encode(d.auditW, e); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
@@ -340,6 +341,15 @@ func (d *Device) audit(actor, op, object, result string) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	return nil
+}
+
+// auditField keeps a field that may come from a caller within the audit
+// format's limits: printable UTF-8 of at most 256 bytes, or a placeholder.
+func auditField(s string) string {
+	if len(s) > 256 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+		return "(unprintable)"
+	}
+	return s
 }
 
 // AuditLog returns the device's audit log entries and their head, signed by

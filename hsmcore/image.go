@@ -281,7 +281,7 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*Ima
 	if err := d.authorizeImportLocked(s); err != nil {
 		return nil, err
 	}
-	if err := d.replace(staged); err != nil {
+	if err := d.commit(staged); err != nil {
 		d.audit(sessionUser(s), "image.import", id, "error")
 		return nil, fmt.Errorf("import image %s: %w", id, err)
 	}

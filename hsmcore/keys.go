@@ -309,6 +309,9 @@ func (s *Session) GenerateKey(spec KeySpec) (KeyInfo, error) {
 
 // GenerateKeys creates several keys in one commit: all of them or none.
 func (s *Session) GenerateKeys(specs []KeySpec) ([]KeyInfo, error) {
+	if len(specs) == 0 || len(specs) > maxImageKeys {
+		return nil, fmt.Errorf("generate keys: batch of %d: %w", len(specs), ErrInvalid)
+	}
 	recs := make([]*keyRecord, len(specs))
 	for i, spec := range specs {
 		if err := checkSpec(spec); err != nil {

@@ -254,13 +254,3 @@ func (d *Device) commit(next *contents) error {
 	d.st = next
 	return nil
 }
-
-// replace commits contents that come from elsewhere (an image): like
-// commit, and every session opened before ends.
-func (d *Device) replace(next *contents) error {
-	if err := d.commit(next); err != nil {
-		return err
-	}
-	d.epoch++
-	return nil
-}

@@ -104,7 +104,7 @@ func (d *Device) Initialize(name, password string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.st.Users) > 0 {
-		d.audit(name, "device.initialize", name, "denied")
+		d.audit(auditName(name), "device.initialize", auditName(name), "denied")
 		return fmt.Errorf("initialize: device already has users: %w", ErrPermission)
 	}
 	u, err := d.newUser(name, CryptoOfficer, password)
@@ -127,13 +127,15 @@ func (d *Device) Initialized() bool {
 }
 
 // Session is a logged-in user on one device. Every operation re-checks that
-// the user still exists with the same role, and that no image was imported
-// since the login.
+// the session was not logged out and that the user's record is the one it
+// logged in with: deleting or re-creating the user, changing its password
+// (from another session) or importing an image ends the session.
 type Session struct {
 	d     *Device
 	user  string
 	role  Role
-	epoch uint64
+	rec   *userRecord // the record logged in with; replaced when the user is
+	ended bool        // deleted, re-created, changes password or is imported over
 }
 
 // Login checks a user's password and opens a session. Unknown user and
@@ -158,7 +160,7 @@ func (d *Device) Login(name, password string) (*Session, error) {
 	if err := d.audit(name, "login", "", "ok"); err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	return &Session{d: d, user: name, role: u.Role, epoch: d.epoch}, nil
+	return &Session{d: d, user: name, role: u.Role, rec: u}, nil
 }
 
 // auditName makes an untrusted user name safe to record: names that are
@@ -179,8 +181,7 @@ func (s *Session) Device() *Device { return s.d }
 // check verifies, with d.mu held, that the session's user still exists
 // with its role and, if roles is not empty, has one of them.
 func (s *Session) check(op string, roles ...Role) error {
-	u := s.d.st.Users[s.user]
-	if u == nil || u.Role != s.role || s.epoch != s.d.epoch {
+	if s.ended || s.d.st.Users[s.user] != s.rec {
 		s.d.audit(s.user, op, "", "denied")
 		return fmt.Errorf("%s: session no longer valid: %w", op, ErrPermission)
 	}
@@ -196,6 +197,10 @@ func (s *Session) Logout() {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if s.ended {
+		return
+	}
+	s.ended = true
 	var next *contents
 	for h, k := range d.st.Keys {
 		if k.session == s {
@@ -287,6 +292,7 @@ func (s *Session) ChangePassword(password string) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("change password: %w", err)
 	}
+	s.rec = u // this session goes on; the user's other sessions end
 	return d.audit(s.user, "user.password", s.user, "ok")
 }
 

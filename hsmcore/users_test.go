@@ -68,15 +68,20 @@ func TestInitializeAgainWithUnloggableNameIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	sealed, contents := snapshot(t, d)
-	for _, name := range []string{strings.Repeat("a", 2000), "bad\xffname"} {
-		var err error
-		noPanic(t, "second Initialize with an invalid name (users.go Initialize audits the raw name; audit.Log.Append panics on over-long or non-UTF-8 fields)", func() {
-			err = d.Initialize(name, testPassword)
+	for _, tt := range []struct{ desc, name string }{
+		{"2000 bytes", strings.Repeat("a", 2000)},
+		{"invalid utf-8", "bad\xffname"},
+	} {
+		t.Run(tt.desc, func(t *testing.T) {
+			var err error
+			noPanic(t, "second Initialize with an invalid name (users.go Initialize audits the raw name; audit.Log.Append panics on over-long or non-UTF-8 fields)", func() {
+				err = d.Initialize(tt.name, testPassword)
+			})
+			if !errors.Is(err, ErrPermission) && !errors.Is(err, ErrInvalid) {
+				t.Fatalf("second Initialize(%.20q…) = %v, want ErrPermission or ErrInvalid", tt.name, err)
+			}
+			assertUnchanged(t, d, sealed, contents)
 		})
-		if !errors.Is(err, ErrPermission) && !errors.Is(err, ErrInvalid) {
-			t.Fatalf("second Initialize(%.20q…) = %v, want ErrPermission or ErrInvalid", name, err)
-		}
-		assertUnchanged(t, d, sealed, contents)
 	}
 }
 

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is the CLI's version; release builds set it with
+// -ldflags "-X main.version=…".
+var version = "dev"
+
+// newApp builds the command-line application. It writes normal output to
+// stdout and nothing to stderr: errors are returned to main, which prints
+// them. It never exits the process.
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:    "hsmbackup",
+		Usage:   "back up, verify and restore HSM clusters",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{
+				Name:  "json",
+				Usage: "print machine-readable JSON instead of text (commands that support it)",
+			},
+		},
+		Commands: []*cli.Command{
+			demoCommand(),
+		},
+		Action:               rootAction,
+		OnUsageError:         usageError,
+		EnableBashCompletion: true,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		// Only main exits: keep urfave/cli from calling os.Exit on
+		// errors that carry an exit code.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+}
+
+// rootAction runs when no command matched: bare "hsmbackup" prints help,
+// anything else is an unknown command.
+func rootAction(c *cli.Context) error {
+	if c.Args().Present() {
+		return fmt.Errorf("unknown command %q (run 'hsmbackup help' for the list)", c.Args().First())
+	}
+	return cli.ShowAppHelp(c)
+}
+
+// usageError turns a flag-parsing error into a returned error, so that it
+// is reported once, by main, instead of being printed with the full help.
+func usageError(c *cli.Context, err error, isSubcommand bool) error {
+	if isSubcommand {
+		return fmt.Errorf("%s: %w (run '%s --help')", c.Command.Name, err, c.Command.HelpName)
+	}
+	return fmt.Errorf("%w (run '%s --help')", err, c.App.Name)
+}
