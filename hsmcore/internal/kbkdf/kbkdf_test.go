@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/kbkdf"
+
+	"github.com/hsmbackup/hsmbackup/internal/testenv"
 )
 
 // cavpFile is a verbatim subset of the NIST CAVP SP 800-108 KBKDF counter-mode
@@ -235,7 +237,7 @@ func TestPanics(t *testing.T) {
 // mode, HMAC-SHA256), whose defaults are a 32-bit counter before
 // Label || 0x00 || Context || [L]_32 — the same layout as FixedInput.
 func TestDeriveMatchesOpenSSL(t *testing.T) {
-	openssl := lookOpenSSL(t)
+	openssl := testenv.LookPath(t, "openssl")
 	key := []byte("0123456789abcdef0123456789abcdef")
 	label, context := []byte("hsmbackup label"), []byte("context\x00with\xffbinary")
 	for _, n := range []int{16, 32, 45, 64, 200} {
@@ -255,18 +257,4 @@ func TestDeriveMatchesOpenSSL(t *testing.T) {
 			t.Errorf("outLen %d: Derive = %x\nopenssl    %x", n, got, want)
 		}
 	}
-}
-
-// lookOpenSSL returns the path of the openssl binary, or skips the test
-// (fails it when HSMBACKUP_TEST_DISALLOW_SKIP=1) if there is none.
-func lookOpenSSL(tb testing.TB) string {
-	tb.Helper()
-	path, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("HSMBACKUP_TEST_DISALLOW_SKIP") == "1" {
-			tb.Fatalf("openssl not found on PATH and HSMBACKUP_TEST_DISALLOW_SKIP=1: %v", err)
-		}
-		tb.Skipf("openssl not found on PATH, skipping the outside check: %v", err)
-	}
-	return path
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/kwp/subtle"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/keywrap"
+
+	"github.com/hsmbackup/hsmbackup/internal/testenv"
 )
 
 // vector is one COUNT block of a CAVP key wrap file (or of RFC5649.txt).
@@ -306,20 +308,6 @@ func FuzzUnwrap(f *testing.F) {
 // "enc" insists on an explicit -iv with -K ("iv undefined" otherwise).
 const aiv = "A65959A6"
 
-// lookOpenSSL returns the path of the openssl binary, or skips the test
-// (fails it when HSMBACKUP_TEST_DISALLOW_SKIP=1) if there is none.
-func lookOpenSSL(tb testing.TB) string {
-	tb.Helper()
-	path, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("HSMBACKUP_TEST_DISALLOW_SKIP") == "1" {
-			tb.Fatalf("openssl not found on PATH and HSMBACKUP_TEST_DISALLOW_SKIP=1: %v", err)
-		}
-		tb.Skipf("openssl not found on PATH, skipping the outside check: %v", err)
-	}
-	return path
-}
-
 // opensslKWP runs "openssl enc [-d] -id-aesN-wrap-pad -K kek -iv A65959A6"
 // with in on stdin and returns stdout. Nothing touches the disk; the test KEK
 // does appear on the command line, which is acceptable for random test keys.
@@ -353,7 +341,7 @@ func opensslKWP(tb testing.TB, openssl string, decrypt bool, kek, in []byte) ([]
 // RFC 5649 §6 examples (192-bit KEK), in both directions, and reject a
 // tampered wrapping.
 func TestOpenSSLRFC5649(t *testing.T) {
-	openssl := lookOpenSSL(t)
+	openssl := testenv.LookPath(t, "openssl")
 	vs := parseVectors(t, "testdata/RFC5649.txt")
 	if len(vs) != 2 {
 		t.Fatalf("parsed %d RFC 5649 vectors, want 2", len(vs))
@@ -389,7 +377,7 @@ func TestOpenSSLRFC5649(t *testing.T) {
 // OpenSSL, keys wrapped by OpenSSL unwrap here, and since KWP is
 // deterministic both wrappings are identical.
 func TestOpenSSLInterop(t *testing.T) {
-	openssl := lookOpenSSL(t)
+	openssl := testenv.LookPath(t, "openssl")
 	for _, kekLen := range []int{32, 16} {
 		kek := randomBytes(t, kekLen)
 		// 1218 bytes is the size of a PKCS#8-encoded RSA-2048 private key.
@@ -429,7 +417,7 @@ func TestOpenSSLInterop(t *testing.T) {
 // a valid wrapping of a 9- to 15-byte key (here made by OpenSSL) is accepted
 // by tink's Unwrap, although tink's Wrap refuses such keys.
 func TestUnwrapRejectsShortKeys(t *testing.T) {
-	openssl := lookOpenSSL(t)
+	openssl := testenv.LookPath(t, "openssl")
 	kek := randomBytes(t, 32)
 	tink, err := subtle.NewKWP(kek)
 	if err != nil {
