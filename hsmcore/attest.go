@@ -61,7 +61,7 @@ func (d *Device) Attest(nonce []byte) (*Attestation, error) {
 	st := Statement{
 		Format:    attestationFormat,
 		Identity:  d.id,
-		ClusterID: d.st.ClusterID,
+		ClusterID: d.st.clusterID(),
 		Nonce:     bytes.Clone(nonce),
 		Time:      d.opts.now(),
 		AuditHead: d.auditLog.Head(),

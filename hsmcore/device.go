@@ -299,34 +299,6 @@ func (d *Device) Certificates() (manufacturer, operator *x509.Certificate) {
 	return m, o
 }
 
-// ClusterID returns the cluster the device belongs to ("" before one is
-// assigned).
-func (d *Device) ClusterID() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.st.ClusterID
-}
-
-// SetClusterID makes the device a member of cluster id. Crypto officers
-// only.
-func (s *Session) SetClusterID(id string) error {
-	if err := checkName(id); err != nil {
-		return fmt.Errorf("set cluster id: %w", err)
-	}
-	d := s.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := s.check("cluster.assign", CryptoOfficer); err != nil {
-		return err
-	}
-	next := d.st.clone()
-	next.ClusterID = id
-	if err := d.commit(next); err != nil {
-		return fmt.Errorf("set cluster id: %w", err)
-	}
-	return d.audit(s.user, "cluster.assign", id, "ok")
-}
-
 // audit appends one entry to the audit log and syncs it. The caller holds
 // d.mu or owns d exclusively.
 func (d *Device) audit(actor, op, object, result string) error {

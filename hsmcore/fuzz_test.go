@@ -38,8 +38,8 @@ func FuzzReadImageHeader(f *testing.F) {
 // contents re-serialize to input that parses to the same contents.
 func FuzzReadContents(f *testing.F) {
 	d := newDevice(f, stdHW)
-	co, cu := initDevice(f, d)
-	co.SetClusterID("c-1")
+	_, cu := initDevice(f, d)
+	initCluster(f, d, "c-1")
 	fillKeys(f, cu, 45)
 	f.Add(contentsBytes(f, d))
 	f.Add([]byte(`{"format":"hsmcore-contents/1","cluster_id":"","next_handle":1,"users":0,"keys":0}` + "\n"))

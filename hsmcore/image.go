@@ -186,7 +186,7 @@ func (s *Session) ExportImage(ctx context.Context) (*ImageHeader, io.ReadCloser,
 	if err != nil {
 		return nil, nil, fmt.Errorf("export image: %w", err)
 	}
-	h := &ImageHeader{Created: d.opts.now(), Source: d.id, ClusterID: snap.ClusterID, PBKFingerprint: pbkFingerprint(d.pbk), WrappedEBK: wrapped}
+	h := &ImageHeader{Created: d.opts.now(), Source: d.id, ClusterID: snap.clusterID(), PBKFingerprint: pbkFingerprint(d.pbk), WrappedEBK: wrapped}
 	rand.Read(h.ImageID[:])
 	raw, err := h.marshal()
 	if err != nil {
@@ -367,6 +367,9 @@ func (d *Device) stageImage(ctx context.Context, h *ImageHeader, raw []byte, r i
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c.clusterID() != h.ClusterID {
+		return nil, fmt.Errorf("contents are of cluster %q, header says %q: %w", c.clusterID(), h.ClusterID, ErrMalformed)
 	}
 	// The contents ended: the body must now end at its authenticated last
 	// chunk, with nothing after it.

@@ -44,9 +44,7 @@ func fillKeys(t testing.TB, cu *Session, n int) []KeyInfo {
 func TestImageRoundTripFullHSM(t *testing.T) {
 	src := newDevice(t, stdHW)
 	co, cu := initDevice(t, src)
-	if err := co.SetClusterID("cluster-a"); err != nil {
-		t.Fatal(err)
-	}
+	initCluster(t, src, "cluster-a")
 	keys := fillKeys(t, cu, DefaultCapacity)
 	if _, err := cu.GenerateKey(KeySpec{Type: AES, Bits: 256}); !errors.Is(err, ErrFull) {
 		t.Fatalf("key beyond capacity: got %v, want ErrFull", err)
@@ -58,7 +56,7 @@ func TestImageRoundTripFullHSM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Source.Serial != src.Identity().Serial || h.ClusterID != "cluster-a" || dst.ClusterID() != "cluster-a" {
+	if h.Source.Serial != src.Identity().Serial || h.ClusterID != "cluster-a" || dst.ClusterID() != "cluster-a" || !dst.ClusterInitialized() {
 		t.Fatalf("header names %s in %s", h.Source.Serial, h.ClusterID)
 	}
 	// The restore survives a restart of the target.

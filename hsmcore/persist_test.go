@@ -17,10 +17,8 @@ import (
 
 func TestRestartKeepsState(t *testing.T) {
 	d := newDevice(t, stdHW)
-	co, cu := initDevice(t, d)
-	if err := co.SetClusterID("cluster-1"); err != nil {
-		t.Fatal(err)
-	}
+	_, cu := initDevice(t, d)
+	initCluster(t, d, "cluster-1")
 	keys := fillKeys(t, cu, 50)
 	id, fp := d.Identity(), d.PBKFingerprint()
 	d.Close()
@@ -30,7 +28,7 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	if d2.Identity() != id || d2.PBKFingerprint() != fp || d2.ClusterID() != "cluster-1" {
+	if d2.Identity() != id || d2.PBKFingerprint() != fp || d2.ClusterID() != "cluster-1" || !d2.ClusterInitialized() {
 		t.Fatal("identity, PBK or cluster changed across restart")
 	}
 	got, err := login(t, d2, "alice").Keys()

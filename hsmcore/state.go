@@ -22,7 +22,7 @@ import (
 // a change builds a new one (copy on write), so an export can stream a
 // consistent snapshot without holding the lock.
 type contents struct {
-	ClusterID  string
+	Cluster    *clusterRecord // nil until a cluster CSR is made
 	NextHandle uint64
 	Users      map[string]*userRecord
 	Keys       map[uint64]*keyRecord
@@ -33,7 +33,7 @@ func newContents() *contents {
 }
 
 func (c *contents) clone() *contents {
-	return &contents{ClusterID: c.ClusterID, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
+	return &contents{Cluster: c.Cluster, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
 }
 
 // Limits of the state records; an image or sealed file that breaks them is
@@ -45,11 +45,11 @@ const (
 
 // contentsHeader is the first line of serialized contents.
 type contentsHeader struct {
-	Format     string `json:"format"`
-	ClusterID  string `json:"cluster_id"`
-	NextHandle uint64 `json:"next_handle"`
-	Users      int    `json:"users"`
-	Keys       int    `json:"keys"`
+	Format     string         `json:"format"`
+	Cluster    *clusterRecord `json:"cluster,omitempty"`
+	NextHandle uint64         `json:"next_handle"`
+	Users      int            `json:"users"`
+	Keys       int            `json:"keys"`
 }
 
 const contentsFormat = "hsmcore-contents/1"
@@ -66,7 +66,7 @@ func writeContents(w io.Writer, c *contents) error {
 	}
 	slices.Sort(handles)
 	enc := json.NewEncoder(w)
-	if err := enc.Encode(contentsHeader{Format: contentsFormat, ClusterID: c.ClusterID, NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
+	if err := enc.Encode(contentsHeader{Format: contentsFormat, Cluster: c.Cluster, NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
 		return err
 	}
 	for _, name := range users {
@@ -115,13 +115,13 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys {
 		return nil, fmt.Errorf("contents holds %d users and %d keys; limits %d and %d: %w", h.Users, h.Keys, MaxUsers, maxKeys, ErrMalformed)
 	}
-	if h.ClusterID != "" {
-		if err := checkName(h.ClusterID); err != nil {
-			return nil, fmt.Errorf("cluster id: %w: %w", err, ErrMalformed)
+	if h.Cluster != nil {
+		if err := h.Cluster.check(); err != nil {
+			return nil, fmt.Errorf("cluster: %w: %w", err, ErrMalformed)
 		}
 	}
 	c := newContents()
-	c.ClusterID = h.ClusterID
+	c.Cluster = h.Cluster
 	c.NextHandle = h.NextHandle
 	for range h.Users {
 		u := new(userRecord)

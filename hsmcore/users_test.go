@@ -281,7 +281,6 @@ func TestCryptoUserCannotManage(t *testing.T) {
 		{"CreateUser CU", func() error { return cu.CreateUser("mallory", CryptoUser, testPassword) }},
 		{"DeleteUser", func() error { return cu.DeleteUser("admin") }},
 		{"SetTrusted", func() error { return cu.SetTrusted(k.Handle, true) }},
-		{"SetClusterID", func() error { return cu.SetClusterID("cluster-x") }},
 		{"ExportImage", func() error {
 			_, r, err := cu.ExportImage(context.Background())
 			if r != nil {

@@ -129,7 +129,6 @@ func writeImageVectors(t *testing.T) {
 	src := vectorDevice(t, mfrSecret, opSecret, target)
 
 	c := newContents()
-	c.ClusterID = "cluster-vector"
 	c.NextHandle = 2
 	// Password of vector-cu: "correct horse battery", PBKDF2 cost 1000.
 	salt := bytes.Repeat([]byte{0x5a}, 16)
@@ -147,7 +146,7 @@ func writeImageVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &ImageHeader{ImageID: [16]byte{0x01, 0x02, 0x03}, Created: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC),
-		Source: src.Identity(), ClusterID: c.ClusterID, PBKFingerprint: pbkFingerprint(src.pbk), WrappedEBK: wrapped}
+		Source: src.Identity(), PBKFingerprint: pbkFingerprint(src.pbk), WrappedEBK: wrapped}
 	h.Source.Serial = "VECTOR-SOURCE"
 	raw, err := h.marshal()
 	if err != nil {
@@ -174,8 +173,8 @@ func writeImageVectors(t *testing.T) {
 	cases := map[string]imageVector{
 		"01-valid":             {Description: "a genuine image into matching hardware", Image: hex.EncodeToString(good), Expect: "ok", PBK: hex.EncodeToString(src.pbk), EBK: hex.EncodeToString(ebk)},
 		"02-body-byte-flipped": {Description: "one bit of the first body chunk flipped", Image: hex.EncodeToString(flip(len(raw) + 10)), Expect: "ErrTampered"},
-		"03-header-byte-flipped": {Description: "one bit of the cluster id in the header flipped (bound by the AAD)",
-			Image: hex.EncodeToString(flip(bytes.Index(good, []byte("cluster-vector")))), Expect: "ErrTampered"},
+		"03-header-byte-flipped": {Description: "one bit of the source serial in the header flipped (bound by the AAD)",
+			Image: hex.EncodeToString(flip(bytes.Index(good, []byte("VECTOR-SOURCE")))), Expect: "ErrTampered"},
 		"04-truncated-after-header": {Description: "the body removed", Image: hex.EncodeToString(good[:len(raw)]), Expect: "ErrTruncated"},
 		"05-trailing-byte":          {Description: "one byte appended", Image: hex.EncodeToString(append(bytes.Clone(good), 0)), Expect: "ErrTampered"},
 		"06-bad-magic":              {Description: "magic changed", Image: hex.EncodeToString(flip(0)), Expect: "ErrMalformed"},
