@@ -99,8 +99,10 @@ type Device struct {
 	pbk       []byte
 	seal      cipher.AEAD
 
-	mu       sync.Mutex
-	st       *contents
+	mu             sync.Mutex
+	st             *contents
+	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
+	sessionHandles uint64
 	auditLog *audit.Log
 	auditW   *os.File
 }
@@ -182,7 +184,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 	}
 	d.seal = newGCM(sealKey)
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
-	if err := d.writeState(d.st); err != nil {
+	if err := d.commit(d.st); err != nil {
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
 	if d.auditW, err = os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {

@@ -84,19 +84,27 @@ func (k *keyRecord) info() KeyInfo { return k.clone().KeyInfo }
 
 // KeySpec asks for a key. Its zero value is not valid: Type is required.
 type KeySpec struct {
-	Type  KeyType
-	Bits  int    // AES 128/192/256, RSA 2048/3072/4096, generic secret 8..4096 (multiple of 8)
-	Curve string // EC: "P-256" or "P-384"
+	Type  KeyType `json:"type"`
+	Bits  int     `json:"bits,omitempty"`  // AES 128/192/256, RSA 2048/3072/4096, generic secret 8..4096 (multiple of 8)
+	Curve string  `json:"curve,omitempty"` // EC: "P-256" or "P-384"
 
-	Label string
-	ID    []byte
+	Label string `json:"label,omitempty"`
+	ID    []byte `json:"id,omitempty"`
 
-	Session     bool // a session key: gone at logout, never stored nor imaged
-	Extractable bool
+	Session     bool `json:"session,omitempty"` // a session key: gone at logout, never stored nor imaged
+	Extractable bool `json:"extractable,omitempty"`
 
-	Encrypt, Decrypt, Sign, Verify, Wrap, Unwrap bool
-	WrapWithTrusted                              bool
+	Encrypt         bool `json:"encrypt,omitempty"`
+	Decrypt         bool `json:"decrypt,omitempty"`
+	Sign            bool `json:"sign,omitempty"`
+	Verify          bool `json:"verify,omitempty"`
+	Wrap            bool `json:"wrap,omitempty"`
+	Unwrap          bool `json:"unwrap,omitempty"`
+	WrapWithTrusted bool `json:"wrap_with_trusted,omitempty"`
 }
+
+// firstSessionHandle starts the handle range of session keys.
+const firstSessionHandle = 1 << 62
 
 const (
 	maxLabel = 128
@@ -344,9 +352,14 @@ func (s *Session) addKeys(op string, recs []*keyRecord) ([]KeyInfo, error) {
 	next := d.st.clone()
 	token := false
 	for _, k := range recs {
-		k.Handle = next.NextHandle
-		next.NextHandle++
-		if !k.Token {
+		if k.Token {
+			k.Handle = next.NextHandle
+			next.NextHandle++
+		} else {
+			// Session keys take handles from their own range, so that they
+			// never change what members of a cluster must agree on.
+			d.sessionHandles++
+			k.Handle = firstSessionHandle + d.sessionHandles
 			k.session = s
 		}
 		token = token || k.Token
@@ -496,11 +509,16 @@ func (s *Session) commitKey(op string, k *keyRecord, change func(k *keyRecord) (
 // never-extractable are read-only; WrapWithTrusted may only go from false
 // to true; Trusted is set by a crypto officer with SetTrusted.
 type AttributeChange struct {
-	Label                                        *string
-	ID                                           []byte
-	Encrypt, Decrypt, Sign, Verify, Wrap, Unwrap *bool
-	WrapWithTrusted                              *bool
-	Extractable                                  *bool // always refused: fixed at creation
+	Label           *string `json:"label,omitempty"`
+	ID              []byte  `json:"id,omitempty"`
+	Encrypt         *bool   `json:"encrypt,omitempty"`
+	Decrypt         *bool   `json:"decrypt,omitempty"`
+	Sign            *bool   `json:"sign,omitempty"`
+	Verify          *bool   `json:"verify,omitempty"`
+	Wrap            *bool   `json:"wrap,omitempty"`
+	Unwrap          *bool   `json:"unwrap,omitempty"`
+	WrapWithTrusted *bool   `json:"wrap_with_trusted,omitempty"`
+	Extractable     *bool   `json:"extractable,omitempty"` // always refused: fixed at creation
 }
 
 // SetAttributes changes attributes of a key its crypto user owns.

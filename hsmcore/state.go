@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -185,30 +186,33 @@ type deviceRecord struct {
 var sealMagic = []byte("HSMSEAL\x01")
 
 // writeState seals the device record and c, and atomically replaces the
-// state file. On error the file on disk is unchanged.
-func (d *Device) writeState(c *contents) error {
+// state file. It returns the digest of c as serialized. On error the file
+// on disk is unchanged.
+func (d *Device) writeState(c *contents) ([32]byte, error) {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(d.deviceKey)
 	if err != nil {
-		return fmt.Errorf("seal state: %w", err)
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
 	var buf bytes.Buffer
 	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk}
 	if err := json.NewEncoder(&buf).Encode(rec); err != nil {
-		return fmt.Errorf("seal state: %w", err)
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
+	deviceLen := buf.Len()
 	if err := writeContents(&buf, c); err != nil {
-		return fmt.Errorf("seal state: %w", err)
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
 	nonce := make([]byte, d.seal.NonceSize())
 	rand.Read(nonce)
 	out := make([]byte, 0, len(sealMagic)+len(nonce)+buf.Len()+d.seal.Overhead())
 	out = append(append(out, sealMagic...), nonce...)
 	out = d.seal.Seal(out, nonce, buf.Bytes(), sealMagic)
+	digest := sha256.Sum256(buf.Bytes()[deviceLen:])
 	clear(buf.Bytes())
 	if err := atomicfile.WriteFile(filepath.Join(d.dir, stateFile), out, 0o600); err != nil {
-		return fmt.Errorf("seal state: %w", err)
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
-	return nil
+	return digest, nil
 }
 
 // readState unseals the state file into d.
@@ -242,15 +246,17 @@ func (d *Device) readState(sealed []byte) error {
 	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
 	d.mfrCert, d.opCert, d.mkbk, d.akbk = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK
 	d.st = c
+	d.digest = sha256.Sum256(rest)
 	return nil
 }
 
 // commit makes next the device's contents: sealed to disk first, then
 // swapped in. The caller holds d.mu. On error nothing changed.
 func (d *Device) commit(next *contents) error {
-	if err := d.writeState(next); err != nil {
+	digest, err := d.writeState(next)
+	if err != nil {
 		return err
 	}
-	d.st = next
+	d.st, d.digest = next, digest
 	return nil
 }

@@ -1,0 +1,171 @@
+package hsmcore
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/internal/kbkdf"
+)
+
+// Members of a cluster replicate changes as sync records: a user or a key
+// record, sealed under the cluster's sync key. Every member holds the same
+// cluster key (members are cloned by image), so every member derives the
+// same sync key and nothing outside the cluster can read a record. This is
+// how a key made on one member, its material included, reaches the others
+// without ever leaving the cluster in the clear, and how all members come
+// to hold identical state (equal StateDigest).
+
+var syncMagic = []byte("HSMSYNC\x01")
+
+// syncRecord is the plaintext of a sync record: exactly one of its fields.
+type syncRecord struct {
+	User *userRecord `json:"user,omitempty"`
+	Key  *keyRecord  `json:"key,omitempty"`
+}
+
+// syncKey returns the cluster's sync key, or an error if
+// the device is not an initialized cluster member. The caller holds d.mu.
+func (d *Device) syncKey() ([]byte, error) {
+	if !d.st.clusterInitialized() {
+		return nil, fmt.Errorf("device is not a member of an initialized cluster: %w", ErrPermission)
+	}
+	key, err := d.st.Cluster.key()
+	if err != nil {
+		return nil, err
+	}
+	return kbkdf.Derive(key.D.FillBytes(make([]byte, 48)), []byte("hsmcore cluster sync v1"), []byte(d.st.Cluster.ID), 32), nil
+}
+
+// StateDigest returns the SHA-256 of the device's users, token keys and
+// cluster record as sealed. Members of a cluster that are in sync have
+// equal digests.
+func (d *Device) StateDigest() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return hex.EncodeToString(d.digest[:])
+}
+
+// ExportUserRecord seals user name's record for the other members of the
+// cluster. Crypto officers only.
+func (s *Session) ExportUserRecord(name string) ([]byte, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("sync.export", CryptoOfficer); err != nil {
+		return nil, err
+	}
+	u := d.st.Users[name]
+	if u == nil {
+		return nil, fmt.Errorf("export user %s: %w", auditName(name), ErrNotFound)
+	}
+	return d.sealSync(syncRecord{User: u})
+}
+
+// ExportKeyRecord seals token key h's record, material included, for the
+// other members of the cluster. A crypto officer may export any token key,
+// a crypto user the keys it owns.
+func (s *Session) ExportKeyRecord(h uint64) ([]byte, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("sync.export"); err != nil {
+		return nil, err
+	}
+	k := d.st.Keys[h]
+	if k == nil || !k.Token || (s.role == CryptoUser && k.Owner != s.user) {
+		return nil, fmt.Errorf("export key %d: %w", h, ErrNotFound)
+	}
+	return d.sealSync(syncRecord{Key: k})
+}
+
+func (d *Device) sealSync(r syncRecord) ([]byte, error) {
+	key, err := d.syncKey()
+	if err != nil {
+		return nil, fmt.Errorf("sync record: %w", err)
+	}
+	plain, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("sync record: %w", err)
+	}
+	defer clear(plain)
+	g := newGCM(key)
+	out := append(bytes.Clone(syncMagic), make([]byte, g.NonceSize())...)
+	rand.Read(out[len(syncMagic):])
+	return g.Seal(out, out[len(syncMagic):], plain, d.syncAAD()), nil
+}
+
+func (d *Device) syncAAD() []byte {
+	return append(bytes.Clone(syncMagic), d.st.Cluster.ID...)
+}
+
+// ImportRecord applies a sync record from another member of the same
+// cluster: the user or key is added, or replaces the record of the same
+// name or handle. A crypto officer may import users and keys, a crypto
+// user only keys it owns.
+func (s *Session) ImportRecord(blob []byte) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("sync.import"); err != nil {
+		return err
+	}
+	key, err := d.syncKey()
+	if err != nil {
+		return fmt.Errorf("import record: %w", err)
+	}
+	g := newGCM(key)
+	n := len(syncMagic) + g.NonceSize()
+	if len(blob) < n+g.Overhead() || len(blob) > maxRecordLine || !bytes.Equal(blob[:len(syncMagic)], syncMagic) {
+		return fmt.Errorf("import record: %w", ErrMalformed)
+	}
+	plain, err := g.Open(nil, blob[len(syncMagic):n], blob[n:], d.syncAAD())
+	if err != nil {
+		d.audit(s.user, "sync.import", "", "refused")
+		return fmt.Errorf("import record: %w", ErrTampered)
+	}
+	defer clear(plain)
+	var r syncRecord
+	if err := decodeStrict(plain, &r); err != nil || (r.User == nil) == (r.Key == nil) {
+		return fmt.Errorf("import record: %w", ErrMalformed)
+	}
+	next := d.st.clone()
+	var object string
+	switch {
+	case r.User != nil:
+		if s.role != CryptoOfficer {
+			return fmt.Errorf("import record: only a crypto officer imports users: %w", ErrPermission)
+		}
+		if err := r.User.check(); err != nil {
+			return fmt.Errorf("import record: %v: %w", err, ErrMalformed)
+		}
+		if next.Users[r.User.Name] == nil && len(next.Users) >= MaxUsers {
+			return fmt.Errorf("import record: %w", ErrFull)
+		}
+		next.Users[r.User.Name] = r.User
+		object = "user " + r.User.Name
+	default:
+		k := r.Key
+		if s.role == CryptoUser && k.Owner != s.user {
+			return fmt.Errorf("import record: key %d is not yours: %w", k.Handle, ErrPermission)
+		}
+		delete(next.Keys, k.Handle)
+		if next.NextHandle <= k.Handle && k.Handle < firstSessionHandle {
+			next.NextHandle = k.Handle + 1
+		}
+		if err := k.check(next); err != nil {
+			return fmt.Errorf("import record: %v: %w", err, ErrMalformed)
+		}
+		if len(next.Keys) >= d.capacity {
+			return fmt.Errorf("import record: %w", ErrFull)
+		}
+		next.Keys[k.Handle] = k
+		object = fmt.Sprintf("key %d", k.Handle)
+	}
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("import record: %w", err)
+	}
+	return d.audit(s.user, "sync.import", object, "ok")
+}
