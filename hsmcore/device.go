@@ -103,8 +103,8 @@ type Device struct {
 	st             *contents
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
-	auditLog *audit.Log
-	auditW   *os.File
+	auditLog       *audit.Log
+	auditW         *os.File
 }
 
 // Manufacture creates a new HSM in the empty or missing directory dir.
