@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/internal/testenv"
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
 func TestClusterInitialization(t *testing.T) {
@@ -18,7 +19,7 @@ func TestClusterInitialization(t *testing.T) {
 	if id, _ := d.TLSIdentity(); id.ClientCAs != nil || id.ClusterID != "" {
 		t.Fatal("a new device already has a cluster identity")
 	}
-	ca := newCustomerCA(t)
+	ca := testpki.NewCA(t, "customer root CA")
 	csr, err := d.ClusterCSR("cluster-1")
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +35,7 @@ func TestClusterInitialization(t *testing.T) {
 		t.Fatal("second CSR has another key")
 	}
 
-	other := newCustomerCA(t)
+	other := testpki.NewCA(t, "customer root CA")
 	otherDev := newDevice(t, stdHW)
 	otherCSR, _ := otherDev.ClusterCSR("cluster-1")
 	otherNameCSR, _ := newDevice(t, stdHW).ClusterCSR("cluster-2")
@@ -42,11 +43,11 @@ func TestClusterInitialization(t *testing.T) {
 		name     string
 		cert, ca []byte
 	}{
-		{"certificate for another HSM's key", ca.sign(t, otherCSR), ca.cert.Raw},
-		{"certificate from another CA", other.sign(t, csr), ca.cert.Raw},
-		{"CA that is not a CA", ca.sign(t, csr), ca.sign(t, csr)},
-		{"certificate naming another cluster", ca.sign(t, otherNameCSR), ca.cert.Raw},
-		{"garbage", []byte("not a certificate"), ca.cert.Raw},
+		{"certificate for another HSM's key", ca.SignCSR(t, otherCSR), ca.Cert.Raw},
+		{"certificate from another CA", other.SignCSR(t, csr), ca.Cert.Raw},
+		{"CA that is not a CA", ca.SignCSR(t, csr), ca.SignCSR(t, csr)},
+		{"certificate naming another cluster", ca.SignCSR(t, otherNameCSR), ca.Cert.Raw},
+		{"garbage", []byte("not a certificate"), ca.Cert.Raw},
 	}
 	for _, r := range refusals {
 		sealed, content := stateBytes(t, d), contentsBytes(t, d)
@@ -56,7 +57,7 @@ func TestClusterInitialization(t *testing.T) {
 		assertUnchanged(t, d, sealed, content)
 	}
 
-	if err := d.InitializeCluster(ca.sign(t, csr), ca.cert.Raw); err != nil {
+	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	id, err := d.TLSIdentity()
@@ -66,7 +67,7 @@ func TestClusterInitialization(t *testing.T) {
 	if _, err := d.ClusterCSR("cluster-1"); !errors.Is(err, ErrPermission) {
 		t.Fatalf("CSR after init: got %v, want ErrPermission", err)
 	}
-	if err := d.InitializeCluster(ca.sign(t, csr), ca.cert.Raw); !errors.Is(err, ErrPermission) {
+	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); !errors.Is(err, ErrPermission) {
 		t.Fatalf("second init: got %v, want ErrPermission", err)
 	}
 }

@@ -40,6 +40,10 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrFull: the HSM holds as many keys or users as it can.
 	ErrFull = errors.New("capacity exceeded")
+	// ErrQuorum: the operation needs approvals from more crypto officers
+	// (M of N) than it carries, or its quorum token is unknown, used or
+	// expired.
+	ErrQuorum = errors.New("quorum approval required")
 	// ErrAttestation: an attestation failed verification (chain, identity,
 	// nonce, freshness or signature).
 	ErrAttestation = errors.New("attestation rejected")

@@ -3,18 +3,13 @@ package hsmcore
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
 // Authorities are slow enough to make once per test binary.
@@ -139,56 +134,16 @@ func contentsBytes(t testing.TB, d *Device) []byte {
 	return buf.Bytes()
 }
 
-// customerCA is a test customer's root CA.
-type customerCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newCustomerCA(t testing.TB) *customerCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "customer root CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &customerCA{cert, key}
-}
-
-// sign issues a certificate for a CSR, as the customer's CA would.
-func (ca *customerCA) sign(t testing.TB, csrDER []byte) []byte {
-	t.Helper()
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil || csr.CheckSignature() != nil {
-		t.Fatalf("bad csr: %v", err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: csr.Subject, DNSNames: csr.DNSNames,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
 // initCluster makes d the first member of cluster id, with a fresh
 // customer CA, and returns the CA.
-func initCluster(t testing.TB, d *Device, id string) *customerCA {
+func initCluster(t testing.TB, d *Device, id string) *testpki.CA {
 	t.Helper()
-	ca := newCustomerCA(t)
+	ca := testpki.NewCA(t, "customer root CA")
 	csr, err := d.ClusterCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.InitializeCluster(ca.sign(t, csr), ca.cert.Raw); err != nil {
+	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	return ca

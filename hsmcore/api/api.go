@@ -1,0 +1,217 @@
+// Package api is the wire protocol between an HSM daemon (hsmcore/server)
+// and its clients (hsmcore/client): JSON bodies over HTTP/2 on mutual TLS
+// 1.3, images streamed as raw bytes. Byte slices travel as base64, as
+// encoding/json writes them.
+package api
+
+import (
+	"errors"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+)
+
+// Limits a server enforces and a client respects.
+const (
+	// MaxBody bounds a JSON request body.
+	MaxBody = 1 << 20
+	// TokenHeader carries a session token ("Bearer <token>").
+	TokenHeader = "Authorization"
+)
+
+// Health is the answer to GET /v1/health. It needs no login.
+type Health struct {
+	hsmcore.Identity
+	ClusterID          string `json:"cluster_id"`
+	ClusterInitialized bool   `json:"cluster_initialized"`
+	Initialized        bool   `json:"initialized"` // has users
+	StateDigest        string `json:"state_digest"`
+	PBKFingerprint     []byte `json:"pbk_fingerprint"`
+}
+
+// AttestRequest is POST /v1/attest; the answer is an hsmcore.Attestation.
+type AttestRequest struct {
+	Nonce []byte `json:"nonce"`
+}
+
+// Certificates is the answer to GET /v1/certificates: the device's two
+// certificates (DER), and the cluster's once initialized.
+type Certificates struct {
+	Manufacturer []byte `json:"manufacturer"`
+	Operator     []byte `json:"operator"`
+	Cluster      []byte `json:"cluster,omitempty"`
+	CustomerCA   []byte `json:"customer_ca,omitempty"`
+}
+
+// CSRRequest is POST /v1/cluster/csr; the answer is a CSRResponse.
+type CSRRequest struct {
+	ClusterID string `json:"cluster_id"`
+}
+
+// CSRResponse carries a DER certificate signing request.
+type CSRResponse struct {
+	CSR []byte `json:"csr"`
+}
+
+// ClusterInitRequest is POST /v1/cluster/initialize.
+type ClusterInitRequest struct {
+	Certificate []byte `json:"certificate"` // DER
+	CustomerCA  []byte `json:"customer_ca"` // DER
+}
+
+// Credentials is POST /v1/initialize (the first crypto officer) and
+// POST /v1/login.
+type Credentials struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+// LoginResponse carries the session token for later calls.
+type LoginResponse struct {
+	Token string       `json:"token"`
+	Role  hsmcore.Role `json:"role"`
+}
+
+// CreateUserRequest is POST /v1/users.
+type CreateUserRequest struct {
+	Name     string       `json:"name"`
+	Role     hsmcore.Role `json:"role"`
+	Password string       `json:"password"`
+}
+
+// PasswordRequest is PUT /v1/password.
+type PasswordRequest struct {
+	Password string `json:"password"`
+}
+
+// UsersResponse is the answer to GET /v1/users.
+type UsersResponse struct {
+	Users []hsmcore.UserInfo `json:"users"`
+}
+
+// GenerateKeysRequest is POST /v1/keys; the answer is a KeysResponse.
+type GenerateKeysRequest struct {
+	Keys []hsmcore.KeySpec `json:"keys"`
+}
+
+// KeysResponse lists keys.
+type KeysResponse struct {
+	Keys []hsmcore.KeyInfo `json:"keys"`
+}
+
+// ShareRequest is POST /v1/keys/{handle}/share.
+type ShareRequest struct {
+	User  string `json:"user"`
+	Share bool   `json:"share"`
+}
+
+// TrustRequest is POST /v1/keys/{handle}/trust.
+type TrustRequest struct {
+	Trusted bool `json:"trusted"`
+}
+
+// CryptoRequest is POST /v1/keys/{handle}/{encrypt,decrypt,sign,verify}.
+type CryptoRequest struct {
+	Data      []byte `json:"data"`
+	AAD       []byte `json:"aad,omitempty"`
+	Signature []byte `json:"signature,omitempty"` // verify only
+}
+
+// CryptoResponse carries the result of encrypt, decrypt or sign.
+type CryptoResponse struct {
+	Data []byte `json:"data"`
+}
+
+// WrapRequest is POST /v1/wrap; the answer is a WrapResponse.
+type WrapRequest struct {
+	Wrapping uint64 `json:"wrapping"`
+	Target   uint64 `json:"target"`
+}
+
+// WrapResponse carries a wrapped key.
+type WrapResponse struct {
+	Wrapped []byte `json:"wrapped"`
+}
+
+// UnwrapRequest is POST /v1/unwrap; the answer is an hsmcore.KeyInfo.
+type UnwrapRequest struct {
+	Unwrapping uint64          `json:"unwrapping"`
+	Wrapped    []byte          `json:"wrapped"`
+	Spec       hsmcore.KeySpec `json:"spec"`
+}
+
+// RecordRequest is POST /v1/sync/export; the answer is a Record.
+type RecordRequest struct {
+	User   string `json:"user,omitempty"`
+	Handle uint64 `json:"handle,omitempty"`
+}
+
+// Record is a sealed sync record, and the body of POST /v1/sync/import.
+type Record struct {
+	Record []byte `json:"record"`
+}
+
+// AuditResponse is the answer to GET /v1/audit.
+type AuditResponse struct {
+	Entries []audit.Entry      `json:"entries"`
+	Head    hsmcore.SignedHead `json:"head"`
+}
+
+// ImportResponse is the answer to PUT /v1/image.
+type ImportResponse struct {
+	ImageID   []byte           `json:"image_id"`
+	Source    hsmcore.Identity `json:"source"`
+	ClusterID string           `json:"cluster_id"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// codes maps the hsmcore sentinels to stable wire codes and HTTP statuses,
+// so a client gets back an error that errors.Is recognizes.
+var codes = []struct {
+	code   string
+	err    error
+	status int
+}{
+	{"auth", hsmcore.ErrAuth, 401},
+	{"permission", hsmcore.ErrPermission, 403},
+	{"not_found", hsmcore.ErrNotFound, 404},
+	{"exists", hsmcore.ErrExists, 409},
+	{"invalid", hsmcore.ErrInvalid, 400},
+	{"malformed", hsmcore.ErrMalformed, 400},
+	{"unsupported_version", hsmcore.ErrUnsupportedVersion, 400},
+	{"hardware_mismatch", hsmcore.ErrHardwareMismatch, 422},
+	{"firmware_downgrade", hsmcore.ErrFirmwareDowngrade, 422},
+	{"fips_mode", hsmcore.ErrFIPSMode, 422},
+	{"tampered", hsmcore.ErrTampered, 422},
+	{"truncated", hsmcore.ErrTruncated, 422},
+	{"trailing_data", hsmcore.ErrTrailingData, 422},
+	{"attestation", hsmcore.ErrAttestation, 422},
+	{"full", hsmcore.ErrFull, 507},
+	{"quorum", hsmcore.ErrQuorum, 403},
+}
+
+// ErrorCode returns the wire code and HTTP status for err.
+func ErrorCode(err error) (string, int) {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status
+		}
+	}
+	return "internal", 500
+}
+
+// CodeError returns the sentinel for a wire code, or nil for an unknown
+// one.
+func CodeError(code string) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}

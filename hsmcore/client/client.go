@@ -1,0 +1,395 @@
+// Package client calls one HSM daemon (hsmcore/server) over HTTP/2 on
+// mutual TLS 1.3. Errors the daemon reports come back as *RemoteError,
+// which unwraps to the hsmcore sentinel, so errors.Is works as it would
+// in-process.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+)
+
+// Config says how to reach and trust one HSM.
+type Config struct {
+	// Addr is the daemon's host:port.
+	Addr string
+	// Certificate is the client certificate, issued by the customer CA;
+	// nil before the cluster is initialized.
+	Certificate *tls.Certificate
+	// CustomerCA verifies the cluster certificate the daemon presents once
+	// initialized; ClusterID, if set, must be its common name.
+	CustomerCA *x509.Certificate
+	ClusterID  string
+	// ManufacturerRoots verify the device certificate a daemon presents
+	// before its cluster is initialized. One of CustomerCA and
+	// ManufacturerRoots is required; with both, either identity is
+	// accepted.
+	ManufacturerRoots *x509.CertPool
+	// Timeout bounds each call but image transfers; 0 means 30 seconds.
+	Timeout time.Duration
+}
+
+// Client is a connection to one HSM daemon. It is safe for concurrent use;
+// Login sets the session all later calls use.
+type Client struct {
+	base    string
+	http    *http.Client
+	timeout time.Duration
+
+	mu    sync.Mutex
+	token string
+}
+
+// New returns a client for cfg.
+func New(cfg Config) (*Client, error) {
+	if cfg.CustomerCA == nil && cfg.ManufacturerRoots == nil {
+		return nil, errors.New("client: a customer CA or manufacturer roots are required to trust the HSM")
+	}
+	tc := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"h2"},
+		// The daemon's certificate names a cluster or a device, not a host:
+		// VerifyConnection checks it instead of the host name check.
+		InsecureSkipVerify: true,
+		VerifyConnection:   verifier(cfg),
+	}
+	if cfg.Certificate != nil {
+		tc.Certificates = []tls.Certificate{*cfg.Certificate}
+	}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}
+	c := &Client{base: "https://" + cfg.Addr, http: &http.Client{Transport: tr}, timeout: cfg.Timeout}
+	if c.timeout == 0 {
+		c.timeout = 30 * time.Second
+	}
+	return c, nil
+}
+
+func verifier(cfg Config) func(tls.ConnectionState) error {
+	var clusterRoots *x509.CertPool
+	if cfg.CustomerCA != nil {
+		clusterRoots = x509.NewCertPool()
+		clusterRoots.AddCert(cfg.CustomerCA)
+	}
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("hsm presented no certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		opts := x509.VerifyOptions{KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, Intermediates: x509.NewCertPool()}
+		for _, c := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		var errs []error
+		if clusterRoots != nil {
+			opts.Roots = clusterRoots
+			_, err := leaf.Verify(opts)
+			if err == nil && cfg.ClusterID != "" && leaf.Subject.CommonName != cfg.ClusterID {
+				err = fmt.Errorf("cluster certificate names %q, want %q", leaf.Subject.CommonName, cfg.ClusterID)
+			}
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("as cluster: %w", err))
+		}
+		if cfg.ManufacturerRoots != nil {
+			opts.Roots = cfg.ManufacturerRoots
+			_, err := leaf.Verify(opts)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("as device: %w", err))
+		}
+		return fmt.Errorf("hsm certificate not trusted: %w", errors.Join(errs...))
+	}
+}
+
+// RemoteError is an error the daemon reported.
+type RemoteError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Unwrap returns the hsmcore sentinel for the error's code, if any.
+func (e *RemoteError) Unwrap() error { return api.CodeError(e.Code) }
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	resp, err := c.send(ctx, method, path, "application/json", body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, 64<<20))
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("%s %s: answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// send makes a request and turns a non-2xx answer into a *RemoteError.
+func (c *Client) send(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
+	}
+	c.mu.Lock()
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	c.mu.Unlock()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var e api.Error
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e); err != nil {
+		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	return nil, &RemoteError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+}
+
+// Health returns the HSM's identity and state.
+func (c *Client) Health(ctx context.Context) (api.Health, error) {
+	var h api.Health
+	return h, c.do(ctx, "GET", "/v1/health", nil, &h)
+}
+
+// Attest asks the HSM for an attestation bound to nonce. Verify it with
+// hsmcore.VerifyAttestation.
+func (c *Client) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
+	var a hsmcore.Attestation
+	return &a, c.do(ctx, "POST", "/v1/attest", api.AttestRequest{Nonce: nonce}, &a)
+}
+
+// Certificates returns the HSM's certificates.
+func (c *Client) Certificates(ctx context.Context) (api.Certificates, error) {
+	var out api.Certificates
+	return out, c.do(ctx, "GET", "/v1/certificates", nil, &out)
+}
+
+// ClusterCSR asks an uninitialized HSM for its cluster CSR (DER).
+func (c *Client) ClusterCSR(ctx context.Context, clusterID string) ([]byte, error) {
+	var out api.CSRResponse
+	return out.CSR, c.do(ctx, "POST", "/v1/cluster/csr", api.CSRRequest{ClusterID: clusterID}, &out)
+}
+
+// InitializeCluster installs the signed cluster certificate and the
+// customer CA (both DER).
+func (c *Client) InitializeCluster(ctx context.Context, cert, ca []byte) error {
+	return c.do(ctx, "POST", "/v1/cluster/initialize", api.ClusterInitRequest{Certificate: cert, CustomerCA: ca}, nil)
+}
+
+// Initialize creates the first crypto officer.
+func (c *Client) Initialize(ctx context.Context, user, password string) error {
+	return c.do(ctx, "POST", "/v1/initialize", api.Credentials{User: user, Password: password}, nil)
+}
+
+// Login opens a session that later calls use.
+func (c *Client) Login(ctx context.Context, user, password string) (hsmcore.Role, error) {
+	var out api.LoginResponse
+	if err := c.do(ctx, "POST", "/v1/login", api.Credentials{User: user, Password: password}, &out); err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	c.token = out.Token
+	c.mu.Unlock()
+	return out.Role, nil
+}
+
+// Logout ends the session.
+func (c *Client) Logout(ctx context.Context) error {
+	err := c.do(ctx, "POST", "/v1/logout", nil, nil)
+	c.mu.Lock()
+	c.token = ""
+	c.mu.Unlock()
+	return err
+}
+
+// ChangePassword sets the logged-in user's password.
+func (c *Client) ChangePassword(ctx context.Context, password string) error {
+	return c.do(ctx, "PUT", "/v1/password", api.PasswordRequest{Password: password}, nil)
+}
+
+// Users lists the users.
+func (c *Client) Users(ctx context.Context) ([]hsmcore.UserInfo, error) {
+	var out api.UsersResponse
+	return out.Users, c.do(ctx, "GET", "/v1/users", nil, &out)
+}
+
+// CreateUser adds a user.
+func (c *Client) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {
+	return c.do(ctx, "POST", "/v1/users", api.CreateUserRequest{Name: name, Role: role, Password: password}, nil)
+}
+
+// DeleteUser removes a user.
+func (c *Client) DeleteUser(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/users/"+name, nil, nil)
+}
+
+// Keys lists the keys the session may see.
+func (c *Client) Keys(ctx context.Context) ([]hsmcore.KeyInfo, error) {
+	var out api.KeysResponse
+	return out.Keys, c.do(ctx, "GET", "/v1/keys", nil, &out)
+}
+
+// GenerateKeys creates keys, all or none.
+func (c *Client) GenerateKeys(ctx context.Context, specs []hsmcore.KeySpec) ([]hsmcore.KeyInfo, error) {
+	var out api.KeysResponse
+	return out.Keys, c.do(ctx, "POST", "/v1/keys", api.GenerateKeysRequest{Keys: specs}, &out)
+}
+
+// Key returns one key's attributes.
+func (c *Client) Key(ctx context.Context, h uint64) (hsmcore.KeyInfo, error) {
+	var out hsmcore.KeyInfo
+	return out, c.do(ctx, "GET", keyPath(h, ""), nil, &out)
+}
+
+func keyPath(h uint64, op string) string {
+	p := "/v1/keys/" + strconv.FormatUint(h, 10)
+	if op != "" {
+		p += "/" + op
+	}
+	return p
+}
+
+// DeleteKey destroys a key.
+func (c *Client) DeleteKey(ctx context.Context, h uint64) error {
+	return c.do(ctx, "DELETE", keyPath(h, ""), nil, nil)
+}
+
+// SetAttributes changes a key's attributes.
+func (c *Client) SetAttributes(ctx context.Context, h uint64, change hsmcore.AttributeChange) error {
+	return c.do(ctx, "PATCH", keyPath(h, ""), change, nil)
+}
+
+// ShareKey shares a key with another crypto user, or stops sharing it.
+func (c *Client) ShareKey(ctx context.Context, h uint64, user string, share bool) error {
+	return c.do(ctx, "POST", keyPath(h, "share"), api.ShareRequest{User: user, Share: share}, nil)
+}
+
+// SetTrusted marks a key trusted or not.
+func (c *Client) SetTrusted(ctx context.Context, h uint64, trusted bool) error {
+	return c.do(ctx, "POST", keyPath(h, "trust"), api.TrustRequest{Trusted: trusted}, nil)
+}
+
+func (c *Client) crypto(ctx context.Context, h uint64, op string, req api.CryptoRequest) ([]byte, error) {
+	var out api.CryptoResponse
+	return out.Data, c.do(ctx, "POST", keyPath(h, op), req, &out)
+}
+
+// Encrypt seals data with AES-GCM under key h.
+func (c *Client) Encrypt(ctx context.Context, h uint64, data, aad []byte) ([]byte, error) {
+	return c.crypto(ctx, h, "encrypt", api.CryptoRequest{Data: data, AAD: aad})
+}
+
+// Decrypt opens what Encrypt sealed.
+func (c *Client) Decrypt(ctx context.Context, h uint64, data, aad []byte) ([]byte, error) {
+	return c.crypto(ctx, h, "decrypt", api.CryptoRequest{Data: data, AAD: aad})
+}
+
+// Sign signs data with key h.
+func (c *Client) Sign(ctx context.Context, h uint64, data []byte) ([]byte, error) {
+	return c.crypto(ctx, h, "sign", api.CryptoRequest{Data: data})
+}
+
+// Verify checks a signature with key h.
+func (c *Client) Verify(ctx context.Context, h uint64, data, sig []byte) error {
+	return c.do(ctx, "POST", keyPath(h, "verify"), api.CryptoRequest{Data: data, Signature: sig}, nil)
+}
+
+// WrapKey wraps key target under key wrapping.
+func (c *Client) WrapKey(ctx context.Context, wrapping, target uint64) ([]byte, error) {
+	var out api.WrapResponse
+	return out.Wrapped, c.do(ctx, "POST", "/v1/wrap", api.WrapRequest{Wrapping: wrapping, Target: target}, &out)
+}
+
+// UnwrapKey imports a wrapped key under key unwrapping.
+func (c *Client) UnwrapKey(ctx context.Context, unwrapping uint64, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
+	var out hsmcore.KeyInfo
+	return out, c.do(ctx, "POST", "/v1/unwrap", api.UnwrapRequest{Unwrapping: unwrapping, Wrapped: wrapped, Spec: spec}, &out)
+}
+
+// ExportUserRecord returns user name's sync record.
+func (c *Client) ExportUserRecord(ctx context.Context, name string) ([]byte, error) {
+	var out api.Record
+	return out.Record, c.do(ctx, "POST", "/v1/sync/export", api.RecordRequest{User: name}, &out)
+}
+
+// ExportKeyRecord returns key h's sync record.
+func (c *Client) ExportKeyRecord(ctx context.Context, h uint64) ([]byte, error) {
+	var out api.Record
+	return out.Record, c.do(ctx, "POST", "/v1/sync/export", api.RecordRequest{Handle: h}, &out)
+}
+
+// ImportRecord applies a sync record from another member.
+func (c *Client) ImportRecord(ctx context.Context, rec []byte) error {
+	return c.do(ctx, "POST", "/v1/sync/import", api.Record{Record: rec}, nil)
+}
+
+// AuditLog returns the HSM's audit log and its signed head.
+func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
+	var out api.AuditResponse
+	return out, c.do(ctx, "GET", "/v1/audit", nil, &out)
+}
+
+// ExportImage streams the HSM's image; the caller closes it. Cancelling
+// ctx stops the transfer.
+func (c *Client) ExportImage(ctx context.Context) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, "GET", "/v1/image", "", nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// ImportImage streams an image into the HSM.
+func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResponse, error) {
+	var out api.ImportResponse
+	resp, err := c.send(ctx, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(img))
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
+		return out, fmt.Errorf("import image: answer: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,454 @@
+package server
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+)
+
+// access is who may call a route.
+type access int
+
+const (
+	public   access = iota // any TLS client: health, attestation, certificates
+	preInit                // only before the cluster is initialized
+	member                 // a client certificate from the customer CA
+	loggedIn               // member, logged in
+)
+
+// handler serves one call and returns the JSON answer (nil for 204).
+type handler func(r *http.Request, s *hsmcore.Session) (any, error)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, a access, h handler) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.serve(w, r, pattern, a, h) })
+	}
+	route("GET /v1/health", public, s.health)
+	route("POST /v1/attest", public, s.attest)
+	route("GET /v1/certificates", public, s.certificates)
+	route("POST /v1/cluster/csr", preInit, s.clusterCSR)
+	route("POST /v1/cluster/initialize", preInit, s.clusterInit)
+	route("POST /v1/initialize", member, s.initialize)
+	route("POST /v1/login", member, s.login)
+	route("POST /v1/logout", loggedIn, s.logout)
+	route("PUT /v1/password", loggedIn, s.password)
+	route("GET /v1/users", loggedIn, s.users)
+	route("POST /v1/users", loggedIn, s.createUser)
+	route("DELETE /v1/users/{name}", loggedIn, s.deleteUser)
+	route("GET /v1/keys", loggedIn, s.keys)
+	route("POST /v1/keys", loggedIn, s.generateKeys)
+	route("GET /v1/keys/{handle}", loggedIn, s.key)
+	route("DELETE /v1/keys/{handle}", loggedIn, s.deleteKey)
+	route("PATCH /v1/keys/{handle}", loggedIn, s.setAttributes)
+	route("POST /v1/keys/{handle}/share", loggedIn, s.share)
+	route("POST /v1/keys/{handle}/trust", loggedIn, s.trust)
+	route("POST /v1/keys/{handle}/{op}", loggedIn, s.crypto)
+	route("POST /v1/wrap", loggedIn, s.wrap)
+	route("POST /v1/unwrap", loggedIn, s.unwrap)
+	route("POST /v1/sync/export", loggedIn, s.exportRecord)
+	route("POST /v1/sync/import", loggedIn, s.importRecord)
+	route("GET /v1/audit", loggedIn, s.audit)
+	mux.HandleFunc("GET /v1/image", s.exportImage)
+	mux.HandleFunc("PUT /v1/image", s.importImage)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, fmt.Errorf("no such call %s %s: %w", r.Method, r.URL.Path, hsmcore.ErrNotFound))
+	})
+	return mux
+}
+
+// serve checks access, runs h and writes its answer.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, name string, a access, h handler) {
+	sess, err := s.authorize(r, a)
+	var out any
+	if err == nil {
+		out, err = h(r, sess)
+	}
+	discard(r.Body, api.MaxBody)
+	if err != nil {
+		s.log.Info("refused", "call", name, "remote", r.RemoteAddr, "err", err)
+		writeError(w, err)
+		return
+	}
+	s.log.Debug("served", "call", name, "remote", r.RemoteAddr)
+	if out == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}
+
+// authorize applies an access level to a request and returns its session
+// where one is needed.
+func (s *Server) authorize(r *http.Request, a access) (*hsmcore.Session, error) {
+	switch a {
+	case public:
+		return nil, nil
+	case preInit:
+		if s.dev.ClusterInitialized() {
+			return nil, fmt.Errorf("cluster already initialized: %w", hsmcore.ErrPermission)
+		}
+		return nil, nil
+	}
+	// A connection made before the cluster was initialized carries no
+	// verified client certificate, and gets nothing more.
+	if !s.dev.ClusterInitialized() {
+		return nil, fmt.Errorf("cluster not initialized: %w", hsmcore.ErrPermission)
+	}
+	if certHash(r) == ([32]byte{}) {
+		return nil, fmt.Errorf("a client certificate from the customer CA is required: %w", hsmcore.ErrPermission)
+	}
+	if a == member {
+		return nil, nil
+	}
+	return s.session(r)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code, status := api.ErrorCode(err)
+	msg := err.Error()
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		code, status, msg = "too_large", http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(api.Error{Code: code, Message: msg})
+}
+
+// decode reads a bounded JSON body into v: one object, no unknown fields.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, api.MaxBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %v: %w", err, hsmcore.ErrMalformed)
+	}
+	if dec.More() || dec.InputOffset() > api.MaxBody {
+		return fmt.Errorf("request body: one JSON object of at most %d bytes: %w", api.MaxBody, hsmcore.ErrMalformed)
+	}
+	return nil
+}
+
+func handle(r *http.Request) (uint64, error) {
+	h, err := strconv.ParseUint(r.PathValue("handle"), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("key handle %q: %w", r.PathValue("handle"), hsmcore.ErrInvalid)
+	}
+	return h, nil
+}
+
+func (s *Server) health(*http.Request, *hsmcore.Session) (any, error) {
+	fp := s.dev.PBKFingerprint()
+	return api.Health{Identity: s.dev.Identity(), ClusterID: s.dev.ClusterID(), ClusterInitialized: s.dev.ClusterInitialized(),
+		Initialized: s.dev.Initialized(), StateDigest: s.dev.StateDigest(), PBKFingerprint: fp[:]}, nil
+}
+
+func (s *Server) attest(r *http.Request, _ *hsmcore.Session) (any, error) {
+	var req api.AttestRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return s.dev.Attest(req.Nonce)
+}
+
+func (s *Server) certificates(*http.Request, *hsmcore.Session) (any, error) {
+	m, o := s.dev.Certificates()
+	out := api.Certificates{Manufacturer: m.Raw, Operator: o.Raw}
+	if ca := s.dev.CustomerCA(); ca != nil {
+		id, err := s.dev.TLSIdentity()
+		if err != nil {
+			return nil, err
+		}
+		out.Cluster, out.CustomerCA = id.Certificate.Certificate[0], ca.Raw
+	}
+	return out, nil
+}
+
+func (s *Server) clusterCSR(r *http.Request, _ *hsmcore.Session) (any, error) {
+	var req api.CSRRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	csr, err := s.dev.ClusterCSR(req.ClusterID)
+	if err != nil {
+		return nil, err
+	}
+	return api.CSRResponse{CSR: csr}, nil
+}
+
+func (s *Server) clusterInit(r *http.Request, _ *hsmcore.Session) (any, error) {
+	var req api.ClusterInitRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, s.dev.InitializeCluster(req.Certificate, req.CustomerCA)
+}
+
+func (s *Server) initialize(r *http.Request, _ *hsmcore.Session) (any, error) {
+	var req api.Credentials
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, s.dev.Initialize(req.User, req.Password)
+}
+
+func (s *Server) login(r *http.Request, _ *hsmcore.Session) (any, error) {
+	var req api.Credentials
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	hs, err := s.dev.Login(req.User, req.Password)
+	if err != nil {
+		return nil, err
+	}
+	token := base64.RawURLEncoding.EncodeToString(randomBytes(32))
+	if err := s.newSession(r, hs, token); err != nil {
+		hs.Logout()
+		return nil, err
+	}
+	return api.LoginResponse{Token: token, Role: hs.User().Role}, nil
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func (s *Server) logout(r *http.Request, _ *hsmcore.Session) (any, error) {
+	s.endSession(r)
+	return nil, nil
+}
+
+func (s *Server) password(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.PasswordRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.ChangePassword(req.Password)
+}
+
+func (s *Server) users(_ *http.Request, hs *hsmcore.Session) (any, error) {
+	u, err := hs.Users()
+	return api.UsersResponse{Users: u}, err
+}
+
+func (s *Server) createUser(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.CreateUserRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.CreateUser(req.Name, req.Role, req.Password)
+}
+
+func (s *Server) deleteUser(r *http.Request, hs *hsmcore.Session) (any, error) {
+	return nil, hs.DeleteUser(r.PathValue("name"))
+}
+
+func (s *Server) keys(_ *http.Request, hs *hsmcore.Session) (any, error) {
+	k, err := hs.Keys()
+	return api.KeysResponse{Keys: k}, err
+}
+
+func (s *Server) generateKeys(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.GenerateKeysRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	k, err := hs.GenerateKeys(req.Keys)
+	return api.KeysResponse{Keys: k}, err
+}
+
+func (s *Server) key(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	return hs.Key(h)
+}
+
+func (s *Server) deleteKey(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	return nil, hs.DeleteKey(h)
+}
+
+func (s *Server) setAttributes(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	var req hsmcore.AttributeChange
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.SetAttributes(h, req)
+}
+
+func (s *Server) share(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	var req api.ShareRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.ShareKey(h, req.User, req.Share)
+}
+
+func (s *Server) trust(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	var req api.TrustRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.SetTrusted(h, req.Trusted)
+}
+
+func (s *Server) crypto(r *http.Request, hs *hsmcore.Session) (any, error) {
+	h, err := handle(r)
+	if err != nil {
+		return nil, err
+	}
+	var req api.CryptoRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var out []byte
+	switch op := r.PathValue("op"); op {
+	case "encrypt":
+		out, err = hs.Encrypt(h, req.Data, req.AAD)
+	case "decrypt":
+		out, err = hs.Decrypt(h, req.Data, req.AAD)
+	case "sign":
+		out, err = hs.Sign(h, req.Data)
+	case "verify":
+		return nil, hs.Verify(h, req.Data, req.Signature)
+	default:
+		return nil, fmt.Errorf("no key operation %q: %w", op, hsmcore.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return api.CryptoResponse{Data: out}, nil
+}
+
+func (s *Server) wrap(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.WrapRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	w, err := hs.WrapKey(req.Wrapping, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	return api.WrapResponse{Wrapped: w}, nil
+}
+
+func (s *Server) unwrap(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.UnwrapRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return hs.UnwrapKey(req.Unwrapping, req.Wrapped, req.Spec)
+}
+
+func (s *Server) exportRecord(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.RecordRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var rec []byte
+	var err error
+	if req.User != "" {
+		rec, err = hs.ExportUserRecord(req.User)
+	} else {
+		rec, err = hs.ExportKeyRecord(req.Handle)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return api.Record{Record: rec}, nil
+}
+
+func (s *Server) importRecord(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.Record
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.ImportRecord(req.Record)
+}
+
+func (s *Server) audit(_ *http.Request, hs *hsmcore.Session) (any, error) {
+	if hs.User().Role != hsmcore.CryptoOfficer {
+		return nil, fmt.Errorf("audit log: crypto officers only: %w", hsmcore.ErrPermission)
+	}
+	entries, head, err := s.dev.AuditLog()
+	if err != nil {
+		return nil, err
+	}
+	return api.AuditResponse{Entries: entries, Head: head}, nil
+}
+
+// exportImage streams the device's image to the client: a crypto
+// officer's call.
+func (s *Server) exportImage(w http.ResponseWriter, r *http.Request) {
+	hs, err := s.authorize(r, loggedIn)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	_, img, err := hs.ExportImage(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer img.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if _, err := io.Copy(w, img); err != nil {
+		// The status is sent; the client sees a cut stream, which the
+		// image format detects.
+		s.log.Info("image export cut", "remote", r.RemoteAddr, "err", err)
+	}
+}
+
+// importImage streams an image from the client into the device. A device
+// without users takes it without a session (a new cluster member being
+// cloned); otherwise a crypto officer's session is needed.
+func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
+	var hs *hsmcore.Session
+	if r.Header.Get("Authorization") != "" {
+		var err error
+		if hs, err = s.authorize(r, loggedIn); err != nil {
+			writeError(w, err)
+			return
+		}
+	} else if s.dev.ClusterInitialized() && certHash(r) == ([32]byte{}) {
+		writeError(w, fmt.Errorf("a client certificate from the customer CA is required: %w", hsmcore.ErrPermission))
+		return
+	}
+	h, err := s.dev.ImportImage(r.Context(), hs, bufio.NewReaderSize(r.Body, 64<<10))
+	if err != nil {
+		s.log.Info("image import refused", "remote", r.RemoteAddr, "err", err)
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.ImportResponse{ImageID: h.ImageID[:], Source: h.Source, ClusterID: h.ClusterID})
+}

@@ -1,0 +1,388 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
+)
+
+const password = "correct horse battery"
+
+// env is one manufacturer, one operator, one customer CA.
+type env struct {
+	mfr, op *hsmcore.Authority
+	ca      *testpki.CA
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{mfr: mfr, op: op, ca: testpki.NewCA(t, "customer root CA")}
+}
+
+// serve manufactures an HSM and serves it on a loopback port.
+func (e *env) serve(t *testing.T) (*hsmcore.Device, string) {
+	t.Helper()
+	d, err := hsmcore.Manufacture(filepath.Join(t.TempDir(), "hsm"), hsmcore.ManufactureConfig{
+		Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: e.mfr, Operator: e.op}, hsmcore.TestOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Device: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		d.Close()
+	})
+	return d, ln.Addr().String()
+}
+
+func (e *env) roots() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(e.mfr.Certificate())
+	return p
+}
+
+// preInitClient trusts the device certificate and presents none.
+func (e *env) preInitClient(t *testing.T, addr string) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Addr: addr, ManufacturerRoots: e.roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// memberClient presents cert and trusts the cluster certificate.
+func (e *env) memberClient(t *testing.T, addr string, cert *tls.Certificate) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Addr: addr, Certificate: cert, CustomerCA: e.ca.Cert, ClusterID: "cluster-1", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// initialized serves an HSM, initializes its cluster and first officer,
+// and returns an officer's client.
+func (e *env) initialized(t *testing.T) (*hsmcore.Device, string, *client.Client) {
+	t.Helper()
+	ctx := context.Background()
+	d, addr := e.serve(t)
+	pre := e.preInitClient(t, addr)
+	csr, err := pre.ClusterCSR(ctx, "cluster-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pre.InitializeCluster(ctx, e.ca.SignCSR(t, csr), e.ca.Cert.Raw); err != nil {
+		t.Fatal(err)
+	}
+	cert := e.ca.Client(t, "admin-client")
+	co := e.memberClient(t, addr, &cert)
+	if err := co.Initialize(ctx, "admin", password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.Login(ctx, "admin", password); err != nil {
+		t.Fatal(err)
+	}
+	return d, addr, co
+}
+
+func TestClusterInitOverTheWire(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d, addr, co := e.initialized(t)
+	h, err := co.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.ClusterInitialized || !h.Initialized || h.ClusterID != "cluster-1" || h.Serial != d.Identity().Serial {
+		t.Fatalf("health %+v", h)
+	}
+	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
+		t.Fatal(err)
+	}
+	cert := e.ca.Client(t, "app")
+	cu := e.memberClient(t, addr, &cert)
+	if _, err := cu.Login(ctx, "alice", password); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}, {Type: hsmcore.EC, Curve: "P-256", Sign: true, Verify: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := cu.Encrypt(ctx, keys[0].Handle, []byte("over the wire"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := cu.Decrypt(ctx, keys[0].Handle, ct, nil); err != nil || string(pt) != "over the wire" {
+		t.Fatalf("decrypt: %q, %v", pt, err)
+	}
+	sig, err := cu.Sign(ctx, keys[1].Handle, []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cu.Verify(ctx, keys[1].Handle, []byte("m"), sig); err != nil {
+		t.Fatal(err)
+	}
+	if err := cu.Verify(ctx, keys[1].Handle, []byte("x"), sig); !errors.Is(err, hsmcore.ErrTampered) {
+		t.Fatalf("bad signature: got %v, want ErrTampered", err)
+	}
+	// The attestation fetched over the wire verifies.
+	nonce := hsmcore.NewNonce()
+	att, err := co.Attest(ctx, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := x509.NewCertPool()
+	op.AddCert(e.op.Certificate())
+	if _, err := hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{ManufacturerRoots: e.roots(), OperatorRoots: op, Nonce: nonce,
+		Expect: hsmcore.Expectation{Class: "hsm2m.medium", Manufacturer: "acme", Operator: "cloud"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The audit log read over the API verifies against the device.
+	al, err := co.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc, _ := d.Certificates()
+	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, mc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d, addr, co := e.initialized(t)
+	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
+		t.Fatal(err)
+	}
+	digest := d.StateDigest()
+
+	t.Run("no client certificate", func(t *testing.T) {
+		c := e.memberClient(t, addr, nil)
+		if _, err := c.Health(ctx); err == nil {
+			t.Fatal("a client without a certificate was served")
+		}
+	})
+	t.Run("certificate from another CA", func(t *testing.T) {
+		cert := testpki.NewCA(t, "mallory CA").Client(t, "mallory")
+		if _, err := e.memberClient(t, addr, &cert).Login(ctx, "admin", password); err == nil {
+			t.Fatal("a certificate from another CA was accepted")
+		}
+	})
+	t.Run("expired certificate", func(t *testing.T) {
+		cert := e.ca.ClientCert(t, "old", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+		if _, err := e.memberClient(t, addr, &cert).Login(ctx, "admin", password); err == nil {
+			t.Fatal("an expired certificate was accepted")
+		}
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		cert := e.ca.Client(t, "c")
+		if _, err := e.memberClient(t, addr, &cert).Login(ctx, "admin", "wrong password"); !errors.Is(err, hsmcore.ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+	})
+	t.Run("no session", func(t *testing.T) {
+		cert := e.ca.Client(t, "c")
+		if _, err := e.memberClient(t, addr, &cert).Users(ctx); !errors.Is(err, hsmcore.ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+	})
+	t.Run("crypto user doing officer work", func(t *testing.T) {
+		cert := e.ca.Client(t, "app")
+		cu := e.memberClient(t, addr, &cert)
+		if _, err := cu.Login(ctx, "alice", password); err != nil {
+			t.Fatal(err)
+		}
+		if err := cu.CreateUser(ctx, "mallory", hsmcore.CryptoOfficer, password); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("got %v, want ErrPermission", err)
+		}
+		if _, err := cu.ExportImage(ctx); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("export: got %v, want ErrPermission", err)
+		}
+		if _, err := cu.AuditLog(ctx); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("audit: got %v, want ErrPermission", err)
+		}
+	})
+	t.Run("cluster init again", func(t *testing.T) {
+		if _, err := co.ClusterCSR(ctx, "cluster-1"); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("got %v, want ErrPermission", err)
+		}
+	})
+	if d.StateDigest() != digest {
+		t.Fatal("a refused call changed the HSM")
+	}
+}
+
+// A token is bound to the client certificate that logged in.
+func TestTokenBoundToCertificate(t *testing.T) {
+	e := newEnv(t)
+	_, addr, _ := e.initialized(t)
+	owner, thief := e.ca.Client(t, "owner"), e.ca.Client(t, "thief")
+	call := func(cert *tls.Certificate, method, path, token, body string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, "https://"+addr+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := rawClient(e, cert).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	resp := call(&owner, "POST", "/v1/login", "", `{"user":"admin","password":"`+password+`"}`)
+	var login struct{ Token string }
+	if err := json.NewDecoder(resp.Body).Decode(&login); err != nil || login.Token == "" {
+		t.Fatalf("login: %v", err)
+	}
+	if r := call(&owner, "GET", "/v1/users", login.Token, ""); r.StatusCode != http.StatusOK || r.ProtoMajor != 2 {
+		t.Fatalf("owner's call: status %d over HTTP/%d, want 200 over HTTP/2", r.StatusCode, r.ProtoMajor)
+	}
+	if r := call(&thief, "GET", "/v1/users", login.Token, ""); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("token from another certificate: status %d, want 401", r.StatusCode)
+	}
+	call(&owner, "POST", "/v1/logout", login.Token, "")
+	if r := call(&owner, "GET", "/v1/users", login.Token, ""); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("token after logout: status %d, want 401", r.StatusCode)
+	}
+}
+
+func rawClient(e *env, cert *tls.Certificate) *http.Client {
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}
+	if cert != nil {
+		tc.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}, Timeout: 5 * time.Second}
+}
+
+func TestMalformedAndOversizedRequests(t *testing.T) {
+	e := newEnv(t)
+	d, addr, _ := e.initialized(t)
+	cert := e.ca.Client(t, "fuzzer")
+	hc := rawClient(e, &cert)
+	digest := d.StateDigest()
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+	}{
+		{"not JSON", "POST", "/v1/login", "{not json", 400},
+		{"unknown field", "POST", "/v1/login", `{"user":"a","password":"b","admin":true}`, 400},
+		{"two objects", "POST", "/v1/login", `{"user":"a","password":"b"}{}`, 400},
+		{"oversized", "POST", "/v1/login", `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, 400},
+		{"unknown call", "GET", "/v1/nothing", "", 404},
+		{"no session", "GET", "/v1/keys/abc", "", 401},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(c.method, "https://"+addr+c.path, strings.NewReader(c.body))
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, c.status)
+			}
+		})
+	}
+	// The daemon still serves.
+	if _, err := e.memberClient(t, addr, &cert).Health(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d.StateDigest() != digest {
+		t.Fatal("a malformed request changed the HSM")
+	}
+}
+
+// A member added to a cluster is cloned from an existing one by image, and
+// then serves as the cluster.
+func TestCloneMemberOverTheWire(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a, _, co := e.initialized(t)
+	img, err := co.ExportImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	b, addrB := e.serve(t)
+	if _, err := e.preInitClient(t, addrB).ImportImage(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if a.StateDigest() != b.StateDigest() || !b.ClusterInitialized() {
+		t.Fatal("the clone differs from its source")
+	}
+	cert := e.ca.Client(t, "c")
+	cb := e.memberClient(t, addrB, &cert)
+	if _, err := cb.Login(ctx, "admin", password); err != nil {
+		t.Fatalf("login on the clone: %v", err)
+	}
+}
+
+// A connection opened before the cluster was initialized, without a client
+// certificate, gets nothing more after it.
+func TestPreInitConnectionGainsNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	_, addr := e.serve(t)
+	pre := e.preInitClient(t, addr)
+	csr, err := pre.ClusterCSR(ctx, "cluster-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("initialize before cluster init: got %v, want ErrPermission", err)
+	}
+	if err := pre.InitializeCluster(ctx, e.ca.SignCSR(t, csr), e.ca.Cert.Raw); err != nil {
+		t.Fatal(err)
+	}
+	// Same client, same kept-alive connection, no certificate.
+	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("initialize over a pre-init connection: got %v, want ErrPermission", err)
+	}
+}
