@@ -49,16 +49,16 @@ func (d *Device) StateDigest() string {
 }
 
 // ExportUserRecord seals user name's record for the other members of the
-// cluster. Crypto officers only.
+// cluster. A crypto officer may export any user, a crypto user itself.
 func (s *Session) ExportUserRecord(name string) ([]byte, error) {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := s.check("sync.export", CryptoOfficer); err != nil {
+	if err := s.check("sync.export"); err != nil {
 		return nil, err
 	}
 	u := d.st.Users[name]
-	if u == nil {
+	if u == nil || (s.role == CryptoUser && name != s.user) {
 		return nil, fmt.Errorf("export user %s: %w", auditName(name), ErrNotFound)
 	}
 	return d.sealSync(syncRecord{User: u})
@@ -103,8 +103,9 @@ func (d *Device) syncAAD() []byte {
 
 // ImportRecord applies a sync record from another member of the same
 // cluster: the user or key is added, or replaces the record of the same
-// name or handle. A crypto officer may import users and keys, a crypto
-// user only keys it owns.
+// name or handle. A crypto officer may import users and keys; a crypto
+// user, keys it owns and its own user record with its own role (after a
+// password change on another member).
 func (s *Session) ImportRecord(blob []byte) error {
 	d := s.d
 	d.mu.Lock()
@@ -135,8 +136,8 @@ func (s *Session) ImportRecord(blob []byte) error {
 	var object string
 	switch {
 	case r.User != nil:
-		if s.role != CryptoOfficer {
-			return fmt.Errorf("import record: only a crypto officer imports users: %w", ErrPermission)
+		if s.role != CryptoOfficer && (r.User.Name != s.user || r.User.Role != s.role) {
+			return fmt.Errorf("import record: a crypto user imports only its own user record: %w", ErrPermission)
 		}
 		if err := r.User.check(); err != nil {
 			return fmt.Errorf("import record: %v: %w", err, ErrMalformed)
@@ -166,6 +167,9 @@ func (s *Session) ImportRecord(blob []byte) error {
 	}
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("import record: %w", err)
+	}
+	if r.User != nil && r.User.Name == s.user {
+		s.rec = r.User // its own new password: this session goes on
 	}
 	return d.audit(s.user, "sync.import", object, "ok")
 }

@@ -54,8 +54,9 @@
 // order:
 //
 //  1. find ID among its outstanding tokens; otherwise fail (unknown token);
-//  2. if its clock reads Expires or later, remove the token and fail
-//     (expired);
+//  2. if the TTL has passed since the token was issued, as measured by
+//     the HSM's clock (its Expires field, or a monotonic clock), remove the
+//     token and fail (expired);
 //  3. require op and object to equal the token's Op and Object byte for
 //     byte; otherwise fail (mismatch);
 //  4. reject more than MaxApprovals approvals (bad approval);

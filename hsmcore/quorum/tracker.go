@@ -1,0 +1,179 @@
+package quorum
+
+import (
+	"container/list"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Tracker issues tokens and consumes them against approvals. It holds the
+// outstanding tokens in memory, at most MaxOutstanding of them. It is safe
+// for concurrent use.
+//
+// A token's life is measured on the Tracker's clock from the moment of
+// issue. With time.Now that is Go's monotonic clock, so setting the wall
+// clock neither shortens nor extends it; the Expires field shows the wall
+// time at which the token was due to expire.
+type Tracker struct {
+	now func() time.Time
+	ttl time.Duration
+
+	mu    sync.Mutex
+	byID  map[[16]byte]*list.Element // values *pending
+	order list.List                  // of *pending, oldest issue first
+}
+
+// pending is an outstanding token.
+type pending struct {
+	tok      Token
+	deadline time.Time // issue time + TTL, as read from now (with any monotonic reading)
+}
+
+// NewTracker returns a Tracker that reads time from now (time.Now if nil)
+// and issues tokens valid for ttl (DefaultTTL if 0). It panics if ttl is
+// negative.
+func NewTracker(now func() time.Time, ttl time.Duration) *Tracker {
+	if ttl < 0 {
+		panic("quorum: negative TTL")
+	}
+	if ttl == 0 {
+		ttl = DefaultTTL
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Tracker{now: now, ttl: ttl, byID: make(map[[16]byte]*list.Element)}
+}
+
+// Issue returns a new token for op on object and holds it until it is
+// consumed, expires, or is evicted. If MaxOutstanding tokens are already
+// held, Issue first removes the expired ones and, if none has expired, the
+// oldest. It fails if op or object breaks the limits in the package
+// documentation, or if the clock reads outside the years 1678 to 2262.
+func (t *Tracker) Issue(op, object string) (Token, error) {
+	if err := checkOp(op); err != nil {
+		return Token{}, fmt.Errorf("quorum: issue: %w", err)
+	}
+	if err := checkObject(object); err != nil {
+		return Token{}, fmt.Errorf("quorum: issue: %w", err)
+	}
+	now := t.now()
+	tok := Token{Op: op, Object: object, Issued: now.UTC(), Expires: now.Add(t.ttl).UTC()}
+	if !timeInRange(tok.Issued) || !timeInRange(tok.Expires) {
+		return Token{}, errors.New("quorum: issue: clock out of range")
+	}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		rand.Read(tok.ID[:]) // never fails
+		if tok.ID != ([16]byte{}) && t.byID[tok.ID] == nil {
+			break
+		}
+	}
+	if len(t.byID) >= MaxOutstanding {
+		t.evict(now)
+	}
+	t.byID[tok.ID] = t.order.PushBack(&pending{tok: tok, deadline: now.Add(t.ttl)})
+	return tok, nil
+}
+
+// evict makes room for one token: it removes every expired token and, if
+// none had expired, the oldest. t.mu must be held.
+func (t *Tracker) evict(now time.Time) {
+	for e := t.order.Front(); e != nil; {
+		next := e.Next()
+		if !now.Before(e.Value.(*pending).deadline) {
+			t.remove(e)
+		}
+		e = next
+	}
+	if len(t.byID) >= MaxOutstanding {
+		t.remove(t.order.Front())
+	}
+}
+
+// remove drops one outstanding token. t.mu must be held.
+func (t *Tracker) remove(e *list.Element) {
+	delete(t.byID, e.Value.(*pending).tok.ID)
+	t.order.Remove(e)
+}
+
+// Consume approves one run of op on object, which needs m approvals, with
+// the token id. It makes the checks listed in the package documentation, in
+// that order, taking the officers' registered keys from keys. On success
+// it removes the token, so that it cannot be used again.
+//
+// Every error wraps exactly one of the sentinel errors. On ErrExpired the
+// token is removed; on ErrMismatch, ErrBadSignature and
+// ErrNotEnoughApprovals it stays usable, so that the caller can retry with
+// the right operation or approvals.
+//
+// m comes from Policy.Required; Consume panics if m < 1, since an
+// operation that needs no approval should not consume a token.
+func (t *Tracker) Consume(id [16]byte, op, object string, m int, approvals []Approval, keys map[string]ed25519.PublicKey) error {
+	if m < 1 {
+		panic("quorum: Consume with m < 1")
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byID[id]
+	if e == nil {
+		return fmt.Errorf("%w: %x", ErrUnknownToken, id)
+	}
+	p := e.Value.(*pending)
+	if !t.now().Before(p.deadline) {
+		t.remove(e)
+		return fmt.Errorf("%w: %x", ErrExpired, id)
+	}
+	if op != p.tok.Op || object != p.tok.Object {
+		return fmt.Errorf("%w: %x", ErrMismatch, id)
+	}
+	if err := checkApprovals(&p.tok, m, approvals, keys); err != nil {
+		return err
+	}
+	t.remove(e)
+	return nil
+}
+
+// checkApprovals makes checks 4 to 6 of the package documentation.
+func checkApprovals(tok *Token, m int, approvals []Approval, keys map[string]ed25519.PublicKey) error {
+	if len(approvals) > MaxApprovals {
+		return fmt.Errorf("%w: more than %d approvals", ErrBadSignature, MaxApprovals)
+	}
+	msg := tok.SigningBytes()
+	officers := make(map[string]bool, len(approvals))
+	pubs := make(map[string]bool, len(approvals))
+	n := 0
+	for _, a := range approvals {
+		pub, ok := keys[a.Officer]
+		// ed25519.Verify panics on a public key of the wrong size; a
+		// signature of the wrong size merely fails.
+		if !ok || len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, msg, a.Signature) {
+			return fmt.Errorf("%w: officer %q", ErrBadSignature, clip(a.Officer))
+		}
+		if officers[a.Officer] || pubs[string(pub)] {
+			continue
+		}
+		officers[a.Officer] = true
+		pubs[string(pub)] = true
+		n++
+	}
+	if n < m {
+		return fmt.Errorf("%w: %d of %d", ErrNotEnoughApprovals, n, m)
+	}
+	return nil
+}
+
+// clip bounds a client-supplied name quoted in an error.
+func clip(s string) string {
+	const maxLen = 64
+	if len(s) > maxLen {
+		return s[:maxLen] + "..."
+	}
+	return s
+}
