@@ -537,4 +537,3 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	c.log.Info("member added", "addr", addr, "from", src.addr)
 	return nil
 }
-
