@@ -96,6 +96,8 @@ func TestTokenUnmarshal(t *testing.T) {
 		{"object control character", replace(t, `"bob"`, `"b\u0007b"`), false},
 		{"object newline", replace(t, `"bob"`, `"b\nb"`), false},
 		{"object C1 control", replace(t, `"bob"`, `"b\u009bb"`), false},
+		{"object bidi override", replace(t, `"bob"`, `"b\u202eb"`), false},
+		{"object zero-width space", replace(t, `"bob"`, `"b\u200bb"`), false},
 		{"offset time", replace(t, `15:09:26.535897932Z`, `15:09:26.535897932+00:00`), false},
 		{"non-zero offset", replace(t, `15:09:26.535897932Z`, `16:09:26.535897932+01:00`), false},
 		{"lower-case z", replace(t, `15:09:26.535897932Z`, `15:09:26.535897932z`), false},

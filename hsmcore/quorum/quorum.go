@@ -22,7 +22,8 @@
 //	ID       16 bytes from a cryptographically secure random source
 //	Op       the operation: 1 to 64 bytes, each one of a-z 0-9 . _ -
 //	Object   what the operation acts on (a user name, a key handle…):
-//	         0 to 256 bytes of UTF-8 with no control characters
+//	         0 to 256 bytes of UTF-8 with no control (Cc) or format
+//	         (Cf) characters
 //	Issued   the HSM's time of issue, in UTC, with nanoseconds
 //	Expires  Issued + TTL; the TTL is 10 minutes unless configured
 //
@@ -43,7 +44,7 @@
 // hex digits), "op", "object", "issued" and "expires" (RFC 3339 strings in
 // UTC, written "Z", with the fractional seconds of Go's RFC3339Nano layout:
 // no trailing zeros, no "." when zero). A decoder MUST reject a document of
-// more than MaxTokenJSON bytes, a missing, duplicate or unknown member
+// more than 4096 bytes, a missing, duplicate or unknown member
 // (member names are case-sensitive), a field outside the limits above, a
 // time in any other form, a zero ID, and Expires not after Issued.
 //
@@ -59,7 +60,7 @@
 //     token and fail (expired);
 //  3. require op and object to equal the token's Op and Object byte for
 //     byte; otherwise fail (mismatch);
-//  4. reject more than MaxApprovals approvals (bad approval);
+//  4. reject more than 64 approvals (bad approval);
 //  5. for every approval, require its officer to be in K and its signature
 //     to verify under that officer's key over the SigningBytes of the token
 //     as the HSM stored it, never as the client presents it; otherwise fail
@@ -71,9 +72,25 @@
 //  7. remove the token, then allow the operation.
 //
 // Failures at steps 3 to 6 MUST leave the token outstanding. A token MUST
-// NOT be consumed twice. The HSM MUST hold at most MaxOutstanding tokens:
-// when full, it removes the expired ones and, if none has expired, the one
-// issued first.
+// NOT be consumed twice. The HSM MUST hold at most 1024 outstanding
+// tokens: when full, it removes the expired ones and, if none has expired,
+// the one issued first.
+//
+// Test vector: the token
+//
+//	{"id":"000102030405060708090a0b0c0d0e0f","op":"user.delete","object":"bob",
+//	 "issued":"2025-03-14T15:09:26.535897932Z","expires":"2025-03-14T15:19:26.535897932Z"}
+//
+// has SigningBytes (hex, spaces added)
+//
+//	68736d6261636b75702071756f72756d20746f6b656e20763100
+//	000102030405060708090a0b0c0d0e0f 0000000b757365722e64656c657465
+//	00000003626f62 182cb3e8618c234c 182cb4741455934c
+//
+// and the private key of RFC 8032 section 7.1 TEST 1 signs them as
+//
+//	f9b444ffe9cc3a702dad11096910776a21cb2cb0f8f0c23de60ec076f8746c77
+//	e4f1f444649bfed330d1573cd0d5d4a04988ea727728361c1a697452b10c9c02
 package quorum
 
 import (
@@ -190,8 +207,10 @@ func checkObject(object string) error {
 		return errors.New("object is not valid UTF-8")
 	}
 	for _, r := range object {
-		if unicode.IsControl(r) {
-			return errors.New("object contains a control character")
+		// Control and format characters (such as bidirectional overrides)
+		// could make an officer's tool show a different object.
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return errors.New("object contains a control or format character")
 		}
 	}
 	return nil
@@ -258,7 +277,8 @@ func timeInRange(t time.Time) bool {
 	return t.Equal(time.Unix(0, t.UnixNano()))
 }
 
-// Approval is one officer's approval of a token.
+// Approval is one officer's approval of a token. In JSON the signature is
+// standard base64, as encoding/json writes a []byte.
 type Approval struct {
 	Officer   string `json:"officer"`   // the officer's user name
 	Signature []byte `json:"signature"` // Ed25519 over the token's SigningBytes

@@ -25,6 +25,7 @@ type Tracker struct {
 	mu    sync.Mutex
 	byID  map[[16]byte]*list.Element // values *pending
 	order list.List                  // of *pending, oldest issue first
+	spent map[[16]byte]time.Time     // consumed tokens, until they expire
 }
 
 // pending is an outstanding token.
@@ -46,7 +47,7 @@ func NewTracker(now func() time.Time, ttl time.Duration) *Tracker {
 	if now == nil {
 		now = time.Now
 	}
-	return &Tracker{now: now, ttl: ttl, byID: make(map[[16]byte]*list.Element)}
+	return &Tracker{now: now, ttl: ttl, byID: make(map[[16]byte]*list.Element), spent: make(map[[16]byte]time.Time)}
 }
 
 // Issue returns a new token for op on object and holds it until it is
@@ -70,7 +71,7 @@ func (t *Tracker) Issue(op, object string) (Token, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
-		rand.Read(tok.ID[:]) // never fails
+		_, _ = rand.Read(tok.ID[:]) // never fails (Go 1.24 and later)
 		if tok.ID != ([16]byte{}) && t.byID[tok.ID] == nil {
 			break
 		}
@@ -137,6 +138,50 @@ func (t *Tracker) Consume(id [16]byte, op, object string, m int, approvals []App
 		return err
 	}
 	t.remove(e)
+	t.spent[id] = p.deadline
+	return nil
+}
+
+// Adopt holds a token that another HSM of the same cluster issued, so that
+// one set of approvals serves every member; the caller MUST have
+// authenticated tok as issued by a member (hsmcore seals it under the
+// cluster key). The token keeps its own expiry, which may not be further
+// than the TTL from its issue; a token this tracker already consumed is
+// refused, so each member still runs the operation at most once.
+func (t *Tracker) Adopt(tok Token) error {
+	if err := checkOp(tok.Op); err != nil {
+		return fmt.Errorf("quorum: adopt: %w", err)
+	}
+	if err := checkObject(tok.Object); err != nil {
+		return fmt.Errorf("quorum: adopt: %w", err)
+	}
+	now := t.now()
+	if tok.ID == ([16]byte{}) || !tok.Expires.After(tok.Issued) || tok.Expires.Sub(tok.Issued) > t.ttl {
+		return fmt.Errorf("%w: bad validity", ErrMismatch)
+	}
+	if !now.Before(tok.Expires) {
+		return fmt.Errorf("%w: %x", ErrExpired, tok.ID)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, until := range t.spent {
+		if !now.Before(until) {
+			delete(t.spent, id)
+		}
+	}
+	if _, ok := t.spent[tok.ID]; ok {
+		return fmt.Errorf("%w: %x already used", ErrUnknownToken, tok.ID)
+	}
+	if len(t.spent) >= 4*MaxOutstanding {
+		return fmt.Errorf("%w: too many tokens in use", ErrUnknownToken)
+	}
+	if t.byID[tok.ID] != nil {
+		return nil
+	}
+	if len(t.byID) >= MaxOutstanding {
+		t.evict(now)
+	}
+	t.byID[tok.ID] = t.order.PushBack(&pending{tok: tok, deadline: tok.Expires})
 	return nil
 }
 
