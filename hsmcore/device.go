@@ -21,6 +21,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/kbkdf"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
 
@@ -103,6 +104,7 @@ type Device struct {
 	st             *contents
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
+	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
 	auditLog       *audit.Log
 	auditW         *os.File
 }
@@ -180,6 +182,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		mkbk:      cfg.Manufacturer.backupKey(cfg.Class),
 		akbk:      cfg.Operator.backupKey(cfg.Class),
 		st:        newContents(),
+		tracker:   quorum.NewTracker(opts.Now, 0),
 		auditLog:  audit.New(audit.Head{}),
 	}
 	d.seal = newGCM(sealKey)
@@ -211,7 +214,7 @@ func Open(dir string, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
-	d := &Device{dir: dir, opts: opts, seal: newGCM(sealKey)}
+	d := &Device{dir: dir, opts: opts, seal: newGCM(sealKey), tracker: quorum.NewTracker(opts.Now, 0)}
 	if err := d.readState(sealed); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}

@@ -178,6 +178,9 @@ func (s *Session) ExportImage(ctx context.Context) (*ImageHeader, io.ReadCloser,
 	if err := s.check("image.export", CryptoOfficer); err != nil {
 		return nil, nil, err
 	}
+	if err := s.requireQuorum("image.export", ""); err != nil {
+		return nil, nil, err
+	}
 	snap := d.st // immutable: later changes build new contents
 
 	ebk := make([]byte, 32)
@@ -280,6 +283,11 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*Ima
 	defer d.mu.Unlock()
 	if err := d.authorizeImportLocked(s); err != nil {
 		return nil, err
+	}
+	if s != nil {
+		if err := s.requireQuorum("image.import", ""); err != nil {
+			return nil, err
+		}
 	}
 	if err := d.commit(staged); err != nil {
 		d.audit(sessionUser(s), "image.import", id, "error")

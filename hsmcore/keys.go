@@ -1,6 +1,7 @@
 package hsmcore
 
 import (
+	"strconv"
 	"cmp"
 	"crypto/aes"
 	"crypto/ecdsa"
@@ -584,6 +585,9 @@ func (s *Session) SetTrusted(h uint64, trusted bool) error {
 	k := d.st.Keys[h]
 	if k == nil || !k.Token {
 		return fmt.Errorf("key.trust: key %d: %w", h, ErrNotFound)
+	}
+	if err := s.requireQuorum("key.trust", strconv.FormatUint(h, 10)); err != nil {
+		return err
 	}
 	return s.commitKey("key.trust", k, func(k *keyRecord) (*keyRecord, error) {
 		k.Trusted = trusted

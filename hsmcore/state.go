@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
 
@@ -24,6 +25,7 @@ import (
 // consistent snapshot without holding the lock.
 type contents struct {
 	Cluster    *clusterRecord // nil until a cluster CSR is made
+	Quorum     quorum.Policy  // operations that need M-of-N approval
 	NextHandle uint64
 	Users      map[string]*userRecord
 	Keys       map[uint64]*keyRecord
@@ -34,7 +36,7 @@ func newContents() *contents {
 }
 
 func (c *contents) clone() *contents {
-	return &contents{Cluster: c.Cluster, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
+	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
 }
 
 // Limits of the state records; an image or sealed file that breaks them is
@@ -48,6 +50,7 @@ const (
 type contentsHeader struct {
 	Format     string         `json:"format"`
 	Cluster    *clusterRecord `json:"cluster,omitempty"`
+	Quorum     *quorum.Policy `json:"quorum,omitempty"`
 	NextHandle uint64         `json:"next_handle"`
 	Users      int            `json:"users"`
 	Keys       int            `json:"keys"`
@@ -67,7 +70,7 @@ func writeContents(w io.Writer, c *contents) error {
 	}
 	slices.Sort(handles)
 	enc := json.NewEncoder(w)
-	if err := enc.Encode(contentsHeader{Format: contentsFormat, Cluster: c.Cluster, NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
+	if err := enc.Encode(contentsHeader{Format: contentsFormat, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
 		return err
 	}
 	for _, name := range users {
@@ -123,6 +126,12 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	}
 	c := newContents()
 	c.Cluster = h.Cluster
+	if h.Quorum != nil {
+		if err := h.Quorum.Validate(); err != nil || len(h.Quorum.Ops) == 0 {
+			return nil, fmt.Errorf("quorum policy: %v: %w", err, ErrMalformed)
+		}
+		c.Quorum = *h.Quorum
+	}
 	c.NextHandle = h.NextHandle
 	for range h.Users {
 		u := new(userRecord)
@@ -154,6 +163,13 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 		return nil, fmt.Errorf("record %d: %w", line+1, err)
 	}
 	return c, nil
+}
+
+func policyOrNil(p quorum.Policy) *quorum.Policy {
+	if len(p.Ops) == 0 {
+		return nil
+	}
+	return &p
 }
 
 // decodeStrict unmarshals exactly one JSON value with no unknown fields.

@@ -22,8 +22,9 @@ var syncMagic = []byte("HSMSYNC\x01")
 
 // syncRecord is the plaintext of a sync record: exactly one of its fields.
 type syncRecord struct {
-	User *userRecord `json:"user,omitempty"`
-	Key  *keyRecord  `json:"key,omitempty"`
+	User  *userRecord     `json:"user,omitempty"`
+	Key   *keyRecord      `json:"key,omitempty"`
+	Token json.RawMessage `json:"token,omitempty"` // a quorum token (AdoptQuorumToken)
 }
 
 // syncKey returns the cluster's sync key, or an error if
@@ -97,6 +98,30 @@ func (d *Device) sealSync(r syncRecord) ([]byte, error) {
 	return g.Seal(out, out[len(syncMagic):], plain, d.syncAAD()), nil
 }
 
+// openSync opens a sealed sync record. The caller holds d.mu.
+func (d *Device) openSync(s *Session, blob []byte) (*syncRecord, error) {
+	key, err := d.syncKey()
+	if err != nil {
+		return nil, err
+	}
+	g := newGCM(key)
+	n := len(syncMagic) + g.NonceSize()
+	if len(blob) < n+g.Overhead() || len(blob) > maxRecordLine || !bytes.Equal(blob[:len(syncMagic)], syncMagic) {
+		return nil, ErrMalformed
+	}
+	plain, err := g.Open(nil, blob[len(syncMagic):n], blob[n:], d.syncAAD())
+	if err != nil {
+		d.audit(s.user, "sync.open", "", "refused")
+		return nil, ErrTampered
+	}
+	defer clear(plain)
+	var r syncRecord
+	if err := decodeStrict(plain, &r); err != nil {
+		return nil, ErrMalformed
+	}
+	return &r, nil
+}
+
 func (d *Device) syncAAD() []byte {
 	return append(bytes.Clone(syncMagic), d.st.Cluster.ID...)
 }
@@ -113,24 +138,12 @@ func (s *Session) ImportRecord(blob []byte) error {
 	if err := s.check("sync.import"); err != nil {
 		return err
 	}
-	key, err := d.syncKey()
+	r, err := d.openSync(s, blob)
 	if err != nil {
 		return fmt.Errorf("import record: %w", err)
 	}
-	g := newGCM(key)
-	n := len(syncMagic) + g.NonceSize()
-	if len(blob) < n+g.Overhead() || len(blob) > maxRecordLine || !bytes.Equal(blob[:len(syncMagic)], syncMagic) {
-		return fmt.Errorf("import record: %w", ErrMalformed)
-	}
-	plain, err := g.Open(nil, blob[len(syncMagic):n], blob[n:], d.syncAAD())
-	if err != nil {
-		d.audit(s.user, "sync.import", "", "refused")
-		return fmt.Errorf("import record: %w", ErrTampered)
-	}
-	defer clear(plain)
-	var r syncRecord
-	if err := decodeStrict(plain, &r); err != nil || (r.User == nil) == (r.Key == nil) {
-		return fmt.Errorf("import record: %w", ErrMalformed)
+	if (r.User == nil) == (r.Key == nil) {
+		return fmt.Errorf("import record: not a user or key record: %w", ErrMalformed)
 	}
 	next := d.st.clone()
 	var object string

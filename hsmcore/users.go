@@ -38,6 +38,7 @@ type userRecord struct {
 	Salt       []byte `json:"salt"`
 	Hash       []byte `json:"hash"`
 	Iterations int    `json:"iterations"`
+	SigningKey []byte `json:"signing_key,omitempty"` // a crypto officer's Ed25519 key for quorum approvals
 }
 
 func (u *userRecord) check() error {
@@ -49,6 +50,9 @@ func (u *userRecord) check() error {
 	}
 	if len(u.Salt) != 16 || len(u.Hash) != 32 || u.Iterations < 1 || u.Iterations > 10_000_000 {
 		return fmt.Errorf("user %s: bad password record", u.Name)
+	}
+	if len(u.SigningKey) != 0 && (len(u.SigningKey) != 32 || u.Role != CryptoOfficer) {
+		return fmt.Errorf("user %s: bad signing key", u.Name)
 	}
 	return nil
 }
@@ -136,6 +140,8 @@ type Session struct {
 	role  Role
 	rec   *userRecord // the record logged in with; replaced when the user is
 	ended bool        // deleted, re-created, changes password or is imported over
+
+	approval *approval // quorum approvals for the next protected operation
 }
 
 // Login checks a user's password and opens a session. Unknown user and
@@ -234,6 +240,9 @@ func (s *Session) CreateUser(name string, role Role, password string) error {
 	if err != nil {
 		return fmt.Errorf("create user: %w", err)
 	}
+	if err := s.requireQuorum("user.create", name); err != nil {
+		return err
+	}
 	next := d.st.clone()
 	next.Users[name] = u
 	if err := d.commit(next); err != nil {
@@ -269,6 +278,9 @@ func (s *Session) DeleteUser(name string) error {
 		}
 	}
 	delete(next.Users, name)
+	if err := s.requireQuorum("user.delete", name); err != nil {
+		return err
+	}
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("delete user %s: %w", name, err)
 	}
@@ -287,6 +299,7 @@ func (s *Session) ChangePassword(password string) error {
 	if err != nil {
 		return fmt.Errorf("change password: %w", err)
 	}
+	u.SigningKey = s.rec.SigningKey
 	next := d.st.clone()
 	next.Users[s.user] = u
 	if err := d.commit(next); err != nil {
