@@ -1,7 +1,6 @@
 package hsmcore
 
 import (
-	"strconv"
 	"cmp"
 	"crypto/aes"
 	"crypto/ecdsa"
@@ -12,6 +11,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // KeyType is a key's algorithm family (PKCS#11 CKA_KEY_TYPE).

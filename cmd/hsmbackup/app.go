@@ -12,8 +12,8 @@ import (
 var version = "dev"
 
 // newApp builds the command-line application. It writes normal output to
-// stdout and nothing to stderr: errors are returned to main, which prints
-// them. It never exits the process.
+// stdout, and to stderr only the logs of 'hsm serve': errors are returned
+// to main, which prints them. It never exits the process.
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:    "hsmbackup",
@@ -27,6 +27,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			demoCommand(),
+			hsmCommand(),
+			clusterCommand(),
 		},
 		Action:               rootAction,
 		OnUsageError:         usageError,
