@@ -9,15 +9,51 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
 // Limits a server enforces and a client respects.
 const (
 	// MaxBody bounds a JSON request body.
 	MaxBody = 1 << 20
-	// TokenHeader carries a session token ("Bearer <token>").
-	TokenHeader = "Authorization"
+	// QuorumHeader carries quorum approvals (base64url of an Approvals
+	// JSON object) for the protected operation the request makes.
+	QuorumHeader = "Hsm-Quorum"
+	// MaxQuorumHeader bounds that header.
+	MaxQuorumHeader = 16 << 10
 )
+
+// Approvals are officers' approvals of a quorum token.
+type Approvals struct {
+	TokenID   string            `json:"token_id"` // 32 hex digits
+	Approvals []quorum.Approval `json:"approvals"`
+}
+
+// SigningKeyRequest is POST /v1/quorum/key: the officer's Ed25519 public
+// key.
+type SigningKeyRequest struct {
+	PublicKey []byte `json:"public_key"`
+}
+
+// QuorumPolicyRequest is PUT /v1/quorum/policy: M approvals for Op (0
+// removes it). GET /v1/quorum/policy answers a quorum.Policy.
+type QuorumPolicyRequest struct {
+	Op string `json:"op"`
+	M  int    `json:"m"`
+}
+
+// QuorumTokenRequest is POST /v1/quorum/token.
+type QuorumTokenRequest struct {
+	Op     string `json:"op"`
+	Object string `json:"object"`
+}
+
+// QuorumTokenResponse carries the token, and on a cluster member the token
+// sealed for the other members (POST /v1/quorum/adopt).
+type QuorumTokenResponse struct {
+	Token  quorum.Token `json:"token"`
+	Sealed []byte       `json:"sealed,omitempty"`
+}
 
 // Health is the answer to GET /v1/health. It needs no login.
 type Health struct {

@@ -7,8 +7,11 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
 // Config says how to reach and trust one HSM.
@@ -49,8 +53,9 @@ type Client struct {
 	http    *http.Client
 	timeout time.Duration
 
-	mu    sync.Mutex
-	token string
+	mu       sync.Mutex
+	token    string
+	approval string // the quorum header, while set
 }
 
 // New returns a client for cfg.
@@ -169,6 +174,9 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, bod
 	c.mu.Lock()
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.approval != "" {
+		req.Header.Set(api.QuorumHeader, c.approval)
 	}
 	c.mu.Unlock()
 	resp, err := c.http.Do(req)
@@ -392,4 +400,62 @@ func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResp
 		return out, fmt.Errorf("import image: answer: %w", err)
 	}
 	return out, nil
+}
+
+// RegisterSigningKey sets the logged-in officer's quorum signing key.
+func (c *Client) RegisterSigningKey(ctx context.Context, pub ed25519.PublicKey) error {
+	return c.do(ctx, "POST", "/v1/quorum/key", api.SigningKeyRequest{PublicKey: pub}, nil)
+}
+
+// Quorum returns the HSM's quorum policy.
+func (c *Client) Quorum(ctx context.Context) (quorum.Policy, error) {
+	var p quorum.Policy
+	return p, c.do(ctx, "GET", "/v1/quorum/policy", nil, &p)
+}
+
+// SetQuorum makes op need m approvals (0: none).
+func (c *Client) SetQuorum(ctx context.Context, op string, m int) error {
+	return c.do(ctx, "PUT", "/v1/quorum/policy", api.QuorumPolicyRequest{Op: op, M: m}, nil)
+}
+
+// QuorumToken asks for a token for op on object; sealed is set on a
+// cluster member, for the other members to adopt.
+func (c *Client) QuorumToken(ctx context.Context, op, object string) (tok quorum.Token, sealed []byte, err error) {
+	var out api.QuorumTokenResponse
+	err = c.do(ctx, "POST", "/v1/quorum/token", api.QuorumTokenRequest{Op: op, Object: object}, &out)
+	return out.Token, out.Sealed, err
+}
+
+// AdoptQuorumToken accepts a token another member issued.
+func (c *Client) AdoptQuorumToken(ctx context.Context, sealed []byte) (quorum.Token, error) {
+	var tok quorum.Token
+	return tok, c.do(ctx, "POST", "/v1/quorum/adopt", api.Record{Record: sealed}, &tok)
+}
+
+// Approve sends approvals of token id with every later call until
+// Approve(id, nil) or ClearApproval; the HSM consumes them with the first
+// protected operation.
+func (c *Client) Approve(id [16]byte, approvals []quorum.Approval) error {
+	b, err := json.Marshal(api.Approvals{TokenID: hex.EncodeToString(id[:]), Approvals: approvals})
+	if err != nil {
+		return err
+	}
+	h := base64.RawURLEncoding.EncodeToString(b)
+	if len(h) > api.MaxQuorumHeader {
+		return fmt.Errorf("approve: too many approvals: %w", hsmcore.ErrInvalid)
+	}
+	c.mu.Lock()
+	c.approval = h
+	if approvals == nil {
+		c.approval = ""
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// ClearApproval stops sending approvals.
+func (c *Client) ClearApproval() {
+	c.mu.Lock()
+	c.approval = ""
+	c.mu.Unlock()
 }

@@ -13,6 +13,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
 // MaxMembers is CloudHSM's limit of HSMs per cluster.
@@ -536,4 +538,53 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	c.mu.Unlock()
 	c.log.Info("member added", "addr", addr, "from", src.addr)
 	return nil
+}
+
+// RegisterSigningKey sets the officer's quorum signing key on every
+// member (as a replicated user record).
+func (c *Cluster) RegisterSigningKey(ctx context.Context, pub ed25519.PublicKey) error {
+	return c.replicateUser(ctx, c.user, func(cl *client.Client) error { return cl.RegisterSigningKey(ctx, pub) })
+}
+
+// SetQuorum makes op need m approvals on every member.
+func (c *Cluster) SetQuorum(ctx context.Context, op string, m int) error {
+	return c.each(ctx, func(cl *client.Client) error { return cl.SetQuorum(ctx, op, m) })
+}
+
+// QuorumToken gets a token for op on object from one member and has every
+// other member adopt it, so one set of approvals serves the cluster.
+func (c *Cluster) QuorumToken(ctx context.Context, op, object string) (quorum.Token, error) {
+	var sealed []byte
+	return write(ctx, c,
+		func(cl *client.Client) (quorum.Token, error) {
+			tok, s, err := cl.QuorumToken(ctx, op, object)
+			sealed = s
+			return tok, err
+		},
+		func(cl *client.Client, _ quorum.Token) error {
+			_, err := cl.AdoptQuorumToken(ctx, sealed)
+			return err
+		})
+}
+
+// Approve sends approvals of token id to every member with the following
+// calls, until ClearApproval.
+func (c *Cluster) Approve(id [16]byte, approvals []quorum.Approval) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if err := m.c.Approve(id, approvals); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClearApproval stops sending approvals.
+func (c *Cluster) ClearApproval() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		m.c.ClearApproval()
+	}
 }

@@ -2,8 +2,10 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +60,11 @@ func (s *Server) routes() http.Handler {
 	route("POST /v1/sync/export", loggedIn, s.exportRecord)
 	route("POST /v1/sync/import", loggedIn, s.importRecord)
 	route("GET /v1/audit", loggedIn, s.audit)
+	route("POST /v1/quorum/key", loggedIn, s.signingKey)
+	route("GET /v1/quorum/policy", loggedIn, s.quorumPolicy)
+	route("PUT /v1/quorum/policy", loggedIn, s.setQuorum)
+	route("POST /v1/quorum/token", loggedIn, s.quorumToken)
+	route("POST /v1/quorum/adopt", loggedIn, s.adoptToken)
 	mux.HandleFunc("GET /v1/image", s.exportImage)
 	mux.HandleFunc("PUT /v1/image", s.importImage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -111,7 +118,44 @@ func (s *Server) authorize(r *http.Request, a access) (*hsmcore.Session, error) 
 	if a == member {
 		return nil, nil
 	}
-	return s.session(r)
+	hs, err := s.session(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := approve(r, hs); err != nil {
+		return nil, err
+	}
+	return hs, nil
+}
+
+// approve attaches the request's quorum approvals, if any, to the session.
+func approve(r *http.Request, hs *hsmcore.Session) error {
+	h := r.Header.Get(api.QuorumHeader)
+	if h == "" {
+		return nil
+	}
+	bad := func(why string) error {
+		return fmt.Errorf("%s header: %s: %w", api.QuorumHeader, why, hsmcore.ErrMalformed)
+	}
+	if len(h) > api.MaxQuorumHeader {
+		return bad("too large")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		return bad("not base64url")
+	}
+	var a api.Approvals
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		return bad(err.Error())
+	}
+	id, err := hex.DecodeString(a.TokenID)
+	if err != nil || len(id) != 16 {
+		return bad("token id is not 32 hex digits")
+	}
+	hs.Approve([16]byte(id), a.Approvals)
+	return nil
 }
 
 func writeError(w http.ResponseWriter, err error) {
@@ -451,4 +495,44 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(api.ImportResponse{ImageID: h.ImageID[:], Source: h.Source, ClusterID: h.ClusterID})
+}
+
+func (s *Server) signingKey(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.SigningKeyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.RegisterSigningKey(req.PublicKey)
+}
+
+func (s *Server) quorumPolicy(*http.Request, *hsmcore.Session) (any, error) {
+	return s.dev.Quorum(), nil
+}
+
+func (s *Server) setQuorum(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.QuorumPolicyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.SetQuorum(req.Op, req.M)
+}
+
+func (s *Server) quorumToken(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.QuorumTokenRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	tok, sealed, err := hs.QuorumToken(req.Op, req.Object)
+	if err != nil {
+		return nil, err
+	}
+	return api.QuorumTokenResponse{Token: tok, Sealed: sealed}, nil
+}
+
+func (s *Server) adoptToken(r *http.Request, hs *hsmcore.Session) (any, error) {
+	var req api.Record
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return hs.AdoptQuorumToken(req.Record)
 }
