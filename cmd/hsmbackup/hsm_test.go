@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,16 +43,34 @@ type syncWriter struct{ w *io.PipeWriter }
 
 func (s syncWriter) Write(p []byte) (int, error) { return s.w.Write(p) }
 
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // serveInProcess runs `hsm serve` on device in a goroutine and returns its
 // address; the test's end stops it and checks it returned nil.
 func serveInProcess(t *testing.T, device string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	var logs bytes.Buffer
+	logs := new(lockedBuffer) // connection goroutines may log after Serve returns
 	done := make(chan error, 1)
 	go func() {
-		err := newApp(syncWriter{pw}, &logs).RunContext(ctx, []string{"hsmbackup", "hsm", "serve", "--device", device,
+		err := newApp(syncWriter{pw}, logs).RunContext(ctx, []string{"hsmbackup", "hsm", "serve", "--device", device,
 			"--listen", "127.0.0.1:0", "--password-iterations", "1000", "--log-format", "json"})
 		pw.CloseWithError(errors.New("serve returned"))
 		done <- err
