@@ -456,7 +456,7 @@ func TestBadRequests(t *testing.T) {
 		header                   http.Header
 		status                   []int
 	}{
-		{"oversized JSON", "POST", "/v1/login", `{"user":"` + strings.Repeat("a", 2<<20) + `","password":"x"}`, nil, []int{400, 413}},
+		{"oversized JSON", "POST", "/v1/login", `{"user":"` + strings.Repeat("a", 2<<20) + `","password":"x"}`, nil, []int{413}},
 		{"not JSON", "POST", "/v1/login", `{"user": admin`, nil, []int{400}},
 		{"unknown field", "POST", "/v1/login", `{"user":"admin","password":"x","role":"CO"}`, nil, []int{400}},
 		{"two objects", "POST", "/v1/login", `{"user":"admin","password":"x"}{}`, nil, []int{400}},

@@ -171,14 +171,19 @@ func writeError(w http.ResponseWriter, err error) {
 }
 
 // decode reads a bounded JSON body into v: one object, no unknown fields.
+// A body over api.MaxBody fails with *http.MaxBytesError (413).
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, api.MaxBody+1))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, api.MaxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
 		return fmt.Errorf("request body: %v: %w", err, hsmcore.ErrMalformed)
 	}
-	if dec.More() || dec.InputOffset() > api.MaxBody {
-		return fmt.Errorf("request body: one JSON object of at most %d bytes: %w", api.MaxBody, hsmcore.ErrMalformed)
+	if dec.More() {
+		return fmt.Errorf("request body: one JSON object: %w", hsmcore.ErrMalformed)
 	}
 	return nil
 }

@@ -308,7 +308,7 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 		{"not JSON", "POST", "/v1/login", "{not json", 400},
 		{"unknown field", "POST", "/v1/login", `{"user":"a","password":"b","admin":true}`, 400},
 		{"two objects", "POST", "/v1/login", `{"user":"a","password":"b"}{}`, 400},
-		{"oversized", "POST", "/v1/login", `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, 400},
+		{"oversized", "POST", "/v1/login", `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, 413},
 		{"unknown call", "GET", "/v1/nothing", "", 404},
 		{"no session", "GET", "/v1/keys/abc", "", 401},
 	}
