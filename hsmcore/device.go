@@ -107,6 +107,7 @@ type Device struct {
 	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
 	auditLog       *audit.Log
 	auditW         *os.File
+	lock           *os.File // held while the device is open
 }
 
 // Manufacture creates a new HSM in the empty or missing directory dir.
@@ -166,9 +167,14 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 	if err != nil {
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
 	sealKey := make([]byte, 32)
 	rand.Read(sealKey)
 	if err := atomicfile.WriteFile(filepath.Join(dir, sealKeyFile), sealKey, 0o600); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
 	d := &Device{
@@ -181,6 +187,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		opCert:    opCert,
 		mkbk:      cfg.Manufacturer.backupKey(cfg.Class),
 		akbk:      cfg.Operator.backupKey(cfg.Class),
+		lock:      lock,
 		st:        newContents(),
 		tracker:   quorum.NewTracker(opts.Now, 0),
 		auditLog:  audit.New(audit.Head{}),
@@ -188,9 +195,11 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 	d.seal = newGCM(sealKey)
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.commit(d.st); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
 	if d.auditW, err = os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
 	if err := d.audit("", "device.manufacture", id.Serial, "ok"); err != nil {
@@ -202,11 +211,20 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 
 // Open loads the HSM kept in dir. Its seal key and sealed state must be
 // files of mode 0600, and its audit log must verify.
-func Open(dir string, opts Options) (*Device, error) {
+func Open(dir string, opts Options) (d *Device, err error) {
 	sealKey, err := atomicfile.ReadPrivate(filepath.Join(dir, sealKeyFile))
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
 	if len(sealKey) != 32 {
 		return nil, fmt.Errorf("open device: %s: %w", sealKeyFile, ErrMalformed)
 	}
@@ -214,7 +232,7 @@ func Open(dir string, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
-	d := &Device{dir: dir, opts: opts, seal: newGCM(sealKey), tracker: quorum.NewTracker(opts.Now, 0)}
+	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0)}
 	if err := d.readState(sealed); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
@@ -277,6 +295,7 @@ func (d *Device) Close() error {
 	}
 	err := d.auditW.Close()
 	d.auditW = nil
+	d.lock.Close()
 	return err
 }
 

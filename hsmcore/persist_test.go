@@ -252,3 +252,17 @@ func TestSecretsNeverLeave(t *testing.T) {
 		}
 	}
 }
+
+// Two processes (or two opens) never hold one device.
+func TestDeviceDirIsLocked(t *testing.T) {
+	d := newDevice(t, stdHW)
+	if _, err := Open(d.dir, TestOptions()); !errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open: got %v, want a refusal saying the device is in use", err)
+	}
+	d.Close()
+	d2, err := Open(d.dir, TestOptions())
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	d2.Close()
+}
