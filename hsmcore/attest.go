@@ -2,8 +2,10 @@ package hsmcore
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/json"
@@ -32,6 +34,10 @@ type Statement struct {
 	Nonce          []byte     `json:"nonce"`
 	Time           time.Time  `json:"time"`
 	AuditHead      audit.Head `json:"audit_head"`
+	// ClusterKeyHash is the SHA-256 of the cluster key's public half
+	// (PKIX DER), once the HSM has made one: it binds a cluster CSR to the
+	// attested HSM.
+	ClusterKeyHash []byte `json:"cluster_key_hash,omitempty"`
 
 	// Certificate is the verified device certificate issued by the
 	// manufacturer, set by VerifyAttestation (for VerifyAuditLog).
@@ -66,7 +72,17 @@ func (d *Device) Attest(nonce []byte) (*Attestation, error) {
 		Time:      d.opts.now(),
 		AuditHead: d.auditLog.Head(),
 	}
+	cluster := d.st.Cluster
 	d.mu.Unlock()
+	if cluster != nil {
+		key, err := cluster.key()
+		if err != nil {
+			return nil, fmt.Errorf("attest: %w", err)
+		}
+		if st.ClusterKeyHash, err = PublicKeyHash(&key.PublicKey); err != nil {
+			return nil, fmt.Errorf("attest: %w", err)
+		}
+	}
 	fp := pbkFingerprint(d.pbk)
 	st.PBKFingerprint = fp[:]
 	body, err := json.Marshal(st)
@@ -216,6 +232,16 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 	}
 	st.Certificate = mc
 	return &st, nil
+}
+
+// PublicKeyHash is the SHA-256 of a public key's PKIX DER encoding.
+func PublicKeyHash(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256(der)
+	return h[:], nil
 }
 
 func single(list []string, want string) bool { return len(list) == 1 && list[0] == want }

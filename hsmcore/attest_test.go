@@ -1,6 +1,7 @@
 package hsmcore
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -132,5 +133,28 @@ func TestAttestRejectsBadNonce(t *testing.T) {
 	d := newDevice(t, stdHW)
 	if _, err := d.Attest(make([]byte, 8)); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("got %v, want ErrInvalid", err)
+	}
+}
+
+// Once the HSM has a cluster key, its attestation names it, binding the
+// cluster CSR to the attested HSM.
+func TestAttestationNamesClusterKey(t *testing.T) {
+	d := newDevice(t, stdHW)
+	nonce := NewNonce()
+	a, _ := d.Attest(nonce)
+	st, err := VerifyAttestation(a, verifyOpts(t, nonce))
+	if err != nil || st.ClusterKeyHash != nil {
+		t.Fatalf("before a CSR: %v, hash %x", err, st.ClusterKeyHash)
+	}
+	der, err := d.ClusterCSR("cluster-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(der)
+	want, _ := PublicKeyHash(csr.PublicKey)
+	a, _ = d.Attest(nonce)
+	st, err = VerifyAttestation(a, verifyOpts(t, nonce))
+	if err != nil || !bytes.Equal(st.ClusterKeyHash, want) {
+		t.Fatalf("after a CSR: %v, hash %x, want %x", err, st.ClusterKeyHash, want)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -110,6 +111,19 @@ func clusterInitCSR(c *cli.Context) error {
 	}
 	if csr.Subject.CommonName != id {
 		return fmt.Errorf("cluster csr: names %q, not cluster %q", csr.Subject.CommonName, id)
+	}
+	// The CSR came over a channel the device certificate authenticates;
+	// a second attestation also binds its key to the attested HSM.
+	st, err = attestHSM(ctx, c, cl, mfrRoots, opRoots)
+	if err != nil {
+		return err
+	}
+	want, err := hsmcore.PublicKeyHash(csr.PublicKey)
+	if err != nil {
+		return fmt.Errorf("cluster csr: %w", err)
+	}
+	if !bytes.Equal(st.ClusterKeyHash, want) {
+		return fmt.Errorf("cluster csr: its key is not the cluster key the HSM attests to")
 	}
 	out := c.String("csr-out")
 	if err := atomicfile.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
