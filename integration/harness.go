@@ -159,9 +159,33 @@ var daemons struct {
 // log is shown if the test failed.
 func StartDaemon(tb testing.TB, deviceDir string) string {
 	tb.Helper()
+	return startDaemon(tb, deviceDir, "127.0.0.1:0")
+}
+
+// RestartDaemon starts the daemon that ran on addr again, on the same
+// device directory and address, after Stop or Kill ended it: an appliance
+// coming back after a crash.
+func RestartDaemon(tb testing.TB, addr string) {
+	tb.Helper()
+	old := lookup(tb, addr)
+	select {
+	case <-old.done:
+	default:
+		tb.Fatalf("the daemon on %s is still running", addr)
+	}
+	daemons.Lock()
+	delete(daemons.byAddr, addr)
+	daemons.Unlock()
+	if got := startDaemon(tb, old.dir, addr); got != addr {
+		tb.Fatalf("restarted daemon listens on %s, want %s", got, addr)
+	}
+}
+
+func startDaemon(tb testing.TB, deviceDir, listen string) string {
+	tb.Helper()
 	d := &daemon{dir: deviceDir, logs: &syncBuffer{}, done: make(chan struct{})}
 	listening := make(chan string, 1)
-	d.cmd = exec.Command(Binary(tb), "hsm", "serve", "--device", deviceDir, "--listen", "127.0.0.1:0",
+	d.cmd = exec.Command(Binary(tb), "hsm", "serve", "--device", deviceDir, "--listen", listen,
 		"--password-iterations", fmt.Sprint(TestPasswordIterations))
 	d.cmd.Stdout = &lineWatcher{prefix: "listening on ", found: listening}
 	d.cmd.Stderr = d.logs
