@@ -58,3 +58,13 @@ func usageError(c *cli.Context, err error, isSubcommand bool) error {
 	}
 	return fmt.Errorf("%w (run '%s --help')", err, c.App.Name)
 }
+
+// action runs a command's function and names the command in its error.
+func action(name string, fn func(*cli.Context) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if err := fn(c); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	}
+}

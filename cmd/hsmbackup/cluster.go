@@ -50,12 +50,7 @@ func clusterInitCommand() *cli.Command {
 			&cli.StringFlag{Name: "customer-ca", Usage: "step 2: PEM `FILE` of your CA certificate"},
 		}, expectFlags()...),
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := clusterInit(c); err != nil {
-				return fmt.Errorf("cluster init: %w", err)
-			}
-			return nil
-		},
+		Action:       action("cluster init", clusterInit),
 	}
 }
 
@@ -217,12 +212,7 @@ func clusterActivateCommand() *cli.Command {
 			"The password comes from --password-file or $" + passwordEnv + ".",
 		Flags:        append(memberFlags(), userFlag(), passwordFileFlag()),
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := clusterActivate(c); err != nil {
-				return fmt.Errorf("cluster activate: %w", err)
-			}
-			return nil
-		},
+		Action:       action("cluster activate", clusterActivate),
 	}
 }
 

@@ -58,12 +58,7 @@ func authorityCreateCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Usage: "`DIR` to create the authority in"},
 		},
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := authorityCreate(c); err != nil {
-				return fmt.Errorf("hsm authority create: %w", err)
-			}
-			return nil
-		},
+		Action:       action("hsm authority create", authorityCreate),
 	}
 }
 
@@ -112,12 +107,7 @@ func manufactureCommand() *cli.Command {
 			jsonFlag(),
 		},
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := manufacture(c); err != nil {
-				return fmt.Errorf("hsm manufacture: %w", err)
-			}
-			return nil
-		},
+		Action:       action("hsm manufacture", manufacture),
 	}
 }
 
@@ -205,12 +195,7 @@ func serveCommand() *cli.Command {
 			},
 		},
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := serve(c); err != nil {
-				return fmt.Errorf("hsm serve: %w", err)
-			}
-			return nil
-		},
+		Action:       action("hsm serve", serve),
 	}
 }
 
@@ -288,12 +273,7 @@ func statusCommand() *cli.Command {
 			"Members in sync show the same state digest.",
 		Flags:        append(memberFlags(), manufacturerRootFlag(), jsonFlag()),
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := status(c); err != nil {
-				return fmt.Errorf("hsm status: %w", err)
-			}
-			return nil
-		},
+		Action:       action("hsm status", status),
 	}
 }
 
@@ -367,12 +347,7 @@ func auditVerifyCommand() *cli.Command {
 		Flags: append(append(memberFlags(), userFlag(), passwordFileFlag(), manufacturerRootFlag(), operatorRootFlag()),
 			expectFlags()...),
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if err := auditVerify(c); err != nil {
-				return fmt.Errorf("hsm audit verify: %w", err)
-			}
-			return nil
-		},
+		Action:       action("hsm audit verify", auditVerify),
 	}
 }
 

@@ -4,120 +4,47 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
-	"github.com/hsmbackup/hsmbackup/hsmcore/server"
-	"github.com/hsmbackup/hsmbackup/internal/testpki"
+	"github.com/hsmbackup/hsmbackup/hsmcore/internal/hsmtest"
 )
 
 const password = "correct horse battery"
 
-type env struct {
-	mfr, op *hsmcore.Authority
-	ca      *testpki.CA
-}
+type env struct{ *hsmtest.Env }
 
-func newEnv(t *testing.T) *env {
-	t.Helper()
-	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	op, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{mfr: mfr, op: op, ca: testpki.NewCA(t, "customer root CA")}
-}
-
-// hsm is a device directory served on a fixed loopback address, which can
-// be stopped and started again like a rebooted appliance.
-type hsm struct {
-	t      *testing.T
-	dir    string
-	addr   string
-	dev    *hsmcore.Device
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (e *env) manufacture(t *testing.T, op *hsmcore.Authority) *hsm {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "hsm")
-	d, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: e.mfr, Operator: op}, hsmcore.TestOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	h := &hsm{t: t, dir: dir}
-	h.start()
-	t.Cleanup(h.stop)
-	return h
-}
-
-func (h *hsm) start() {
-	h.t.Helper()
-	d, err := hsmcore.Open(h.dir, hsmcore.TestOptions())
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	addr := h.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.addr = ln.Addr().String()
-	srv, _ := server.New(server.Config{Device: d})
-	ctx, cancel := context.WithCancel(context.Background())
-	h.dev, h.cancel, h.done = d, cancel, make(chan error, 1)
-	go func() { h.done <- srv.Serve(ctx, ln) }()
-}
-
-func (h *hsm) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	<-h.done
-	h.dev.Close()
-	h.cancel = nil
-}
+func newEnv(t *testing.T) *env { return &env{hsmtest.NewEnv(t)} }
 
 func (e *env) clientConfig(t *testing.T) client.Config {
-	cert := e.ca.Client(t, "app")
+	cert := e.CA.Client(t, "app")
 	roots := x509.NewCertPool()
-	roots.AddCert(e.mfr.Certificate())
-	return client.Config{Certificate: &cert, CustomerCA: e.ca.Cert, ClusterID: "cluster-1", ManufacturerRoots: roots, Timeout: 5 * time.Second}
+	roots.AddCert(e.Mfr.Certificate())
+	return client.Config{Certificate: &cert, CustomerCA: e.CA.Cert, ClusterID: "cluster-1", ManufacturerRoots: roots, Timeout: 5 * time.Second}
 }
 
 // threeMembers initializes a cluster on one HSM (officer "admin", crypto
 // user "alice") and clones two more members from it.
-func (e *env) threeMembers(t *testing.T) ([]*hsm, cluster.Config) {
+func (e *env) threeMembers(t *testing.T) ([]*hsmtest.Daemon, cluster.Config) {
 	t.Helper()
 	ctx := context.Background()
-	first := e.manufacture(t, e.op)
-	csr, err := first.dev.ClusterCSR("cluster-1")
+	first := e.Serve(t, nil)
+	csr, err := first.Dev.ClusterCSR("cluster-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := first.dev.InitializeCluster(e.ca.SignCSR(t, csr), e.ca.Cert.Raw); err != nil {
+	if err := first.Dev.InitializeCluster(e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
-	if err := first.dev.Initialize("admin", password); err != nil {
+	if err := first.Dev.Initialize("admin", password); err != nil {
 		t.Fatal(err)
 	}
 	opRoots := x509.NewCertPool()
-	opRoots.AddCert(e.op.Certificate())
-	cfg := cluster.Config{Members: []string{first.addr}, Client: e.clientConfig(t), OperatorRoots: opRoots}
+	opRoots.AddCert(e.Op.Certificate())
+	cfg := cluster.Config{Members: []string{first.Addr}, Client: e.clientConfig(t), OperatorRoots: opRoots}
 	co, err := cluster.Open(ctx, cfg, "admin", password)
 	if err != nil {
 		t.Fatal(err)
@@ -126,27 +53,27 @@ func (e *env) threeMembers(t *testing.T) ([]*hsm, cluster.Config) {
 	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
 		t.Fatal(err)
 	}
-	hsms := []*hsm{first}
+	hsms := []*hsmtest.Daemon{first}
 	for range 2 {
-		h := e.manufacture(t, e.op)
-		if err := co.AddMember(ctx, h.addr); err != nil {
+		h := e.Serve(t, nil)
+		if err := co.AddMember(ctx, h.Addr); err != nil {
 			t.Fatal(err)
 		}
 		hsms = append(hsms, h)
-		cfg.Members = append(cfg.Members, h.addr)
+		cfg.Members = append(cfg.Members, h.Addr)
 	}
 	return hsms, cfg
 }
 
-func digests(hsms []*hsm) []string {
+func digests(hsms []*hsmtest.Daemon) []string {
 	var out []string
 	for _, h := range hsms {
-		out = append(out, h.dev.StateDigest())
+		out = append(out, h.Dev.StateDigest())
 	}
 	return out
 }
 
-func assertInSync(t *testing.T, hsms []*hsm) {
+func assertInSync(t *testing.T, hsms []*hsmtest.Daemon) {
 	t.Helper()
 	d := digests(hsms)
 	for i := range d {
@@ -197,13 +124,13 @@ func TestThreeMembersStayInSync(t *testing.T) {
 	}
 	assertInSync(t, hsms)
 	for _, h := range hsms {
-		s, err := h.dev.Login("alice", "a new password, long")
+		s, err := h.Dev.Login("alice", "a new password, long")
 		if err != nil {
-			t.Fatalf("new password on %s: %v", h.addr, err)
+			t.Fatalf("new password on %s: %v", h.Addr, err)
 		}
 		ks, _ := s.Keys()
 		if len(ks) != 2 || ks[0].Label != "renamed" {
-			t.Fatalf("member %s holds %+v", h.addr, ks)
+			t.Fatalf("member %s holds %+v", h.Addr, ks)
 		}
 	}
 	// A refused write changes no member.
@@ -228,7 +155,7 @@ func TestKilledMemberIsSkippedThenResynced(t *testing.T) {
 	}
 	defer cu.Close()
 
-	hsms[1].stop()
+	hsms[1].Stop()
 	keys, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}})
 	if err != nil {
 		t.Fatalf("write with a member down: %v", err)
@@ -241,12 +168,12 @@ func TestKilledMemberIsSkippedThenResynced(t *testing.T) {
 			t.Fatalf("read with a member down: %v", err)
 		}
 	}
-	if hsms[0].dev.StateDigest() != hsms[2].dev.StateDigest() {
+	if hsms[0].Dev.StateDigest() != hsms[2].Dev.StateDigest() {
 		t.Fatal("the live members differ")
 	}
 
-	hsms[1].start()
-	if hsms[1].dev.StateDigest() == hsms[0].dev.StateDigest() {
+	hsms[1].Start()
+	if hsms[1].Dev.StateDigest() == hsms[0].Dev.StateDigest() {
 		t.Fatal("the member that was down did not miss the writes")
 	}
 	// A crypto user's cluster sees the stale member and leaves it out.
@@ -254,7 +181,7 @@ func TestKilledMemberIsSkippedThenResynced(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range cu.Members(ctx) {
-		if m.Addr == hsms[1].addr && m.InSync {
+		if m.Addr == hsms[1].Addr && m.InSync {
 			t.Fatal("a crypto user's cluster uses a stale member")
 		}
 	}
@@ -263,7 +190,7 @@ func TestKilledMemberIsSkippedThenResynced(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertInSync(t, hsms)
-	if _, err := hsms[1].dev.Login("bob", password); err != nil {
+	if _, err := hsms[1].Dev.Login("bob", password); err != nil {
 		t.Fatalf("re-synced member lacks the user made while it was down: %v", err)
 	}
 }
@@ -281,12 +208,12 @@ func TestAddMemberRefusesOtherHardware(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stranger := e.manufacture(t, other)
-	before := stranger.dev.StateDigest()
-	if err := co.AddMember(ctx, stranger.addr); !errors.Is(err, hsmcore.ErrAttestation) {
+	stranger := e.Serve(t, other)
+	before := stranger.Dev.StateDigest()
+	if err := co.AddMember(ctx, stranger.Addr); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("got %v, want ErrAttestation", err)
 	}
-	if stranger.dev.StateDigest() != before || stranger.dev.Initialized() {
+	if stranger.Dev.StateDigest() != before || stranger.Dev.Initialized() {
 		t.Fatal("the refused HSM changed")
 	}
 }

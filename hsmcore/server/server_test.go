@@ -8,72 +8,32 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/hsmcore/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
 const password = "correct horse battery"
 
-// env is one manufacturer, one operator, one customer CA.
-type env struct {
-	mfr, op *hsmcore.Authority
-	ca      *testpki.CA
-}
+type env struct{ *hsmtest.Env }
 
-func newEnv(t *testing.T) *env {
-	t.Helper()
-	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	op, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{mfr: mfr, op: op, ca: testpki.NewCA(t, "customer root CA")}
-}
+func newEnv(t *testing.T) *env { return &env{hsmtest.NewEnv(t)} }
 
 // serve manufactures an HSM and serves it on a loopback port.
 func (e *env) serve(t *testing.T) (*hsmcore.Device, string) {
-	t.Helper()
-	d, err := hsmcore.Manufacture(filepath.Join(t.TempDir(), "hsm"), hsmcore.ManufactureConfig{
-		Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: e.mfr, Operator: e.op}, hsmcore.TestOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Device: d})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		d.Close()
-	})
-	return d, ln.Addr().String()
+	d := e.Serve(t, nil)
+	return d.Dev, d.Addr
 }
 
 func (e *env) roots() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(e.mfr.Certificate())
+	p.AddCert(e.Mfr.Certificate())
 	return p
 }
 
@@ -91,7 +51,7 @@ func (e *env) preInitClient(t *testing.T, addr string) *client.Client {
 // memberClient presents cert and trusts the cluster certificate.
 func (e *env) memberClient(t *testing.T, addr string, cert *tls.Certificate) *client.Client {
 	t.Helper()
-	c, err := client.New(client.Config{Addr: addr, Certificate: cert, CustomerCA: e.ca.Cert, ClusterID: "cluster-1", Timeout: 5 * time.Second})
+	c, err := client.New(client.Config{Addr: addr, Certificate: cert, CustomerCA: e.CA.Cert, ClusterID: "cluster-1", Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,10 +70,10 @@ func (e *env) initialized(t *testing.T) (*hsmcore.Device, string, *client.Client
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pre.InitializeCluster(ctx, e.ca.SignCSR(t, csr), e.ca.Cert.Raw); err != nil {
+	if err := pre.InitializeCluster(ctx, e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
-	cert := e.ca.Client(t, "admin-client")
+	cert := e.CA.Client(t, "admin-client")
 	co := e.memberClient(t, addr, &cert)
 	if err := co.Initialize(ctx, "admin", password); err != nil {
 		t.Fatal(err)
@@ -138,7 +98,7 @@ func TestClusterInitOverTheWire(t *testing.T) {
 	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
 		t.Fatal(err)
 	}
-	cert := e.ca.Client(t, "app")
+	cert := e.CA.Client(t, "app")
 	cu := e.memberClient(t, addr, &cert)
 	if _, err := cu.Login(ctx, "alice", password); err != nil {
 		t.Fatal(err)
@@ -171,7 +131,7 @@ func TestClusterInitOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	op := x509.NewCertPool()
-	op.AddCert(e.op.Certificate())
+	op.AddCert(e.Op.Certificate())
 	if _, err := hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{ManufacturerRoots: e.roots(), OperatorRoots: op, Nonce: nonce,
 		Expect: hsmcore.Expectation{Class: "hsm2m.medium", Manufacturer: "acme", Operator: "cloud"}}); err != nil {
 		t.Fatal(err)
@@ -209,25 +169,25 @@ func TestRefusals(t *testing.T) {
 		}
 	})
 	t.Run("expired certificate", func(t *testing.T) {
-		cert := e.ca.ClientCert(t, "old", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+		cert := e.CA.ClientCert(t, "old", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
 		if _, err := e.memberClient(t, addr, &cert).Login(ctx, "admin", password); err == nil {
 			t.Fatal("an expired certificate was accepted")
 		}
 	})
 	t.Run("wrong password", func(t *testing.T) {
-		cert := e.ca.Client(t, "c")
+		cert := e.CA.Client(t, "c")
 		if _, err := e.memberClient(t, addr, &cert).Login(ctx, "admin", "wrong password"); !errors.Is(err, hsmcore.ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
 	})
 	t.Run("no session", func(t *testing.T) {
-		cert := e.ca.Client(t, "c")
+		cert := e.CA.Client(t, "c")
 		if _, err := e.memberClient(t, addr, &cert).Users(ctx); !errors.Is(err, hsmcore.ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
 	})
 	t.Run("crypto user doing officer work", func(t *testing.T) {
-		cert := e.ca.Client(t, "app")
+		cert := e.CA.Client(t, "app")
 		cu := e.memberClient(t, addr, &cert)
 		if _, err := cu.Login(ctx, "alice", password); err != nil {
 			t.Fatal(err)
@@ -256,7 +216,7 @@ func TestRefusals(t *testing.T) {
 func TestTokenBoundToCertificate(t *testing.T) {
 	e := newEnv(t)
 	_, addr, _ := e.initialized(t)
-	owner, thief := e.ca.Client(t, "owner"), e.ca.Client(t, "thief")
+	owner, thief := e.CA.Client(t, "owner"), e.CA.Client(t, "thief")
 	call := func(cert *tls.Certificate, method, path, token, body string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest(method, "https://"+addr+path, strings.NewReader(body))
@@ -298,7 +258,7 @@ func rawClient(e *env, cert *tls.Certificate) *http.Client {
 func TestMalformedAndOversizedRequests(t *testing.T) {
 	e := newEnv(t)
 	d, addr, _ := e.initialized(t)
-	cert := e.ca.Client(t, "fuzzer")
+	cert := e.CA.Client(t, "fuzzer")
 	hc := rawClient(e, &cert)
 	digest := d.StateDigest()
 	cases := []struct {
@@ -357,7 +317,7 @@ func TestCloneMemberOverTheWire(t *testing.T) {
 	if a.StateDigest() != b.StateDigest() || !b.ClusterInitialized() {
 		t.Fatal("the clone differs from its source")
 	}
-	cert := e.ca.Client(t, "c")
+	cert := e.CA.Client(t, "c")
 	cb := e.memberClient(t, addrB, &cert)
 	if _, err := cb.Login(ctx, "admin", password); err != nil {
 		t.Fatalf("login on the clone: %v", err)
@@ -378,7 +338,7 @@ func TestPreInitConnectionGainsNothing(t *testing.T) {
 	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("initialize before cluster init: got %v, want ErrPermission", err)
 	}
-	if err := pre.InitializeCluster(ctx, e.ca.SignCSR(t, csr), e.ca.Cert.Raw); err != nil {
+	if err := pre.InitializeCluster(ctx, e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	// Same client, same kept-alive connection, no certificate.

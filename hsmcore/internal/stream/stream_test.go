@@ -996,9 +996,11 @@ func TestConstantMemory(t *testing.T) {
 		})
 		return w, r
 	}
+	// 30 more chunks: an allocation per chunk would add 30. A little slack
+	// absorbs the runtime's own (the race detector's, GC's) noise.
 	w1, r1 := allocs(2 * ChunkSize)
 	w2, r2 := allocs(32 * ChunkSize)
-	if w1 != w2 || r1 != r2 {
+	if w2 > w1+2 || r2 > r1+2 {
 		t.Errorf("allocations grow with length: writer %v -> %v, reader %v -> %v", w1, w2, r1, r2)
 	}
 }
