@@ -156,10 +156,12 @@ func (c *Cluster) refresh(ctx context.Context) error {
 
 	digests := make([]string, len(members))
 	count := map[string]int{}
+	var errs []error
 	for i, m := range members {
 		d, err := c.check(ctx, m)
 		if err != nil {
 			c.log.Warn("member unavailable", "addr", m.addr, "err", err)
+			errs = append(errs, err)
 			continue
 		}
 		digests[i] = d
@@ -172,7 +174,7 @@ func (c *Cluster) refresh(ctx context.Context) error {
 		}
 	}
 	if ref == "" {
-		return ErrNoMember
+		return fmt.Errorf("%w: %w", ErrNoMember, errors.Join(errs...))
 	}
 	var source *member
 	for i, m := range members {

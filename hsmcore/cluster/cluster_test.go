@@ -217,3 +217,13 @@ func TestAddMemberRefusesOtherHardware(t *testing.T) {
 		t.Fatal("the refused HSM changed")
 	}
 }
+
+// Wrong credentials are reported as such, not as a vague "no member".
+func TestOpenReportsWhyNoMemberServes(t *testing.T) {
+	e := newEnv(t)
+	_, cfg := e.threeMembers(t)
+	_, err := cluster.Open(context.Background(), cfg, "admin", "not the password")
+	if !errors.Is(err, cluster.ErrNoMember) || !errors.Is(err, hsmcore.ErrAuth) {
+		t.Fatalf("got %v, want ErrNoMember wrapping ErrAuth", err)
+	}
+}
