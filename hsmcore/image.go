@@ -14,8 +14,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/crypto/cryptobyte"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/keywrap"
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/stream"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
 // Image format v1; docs/FORMATS.md is the specification.

@@ -11,7 +11,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/keywrap"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
 // Limits on data passed to crypto operations.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/keywrap"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
 var update = flag.Bool("update", false, "rewrite the image test vectors in testdata/image")

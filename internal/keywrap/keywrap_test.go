@@ -15,7 +15,7 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/kwp/subtle"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/keywrap"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 
 	"github.com/hsmbackup/hsmbackup/internal/testenv"
 )
