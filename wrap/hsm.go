@@ -12,9 +12,8 @@ const hsmStanza = "hsm"
 // leaves it: the HSM wraps and unwraps data keys, as with an AWS KMS custom
 // key store backed by CloudHSM. This package only calls it.
 //
-// No implementation over hsmcore/cluster exists yet; that adapter will come
-// with the backup pipeline, outside this package. The tests use a software
-// fake.
+// hsmcore/hsmkey implements it over an AES key of an HSM cluster; this
+// package's tests use a software fake.
 type HSMKey interface {
 	// KeyID names the key, stably for its whole life: 1 to 255 bytes of
 	// printable ASCII without spaces. It is stored in each stanza.
