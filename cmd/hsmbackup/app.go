@@ -29,6 +29,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			hsmCommand(),
 			clusterCommand(),
+			masterkeyCommand(),
 		},
 		Action:               rootAction,
 		OnUsageError:         usageError,
