@@ -1,0 +1,685 @@
+// Package s3 stores objects in an S3-compatible bucket (AWS S3, MinIO, Ceph
+// RGW…) through minio-go; URL s3://BUCKET/PREFIX.
+//
+// Puts stream: a body of unknown length is read a part (Config.PartSize,
+// 16 MiB unless set) at a time, so memory stays at one part whatever the
+// object's size; a body that fits in one part goes up in one PUT, a longer
+// one as a multipart upload. A body that knows its length (it has a Len
+// method, like *bytes.Reader, or is an io.Seeker) is handed to minio-go's
+// PutObject, which uploads large ones in parallel parts. Create-only puts
+// send If-None-Match: * with the PUT or with both the start and the
+// completion of the multipart upload. A failed multipart upload is aborted
+// before Put returns (see RemoveStaleUploads for uploads whose process
+// died).
+//
+// minio-go itself retries each request (and each part, which it holds in
+// memory) up to Config.MaxRetries times; errors still retryable after that
+// are marked store.ErrTransient for store/retry.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
+
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// Encryption selects server-side encryption.
+type Encryption string
+
+// Server-side encryption modes.
+const (
+	// NoEncryption leaves encryption to the bucket's default.
+	NoEncryption Encryption = ""
+	// SSES3 asks for SSE-S3: keys the service manages (AES256).
+	SSES3 Encryption = "SSE-S3"
+	// SSEKMS asks for SSE-KMS under Config.KMSKeyID.
+	SSEKMS Encryption = "SSE-KMS"
+)
+
+// Part sizes.
+const (
+	// DefaultPartSize is the multipart part size when Config.PartSize is 0:
+	// the memory a streamed Put holds, and 10,000 parts of it make 156 GiB.
+	DefaultPartSize = 16 << 20
+	// MinPartSize is S3's smallest part (but the last).
+	MinPartSize = 5 << 20
+)
+
+// Config configures a Store. Only Bucket is required; the zero value of
+// every other field is a documented default.
+type Config struct {
+	// Bucket is the bucket's name.
+	Bucket string
+
+	// Prefix, if set, is put before every key with a slash between:
+	// key k is the object Prefix/k. Leading and trailing slashes are
+	// ignored.
+	Prefix string
+
+	// Endpoint is the service's address, as "host[:port]" (HTTPS unless
+	// Insecure) or as an "http://" or "https://" URL. Empty means the
+	// environment's AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else
+	// s3.amazonaws.com.
+	Endpoint string
+
+	// Insecure uses plain HTTP for an Endpoint given without a scheme.
+	Insecure bool
+
+	// Region is the bucket's region. Empty means AWS_REGION, else
+	// AWS_DEFAULT_REGION, else minio-go asks the service (and caches it).
+	Region string
+
+	// Credentials signs requests. Nil means, in order: the AWS environment
+	// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+	// AWS_SESSION_TOKEN), the AWS shared config and credentials files
+	// (AWS_PROFILE), then an IAM role from the instance or container.
+	Credentials *credentials.Credentials
+
+	// Encryption, if set, asks for server-side encryption of every object
+	// put; KMSKeyID names the key for SSEKMS (required then).
+	Encryption Encryption
+	KMSKeyID   string
+
+	// PartSize is the multipart part size in bytes: 0 means
+	// DefaultPartSize; otherwise at least MinPartSize.
+	PartSize uint64
+
+	// SendContentMD5 sends Content-MD5 with every PUT and part, which some
+	// S3-compatible services want instead of streaming signatures. It is
+	// always sent when a Put asks for retention or legal hold, as AWS
+	// requires.
+	SendContentMD5 bool
+
+	// MaxRetries bounds minio-go's retries of each request: 0 means its
+	// default (10), 1 means no retries.
+	MaxRetries int
+
+	// Transport carries the requests; nil means minio-go's default. Tests
+	// use it to inject faults; deployments to add a CA.
+	Transport http.RoundTripper
+}
+
+// Store is a bucket, or a prefix of one.
+type Store struct {
+	client   *minio.Client
+	bucket   string
+	prefix   string // "" or ending in "/"
+	partSize uint64
+	md5      bool
+	sse      encrypt.ServerSide
+	url      string
+}
+
+var (
+	_ store.Store              = (*Store)(nil)
+	_ store.StaleUploadRemover = (*Store)(nil)
+)
+
+// endpoint is Config's resolved address.
+type endpoint struct {
+	host   string // host[:port]
+	secure bool
+	region string
+}
+
+// resolve applies the defaults and environment variables to c.
+func (c Config) resolve(getenv func(string) string) (endpoint, error) {
+	ep := endpoint{region: c.Region}
+	if ep.region == "" {
+		ep.region = getenv("AWS_REGION")
+	}
+	if ep.region == "" {
+		ep.region = getenv("AWS_DEFAULT_REGION")
+	}
+	raw, insecure := c.Endpoint, c.Insecure
+	if raw == "" {
+		insecure = false
+		if raw = getenv("AWS_ENDPOINT_URL_S3"); raw == "" {
+			raw = getenv("AWS_ENDPOINT_URL")
+		}
+	}
+	if raw == "" {
+		ep.host, ep.secure = "s3.amazonaws.com", true
+		return ep, nil
+	}
+	if !strings.Contains(raw, "://") {
+		ep.host, ep.secure = raw, !insecure
+		if strings.ContainsAny(raw, "/?#") {
+			return ep, fmt.Errorf("endpoint %q: want host[:port] or a URL", raw)
+		}
+		return ep, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ep, fmt.Errorf("endpoint: %w", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return ep, fmt.Errorf("endpoint %q: scheme must be http or https", raw)
+	case u.Host == "":
+		return ep, fmt.Errorf("endpoint %q: no host", raw)
+	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.User != nil:
+		return ep, fmt.Errorf("endpoint %q: want only scheme, host and port", raw)
+	}
+	ep.host, ep.secure = u.Host, u.Scheme == "https"
+	return ep, nil
+}
+
+// New makes a Store from cfg. It does no I/O: a wrong bucket or
+// credentials show on the first call.
+func New(cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("s3 store: no bucket")
+	}
+	ep, err := cfg.resolve(os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("s3 store: %w", err)
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		if err := store.ValidKey(prefix); err != nil {
+			return nil, fmt.Errorf("s3 store: prefix: %w", err)
+		}
+		prefix += "/"
+	}
+	partSize := cfg.PartSize
+	switch {
+	case partSize == 0:
+		partSize = DefaultPartSize
+	case partSize < MinPartSize:
+		return nil, fmt.Errorf("s3 store: part size %d is below S3's minimum %d", partSize, MinPartSize)
+	}
+	var sse encrypt.ServerSide
+	switch cfg.Encryption {
+	case NoEncryption:
+		if cfg.KMSKeyID != "" {
+			return nil, errors.New("s3 store: a KMS key id without SSE-KMS encryption")
+		}
+	case SSES3:
+		if cfg.KMSKeyID != "" {
+			return nil, errors.New("s3 store: a KMS key id with SSE-S3 encryption")
+		}
+		sse = encrypt.NewSSE()
+	case SSEKMS:
+		if cfg.KMSKeyID == "" {
+			return nil, errors.New("s3 store: SSE-KMS needs a KMS key id")
+		}
+		if sse, err = encrypt.NewSSEKMS(cfg.KMSKeyID, nil); err != nil {
+			return nil, fmt.Errorf("s3 store: SSE-KMS: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("s3 store: unknown encryption %q (want %q or %q)", cfg.Encryption, SSES3, SSEKMS)
+	}
+	creds := cfg.Credentials
+	if creds == nil {
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{},
+			&credentials.FileAWSCredentials{},
+			&credentials.IAM{},
+		})
+	}
+	client, err := minio.New(ep.host, &minio.Options{
+		Creds:      creds,
+		Secure:     ep.secure,
+		Region:     ep.region,
+		Transport:  cfg.Transport,
+		MaxRetries: cfg.MaxRetries,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 store: %w", err)
+	}
+	return &Store{
+		client:   client,
+		bucket:   cfg.Bucket,
+		prefix:   prefix,
+		partSize: partSize,
+		md5:      cfg.SendContentMD5,
+		sse:      sse,
+		url:      "s3://" + cfg.Bucket + "/" + strings.TrimSuffix(prefix, "/"),
+	}, nil
+}
+
+// String returns the store's URL.
+func (s *Store) String() string { return s.url }
+
+// Client returns the minio-go client, for what the Store does not cover.
+func (s *Store) Client() *minio.Client { return s.client }
+
+// Bucket returns the bucket's name.
+func (s *Store) Bucket() string { return s.bucket }
+
+// ObjectName returns the object name that key is stored under.
+func (s *Store) ObjectName(key string) string { return s.prefix + key }
+
+// Put implements store.Store. With opts.CreateOnly it sends
+// If-None-Match: * with the PUT, or with the initiation and the completion
+// of a multipart upload; 412 and 409 answers mean store.ErrExists.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error {
+	if err := store.ValidKey(key); err != nil {
+		return fmt.Errorf("put: %w", err)
+	}
+	if err := opts.Retention.Validate(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	size, err := sizeOf(r)
+	if err != nil {
+		return fmt.Errorf("put %s: size body: %w", key, err)
+	}
+	po := minio.PutObjectOptions{
+		ContentType:          "application/octet-stream",
+		PartSize:             s.partSize,
+		ServerSideEncryption: s.sse,
+		SendContentMd5:       s.md5,
+	}
+	if opts.CreateOnly {
+		po.SetMatchETagExcept("*")
+	}
+	if opts.Retention.Mode != "" {
+		po.Mode = minio.RetentionMode(opts.Retention.Mode)
+		po.RetainUntilDate = opts.Retention.Until.UTC()
+		po.SendContentMd5 = true
+	}
+	if opts.LegalHold {
+		po.LegalHold = minio.LegalHoldEnabled
+		po.SendContentMd5 = true
+	}
+	if size < 0 || (opts.CreateOnly && size > int64(s.partSize)) {
+		err = s.putStream(ctx, s.prefix+key, r, po, opts.CreateOnly)
+	} else {
+		_, err = s.client.PutObject(ctx, s.bucket, s.prefix+key, r, size, po)
+	}
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, classify(ctx, err, opts.CreateOnly))
+	}
+	return nil
+}
+
+// putStream uploads r, of unknown length, holding one part in memory: a
+// body that fits in one part goes in one PUT, a longer one as a multipart
+// upload. It drives the multipart upload itself, through minio.Core,
+// because minio-go's PutObject (v7.4.1) drops If-None-Match from
+// CompleteMultipartUpload, checking a create-only upload only when it
+// starts: two creators that start together would both win. A failed
+// multipart upload is aborted before putStream returns, even when ctx is
+// cancelled.
+func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, createOnly bool) (err error) {
+	r = ctxReader{ctx, r}
+	part, rerr := readPart(r, nil, int(s.partSize))
+	if rerr == io.EOF {
+		_, err := s.client.PutObject(ctx, s.bucket, name, bytes.NewReader(part), int64(len(part)), po)
+		return err
+	}
+	if rerr != nil {
+		return rerr
+	}
+	core := minio.Core{Client: s.client}
+	uploadID, err := core.NewMultipartUpload(ctx, s.bucket, name, po)
+	if err != nil {
+		return fmt.Errorf("start multipart upload: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if aerr := core.AbortMultipartUpload(actx, s.bucket, name, uploadID); aerr != nil {
+				err = fmt.Errorf("%w (and abort multipart upload %s: %w)", err, uploadID, aerr)
+			}
+		}
+	}()
+	var parts []minio.CompletePart
+	for n := 1; ; n++ {
+		if n > maxParts {
+			return fmt.Errorf("object larger than %d parts of %d bytes", maxParts, s.partSize)
+		}
+		var popts minio.PutObjectPartOptions
+		if po.SendContentMd5 {
+			sum := md5.Sum(part)
+			popts.Md5Base64 = base64.StdEncoding.EncodeToString(sum[:])
+		}
+		p, err := core.PutObjectPart(ctx, s.bucket, name, uploadID, n, bytes.NewReader(part), int64(len(part)), popts)
+		if err != nil {
+			return fmt.Errorf("upload part %d: %w", n, err)
+		}
+		parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag})
+		if rerr == io.EOF {
+			break
+		}
+		part, rerr = readPart(r, part, int(s.partSize))
+		if rerr != nil && rerr != io.EOF {
+			return rerr
+		}
+		if len(part) == 0 {
+			break
+		}
+	}
+	var copts minio.PutObjectOptions
+	if createOnly {
+		copts.SetMatchETagExcept("*")
+	}
+	if _, err := core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, copts); err != nil {
+		return fmt.Errorf("complete multipart upload: %w", err)
+	}
+	return nil
+}
+
+// maxParts is S3's limit on the parts of one upload.
+const maxParts = 10000
+
+// readPart reads from r into buf, reusing its memory, until it holds size
+// bytes or r ends. It returns io.EOF when r ended, with the bytes read
+// before. buf grows as data comes, so a small body costs little memory.
+func readPart(r io.Reader, buf []byte, size int) ([]byte, error) {
+	buf = buf[:0]
+	for len(buf) < size {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(max(cap(buf), 64<<10), size-len(buf)))
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), size)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+// sizeOf returns how many bytes r has left when it can tell cheaply, or
+// -1 (stream it).
+func sizeOf(r io.Reader) (int64, error) {
+	switch r := r.(type) {
+	case interface{ Len() int }:
+		return int64(r.Len()), nil
+	case io.Seeker:
+		cur, err := r.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return -1, nil // a pipe, say: stream it
+		}
+		end, err := r.Seek(0, io.SeekEnd)
+		if err != nil {
+			return -1, err
+		}
+		if _, err := r.Seek(cur, io.SeekStart); err != nil {
+			return -1, err
+		}
+		return end - cur, nil
+	}
+	return -1, nil
+}
+
+// Get implements store.Store. The reader is minio-go's *minio.Object, which
+// also seeks and reads at offsets.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if err := store.ValidKey(key); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, false))
+	}
+	// Stat sends the GET, so a missing object shows here, not on Read.
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, false))
+	}
+	return obj, nil
+}
+
+// Stat implements store.Store.
+func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
+	if err := store.ValidKey(key); err != nil {
+		return store.ObjectInfo{}, fmt.Errorf("stat: %w", err)
+	}
+	oi, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
+	if err != nil {
+		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, classify(ctx, err, false))
+	}
+	return store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
+}
+
+// List implements store.Store. S3 lists keys in ascending byte order, a
+// page of up to 1,000 at a time.
+func (s *Store) List(ctx context.Context, prefix string, fn func(store.ObjectInfo) error) error {
+	if err := store.ValidPrefix(prefix); err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	// MinIO refuses a prefix ending in a "." or ".." segment ("a/."):
+	// list the directory above and filter.
+	listPrefix := prefix
+	if last := prefix[strings.LastIndexByte(prefix, '/')+1:]; last == "." || last == ".." {
+		listPrefix = prefix[:len(prefix)-len(last)]
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's lister if fn stops early
+	for oi := range s.client.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{
+		Prefix:    s.prefix + listPrefix,
+		Recursive: true,
+	}) {
+		if oi.Err != nil {
+			return fmt.Errorf("list %q: %w", prefix, classify(ctx, oi.Err, false))
+		}
+		key := strings.TrimPrefix(oi.Key, s.prefix)
+		if strings.HasSuffix(key, "/") || !strings.HasPrefix(key, prefix) {
+			continue // a "directory" marker some tools make, or filtered
+		}
+		if err := fn(store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("list %q: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete implements store.Store. In a bucket with versioning (every bucket
+// with object lock has it) it deletes every version of the key, newest
+// first, instead of hiding them under a delete marker, so that an object
+// under retention or legal hold makes Delete fail with store.ErrLocked and
+// an older version does not come back.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := store.ValidKey(key); err != nil {
+		return fmt.Errorf("delete: %w", err)
+	}
+	name := s.prefix + key
+	oi, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
+	if err != nil {
+		err = classify(ctx, err, false)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	if oi.VersionID == "" || oi.VersionID == "null" {
+		if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
+			return fmt.Errorf("delete %s: %w", key, classifyDelete(ctx, err))
+		}
+		return nil
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for v := range s.client.ListObjects(lctx, s.bucket, minio.ListObjectsOptions{
+		Prefix:       name,
+		Recursive:    true,
+		WithVersions: true,
+	}) {
+		if v.Err != nil {
+			return fmt.Errorf("delete %s: list versions: %w", key, classify(ctx, v.Err, false))
+		}
+		if v.Key != name {
+			continue
+		}
+		if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{VersionID: v.VersionID}); err != nil {
+			return fmt.Errorf("delete %s: version %s: %w", key, v.VersionID, classifyDelete(ctx, err))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// Upload is an incomplete multipart upload.
+type Upload struct {
+	Key       string // the store key, without the store's prefix
+	UploadID  string
+	Initiated time.Time
+}
+
+// ListIncompleteUploads calls fn for each multipart upload begun under
+// prefix and neither completed nor aborted. MinIO lists only the uploads
+// of one exact key: pass a whole key there; AWS S3 takes any prefix.
+func (s *Store) ListIncompleteUploads(ctx context.Context, prefix string, fn func(Upload) error) error {
+	if err := store.ValidPrefix(prefix); err != nil {
+		return fmt.Errorf("list incomplete uploads: %w", err)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, s.prefix+prefix, true) {
+		if u.Err != nil {
+			return fmt.Errorf("list incomplete uploads %q: %w", prefix, classify(ctx, u.Err, false))
+		}
+		up := Upload{Key: strings.TrimPrefix(u.Key, s.prefix), UploadID: u.UploadID, Initiated: u.Initiated}
+		if err := fn(up); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("list incomplete uploads %q: %w", prefix, err)
+	}
+	return nil
+}
+
+// AbortUpload aborts one incomplete multipart upload, deleting its parts.
+func (s *Store) AbortUpload(ctx context.Context, u Upload) error {
+	core := minio.Core{Client: s.client}
+	if err := core.AbortMultipartUpload(ctx, s.bucket, s.prefix+u.Key, u.UploadID); err != nil {
+		err = classify(ctx, err, false)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // already gone
+		}
+		return fmt.Errorf("abort upload %s of %s: %w", u.UploadID, u.Key, err)
+	}
+	return nil
+}
+
+// RemoveStaleUploads implements store.StaleUploadRemover: it aborts the
+// incomplete multipart uploads under the store's prefix begun before
+// olderThan. On MinIO, which lists uploads only by exact key, it finds
+// none; MinIO drops stale uploads itself after a day by default.
+func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (int, error) {
+	var stale []Upload
+	err := s.ListIncompleteUploads(ctx, "", func(u Upload) error {
+		if u.Initiated.Before(olderThan) {
+			stale = append(stale, u)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("remove stale uploads: %w", err)
+	}
+	n := 0
+	for _, u := range stale {
+		if err := s.AbortUpload(ctx, u); err != nil {
+			return n, fmt.Errorf("remove stale uploads: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// retryableCodes are the S3 error codes worth another attempt, as minio-go
+// counts them (retry.go).
+var retryableCodes = map[string]bool{
+	"RequestError": true, "RequestTimeout": true, "Throttling": true,
+	"ThrottlingException": true, "RequestLimitExceeded": true,
+	"RequestThrottled": true, "InternalError": true, "ExpiredToken": true,
+	"ExpiredTokenException": true, "SlowDown": true, "SlowDownWrite": true,
+	"SlowDownRead": true, "ServiceUnavailable": true,
+}
+
+// retryableStatus are the HTTP statuses worth another attempt, as minio-go
+// counts them.
+var retryableStatus = map[int]bool{
+	http.StatusRequestTimeout: true, http.StatusTooManyRequests: true,
+	499: true, http.StatusInternalServerError: true,
+	http.StatusBadGateway: true, http.StatusServiceUnavailable: true,
+	http.StatusGatewayTimeout: true, 520: true,
+}
+
+// classify maps a minio-go error to the store's sentinels, keeping err in
+// the chain. createOnly says whether a 412 or 409 means "lost the race".
+func classify(ctx context.Context, err error, createOnly bool) error {
+	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) {
+		switch {
+		case resp.Code == "NoSuchKey" || resp.Code == "NoSuchVersion" || resp.Code == "NoSuchUpload":
+			return fmt.Errorf("%w: %w", store.ErrNotFound, err)
+		case createOnly && (resp.Code == "PreconditionFailed" || resp.StatusCode == http.StatusPreconditionFailed ||
+			resp.StatusCode == http.StatusConflict):
+			return fmt.Errorf("%w: %w", store.ErrExists, err)
+		case retryableCodes[resp.Code] || retryableStatus[resp.StatusCode]:
+			return store.Transient(err)
+		}
+		return err
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
+		return store.Transient(err)
+	}
+	return err
+}
+
+// classifyDelete is classify that also recognises an object-lock refusal:
+// MinIO says 400 "Object is WORM protected", AWS 403 "…protected by object
+// lock".
+func classifyDelete(ctx context.Context, err error) error {
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) {
+		msg := strings.ToLower(resp.Message)
+		if strings.Contains(msg, "worm") || strings.Contains(msg, "object lock") {
+			return fmt.Errorf("%w: %w", store.ErrLocked, err)
+		}
+	}
+	return classify(ctx, err, false)
+}
+
+// ctxReader fails reads once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

@@ -1,0 +1,109 @@
+// Package storeurl opens the store a URL names, so that package store need
+// not import its backends:
+//
+//	file://DIR                  the file store in DIR (file:///abs/dir, or
+//	                            file://rel/dir relative to the working
+//	                            directory)
+//	s3://BUCKET[/PREFIX][?…]    the S3 store, wrapped in store/retry
+//
+// An s3 URL may carry region=, endpoint= (a URL; http:// for plain HTTP),
+// sse=s3 or sse=kms with kms-key-id=; everything else comes from
+// Options.S3 and the AWS environment (see s3.Config).
+package storeurl
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/file"
+	"github.com/hsmbackup/hsmbackup/store/retry"
+	"github.com/hsmbackup/hsmbackup/store/s3"
+)
+
+// Options are what a URL does not say. The zero value is valid.
+type Options struct {
+	// S3 is the template for s3 URLs: the URL sets Bucket and Prefix and
+	// overrides the fields its query names.
+	S3 s3.Config
+	// Retry bounds the retries around S3 stores (zero: retry's defaults).
+	// The file store is not wrapped: its errors are never transient.
+	Retry retry.Config
+}
+
+// Open returns the store rawURL names. It does no I/O beyond creating a
+// file store's directory.
+func Open(rawURL string, opts Options) (store.Store, error) {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return nil, fmt.Errorf("store URL %q: want file://DIR or s3://BUCKET/PREFIX", rawURL)
+	}
+	switch scheme {
+	case "file":
+		if rest == "" || strings.ContainsAny(rest, "?#") {
+			return nil, fmt.Errorf("store URL %q: want file://DIR", rawURL)
+		}
+		return file.New(rest)
+	case "s3":
+		cfg, err := s3Config(rawURL, opts.S3)
+		if err != nil {
+			return nil, err
+		}
+		st, err := s3.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return retry.New(st, opts.Retry)
+	default:
+		return nil, fmt.Errorf("store URL %q: unknown scheme %q (want file or s3)", rawURL, scheme)
+	}
+}
+
+// s3Config applies an s3:// URL to the template cfg.
+func s3Config(rawURL string, cfg s3.Config) (s3.Config, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return cfg, fmt.Errorf("store URL: %w", err)
+	}
+	if u.Host == "" || u.User != nil || u.Port() != "" || u.Fragment != "" {
+		return cfg, fmt.Errorf("store URL %q: want s3://BUCKET[/PREFIX]", rawURL)
+	}
+	cfg.Bucket = u.Host
+	cfg.Prefix = strings.Trim(u.Path, "/")
+	for k, vs := range u.Query() {
+		if len(vs) != 1 {
+			return cfg, fmt.Errorf("store URL %q: %s given %d times", rawURL, k, len(vs))
+		}
+		v := vs[0]
+		switch k {
+		case "region":
+			cfg.Region = v
+		case "endpoint":
+			cfg.Endpoint = v
+		case "sse":
+			switch v {
+			case "s3":
+				cfg.Encryption = s3.SSES3
+			case "kms":
+				cfg.Encryption = s3.SSEKMS
+			default:
+				return cfg, fmt.Errorf("store URL %q: sse=%s (want s3 or kms)", rawURL, v)
+			}
+		case "kms-key-id":
+			cfg.KMSKeyID = v
+		default:
+			return cfg, fmt.Errorf("store URL %q: unknown parameter %q", rawURL, k)
+		}
+	}
+	if cfg.Prefix != "" {
+		if err := store.ValidKey(cfg.Prefix); err != nil {
+			return cfg, fmt.Errorf("store URL %q: prefix: %w", rawURL, err)
+		}
+	}
+	if cfg.Bucket == "" {
+		return cfg, errors.New("store URL: no bucket")
+	}
+	return cfg, nil
+}
