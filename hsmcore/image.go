@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/internal/stream"
+	"github.com/hsmbackup/hsmbackup/internal/ctxio"
 	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
@@ -209,7 +210,7 @@ func (s *Session) ExportImage(ctx context.Context) (*ImageHeader, io.ReadCloser,
 
 // writeImage writes header, then the encrypted, compressed contents.
 func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *contents) error {
-	w = ctxWriter{ctx, w}
+	w = ctxio.Writer(ctx, w)
 	if _, err := w.Write(header); err != nil {
 		return err
 	}
@@ -234,19 +235,6 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 		return err
 	}
 	return enc.Close()
-}
-
-// ctxWriter fails writes once ctx is done.
-type ctxWriter struct {
-	ctx context.Context
-	w   io.Writer
-}
-
-func (c ctxWriter) Write(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.w.Write(p)
 }
 
 // ImportImage restores an image into the device, replacing its users, keys
@@ -357,7 +345,7 @@ func (d *Device) stageImage(ctx context.Context, h *ImageHeader, raw []byte, r i
 	}
 	defer clear(ebk)
 
-	dec, err := stream.NewReader(ctxReader{ctx, r}, ebk, raw)
+	dec, err := stream.NewReader(ctxio.Reader(ctx, r), ebk, raw)
 	if err != nil {
 		return nil, err
 	}
@@ -416,17 +404,4 @@ func (e *errRecorder) Read(p []byte) (int, error) {
 		e.err = err
 	}
 	return n, err
-}
-
-// ctxReader fails reads once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

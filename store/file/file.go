@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
+	"github.com/hsmbackup/hsmbackup/internal/ctxio"
 	"github.com/hsmbackup/hsmbackup/store"
 )
 
@@ -126,7 +127,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 	if err := f.Chmod(filePerm); err != nil {
 		return fmt.Errorf("put %s: chmod temp file: %w", key, err)
 	}
-	if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
+	if _, err := io.Copy(f, ctxio.Reader(ctx, r)); err != nil {
 		return fmt.Errorf("put %s: write: %w", key, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -244,7 +245,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		f.Close()
 		return nil, fmt.Errorf("get %s: %w", key, store.ErrNotFound)
 	}
-	return &readCloser{ctxReader{ctx, f}, f}, nil
+	return &readCloser{ctxio.Reader(ctx, f), f}, nil
 }
 
 // Stat implements store.Store.
@@ -396,19 +397,6 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	}
 	return err
-}
-
-// ctxReader fails reads once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 type readCloser struct {

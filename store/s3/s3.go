@@ -38,6 +38,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 
+	"github.com/hsmbackup/hsmbackup/internal/ctxio"
 	"github.com/hsmbackup/hsmbackup/store"
 )
 
@@ -324,7 +325,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 // multipart upload is aborted before putStream returns, even when ctx is
 // cancelled.
 func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, createOnly bool) (err error) {
-	r = ctxReader{ctx, r}
+	r = ctxio.Reader(ctx, r)
 	part, rerr := readPart(r, nil, int(s.partSize))
 	if rerr == io.EOF {
 		_, err := s.client.PutObject(ctx, s.bucket, name, bytes.NewReader(part), int64(len(part)), po)
@@ -669,17 +670,4 @@ func classifyDelete(ctx context.Context, err error) error {
 		}
 	}
 	return classify(ctx, err, false)
-}
-
-// ctxReader fails reads once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
