@@ -42,14 +42,9 @@ vet:
 test: tools vet
 	HSMBACKUP_TEST_DISALLOW_SKIP=1 $(GO) test -race -count=1 ./...
 
-# fuzz: every fuzz target for FUZZTIME each.
+# fuzz: every fuzz target for FUZZTIME each (scripts/fuzz.sh).
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$target"; \
-	    $(GO) test $$pkg -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s; \
-	  done; \
-	done
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
 # bench: the benchmarks behind docs/BENCHMARKS.md.
 bench:
