@@ -1,0 +1,88 @@
+// Package backup makes, lists and verifies backups of an HSM cluster: the
+// image exported by one healthy member, wrapped again in the outer envelope
+// (package wrap) and stored (package store) with a signed manifest.
+//
+// # Storage layout
+//
+// A backup is two objects:
+//
+//	<prefix>clusters/<cluster-id>/backups/<backup-id>/image
+//	<prefix>clusters/<cluster-id>/backups/<backup-id>/manifest.json
+//
+// where a non-empty prefix ends with a slash (one is added if missing).
+// The image is written first, the manifest last and create-only: a backup
+// without a manifest does not exist, and List ignores such image objects.
+// Backup ids sort by creation time (to the second).
+package backup
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// Sentinel errors. Each is wrapped with the step that failed; test with
+// errors.Is. Verify names the layer that failed with one of the first four.
+var (
+	// ErrManifest: a manifest does not parse, is not where its id and
+	// cluster say it should be, or its signature does not verify.
+	ErrManifest = errors.New("invalid manifest")
+	// ErrObjectHash: the stored image object's SHA-256 or size differs
+	// from the manifest's.
+	ErrObjectHash = errors.New("image object does not match its manifest")
+	// ErrOuterLayer: the outer envelope does not decrypt or authenticate,
+	// or its header differs from the manifest's.
+	ErrOuterLayer = errors.New("outer envelope failed to authenticate")
+	// ErrInnerHeader: the inner image header inside the envelope does not
+	// parse, or does not match the manifest's source identity, image id,
+	// PBK fingerprint, cluster or size.
+	ErrInnerHeader = errors.New("inner image does not match its manifest")
+	// ErrSource: the member asked for the image is not fit to back up
+	// (cluster not initialized) or exported an image of another HSM or
+	// cluster than its health reports.
+	ErrSource = errors.New("unsuitable backup source")
+)
+
+// ImageSource is one healthy member of the cluster to back up.
+// *hsmcore/client.Client, logged in as a crypto officer, satisfies it; the
+// caller picks the member.
+type ImageSource interface {
+	// ExportImage streams the member's image; the caller closes it.
+	ExportImage(ctx context.Context) (io.ReadCloser, error)
+	// Health reports the member's identity and state.
+	Health(ctx context.Context) (api.Health, error)
+}
+
+// Object names within a backup's directory.
+const (
+	ImageObject    = "image"
+	ManifestObject = "manifest.json"
+)
+
+func normPrefix(prefix string) (string, error) {
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	if err := store.ValidPrefix(prefix); err != nil {
+		return "", err
+	}
+	return prefix, nil
+}
+
+func clusterDir(prefix, cluster string) string {
+	return prefix + "clusters/" + cluster + "/backups/"
+}
+
+// ObjectKey returns the key of object (ImageObject or ManifestObject) of
+// backup id of cluster under prefix.
+func ObjectKey(prefix, cluster, id, object string) string {
+	p, err := normPrefix(prefix)
+	if err != nil {
+		p = prefix
+	}
+	return clusterDir(p, cluster) + id + "/" + object
+}

@@ -1,0 +1,324 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+const testPrefix = "tenant-a/"
+
+func readObject(t *testing.T, st store.Store, key string) []byte {
+	t.Helper()
+	rc, err := st.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func putObject(t *testing.T, st store.Store, key string, b []byte) {
+	t.Helper()
+	if err := st.Put(context.Background(), key, bytes.NewReader(b), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allKeys(t *testing.T, st store.Store) []string {
+	t.Helper()
+	var keys []string
+	if err := st.List(context.Background(), "", func(oi store.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func TestCreateListDescribeVerify(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 0)
+	kr, pub, priv := testKeys(t)
+	st := newFileStore(t)
+	health, err := member.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clock := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
+	now := func() time.Time { clock = clock.Add(time.Second); return clock }
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix, Now: now,
+		Tags: map[string]string{"env": "prod"}, RetentionDays: 90}
+	m1, err := Create(ctx, member, st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ClusterID, opts.Tags, opts.RetentionDays, opts.NeverExpires = testCluster, map[string]string{"env": "dev"}, 0, true
+	m2, err := Create(ctx, member, st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(m1.ID, "backup-20261124T170001Z-") || m1.ID >= m2.ID {
+		t.Fatalf("ids %s, %s", m1.ID, m2.ID)
+	}
+	if m1.ClusterID != testCluster || m1.State != StateReady || m1.Source.Serial != health.Serial ||
+		m1.Source.PBKFingerprint != hex.EncodeToString(health.PBKFingerprint) || m1.Source.Class != "hsm2m.medium" ||
+		len(m1.Recipients) != 1 || m1.ImageSize <= 0 || m1.ObjectSize <= m1.ImageSize {
+		t.Fatalf("manifest %+v", m1)
+	}
+	image := readObject(t, st, ObjectKey(testPrefix, testCluster, m1.ID, ImageObject))
+	if int64(len(image)) != m1.ObjectSize || !bytes.HasPrefix(image, m1.OuterHeader) {
+		t.Fatalf("stored object of %d bytes, manifest says %d", len(image), m1.ObjectSize)
+	}
+	stored := readObject(t, st, ObjectKey(testPrefix, testCluster, m1.ID, ManifestObject))
+	if want, _ := m1.Marshal(); !bytes.Equal(stored, want) {
+		t.Fatal("stored manifest differs from the returned one")
+	}
+
+	// An image without a manifest is not a backup.
+	putObject(t, st, ObjectKey(testPrefix, testCluster, "backup-20261124T180000Z-aaaaaaaaaa", ImageObject), []byte("orphan"))
+
+	ids := func(ms []*Manifest) []string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.ID)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		f    Filter
+		want []string
+	}{
+		{Filter{}, []string{m1.ID, m2.ID}},
+		{Filter{ClusterID: testCluster}, []string{m1.ID, m2.ID}},
+		{Filter{ClusterID: "cluster-2"}, nil},
+		{Filter{State: StateReady}, []string{m1.ID, m2.ID}},
+		{Filter{State: StateDeleted}, nil},
+		{Filter{Tags: map[string]string{"env": "dev"}}, []string{m2.ID}},
+		{Filter{Tags: map[string]string{"env": "qa"}}, nil},
+	} {
+		got, err := List(ctx, st, testPrefix, tc.f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ids(got), tc.want) {
+			t.Errorf("List(%+v) = %v, want %v", tc.f, ids(got), tc.want)
+		}
+	}
+	if got, err := List(ctx, st, "", Filter{}); err != nil || len(got) != 0 {
+		t.Errorf("List outside the prefix = %v, %v", ids(got), err)
+	}
+
+	d, err := Describe(ctx, st, testPrefix, testCluster, m2.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ID != m2.ID || !d.NeverExpires || d.Tags["env"] != "dev" {
+		t.Fatalf("describe %+v", d)
+	}
+	if _, err := Describe(ctx, st, testPrefix, testCluster, "backup-20261124T180000Z-aaaaaaaaaa"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("describe orphan: %v", err)
+	}
+
+	for _, vo := range []VerifyOptions{
+		{PublicKey: pub},
+		{PublicKey: pub, Identities: []wrap.Identity{kr}},
+		{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true},
+	} {
+		if err := Verify(ctx, st, testPrefix, testCluster, m1.ID, vo); err != nil {
+			t.Errorf("verify (identities %d, deep %v): %v", len(vo.Identities), vo.Deep, err)
+		}
+	}
+
+	// Wrong keys name the layer.
+	otherKR, otherPub, _ := testKeys(t)
+	if err := Verify(ctx, st, testPrefix, testCluster, m1.ID, VerifyOptions{PublicKey: otherPub}); !errors.Is(err, ErrManifest) {
+		t.Errorf("verify under another public key: %v", err)
+	}
+	err = Verify(ctx, st, testPrefix, testCluster, m1.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{otherKR}})
+	if !errors.Is(err, ErrOuterLayer) || !errors.Is(err, wrap.ErrTampered) { // same key name, other key
+		t.Errorf("verify with another keyring: %v", err)
+	}
+}
+
+// TestVerifyInnerHeaderMismatch signs a manifest whose image id differs
+// from the image's: only a deep check can see it.
+func TestVerifyInnerHeaderMismatch(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 0)
+	kr, pub, priv := testKeys(t)
+	st := newFileStore(t)
+	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ImageID = strings.Repeat("ab", 16)
+	if err := m.Sign(priv); err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	putObject(t, st, ObjectKey("", testCluster, m.ID, ManifestObject), b)
+	ids := []wrap.Identity{kr}
+	if err := Verify(ctx, st, "", testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids}); err != nil {
+		t.Fatalf("shallow verify: %v", err)
+	}
+	if err := Verify(ctx, st, "", testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids, Deep: true}); !errors.Is(err, ErrInnerHeader) {
+		t.Fatalf("deep verify: %v", err)
+	}
+}
+
+// sampledOffsets: every 997th byte and the first and last 64 bytes.
+func sampledOffsets(n, step int) []int {
+	var out []int
+	for i := 0; i < n; i++ {
+		if i < 64 || i >= n-64 || i%step == 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func TestVerifyCatchesFlips(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 300) // an image of more than one 64 KiB package
+	kr, pub, priv := testKeys(t)
+	st := newFileStore(t)
+	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
+		Tags: map[string]string{"team": "hsm"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vo := VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true}
+
+	for _, tc := range []struct {
+		object string
+		want   error
+		step   int
+	}{
+		{ImageObject, ErrObjectHash, 997},
+		{ManifestObject, ErrManifest, 97},
+	} {
+		key := ObjectKey(testPrefix, testCluster, m.ID, tc.object)
+		orig := readObject(t, st, key)
+		offs := sampledOffsets(len(orig), tc.step)
+		for _, off := range offs {
+			for _, mask := range []byte{0x01, 0x80} {
+				b := bytes.Clone(orig)
+				b[off] ^= mask
+				putObject(t, st, key, b)
+				if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); !errors.Is(err, tc.want) {
+					t.Fatalf("%s: flip %#x at %d of %d: got %v, want %v", tc.object, mask, off, len(orig), err, tc.want)
+				}
+			}
+		}
+		putObject(t, st, key, orig)
+		t.Logf("%s: %d bytes, %d offsets flipped twice each", tc.object, len(orig), len(offs))
+	}
+	for _, cut := range []int{1, 100} {
+		key := ObjectKey(testPrefix, testCluster, m.ID, ImageObject)
+		orig := readObject(t, st, key)
+		putObject(t, st, key, orig[:len(orig)-cut])
+		if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); !errors.Is(err, ErrObjectHash) {
+			t.Fatalf("truncated by %d: %v", cut, err)
+		}
+		putObject(t, st, key, orig)
+	}
+	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); err != nil {
+		t.Fatalf("restored: %v", err)
+	}
+}
+
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 300)
+	kr, pub, priv := testKeys(t)
+	base := newFileStore(t)
+	var armed atomic.Bool
+	st := &mockStore{Store: base}
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix}
+
+	for _, tc := range []struct {
+		name   string
+		suffix string
+		n      int64
+	}{
+		{"image at 0 bytes", "/" + ImageObject, 0},
+		{"image midway", "/" + ImageObject, 100_000},
+		{"manifest", "/" + ManifestObject, 10},
+	} {
+		st.put = failAfter(base, tc.suffix, tc.n, &armed)
+		armed.Store(true)
+		_, err := Create(ctx, member, st, opts)
+		if !errors.Is(err, errInjected) {
+			t.Fatalf("%s: Create = %v, want the injected error", tc.name, err)
+		}
+		if keys := allKeys(t, base); len(keys) != 0 {
+			t.Fatalf("%s: left %v", tc.name, keys)
+		}
+		if ms, err := List(ctx, st, testPrefix, Filter{}); err != nil || len(ms) != 0 {
+			t.Fatalf("%s: List = %d, %v", tc.name, len(ms), err)
+		}
+	}
+
+	armed.Store(false)
+	m, err := Create(ctx, member, st, opts)
+	if err != nil {
+		t.Fatalf("Create after failures: %v", err)
+	}
+	ms, err := List(ctx, st, testPrefix, Filter{})
+	if err != nil || len(ms) != 1 || ms[0].ID != m.ID {
+		t.Fatalf("List = %v, %v", ms, err)
+	}
+	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCreateRejects(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 0)
+	kr, _, priv := testKeys(t)
+	st := newFileStore(t)
+	for name, o := range map[string]CreateOptions{
+		"no recipients":  {SigningKey: priv},
+		"no signing key": {Recipients: []wrap.Recipient{kr}},
+		"other cluster":  {Recipients: []wrap.Recipient{kr}, SigningKey: priv, ClusterID: "cluster-2"},
+		"bad tag":        {Recipients: []wrap.Recipient{kr}, SigningKey: priv, Tags: map[string]string{"aws:x": "y"}},
+		"bad prefix":     {Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: "../x/"},
+	} {
+		if _, err := Create(ctx, member, st, o); err == nil {
+			t.Errorf("%s: Create succeeded", name)
+		}
+	}
+	if keys := allKeys(t, st); len(keys) != 0 {
+		t.Fatalf("left %v", keys)
+	}
+	// A cancelled context leaves nothing either.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := Create(cctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Create: %v", err)
+	}
+	if keys := allKeys(t, st); len(keys) != 0 {
+		t.Fatalf("left %v", keys)
+	}
+}

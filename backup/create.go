@@ -1,0 +1,273 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// CreateOptions are the options of Create. ClusterID may be empty (the
+// member's cluster is used); Recipients and SigningKey are required.
+type CreateOptions struct {
+	// ClusterID names the cluster; if set it must be the cluster the
+	// member reports and its image header states.
+	ClusterID string
+	// Recipients are the outer envelope's recipients (1 to 16).
+	Recipients []wrap.Recipient
+	// SigningKey is the backup service's manifest signing key.
+	SigningKey ed25519.PrivateKey
+	// Tags are stored in the manifest; see ValidateTags.
+	Tags map[string]string
+	// Prefix is prepended to every key (see the package comment).
+	Prefix string
+	// NeverExpires and RetentionDays (0: unset) are stored in the manifest.
+	NeverExpires  bool
+	RetentionDays int
+	// ClusterCertificate and CustomerCA (DER), if given, are stored in the
+	// manifest.
+	ClusterCertificate, CustomerCA []byte
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Create backs up the member src to st: it exports the image, wraps it in
+// an outer envelope to opts.Recipients and stores it as one object,
+// hashing it on the way (memory stays flat whatever the image size), then
+// writes the signed manifest last, create-only. If any step fails the image
+// object is deleted (best effort) and the error names the step.
+func Create(ctx context.Context, src ImageSource, st store.Store, opts CreateOptions) (*Manifest, error) {
+	prefix, err := normPrefix(opts.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("create backup: %w", err)
+	}
+	if err := checkCreateOptions(&opts); err != nil {
+		return nil, fmt.Errorf("create backup: %w", err)
+	}
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+
+	health, err := src.Health(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("check member health: %w", err)
+	}
+	if !health.ClusterInitialized {
+		return nil, fmt.Errorf("check member health: %w: cluster not initialized", ErrSource)
+	}
+	cluster := health.ClusterID
+	if opts.ClusterID != "" && opts.ClusterID != cluster {
+		return nil, fmt.Errorf("check member health: %w: member is in cluster %q, not %q", ErrSource, cluster, opts.ClusterID)
+	}
+	if err := validClusterID(cluster); err != nil {
+		return nil, fmt.Errorf("check member health: %w: %w", ErrSource, err)
+	}
+
+	created := now().UTC().Round(0)
+	id, err := newBackupID(created)
+	if err != nil {
+		return nil, fmt.Errorf("create backup id: %w", err)
+	}
+	imageKey := clusterDir(prefix, cluster) + id + "/" + ImageObject
+	manifestKey := clusterDir(prefix, cluster) + id + "/" + ManifestObject
+
+	m := &Manifest{
+		Format: ManifestFormat, ID: id, ClusterID: cluster, State: StateReady, Created: created,
+		Tags: cloneTags(opts.Tags), NeverExpires: opts.NeverExpires, RetentionDays: opts.RetentionDays,
+		ClusterCertificate: bytes.Clone(opts.ClusterCertificate), CustomerCA: bytes.Clone(opts.CustomerCA),
+	}
+	if err := storeImage(ctx, src, st, imageKey, health, opts.Recipients, m); err != nil {
+		cleanup(ctx, st, imageKey)
+		return nil, err
+	}
+	if err := m.Sign(opts.SigningKey); err != nil {
+		cleanup(ctx, st, imageKey)
+		return nil, err
+	}
+	b, err := m.Marshal()
+	if err == nil {
+		err = st.Put(ctx, manifestKey, bytes.NewReader(b), store.PutOptions{CreateOnly: true})
+	}
+	if err != nil {
+		cleanup(ctx, st, imageKey)
+		return nil, fmt.Errorf("write manifest %s: %w", id, err)
+	}
+	return m, nil
+}
+
+func checkCreateOptions(o *CreateOptions) error {
+	if o.ClusterID != "" {
+		if err := validClusterID(o.ClusterID); err != nil {
+			return err
+		}
+	}
+	if len(o.Recipients) == 0 || len(o.Recipients) > maxRecipients {
+		return fmt.Errorf("%d recipients, want 1 to %d", len(o.Recipients), maxRecipients)
+	}
+	if len(o.SigningKey) != ed25519.PrivateKeySize {
+		return errors.New("signing key is not an Ed25519 private key")
+	}
+	if err := ValidateTags(o.Tags); err != nil {
+		return err
+	}
+	if o.RetentionDays < 0 || (o.NeverExpires && o.RetentionDays != 0) {
+		return errors.New("bad retention")
+	}
+	return nil
+}
+
+func cloneTags(t map[string]string) map[string]string {
+	if len(t) == 0 {
+		return nil
+	}
+	c := make(map[string]string, len(t))
+	for k, v := range t {
+		c[k] = v
+	}
+	return c
+}
+
+// cleanup deletes a backup's image object after a failure, even if ctx is
+// done, within a short time.
+func cleanup(ctx context.Context, st store.Store, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = st.Delete(ctx, key)
+}
+
+// storeImage runs the pipeline
+//
+//	member → inner header check → wrap.Encrypt → io.Pipe → SHA-256 tee → st.Put
+//
+// and fills in m's image fields.
+func storeImage(ctx context.Context, src ImageSource, st store.Store, key string, health api.Health, recipients []wrap.Recipient, m *Manifest) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rc, err := src.ExportImage(ctx)
+	if err != nil {
+		return fmt.Errorf("export image: %w", err)
+	}
+	defer rc.Close()
+
+	pr, pw := io.Pipe()
+	var inner *hsmcore.ImageHeader
+	var innerSize int64
+	done := make(chan error, 1)
+	go func() {
+		err := produce(ctx, rc, pw, health, recipients, &inner, &innerSize)
+		pw.CloseWithError(err) // nil: EOF
+		done <- err
+	}()
+
+	h := sha256.New()
+	cnt := &counter{h: h}
+	tee := io.TeeReader(pr, cnt)
+	outer, raw, err := readOuterHeader(tee)
+	if err == nil {
+		err = st.Put(ctx, key, io.MultiReader(bytes.NewReader(raw), tee), store.PutOptions{CreateOnly: true})
+		if err != nil {
+			err = fmt.Errorf("store image: %w", err)
+		}
+	}
+	pr.CloseWithError(errAborted) // unblock the producer if Put stopped early
+	perr := <-done
+	switch {
+	case perr != nil && !errors.Is(perr, errAborted):
+		return perr // the cause: Put's error, if any, only repeats it
+	case err != nil:
+		return err
+	case perr != nil:
+		return perr
+	}
+	m.Source = Source{
+		Serial: inner.Source.Serial, Class: inner.Source.Class, Manufacturer: inner.Source.Manufacturer,
+		Operator: inner.Source.Operator, Firmware: inner.Source.Firmware, FIPS: inner.Source.FIPS,
+		PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:]),
+	}
+	m.ImageID = hex.EncodeToString(inner.ImageID[:])
+	m.ImageSize = innerSize
+	m.ObjectSize = cnt.n
+	m.ObjectSHA256 = hex.EncodeToString(h.Sum(nil))
+	m.Recipients = outer.Recipients()
+	m.OuterHeader = raw
+	return nil
+}
+
+var errAborted = errors.New("image upload stopped")
+
+func readOuterHeader(r io.Reader) (*wrap.Header, []byte, error) {
+	h, err := wrap.ReadHeader(r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encrypt image: %w", err)
+	}
+	raw, err := h.MarshalBinary()
+	if err != nil {
+		return nil, nil, fmt.Errorf("encrypt image: %w", err)
+	}
+	return h, raw, nil
+}
+
+// produce reads the inner image from rc, checks its header against the
+// member's health, and writes it encrypted to w.
+func produce(ctx context.Context, rc io.Reader, w io.Writer, health api.Health, recipients []wrap.Recipient, inner **hsmcore.ImageHeader, size *int64) error {
+	hdr, raw, err := hsmcore.ReadImageHeader(rc)
+	if err != nil {
+		return fmt.Errorf("read image header: %w", err)
+	}
+	if hdr.Source != health.Identity || hdr.ClusterID != health.ClusterID ||
+		!bytes.Equal(hdr.PBKFingerprint[:], health.PBKFingerprint) {
+		return fmt.Errorf("read image header: %w: the image is not the member's", ErrSource)
+	}
+	enc, err := wrap.Encrypt(ctx, w, recipients...)
+	if err != nil {
+		return fmt.Errorf("encrypt image: %w", err)
+	}
+	if _, err := enc.Write(raw); err != nil {
+		return fmt.Errorf("encrypt image: %w", err)
+	}
+	n, err := io.Copy(enc, rc)
+	if err != nil {
+		return fmt.Errorf("export image: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return fmt.Errorf("encrypt image: %w", err)
+	}
+	*inner, *size = hdr, int64(len(raw))+n
+	return nil
+}
+
+// counter is an io.Writer that hashes and counts.
+type counter struct {
+	h hash.Hash
+	n int64
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.h.Write(p)
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+func newBackupID(t time.Time) (string, error) {
+	var r [idRandLen]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	for i := range r {
+		r[i] = base32Lower[r[i]&31]
+	}
+	return idPrefix + t.UTC().Format(idTimeLayout) + "-" + string(r[:]), nil
+}

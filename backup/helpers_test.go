@@ -1,0 +1,189 @@
+package backup
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"io"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/file"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+const (
+	testCluster  = "cluster-1"
+	testPassword = "correct horse battery"
+)
+
+// serveHSM manufactures an hsm2m.medium HSM and serves it on a loopback
+// port until the test ends (as hsmcore/internal/hsmtest does).
+func serveHSM(tb testing.TB, mfr, op *hsmcore.Authority) string {
+	tb.Helper()
+	dir := filepath.Join(tb.TempDir(), "hsm")
+	d, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: mfr, Operator: op}, hsmcore.TestOptions())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d.Close()
+	d, err = hsmcore.Open(dir, hsmcore.TestOptions())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Device: d})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("serve: %v", err)
+		}
+		d.Close()
+	})
+	return ln.Addr().String()
+}
+
+// newMember serves an HSM, initializes its cluster and first crypto
+// officer, has a crypto user make that many 512-byte secret keys, and
+// returns the officer's logged-in client.
+func newMember(tb testing.TB, keys int) *client.Client {
+	tb.Helper()
+	ctx := context.Background()
+	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, "acme")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	op, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ca := testpki.NewCA(tb, "customer root CA")
+	addr := serveHSM(tb, mfr, op)
+	roots := x509.NewCertPool()
+	roots.AddCert(mfr.Certificate())
+	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: roots})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer pre.Close()
+	csr, err := pre.ClusterCSR(ctx, testCluster)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
+		tb.Fatal(err)
+	}
+	cert := ca.Client(tb, "backup-service")
+	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: testCluster, Timeout: 10 * time.Second}
+	co, err := client.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(co.Close)
+	if err := co.Initialize(ctx, "admin", testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	if keys > 0 {
+		if err := co.CreateUser(ctx, "crypto-user", hsmcore.CryptoUser, testPassword); err != nil {
+			tb.Fatal(err)
+		}
+		cu, err := client.New(cfg)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer cu.Close()
+		if _, err := cu.Login(ctx, "crypto-user", testPassword); err != nil {
+			tb.Fatal(err)
+		}
+		specs := make([]hsmcore.KeySpec, keys)
+		for i := range specs {
+			specs[i] = hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096}
+		}
+		if _, err := cu.GenerateKeys(ctx, specs); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return co
+}
+
+// testKeys returns a fresh keyring (recipient and identity) and signing key.
+func testKeys(tb testing.TB) (*wrap.Keyring, ed25519.PublicKey, ed25519.PrivateKey) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "keyring")
+	if _, err := wrap.GenerateMasterKey(path, "master"); err != nil {
+		tb.Fatal(err)
+	}
+	kr, err := wrap.LoadKeyring(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return kr, pub, priv
+}
+
+func newFileStore(tb testing.TB) *file.Store {
+	tb.Helper()
+	st, err := file.New(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// mockStore wraps a Store; a non-nil function field replaces its method.
+type mockStore struct {
+	store.Store
+	put func(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error
+}
+
+func (s *mockStore) Put(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error {
+	if s.put != nil {
+		return s.put(ctx, key, r, opts)
+	}
+	return s.Store.Put(ctx, key, r, opts)
+}
+
+// failAfter returns a put function that passes keys with the given
+// suffix to st through a reader that fails after n bytes, while armed.
+func failAfter(st store.Store, suffix string, n int64, armed *atomic.Bool) func(context.Context, string, io.Reader, store.PutOptions) error {
+	return func(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error {
+		if armed.Load() && len(key) >= len(suffix) && key[len(key)-len(suffix):] == suffix {
+			r = io.MultiReader(io.LimitReader(r, n), failingReader{})
+		}
+		return st.Put(ctx, key, r, opts)
+	}
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errInjected }
+
+var errInjected = &injectedError{}
+
+type injectedError struct{}
+
+func (*injectedError) Error() string { return "injected storage failure" }

@@ -1,0 +1,128 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// Filter selects backups in List. The zero value selects all.
+type Filter struct {
+	// ClusterID, if set, lists only that cluster's backups.
+	ClusterID string
+	// State, if set, lists only backups in that state.
+	State State
+	// Tags, if set, lists only backups that carry every one of these tags
+	// with the same value.
+	Tags map[string]string
+}
+
+func (f *Filter) match(m *Manifest) bool {
+	if f.State != "" && m.State != f.State {
+		return false
+	}
+	for k, v := range f.Tags {
+		if got, ok := m.Tags[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// List returns the manifests of the backups under prefix that f selects,
+// sorted by backup id (so by creation time within a cluster, then by
+// cluster). Only manifests are listed: an image object without a manifest
+// is not a backup. A manifest that does not parse, or that is stored under
+// another backup's key, fails the listing with an error wrapping
+// ErrManifest. List does not check signatures; Verify does.
+func List(ctx context.Context, st store.Store, prefix string, f Filter) ([]*Manifest, error) {
+	prefix, err := normPrefix(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	root := prefix + "clusters/"
+	if f.ClusterID != "" {
+		if err := validClusterID(f.ClusterID); err != nil {
+			return nil, fmt.Errorf("list backups: %w", err)
+		}
+		root = clusterDir(prefix, f.ClusterID)
+	}
+	var keys []string
+	err = st.List(ctx, root, func(oi store.ObjectInfo) error {
+		// <prefix>clusters/<cluster>/backups/<id>/manifest.json
+		rest, ok := strings.CutPrefix(oi.Key, prefix+"clusters/")
+		parts := strings.Split(rest, "/")
+		if ok && len(parts) == 4 && parts[1] == "backups" && parts[3] == ManifestObject {
+			keys = append(keys, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	var out []*Manifest
+	for _, k := range keys {
+		parts := strings.Split(strings.TrimPrefix(k, prefix+"clusters/"), "/")
+		m, err := readManifest(ctx, st, k, parts[0], parts[2])
+		if err != nil {
+			return nil, fmt.Errorf("list backups: %w", err)
+		}
+		if f.match(m) {
+			out = append(out, m)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].ID != out[j].ID {
+			return out[i].ID < out[j].ID
+		}
+		return out[i].ClusterID < out[j].ClusterID
+	})
+	return out, nil
+}
+
+// Describe returns the manifest of backup id of cluster, without checking
+// its signature (Verify does). A missing backup is an error wrapping
+// store.ErrNotFound; a bad manifest one wrapping ErrManifest.
+func Describe(ctx context.Context, st store.Store, prefix, cluster, id string) (*Manifest, error) {
+	prefix, err := normPrefix(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("describe backup: %w", err)
+	}
+	if err := validClusterID(cluster); err != nil {
+		return nil, fmt.Errorf("describe backup: %w", err)
+	}
+	if !validBackupID(id) {
+		return nil, fmt.Errorf("describe backup: bad backup id %q: %w", id, store.ErrNotFound)
+	}
+	m, err := readManifest(ctx, st, clusterDir(prefix, cluster)+id+"/"+ManifestObject, cluster, id)
+	if err != nil {
+		return nil, fmt.Errorf("describe backup: %w", err)
+	}
+	return m, nil
+}
+
+// readManifest reads and parses the manifest at key, which must be that of
+// backup id of cluster.
+func readManifest(ctx context.Context, st store.Store, key, cluster, id string) (*Manifest, error) {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, MaxManifestSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+	}
+	if m.ID != id || m.ClusterID != cluster {
+		return nil, fmt.Errorf("read manifest %s: %w: it describes backup %s of cluster %s", key, ErrManifest, m.ID, m.ClusterID)
+	}
+	return m, nil
+}

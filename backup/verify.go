@@ -1,0 +1,152 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// VerifyOptions are the options of Verify. PublicKey is required.
+type VerifyOptions struct {
+	// PublicKey verifies the manifest's signature.
+	PublicKey ed25519.PublicKey
+	// Identities, if any, open the outer envelope, which is then
+	// authenticated in full. Without them Verify checks the signature and
+	// the object's hash only: an offline check with only the public key.
+	Identities []wrap.Identity
+	// Deep also parses the inner image header inside the envelope and
+	// compares it, and the inner size, with the manifest. It needs
+	// Identities. The inner body is encrypted under a key only HSMs hold
+	// and is not authenticated here.
+	Deep bool
+}
+
+// Verify checks backup id of cluster, layer by layer, and returns an error
+// wrapping the sentinel of the first layer that fails: ErrManifest (parse,
+// location, signature), ErrObjectHash (size or SHA-256 of the stored
+// object), ErrOuterLayer (the envelope's header or body), ErrInnerHeader
+// (Deep: the inner header). Whatever layer fails, the object is read to its
+// end, so that a changed object is always reported as ErrObjectHash. An
+// error reading storage wraps the store's error and none of these.
+func Verify(ctx context.Context, st store.Store, prefix, cluster, id string, opts VerifyOptions) error {
+	if opts.Deep && len(opts.Identities) == 0 {
+		return errors.New("verify backup: a deep check needs identities")
+	}
+	m, err := Describe(ctx, st, prefix, cluster, id)
+	if err != nil {
+		return fmt.Errorf("verify backup %s: %w", id, err)
+	}
+	if err := m.Verify(opts.PublicKey); err != nil {
+		return fmt.Errorf("verify backup %s: %w", id, err)
+	}
+	p, _ := normPrefix(prefix)
+	key := clusterDir(p, cluster) + id + "/" + ImageObject
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("verify backup %s: read image: %w", id, err)
+	}
+	defer rc.Close()
+
+	src := &readErr{r: rc}
+	h := sha256.New()
+	cnt := &counter{h: h}
+	tee := io.TeeReader(src, cnt)
+	var layerErr error
+	if len(opts.Identities) > 0 {
+		layerErr = checkEnvelope(ctx, tee, m, opts)
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return fmt.Errorf("verify backup %s: read image: %w", id, err)
+	}
+	if src.err != nil {
+		return fmt.Errorf("verify backup %s: read image: %w", id, src.err)
+	}
+	sum := h.Sum(nil)
+	want, _ := hex.DecodeString(m.ObjectSHA256)
+	if cnt.n != m.ObjectSize || subtle.ConstantTimeCompare(sum, want) != 1 {
+		return fmt.Errorf("verify backup %s: %w", id, ErrObjectHash)
+	}
+	if layerErr != nil {
+		return fmt.Errorf("verify backup %s: %w", id, layerErr)
+	}
+	return nil
+}
+
+// checkEnvelope opens and authenticates the envelope read from r and, with
+// opts.Deep, checks the inner header.
+func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOptions) error {
+	hdr, err := wrap.ReadHeader(r)
+	if err != nil {
+		return fmt.Errorf("outer header: %w: %w", ErrOuterLayer, err)
+	}
+	raw, err := hdr.MarshalBinary()
+	if err != nil || !bytes.Equal(raw, m.OuterHeader) {
+		return fmt.Errorf("outer header: %w: differs from the manifest's", ErrOuterLayer)
+	}
+	plain, err := wrap.Decrypt(ctx, io.MultiReader(bytes.NewReader(raw), r), opts.Identities...)
+	if err != nil {
+		return fmt.Errorf("open envelope: %w: %w", ErrOuterLayer, err)
+	}
+	pc := &readErr{r: plain}
+	cr := &counter{h: sha256.New()}
+	body := io.TeeReader(pc, cr)
+	if opts.Deep {
+		inner, _, err := hsmcore.ReadImageHeader(body)
+		if pc.err != nil {
+			return fmt.Errorf("envelope body: %w: %w", ErrOuterLayer, pc.err)
+		}
+		if err != nil {
+			return fmt.Errorf("inner header: %w: %w", ErrInnerHeader, err)
+		}
+		if err := matchInner(inner, m); err != nil {
+			return fmt.Errorf("inner header: %w: %w", ErrInnerHeader, err)
+		}
+	}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return fmt.Errorf("envelope body: %w: %w", ErrOuterLayer, err)
+	}
+	if opts.Deep && cr.n != m.ImageSize {
+		return fmt.Errorf("inner image: %w: %d bytes, manifest says %d", ErrInnerHeader, cr.n, m.ImageSize)
+	}
+	return nil
+}
+
+func matchInner(h *hsmcore.ImageHeader, m *Manifest) error {
+	s := m.Source
+	switch {
+	case h.Source != hsmcore.Identity{Serial: s.Serial, Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator, Firmware: s.Firmware, FIPS: s.FIPS}:
+		return errors.New("source identity differs")
+	case hex.EncodeToString(h.PBKFingerprint[:]) != s.PBKFingerprint:
+		return errors.New("PBK fingerprint differs")
+	case hex.EncodeToString(h.ImageID[:]) != m.ImageID:
+		return errors.New("image id differs")
+	case h.ClusterID != m.ClusterID:
+		return errors.New("cluster differs")
+	}
+	return nil
+}
+
+// readErr records the first error other than io.EOF that its reader
+// returns, to tell a storage failure from a layer's.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
