@@ -1,0 +1,219 @@
+package restore
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"io"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/file"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+var _ Target = (*client.Client)(nil)
+
+const (
+	testCluster  = "cluster-1"
+	testPassword = "correct horse battery"
+	testClass    = "hsm2m.medium"
+	testFirmware = "2.1.0"
+)
+
+// authorities are a manufacturer and an operator, and root pools holding
+// their certificates.
+type authorities struct {
+	mfr, op           *hsmcore.Authority
+	mfrRoots, opRoots *x509.CertPool
+}
+
+func newAuthorities(tb testing.TB) *authorities {
+	tb.Helper()
+	return newNamedAuthorities(tb, "acme", "cloud")
+}
+
+func newNamedAuthorities(tb testing.TB, mfrName, opName string) *authorities {
+	tb.Helper()
+	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, mfrName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	op, err := hsmcore.NewAuthority(hsmcore.Operator, opName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := &authorities{mfr: mfr, op: op, mfrRoots: x509.NewCertPool(), opRoots: x509.NewCertPool()}
+	a.mfrRoots.AddCert(mfr.Certificate())
+	a.opRoots.AddCert(op.Certificate())
+	return a
+}
+
+// serveHSM manufactures an HSM and serves it on a loopback port until the
+// test ends; zero fields of cfg take testClass and testFirmware.
+func serveHSM(tb testing.TB, cfg hsmcore.ManufactureConfig) string {
+	tb.Helper()
+	if cfg.Class == "" {
+		cfg.Class = testClass
+	}
+	if cfg.Firmware == "" {
+		cfg.Firmware = testFirmware
+	}
+	dir := filepath.Join(tb.TempDir(), "hsm")
+	d, err := hsmcore.Manufacture(dir, cfg, hsmcore.TestOptions())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d.Close()
+	d, err = hsmcore.Open(dir, hsmcore.TestOptions())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Device: d})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("serve: %v", err)
+		}
+		d.Close()
+	})
+	return ln.Addr().String()
+}
+
+// source is an initialized cluster member holding a crypto user's AES key
+// and a ciphertext made with it.
+type source struct {
+	officer    *client.Client
+	cfg        client.Config // a client config for the cluster, without session
+	key        uint64
+	ciphertext []byte
+}
+
+const plaintext = "attack at dawn"
+
+func newSource(tb testing.TB, a *authorities, fips bool) *source {
+	tb.Helper()
+	ctx := context.Background()
+	ca := testpki.NewCA(tb, "customer root CA")
+	addr := serveHSM(tb, hsmcore.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
+	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer pre.Close()
+	csr, err := pre.ClusterCSR(ctx, testCluster)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
+		tb.Fatal(err)
+	}
+	cert := ca.Client(tb, "backup-service")
+	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: testCluster, Timeout: 10 * time.Second}
+	co := newClient(tb, cfg)
+	if err := co.Initialize(ctx, "admin", testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	if err := co.CreateUser(ctx, "crypto-user", hsmcore.CryptoUser, testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	cu := newClient(tb, cfg)
+	defer cu.Close()
+	if _, err := cu.Login(ctx, "crypto-user", testPassword); err != nil {
+		tb.Fatal(err)
+	}
+	keys, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ct, err := cu.Encrypt(ctx, keys[0].Handle, []byte(plaintext), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &source{officer: co, cfg: cfg, key: keys[0].Handle, ciphertext: ct}
+}
+
+func newClient(tb testing.TB, cfg client.Config) *client.Client {
+	tb.Helper()
+	c, err := client.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(c.Close)
+	return c
+}
+
+// newTarget serves a fresh, uninitialized HSM and returns a client that
+// trusts it as a device, and its address.
+func newTarget(tb testing.TB, a *authorities, cfg hsmcore.ManufactureConfig) (*client.Client, string) {
+	tb.Helper()
+	if cfg.Manufacturer == nil {
+		cfg.Manufacturer, cfg.Operator = a.mfr, a.op
+	}
+	addr := serveHSM(tb, cfg)
+	return newClient(tb, client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second}), addr
+}
+
+// testKeys returns a fresh keyring (recipient and identity) and signing key.
+func testKeys(tb testing.TB) (*wrap.Keyring, ed25519.PublicKey, ed25519.PrivateKey) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "keyring")
+	if _, err := wrap.GenerateMasterKey(path, "master"); err != nil {
+		tb.Fatal(err)
+	}
+	kr, err := wrap.LoadKeyring(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return kr, pub, priv
+}
+
+func newFileStore(tb testing.TB) *file.Store {
+	tb.Helper()
+	st, err := file.New(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// swapStore wraps a Store; from the second Get of key on, it returns the
+// object at other instead: the object changes between verify and restore.
+type swapStore struct {
+	store.Store
+	key, other string
+	gets       atomic.Int32
+}
+
+func (s *swapStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if key == s.key && s.gets.Add(1) > 1 {
+		key = s.other
+	}
+	return s.Store.Get(ctx, key)
+}

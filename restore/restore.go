@@ -1,0 +1,251 @@
+// Package restore restores a verified backup into an HSM: it verifies the
+// backup in full, attests the target against what the backup's manifest
+// requires, and only then streams the image, opened from its outer
+// envelope, into the target, which checks it again and commits it
+// atomically.
+package restore
+
+import (
+	"cmp"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// Sentinel errors. Each is wrapped with the check that failed; test with
+// errors.Is. Errors from the target's import are passed through, so the
+// hsmcore sentinels (hsmcore.ErrHardwareMismatch, hsmcore.ErrTampered…)
+// match them.
+var (
+	// ErrVerify: the backup failed verification. The error also wraps
+	// backup's sentinel for the failed layer (backup.ErrManifest,
+	// backup.ErrObjectHash, backup.ErrOuterLayer, backup.ErrInnerHeader).
+	ErrVerify = errors.New("backup failed verification")
+	// ErrAttestation: the target's attestation does not verify or does not
+	// meet the backup's requirements. The error also wraps
+	// hsmcore.ErrAttestation.
+	ErrAttestation = errors.New("target failed attestation")
+)
+
+// Target is the HSM to restore into. *hsmcore/client.Client satisfies it;
+// an uninitialized HSM imports without a session, an initialized one needs
+// a crypto officer's.
+type Target interface {
+	// Attest returns the target's attestation bound to nonce.
+	Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error)
+	// ImportImage streams an inner image into the target, which commits it
+	// only if it authenticates in full.
+	ImportImage(ctx context.Context, r io.Reader) (api.ImportResponse, error)
+}
+
+// Options are the options of Restore. PublicKey, Identities and both root
+// pools are required.
+type Options struct {
+	// PublicKey verifies the manifest's signature.
+	PublicKey ed25519.PublicKey
+	// Identities open the outer envelope.
+	Identities []wrap.Identity
+	// ManufacturerRoots and OperatorRoots verify the target's attestation.
+	ManufacturerRoots, OperatorRoots *x509.CertPool
+	// DryRun makes every check and stops before the import.
+	DryRun bool
+	// Now is the clock for the attestation's freshness; nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// Result describes a restore, or with DryRun the restore that would be
+// made.
+type Result struct {
+	BackupID     string
+	TargetSerial string
+	ImageID      string // lower-case hex
+	DryRun       bool
+}
+
+// Restore restores backup backupID of clusterID, stored in st under
+// prefix, into target. In order: backup.Verify with Deep (signature,
+// object hash, outer layer, inner header; ErrVerify); the target attests
+// to a fresh nonce and must be of the source's class, manufacturer and
+// operator, firmware no older, FIPS mode if the source was, and the same
+// PBK fingerprint (ErrAttestation); with opts.DryRun it stops there.
+// Nothing is sent to the target's ImportImage before all these checks pass.
+func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID string, target Target, opts Options) (*Result, error) {
+	if len(opts.Identities) == 0 || opts.PublicKey == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil {
+		return nil, errors.New("restore: public key, identities and both attestation roots are required")
+	}
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+
+	// 1. The backup, layer by layer.
+	vopts := backup.VerifyOptions{PublicKey: opts.PublicKey, Identities: opts.Identities, Deep: true}
+	if err := backup.Verify(ctx, st, prefix, clusterID, backupID, vopts); err != nil {
+		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
+	}
+	m, err := backup.Describe(ctx, st, prefix, clusterID, backupID)
+	if err == nil {
+		// The manifest may have changed since Verify read it.
+		err = m.Verify(opts.PublicKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
+	}
+	want, err := hex.DecodeString(m.ObjectSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: verify backup: %w: object hash: %w", backupID, ErrVerify, err)
+	}
+
+	// 2. The target.
+	stmt, err := attest(ctx, target, m, opts, now())
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", backupID, err)
+	}
+	res := &Result{BackupID: m.ID, TargetSerial: stmt.Serial, ImageID: m.ImageID, DryRun: opts.DryRun}
+
+	// 3. A dry run stops before anything is sent.
+	if opts.DryRun {
+		return res, nil
+	}
+
+	// 4. Stream: store → outer envelope → target.
+	//
+	// The object is read a second time here and could have changed since
+	// Verify read it. The target stays unchanged whatever it became: the
+	// outer envelope is authenticated to its end by wrap.Decrypt, and the
+	// inner image end to end by the HSM under a key only HSMs of the
+	// source's hardware hold, before the HSM commits anything; a swapped or
+	// corrupted object fails one of the two. That leaves a swap for another
+	// genuine image (say an older backup of the same hardware, re-wrapped
+	// to our recipients). To refuse that too, the object is hashed as it
+	// streams and the plaintext's end of stream is withheld until the hash
+	// matches the manifest's: the HSM reads to the end of its stream before
+	// it commits (it refuses trailing data), so a mismatch reaches it as a
+	// read error and it commits nothing. No second pass is needed.
+	key := backup.ObjectKey(prefix, clusterID, backupID, backup.ImageObject)
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: read image: %w", backupID, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	obj := &countingReader{r: io.TeeReader(rc, h)}
+	plain, err := wrap.Decrypt(ctx, obj, opts.Identities...)
+	if err != nil {
+		if obj.err != nil {
+			return nil, fmt.Errorf("restore %s: read image: %w", backupID, obj.err)
+		}
+		return nil, fmt.Errorf("restore %s: open envelope: %w: %w: %w", backupID, ErrVerify, backup.ErrOuterLayer, err)
+	}
+	g := &guard{r: plain, obj: obj, h: h, size: m.ObjectSize, sum: want}
+	resp, err := target.ImportImage(ctx, g)
+	if g.err != nil {
+		return nil, fmt.Errorf("restore %s: stream image: %w", backupID, g.err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: import image into %s: %w", backupID, stmt.Serial, err)
+	}
+	if id := hex.EncodeToString(resp.ImageID); id != m.ImageID {
+		return nil, fmt.Errorf("restore %s: import image into %s: target imported image %s, manifest says %s", backupID, stmt.Serial, id, m.ImageID)
+	}
+	return res, nil
+}
+
+// attest has target attest to a fresh nonce and checks the attestation
+// against opts' roots and what the manifest's source requires.
+func attest(ctx context.Context, target Target, m *backup.Manifest, opts Options, now time.Time) (*hsmcore.Statement, error) {
+	fp, err := hex.DecodeString(m.Source.PBKFingerprint)
+	if err != nil || len(fp) == 0 {
+		return nil, fmt.Errorf("attest target: %w: manifest PBK fingerprint", ErrVerify)
+	}
+	nonce := hsmcore.NewNonce()
+	a, err := target.Attest(ctx, nonce)
+	if err != nil {
+		return nil, fmt.Errorf("attest target: %w", err)
+	}
+	s := m.Source
+	stmt, err := hsmcore.VerifyAttestation(a, hsmcore.VerifyOptions{
+		ManufacturerRoots: opts.ManufacturerRoots,
+		OperatorRoots:     opts.OperatorRoots,
+		Nonce:             nonce,
+		Now:               now,
+		Expect: hsmcore.Expectation{
+			Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator,
+			MinFirmware: s.Firmware, FIPS: s.FIPS, PBKFingerprint: fp,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest target: %w: %w", ErrAttestation, err)
+	}
+	return stmt, nil
+}
+
+// countingReader counts the bytes read from r and records its first
+// error other than io.EOF, to tell a storage failure from the envelope's.
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// guard passes the plaintext r through; at its end it reads the rest of
+// the stored object and reports io.EOF only if the object has the
+// manifest's size and hash. Otherwise it fails with an error wrapping
+// ErrVerify and backup.ErrObjectHash, recorded in err, so that the
+// importer sees a failed stream and commits nothing. A failure of r (the
+// envelope does not authenticate, storage fails) is recorded too.
+type guard struct {
+	r    io.Reader
+	obj  *countingReader
+	h    hash.Hash
+	size int64
+	sum  []byte
+	err  error
+}
+
+func (g *guard) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err
+	}
+	n, err := g.r.Read(p)
+	if err == nil {
+		return n, nil
+	}
+	// At the plaintext's end, or when it fails, the stored object decides:
+	// a changed object is always reported as such, as backup.Verify does.
+	if _, cerr := io.Copy(io.Discard, g.obj); cerr != nil || g.obj.err != nil {
+		g.err = fmt.Errorf("read image: %w", cmp.Or(g.obj.err, cerr))
+	} else if g.obj.n != g.size || subtle.ConstantTimeCompare(g.h.Sum(nil), g.sum) != 1 {
+		g.err = fmt.Errorf("%w: %w: changed since it was verified", ErrVerify, backup.ErrObjectHash)
+	} else if err != io.EOF {
+		g.err = fmt.Errorf("open envelope: %w: %w: %w", ErrVerify, backup.ErrOuterLayer, err)
+	}
+	if g.err != nil {
+		return n, g.err
+	}
+	return n, err
+}
