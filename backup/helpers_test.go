@@ -6,16 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"io"
-	"net"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/server"
-	"github.com/hsmbackup/hsmbackup/internal/testpki"
+	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/file"
 	"github.com/hsmbackup/hsmbackup/wrap"
@@ -26,81 +23,21 @@ const (
 	testPassword = "correct horse battery"
 )
 
-// serveHSM manufactures an hsm2m.medium HSM and serves it on a loopback
-// port until the test ends (as hsmcore/internal/hsmtest does).
-func serveHSM(tb testing.TB, mfr, op *hsmcore.Authority) string {
-	tb.Helper()
-	dir := filepath.Join(tb.TempDir(), "hsm")
-	d, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: mfr, Operator: op}, hsmcore.TestOptions())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	d.Close()
-	d, err = hsmcore.Open(dir, hsmcore.TestOptions())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Device: d})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("serve: %v", err)
-		}
-		d.Close()
-	})
-	return ln.Addr().String()
-}
-
 // newMember serves an HSM, initializes its cluster and first crypto
 // officer, has a crypto user make that many 512-byte secret keys, and
 // returns the officer's logged-in client.
 func newMember(tb testing.TB, keys int) *client.Client {
 	tb.Helper()
 	ctx := context.Background()
-	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, "acme")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	op, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ca := testpki.NewCA(tb, "customer root CA")
-	addr := serveHSM(tb, mfr, op)
+	e := hsmtest.NewEnv(tb)
 	roots := x509.NewCertPool()
-	roots.AddCert(mfr.Certificate())
-	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: roots})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer pre.Close()
-	csr, err := pre.ClusterCSR(ctx, testCluster)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
-		tb.Fatal(err)
-	}
-	cert := ca.Client(tb, "backup-service")
-	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: testCluster, Timeout: 10 * time.Second}
+	roots.AddCert(e.Mfr.Certificate())
+	cfg := hsmtest.InitCluster(tb, e.Serve(tb, nil).Addr, roots, e.CA, testCluster, "admin", testPassword)
 	co, err := client.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(co.Close)
-	if err := co.Initialize(ctx, "admin", testPassword); err != nil {
-		tb.Fatal(err)
-	}
 	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
 		tb.Fatal(err)
 	}

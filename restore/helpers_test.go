@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"io"
-	"net"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/file"
@@ -58,47 +57,6 @@ func newNamedAuthorities(tb testing.TB, mfrName, opName string) *authorities {
 	return a
 }
 
-// serveHSM manufactures an HSM and serves it on a loopback port until the
-// test ends; zero fields of cfg take testClass and testFirmware.
-func serveHSM(tb testing.TB, cfg hsmcore.ManufactureConfig) string {
-	tb.Helper()
-	if cfg.Class == "" {
-		cfg.Class = testClass
-	}
-	if cfg.Firmware == "" {
-		cfg.Firmware = testFirmware
-	}
-	dir := filepath.Join(tb.TempDir(), "hsm")
-	d, err := hsmcore.Manufacture(dir, cfg, hsmcore.TestOptions())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	d.Close()
-	d, err = hsmcore.Open(dir, hsmcore.TestOptions())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Device: d})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("serve: %v", err)
-		}
-		d.Close()
-	})
-	return ln.Addr().String()
-}
-
 // source is an initialized cluster member holding a crypto user's AES key
 // and a ciphertext made with it.
 type source struct {
@@ -114,25 +72,9 @@ func newSource(tb testing.TB, a *authorities, fips bool) *source {
 	tb.Helper()
 	ctx := context.Background()
 	ca := testpki.NewCA(tb, "customer root CA")
-	addr := serveHSM(tb, hsmcore.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
-	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer pre.Close()
-	csr, err := pre.ClusterCSR(ctx, testCluster)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
-		tb.Fatal(err)
-	}
-	cert := ca.Client(tb, "backup-service")
-	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: testCluster, Timeout: 10 * time.Second}
+	d := hsmtest.Serve(tb, hsmcore.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
+	cfg := hsmtest.InitCluster(tb, d.Addr, a.mfrRoots, ca, testCluster, "admin", testPassword)
 	co := newClient(tb, cfg)
-	if err := co.Initialize(ctx, "admin", testPassword); err != nil {
-		tb.Fatal(err)
-	}
 	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
 		tb.Fatal(err)
 	}
@@ -172,7 +114,7 @@ func newTarget(tb testing.TB, a *authorities, cfg hsmcore.ManufactureConfig) (*c
 	if cfg.Manufacturer == nil {
 		cfg.Manufacturer, cfg.Operator = a.mfr, a.op
 	}
-	addr := serveHSM(tb, cfg)
+	addr := hsmtest.Serve(tb, cfg).Addr
 	return newClient(tb, client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second}), addr
 }
 

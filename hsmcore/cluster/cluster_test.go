@@ -10,7 +10,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 )
 
 const password = "correct horse battery"

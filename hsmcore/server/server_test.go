@@ -15,7 +15,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
@@ -65,19 +65,8 @@ func (e *env) initialized(t *testing.T) (*hsmcore.Device, string, *client.Client
 	t.Helper()
 	ctx := context.Background()
 	d, addr := e.serve(t)
-	pre := e.preInitClient(t, addr)
-	csr, err := pre.ClusterCSR(ctx, "cluster-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pre.InitializeCluster(ctx, e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
-		t.Fatal(err)
-	}
-	cert := e.CA.Client(t, "admin-client")
-	co := e.memberClient(t, addr, &cert)
-	if err := co.Initialize(ctx, "admin", password); err != nil {
-		t.Fatal(err)
-	}
+	cfg := hsmtest.InitCluster(t, addr, e.roots(), e.CA, "cluster-1", "admin", password)
+	co := e.memberClient(t, addr, cfg.Certificate)
 	if _, err := co.Login(ctx, "admin", password); err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,18 @@
-// Package hsmtest serves HSMs in-process for the tests of the daemon and
-// the cluster client: real TLS on loopback, a device directory that can be
-// stopped and started again like a rebooted appliance.
+// Package hsmtest serves HSMs in-process for tests: real TLS on loopback,
+// a device directory that can be stopped and started again like a rebooted
+// appliance.
 package hsmtest
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/server"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
@@ -52,8 +55,21 @@ func (e *Env) Serve(tb testing.TB, op *hsmcore.Authority) *Daemon {
 	if op == nil {
 		op = e.Op
 	}
+	return Serve(tb, hsmcore.ManufactureConfig{Manufacturer: e.Mfr, Operator: op})
+}
+
+// Serve manufactures an HSM as cfg says (zero Class and Firmware:
+// hsm2m.medium, 2.1.0), serves it, and stops it when the test ends.
+func Serve(tb testing.TB, cfg hsmcore.ManufactureConfig) *Daemon {
+	tb.Helper()
+	if cfg.Class == "" {
+		cfg.Class = "hsm2m.medium"
+	}
+	if cfg.Firmware == "" {
+		cfg.Firmware = "2.1.0"
+	}
 	dir := filepath.Join(tb.TempDir(), "hsm")
-	d, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: e.Mfr, Operator: op}, hsmcore.TestOptions())
+	d, err := hsmcore.Manufacture(dir, cfg, hsmcore.TestOptions())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -101,4 +117,38 @@ func (h *Daemon) Stop() {
 	}
 	h.Dev.Close()
 	h.cancel, h.Dev = nil, nil
+}
+
+// InitCluster initializes the cluster of the uninitialized HSM at addr as
+// a customer would: over the wire it trusts the device through mfrRoots,
+// gets the cluster CSR for clusterID, has ca sign it and installs it. Then
+// it creates the first crypto officer, officer, with password. It returns
+// a client configuration for the cluster, with a client certificate from
+// ca.
+func InitCluster(tb testing.TB, addr string, mfrRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
+	tb.Helper()
+	ctx := context.Background()
+	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: mfrRoots})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer pre.Close()
+	csr, err := pre.ClusterCSR(ctx, clusterID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
+		tb.Fatal(err)
+	}
+	cert := ca.Client(tb, "test-client")
+	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: clusterID, Timeout: 10 * time.Second}
+	co, err := client.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer co.Close()
+	if err := co.Initialize(ctx, officer, password); err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
 }
