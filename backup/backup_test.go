@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsmbackup/hsmbackup/internal/backuptest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -54,8 +55,8 @@ func allKeys(t *testing.T, st store.Store) []string {
 func TestCreateListDescribeVerify(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 0)
-	kr, pub, priv := testKeys(t)
-	st := newFileStore(t)
+	kr, pub, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
 	health, err := member.Health(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func TestCreateListDescribeVerify(t *testing.T) {
 	}
 
 	// Wrong keys name the layer.
-	otherKR, otherPub, _ := testKeys(t)
+	otherKR, otherPub, _ := backuptest.Keys(t)
 	if err := Verify(ctx, st, testPrefix, testCluster, m1.ID, VerifyOptions{PublicKey: otherPub}); !errors.Is(err, ErrManifest) {
 		t.Errorf("verify under another public key: %v", err)
 	}
@@ -162,8 +163,8 @@ func TestCreateListDescribeVerify(t *testing.T) {
 func TestVerifyInnerHeaderMismatch(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 0)
-	kr, pub, priv := testKeys(t)
-	st := newFileStore(t)
+	kr, pub, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
 	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
 	if err != nil {
 		t.Fatal(err)
@@ -200,8 +201,8 @@ func sampledOffsets(n, step int) []int {
 func TestVerifyCatchesFlips(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 300) // an image of more than one 64 KiB package
-	kr, pub, priv := testKeys(t)
-	st := newFileStore(t)
+	kr, pub, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
 	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
 		Tags: map[string]string{"team": "hsm"}})
 	if err != nil {
@@ -250,8 +251,8 @@ func TestVerifyCatchesFlips(t *testing.T) {
 func TestCreateFailureLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 300)
-	kr, pub, priv := testKeys(t)
-	base := newFileStore(t)
+	kr, pub, priv := backuptest.Keys(t)
+	base := backuptest.FileStore(t)
 	var armed atomic.Bool
 	st := &mockStore{Store: base}
 	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix}
@@ -296,8 +297,8 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 func TestCreateRejects(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 0)
-	kr, _, priv := testKeys(t)
-	st := newFileStore(t)
+	kr, _, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
 	for name, o := range map[string]CreateOptions{
 		"no recipients":  {SigningKey: priv},
 		"no signing key": {Recipients: []wrap.Recipient{kr}},

@@ -2,11 +2,8 @@ package backup
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/x509"
 	"io"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -14,8 +11,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/store"
-	"github.com/hsmbackup/hsmbackup/store/file"
-	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 const (
@@ -62,33 +57,6 @@ func newMember(tb testing.TB, keys int) *client.Client {
 		}
 	}
 	return co
-}
-
-// testKeys returns a fresh keyring (recipient and identity) and signing key.
-func testKeys(tb testing.TB) (*wrap.Keyring, ed25519.PublicKey, ed25519.PrivateKey) {
-	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "keyring")
-	if _, err := wrap.GenerateMasterKey(path, "master"); err != nil {
-		tb.Fatal(err)
-	}
-	kr, err := wrap.LoadKeyring(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return kr, pub, priv
-}
-
-func newFileStore(tb testing.TB) *file.Store {
-	tb.Helper()
-	st, err := file.New(tb.TempDir())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return st
 }
 
 // mockStore wraps a Store; a non-nil function field replaces its method.

@@ -2,11 +2,8 @@ package restore
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/x509"
 	"io"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,8 +13,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 	"github.com/hsmbackup/hsmbackup/store"
-	"github.com/hsmbackup/hsmbackup/store/file"
-	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 var _ Target = (*client.Client)(nil)
@@ -116,33 +111,6 @@ func newTarget(tb testing.TB, a *authorities, cfg hsmcore.ManufactureConfig) (*c
 	}
 	addr := hsmtest.Serve(tb, cfg).Addr
 	return newClient(tb, client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second}), addr
-}
-
-// testKeys returns a fresh keyring (recipient and identity) and signing key.
-func testKeys(tb testing.TB) (*wrap.Keyring, ed25519.PublicKey, ed25519.PrivateKey) {
-	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "keyring")
-	if _, err := wrap.GenerateMasterKey(path, "master"); err != nil {
-		tb.Fatal(err)
-	}
-	kr, err := wrap.LoadKeyring(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return kr, pub, priv
-}
-
-func newFileStore(tb testing.TB) *file.Store {
-	tb.Helper()
-	st, err := file.New(tb.TempDir())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return st
 }
 
 // swapStore wraps a Store; from the second Get of key on, it returns the

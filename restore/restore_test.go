@@ -12,6 +12,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/internal/backuptest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -31,8 +32,8 @@ func newFixture(t *testing.T, fips bool) *fixture {
 	t.Helper()
 	a := newAuthorities(t)
 	src := newSource(t, a, fips)
-	kr, pub, priv := testKeys(t)
-	st := newFileStore(t)
+	kr, pub, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
 	m, err := backup.Create(context.Background(), src.officer, st, backup.CreateOptions{
 		Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
 	})
@@ -187,7 +188,7 @@ func TestRefused(t *testing.T) {
 			want: []error{ErrVerify, backup.ErrObjectHash}, msg: "verify backup"},
 		{name: "flipped manifest byte", setup: func(t *testing.T, f *fixture) { flip(t, f.st, manifestKey(f), 40) },
 			want: []error{ErrVerify, backup.ErrManifest}, msg: "verify backup"},
-		{name: "other signing key", setup: func(t *testing.T, f *fixture) { _, f.opts.PublicKey, _ = testKeys(t) },
+		{name: "other signing key", setup: func(t *testing.T, f *fixture) { _, f.opts.PublicKey, _ = backuptest.Keys(t) },
 			want: []error{ErrVerify, backup.ErrManifest}, msg: "verify backup"},
 	}
 	for _, tt := range tests {
@@ -242,7 +243,7 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, false)
 	kr := f.opts.Identities[0].(*wrap.Keyring)
-	_, _, priv := testKeys(t)
+	_, _, priv := backuptest.Keys(t)
 	m2, err := backup.Create(ctx, f.src.officer, f.st, backup.CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix})
 	if err != nil {
 		t.Fatal(err)
