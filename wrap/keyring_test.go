@@ -194,8 +194,12 @@ func TestKeyringSecretsStayOut(t *testing.T) {
 		}
 	}
 	env := seal(t, []byte("x"), k)
-	for _, bad := range [][]byte{env[:10], append(bytes.Clone(env[:headerLen(t, env)-1]), 0)} {
+	n := headerLen(t, env)
+	for _, bad := range [][]byte{env[:10], append(bytes.Clone(env[:n-1]), env[n-1]^1)} {
 		_, herr, _ := open(bad, k)
+		if herr == nil {
+			t.Fatal("a damaged header opened")
+		}
 		outs = append(outs, herr.Error())
 	}
 	for _, out := range outs {
