@@ -150,7 +150,7 @@ func cleanup(ctx context.Context, st store.Store, key string) {
 
 // storeImage runs the pipeline
 //
-//	member → inner header check → wrap.Encrypt → io.Pipe → SHA-256 tee → st.Put
+//	member → inner header check → wrap.Encrypt → putEnvelope
 //
 // and fills in m's image fields.
 func storeImage(ctx context.Context, src ImageSource, st store.Store, key string, health api.Health, recipients []wrap.Recipient, m *Manifest) error {
@@ -161,13 +161,50 @@ func storeImage(ctx context.Context, src ImageSource, st store.Store, key string
 		return fmt.Errorf("export image: %w", err)
 	}
 	defer rc.Close()
-
-	pr, pw := io.Pipe()
 	var inner *hsmcore.ImageHeader
 	var innerSize int64
+	obj, err := putEnvelope(ctx, st, key, func(w io.Writer) error {
+		return produce(ctx, rc, w, health, recipients, &inner, &innerSize)
+	})
+	if err != nil {
+		return err
+	}
+	m.Source = Source{
+		Serial: inner.Source.Serial, Class: inner.Source.Class, Manufacturer: inner.Source.Manufacturer,
+		Operator: inner.Source.Operator, Firmware: inner.Source.Firmware, FIPS: inner.Source.FIPS,
+		PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:]),
+	}
+	m.ImageID = hex.EncodeToString(inner.ImageID[:])
+	m.ImageSize = innerSize
+	obj.fill(m)
+	return nil
+}
+
+// storedEnvelope describes an outer envelope putEnvelope stored.
+type storedEnvelope struct {
+	header *wrap.Header
+	raw    []byte // the header's bytes
+	size   int64
+	sum    []byte // SHA-256 of the object
+}
+
+func (e *storedEnvelope) fill(m *Manifest) {
+	m.ObjectSize = e.size
+	m.ObjectSHA256 = hex.EncodeToString(e.sum)
+	m.Recipients = e.header.Recipients()
+	m.OuterHeader = e.raw
+}
+
+// putEnvelope stores at key, create-only, the outer envelope that produce
+// writes, hashing it on the way through an io.Pipe (memory stays flat).
+// The object is stored only if produce returns nil: its error reaches the
+// store's reader in place of the end of the stream. The error returned is
+// produce's if it failed, else the store's.
+func putEnvelope(ctx context.Context, st store.Store, key string, produce func(io.Writer) error) (*storedEnvelope, error) {
+	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := produce(ctx, rc, pw, health, recipients, &inner, &innerSize)
+		err := produce(pw)
 		pw.CloseWithError(err) // nil: EOF
 		done <- err
 	}()
@@ -186,24 +223,13 @@ func storeImage(ctx context.Context, src ImageSource, st store.Store, key string
 	perr := <-done
 	switch {
 	case perr != nil && !errors.Is(perr, errAborted):
-		return perr // the cause: Put's error, if any, only repeats it
+		return nil, perr // the cause: Put's error, if any, only repeats it
 	case err != nil:
-		return err
+		return nil, err
 	case perr != nil:
-		return perr
+		return nil, perr
 	}
-	m.Source = Source{
-		Serial: inner.Source.Serial, Class: inner.Source.Class, Manufacturer: inner.Source.Manufacturer,
-		Operator: inner.Source.Operator, Firmware: inner.Source.Firmware, FIPS: inner.Source.FIPS,
-		PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:]),
-	}
-	m.ImageID = hex.EncodeToString(inner.ImageID[:])
-	m.ImageSize = innerSize
-	m.ObjectSize = cnt.n
-	m.ObjectSHA256 = hex.EncodeToString(h.Sum(nil))
-	m.Recipients = outer.Recipients()
-	m.OuterHeader = raw
-	return nil
+	return &storedEnvelope{header: outer, raw: raw, size: cnt.n, sum: h.Sum(nil)}, nil
 }
 
 var errAborted = errors.New("image upload stopped")

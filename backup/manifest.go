@@ -62,15 +62,18 @@ type Source struct {
 // The field order of this struct is the field order of the encoding, and
 // so part of the format: do not reorder fields.
 type Manifest struct {
-	Format     string    `json:"format"` // ManifestFormat
-	ID         string    `json:"id"`     // backup-<yyyymmddThhmmssZ>-<10 base32 chars>
-	ClusterID  string    `json:"cluster_id"`
-	Source     Source    `json:"source"`
-	ImageID    string    `json:"image_id"` // 16 bytes, lower-case hex
-	State      State     `json:"state"`
-	Created    time.Time `json:"created"` // UTC
-	ImageSize  int64     `json:"image_size"`
-	ObjectSize int64     `json:"object_size"`
+	Format    string `json:"format"` // ManifestFormat
+	ID        string `json:"id"`     // backup-<yyyymmddThhmmssZ>-<10 base32 chars>
+	ClusterID string `json:"cluster_id"`
+	Source    Source `json:"source"`
+	ImageID   string `json:"image_id"` // 16 bytes, lower-case hex
+	State     State  `json:"state"`
+	// DeletionRequested is when the backup was deleted (UTC): set in
+	// states PENDING_DELETION and DELETED, zero (and absent) in READY.
+	DeletionRequested time.Time `json:"deletion_requested,omitzero"`
+	Created           time.Time `json:"created"` // UTC
+	ImageSize         int64     `json:"image_size"`
+	ObjectSize        int64     `json:"object_size"`
 	// ObjectSHA256 is the SHA-256 of the stored image object (outer
 	// envelope, header and body), lower-case hex.
 	ObjectSHA256 string `json:"object_sha256"`
@@ -204,6 +207,10 @@ func (m *Manifest) validate() error {
 		return errors.New("created time is not set in UTC")
 	case m.Created.Year() < 2000 || m.Created.Year() > 9999:
 		return errors.New("created time out of range")
+	case (m.State == StateReady) != m.DeletionRequested.IsZero():
+		return errors.New("deletion time set in state READY, or missing in another state")
+	case !m.DeletionRequested.IsZero() && (m.DeletionRequested.Location() != time.UTC || m.DeletionRequested.Before(m.Created)):
+		return errors.New("deletion time not in UTC or before creation")
 	case m.ImageSize < 0 || m.ObjectSize <= 0:
 		return errors.New("negative or zero size")
 	case !isHex(m.ObjectSHA256, 32):

@@ -323,18 +323,25 @@ func connectDevice(c *cli.Context) (*conn, *x509.CertPool, error) {
 	return &conn{Client: cl, addr: c.String("addr"), device: true}, roots, nil
 }
 
-// readPassword returns the password from --password-file (a file of mode
-// 0600; its first line) or else from $HSMBACKUP_PASSWORD.
+// readPassword returns the password from --password-file or else from
+// $HSMBACKUP_PASSWORD (see passwordFrom).
 func readPassword(c *cli.Context) (string, error) {
-	if p := c.String("password-file"); p != "" {
-		data, err := atomicfile.ReadPrivate(p)
+	return passwordFrom(c.String("password-file"), "--password-file")
+}
+
+// passwordFrom returns the first line of the file at path, which must be
+// of mode 0600, or with path "" the value of $HSMBACKUP_PASSWORD. how
+// names the setting of path, for the error when neither is set.
+func passwordFrom(path, how string) (string, error) {
+	if path != "" {
+		data, err := atomicfile.ReadPrivate(path)
 		if err != nil {
 			return "", fmt.Errorf("password file: %w", err)
 		}
 		line, _, _ := strings.Cut(string(data), "\n")
 		line = strings.TrimSuffix(line, "\r")
 		if line == "" {
-			return "", fmt.Errorf("password file %s: the first line is empty", p)
+			return "", fmt.Errorf("password file %s: the first line is empty", path)
 		}
 		return line, nil
 	}
@@ -344,7 +351,7 @@ func readPassword(c *cli.Context) (string, error) {
 		}
 		return pw, nil
 	}
-	return "", fmt.Errorf("no password: give --password-file or set $%s (passwords are never taken as arguments)", passwordEnv)
+	return "", fmt.Errorf("no password: give %s or set $%s (passwords are never taken as arguments)", how, passwordEnv)
 }
 
 // attestHSM asks the HSM to attest to a fresh nonce and verifies the

@@ -1,0 +1,150 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// CopyOptions are the options of Copy; all but Tags, DstPrefix and Now
+// are required.
+type CopyOptions struct {
+	// PublicKey verifies the source manifest's signature.
+	PublicKey ed25519.PublicKey
+	// Identity opens the source's outer envelope.
+	Identity wrap.Identity
+	// Recipients are the copy's outer envelope recipients.
+	Recipients []wrap.Recipient
+	// SigningKey signs the copy's manifest.
+	SigningKey ed25519.PrivateKey
+	// DstPrefix is the prefix in the destination store.
+	DstPrefix string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Copy copies READY backup id of cluster from src (under srcPrefix) to
+// dst, as CloudHSM copies a backup to another region: the copy is a new
+// backup of the same cluster with a new id, the same inner image, and a
+// manifest naming its source backup and cluster. No HSM is involved: the
+// outer envelope is re-wrapped to opts.Recipients (wrap.Rewrap: the body
+// is copied byte for byte, authenticated on the way) and the source
+// object must match its manifest's size and hash, or nothing is stored.
+func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, dst store.Store, opts CopyOptions) (*Manifest, error) {
+	if opts.Identity == nil || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
+		return nil, errors.New("copy backup: identity, 1 to 16 recipients and a signing key are required")
+	}
+	dstPrefix, err := normPrefix(opts.DstPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("copy backup: %w", err)
+	}
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	sm, err := Describe(ctx, src, srcPrefix, cluster, id)
+	if err != nil {
+		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+	}
+	if err := sm.Verify(opts.PublicKey); err != nil {
+		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+	}
+	if sm.State != StateReady {
+		return nil, fmt.Errorf("copy backup %s: %w: backup is %s", id, ErrState, sm.State)
+	}
+	want, err := hex.DecodeString(sm.ObjectSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+	}
+
+	created := now().UTC().Round(0)
+	newID, err := newBackupID(created)
+	if err != nil {
+		return nil, fmt.Errorf("create backup id: %w", err)
+	}
+	m := *sm
+	m.ID, m.Created, m.Signature = newID, maxTime(created, sm.Created), nil
+	m.SourceBackupID, m.SourceClusterID = sm.ID, sm.ClusterID
+	m.Tags = cloneTags(sm.Tags)
+
+	rc, err := src.Get(ctx, ObjectKey(srcPrefix, cluster, id, ImageObject))
+	if err != nil {
+		return nil, fmt.Errorf("copy backup %s: read image: %w", id, err)
+	}
+	defer rc.Close()
+	imageKey := clusterDir(dstPrefix, cluster) + newID + "/" + ImageObject
+	obj, err := putEnvelope(ctx, dst, imageKey, func(w io.Writer) error {
+		h := sha256.New()
+		in := &counter{h: h}
+		r := io.TeeReader(rc, in)
+		if err := wrap.Rewrap(ctx, r, w, opts.Identity, opts.Recipients...); err != nil {
+			return fmt.Errorf("copy backup %s: %w: %w", id, ErrOuterLayer, err)
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return fmt.Errorf("copy backup %s: read image: %w", id, err)
+		}
+		if in.n != sm.ObjectSize || subtle.ConstantTimeCompare(h.Sum(nil), want) != 1 {
+			return fmt.Errorf("copy backup %s: %w", id, ErrObjectHash)
+		}
+		return nil
+	})
+	if err != nil {
+		cleanup(ctx, dst, imageKey)
+		return nil, err
+	}
+	obj.fill(&m)
+	if err := m.Sign(opts.SigningKey); err != nil {
+		cleanup(ctx, dst, imageKey)
+		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+	}
+	b, err := m.Marshal()
+	if err == nil {
+		err = dst.Put(ctx, clusterDir(dstPrefix, cluster)+newID+"/"+ManifestObject, bytes.NewReader(b), store.PutOptions{CreateOnly: true})
+	}
+	if err != nil {
+		cleanup(ctx, dst, imageKey)
+		return nil, fmt.Errorf("copy backup %s: write manifest: %w", id, err)
+	}
+	return &m, nil
+}
+
+// Find returns the cluster of backup id under prefix, by listing keys (no
+// manifest is read). A missing backup is an error wrapping
+// store.ErrNotFound.
+func Find(ctx context.Context, st store.Store, prefix, id string) (string, error) {
+	p, err := normPrefix(prefix)
+	if err != nil {
+		return "", fmt.Errorf("find backup: %w", err)
+	}
+	if !validBackupID(id) {
+		return "", fmt.Errorf("find backup: bad backup id %q: %w", id, store.ErrNotFound)
+	}
+	var found []string
+	err = st.List(ctx, p+"clusters/", func(oi store.ObjectInfo) error {
+		rest := strings.TrimPrefix(oi.Key, p+"clusters/")
+		if cl, tail, ok := strings.Cut(rest, "/"); ok && tail == "backups/"+id+"/"+ManifestObject {
+			found = append(found, cl)
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("find backup %s: %w", id, err)
+	case len(found) == 0:
+		return "", fmt.Errorf("find backup %s: %w", id, store.ErrNotFound)
+	case len(found) > 1:
+		return "", fmt.Errorf("find backup %s: in clusters %v: name the cluster", id, found)
+	}
+	return found[0], nil
+}

@@ -1,0 +1,359 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// Lifecycle, as AWS CloudHSM's: a READY backup that is deleted goes to
+// PENDING_DELETION and stays restorable for PendingDeletionPeriod
+// (RestoreDeleted brings it back); Prune then makes it DELETED: the image
+// object is removed and the manifest stays as a signed record of what
+// existed. Prune also deletes READY backups past their retention.
+//
+// Every change re-signs the manifest and replaces it; a change is refused
+// if the stored manifest's signature does not verify, so that a forged
+// manifest is never given a valid signature. Changes to one backup are
+// not serialized between processes: the last writer wins (docs/CLI.md).
+
+// PendingDeletionPeriod is how long a deleted backup stays restorable.
+const PendingDeletionPeriod = 7 * 24 * time.Hour
+
+// Retention limits, as CloudHSM's backup retention policy.
+const (
+	MinRetentionDays = 7
+	MaxRetentionDays = 379
+)
+
+// ErrState: the backup is not in a state that allows the change.
+var ErrState = errors.New("backup state does not allow this")
+
+// LifecycleOptions are what every change needs.
+type LifecycleOptions struct {
+	// SigningKey re-signs the changed manifest; its public key checks the
+	// stored one first.
+	SigningKey ed25519.PrivateKey
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *LifecycleOptions) now() time.Time {
+	if o.Now != nil {
+		return o.Now().UTC().Round(0)
+	}
+	return time.Now().UTC().Round(0)
+}
+
+// update reads backup id of cluster, checks its signature, applies change
+// and stores the re-signed manifest in its place. If change returns an
+// error nothing is written.
+func update(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions, change func(*Manifest) error) (*Manifest, error) {
+	if len(opts.SigningKey) != ed25519.PrivateKeySize {
+		return nil, errors.New("signing key is not an Ed25519 private key")
+	}
+	m, err := Describe(ctx, st, prefix, cluster, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Verify(opts.SigningKey.Public().(ed25519.PublicKey)); err != nil {
+		return nil, err
+	}
+	before, err := m.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := change(m); err != nil {
+		return nil, err
+	}
+	if err := m.Sign(opts.SigningKey); err != nil {
+		return nil, err
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(b, before) {
+		return m, nil // nothing changed
+	}
+	p, _ := normPrefix(prefix)
+	if err := st.Put(ctx, clusterDir(p, cluster)+id+"/"+ManifestObject, bytes.NewReader(b), store.PutOptions{}); err != nil {
+		return nil, fmt.Errorf("write manifest: %w", err)
+	}
+	return m, nil
+}
+
+// Delete moves a READY backup to PENDING_DELETION. It stays restorable
+// with RestoreDeleted for PendingDeletionPeriod; Prune removes it after.
+func Delete(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
+	now := opts.now()
+	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+		if m.State != StateReady {
+			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+		}
+		m.State, m.DeletionRequested = StatePendingDeletion, maxTime(now, m.Created)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// RestoreDeleted moves a PENDING_DELETION backup back to READY.
+func RestoreDeleted(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+		if m.State != StatePendingDeletion {
+			return fmt.Errorf("%w: backup is %s, not %s", ErrState, m.State, StatePendingDeletion)
+		}
+		m.State, m.DeletionRequested = StateReady, time.Time{}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore deleted backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// SetTags adds or replaces the tags in set and removes those in remove
+// (removing an absent tag is not an error). The result must pass
+// ValidateTags.
+func SetTags(ctx context.Context, st store.Store, prefix, cluster, id string, set map[string]string, remove []string, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+		if m.State == StateDeleted {
+			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+		}
+		tags := maps.Clone(m.Tags)
+		if tags == nil {
+			tags = map[string]string{}
+		}
+		maps.Copy(tags, set)
+		for _, k := range remove {
+			delete(tags, k)
+		}
+		if err := ValidateTags(tags); err != nil {
+			return err
+		}
+		m.Tags = cloneTags(tags)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tag backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// SetNeverExpires pins (never true) or unpins a backup. A pinned backup is
+// never removed by retention; unpinning leaves it to the cluster's policy.
+func SetNeverExpires(ctx context.Context, st store.Store, prefix, cluster, id string, never bool, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+		if m.State == StateDeleted {
+			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+		}
+		m.NeverExpires = never
+		if never {
+			m.RetentionDays = 0
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set never-expires on backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// Policy is a cluster's retention policy. A READY backup expires when it
+// is older than RetentionDays and is not among the cluster's KeepLast
+// newest READY backups; a backup's own retention_days, if set, replaces
+// RetentionDays for it. Never-expires backups and the newest READY backup
+// of a cluster never expire. RetentionDays 0 expires nothing by age.
+type Policy struct {
+	RetentionDays int
+	KeepLast      int
+}
+
+// Validate checks the policy's ranges: RetentionDays 0 or 7 to 379,
+// KeepLast ≥ 0.
+func (p Policy) Validate() error {
+	if p.RetentionDays != 0 && (p.RetentionDays < MinRetentionDays || p.RetentionDays > MaxRetentionDays) {
+		return fmt.Errorf("retention of %d days: want %d to %d", p.RetentionDays, MinRetentionDays, MaxRetentionDays)
+	}
+	if p.KeepLast < 0 {
+		return fmt.Errorf("keep-last %d: want 0 or more", p.KeepLast)
+	}
+	return nil
+}
+
+// PruneOptions are the options of Prune.
+type PruneOptions struct {
+	LifecycleOptions
+	// ClusterID, if set, prunes only that cluster.
+	ClusterID string
+	// Policy returns the policy of a cluster.
+	Policy func(cluster string) Policy
+	// DryRun decides and reports, and changes nothing.
+	DryRun bool
+}
+
+// PruneAction is one change Prune made or, with DryRun, would make.
+type PruneAction struct {
+	ClusterID string `json:"cluster_id"`
+	BackupID  string `json:"backup_id"`
+	From      State  `json:"from"`
+	To        State  `json:"to"`
+	Reason    string `json:"reason"`
+	// Error is why the change failed; empty if it was made.
+	Error string `json:"error,omitempty"`
+}
+
+// Prune applies the lifecycle to the backups under prefix: READY backups
+// past their retention go to PENDING_DELETION; PENDING_DELETION backups
+// deleted more than PendingDeletionPeriod ago become DELETED, and their
+// image objects are removed (also retried for DELETED backups whose image
+// is still there). It returns every action, including failed ones (their
+// Error set); the error is non-nil if the listing failed or any action
+// did. Manifests whose signature does not verify are reported and left
+// alone.
+func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions) ([]PruneAction, error) {
+	if len(opts.SigningKey) != ed25519.PrivateKeySize || opts.Policy == nil {
+		return nil, errors.New("prune: signing key and policy are required")
+	}
+	pub := opts.SigningKey.Public().(ed25519.PublicKey)
+	now := opts.now()
+	all, err := List(ctx, st, prefix, Filter{ClusterID: opts.ClusterID})
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	byCluster := map[string][]*Manifest{}
+	for _, m := range all {
+		byCluster[m.ClusterID] = append(byCluster[m.ClusterID], m)
+	}
+	clusters := make([]string, 0, len(byCluster))
+	for c := range byCluster {
+		clusters = append(clusters, c)
+	}
+	sort.Strings(clusters)
+
+	var actions []PruneAction
+	var failed int
+	for _, c := range clusters {
+		pol := opts.Policy(c)
+		if err := pol.Validate(); err != nil {
+			return actions, fmt.Errorf("prune cluster %s: %w", c, err)
+		}
+		planned := plan(byCluster[c], pol, pub, now)
+		for _, m := range byCluster[c] {
+			// A DELETED backup whose image is still there: an earlier
+			// prune stopped between its two steps.
+			if m.State == StateDeleted {
+				if _, err := st.Stat(ctx, ObjectKey(prefix, c, m.ID, ImageObject)); err == nil {
+					planned = append(planned, PruneAction{ClusterID: c, BackupID: m.ID, From: m.State, To: m.State, Reason: "image left by an interrupted prune"})
+				}
+			}
+		}
+		for _, a := range planned {
+			if !opts.DryRun {
+				if err := apply(ctx, st, prefix, a, opts.LifecycleOptions); err != nil {
+					a.Error = err.Error()
+				}
+			}
+			if a.Error != "" {
+				failed++
+			}
+			actions = append(actions, a)
+		}
+	}
+	if failed > 0 {
+		return actions, fmt.Errorf("prune: %d of %d actions failed", failed, len(actions))
+	}
+	return actions, nil
+}
+
+// plan decides the actions for one cluster's backups, sorted by id.
+func plan(ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) []PruneAction {
+	var actions []PruneAction
+	act := func(m *Manifest, to State, reason string) {
+		actions = append(actions, PruneAction{ClusterID: m.ClusterID, BackupID: m.ID, From: m.State, To: to, Reason: reason})
+	}
+	var ready []*Manifest // newest first
+	for i := len(ms) - 1; i >= 0; i-- {
+		m := ms[i]
+		if err := m.Verify(pub); err != nil {
+			a := PruneAction{ClusterID: m.ClusterID, BackupID: m.ID, From: m.State, To: m.State, Reason: "left alone", Error: err.Error()}
+			actions = append(actions, a)
+			continue
+		}
+		switch m.State {
+		case StateReady:
+			ready = append(ready, m)
+		case StatePendingDeletion:
+			if !now.Before(m.DeletionRequested.Add(PendingDeletionPeriod)) {
+				act(m, StateDeleted, fmt.Sprintf("deleted on %s, %s ago", m.DeletionRequested.Format(time.DateOnly), days(now.Sub(m.DeletionRequested))))
+			}
+		}
+	}
+	keep := max(pol.KeepLast, 1) // the newest READY backup always stays
+	for i, m := range ready {
+		retention := pol.RetentionDays
+		if m.RetentionDays != 0 {
+			retention = m.RetentionDays
+		}
+		age := now.Sub(m.Created)
+		if i < keep || m.NeverExpires || retention == 0 || age <= time.Duration(retention)*24*time.Hour {
+			continue
+		}
+		act(m, StatePendingDeletion, fmt.Sprintf("%s old, retention %d days", days(age), retention))
+	}
+	sort.Slice(actions, func(i, j int) bool { return actions[i].BackupID < actions[j].BackupID })
+	return actions
+}
+
+func days(d time.Duration) string { return fmt.Sprintf("%d days", int(d/(24*time.Hour))) }
+
+// apply makes one planned change.
+func apply(ctx context.Context, st store.Store, prefix string, a PruneAction, opts LifecycleOptions) error {
+	switch {
+	case a.From == StateReady && a.To == StatePendingDeletion:
+		_, err := Delete(ctx, st, prefix, a.ClusterID, a.BackupID, opts)
+		return err
+	case a.To == StateDeleted:
+		return purge(ctx, st, prefix, a.ClusterID, a.BackupID, opts)
+	}
+	return nil
+}
+
+// purge marks a PENDING_DELETION backup DELETED, then removes its image.
+// The manifest changes first: a crash in between leaves a DELETED backup
+// whose image the next Prune removes, never a restorable backup without
+// an image.
+func purge(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) error {
+	_, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+		if m.State != StatePendingDeletion && m.State != StateDeleted {
+			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+		}
+		m.State = StateDeleted
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("purge backup %s: %w", id, err)
+	}
+	p, _ := normPrefix(prefix)
+	if err := st.Delete(ctx, clusterDir(p, cluster)+id+"/"+ImageObject); err != nil {
+		return fmt.Errorf("purge backup %s: remove image: %w", id, err)
+	}
+	return nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/restore"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+func restoreCommand() *cli.Command {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore (required)"},
+		&cli.StringFlag{Name: "cluster", Usage: "`ID` of the backup's cluster (default: found in the store)"},
+		&cli.StringSliceFlag{Name: "to", Usage: "target: `HOST:PORT` of an HSM, or the id of a cluster in --config (repeatable; required)"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "make every check, including the targets' attestation, and stop before any HSM changes"},
+		manufacturerRootFlag(),
+		operatorRootFlag(),
+		&cli.StringFlag{Name: "user", Usage: "crypto officer `NAME`: to import into an initialized target, and to clone further targets (a user of the backup)"},
+		passwordFileFlag(),
+		&cli.StringFlag{Name: "cert", Usage: "client certificate `FILE` from the backup's customer CA, to reach targets once restored"},
+		&cli.StringFlag{Name: "key", Usage: "its private key `FILE` (mode 0600)"},
+	}
+	return &cli.Command{
+		Name:  "restore",
+		Usage: "restore a backup into attested HSMs of matching hardware",
+		Description: "Verifies the backup in full (signature, object hash, outer layer, inner\n" +
+			"header), has every target attest to a fresh nonce against the trusted\n" +
+			"roots (class, manufacturer and operator equal to the backup's, firmware no\n" +
+			"older, FIPS into FIPS only, same PBK), and only then streams the image into\n" +
+			"the first target, which checks it again and commits atomically. Further\n" +
+			"targets (new, uninitialized HSMs) are cloned from the first, as CloudHSM\n" +
+			"adds HSMs to a cluster. A refused restore leaves every target unchanged.",
+		Flags:        append(flags, serviceFlags()...),
+		OnUsageError: usageError,
+		Action: action("restore", func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			s, err := openService(c)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			return runRestore(s, c)
+		}),
+	}
+}
+
+// restoreTarget is one HSM to restore into, and how the command reached
+// it.
+type restoreTarget struct {
+	Addr   string `json:"addr"`
+	Serial string `json:"serial,omitempty"`
+	Action string `json:"action"` // checked (dry run), restored, cloned
+	cl     *client.Client
+}
+
+func runRestore(s *service, c *cli.Context) error {
+	ctx := c.Context
+	id := c.String("backup")
+	if id == "" || len(c.StringSlice("to")) == 0 {
+		return fmt.Errorf("--backup and --to are required (run '%s --help')", c.Command.HelpName)
+	}
+	clusterID, err := s.locate(id)
+	if err != nil {
+		return err
+	}
+	pub, err := s.publicKey()
+	if err != nil {
+		return err
+	}
+	kr, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	mfr, op, err := s.roots()
+	if err != nil {
+		return err
+	}
+	// The manifest names the cluster's certificate and customer CA: once
+	// restored, the targets present that certificate. It is trusted only
+	// after restore.Restore has checked the manifest's signature.
+	m, err := backup.Describe(ctx, s.st, "", clusterID, id)
+	if err == nil {
+		err = m.Verify(pub)
+	}
+	if err != nil {
+		return err
+	}
+	if m.State != backup.StateReady {
+		return fmt.Errorf("backup %s is %s: only READY backups are restored (run 'hsmbackup backup restore-deleted %s' first)", id, m.State, id)
+	}
+	addrs, login, err := s.restoreTargets(c, clusterID)
+	if err != nil {
+		return err
+	}
+	tcfg, err := targetConfig(m, mfr, login)
+	if err != nil {
+		return err
+	}
+	targets := make([]*restoreTarget, len(addrs))
+	for i, a := range addrs {
+		cfg := tcfg
+		cfg.Addr = a
+		cl, err := client.New(cfg)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		targets[i] = &restoreTarget{Addr: a, cl: cl}
+	}
+	if len(targets) > 1 && (login.cert == nil || login.user == "") {
+		return errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
+	}
+
+	opts := restore.Options{PublicKey: pub, Identities: []wrap.Identity{kr}, ManufacturerRoots: mfr, OperatorRoots: op}
+	// Every target is checked before the first one changes: the backup,
+	// the attestation, and for the clones that they are new HSMs.
+	for i, t := range targets {
+		h, err := t.cl.Health(ctx)
+		if err != nil {
+			return fmt.Errorf("target %s: %w", t.Addr, err)
+		}
+		if i > 0 && h.Initialized {
+			return fmt.Errorf("target %s is initialized: only new HSMs are cloned; restore into it on its own", t.Addr)
+		}
+		dry := opts
+		dry.DryRun = true
+		res, err := restore.Restore(ctx, s.st, "", clusterID, id, t.cl, dry)
+		if err != nil {
+			return fmt.Errorf("target %s: %w", t.Addr, err)
+		}
+		t.Serial, t.Action = res.TargetSerial, "checked"
+		s.log.Info("target checked", "addr", t.Addr, "serial", t.Serial)
+	}
+	if !c.Bool("dry-run") {
+		if err := restoreAndClone(ctx, s, c, clusterID, id, targets, opts, tcfg, op, login); err != nil {
+			return err
+		}
+	}
+	if wantJSON(c) {
+		return writeJSON(c.App.Writer, struct {
+			BackupID string           `json:"backup_id"`
+			Cluster  string           `json:"cluster_id"`
+			DryRun   bool             `json:"dry_run"`
+			Targets  []*restoreTarget `json:"targets"`
+		}{id, clusterID, c.Bool("dry-run"), targets})
+	}
+	for _, t := range targets {
+		verb := map[string]string{"checked": "would restore into", "restored": "restored into", "cloned": "cloned into"}[t.Action]
+		fmt.Fprintf(c.App.Writer, "%s %s HSM %s at %s\n", id, verb, t.Serial, t.Addr)
+	}
+	if c.Bool("dry-run") {
+		_, err = fmt.Fprintln(c.App.Writer, "dry run: every check passed; no HSM was changed")
+	}
+	return err
+}
+
+// restoreAndClone restores into the first target and clones the rest from
+// it.
+func restoreAndClone(ctx context.Context, s *service, c *cli.Context, clusterID, id string, targets []*restoreTarget, opts restore.Options, tcfg client.Config, op *x509.CertPool, login restoreLogin) error {
+	first := targets[0]
+	h, err := first.cl.Health(ctx)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", first.Addr, err)
+	}
+	if h.Initialized {
+		// Importing into an HSM with users takes a crypto officer's session.
+		if login.user == "" {
+			return fmt.Errorf("target %s is initialized: give --user and a password of its crypto officer", first.Addr)
+		}
+		role, err := first.cl.Login(ctx, login.user, login.password)
+		if err != nil {
+			return fmt.Errorf("target %s: log in: %w", first.Addr, err)
+		}
+		if role != hsmcore.CryptoOfficer {
+			return fmt.Errorf("target %s: %s is a %s, not a crypto officer", first.Addr, login.user, role)
+		}
+	}
+	if _, err := restore.Restore(ctx, s.st, "", clusterID, id, first.cl, opts); err != nil {
+		return fmt.Errorf("target %s: %w", first.Addr, err)
+	}
+	first.Action = "restored"
+	s.log.Info("restored", "backup", id, "addr", first.Addr, "serial", first.Serial)
+	if len(targets) == 1 {
+		return nil
+	}
+	ccfg := tcfg
+	ccfg.ManufacturerRoots = opts.ManufacturerRoots
+	cl, err := cluster.Open(ctx, cluster.Config{Members: []string{first.Addr}, Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
+	if err != nil {
+		return fmt.Errorf("open restored cluster at %s: %w", first.Addr, err)
+	}
+	defer cl.Close()
+	for _, t := range targets[1:] {
+		if err := cl.AddMember(ctx, t.Addr); err != nil {
+			return fmt.Errorf("clone %s from %s: %w", t.Addr, first.Addr, err)
+		}
+		t.Action = "cloned"
+		s.log.Info("cloned", "addr", t.Addr, "from", first.Addr)
+	}
+	return nil
+}
+
+// restoreLogin is how the command logs in to and authenticates to targets.
+type restoreLogin struct {
+	user, password string
+	cert           *tls.Certificate
+}
+
+// restoreTargets resolves --to into addresses and the login to use: a
+// configured cluster id stands for its members, with its user, password
+// and client certificate; flags override those.
+func (s *service) restoreTargets(c *cli.Context, backupCluster string) ([]string, restoreLogin, error) {
+	var addrs []string
+	var login restoreLogin
+	var cc *clusterConfig
+	for _, to := range c.StringSlice("to") {
+		if _, _, err := net.SplitHostPort(to); err == nil {
+			addrs = append(addrs, to)
+			continue
+		}
+		tc, err := s.cluster(to)
+		if err != nil {
+			return nil, login, fmt.Errorf("--to %q is neither HOST:PORT nor a configured cluster: %w", to, err)
+		}
+		cc = tc
+		addrs = append(addrs, tc.Members...)
+	}
+	if cc == nil {
+		cc = s.cfg.Clusters[backupCluster] // the backup's cluster's credentials, if configured
+	}
+	if cc == nil {
+		cc = &clusterConfig{}
+	}
+	login.user = or(c.String("user"), cc.User)
+	certPath, keyPath := or(c.String("cert"), cc.Cert), or(c.String("key"), cc.Key)
+	if (certPath == "") != (keyPath == "") {
+		return nil, login, errors.New("--cert and --key go together")
+	}
+	if certPath != "" {
+		cert, err := loadClientCertificate(certPath, keyPath)
+		if err != nil {
+			return nil, login, err
+		}
+		login.cert = cert
+	}
+	if login.user != "" {
+		pwFile, how := cc.PasswordFile, "password_file in the config"
+		if p := c.String("password-file"); p != "" {
+			pwFile, how = p, "--password-file"
+		}
+		pw, err := passwordFrom(pwFile, how)
+		if err != nil {
+			return nil, login, err
+		}
+		login.password = pw
+	}
+	return addrs, login, nil
+}
+
+// targetConfig trusts a target either as a new HSM (its device certificate
+// from the manufacturer roots) or as a member of the backup's cluster (its
+// cluster certificate from the customer CA the manifest names).
+func targetConfig(m *backup.Manifest, mfr *x509.CertPool, login restoreLogin) (client.Config, error) {
+	cfg := client.Config{ManufacturerRoots: mfr, ClusterID: m.ClusterID}
+	if len(m.CustomerCA) > 0 {
+		ca, err := x509.ParseCertificate(m.CustomerCA)
+		if err != nil {
+			return cfg, fmt.Errorf("backup %s: customer CA: %w", m.ID, err)
+		}
+		cfg.CustomerCA = ca
+		if login.cert != nil {
+			if err := checkClientCertificate(login.cert, ca); err != nil {
+				return cfg, fmt.Errorf("client certificate: %w", err)
+			}
+		}
+	}
+	cfg.Certificate = login.cert
+	return cfg, nil
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/storeurl"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// serviceFlags are the flags of the commands that work on backups. Each
+// may also be given before the command (global), or in the --config
+// file; a flag wins over the file.
+func serviceFlags() []cli.Flag {
+	return []cli.Flag{
+		configFlag(),
+		storeFlag(),
+		&cli.StringFlag{Name: "keyring", Usage: "master keyring `FILE` (mode 0600) that opens and makes the outer layer"},
+		&cli.StringFlag{Name: "signing-key", Usage: "manifest signing key `FILE` (PEM, mode 0600)"},
+		&cli.StringFlag{Name: "public-key", Usage: "manifest public key `FILE` (PEM); default: the signing key's"},
+		jsonFlag(),
+	}
+}
+
+func configFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Usage: "YAML config `FILE` (see docs/CLI.md)", EnvVars: []string{"HSMBACKUP_CONFIG"}}
+}
+
+func storeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "store", Usage: "store `URL`: file://DIR or s3://BUCKET/PREFIX[?endpoint=…&region=…]"}
+}
+
+// flagValue returns the value of string flag name given after the command
+// or before it, the nearest winning.
+func flagValue(c *cli.Context, name string) string {
+	for _, cc := range c.Lineage() {
+		if v := cc.String(name); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// service is what the backup and restore commands share: the config, the
+// store (with progress bars on a terminal), keys loaded on demand, and the
+// logger (stderr).
+type service struct {
+	c      *cli.Context
+	cfg    *config
+	st     store.Store
+	log    *slog.Logger
+	finish func()
+}
+
+// openService reads the config, if any, and opens the store. The caller
+// calls close when done.
+func openService(c *cli.Context) (*service, error) {
+	cfg := new(config)
+	if p := flagValue(c, "config"); p != "" {
+		var err error
+		if cfg, err = loadConfig(p); err != nil {
+			return nil, err
+		}
+	}
+	s := &service{c: c, cfg: cfg, log: slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), finish: func() {}}
+	url := or(flagValue(c, "store"), cfg.Store)
+	if url == "" {
+		return nil, errors.New("no store: give --store URL or 'store:' in --config")
+	}
+	st, err := storeurl.Open(url, storeurl.Options{})
+	if err != nil {
+		return nil, err
+	}
+	s.st, s.finish = withProgress(c.Context, st, c.App.ErrWriter)
+	return s, nil
+}
+
+func (s *service) close() { s.finish() }
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// path returns the file a flag or, failing that, the config names.
+func (s *service) path(flag, fromConfig, what string) (string, error) {
+	p := or(flagValue(s.c, flag), fromConfig)
+	if p == "" {
+		return "", fmt.Errorf("no %s: give --%s or set it in --config", what, flag)
+	}
+	return p, nil
+}
+
+func (s *service) keyring() (*wrap.Keyring, error) {
+	p, err := s.path("keyring", s.cfg.Keyring, "master keyring")
+	if err != nil {
+		return nil, err
+	}
+	return wrap.LoadKeyring(p)
+}
+
+func (s *service) signingKey() (ed25519.PrivateKey, error) {
+	p, err := s.path("signing-key", s.cfg.SigningKey, "manifest signing key")
+	if err != nil {
+		return nil, err
+	}
+	return backup.LoadSigningKey(p)
+}
+
+// publicKey is the manifest public key, or the signing key's if only that
+// is configured.
+func (s *service) publicKey() (ed25519.PublicKey, error) {
+	if p := or(flagValue(s.c, "public-key"), s.cfg.PublicKey); p != "" {
+		return backup.LoadPublicKey(p)
+	}
+	if or(flagValue(s.c, "signing-key"), s.cfg.SigningKey) == "" {
+		return nil, errors.New("no manifest public key: give --public-key (or --signing-key) or set it in --config")
+	}
+	k, err := s.signingKey()
+	if err != nil {
+		return nil, err
+	}
+	return k.Public().(ed25519.PublicKey), nil
+}
+
+// roots returns the manufacturer and operator roots that attest HSMs.
+func (s *service) roots() (mfr, op *x509.CertPool, err error) {
+	mp, err := s.path("manufacturer-root", s.cfg.ManufacturerRoot, "manufacturer root")
+	if err != nil {
+		return nil, nil, err
+	}
+	opp, err := s.path("operator-root", s.cfg.OperatorRoot, "operator root")
+	if err != nil {
+		return nil, nil, err
+	}
+	if mfr, err = loadRoots(mp); err != nil {
+		return nil, nil, fmt.Errorf("manufacturer root: %w", err)
+	}
+	if op, err = loadRoots(opp); err != nil {
+		return nil, nil, fmt.Errorf("operator root: %w", err)
+	}
+	return mfr, op, nil
+}
+
+// cluster returns the config of cluster id.
+func (s *service) cluster(id string) (*clusterConfig, error) {
+	cc := s.cfg.Clusters[id]
+	if cc == nil {
+		if len(s.cfg.Clusters) == 0 {
+			return nil, fmt.Errorf("cluster %q is not configured: --config has no clusters", id)
+		}
+		return nil, fmt.Errorf("cluster %q is not configured (configured: %s)", id, strings.Join(s.cfg.clusterIDs(), ", "))
+	}
+	return cc, nil
+}
+
+// locate returns the cluster of backup id: --cluster if given, else found
+// in the store.
+func (s *service) locate(id string) (string, error) {
+	if cl := s.c.String("cluster"); cl != "" {
+		return cl, nil
+	}
+	return backup.Find(s.c.Context, s.st, "", id)
+}
+
+// clientConfig returns the TLS settings for cluster id's members.
+func clientConfig(id string, cc *clusterConfig) (client.Config, error) {
+	if cc.CustomerCA == "" || cc.Cert == "" || cc.Key == "" {
+		return client.Config{}, fmt.Errorf("cluster %s: customer_ca, cert and key are required in the config", id)
+	}
+	ca, err := loadCertificate(cc.CustomerCA)
+	if err != nil {
+		return client.Config{}, fmt.Errorf("cluster %s: customer CA: %w", id, err)
+	}
+	cert, err := loadClientCertificate(cc.Cert, cc.Key)
+	if err != nil {
+		return client.Config{}, fmt.Errorf("cluster %s: %w", id, err)
+	}
+	if err := checkClientCertificate(cert, ca); err != nil {
+		return client.Config{}, fmt.Errorf("cluster %s: client certificate %s: %w", id, cc.Cert, err)
+	}
+	return client.Config{ClusterID: id, CustomerCA: ca, Certificate: cert}, nil
+}
+
+// clusterPassword reads cluster cc's officer password: its password_file,
+// else $HSMBACKUP_PASSWORD.
+func clusterPassword(cc *clusterConfig) (string, error) {
+	return passwordFrom(cc.PasswordFile, "password_file in the config")
+}
+
+// pickMember connects to the members of cluster id and returns one that
+// is healthy, initialized in that cluster and in sync (its state digest is
+// the most common among the healthy members; config order breaks ties),
+// logged in as a crypto officer. The caller closes it.
+func (s *service) pickMember(ctx context.Context, id string) (*client.Client, api.Health, error) {
+	cc, err := s.cluster(id)
+	if err != nil {
+		return nil, api.Health{}, err
+	}
+	if cc.User == "" {
+		return nil, api.Health{}, fmt.Errorf("cluster %s: 'user' (a crypto officer) is required in the config", id)
+	}
+	password, err := clusterPassword(cc)
+	if err != nil {
+		return nil, api.Health{}, fmt.Errorf("cluster %s: %w", id, err)
+	}
+	base, err := clientConfig(id, cc)
+	if err != nil {
+		return nil, api.Health{}, err
+	}
+	type candidate struct {
+		addr string
+		cl   *client.Client
+		h    api.Health
+	}
+	var healthy []candidate
+	votes := map[string]int{}
+	var problems []string
+	for _, addr := range cc.Members {
+		cfg := base
+		cfg.Addr = addr
+		cl, err := client.New(cfg)
+		if err != nil {
+			return nil, api.Health{}, err
+		}
+		h, err := cl.Health(ctx)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", addr, err))
+		case !h.ClusterInitialized || h.ClusterID != id:
+			problems = append(problems, fmt.Sprintf("%s: not a member of cluster %s", addr, id))
+		default:
+			healthy = append(healthy, candidate{addr, cl, h})
+			votes[h.StateDigest]++
+			continue
+		}
+		s.log.Warn("member not usable", "addr", addr)
+		cl.Close()
+	}
+	var best *candidate
+	for i := range healthy {
+		if best == nil || votes[healthy[i].h.StateDigest] > votes[best.h.StateDigest] {
+			best = &healthy[i]
+		}
+	}
+	for i := range healthy {
+		if &healthy[i] != best {
+			healthy[i].cl.Close()
+		}
+	}
+	if best == nil {
+		return nil, api.Health{}, fmt.Errorf("cluster %s: no healthy member (%s)", id, strings.Join(problems, "; "))
+	}
+	role, err := best.cl.Login(ctx, cc.User, password)
+	if err != nil {
+		best.cl.Close()
+		return nil, api.Health{}, fmt.Errorf("cluster %s: log in as %s on %s: %w", id, cc.User, best.addr, err)
+	}
+	if role != hsmcore.CryptoOfficer {
+		best.cl.Close()
+		return nil, api.Health{}, fmt.Errorf("cluster %s: %s is a %s; backups need a crypto officer", id, cc.User, role)
+	}
+	s.log.Info("member chosen", "cluster", id, "addr", best.addr, "serial", best.h.Serial)
+	return best.cl, best.h, nil
+}
