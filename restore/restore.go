@@ -106,6 +106,9 @@ func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
 	}
+	if m.State != backup.StateReady {
+		return nil, fmt.Errorf("restore %s: %w: backup is %s; only READY backups are restored (restore a deleted one first)", backupID, backup.ErrState, m.State)
+	}
 	want, err := hex.DecodeString(m.ObjectSHA256)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: verify backup: %w: object hash: %w", backupID, ErrVerify, err)

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"io"
 	"strings"
@@ -26,6 +27,7 @@ type fixture struct {
 	st   store.Store
 	m    *backup.Manifest
 	opts Options
+	priv ed25519.PrivateKey
 }
 
 func newFixture(t *testing.T, fips bool) *fixture {
@@ -41,7 +43,7 @@ func newFixture(t *testing.T, fips bool) *fixture {
 		t.Fatal(err)
 	}
 	opts := Options{PublicKey: pub, Identities: []wrap.Identity{kr}, ManufacturerRoots: a.mfrRoots, OperatorRoots: a.opRoots}
-	return &fixture{a: a, src: src, st: st, m: m, opts: opts}
+	return &fixture{a: a, src: src, st: st, m: m, opts: opts, priv: priv}
 }
 
 func (f *fixture) restore(target Target, opts Options) (*Result, error) {
@@ -147,6 +149,33 @@ func TestDryRun(t *testing.T) {
 	opts.DryRun = true
 	if _, err := f.restore(target, opts); !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) {
 		t.Fatalf("dry run of a changed image: %v", err)
+	}
+}
+
+// TestPendingDeletionRefused: a deleted backup is not restored, dry run
+// or not, until it is restored to READY.
+func TestPendingDeletionRefused(t *testing.T) {
+	f := newFixture(t, false)
+	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	before := health(t, target)
+	ctx := context.Background()
+	lo := backup.LifecycleOptions{SigningKey: f.priv}
+	if _, err := backup.Delete(ctx, f.st, testPrefix, testCluster, f.m.ID, lo); err != nil {
+		t.Fatal(err)
+	}
+	for _, dry := range []bool{true, false} {
+		opts := f.opts
+		opts.DryRun = dry
+		if _, err := f.restore(target, opts); !errors.Is(err, backup.ErrState) {
+			t.Fatalf("restore (dry run %t) of a PENDING_DELETION backup: %v", dry, err)
+		}
+	}
+	unchanged(t, target, before)
+	if _, err := backup.RestoreDeleted(ctx, f.st, testPrefix, testCluster, f.m.ID, lo); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.restore(target, f.opts); err != nil {
+		t.Fatalf("restore after restore-deleted: %v", err)
 	}
 }
 
