@@ -86,6 +86,10 @@ func parseConfig(data []byte) (*config, error) {
 	if err := d.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
+	var more yaml.Node
+	if err := d.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
 	for id, cl := range cfg.Clusters {
 		if cl == nil {
 			return nil, fmt.Errorf("cluster %q: empty", id)

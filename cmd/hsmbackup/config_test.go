@@ -1,0 +1,93 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const exampleConfig = `store: file://backups
+keyring: keys/keyring
+signing_key: /etc/hsmbackup/manifest.key
+retention: {days: 90, keep_last: 3}
+clusters:
+  prod-1:
+    members: ["10.0.0.1:2225", "10.0.0.2:2225"]
+    customer_ca: prod-1/ca.pem
+    cert: prod-1/client.pem
+    key: prod-1/client.key
+    user: backup-officer
+    password_file: prod-1/password
+    tags: {env: prod}
+    retention: {days: 30, keep_last: 7}
+`
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(exampleConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Relative paths are relative to the file; absolute ones stay.
+	if want := "file://" + filepath.Join(dir, "backups"); cfg.Store != want {
+		t.Errorf("store %q, want %q", cfg.Store, want)
+	}
+	if want := filepath.Join(dir, "keys/keyring"); cfg.Keyring != want {
+		t.Errorf("keyring %q, want %q", cfg.Keyring, want)
+	}
+	if cfg.SigningKey != "/etc/hsmbackup/manifest.key" {
+		t.Errorf("signing key %q", cfg.SigningKey)
+	}
+	cl := cfg.Clusters["prod-1"]
+	if cl == nil || len(cl.Members) != 2 || cl.Key != filepath.Join(dir, "prod-1/client.key") ||
+		cl.Tags["env"] != "prod" || cl.Retention == nil || *cl.Retention != (retentionConfig{30, 7}) {
+		t.Fatalf("cluster prod-1: %+v", cl)
+	}
+	if cfg.Retention != (retentionConfig{90, 3}) {
+		t.Errorf("retention %+v", cfg.Retention)
+	}
+}
+
+func TestConfigRefused(t *testing.T) {
+	for name, text := range map[string]string{
+		"unknown key":        "stor: file:///x\n",
+		"unknown nested key": "clusters:\n  a:\n    members: [x:1]\n    pasword_file: p\n",
+		"no members":         "clusters:\n  a:\n    user: u\n",
+		"empty cluster":      "clusters:\n  a:\n",
+		"wrong type":         "retention: {days: many}\n",
+		"two documents":      "store: a\n---\nstore: b\n",
+	} {
+		if _, err := parseConfig([]byte(text)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(path, []byte("# "+strings.Repeat("x", maxConfigSize)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("oversized config: %v", err)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(exampleConfig))
+	f.Add([]byte("clusters: {a: {members: [x]}}"))
+	f.Add([]byte("&a [*a, *a]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := parseConfig(data)
+		if err != nil {
+			return
+		}
+		for id, cl := range cfg.Clusters {
+			if cl == nil || len(cl.Members) == 0 {
+				t.Fatalf("cluster %q accepted without members", id)
+			}
+		}
+	})
+}
