@@ -1,0 +1,85 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/internal/backuptest"
+	"github.com/hsmbackup/hsmbackup/internal/miniotest"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/s3"
+	"github.com/hsmbackup/hsmbackup/wrap"
+)
+
+// BenchmarkBackupFullHSM measures DESIGN.md's target: a backup of a full
+// HSM (16,666 keys, each a 512-byte secret, so the image is mostly
+// incompressible key material) to a local MinIO, against a plain minio-go
+// PutObject of as many bytes. Every sub-benchmark reports bytes of the
+// stored object per second.
+func BenchmarkBackupFullHSM(b *testing.B) {
+	ctx := context.Background()
+	co := newMember(b, hsmcore.DefaultCapacity)
+	kr, _, priv := backuptest.Keys(b)
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}
+
+	srv := miniotest.Start(b)
+	bucket := srv.NewBucket(b, miniotest.BucketOptions{})
+	s3st, err := s3.New(s3.Config{Bucket: bucket, Endpoint: srv.Endpoint, Insecure: true, Credentials: srv.Credentials(), Region: "us-east-1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// One backup first, for the object's size.
+	m, err := Create(ctx, co, backuptest.FileStore(b), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	size := m.ObjectSize
+	b.Logf("image %d bytes, stored object %d bytes", m.ImageSize, size)
+
+	b.Run("export-only", func(b *testing.B) {
+		b.SetBytes(size)
+		for b.Loop() {
+			rc, err := co.ExportImage(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, rc); err != nil {
+				b.Fatal(err)
+			}
+			rc.Close()
+		}
+	})
+	b.Run("plain-PutObject", func(b *testing.B) {
+		data := bytes.Repeat([]byte{0x5a}, int(size))
+		mc := srv.Client(b)
+		b.SetBytes(size)
+		i := 0
+		for b.Loop() {
+			i++
+			if _, err := mc.PutObject(ctx, bucket, "plain/"+string(rune('a'+i%26))+"/obj", bytes.NewReader(data), size, minio.PutObjectOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		st   store.Store
+	}{
+		{"create-to-minio", s3st},
+		{"create-to-file-store", backuptest.FileStore(b)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				if _, err := Create(ctx, co, tc.st, opts); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
