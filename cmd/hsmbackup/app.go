@@ -16,9 +16,10 @@ var version = "dev"
 // to main, which prints them. It never exits the process.
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
-		Name:    "hsmbackup",
-		Usage:   "back up, verify and restore HSM clusters",
-		Version: version,
+		Name:        "hsmbackup",
+		Usage:       "back up, verify and restore HSM clusters",
+		Description: appDescription,
+		Version:     version,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{
 				Name:  "json",
@@ -35,6 +36,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			signingKeyCommand(),
 			backupCommand(),
 			restoreCommand(),
+			completionCommand(),
+			manCommand(),
 		},
 		Action:               rootAction,
 		OnUsageError:         usageError,
