@@ -1,7 +1,9 @@
 package backup
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
 	"io"
 	"sync/atomic"
@@ -63,6 +65,14 @@ func newMember(tb testing.TB, keys int) *client.Client {
 type mockStore struct {
 	store.Store
 	put func(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error
+	del func(ctx context.Context, key string) error
+}
+
+func (s *mockStore) Delete(ctx context.Context, key string) error {
+	if s.del != nil {
+		return s.del(ctx, key)
+	}
+	return s.Store.Delete(ctx, key)
 }
 
 func (s *mockStore) Put(ctx context.Context, key string, r io.Reader, opts store.PutOptions) error {
@@ -92,3 +102,50 @@ var errInjected = &injectedError{}
 type injectedError struct{}
 
 func (*injectedError) Error() string { return "injected storage failure" }
+
+// snapshot returns every object in st, key to bytes.
+func snapshot(tb testing.TB, st store.Store) map[string][]byte {
+	tb.Helper()
+	ctx := context.Background()
+	out := map[string][]byte{}
+	err := st.List(ctx, "", func(oi store.ObjectInfo) error {
+		rc, err := st.Get(ctx, oi.Key)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		out[oi.Key] = b
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// resign rewrites the stored manifest of backup id: change (if not nil)
+// edits it, then priv signs it. With a key other than the service's it
+// forges a manifest that parses but does not verify.
+func resign(tb testing.TB, st store.Store, prefix, cluster, id string, priv ed25519.PrivateKey, change func(*Manifest)) []byte {
+	tb.Helper()
+	ctx := context.Background()
+	m, err := Describe(ctx, st, prefix, cluster, id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if change != nil {
+		change(m)
+	}
+	if err := m.Sign(priv); err != nil {
+		tb.Fatal(err)
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := st.Put(ctx, ObjectKey(prefix, cluster, id, ManifestObject), bytes.NewReader(b), store.PutOptions{}); err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}

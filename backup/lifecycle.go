@@ -251,15 +251,22 @@ func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions
 		planned := plan(byCluster[c], pol, pub, now)
 		for _, m := range byCluster[c] {
 			// A DELETED backup whose image is still there: an earlier
-			// prune stopped between its two steps.
-			if m.State == StateDeleted {
-				if _, err := st.Stat(ctx, ObjectKey(prefix, c, m.ID, ImageObject)); err == nil {
-					planned = append(planned, PruneAction{ClusterID: c, BackupID: m.ID, From: m.State, To: m.State, Reason: "image left by an interrupted prune"})
+			// prune stopped between its two steps. One whose signature
+			// fails plan has already reported and left alone.
+			if m.State == StateDeleted && m.Verify(pub) == nil {
+				a := PruneAction{ClusterID: c, BackupID: m.ID, From: m.State, To: m.State, Reason: "image left by an interrupted prune"}
+				_, err := st.Stat(ctx, ObjectKey(prefix, c, m.ID, ImageObject))
+				switch {
+				case err == nil:
+					planned = append(planned, a)
+				case !errors.Is(err, store.ErrNotFound):
+					a.Reason, a.Error = "check for an image left by an interrupted prune", err.Error()
+					planned = append(planned, a)
 				}
 			}
 		}
 		for _, a := range planned {
-			if !opts.DryRun {
+			if !opts.DryRun && a.Error == "" { // planned errors: left alone
 				if err := apply(ctx, st, prefix, a, opts.LifecycleOptions); err != nil {
 					a.Error = err.Error()
 				}
