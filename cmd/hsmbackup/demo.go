@@ -2,36 +2,57 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "narrate a backup, a restore and two refused restores on throw-away HSMs",
-		Description: "Creates a manufacturer and two operators, manufactures software HSMs in a\n" +
-			"temporary workspace, exports an image from one and restores it into an\n" +
-			"attested HSM of the same class and operator, then shows an HSM of another\n" +
-			"operator and a tampered image being refused. Needs no set-up.",
+		Usage: "narrate a backup of an HSM cluster, a restore, and refused restores, on throw-away HSMs",
+		Description: "Needs no set-up. In a temporary workspace it serves two software HSMs on\n" +
+			"loopback mutual TLS and makes them a cluster the CloudHSM way (attestation,\n" +
+			"cluster CSR signed by a customer CA of its own, first crypto officer, a\n" +
+			"second member cloned by image), creates a crypto user and keys, and takes\n" +
+			"a backup under a fresh master keyring into a file store. It lists and\n" +
+			"verifies the backup, restores it into a fresh HSM of the same class and\n" +
+			"operator and uses the keys there, shows an HSM of another operator being\n" +
+			"refused, and flips a stored byte to show verify and restore catching it.\n" +
+			"With --store s3://BUCKET[/PREFIX][?endpoint=URL] the backup goes to S3\n" +
+			"instead (an existing bucket; credentials from the AWS environment:\n" +
+			"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). The demo's objects go under\n" +
+			"a prefix of their own and are deleted at the end unless --keep.",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "keep", Usage: "keep the workspace (authorities, HSMs, images) and print its path"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the workspace (authorities, HSMs, keyring, store) and the stored objects, and print where they are"},
+			&cli.StringFlag{Name: "store", Usage: "`URL` of the store to back up into (file://DIR or s3://BUCKET/PREFIX); default: a file store in the workspace"},
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return fmt.Errorf("demo: unexpected argument %q", c.Args().First())
 			}
-			if err := runDemo(c.Context, c.App.Writer, demoOptions{Keep: c.Bool("keep")}); err != nil {
+			opts := demoOptions{Keep: c.Bool("keep")}
+			// --store after "demo" or, as the global flag, before it.
+			for _, cc := range c.Lineage() {
+				if opts.Store = cc.String("store"); opts.Store != "" {
+					break
+				}
+			}
+			if err := runDemo(c.Context, c.App.Writer, opts); err != nil {
 				return fmt.Errorf("demo: %w", err)
 			}
 			return nil
@@ -41,7 +62,8 @@ func demoCommand() *cli.Command {
 
 // demoOptions configure runDemo. The zero value is valid.
 type demoOptions struct {
-	// Keep leaves the workspace in place and prints its path.
+	// Keep leaves the workspace and the stored objects in place and
+	// prints where they are.
 	Keep bool
 	// Dir is where the workspace is created; "" means the system's
 	// temporary directory.
@@ -49,6 +71,10 @@ type demoOptions struct {
 	// PasswordIterations is the HSMs' PBKDF2 cost for passwords; 0 means
 	// hsmcore's default. Tests lower it.
 	PasswordIterations int
+	// Store is the URL of the store to back up into (see storeurl.Open);
+	// "" means a file store in the workspace. The demo writes under a
+	// prefix of its own in it and deletes what it wrote unless Keep.
+	Store string
 }
 
 // The demo's cast.
@@ -58,10 +84,12 @@ const (
 	demoManufacturer  = "acme-hsm"
 	demoOperator      = "example-cloud"
 	demoOtherOperator = "other-cloud"
+	demoCustomerCA    = "example-corp customer root CA"
+	demoClientName    = "hsmbackup-demo"
+	demoClusterID     = "cluster-demo"
+	demoMasterKeyID   = "demo-master"
 	demoOfficer       = "admin"    // crypto officer
 	demoUser          = "app-user" // crypto user who owns the keys
-	demoImage         = "hsm-a.img"
-	demoTampered      = "hsm-a-tampered.img"
 )
 
 var demoMessage = []byte("payroll batch 2024-06 approved by treasury")
@@ -72,20 +100,31 @@ type demo struct {
 	out  *printer
 	ws   string // workspace directory
 
-	mfr, op, otherOp  *hsmcore.Authority
-	mfrRoots, opRoots *x509.CertPool
-	devices           []*hsmcore.Device // closed at the end
+	mfr, op, otherOp *hsmcore.Authority
+	mfrRoots         *x509.CertPool // the manufacturer's root
+	opRoots          *x509.CertPool // both operators' roots
+	ca               *demoCA        // the customer's CA
+	clientCert       tls.Certificate
+	clusterCert      []byte // DER, signed by ca
 
-	a            *hsmcore.Device
-	aOfficer     *hsmcore.Session
-	aUser        *hsmcore.Session
-	userPassword string // never printed
-	aesKey       hsmcore.KeyInfo
-	signers      []hsmcore.KeyInfo // EC and RSA
-	ciphertext   []byte
-	signatures   [][]byte // one per signer
-	imagePath    string
-	header       *hsmcore.ImageHeader
+	keyring    *wrap.Keyring
+	signingKey ed25519.PrivateKey
+	verifyKey  ed25519.PublicKey
+	st         store.Store
+	prefix     string // this run's objects are under it
+
+	hsms    []*demoHSM // stopped at the end
+	closers []func()   // sessions to end before the HSMs stop
+	a, b    *demoHSM   // the cluster's members
+
+	officer         *cluster.Cluster // crypto officer's session on the cluster
+	officerPassword string           // never printed
+	userPassword    string           // never printed
+	aesKey          hsmcore.KeyInfo
+	signers         []hsmcore.KeyInfo // EC and RSA
+	ciphertext      []byte
+	signatures      [][]byte // one per signer
+	manifest        *backup.Manifest
 }
 
 // demoStep is one narrated step; name also prefixes its errors.
@@ -95,19 +134,22 @@ type demoStep struct {
 }
 
 var demoSteps = []demoStep{
-	{"set up workspace", "workspace, manufacturer and operators", (*demo).setUp},
-	{"prepare HSM A", "HSM A: manufacture, initialize, generate keys", (*demo).prepareA},
-	{"use keys on HSM A", "HSM A: encrypt and sign", (*demo).useKeysOnA},
-	{"export image", "HSM A: export its image", (*demo).exportImage},
-	{"restore into HSM B", "HSM B (same class, manufacturer, operator): attest, restore, use", (*demo).restoreIntoB},
-	{"refuse mismatched HSM C", "HSM C (operator other-cloud): restore refused", (*demo).refuseMismatch},
-	{"refuse tampered image", "tampered image: restore refused", (*demo).refuseTampered},
-	{"verify audit log", "HSM A: verify the audit log", (*demo).verifyAudit},
+	{"set up workspace", "workspace, authorities, customer CA, master keyring, store", (*demo).setUp},
+	{"serve HSMs", "HSMs A and B: manufacture, serve on loopback TLS", (*demo).serveMembers},
+	{"initialize cluster", "cluster: attest, CSR signed by the customer CA, first crypto officer, add B", (*demo).initCluster},
+	{"create keys", "crypto user and keys: generate, encrypt, sign", (*demo).createKeys},
+	{"back up", "backup: HSM image, wrapped again, stored with a signed manifest", (*demo).takeBackup},
+	{"list and verify", "list and verify the backup", (*demo).listAndVerify},
+	{"restore into HSM C", "HSM C (fresh, same class and operator): restore, use the keys", (*demo).restoreIntoC},
+	{"refuse HSM D", "HSM D (operator other-cloud): restore refused", (*demo).refuseMismatch},
+	{"refuse tampered backup", "tampered image: verify and restore refuse it", (*demo).refuseTampered},
 }
 
 // runDemo runs the demo, narrating to out. It returns the first step's
-// error, wrapped with the step's name; the workspace is removed either way
-// unless opts.Keep is set. Cancelling ctx stops it before the next step.
+// error, wrapped with the step's name. Whatever happens, it ends the
+// sessions, stops the HSMs, deletes the objects it stored and removes the
+// workspace, the last two unless opts.Keep is set. Cancelling ctx stops it
+// before the next step and fails the step under way.
 func runDemo(ctx context.Context, out io.Writer, opts demoOptions) (err error) {
 	d := &demo{opts: opts, out: &printer{w: out}}
 	defer func() {
@@ -115,7 +157,7 @@ func runDemo(ctx context.Context, out io.Writer, opts demoOptions) (err error) {
 			err = cerr
 		}
 	}()
-	d.out.printf("hsmbackup demo: back up an HSM, restore it into matching hardware, refuse the rest\n")
+	d.out.printf("hsmbackup demo: back up an HSM cluster, restore it into matching hardware, refuse the rest\n")
 	for i, s := range demoSteps {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -128,16 +170,36 @@ func runDemo(ctx context.Context, out io.Writer, opts demoOptions) (err error) {
 			return fmt.Errorf("write output: %w", d.out.err)
 		}
 	}
-	d.out.printf("\ndemo complete: the image restored only into attested hardware of the same class\n" +
+	d.out.printf("\ndemo complete: the backup restored only into attested hardware of the same class\n" +
 		"and operator; the mismatched HSM and the tampered image were refused, unchanged.\n")
 	return d.out.err
 }
 
-// cleanUp closes the HSMs and removes the workspace unless it is kept.
+// cleanUp ends the sessions, deletes the run's objects from the store,
+// stops the HSMs and removes the workspace; with Keep it leaves the
+// objects and the workspace and says where they are. It runs on every
+// path, so it does not use the demo's context: an interrupted demo cleans
+// up too.
 func (d *demo) cleanUp() error {
 	var errs []error
-	for _, dev := range d.devices {
-		errs = append(errs, dev.Close())
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	if d.st != nil {
+		if d.opts.Keep {
+			if d.opts.Store != "" {
+				d.out.printf("\nstored objects kept: %s, under %s\n", d.opts.Store, d.prefix)
+			}
+		} else if n, err := d.deleteObjects(); err != nil {
+			errs = append(errs, fmt.Errorf("delete the demo's objects: %w", err))
+		} else if d.opts.Store != "" && n > 0 {
+			d.out.printf("\nstore: deleted the %d objects this run wrote under %s\n", n, d.prefix)
+		}
+	}
+	for _, h := range d.hsms {
+		if err := h.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop HSM %s: %w", h.name, err))
+		}
 	}
 	if d.ws != "" {
 		if d.opts.Keep {
@@ -147,45 +209,6 @@ func (d *demo) cleanUp() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// manufacture makes a new HSM of the demo's class and manufacturer for
-// operator op, in the workspace directory name.
-func (d *demo) manufacture(name string, op *hsmcore.Authority) (*hsmcore.Device, error) {
-	dev, err := hsmcore.Manufacture(filepath.Join(d.ws, name), hsmcore.ManufactureConfig{
-		Class:        demoClass,
-		Firmware:     demoFirmware,
-		Manufacturer: d.mfr,
-		Operator:     op,
-	}, hsmcore.Options{PasswordIterations: d.opts.PasswordIterations})
-	if err != nil {
-		return nil, err
-	}
-	d.devices = append(d.devices, dev)
-	return dev, nil
-}
-
-// attest asks dev to attest to a fresh nonce and verifies the answer
-// against the manufacturer and operator roots and what the image header
-// requires of a restore target.
-func (d *demo) attest(dev *hsmcore.Device, h *hsmcore.ImageHeader) (*hsmcore.Statement, error) {
-	nonce := hsmcore.NewNonce()
-	att, err := dev.Attest(nonce)
-	if err != nil {
-		return nil, err
-	}
-	return hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
-		ManufacturerRoots: d.mfrRoots,
-		OperatorRoots:     d.opRoots,
-		Nonce:             nonce,
-		Expect: hsmcore.Expectation{
-			Class:          h.Source.Class,
-			Manufacturer:   h.Source.Manufacturer,
-			Operator:       h.Source.Operator,
-			MinFirmware:    h.Source.Firmware,
-			PBKFingerprint: h.PBKFingerprint[:],
-		},
-	})
 }
 
 // newPassword returns a random password. Passwords are never printed.

@@ -1,11 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -13,15 +14,23 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/restore"
+	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/hsmbackup/hsmbackup/store/storeurl"
+	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 // The demo's steps, in order. Each narrates what it did in a few lines.
 
-// setUp makes the workspace and the three authorities, and the trust pools
-// a verifier holds: the root certificates only.
+// setUp makes the workspace, the manufacturer and the two operators, the
+// customer CA, the master keyring and manifest signing key, and opens the
+// store.
 func (d *demo) setUp(ctx context.Context) error {
 	ws, err := os.MkdirTemp(d.opts.Dir, "hsmbackup-demo-")
 	if err != nil {
@@ -33,14 +42,17 @@ func (d *demo) setUp(ctx context.Context) error {
 	} else {
 		d.out.printf("  workspace      temporary directory, removed at the end (--keep keeps it)\n")
 	}
+
+	d.mfrRoots, d.opRoots = x509.NewCertPool(), x509.NewCertPool()
 	for _, a := range []struct {
-		dst  **hsmcore.Authority
-		kind hsmcore.AuthorityKind
-		name string
+		dst   **hsmcore.Authority
+		kind  hsmcore.AuthorityKind
+		name  string
+		roots *x509.CertPool
 	}{
-		{&d.mfr, hsmcore.Manufacturer, demoManufacturer},
-		{&d.op, hsmcore.Operator, demoOperator},
-		{&d.otherOp, hsmcore.Operator, demoOtherOperator},
+		{&d.mfr, hsmcore.Manufacturer, demoManufacturer, d.mfrRoots},
+		{&d.op, hsmcore.Operator, demoOperator, d.opRoots},
+		{&d.otherOp, hsmcore.Operator, demoOtherOperator, d.opRoots},
 	} {
 		auth, err := hsmcore.NewAuthority(a.kind, a.name)
 		if err != nil {
@@ -50,54 +62,210 @@ func (d *demo) setUp(ctx context.Context) error {
 			return err
 		}
 		*a.dst = auth
+		a.roots.AddCert(auth.Certificate())
 		d.out.printf("  %-14s %-14s root CA %q\n", a.kind, a.name, auth.Certificate().Subject.CommonName)
 	}
-	d.mfrRoots = x509.NewCertPool()
-	d.mfrRoots.AddCert(d.mfr.Certificate())
-	d.opRoots = x509.NewCertPool()
-	d.opRoots.AddCert(d.op.Certificate())
-	d.out.printf("  verifier trusts the %s and %s root certificates, nothing else\n", demoManufacturer, demoOperator)
+	d.out.printf("  attestation    verifiers trust these three roots, nothing else\n")
+
+	if d.ca, err = newDemoCA(demoCustomerCA); err != nil {
+		return fmt.Errorf("customer CA: %w", err)
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.ca.cert.Raw})
+	if err := os.WriteFile(filepath.Join(ws, "customer-ca.crt"), caPEM, 0o644); err != nil {
+		return err
+	}
+	if d.clientCert, err = d.ca.clientCert(demoClientName); err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	d.out.printf("  customer CA    %q (ECDSA P-256): will sign the cluster certificate;\n", demoCustomerCA)
+	d.out.printf("                 issued client certificate %q for mutual TLS\n", demoClientName)
+
+	keyringPath := filepath.Join(ws, "master.keyring")
+	if _, err := wrap.GenerateMasterKey(keyringPath, demoMasterKeyID); err != nil {
+		return err
+	}
+	if d.keyring, err = wrap.LoadKeyring(keyringPath); err != nil {
+		return err
+	}
+	if d.verifyKey, d.signingKey, err = ed25519.GenerateKey(rand.Reader); err != nil {
+		return err
+	}
+	d.out.printf("  master keyring %s, current key %s (AES-256; never shown)\n", filepath.Base(keyringPath), d.keyring.Current())
+	d.out.printf("  manifest key   Ed25519, public key %x…\n", d.verifyKey[:8])
+
+	url := d.opts.Store
+	if url == "" {
+		url = "file://" + filepath.Join(ws, "store")
+	}
+	if d.st, err = storeurl.Open(url, storeurl.Options{}); err != nil {
+		return err
+	}
+	d.prefix = newRunPrefix(time.Now())
+	if d.opts.Store == "" {
+		d.out.printf("  store          file store in the workspace, this run under %s\n", d.prefix)
+	} else {
+		d.out.printf("  store          %s, this run under %s\n", d.opts.Store, d.prefix)
+		d.out.printf("                 (deleted at the end unless --keep)\n")
+	}
 	return nil
 }
 
-// prepareA manufactures HSM A, creates its crypto officer and crypto user,
-// and generates the user's keys.
-func (d *demo) prepareA(ctx context.Context) error {
-	a, err := d.manufacture("hsm-a", d.op)
+// serveMembers manufactures HSMs A and B and serves each on loopback.
+func (d *demo) serveMembers(ctx context.Context) error {
+	var err error
+	for _, m := range []struct {
+		dst  **demoHSM
+		name string
+	}{{&d.a, "A"}, {&d.b, "B"}} {
+		if *m.dst, err = d.serveHSM(m.name, d.op); err != nil {
+			return err
+		}
+		d.describeHSM(*m.dst)
+	}
+	d.out.printf("  TLS 1.3        each presents its device certificate until its cluster is initialized\n")
+	return nil
+}
+
+// describeHSM prints one line about a freshly served HSM.
+func (d *demo) describeHSM(h *demoHSM) {
+	d.out.printf("  HSM %s          serial %s, %s, firmware %s, operator %s, on %s\n",
+		h.name, h.id.Serial, h.id.Class, h.id.Firmware, h.id.Operator, h.addr)
+}
+
+// initCluster initializes the cluster on HSM A as a CloudHSM customer
+// does, creates the first crypto officer and adds HSM B as a member.
+func (d *demo) initCluster(ctx context.Context) error {
+	pre, err := d.deviceClient(d.a)
 	if err != nil {
 		return err
 	}
-	d.a = a
-	id := a.Identity()
-	d.out.printf("  manufactured   serial %s, class %s, firmware %s, operator %s\n", id.Serial, id.Class, id.Firmware, id.Operator)
+	defer pre.Close()
+	der, err := pre.ClusterCSR(ctx, demoClusterID)
+	if err != nil {
+		return fmt.Errorf("cluster CSR: %w", err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return fmt.Errorf("cluster CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return fmt.Errorf("cluster CSR: %w", err)
+	}
+	if csr.Subject.CommonName != demoClusterID {
+		return fmt.Errorf("cluster CSR names %q, not %q", csr.Subject.CommonName, demoClusterID)
+	}
+	// The attestation, to a fresh nonce, proves what the HSM is and that
+	// the CSR's key is the cluster key that HSM made.
+	st, err := d.attest(ctx, pre, hsmcore.Expectation{
+		Class: demoClass, Manufacturer: demoManufacturer, Operator: demoOperator, MinFirmware: demoFirmware,
+	})
+	if err != nil {
+		return fmt.Errorf("attest HSM A: %w", err)
+	}
+	keyHash, err := hsmcore.PublicKeyHash(csr.PublicKey)
+	if err != nil {
+		return fmt.Errorf("cluster CSR: %w", err)
+	}
+	if !bytes.Equal(st.ClusterKeyHash, keyHash) {
+		return errors.New("cluster CSR: its key is not the cluster key HSM A attests to")
+	}
+	d.out.printf("  attested       HSM A: %s/%s/%s, fresh nonce, both chains verified\n", st.Manufacturer, st.Class, st.Operator)
+	d.out.printf("  cluster CSR    for %s; its key is the one HSM A attests to\n", demoClusterID)
 
-	officerPassword, userPassword := newPassword(), newPassword()
-	if err := a.Initialize(demoOfficer, officerPassword); err != nil {
-		return err
+	if d.clusterCert, err = d.ca.signCSR(csr); err != nil {
+		return fmt.Errorf("sign cluster CSR: %w", err)
 	}
-	if d.aOfficer, err = a.Login(demoOfficer, officerPassword); err != nil {
-		return err
+	if err := pre.InitializeCluster(ctx, d.clusterCert, d.ca.cert.Raw); err != nil {
+		return fmt.Errorf("initialize cluster: %w", err)
 	}
-	if err := d.aOfficer.CreateUser(demoUser, hsmcore.CryptoUser, userPassword); err != nil {
-		return err
-	}
-	if d.aUser, err = a.Login(demoUser, userPassword); err != nil {
-		return err
-	}
-	d.userPassword = userPassword
-	d.out.printf("  users          crypto officer %q, crypto user %q (random passwords, not shown)\n", demoOfficer, demoUser)
+	d.out.printf("  initialized    the customer CA signed it; HSM A now presents the cluster certificate\n")
+	d.out.printf("                 and accepts only clients with certificates from the customer CA\n")
 
-	keys, err := d.aUser.GenerateKeys([]hsmcore.KeySpec{
+	d.officerPassword = newPassword()
+	co, err := d.memberClient(d.a)
+	if err != nil {
+		return err
+	}
+	defer co.Close()
+	if err := co.Initialize(ctx, demoOfficer, d.officerPassword); err != nil {
+		return fmt.Errorf("create crypto officer: %w", err)
+	}
+	d.officer, err = cluster.Open(ctx, cluster.Config{
+		Members:       []string{d.a.addr},
+		Client:        d.clusterClientConfig(),
+		OperatorRoots: d.opRoots,
+	}, demoOfficer, d.officerPassword)
+	if err != nil {
+		return fmt.Errorf("log in as %s: %w", demoOfficer, err)
+	}
+	d.closers = append(d.closers, d.officer.Close)
+	d.out.printf("  crypto officer %q created and logged in over mutual TLS (random password, not shown)\n", demoOfficer)
+
+	if err := d.officer.AddMember(ctx, d.b.addr); err != nil {
+		return err
+	}
+	d.out.printf("  member added   HSM B: attested (same class, manufacturer, operator), cloned from A by image\n")
+	return d.membersInSync(ctx, d.officer)
+}
+
+// membersInSync checks that every member of c is healthy and holds the
+// same state, and says so.
+func (d *demo) membersInSync(ctx context.Context, c *cluster.Cluster) error {
+	ms := c.Members(ctx)
+	for _, m := range ms {
+		if !m.Healthy || !m.InSync || m.Digest != ms[0].Digest {
+			return fmt.Errorf("member %s: healthy %t, in sync %t, state digest %s", m.Addr, m.Healthy, m.InSync, m.Digest)
+		}
+	}
+	d.out.printf("  members        %d, in sync: state digest %s on each\n", len(ms), short(ms[0].Digest))
+	return nil
+}
+
+// createKeys creates the crypto user, who generates keys on the cluster
+// and uses them.
+func (d *demo) createKeys(ctx context.Context) error {
+	d.userPassword = newPassword()
+	if err := d.officer.CreateUser(ctx, demoUser, hsmcore.CryptoUser, d.userPassword); err != nil {
+		return fmt.Errorf("create crypto user: %w", err)
+	}
+	cu, err := cluster.Open(ctx, cluster.Config{
+		Members: []string{d.a.addr, d.b.addr},
+		Client:  d.clusterClientConfig(),
+	}, demoUser, d.userPassword)
+	if err != nil {
+		return fmt.Errorf("log in as %s: %w", demoUser, err)
+	}
+	defer cu.Close()
+	d.out.printf("  crypto user    %q created on every member and logged in (random password, not shown)\n", demoUser)
+
+	keys, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{
 		{Type: hsmcore.AES, Bits: 256, Label: "payroll-data", Encrypt: true, Decrypt: true},
 		{Type: hsmcore.EC, Curve: "P-384", Label: "payroll-approval", Sign: true, Verify: true},
 		{Type: hsmcore.RSA, Bits: 2048, Label: "legacy-signing", Sign: true, Verify: true},
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("generate keys: %w", err)
 	}
 	d.aesKey, d.signers = keys[0], keys[1:]
-	d.out.printf("  generated %d non-extractable token keys owned by %q:\n", len(keys), demoUser)
-	return d.keyTable(keys)
+	d.out.printf("  generated %d non-extractable keys, replicated to both members:\n", len(keys))
+	if err := d.keyTable(keys); err != nil {
+		return err
+	}
+
+	if d.ciphertext, err = cu.Encrypt(ctx, d.aesKey.Handle, demoMessage, nil); err != nil {
+		return fmt.Errorf("encrypt: %w", err)
+	}
+	d.out.printf("  message        %q\n", demoMessage)
+	d.out.printf("  encrypted      with key %d (AES-256-GCM): %d bytes\n", d.aesKey.Handle, len(d.ciphertext))
+	for _, k := range d.signers {
+		sig, err := cu.Sign(ctx, k.Handle, demoMessage)
+		if err != nil {
+			return fmt.Errorf("sign with key %d: %w", k.Handle, err)
+		}
+		d.signatures = append(d.signatures, sig)
+		d.out.printf("  signed         with key %d (%s): %d-byte signature\n", k.Handle, signatureScheme(k), len(sig))
+	}
+	return d.membersInSync(ctx, cu)
 }
 
 // keyTable prints keys as an indented table.
@@ -126,26 +294,6 @@ func keyType(k hsmcore.KeyInfo) string {
 	return fmt.Sprintf("%s-%d", strings.ToUpper(string(k.Type)), k.Bits)
 }
 
-// useKeysOnA encrypts the message and signs it with each signing key.
-func (d *demo) useKeysOnA(ctx context.Context) error {
-	ct, err := d.aUser.Encrypt(d.aesKey.Handle, demoMessage, nil)
-	if err != nil {
-		return err
-	}
-	d.ciphertext = ct
-	d.out.printf("  message        %q\n", demoMessage)
-	d.out.printf("  encrypted      with key %d (AES-256-GCM): %d bytes of nonce, ciphertext and tag\n", d.aesKey.Handle, len(ct))
-	for _, k := range d.signers {
-		sig, err := d.aUser.Sign(k.Handle, demoMessage)
-		if err != nil {
-			return err
-		}
-		d.signatures = append(d.signatures, sig)
-		d.out.printf("  signed         with key %d (%s): %d-byte signature\n", k.Handle, signatureScheme(k), len(sig))
-	}
-	return nil
-}
-
 // signatureScheme names the scheme hsmcore's Sign uses with key k.
 func signatureScheme(k hsmcore.KeyInfo) string {
 	switch {
@@ -158,77 +306,143 @@ func signatureScheme(k hsmcore.KeyInfo) string {
 	}
 }
 
-// exportImage streams A's image into a file in the workspace.
-func (d *demo) exportImage(ctx context.Context) error {
-	h, r, err := d.aOfficer.ExportImage(ctx)
+// takeBackup backs the cluster up from member A, over a crypto officer's
+// session on that member.
+func (d *demo) takeBackup(ctx context.Context) error {
+	src, err := d.memberClient(d.a)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	d.imagePath = filepath.Join(d.ws, demoImage)
-	f, err := os.OpenFile(d.imagePath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	defer src.Close()
+	if _, err := src.Login(ctx, demoOfficer, d.officerPassword); err != nil {
+		return fmt.Errorf("log in on HSM A: %w", err)
+	}
+	defer src.Logout(context.WithoutCancel(ctx))
+	m, err := backup.Create(ctx, src, d.st, backup.CreateOptions{
+		ClusterID:          demoClusterID,
+		Recipients:         []wrap.Recipient{d.keyring},
+		SigningKey:         d.signingKey,
+		Prefix:             d.prefix,
+		Tags:               map[string]string{"made-by": "hsmbackup-demo"},
+		ClusterCertificate: d.clusterCert,
+		CustomerCA:         d.ca.cert.Raw,
+	})
 	if err != nil {
 		return err
 	}
-	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, sum), r)
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", demoImage, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", demoImage, err)
-	}
-	d.header = h
-	d.out.printf("  image          %s, %d bytes, streamed from the HSM by crypto officer %q\n", demoImage, n, demoOfficer)
-	d.out.printf("  sha256         %x\n", sum.Sum(nil))
-	d.out.printf("  image id       %x\n", h.ImageID)
-	d.out.printf("  source         serial %s, %s/%s/%s, firmware %s\n", h.Source.Serial, h.Source.Manufacturer, h.Source.Class, h.Source.Operator, h.Source.Firmware)
-	d.out.printf("  PBK            fingerprint %x (first 8 bytes); the body is under a fresh EBK wrapped by the PBK\n", h.PBKFingerprint[:8])
+	d.manifest = m
+	d.out.printf("  backup         %s of %s, taken from HSM A (serial %s)\n", m.ID, m.ClusterID, m.Source.Serial)
+	d.out.printf("  inner image    %d bytes, encrypted by the HSM under its PBK, image id %s\n", m.ImageSize, m.ImageID)
+	d.out.printf("  outer envelope wrapped again to %s, streamed into the store\n", strings.Join(m.Recipients, ", "))
+	d.out.printf("  stored         %s: %d bytes, sha256 %s\n", backup.ImageObject, m.ObjectSize, short(m.ObjectSHA256))
+	d.out.printf("  manifest       %s, signed with the Ed25519 key, written last and create-only\n", backup.ManifestObject)
+	d.out.printf("                 both under %s\n", strings.TrimSuffix(backup.ObjectKey(d.prefix, m.ClusterID, m.ID, ""), "/"))
 	return nil
 }
 
-// restoreIntoB attests a new matching HSM, restores the image into it, and
-// uses the restored keys there.
-func (d *demo) restoreIntoB(ctx context.Context) error {
-	b, err := d.manufacture("hsm-b", d.op)
+// listAndVerify lists the run's backups and verifies the new one in full.
+func (d *demo) listAndVerify(ctx context.Context) error {
+	ms, err := backup.List(ctx, d.st, d.prefix, backup.Filter{})
 	if err != nil {
 		return err
 	}
-	st, err := d.attest(b, d.header)
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "    BACKUP\tCLUSTER\tSOURCE\tSTATE\tOBJECT BYTES\tCREATED")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%d\t%s\n", m.ID, m.ClusterID, m.Source.Serial, m.State, m.ObjectSize, m.Created.Format(time.RFC3339))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	d.out.printf("  listed %d backup(s):\n%s", len(ms), buf.String())
+	if len(ms) != 1 || ms[0].ID != d.manifest.ID {
+		return fmt.Errorf("listed %d backups, want just %s", len(ms), d.manifest.ID)
+	}
+	err = backup.Verify(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
 	if err != nil {
 		return err
 	}
-	d.out.printf("  attestation verified: serial %s, %s/%s/%s, firmware %s\n", st.Serial, st.Manufacturer, st.Class, st.Operator, st.Firmware)
-	d.out.printf("                 both device certificates chain to the roots; fresh nonce; PBK matches the image\n")
+	d.out.printf("  verified       manifest signature, object SHA-256, outer envelope, inner image header: ok\n")
+	return nil
+}
 
-	h, err := importFile(ctx, b, d.imagePath)
-	if err != nil {
-		return err
-	}
-	d.out.printf("  imported       image %x into uninitialized HSM B (no session needed)\n", h.ImageID)
+// verifyOptions verify backups in full, as restore does.
+func (d *demo) verifyOptions() backup.VerifyOptions {
+	return backup.VerifyOptions{PublicKey: d.verifyKey, Identities: []wrap.Identity{d.keyring}, Deep: true}
+}
 
-	s, err := b.Login(demoUser, d.userPassword)
+// restoreOptions are the options of every restore in the demo.
+func (d *demo) restoreOptions() restore.Options {
+	return restore.Options{
+		PublicKey:         d.verifyKey,
+		Identities:        []wrap.Identity{d.keyring},
+		ManufacturerRoots: d.mfrRoots,
+		OperatorRoots:     d.opRoots,
+	}
+}
+
+// restoreInto restores the demo's backup into the HSM behind target.
+func (d *demo) restoreInto(ctx context.Context, target *client.Client) (*restore.Result, error) {
+	return restore.Restore(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, target, d.restoreOptions())
+}
+
+// freshTarget serves a new HSM for operator op and returns it with a
+// client that trusts it as a device: a restore target.
+func (d *demo) freshTarget(name string, op *hsmcore.Authority) (*demoHSM, *client.Client, error) {
+	h, err := d.serveHSM(name, op)
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := d.deviceClient(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	return h, cl, nil
+}
+
+// restoreIntoC restores the backup into a fresh HSM of the same class,
+// manufacturer and operator, then logs in there as the crypto user and
+// uses the keys made before the backup.
+func (d *demo) restoreIntoC(ctx context.Context) error {
+	c, target, err := d.freshTarget("C", d.op)
 	if err != nil {
 		return err
 	}
-	defer s.Logout()
-	d.out.printf("  logged in      as %q with the password set on HSM A\n", demoUser)
-	pt, err := s.Decrypt(d.aesKey.Handle, d.ciphertext, nil)
+	defer target.Close()
+	d.out.printf("  HSM C          serial %s, %s, operator %s, uninitialized, on %s\n", c.id.Serial, c.id.Class, c.id.Operator, c.addr)
+	res, err := d.restoreInto(ctx, target)
 	if err != nil {
 		return err
+	}
+	d.out.printf("  restored       %s into HSM C (serial %s): backup verified in full,\n", res.BackupID, res.TargetSerial)
+	d.out.printf("                 HSM C attested (fresh nonce, class, operator, PBK), image streamed in and committed\n")
+
+	cu, err := d.memberClient(c)
+	if err != nil {
+		return err
+	}
+	defer cu.Close()
+	if _, err := cu.Login(ctx, demoUser, d.userPassword); err != nil {
+		return fmt.Errorf("log in on HSM C: %w", err)
+	}
+	defer cu.Logout(context.WithoutCancel(ctx))
+	d.out.printf("  logged in      on HSM C as %q over mutual TLS: it presents the %s certificate now\n", demoUser, demoClusterID)
+	pt, err := cu.Decrypt(ctx, d.aesKey.Handle, d.ciphertext, nil)
+	if err != nil {
+		return fmt.Errorf("decrypt on HSM C: %w", err)
 	}
 	if !bytes.Equal(pt, demoMessage) {
 		return fmt.Errorf("decrypted message differs from the original: %w", hsmcore.ErrTampered)
 	}
-	d.out.printf("  decrypted      A's ciphertext with key %d: %q\n", d.aesKey.Handle, pt)
+	d.out.printf("  decrypted      the ciphertext made before the backup, with key %d: %q\n", d.aesKey.Handle, pt)
 	for i, k := range d.signers {
-		if err := s.Verify(k.Handle, demoMessage, d.signatures[i]); err != nil {
-			return fmt.Errorf("signature by key %d: %w", k.Handle, err)
+		if err := cu.Verify(ctx, k.Handle, demoMessage, d.signatures[i]); err != nil {
+			return fmt.Errorf("verify signature by key %d on HSM C: %w", k.Handle, err)
 		}
-		d.out.printf("  verified       A's signature with key %d (%s)\n", k.Handle, keyType(k))
+		d.out.printf("  verified       the signature made before the backup with key %d (%s)\n", k.Handle, keyType(k))
 	}
-	restored, err := s.Keys()
+	restored, err := cu.Keys(ctx)
 	if err != nil {
 		return err
 	}
@@ -236,7 +450,7 @@ func (d *demo) restoreIntoB(ctx context.Context) error {
 	if err := sameKeys(restored, want); err != nil {
 		return err
 	}
-	d.out.printf("  restored keys work on HSM B: %d keys, same handles and KCVs as on HSM A\n", len(restored))
+	d.out.printf("  restored keys work on HSM C: %d keys, same handles and KCVs as in the cluster\n", len(restored))
 	return nil
 }
 
@@ -255,135 +469,101 @@ func sameKeys(got, want []hsmcore.KeyInfo) error {
 	return nil
 }
 
-// refuseMismatch shows an HSM of the same class but another operator
-// failing attestation and refusing the image itself.
+// refuseMismatch shows a genuine HSM of the same class but another
+// operator failing the restore's attestation, and left unchanged.
 func (d *demo) refuseMismatch(ctx context.Context) error {
-	c, err := d.manufacture("hsm-c", d.otherOp)
+	h, target, err := d.freshTarget("D", d.otherOp)
 	if err != nil {
 		return err
 	}
-	id := c.Identity()
-	d.out.printf("  manufactured   serial %s, class %s, operator %s\n", id.Serial, id.Class, id.Operator)
-	if _, err = d.attest(c, d.header); !errors.Is(err, hsmcore.ErrAttestation) {
-		return fmt.Errorf("attestation of HSM C: got %v, want %w", err, hsmcore.ErrAttestation)
+	defer target.Close()
+	d.out.printf("  HSM D          serial %s, %s, operator %s, uninitialized, on %s\n", h.id.Serial, h.id.Class, h.id.Operator, h.addr)
+	d.out.printf("                 genuine: both chains verify; only the operator differs\n")
+	before, err := target.Health(ctx)
+	if err != nil {
+		return err
 	}
-	d.out.printf("  attestation    rejected: %v\n", err)
-	d.out.printf("  import anyway, to show that the HSM checks for itself:\n")
-	_, err = importFile(ctx, c, d.imagePath)
-	if !errors.Is(err, hsmcore.ErrHardwareMismatch) {
-		return fmt.Errorf("import into HSM C: got %v, want %w", err, hsmcore.ErrHardwareMismatch)
+	_, err = d.restoreInto(ctx, target)
+	if !errors.Is(err, restore.ErrAttestation) {
+		return fmt.Errorf("restore into HSM D (%s): got %v, want %w", h.addr, err, restore.ErrAttestation)
 	}
 	d.out.printf("  refused        %v\n", err)
-	return d.unchanged("C", c)
+	return d.unchanged(ctx, "D", target, before)
 }
 
-// refuseTampered flips one byte in the middle of a copy of the image and
-// shows a fresh matching HSM refusing it.
+// refuseTampered flips one byte of the stored image object and shows
+// verify naming the layer that failed and restore refusing the backup.
 func (d *demo) refuseTampered(ctx context.Context) error {
-	path := filepath.Join(d.ws, demoTampered)
-	off, size, err := tamperedCopy(d.imagePath, path)
+	key := backup.ObjectKey(d.prefix, d.manifest.ClusterID, d.manifest.ID, backup.ImageObject)
+	off, size, err := flipStoredByte(ctx, d.st, key)
+	if err != nil {
+		return fmt.Errorf("tamper with %s: %w", key, err)
+	}
+	d.out.printf("  tampered       flipped byte %d of %d of the stored image object, through the store\n", off, size)
+
+	err = backup.Verify(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
+	if !errors.Is(err, backup.ErrObjectHash) {
+		return fmt.Errorf("verify the tampered backup: got %v, want %w", err, backup.ErrObjectHash)
+	}
+	d.out.printf("  verify failed  at the %s layer: %v\n", verifyLayer(err), err)
+
+	h, target, err := d.freshTarget("E", d.op)
 	if err != nil {
 		return err
 	}
-	d.out.printf("  tampered copy  %s: byte %d of %d flipped (inside the encrypted body)\n", demoTampered, off, size)
-	dev, err := d.manufacture("hsm-d", d.op)
+	defer target.Close()
+	d.out.printf("  HSM E          serial %s, %s, operator %s, uninitialized, on %s: a fit target\n", h.id.Serial, h.id.Class, h.id.Operator, h.addr)
+	before, err := target.Health(ctx)
 	if err != nil {
 		return err
 	}
-	d.out.printf("  manufactured   serial %s, same class, manufacturer and operator as HSM A\n", dev.Identity().Serial)
-	_, err = importFile(ctx, dev, path)
-	if !errors.Is(err, hsmcore.ErrTampered) {
-		return fmt.Errorf("import of tampered image: got %v, want %w", err, hsmcore.ErrTampered)
+	_, err = d.restoreInto(ctx, target)
+	if !errors.Is(err, restore.ErrVerify) || !errors.Is(err, backup.ErrObjectHash) {
+		return fmt.Errorf("restore of the tampered backup: got %v, want %w and %w", err, restore.ErrVerify, backup.ErrObjectHash)
 	}
 	d.out.printf("  refused        %v\n", err)
-	return d.unchanged("D", dev)
+	return d.unchanged(ctx, "E", target, before)
 }
 
-// unchanged checks that a device that refused an import is still
-// uninitialized and that its audit log records the refusal.
-func (d *demo) unchanged(name string, dev *hsmcore.Device) error {
-	if dev.Initialized() {
-		return fmt.Errorf("HSM %s has users after a refused import", name)
+// verifyLayer names the layer a failed backup.Verify reports.
+func verifyLayer(err error) string {
+	switch {
+	case errors.Is(err, backup.ErrManifest):
+		return "manifest"
+	case errors.Is(err, backup.ErrObjectHash):
+		return "object hash"
+	case errors.Is(err, backup.ErrOuterLayer):
+		return "outer envelope"
+	case errors.Is(err, backup.ErrInnerHeader):
+		return "inner image header"
 	}
-	entries, _, err := dev.AuditLog()
-	if err != nil {
-		return err
-	}
-	if len(entries) == 0 {
-		return fmt.Errorf("HSM %s's audit log is empty", name)
-	}
-	last := entries[len(entries)-1]
-	if last.Op != "image.import" || last.Result != "refused" {
-		return fmt.Errorf("HSM %s's last audit entry is %s %s, want image.import refused", name, last.Op, last.Result)
-	}
-	d.out.printf("  HSM %s unchanged: still uninitialized; its audit log records %s %s\n", name, last.Op, last.Result)
-	return nil
+	return "storage"
 }
 
-// tamperedCopy copies the image at src to dst and flips one byte in the
-// middle of dst's body, returning its offset and the file size.
-func tamperedCopy(src, dst string) (off, size int64, err error) {
-	data, err := os.ReadFile(src)
+// maxTamperSize bounds the object flipStoredByte reads into memory: the
+// demo's image is a few kilobytes.
+const maxTamperSize = 64 << 20
+
+// flipStoredByte replaces the object at key with a copy whose middle byte
+// is flipped, through the store's API, and returns the byte's offset and
+// the object's size.
+func flipStoredByte(ctx context.Context, st store.Store, key string) (off, size int64, err error) {
+	rc, err := st.Get(ctx, key)
 	if err != nil {
 		return 0, 0, err
 	}
-	_, raw, err := hsmcore.ReadImageHeader(bytes.NewReader(data))
+	b, err := io.ReadAll(io.LimitReader(rc, maxTamperSize+1))
+	rc.Close()
 	if err != nil {
 		return 0, 0, err
 	}
-	size = int64(len(data))
-	off = int64(len(raw)) + (size-int64(len(raw)))/2
-	data[off] ^= 0xff
-	if err := os.WriteFile(dst, data, 0o600); err != nil {
+	if len(b) == 0 || len(b) > maxTamperSize {
+		return 0, 0, fmt.Errorf("object of %d bytes", len(b))
+	}
+	off = int64(len(b) / 2)
+	b[off] ^= 0xff
+	if err := st.Put(ctx, key, bytes.NewReader(b), store.PutOptions{}); err != nil {
 		return 0, 0, err
 	}
-	return off, size, nil
-}
-
-// importFile streams the image at path into dev, which must be
-// uninitialized.
-func importFile(ctx context.Context, dev *hsmcore.Device, path string) (*hsmcore.ImageHeader, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return dev.ImportImage(ctx, nil, bufio.NewReader(f))
-}
-
-// verifyAudit verifies A's audit log against the head its device key
-// signed, taking the device certificate from a verified attestation.
-func (d *demo) verifyAudit(ctx context.Context) error {
-	st, err := d.attest(d.a, d.header)
-	if err != nil {
-		return err
-	}
-	entries, head, err := d.a.AuditLog()
-	if err != nil {
-		return err
-	}
-	if err := hsmcore.VerifyAuditLog(entries, head, st.Certificate); err != nil {
-		return err
-	}
-	d.out.printf("  audit log      %d entries verified: hash chain intact, head signed by the device key of %s\n", len(entries), head.Serial)
-	d.out.printf("  operations     %s\n", opCounts(entries))
-	return nil
-}
-
-// opCounts summarizes audit entries as "op n, op n, …" in order of first
-// appearance.
-func opCounts(entries []audit.Entry) string {
-	var order []string
-	count := map[string]int{}
-	for _, e := range entries {
-		if count[e.Op] == 0 {
-			order = append(order, e.Op)
-		}
-		count[e.Op]++
-	}
-	parts := make([]string, len(order))
-	for i, op := range order {
-		parts[i] = fmt.Sprintf("%s %d", op, count[op])
-	}
-	return strings.Join(parts, ", ")
+	return off, int64(len(b)), nil
 }

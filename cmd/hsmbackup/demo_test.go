@@ -5,13 +5,23 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/internal/miniotest"
+	"github.com/hsmbackup/hsmbackup/store/storeurl"
 )
 
 // cheapPasswords is a PBKDF2 cost that keeps in-process demo runs fast;
@@ -21,40 +31,65 @@ const cheapPasswords = 1000
 // demoWants are lines, or parts of lines, every successful demo prints:
 // one or more per step, the refusals included.
 var demoWants = []string{
-	"[1/8] workspace, manufacturer and operators",
+	"[1/9] workspace, authorities, customer CA, master keyring, store",
 	"manufacturer   acme-hsm",
 	"operator       example-cloud",
 	"operator       other-cloud",
-	"[2/8] HSM A: manufacture, initialize, generate keys",
-	"class hsm2m.medium, firmware 2.1.0, operator example-cloud",
+	`customer CA    "example-corp customer root CA" (ECDSA P-256)`,
+	"master keyring master.keyring, current key demo-master v1",
+	"manifest key   Ed25519, public key ",
+	"this run under hsmbackup-demo/",
+	"[2/9] HSMs A and B: manufacture, serve on loopback TLS",
+	"HSM A          serial HSM-",
+	"HSM B          serial HSM-",
+	"hsm2m.medium, firmware 2.1.0, operator example-cloud, on 127.0.0.1:",
+	"[3/9] cluster: attest, CSR signed by the customer CA, first crypto officer, add B",
+	"attested       HSM A: acme-hsm/hsm2m.medium/example-cloud, fresh nonce, both chains verified",
+	"cluster CSR    for cluster-demo; its key is the one HSM A attests to",
+	"HSM A now presents the cluster certificate",
+	`crypto officer "admin" created and logged in over mutual TLS`,
+	"member added   HSM B: attested",
+	"members        2, in sync: state digest ",
+	"[4/9] crypto user and keys: generate, encrypt, sign",
+	`crypto user    "app-user" created on every member`,
 	"HANDLE  TYPE      LABEL             KCV",
 	"AES-256", "EC P-384", "RSA-2048",
-	"[3/8] HSM A: encrypt and sign",
 	"encrypted      with key 1 (AES-256-GCM)",
 	"signed         with key 2 (ECDSA P-384, SHA-384)",
 	"signed         with key 3 (RSA-PSS, SHA-256)",
-	"[4/8] HSM A: export its image",
-	"image          hsm-a.img, ",
-	"image id       ",
-	"source         serial HSM-",
-	"PBK            fingerprint ",
-	"[5/8] HSM B (same class, manufacturer, operator): attest, restore, use",
-	"attestation verified: serial HSM-",
-	"into uninitialized HSM B",
-	"decrypted      A's ciphertext with key 1",
-	"verified       A's signature with key 2",
-	"verified       A's signature with key 3",
-	"restored keys work on HSM B: 3 keys",
-	"[6/8] HSM C (operator other-cloud): restore refused",
-	"attestation    rejected: ",
-	"hardware identity mismatch",
-	"HSM C unchanged: still uninitialized",
-	"[7/8] tampered image: restore refused",
-	"tampered copy  hsm-a-tampered.img: byte ",
-	"data tampered or corrupted",
-	"HSM D unchanged: still uninitialized",
-	"[8/8] HSM A: verify the audit log",
-	"entries verified: hash chain intact",
+	"[5/9] backup: HSM image, wrapped again, stored with a signed manifest",
+	"backup         backup-",
+	" of cluster-demo, taken from HSM A (serial HSM-",
+	"inner image    ",
+	"outer envelope wrapped again to keyring demo-master 1",
+	"stored         image: ",
+	"manifest       manifest.json, signed with the Ed25519 key, written last and create-only",
+	"/clusters/cluster-demo/backups/backup-",
+	"[6/9] list and verify the backup",
+	"listed 1 backup(s):",
+	"BACKUP                              CLUSTER       SOURCE            STATE  OBJECT BYTES  CREATED",
+	"cluster-demo  HSM-",
+	"verified       manifest signature, object SHA-256, outer envelope, inner image header: ok",
+	"[7/9] HSM C (fresh, same class and operator): restore, use the keys",
+	"operator example-cloud, uninitialized, on 127.0.0.1:",
+	"into HSM C (serial HSM-",
+	"HSM C attested (fresh nonce, class, operator, PBK), image streamed in and committed",
+	`logged in      on HSM C as "app-user" over mutual TLS`,
+	`decrypted      the ciphertext made before the backup, with key 1: "payroll batch 2024-06 approved by treasury"`,
+	"verified       the signature made before the backup with key 2 (EC P-384)",
+	"verified       the signature made before the backup with key 3 (RSA-2048)",
+	"restored keys work on HSM C: 3 keys, same handles and KCVs",
+	"[8/9] HSM D (operator other-cloud): restore refused",
+	"operator other-cloud, uninitialized, on 127.0.0.1:",
+	"genuine: both chains verify; only the operator differs",
+	"target failed attestation",
+	`operator "other-cloud", want "example-cloud"`,
+	"HSM D unchanged: still uninitialized, state digest ",
+	"[9/9] tampered image: verify and restore refuse it",
+	"tampered       flipped byte ",
+	"verify failed  at the object hash layer: ",
+	"image object does not match its manifest",
+	"HSM E unchanged: still uninitialized, state digest ",
 	"demo complete",
 }
 
@@ -63,6 +98,15 @@ func checkDemoOutput(t *testing.T, out string) {
 	for _, want := range demoWants {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	// Exactly one refusal per refused restore, and no secret on show.
+	if n := strings.Count(out, "  refused        restore backup-"); n != 2 {
+		t.Errorf("demo output shows %d refused restores, want 2", n)
+	}
+	for _, secret := range []string{"PRIVATE KEY", "password:", "Password"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("demo output shows %q", secret)
 		}
 	}
 	if t.Failed() {
@@ -82,6 +126,24 @@ func assertEmptyDir(t *testing.T, dir string) {
 	}
 }
 
+var hsmAddr = regexp.MustCompile(`on (127\.0\.0\.1:[0-9]+)`)
+
+// assertHSMsStopped fails unless the demo narrated serving at least min
+// HSMs and none of them still accepts connections.
+func assertHSMsStopped(t *testing.T, out string, min int) {
+	t.Helper()
+	addrs := hsmAddr.FindAllStringSubmatch(out, -1)
+	if len(addrs) < min {
+		t.Errorf("demo served %d HSMs, want at least %d", len(addrs), min)
+	}
+	for _, m := range addrs {
+		if c, err := net.DialTimeout("tcp", m[1], time.Second); err == nil {
+			c.Close()
+			t.Errorf("HSM at %s still serves after the demo", m[1])
+		}
+	}
+}
+
 func TestRunDemo(t *testing.T) {
 	dir := t.TempDir()
 	var out bytes.Buffer
@@ -89,10 +151,50 @@ func TestRunDemo(t *testing.T) {
 		t.Fatalf("runDemo: %v\noutput:\n%s", err, out.String())
 	}
 	checkDemoOutput(t, out.String())
-	if strings.Contains(out.String(), "workspace kept") {
-		t.Error("workspace reported kept without Keep")
+	if strings.Contains(out.String(), "kept") {
+		t.Error("workspace or objects reported kept without Keep")
 	}
 	assertEmptyDir(t, dir)
+	assertHSMsStopped(t, out.String(), 5)
+}
+
+// TestRunDemoFileStore runs the tour against a store the user names: the
+// demo's objects go under a prefix of their own and are deleted at the
+// end, and other objects are left alone.
+func TestRunDemoFileStore(t *testing.T) {
+	dir, storeDir := t.TempDir(), t.TempDir()
+	other := filepath.Join(storeDir, "someone-else", "object")
+	if err := os.MkdirAll(filepath.Dir(other), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, []byte("not the demo's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	opts := demoOptions{Dir: dir, PasswordIterations: cheapPasswords, Store: "file://" + storeDir}
+	if err := runDemo(context.Background(), &out, opts); err != nil {
+		t.Fatalf("runDemo: %v\noutput:\n%s", err, out.String())
+	}
+	checkDemoOutput(t, out.String())
+	for _, want := range []string{"store          file://" + storeDir + ", this run under hsmbackup-demo/", "store: deleted the 2 objects this run wrote under hsmbackup-demo/"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	assertEmptyDir(t, dir)
+	ents, err := os.ReadDir(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") { // the store's own
+			names = append(names, e.Name())
+		}
+	}
+	if !slices.Equal(names, []string{"someone-else"}) {
+		t.Errorf("store after the demo holds %q; want only someone-else", names)
+	}
 }
 
 func TestRunDemoKeep(t *testing.T) {
@@ -109,10 +211,23 @@ func TestRunDemoKeep(t *testing.T) {
 	if !strings.Contains(out.String(), "workspace kept: "+ws+"\n") {
 		t.Errorf("output does not name the kept workspace %s:\n%s", ws, out.String())
 	}
-	for _, name := range []string{demoImage, demoTampered, "hsm-a", "hsm-b", "authorities"} {
+	for _, name := range []string{"authorities", "customer-ca.crt", "master.keyring", "hsm-a", "hsm-b", "hsm-c", "hsm-d", "hsm-e", "store"} {
 		if _, err := os.Stat(filepath.Join(ws, name)); err != nil {
 			t.Errorf("kept workspace: %v", err)
 		}
+	}
+	// The backup is kept in the store, and the kept tools find it.
+	st, err := storeurl.Open("file://"+filepath.Join(ws, "store"), storeurl.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := regexp.MustCompile(`this run under (\S+)`).FindStringSubmatch(out.String())
+	if prefix == nil {
+		t.Fatalf("output names no prefix:\n%s", out.String())
+	}
+	ms, err := backup.List(context.Background(), st, prefix[1], backup.Filter{})
+	if err != nil || len(ms) != 1 || ms[0].ClusterID != demoClusterID {
+		t.Errorf("kept store lists %v, %v; want one backup of %s", ms, err, demoClusterID)
 	}
 }
 
@@ -128,6 +243,47 @@ func TestRunDemoCancelled(t *testing.T) {
 	assertEmptyDir(t, dir)
 }
 
+// cancelWriter cancels a context once the output shows a given line.
+type cancelWriter struct {
+	buf    bytes.Buffer
+	at     string
+	cancel context.CancelFunc
+}
+
+func (w *cancelWriter) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	if strings.Contains(w.buf.String(), w.at) {
+		w.cancel()
+	}
+	return len(p), nil
+}
+
+// TestRunDemoCancelledMidway cancels the demo as each step starts: the
+// step fails with the context's error, and the demo stops every HSM it
+// served and removes its workspace.
+func TestRunDemoCancelledMidway(t *testing.T) {
+	for i, s := range demoSteps {
+		t.Run(s.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			w := &cancelWriter{at: fmt.Sprintf("[%d/%d]", i+1, len(demoSteps)), cancel: cancel}
+			err := runDemo(ctx, w, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("runDemo cancelled at step %d: %v, want context.Canceled\noutput:\n%s", i+1, err, w.buf.String())
+			}
+			if !strings.HasPrefix(err.Error(), s.name+": ") && !strings.HasPrefix(err.Error(), demoSteps[min(i+1, len(demoSteps)-1)].name+": ") {
+				t.Errorf("error %q names neither step %d nor the next", err, i+1)
+			}
+			if strings.Contains(w.buf.String(), "demo complete") {
+				t.Error("a cancelled demo reported completion")
+			}
+			assertEmptyDir(t, dir)
+			assertHSMsStopped(t, w.buf.String(), 0)
+		})
+	}
+}
+
 // failingWriter fails every write.
 type failingWriter struct{}
 
@@ -140,6 +296,77 @@ func TestRunDemoWriteError(t *testing.T) {
 		t.Fatalf("runDemo into a failing writer: %v; want the write error", err)
 	}
 	assertEmptyDir(t, dir)
+}
+
+// TestRunDemoBadStore fails in the first step, and cleans up.
+func TestRunDemoBadStore(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	err := runDemo(context.Background(), &out, demoOptions{Dir: dir, PasswordIterations: cheapPasswords, Store: "ftp://example.com/backups"})
+	if err == nil || !strings.HasPrefix(err.Error(), "set up workspace: ") || !strings.Contains(err.Error(), `unknown scheme "ftp"`) {
+		t.Fatalf("runDemo with an ftp store: %v; want the first step's name and the URL's fault", err)
+	}
+	assertEmptyDir(t, dir)
+}
+
+// TestRunDemoS3 runs the tour against a real MinIO: once with Keep, then
+// once without, which must not collide with the kept objects and deletes
+// only what it wrote.
+func TestRunDemoS3(t *testing.T) {
+	srv := miniotest.Start(t)
+	bucket := srv.NewBucket(t, miniotest.BucketOptions{})
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	t.Setenv("AWS_REGION", "us-east-1")
+	url := "s3://" + bucket + "/tenant-a?endpoint=" + srv.URL()
+	objects := func() []string {
+		t.Helper()
+		var keys []string
+		for oi := range srv.Client(t).ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Recursive: true}) {
+			if oi.Err != nil {
+				t.Fatal(oi.Err)
+			}
+			keys = append(keys, oi.Key)
+		}
+		return keys
+	}
+	run := func(keep bool) (out, prefix string) {
+		t.Helper()
+		var buf bytes.Buffer
+		opts := demoOptions{Dir: t.TempDir(), Keep: keep, Store: url, PasswordIterations: cheapPasswords}
+		if err := runDemo(context.Background(), &buf, opts); err != nil {
+			t.Fatalf("runDemo --store %s: %v\noutput:\n%s", url, err, buf.String())
+		}
+		out = buf.String()
+		checkDemoOutput(t, out)
+		m := regexp.MustCompile(`store          ` + regexp.QuoteMeta(url) + `, this run under (hsmbackup-demo/\S+/)\n`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("output does not name the store and the run's prefix:\n%s", out)
+		}
+		return out, m[1]
+	}
+
+	out, keptPrefix := run(true)
+	if !strings.Contains(out, "stored objects kept: "+url+", under "+keptPrefix+"\n") {
+		t.Errorf("output does not say the objects are kept:\n%s", out)
+	}
+	kept := objects()
+	if len(kept) != 2 || !strings.HasPrefix(kept[0], "tenant-a/"+keptPrefix+"clusters/"+demoClusterID+"/backups/") ||
+		!strings.HasSuffix(kept[1], "/"+backup.ManifestObject) {
+		t.Errorf("after a kept run the bucket holds %q; want one backup under tenant-a/%s", kept, keptPrefix)
+	}
+
+	out, prefix := run(false)
+	if prefix == keptPrefix {
+		t.Errorf("two runs used one prefix, %s", prefix)
+	}
+	if !strings.Contains(out, "store: deleted the 2 objects this run wrote under "+prefix+"\n") {
+		t.Errorf("output does not report the deletion:\n%s", out)
+	}
+	if after := objects(); !slices.Equal(after, kept) {
+		t.Errorf("after a run without Keep the bucket holds %q, want %q", after, kept)
+	}
 }
 
 func TestReport(t *testing.T) {
@@ -189,6 +416,22 @@ func TestCLI(t *testing.T) {
 		assertEmptyDir(t, tmp)
 	})
 
+	// The global --store flag works for the demo too; the store is
+	// left as it was found.
+	t.Run("demo with --store", func(t *testing.T) {
+		tmp, storeDir := t.TempDir(), t.TempDir()
+		url := "file://" + storeDir
+		stdout, stderr, code := runBinary(t, bin, tmp, "--store", url, "demo")
+		if code != 0 || stderr != "" {
+			t.Fatalf("hsmbackup --store %s demo: exit %d, stderr %q\nstdout:\n%s", url, code, stderr, stdout)
+		}
+		checkDemoOutput(t, stdout)
+		if !strings.Contains(stdout, "store          "+url+", this run under ") {
+			t.Errorf("output does not name the store %s:\n%s", url, stdout)
+		}
+		assertEmptyDir(t, tmp)
+	})
+
 	for _, args := range [][]string{
 		{"nosuchcommand"},
 		{"demo", "--nosuchflag"},
@@ -229,10 +472,10 @@ func TestCLI(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// Step 2 does several password hashes at full cost: interrupt
-		// there, and the demo stops before step 3.
+		// Step 3 does several password hashes at full cost: interrupt
+		// there, and the demo stops before step 4.
 		sc := bufio.NewScanner(pipe)
-		for sc.Scan() && !strings.HasPrefix(sc.Text(), "[2/8]") {
+		for sc.Scan() && !strings.HasPrefix(sc.Text(), "[3/9]") {
 		}
 		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// The demo's infrastructure: the customer CA, HSMs served on loopback, and
+// the store's clean-up.
+
+// demoCA is the customer's own certificate authority: it signs the
+// cluster's CSR and issues client certificates, as in CloudHSM. Its key
+// lives only in memory.
+type demoCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// demoCertLife is how long the demo's certificates are valid.
+const demoCertLife = 24 * time.Hour
+
+func newDemoCA(name string) (*demoCA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: demoSerial(), Subject: pkix.Name{CommonName: name},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
+		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &demoCA{cert: cert, key: key}, nil
+}
+
+func demoSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic("hsmbackup: demo: " + err.Error()) // crypto/rand does not fail
+	}
+	return n
+}
+
+// signCSR issues the cluster certificate for csr, whose signature the
+// caller has checked: a server certificate naming the cluster.
+func (ca *demoCA) signCSR(csr *x509.CertificateRequest) ([]byte, error) {
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: demoSerial(), Subject: csr.Subject, DNSNames: csr.DNSNames,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	return x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
+}
+
+// clientCert issues a client certificate for cn with a fresh key.
+func (ca *demoCA) clientCert(cn string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: demoSerial(), Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// demoHSM is an HSM served in-process by hsmcore/server on a loopback
+// address, as `hsmbackup hsm serve` would serve it.
+type demoHSM struct {
+	name string // "A", "B"…
+	addr string // host:port
+	id   hsmcore.Identity
+	stop func() error // shuts the server down and closes the device
+}
+
+// serveHSM manufactures HSM name of the demo's class and manufacturer for
+// operator op in the workspace, and serves it on 127.0.0.1 with a port of
+// its own. The HSM is stopped by cleanUp.
+func (d *demo) serveHSM(name string, op *hsmcore.Authority) (*demoHSM, error) {
+	dir := filepath.Join(d.ws, "hsm-"+strings.ToLower(name))
+	dev, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{
+		Class:        demoClass,
+		Firmware:     demoFirmware,
+		Manufacturer: d.mfr,
+		Operator:     op,
+	}, hsmcore.Options{PasswordIterations: d.opts.PasswordIterations})
+	if err != nil {
+		return nil, fmt.Errorf("manufacture HSM %s: %w", name, err)
+	}
+	srv, err := server.New(server.Config{Device: dev})
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("serve HSM %s: %w", name, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("serve HSM %s: %w", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	h := &demoHSM{name: name, addr: ln.Addr().String(), id: dev.Identity()}
+	h.stop = func() error {
+		cancel()
+		return errors.Join(<-done, dev.Close())
+	}
+	d.hsms = append(d.hsms, h)
+	return h, nil
+}
+
+// deviceClient returns a client for an HSM whose cluster is not yet
+// initialized: it trusts the device certificate through the
+// manufacturer's root and presents no certificate of its own.
+func (d *demo) deviceClient(h *demoHSM) (*client.Client, error) {
+	return client.New(client.Config{Addr: h.addr, ManufacturerRoots: d.mfrRoots})
+}
+
+// clusterClientConfig returns the client configuration of the cluster's
+// members: mutual TLS with the client certificate from the customer CA,
+// which must also have signed the cluster certificate naming the demo's
+// cluster. The manufacturer's root lets the cluster client attest and
+// clone new members.
+func (d *demo) clusterClientConfig() client.Config {
+	cert := d.clientCert
+	return client.Config{
+		Certificate:       &cert,
+		CustomerCA:        d.ca.cert,
+		ClusterID:         demoClusterID,
+		ManufacturerRoots: d.mfrRoots,
+	}
+}
+
+// memberClient returns a client for member h of the cluster, trusting only
+// the cluster certificate.
+func (d *demo) memberClient(h *demoHSM) (*client.Client, error) {
+	cfg := d.clusterClientConfig()
+	cfg.Addr, cfg.ManufacturerRoots = h.addr, nil
+	return client.New(cfg)
+}
+
+// attest has the HSM behind cl attest to a fresh nonce and verifies the
+// answer against the manufacturer's and operators' roots and want.
+func (d *demo) attest(ctx context.Context, cl *client.Client, want hsmcore.Expectation) (*hsmcore.Statement, error) {
+	nonce := hsmcore.NewNonce()
+	att, err := cl.Attest(ctx, nonce)
+	if err != nil {
+		return nil, err
+	}
+	return hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
+		ManufacturerRoots: d.mfrRoots,
+		OperatorRoots:     d.opRoots,
+		Nonce:             nonce,
+		Expect:            want,
+	})
+}
+
+// unchanged checks that the HSM behind cl has the state it had before a
+// refused restore, and says so.
+func (d *demo) unchanged(ctx context.Context, name string, cl *client.Client, before api.Health) error {
+	after, err := cl.Health(ctx)
+	if err != nil {
+		return err
+	}
+	if after.StateDigest != before.StateDigest || after.Initialized != before.Initialized ||
+		after.ClusterInitialized != before.ClusterInitialized || after.ClusterID != before.ClusterID {
+		return fmt.Errorf("HSM %s changed after a refused restore: state digest %s, was %s", name, after.StateDigest, before.StateDigest)
+	}
+	if after.Initialized || after.ClusterInitialized {
+		return fmt.Errorf("HSM %s was not a fresh HSM", name)
+	}
+	d.out.printf("  HSM %s unchanged: still uninitialized, state digest %s before and after\n", name, short(after.StateDigest))
+	return nil
+}
+
+// short abbreviates a hex digest for the narration.
+func short(hexDigest string) string {
+	if len(hexDigest) > 16 {
+		return hexDigest[:16] + "…"
+	}
+	return hexDigest
+}
+
+// newRunPrefix returns the prefix of one run's objects in the store:
+// unique, so that runs against one store do not collide, and sorted by
+// time.
+func newRunPrefix(now time.Time) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("hsmbackup-demo/%s-%x/", now.UTC().Format("20060102T150405Z"), b)
+}
+
+// deleteObjects deletes every object under the run's prefix and returns
+// how many there were. It has a context of its own: it also runs after the
+// demo's was cancelled.
+func (d *demo) deleteObjects() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var keys []string
+	err := d.st.List(ctx, d.prefix, func(oi store.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := d.st.Delete(ctx, k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
