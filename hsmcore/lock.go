@@ -6,9 +6,17 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 const lockFile = "device.lock"
+
+// lockWait is how long a held lock is retried before the device is
+// reported in use. A process that forks a child while it holds the lock's
+// descriptor lends the lock to the child until the child execs (Go closes
+// descriptors at exec, not at fork): a device closed and opened again at
+// once can find its own lock held for some milliseconds.
+const lockWait = time.Second
 
 // lockDir takes an exclusive advisory lock on the device directory, so
 // that two processes never serve, and write, one HSM. The lock lasts until
@@ -18,7 +26,15 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock device: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	deadline := time.Now().Add(lockWait)
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("device %s is in use by another process: %w", dir, ErrPermission)

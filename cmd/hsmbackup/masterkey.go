@@ -12,7 +12,10 @@ import (
 )
 
 func masterkeyCommand() *cli.Command {
-	keyring := &cli.StringFlag{Name: "keyring", Usage: "keyring `FILE` (mode 0600)", Required: true}
+	// Not urfave/cli's Required, which prints the whole help: requireFlags.
+	keyring := func() cli.Flag {
+		return &cli.StringFlag{Name: "keyring", Usage: "keyring `FILE` (mode 0600; required)"}
+	}
 	return &cli.Command{
 		Name:  "masterkey",
 		Usage: "manage the backup service's master keyring",
@@ -20,14 +23,18 @@ func masterkeyCommand() *cli.Command {
 			"wrapped a second time. Rotation adds a new version and makes it current;\n" +
 			"older versions stay so that older backups still open. Key bytes are\n" +
 			"never printed.",
+		Action: groupAction,
 		Subcommands: []*cli.Command{
 			{
 				Name:         "generate",
 				Usage:        "add a new master key id and make it current (creates the keyring file, 0600, if needed)",
-				Flags:        []cli.Flag{keyring, &cli.StringFlag{Name: "id", Usage: "key `ID` (letters, digits, '.', '_', '-')", Required: true}},
+				Flags:        []cli.Flag{keyring(), &cli.StringFlag{Name: "id", Usage: "key `ID` (letters, digits, '.', '_', '-'; required)"}},
 				OnUsageError: usageError,
 				Action: action("masterkey generate", func(c *cli.Context) error {
 					if err := noArgs(c); err != nil {
+						return err
+					}
+					if err := requireFlags(c, "keyring", "id"); err != nil {
 						return err
 					}
 					k, err := wrap.GenerateMasterKey(c.String("keyring"), c.String("id"))
@@ -40,10 +47,13 @@ func masterkeyCommand() *cli.Command {
 			{
 				Name:         "rotate",
 				Usage:        "add the next version of the current master key and make it current",
-				Flags:        []cli.Flag{keyring},
+				Flags:        []cli.Flag{keyring()},
 				OnUsageError: usageError,
 				Action: action("masterkey rotate", func(c *cli.Context) error {
 					if err := noArgs(c); err != nil {
+						return err
+					}
+					if err := requireFlags(c, "keyring"); err != nil {
 						return err
 					}
 					k, err := wrap.RotateMasterKey(c.String("keyring"))
@@ -56,10 +66,13 @@ func masterkeyCommand() *cli.Command {
 			{
 				Name:         "list",
 				Usage:        "list the master keys: id, version, creation time, which is current",
-				Flags:        []cli.Flag{keyring, jsonFlag()},
+				Flags:        []cli.Flag{keyring(), jsonFlag()},
 				OnUsageError: usageError,
 				Action: action("masterkey list", func(c *cli.Context) error {
 					if err := noArgs(c); err != nil {
+						return err
+					}
+					if err := requireFlags(c, "keyring"); err != nil {
 						return err
 					}
 					keys, err := wrap.ListMasterKeys(c.String("keyring"))
@@ -85,12 +98,15 @@ func signingKeyCommand() *cli.Command {
 			Name:  "generate",
 			Usage: "make a new signing key (mode 0600) and its public key",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "key", Usage: "private key `FILE` to create (mode 0600)", Required: true},
-				&cli.StringFlag{Name: "pub", Usage: "public key `FILE` to create", Required: true},
+				&cli.StringFlag{Name: "key", Usage: "private key `FILE` to create (mode 0600; required)"},
+				&cli.StringFlag{Name: "pub", Usage: "public key `FILE` to create (required)"},
 			},
 			OnUsageError: usageError,
 			Action: action("signing-key generate", func(c *cli.Context) error {
 				if err := noArgs(c); err != nil {
+					return err
+				}
+				if err := requireFlags(c, "key", "pub"); err != nil {
 					return err
 				}
 				pub, err := backup.GenerateSigningKey(c.String("key"), c.String("pub"))
