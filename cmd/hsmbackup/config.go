@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -53,6 +54,8 @@ type clusterConfig struct {
 	Retention    *retentionConfig  `yaml:"retention"`
 }
 
+var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
 // maxConfigSize bounds the config file.
 const maxConfigSize = 1 << 20
 
@@ -84,7 +87,9 @@ func parseConfig(data []byte) (*config, error) {
 	d := yaml.NewDecoder(bytes.NewReader(data))
 	d.KnownFields(true)
 	if err := d.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		// yaml.v3 names Go types ("field x not found in type
+		// main.config"); say it in the file's terms.
+		return nil, errors.New(unknownField.ReplaceAllString(err.Error(), `unknown setting "$1"`))
 	}
 	var more yaml.Node
 	if err := d.Decode(&more); !errors.Is(err, io.EOF) {

@@ -91,3 +91,10 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigUnknownSettingNamed(t *testing.T) {
+	_, err := parseConfig([]byte("store: file:///x\nkeyrng: k\n"))
+	if err == nil || !strings.Contains(err.Error(), `unknown setting "keyrng"`) || strings.Contains(err.Error(), "main.") {
+		t.Fatalf("error %v", err)
+	}
+}
