@@ -558,6 +558,9 @@ func checkPruned(t *testing.T, f *lifecycleFixture, st store.Store, before map[s
 		if _, err := Delete(ctx, st, testPrefix, testCluster, m.ID, opts); !errors.Is(err, ErrState) {
 			t.Errorf("%s: Delete of a DELETED backup = %v, want ErrState", m.ID, err)
 		}
+		if err := Verify(ctx, st, testPrefix, testCluster, m.ID, VerifyOptions{PublicKey: f.pub}); !errors.Is(err, ErrState) {
+			t.Errorf("%s: Verify of a DELETED backup = %v, want ErrState", m.ID, err)
+		}
 	case want == m.State: // left alone
 		if !bytes.Equal(readObject(t, st, mkey), before[mkey]) || !bytes.Equal(readObject(t, st, ikey), before[ikey]) {
 			t.Errorf("%s: changed", m.ID)

@@ -49,6 +49,9 @@ func Verify(ctx context.Context, st store.Store, prefix, cluster, id string, opt
 	if err := m.Verify(opts.PublicKey); err != nil {
 		return fmt.Errorf("verify backup %s: %w", id, err)
 	}
+	if m.State == StateDeleted {
+		return fmt.Errorf("verify backup %s: %w: backup is DELETED and its image purged; only its manifest remains", id, ErrState)
+	}
 	p, _ := normPrefix(prefix)
 	key := clusterDir(p, cluster) + id + "/" + ImageObject
 	rc, err := st.Get(ctx, key)
