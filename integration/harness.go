@@ -253,6 +253,17 @@ func Kill(tb testing.TB, addr string) {
 	<-d.done
 }
 
+// Signal sends sig to the daemon on addr: SIGSTOP freezes it in the
+// middle of whatever it is doing, as a hung appliance would, and SIGCONT
+// lets it go on. A daemon still frozen when the test ends is stopped as
+// usual.
+func Signal(tb testing.TB, addr string, sig syscall.Signal) {
+	tb.Helper()
+	if err := lookup(tb, addr).cmd.Process.Signal(sig); err != nil {
+		tb.Fatalf("signal %v to the daemon on %s: %v", sig, addr, err)
+	}
+}
+
 // DaemonLog returns what the daemon on addr has logged so far.
 func DaemonLog(tb testing.TB, addr string) string {
 	tb.Helper()
@@ -266,6 +277,7 @@ func (d *daemon) stop(tb testing.TB) int {
 	default:
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Process.Signal(syscall.SIGCONT) // a frozen daemon (Signal) handles SIGTERM only once it runs
 	timer := time.NewTimer(StopGrace)
 	defer timer.Stop()
 	select {

@@ -68,7 +68,8 @@ func (c *cluster) run(t *testing.T, args ...string) string {
 }
 
 // newCluster sets up a cluster with the CLI, checking each step's output.
-func newCluster(t *testing.T) *cluster {
+// manufacture are more flags of its HSM's `hsm manufacture`.
+func newCluster(t *testing.T, manufacture ...string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	c := &cluster{dir: dir, device: filepath.Join(dir, "hsm-a"), password: rand.Text()}
@@ -79,8 +80,8 @@ func newCluster(t *testing.T) *cluster {
 	out = c.run(t, "hsm", "authority", "create", "--kind", "operator", "--name", testOperator, "--out", filepath.Join(dir, "op"))
 	wantLines(t, out, "created operator authority "+testOperator)
 
-	out = c.run(t, "hsm", "manufacture", "--class", testClass, "--firmware", testFirmware,
-		"--manufacturer", filepath.Join(dir, "mfr"), "--operator", filepath.Join(dir, "op"), "--out", c.device)
+	out = c.run(t, append([]string{"hsm", "manufacture", "--class", testClass, "--firmware", testFirmware,
+		"--manufacturer", filepath.Join(dir, "mfr"), "--operator", filepath.Join(dir, "op"), "--out", c.device}, manufacture...)...)
 	c.serial = field(t, out, "serial")
 	if !regexp.MustCompile(`(?m)^PBK fingerprint\s+[0-9a-f]{16}$`).MatchString(out) || field(t, out, "class") != testClass {
 		t.Fatalf("manufacture output lacks class or a 16-digit PBK fingerprint:\n%s", out)

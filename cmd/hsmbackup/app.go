@@ -11,9 +11,9 @@ import (
 // -ldflags "-X main.version=…".
 var version = "dev"
 
-// newApp builds the command-line application. It writes normal output to
-// stdout, and to stderr only the logs of 'hsm serve': errors are returned
-// to main, which prints them. It never exits the process.
+// newApp builds the command-line application. It writes results to
+// stdout, and logs (log/slog) and progress bars to stderr; errors are
+// returned to main, which prints them. It never exits the process.
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:        "hsmbackup",

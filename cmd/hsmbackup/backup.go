@@ -19,25 +19,36 @@ import (
 
 func backupCommand() *cli.Command {
 	clusterFlag := func(usage string) cli.Flag { return &cli.StringFlag{Name: "cluster", Usage: usage} }
-	sub := func(name, usage, args string, flags []cli.Flag, fn func(*service, *cli.Context) error) *cli.Command {
+	// sub is a subcommand; fn gets its positional arguments, with the
+	// flags among and after them applied.
+	sub := func(name, usage, args string, flags []cli.Flag, fn func(s *service, c *cli.Context, args []string) error) *cli.Command {
 		return &cli.Command{
 			Name: name, Usage: usage, ArgsUsage: args,
 			Flags:        append(flags, serviceFlags()...),
 			OnUsageError: usageError,
 			Action: action("backup "+name, func(c *cli.Context) error {
+				args, help, err := flagsAfterArgs(c)
+				if err != nil || help {
+					return err
+				}
 				s, err := openService(c)
 				if err != nil {
 					return err
 				}
 				defer s.close()
-				return fn(s, c)
+				return fn(s, c, args)
 			}),
 		}
 	}
+	// argless adapts the function of a subcommand that takes no
+	// arguments: it refuses them itself.
+	argless := func(fn func(*service, *cli.Context) error) func(*service, *cli.Context, []string) error {
+		return func(s *service, c *cli.Context, _ []string) error { return fn(s, c) }
+	}
 	byID := func(name, usage string, flags []cli.Flag, fn func(s *service, c *cli.Context, cluster, id string) error) *cli.Command {
 		flags = append(flags, clusterFlag("`ID` of the backup's cluster (default: found in the store)"))
-		return sub(name, usage, "BACKUP-ID", flags, func(s *service, c *cli.Context) error {
-			id, err := oneArg(c, "BACKUP-ID")
+		return sub(name, usage, "BACKUP-ID", flags, func(s *service, c *cli.Context, args []string) error {
+			id, err := oneArg(c, args, "BACKUP-ID")
 			if err != nil {
 				return err
 			}
@@ -55,19 +66,20 @@ func backupCommand() *cli.Command {
 			"hardware-bound key, wrapped again under the master keyring, stored with a\n" +
 			"signed manifest. States as CloudHSM: READY, PENDING_DELETION (deleted, still\n" +
 			"restorable for 7 days), DELETED.",
-		Action: groupAction,
+		Action:       groupAction,
+		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
 			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
 				clusterFlag("`ID` of the cluster in --config (required)"),
 				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},
 				&cli.BoolFlag{Name: "never-expires", Usage: "pin the backup: retention never removes it"},
 				&cli.IntFlag{Name: "retention-days", Usage: "retention of this backup in `DAYS` (7-379), instead of the cluster's"},
-			}, createBackup),
+			}, argless(createBackup)),
 			sub("list", "list backups", "", []cli.Flag{
 				clusterFlag("list only cluster `ID`'s backups"),
 				&cli.StringFlag{Name: "state", Usage: "list only backups in `STATE` (READY, PENDING_DELETION, DELETED)"},
 				&cli.StringSliceFlag{Name: "tag", Usage: "list only backups with tag `KEY=VALUE` (repeatable: all must match)"},
-			}, listBackups),
+			}, argless(listBackups)),
 			byID("describe", "show a backup's manifest", nil, describeBackup),
 			byID("verify", "check a backup: signature, object hash, outer layer (and inner header with --deep)", []cli.Flag{
 				&cli.BoolFlag{Name: "deep", Usage: "also compare the inner image header with the manifest"},
@@ -92,20 +104,68 @@ func backupCommand() *cli.Command {
 				&cli.IntFlag{Name: "retention-days", Usage: "retention in `DAYS` (7-379) for every cluster, instead of the config's"},
 				&cli.IntFlag{Name: "keep-last", Usage: "keep at least the `N` newest READY backups of each cluster, instead of the config's"},
 				&cli.BoolFlag{Name: "dry-run", Usage: "show what would change, change nothing"},
-			}, pruneBackups),
+			}, argless(pruneBackups)),
 		},
 	}
 }
 
-// oneArg returns the command's single positional argument.
-func oneArg(c *cli.Context, name string) (string, error) {
-	switch c.NArg() {
+// oneArg returns the single positional argument in args.
+func oneArg(c *cli.Context, args []string, name string) (string, error) {
+	switch len(args) {
 	case 0:
 		return "", fmt.Errorf("%s is required (run '%s --help')", name, c.Command.HelpName)
 	case 1:
-		return c.Args().First(), nil
+		return args[0], nil
 	}
-	return "", fmt.Errorf("unexpected argument %q (run '%s --help')", c.Args().Get(1), c.Command.HelpName)
+	return "", fmt.Errorf("unexpected argument %q (run '%s --help')", args[1], c.Command.HelpName)
+}
+
+// flagsAfterArgs sets the command's flags that follow its positional
+// arguments, as docs/CLI.md writes them ("backup tag ID --set K=V"):
+// urfave/cli stops parsing flags at the first argument. It returns the
+// positional arguments, and whether --help was among the flags, in which
+// case it has shown the help and the command must do nothing.
+func flagsAfterArgs(c *cli.Context) (args []string, help bool, err error) {
+	isBool := map[string]bool{}
+	for _, f := range c.Command.Flags {
+		_, b := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			isBool[n] = b
+		}
+	}
+	rest := c.Args().Slice()
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			args = append(args, rest[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			args = append(args, a)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		b, known := isBool[name]
+		switch {
+		case !known:
+			return nil, false, fmt.Errorf("flag provided but not defined: %s (run '%s --help')", a, c.Command.HelpName)
+		case hasValue:
+		case b:
+			value = "true"
+		case i+1 < len(rest):
+			i++
+			value = rest[i]
+		default:
+			return nil, false, fmt.Errorf("flag needs an argument: %s (run '%s --help')", a, c.Command.HelpName)
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, false, fmt.Errorf("invalid value %q for flag %s: %w (run '%s --help')", value, a, err, c.Command.HelpName)
+		}
+	}
+	if c.Bool("help") {
+		return nil, true, cli.ShowCommandHelp(c.Lineage()[1], c.Command.Name)
+	}
+	return args, false, nil
 }
 
 // parseTags parses KEY=VALUE flags.
@@ -153,6 +213,9 @@ func createBackup(s *service, c *cli.Context) error {
 	}
 	days := c.Int("retention-days")
 	if days != 0 {
+		if c.Bool("never-expires") {
+			return errors.New("--never-expires and --retention-days exclude each other: a pinned backup has no retention")
+		}
 		if err := (backup.Policy{RetentionDays: days}).Validate(); err != nil {
 			return err
 		}
@@ -166,6 +229,7 @@ func createBackup(s *service, c *cli.Context) error {
 		return err
 	}
 	ctx := c.Context
+	s.removeStaleUploads(ctx)
 	member, health, err := s.pickMember(ctx, id)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,8 +22,8 @@ import (
 )
 
 // serviceFlags are the flags of the commands that work on backups. Each
-// may also be given before the command (global), or in the --config
-// file; a flag wins over the file.
+// may also be set in the --config file; a flag wins over the file.
+// --config, --store and --json are global flags too.
 func serviceFlags() []cli.Flag {
 	return []cli.Flag{
 		configFlag(),
@@ -60,6 +61,7 @@ type service struct {
 	c      *cli.Context
 	cfg    *config
 	st     store.Store
+	base   store.Store // st without the progress bars
 	log    *slog.Logger
 	finish func()
 }
@@ -83,8 +85,31 @@ func openService(c *cli.Context) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.base = st
 	s.st, s.finish = withProgress(c.Context, st, c.App.ErrWriter)
 	return s, nil
+}
+
+// staleUploadAge is how long an upload must have been idle before
+// removeStaleUploads takes it for the leftover of a killed writer. The
+// file store also spares live writers however idle; S3 cannot tell.
+const staleUploadAge = 24 * time.Hour
+
+// removeStaleUploads removes, best effort, what uploads killed mid-way
+// left in the store (file-store temporary files, incomplete S3 multipart
+// uploads): they are never listed, but take space.
+func (s *service) removeStaleUploads(ctx context.Context) {
+	r, ok := store.As[store.StaleUploadRemover](s.base)
+	if !ok {
+		return
+	}
+	n, err := r.RemoveStaleUploads(ctx, time.Now().Add(-staleUploadAge))
+	switch {
+	case err != nil:
+		s.log.Warn("stale uploads not removed", "err", err)
+	case n > 0:
+		s.log.Info("stale uploads removed", "count", n)
+	}
 }
 
 func (s *service) close() { s.finish() }

@@ -8,6 +8,16 @@
 // never a mix, and after a crash at any point the object is either wholly
 // there or not there. Several processes may share one directory.
 //
+// A writer that dies mid-Put (kill -9, a crash) leaves its temporary file
+// in DIR/.tmp: never listed, but taking space. RemoveStaleUploads removes
+// such files, safely while other processes write: every Put holds an
+// exclusive flock(2) on its temporary file until it returns, the kernel
+// drops the lock when the writer dies, and only files not written to since
+// the given time whose lock is free are removed. A live writer is never
+// disturbed, however long it idles. Where flock is unavailable (a file
+// system without it) temporary files are never removed; on systems other
+// than Unix, where there is no flock, their age alone decides.
+//
 // Key k is the file DIR/k. Because a path cannot be both a file and a
 // directory, the file store cannot hold both "a" and "a/b": the second Put
 // fails. The top-level segment ".tmp" is reserved, segments are at most 255
@@ -115,6 +125,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 	}
 	tmp := f.Name()
 	renamed := false
+	unlock := lockTemp(tmp) // held until the temporary file is gone: see RemoveStaleUploads
 	defer func() {
 		if f != nil {
 			f.Close()
@@ -123,6 +134,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		if !renamed {
 			os.Remove(tmp)
 		}
+		unlock()
 	}()
 	if err := f.Chmod(filePerm); err != nil {
 		return fmt.Errorf("put %s: chmod temp file: %w", key, err)
@@ -366,7 +378,8 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 
 // RemoveStaleUploads implements store.StaleUploadRemover: it removes
 // temporary files, left by writers that crashed, not written to since
-// olderThan.
+// olderThan. A file whose writer is alive (it holds the file's lock) is
+// kept, however old: see the package comment.
 func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (int, error) {
 	dir := filepath.Join(s.root, TempDir)
 	ents, err := os.ReadDir(dir)
@@ -382,10 +395,12 @@ func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (in
 		if err != nil || !fi.ModTime().Before(olderThan) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
-			n++
-		} else if !errors.Is(err, fs.ErrNotExist) {
+		removed, err := removeAbandoned(filepath.Join(dir, e.Name()))
+		if err != nil {
 			return n, fmt.Errorf("remove stale uploads: %w", err)
+		}
+		if removed {
+			n++
 		}
 	}
 	return n, nil
