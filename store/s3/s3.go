@@ -586,17 +586,23 @@ func (s *Store) AbortUpload(ctx context.Context, u Upload) error {
 
 // RemoveStaleUploads implements store.StaleUploadRemover: it aborts the
 // incomplete multipart uploads under the store's prefix begun before
-// olderThan. On MinIO, which lists uploads only by exact key, it finds
-// none; MinIO drops stale uploads itself after a day by default.
+// olderThan. It lists the whole bucket's uploads and keeps those under
+// the prefix, because MinIO lists uploads only for a whole bucket or one
+// exact object name, never for a prefix.
 func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (int, error) {
 	var stale []Upload
-	err := s.ListIncompleteUploads(ctx, "", func(u Upload) error {
-		if u.Initiated.Before(olderThan) {
-			stale = append(stale, u)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, "", true) {
+		if u.Err != nil {
+			return 0, fmt.Errorf("remove stale uploads: %w", classify(ctx, u.Err, false))
 		}
-		return nil
-	})
-	if err != nil {
+		key, ok := strings.CutPrefix(u.Key, s.prefix)
+		if ok && u.Initiated.Before(olderThan) {
+			stale = append(stale, Upload{Key: key, UploadID: u.UploadID, Initiated: u.Initiated})
+		}
+	}
+	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("remove stale uploads: %w", err)
 	}
 	n := 0

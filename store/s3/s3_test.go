@@ -111,10 +111,37 @@ func TestIncompleteUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	noUploadsLeft(t, s, "dead/image")
-	// RemoveStaleUploads lists by prefix, which MinIO does not do: it must
-	// at least not fail.
-	if _, err := s.RemoveStaleUploads(ctx, time.Now()); err != nil {
-		t.Errorf("remove stale uploads: %v", err)
+}
+
+// TestRemoveStaleUploads: the uploads under the store's prefix begun
+// before the cut-off are aborted; newer ones, and those of another prefix
+// in the same bucket, stay.
+func TestRemoveStaleUploads(t *testing.T) {
+	srv := miniotest.Shared(t)
+	bucket := srv.NewBucket(t, miniotest.BucketOptions{})
+	s := newStore(t, config(t, srv, bucket))
+	other := newStore(t, config(t, srv, bucket))
+	ctx := context.Background()
+	core := minio.Core{Client: s.Client()}
+	for _, st := range []*Store{s, other} {
+		for _, k := range []string{"a/image", "b/image"} {
+			if _, err := core.NewMultipartUpload(ctx, bucket, st.ObjectName(k), minio.PutObjectOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := s.RemoveStaleUploads(ctx, time.Now().Add(-time.Hour)); n != 0 || err != nil {
+		t.Fatalf("uploads begun before an hour ago: removed %d, %v; want none", n, err)
+	}
+	if n, err := s.RemoveStaleUploads(ctx, time.Now().Add(time.Minute)); n != 2 || err != nil {
+		t.Fatalf("removed %d, %v; want the store's 2", n, err)
+	}
+	for _, k := range []string{"a/image", "b/image"} {
+		noUploadsLeft(t, s, k)
+		n := 0
+		if err := other.ListIncompleteUploads(ctx, k, func(Upload) error { n++; return nil }); err != nil || n != 1 {
+			t.Errorf("the other prefix's upload of %s: %d listed, %v; want it kept", k, n, err)
+		}
 	}
 }
 
