@@ -283,7 +283,8 @@ func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions
 	return actions, nil
 }
 
-// plan decides the actions for one cluster's backups, sorted by id.
+// plan decides the actions for one cluster's backups, ms oldest first
+// (as List returns them); the actions are sorted by id.
 func plan(ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) []PruneAction {
 	var actions []PruneAction
 	act := func(m *Manifest, to State, reason string) {

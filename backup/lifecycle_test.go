@@ -802,3 +802,40 @@ func TestPruneOptions(t *testing.T) {
 		t.Errorf("prune of the only backup: %+v, %v", acts, err)
 	}
 }
+
+// TestPruneSameSecond: backups made within one second (their ids carry
+// the time only to the second) are ordered by creation time, so the one
+// kept as the newest is the newest, whatever the random part of the ids.
+func TestPruneSameSecond(t *testing.T) {
+	ctx := context.Background()
+	f := newLifecycleFixture(t)
+	st := backuptest.FileStore(t)
+	a := f.create(t, st, 40, CreateOptions{})
+	b := f.create(t, st, 40, CreateOptions{})
+	// Whichever id sorts first is made the later one.
+	first, second := a, b
+	if b.ID < a.ID {
+		first, second = b, a
+	}
+	t0 := first.Created
+	resign(t, st, testPrefix, testCluster, first.ID, f.priv, func(m *Manifest) { m.Created = t0.Add(500 * time.Millisecond) })
+	resign(t, st, testPrefix, testCluster, second.ID, f.priv, func(m *Manifest) { m.Created = t0 })
+
+	ms, err := List(ctx, st, testPrefix, Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[0].ID != second.ID || ms[1].ID != first.ID {
+		t.Fatalf("List order %v, %v; want oldest first (%s, %s)", ms[0].ID, ms[1].ID, second.ID, first.ID)
+	}
+	actions, err := Prune(ctx, st, testPrefix, PruneOptions{
+		LifecycleOptions: f.opts(lifecycleNow),
+		Policy:           func(string) Policy { return Policy{RetentionDays: 30} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(actions) != 1 || actions[0].BackupID != second.ID || actions[0].To != StatePendingDeletion {
+		t.Fatalf("actions %+v; want only the older %s expired", actions, second.ID)
+	}
+}

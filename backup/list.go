@@ -34,8 +34,8 @@ func (f *Filter) match(m *Manifest) bool {
 }
 
 // List returns the manifests of the backups under prefix that f selects,
-// sorted by backup id (so by creation time within a cluster, then by
-// cluster). Only manifests are listed: an image object without a manifest
+// oldest first: by creation time (ids carry it only to the second), then
+// id, then cluster. Only manifests are listed: an image object without a manifest
 // is not a backup. A manifest that does not parse, or that is stored under
 // another backup's key, fails the listing with an error wrapping
 // ErrManifest. List does not check signatures; Verify does.
@@ -76,10 +76,14 @@ func List(ctx context.Context, st store.Store, prefix string, f Filter) ([]*Mani
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
-		if out[i].ID != out[j].ID {
-			return out[i].ID < out[j].ID
+		a, b := out[i], out[j]
+		if !a.Created.Equal(b.Created) {
+			return a.Created.Before(b.Created)
 		}
-		return out[i].ClusterID < out[j].ClusterID
+		if a.ID != b.ID {
+			return a.ID < b.ID
+		}
+		return a.ClusterID < b.ClusterID
 	})
 	return out, nil
 }
