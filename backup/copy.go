@@ -142,7 +142,7 @@ func Find(ctx context.Context, st store.Store, prefix, id string) (string, error
 	case err != nil:
 		return "", fmt.Errorf("find backup %s: %w", id, err)
 	case len(found) == 0:
-		return "", fmt.Errorf("find backup %s: %w", id, store.ErrNotFound)
+		return "", fmt.Errorf("find backup %s: no such backup in the store: %w", id, store.ErrNotFound)
 	case len(found) > 1:
 		return "", fmt.Errorf("find backup %s: in clusters %v: name the cluster", id, found)
 	}

@@ -52,6 +52,9 @@ func backupCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
+				return errors.New("--deep needs the keyring, --offline has none: choose one")
+			}
 			cluster, err := s.locate(id)
 			if err != nil {
 				return err
@@ -327,9 +330,6 @@ func describeBackup(s *service, c *cli.Context, cluster, id string) error {
 }
 
 func verifyBackup(s *service, c *cli.Context, cluster, id string) error {
-	if c.Bool("deep") && c.Bool("offline") {
-		return errors.New("--deep needs the keyring, --offline has none: choose one")
-	}
 	pub, err := s.publicKey()
 	if err != nil {
 		return err

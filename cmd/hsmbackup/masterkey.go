@@ -23,7 +23,8 @@ func masterkeyCommand() *cli.Command {
 			"wrapped a second time. Rotation adds a new version and makes it current;\n" +
 			"older versions stay so that older backups still open. Key bytes are\n" +
 			"never printed.",
-		Action: groupAction,
+		Action:       groupAction,
+		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
 			{
 				Name:         "generate",
@@ -93,7 +94,8 @@ func signingKeyCommand() *cli.Command {
 		Description: "Every manifest is signed with the backup service's Ed25519 key. Anyone with\n" +
 			"the public key can check a backup offline ('backup verify --offline'),\n" +
 			"without any secret. The files are PEM, as OpenSSL writes them.",
-		Action: groupAction,
+		Action:       groupAction,
+		OnUsageError: usageError,
 		Subcommands: []*cli.Command{{
 			Name:  "generate",
 			Usage: "make a new signing key (mode 0600) and its public key",

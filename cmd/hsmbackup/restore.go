@@ -130,7 +130,9 @@ func runRestore(s *service, c *cli.Context) error {
 	for i, t := range targets {
 		h, err := t.cl.Health(ctx)
 		if err != nil {
-			return fmt.Errorf("target %s: %w", t.Addr, err)
+			// A target is a new HSM or one of the backup's cluster: only
+			// the hints about reaching it apply.
+			return fmt.Errorf("target %s: %w", t.Addr, (&conn{Client: t.cl, addr: t.Addr, hasCert: true}).explain(err))
 		}
 		if i > 0 && h.Initialized {
 			return fmt.Errorf("target %s is initialized: only new HSMs are cloned; restore into it on its own", t.Addr)

@@ -260,6 +260,9 @@ func (s *service) pickMember(ctx context.Context, id string) (*client.Client, ap
 		cfg.Addr = addr
 		cl, err := client.New(cfg)
 		if err != nil {
+			for _, h := range healthy {
+				h.cl.Close()
+			}
 			return nil, api.Health{}, err
 		}
 		h, err := cl.Health(ctx)
