@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -97,15 +96,9 @@ func clusterInitCSR(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster csr: %w", err)
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	csr, err := parseClusterCSR(der, id)
 	if err != nil {
-		return fmt.Errorf("cluster csr: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return fmt.Errorf("cluster csr: %w", err)
-	}
-	if csr.Subject.CommonName != id {
-		return fmt.Errorf("cluster csr: names %q, not cluster %q", csr.Subject.CommonName, id)
+		return err
 	}
 	// The CSR came over a channel the device certificate authenticates;
 	// a second attestation also binds its key to the attested HSM.
@@ -113,12 +106,8 @@ func clusterInitCSR(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	want, err := hsmcore.PublicKeyHash(csr.PublicKey)
-	if err != nil {
-		return fmt.Errorf("cluster csr: %w", err)
-	}
-	if !bytes.Equal(st.ClusterKeyHash, want) {
-		return fmt.Errorf("cluster csr: its key is not the cluster key the HSM attests to")
+	if err := checkCSRKey(csr, st); err != nil {
+		return err
 	}
 	out := c.String("csr-out")
 	if err := atomicfile.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -391,6 +392,35 @@ func attestHSM(ctx context.Context, c *cli.Context, cl *conn, mfrRoots, opRoots 
 		return nil, err
 	}
 	return st, nil
+}
+
+// parseClusterCSR parses a cluster CSR an HSM returned and checks that it
+// is self-signed and names cluster id.
+func parseClusterCSR(der []byte, id string) (*x509.CertificateRequest, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("cluster csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("cluster csr: %w", err)
+	}
+	if csr.Subject.CommonName != id {
+		return nil, fmt.Errorf("cluster csr: names %q, not cluster %q", csr.Subject.CommonName, id)
+	}
+	return csr, nil
+}
+
+// checkCSRKey checks that csr's key is the cluster key the verified
+// attestation st names: the CSR comes from the attested HSM.
+func checkCSRKey(csr *x509.CertificateRequest, st *hsmcore.Statement) error {
+	want, err := hsmcore.PublicKeyHash(csr.PublicKey)
+	if err != nil {
+		return fmt.Errorf("cluster csr: %w", err)
+	}
+	if !bytes.Equal(st.ClusterKeyHash, want) {
+		return fmt.Errorf("cluster csr: its key is not the cluster key HSM %s attests to", st.Serial)
+	}
+	return nil
 }
 
 // describeStatement is one line naming a verified HSM.

@@ -144,15 +144,9 @@ func (d *demo) initCluster(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster CSR: %w", err)
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	csr, err := parseClusterCSR(der, demoClusterID)
 	if err != nil {
-		return fmt.Errorf("cluster CSR: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return fmt.Errorf("cluster CSR: %w", err)
-	}
-	if csr.Subject.CommonName != demoClusterID {
-		return fmt.Errorf("cluster CSR names %q, not %q", csr.Subject.CommonName, demoClusterID)
+		return err
 	}
 	// The attestation, to a fresh nonce, proves what the HSM is and that
 	// the CSR's key is the cluster key that HSM made.
@@ -162,12 +156,8 @@ func (d *demo) initCluster(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("attest HSM A: %w", err)
 	}
-	keyHash, err := hsmcore.PublicKeyHash(csr.PublicKey)
-	if err != nil {
-		return fmt.Errorf("cluster CSR: %w", err)
-	}
-	if !bytes.Equal(st.ClusterKeyHash, keyHash) {
-		return errors.New("cluster CSR: its key is not the cluster key HSM A attests to")
+	if err := checkCSRKey(csr, st); err != nil {
+		return err
 	}
 	d.out.printf("  attested       HSM A: %s/%s/%s, fresh nonce, both chains verified\n", st.Manufacturer, st.Class, st.Operator)
 	d.out.printf("  cluster CSR    for %s; its key is the one HSM A attests to\n", demoClusterID)
