@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -322,4 +323,50 @@ type refusingTarget struct{ Target }
 
 func (r *refusingTarget) ImportImage(ctx context.Context, img io.Reader) (api.ImportResponse, error) {
 	return api.ImportResponse{}, &client.RemoteError{Status: 422, Code: "tampered", Message: "import image: chunk 3: authentication failed"}
+}
+
+// replayTarget answers every Attest with an attestation the target made
+// earlier, for another nonce, and records whether an import was tried.
+type replayTarget struct {
+	*client.Client
+	att      *hsmcore.Attestation
+	imported bool
+}
+
+func (r *replayTarget) Attest(context.Context, []byte) (*hsmcore.Attestation, error) {
+	return r.att, nil
+}
+
+func (r *replayTarget) ImportImage(ctx context.Context, img io.Reader) (api.ImportResponse, error) {
+	r.imported = true
+	return r.Client.ImportImage(ctx, img)
+}
+
+// TestReplayedAttestationRefused: a genuine target's attestation replayed
+// for another nonce, or one older than the freshness window, is refused,
+// and nothing is sent to the target.
+func TestReplayedAttestationRefused(t *testing.T) {
+	f := newFixture(t, false)
+	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	before := health(t, target)
+	old, err := target.Attest(context.Background(), hsmcore.NewNonce())
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay := &replayTarget{Client: target, att: old}
+	if _, err := f.restore(replay, f.opts); !errors.Is(err, ErrAttestation) || !errors.Is(err, hsmcore.ErrAttestation) {
+		t.Fatalf("replayed attestation: %v", err)
+	}
+	if replay.imported {
+		t.Fatal("the image was sent to a target whose attestation was replayed")
+	}
+	unchanged(t, target, before)
+
+	// A fresh nonce but a clock past the window: the statement is stale.
+	opts := f.opts
+	opts.Now = func() time.Time { return time.Now().Add(time.Hour) }
+	if _, err := f.restore(target, opts); !errors.Is(err, ErrAttestation) {
+		t.Fatalf("attestation an hour old: %v", err)
+	}
+	unchanged(t, target, before)
 }
