@@ -40,7 +40,7 @@ func withProgress(ctx context.Context, st store.Store, w io.Writer) (store.Store
 	if !isTerminal(w) {
 		return st, func() {}
 	}
-	p := mpb.NewWithContext(ctx, mpb.WithOutput(w), mpb.WithWidth(40))
+	p := mpb.NewWithContext(ctx, mpb.WithOutput(w)) // as wide as the terminal
 	return &progressStore{Store: st, p: p}, p.Wait
 }
 
