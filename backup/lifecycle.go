@@ -19,10 +19,11 @@ import (
 // object is removed and the manifest stays as a signed record of what
 // existed. Prune also deletes READY backups past their retention.
 //
-// Every change re-signs the manifest and replaces it; a change is refused
-// if the stored manifest's signature does not verify, so that a forged
-// manifest is never given a valid signature. Changes to one backup are
-// not serialized between processes: the last writer wins (docs/CLI.md).
+// Every change re-signs the manifest and replaces it, only if it is still
+// the version read (compare-and-swap on the store's ETag), so concurrent
+// changes from several processes are never lost; a change is refused if
+// the stored manifest's signature does not verify, so that a forged
+// manifest is never given a valid signature.
 
 // PendingDeletionPeriod is how long a deleted backup stays restorable.
 const PendingDeletionPeriod = 7 * 24 * time.Hour
@@ -52,42 +53,68 @@ func (o *LifecycleOptions) now() time.Time {
 	return time.Now().UTC().Round(0)
 }
 
+// maxUpdateAttempts bounds update's retries when the manifest changes
+// under it.
+const maxUpdateAttempts = 5
+
 // update reads backup id of cluster, checks its signature, applies change
-// and stores the re-signed manifest in its place. If change returns an
-// error nothing is written.
+// and stores the re-signed manifest in its place, if the manifest is still
+// the version it read (store.PutOptions.IfMatch); if another writer
+// replaced it meanwhile, it starts again from the new version, so that no
+// change is lost and change always judges the current state. If change
+// returns an error nothing is written.
 func update(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions, change func(*Manifest) error) (*Manifest, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("signing key is not an Ed25519 private key")
 	}
-	m, err := Describe(ctx, st, prefix, cluster, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := m.Verify(opts.SigningKey.Public().(ed25519.PublicKey)); err != nil {
-		return nil, err
-	}
-	before, err := m.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	if err := change(m); err != nil {
-		return nil, err
-	}
-	if err := m.Sign(opts.SigningKey); err != nil {
-		return nil, err
-	}
-	b, err := m.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	if bytes.Equal(b, before) {
-		return m, nil // nothing changed
-	}
 	p, _ := normPrefix(prefix)
-	if err := st.Put(ctx, clusterDir(p, cluster)+id+"/"+ManifestObject, bytes.NewReader(b), store.PutOptions{}); err != nil {
+	key := clusterDir(p, cluster) + id + "/" + ManifestObject
+	for attempt := 1; ; attempt++ {
+		// The version first, then the bytes: if they differ, the Put
+		// fails and the loop reads again.
+		oi, err := st.Stat(ctx, key)
+		if errors.Is(err, store.ErrNotFound) && attempt < maxUpdateAttempts {
+			if _, err := Describe(ctx, st, prefix, cluster, id); err != nil {
+				return nil, err // says it as Describe does
+			}
+			continue // it has just appeared
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read manifest %s: %w", key, err)
+		}
+		m, err := Describe(ctx, st, prefix, cluster, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.Verify(opts.SigningKey.Public().(ed25519.PublicKey)); err != nil {
+			return nil, err
+		}
+		before, err := m.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		if err := change(m); err != nil {
+			return nil, err
+		}
+		if err := m.Sign(opts.SigningKey); err != nil {
+			return nil, err
+		}
+		b, err := m.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(b, before) {
+			return m, nil // nothing changed
+		}
+		err = st.Put(ctx, key, bytes.NewReader(b), store.PutOptions{IfMatch: oi.ETag})
+		switch {
+		case err == nil:
+			return m, nil
+		case errors.Is(err, store.ErrConflict) && attempt < maxUpdateAttempts:
+			continue
+		}
 		return nil, fmt.Errorf("write manifest: %w", err)
 	}
-	return m, nil
 }
 
 // Delete moves a READY backup to PENDING_DELETION. It stays restorable

@@ -42,6 +42,9 @@ var (
 	// ErrInvalidKey: the key (or list prefix) breaks the rules of ValidKey
 	// or a backend's own limits.
 	ErrInvalidKey = errors.New("invalid key")
+	// ErrConflict: a Put with IfMatch found the object replaced since its
+	// ETag was read (or gone).
+	ErrConflict = errors.New("object changed since it was read")
 	// ErrLocked: Delete refused because the object is under object-lock
 	// retention or legal hold.
 	ErrLocked = errors.New("object is locked")
@@ -75,7 +78,10 @@ type Store interface {
 	// start the whole upload over after a failure; store/retry does, and
 	// only when r is an io.Seeker it can rewind. A create-only Put that
 	// finds an object at key returns an error wrapping ErrExists, and of
-	// concurrent create-only Puts of one key exactly one succeeds.
+	// concurrent create-only Puts of one key exactly one succeeds. A Put
+	// with opts.IfMatch replaces the object only if it is still the
+	// version with that ETag, else fails with ErrConflict: of concurrent
+	// such Puts with one ETag at most one succeeds.
 	Put(ctx context.Context, key string, r io.Reader, opts PutOptions) error
 
 	// Get opens the object at key for reading. The caller closes the
@@ -109,6 +115,12 @@ type PutOptions struct {
 	// CreateOnly makes Put fail with ErrExists instead of replacing an
 	// object already at the key (S3: If-None-Match: *; file: link(2)).
 	CreateOnly bool
+	// IfMatch, if set, makes Put replace the object only if its ETag (from
+	// Stat or List) is still IfMatch, and fail with ErrConflict otherwise,
+	// also if the object is gone: a compare-and-swap for read-modify-write
+	// (S3: If-Match; file: a lock on the object's file). Not with
+	// CreateOnly.
+	IfMatch string
 
 	// Retention, if its Mode is set, locks the object against deletion
 	// until Retention.Until (a later Put of the key adds a newer version;
@@ -162,6 +174,10 @@ type ObjectInfo struct {
 	Key     string
 	Size    int64
 	ModTime time.Time
+	// ETag names the object's version: a Put that changes the object's
+	// bytes gives it another (S3's is the MD5 of the bytes, so a Put of
+	// the same bytes may keep it). It is opaque, for PutOptions.IfMatch.
+	ETag string
 }
 
 // MaxKeyLen is the longest key in bytes, S3's limit.

@@ -116,6 +116,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 	if opts.Retention.Mode != "" || !opts.Retention.Until.IsZero() || opts.LegalHold {
 		return fmt.Errorf("put %s: object lock: %w by the file store", key, store.ErrUnsupported)
 	}
+	if opts.CreateOnly && opts.IfMatch != "" {
+		return fmt.Errorf("put %s: create-only and if-match together", key)
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -159,6 +162,13 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 	commit := os.Rename
 	if opts.CreateOnly {
 		commit = os.Link
+	}
+	if opts.IfMatch != "" {
+		unlock, err := lockVersion(target, opts.IfMatch)
+		if err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+		defer unlock() // after the rename: see lockVersion
 	}
 	err = s.commit(commit, tmp, target)
 	renamed = err == nil && !opts.CreateOnly
@@ -275,7 +285,7 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 	if !fi.Mode().IsRegular() {
 		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, store.ErrNotFound)
 	}
-	return store.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+	return store.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime(), ETag: etag(fi)}, nil
 }
 
 // List implements store.Store. It reads the directory tree under the
@@ -326,7 +336,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(store.ObjectInf
 		if err != nil {
 			return err
 		}
-		found = append(found, store.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
+		found = append(found, store.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime(), ETag: etag(fi)})
 		return nil
 	})
 	if err != nil {

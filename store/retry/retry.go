@@ -10,10 +10,11 @@
 // repeating the whole pipeline is the caller's business. (S3 parts are
 // retried below this layer by minio-go, which holds each part in memory.)
 //
-// A create-only Put that failed transiently may have committed anyway (a
-// lost response); if its repeat then meets store.ErrExists, the stored
-// object is read back and compared with the body: identical bytes count as
-// success, anything else as ErrExists.
+// A conditional Put (create-only or if-match) that failed transiently may
+// have committed anyway (a lost response); if its repeat then meets
+// store.ErrExists or store.ErrConflict, the stored object is read back and
+// compared with the body: identical bytes count as success, anything else
+// as the failure.
 package retry
 
 import (
@@ -144,7 +145,8 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 	}
 	return s.do(ctx, "put", key, func(attempt int) error {
 		err := s.inner.Put(ctx, key, rs, opts)
-		if attempt > 1 && opts.CreateOnly && errors.Is(err, store.ErrExists) {
+		lost := opts.CreateOnly && errors.Is(err, store.ErrExists) || opts.IfMatch != "" && errors.Is(err, store.ErrConflict)
+		if attempt > 1 && lost {
 			// Did our own earlier attempt commit before failing?
 			if rerr := rewind(); rerr != nil {
 				return err

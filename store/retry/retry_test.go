@@ -155,47 +155,57 @@ func TestPutStreamsOnce(t *testing.T) {
 	}
 }
 
-// TestCreateOnlyLostResponse: the first create committed but its answer
-// was lost; the repeat meets the object and must recognise it as its own.
-func TestCreateOnlyLostResponse(t *testing.T) {
+// TestConditionalLostResponse: the first conditional Put (create-only,
+// or if-match) committed but its answer was lost; the repeat meets the
+// object it made and must recognise it as its own, and nothing else.
+func TestConditionalLostResponse(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name, stored, body string
-		want               error
+	for _, mode := range []struct {
+		name  string
+		opts  store.PutOptions
+		fails error // what the repeat meets
 	}{
-		{"ours", "payload", "payload", nil},
-		{"theirs", "other", "payload", store.ErrExists},
-		{"longer", "payload+", "payload", store.ErrExists},
-		{"shorter", "pay", "payload", store.ErrExists},
+		{"create-only", store.PutOptions{CreateOnly: true}, store.ErrExists},
+		{"if-match", store.PutOptions{IfMatch: "v1"}, store.ErrConflict},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			attempts := 0
-			m := &mock{
-				put: func(_ context.Context, _ string, r io.Reader, opts store.PutOptions) error {
-					attempts++
-					if !opts.CreateOnly {
-						t.Error("CreateOnly lost")
-					}
-					if attempts == 1 {
-						io.ReadAll(r)
-						return errFlaky
-					}
-					return store.ErrExists
-				},
-				get: func(context.Context, string) (io.ReadCloser, error) {
-					return io.NopCloser(strings.NewReader(tc.stored)), nil
-				},
-			}
-			err := wrap(t, m, fast).Put(ctx, "k", strings.NewReader(tc.body), store.PutOptions{CreateOnly: true})
-			if !errors.Is(err, tc.want) && !(tc.want == nil && err == nil) {
-				t.Errorf("got %v, want %v", err, tc.want)
-			}
-		})
-	}
-	// A first-attempt ErrExists is final, and nothing is read back.
-	m := &mock{put: func(context.Context, string, io.Reader, store.PutOptions) error { return store.ErrExists }}
-	if err := wrap(t, m, fast).Put(ctx, "k", strings.NewReader("x"), store.PutOptions{CreateOnly: true}); !errors.Is(err, store.ErrExists) {
-		t.Errorf("got %v", err)
+		for _, tc := range []struct {
+			name, stored, body string
+			ok                 bool
+		}{
+			{"ours", "payload", "payload", true},
+			{"theirs", "other", "payload", false},
+			{"longer", "payload+", "payload", false},
+			{"shorter", "pay", "payload", false},
+		} {
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				attempts := 0
+				m := &mock{
+					put: func(_ context.Context, _ string, r io.Reader, opts store.PutOptions) error {
+						attempts++
+						if opts != mode.opts {
+							t.Errorf("options %+v, want %+v", opts, mode.opts)
+						}
+						if attempts == 1 {
+							io.ReadAll(r)
+							return errFlaky
+						}
+						return mode.fails
+					},
+					get: func(context.Context, string) (io.ReadCloser, error) {
+						return io.NopCloser(strings.NewReader(tc.stored)), nil
+					},
+				}
+				err := wrap(t, m, fast).Put(ctx, "k", strings.NewReader(tc.body), mode.opts)
+				if tc.ok && err != nil || !tc.ok && !errors.Is(err, mode.fails) {
+					t.Errorf("got %v, want success %t", err, tc.ok)
+				}
+			})
+		}
+		// A first-attempt failure is final, and nothing is read back.
+		m := &mock{put: func(context.Context, string, io.Reader, store.PutOptions) error { return mode.fails }}
+		if err := wrap(t, m, fast).Put(ctx, "k", strings.NewReader("x"), mode.opts); !errors.Is(err, mode.fails) {
+			t.Errorf("%s: got %v", mode.name, err)
+		}
 	}
 }
 

@@ -293,9 +293,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		ServerSideEncryption: s.sse,
 		SendContentMd5:       s.md5,
 	}
-	if opts.CreateOnly {
-		po.SetMatchETagExcept("*")
+	if opts.CreateOnly && opts.IfMatch != "" {
+		return fmt.Errorf("put %s: create-only and if-match together", key)
 	}
+	setCondition(&po, opts)
 	if opts.Retention.Mode != "" {
 		po.Mode = minio.RetentionMode(opts.Retention.Mode)
 		po.RetainUntilDate = opts.Retention.Until.UTC()
@@ -305,13 +306,13 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		po.LegalHold = minio.LegalHoldEnabled
 		po.SendContentMd5 = true
 	}
-	if size < 0 || (opts.CreateOnly && size > int64(s.partSize)) {
-		err = s.putStream(ctx, s.prefix+key, r, po, opts.CreateOnly)
+	if size < 0 || (condition(opts) != nil && size > int64(s.partSize)) {
+		err = s.putStream(ctx, s.prefix+key, r, po, opts)
 	} else {
 		_, err = s.client.PutObject(ctx, s.bucket, s.prefix+key, r, size, po)
 	}
 	if err != nil {
-		return fmt.Errorf("put %s: %w", key, classify(ctx, err, opts.CreateOnly))
+		return fmt.Errorf("put %s: %w", key, classify(ctx, err, condition(opts)))
 	}
 	return nil
 }
@@ -324,7 +325,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 // starts: two creators that start together would both win. A failed
 // multipart upload is aborted before putStream returns, even when ctx is
 // cancelled.
-func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, createOnly bool) (err error) {
+func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, opts store.PutOptions) (err error) {
 	r = ctxio.Reader(ctx, r)
 	part, rerr := readPart(r, nil, int(s.partSize))
 	if rerr == io.EOF {
@@ -375,11 +376,32 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 		}
 	}
 	var copts minio.PutObjectOptions
-	if createOnly {
-		copts.SetMatchETagExcept("*")
-	}
+	setCondition(&copts, opts)
 	if _, err := core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, copts); err != nil {
 		return fmt.Errorf("complete multipart upload: %w", err)
+	}
+	return nil
+}
+
+// setCondition adds opts' condition, if any, to po: If-None-Match: * for
+// a create-only Put, If-Match for an if-match one.
+func setCondition(po *minio.PutObjectOptions, opts store.PutOptions) {
+	switch {
+	case opts.CreateOnly:
+		po.SetMatchETagExcept("*")
+	case opts.IfMatch != "":
+		po.SetMatchETag(opts.IfMatch)
+	}
+}
+
+// condition is the error a failed precondition of opts means: ErrExists
+// for create-only, ErrConflict for if-match, nil without one.
+func condition(opts store.PutOptions) error {
+	switch {
+	case opts.CreateOnly:
+		return store.ErrExists
+	case opts.IfMatch != "":
+		return store.ErrConflict
 	}
 	return nil
 }
@@ -436,12 +458,12 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	}
 	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, false))
+		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, nil))
 	}
 	// Stat sends the GET, so a missing object shows here, not on Read.
 	if _, err := obj.Stat(); err != nil {
 		obj.Close()
-		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, false))
+		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, nil))
 	}
 	return obj, nil
 }
@@ -453,9 +475,9 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 	}
 	oi, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
 	if err != nil {
-		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, classify(ctx, err, false))
+		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, classify(ctx, err, nil))
 	}
-	return store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
+	return store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified, ETag: oi.ETag}, nil
 }
 
 // List implements store.Store. S3 lists keys in ascending byte order, a
@@ -477,13 +499,13 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(store.ObjectInf
 		Recursive: true,
 	}) {
 		if oi.Err != nil {
-			return fmt.Errorf("list %q: %w", prefix, classify(ctx, oi.Err, false))
+			return fmt.Errorf("list %q: %w", prefix, classify(ctx, oi.Err, nil))
 		}
 		key := strings.TrimPrefix(oi.Key, s.prefix)
 		if strings.HasSuffix(key, "/") || !strings.HasPrefix(key, prefix) {
 			continue // a "directory" marker some tools make, or filtered
 		}
-		if err := fn(store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}); err != nil {
+		if err := fn(store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified, ETag: oi.ETag}); err != nil {
 			return err
 		}
 	}
@@ -505,7 +527,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	name := s.prefix + key
 	oi, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
 	if err != nil {
-		err = classify(ctx, err, false)
+		err = classify(ctx, err, nil)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
@@ -525,7 +547,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		WithVersions: true,
 	}) {
 		if v.Err != nil {
-			return fmt.Errorf("delete %s: list versions: %w", key, classify(ctx, v.Err, false))
+			return fmt.Errorf("delete %s: list versions: %w", key, classify(ctx, v.Err, nil))
 		}
 		if v.Key != name {
 			continue
@@ -558,7 +580,7 @@ func (s *Store) ListIncompleteUploads(ctx context.Context, prefix string, fn fun
 	defer cancel()
 	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, s.prefix+prefix, true) {
 		if u.Err != nil {
-			return fmt.Errorf("list incomplete uploads %q: %w", prefix, classify(ctx, u.Err, false))
+			return fmt.Errorf("list incomplete uploads %q: %w", prefix, classify(ctx, u.Err, nil))
 		}
 		up := Upload{Key: strings.TrimPrefix(u.Key, s.prefix), UploadID: u.UploadID, Initiated: u.Initiated}
 		if err := fn(up); err != nil {
@@ -575,7 +597,7 @@ func (s *Store) ListIncompleteUploads(ctx context.Context, prefix string, fn fun
 func (s *Store) AbortUpload(ctx context.Context, u Upload) error {
 	core := minio.Core{Client: s.client}
 	if err := core.AbortMultipartUpload(ctx, s.bucket, s.prefix+u.Key, u.UploadID); err != nil {
-		err = classify(ctx, err, false)
+		err = classify(ctx, err, nil)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // already gone
 		}
@@ -595,7 +617,7 @@ func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (in
 	defer cancel()
 	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, "", true) {
 		if u.Err != nil {
-			return 0, fmt.Errorf("remove stale uploads: %w", classify(ctx, u.Err, false))
+			return 0, fmt.Errorf("remove stale uploads: %w", classify(ctx, u.Err, nil))
 		}
 		key, ok := strings.CutPrefix(u.Key, s.prefix)
 		if ok && u.Initiated.Before(olderThan) {
@@ -635,8 +657,9 @@ var retryableStatus = map[int]bool{
 }
 
 // classify maps a minio-go error to the store's sentinels, keeping err in
-// the chain. createOnly says whether a 412 or 409 means "lost the race".
-func classify(ctx context.Context, err error, createOnly bool) error {
+// the chain. cond is what a 412 or 409 means, for a conditional Put
+// (store.ErrExists or store.ErrConflict), and nil for other calls.
+func classify(ctx context.Context, err error, cond error) error {
 	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
@@ -646,11 +669,13 @@ func classify(ctx context.Context, err error, createOnly bool) error {
 	var resp minio.ErrorResponse
 	if errors.As(err, &resp) {
 		switch {
+		case cond == store.ErrConflict && resp.Code == "NoSuchKey": // if-match, and the object is gone
+			return fmt.Errorf("%w: %w", store.ErrConflict, err)
 		case resp.Code == "NoSuchKey" || resp.Code == "NoSuchVersion" || resp.Code == "NoSuchUpload":
 			return fmt.Errorf("%w: %w", store.ErrNotFound, err)
-		case createOnly && (resp.Code == "PreconditionFailed" || resp.StatusCode == http.StatusPreconditionFailed ||
+		case cond != nil && (resp.Code == "PreconditionFailed" || resp.StatusCode == http.StatusPreconditionFailed ||
 			resp.StatusCode == http.StatusConflict):
-			return fmt.Errorf("%w: %w", store.ErrExists, err)
+			return fmt.Errorf("%w: %w", cond, err)
 		case retryableCodes[resp.Code] || retryableStatus[resp.StatusCode]:
 			return store.Transient(err)
 		}
@@ -675,5 +700,5 @@ func classifyDelete(ctx context.Context, err error) error {
 			return fmt.Errorf("%w: %w", store.ErrLocked, err)
 		}
 	}
-	return classify(ctx, err, false)
+	return classify(ctx, err, nil)
 }

@@ -44,6 +44,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Delete", testDelete},
 		{"CreateOnly", testCreateOnly},
 		{"ConcurrentCreateOnly", testConcurrentCreateOnly},
+		{"IfMatch", testIfMatch},
+		{"ConcurrentIfMatch", testConcurrentIfMatch},
 		{"ConcurrentPut", testConcurrentPut},
 		{"CancelledBefore", testCancelledBefore},
 		{"CancelledMidway", testCancelledMidway},
@@ -577,4 +579,88 @@ func testGetCancelled(t *testing.T, s store.Store) {
 	if n, err := io.Copy(io.Discard, r); err == nil {
 		t.Errorf("read %d more bytes after the context was cancelled, and no error", n)
 	}
+}
+
+func stat(tb testing.TB, s store.Store, key string) store.ObjectInfo {
+	tb.Helper()
+	oi, err := s.Stat(context.Background(), key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if oi.ETag == "" {
+		tb.Fatalf("stat %s: no ETag", key)
+	}
+	return oi
+}
+
+func testIfMatch(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, n := range []int{10, BigSize} {
+		key := fmt.Sprintf("m/%d", n)
+		v1, v2, v3 := Data(1, n), Data(2, n), Data(3, n)
+		Put(t, s, key, v1, store.PutOptions{})
+		e1 := stat(t, s, key).ETag
+		var listed string
+		if err := s.List(ctx, key, func(oi store.ObjectInfo) error { listed = oi.ETag; return nil }); err != nil || listed != e1 {
+			t.Fatalf("%s: List ETag %q, %v; Stat says %q", key, listed, err, e1)
+		}
+		// The current version's ETag replaces it, once.
+		Put(t, s, key, v2, store.PutOptions{IfMatch: e1})
+		check(t, s, key, v2)
+		e2 := stat(t, s, key).ETag
+		if e2 == e1 {
+			t.Fatalf("%s: ETag %q unchanged by a Put of other bytes", key, e1)
+		}
+		for _, r := range []io.Reader{bytes.NewReader(v3), streamOnly{bytes.NewReader(v3)}} {
+			if err := s.Put(ctx, key, r, store.PutOptions{IfMatch: e1}); !errors.Is(err, store.ErrConflict) {
+				t.Fatalf("%s: Put with a stale ETag: %v, want ErrConflict", key, err)
+			}
+		}
+		check(t, s, key, v2)
+		if stat(t, s, key).ETag != e2 {
+			t.Fatalf("%s: a refused Put changed the ETag", key)
+		}
+	}
+	// A missing object matches no ETag, and is not created.
+	if err := s.Put(ctx, "m/gone", bytes.NewReader([]byte("x")), store.PutOptions{IfMatch: "0123"}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("Put if-match of a missing object: %v, want ErrConflict", err)
+	}
+	Absent(t, s, "m/gone")
+	Put(t, s, "m/both", []byte("x"), store.PutOptions{})
+	if err := s.Put(ctx, "m/both", bytes.NewReader([]byte("y")), store.PutOptions{CreateOnly: true, IfMatch: stat(t, s, "m/both").ETag}); err == nil {
+		t.Fatal("Put with create-only and if-match together succeeded")
+	}
+	check(t, s, "m/both", []byte("x"))
+}
+
+// testConcurrentIfMatch: of Puts racing with one ETag, exactly one wins,
+// and the object holds the winner's bytes.
+func testConcurrentIfMatch(t *testing.T, s store.Store) {
+	const racers = 8
+	ctx := context.Background()
+	Put(t, s, "race", []byte("start"), store.PutOptions{})
+	etag := stat(t, s, "race").ETag
+	var wg sync.WaitGroup
+	errs := make([]error, racers)
+	for i := range racers {
+		wg.Go(func() {
+			errs[i] = s.Put(ctx, "race", bytes.NewReader([]byte(fmt.Sprintf("racer %d", i))), store.PutOptions{IfMatch: etag})
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("racers %d and %d both won", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, store.ErrConflict):
+			t.Fatalf("racer %d: %v, want ErrConflict", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no racer won")
+	}
+	check(t, s, "race", []byte(fmt.Sprintf("racer %d", winner)))
 }
