@@ -452,9 +452,7 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 	if err != nil {
 		return err
 	}
-	dst, wait := withProgress(c.Context, dst, c.App.ErrWriter)
-	defer wait()
-	m, err := backup.Copy(c.Context, s.st, "", cluster, id, dst, backup.CopyOptions{
+	m, err := backup.Copy(c.Context, s.st, "", cluster, id, s.prog.wrap(dst), backup.CopyOptions{
 		PublicKey: pub, Identity: kr, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {

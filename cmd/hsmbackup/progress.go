@@ -25,23 +25,51 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
+// progress draws transfer bars on a terminal. A nil *progress draws
+// nothing: that is what newProgress returns anywhere else (pipes, files,
+// CI logs).
+type progress struct{ p *mpb.Progress }
+
+// newProgress returns the bars' container drawing on w if w is a terminal,
+// and nil otherwise.
+func newProgress(ctx context.Context, w io.Writer) *progress {
+	if !isTerminal(w) {
+		return nil
+	}
+	return &progress{mpb.NewWithContext(ctx, mpb.WithOutput(w))} // as wide as the terminal
+}
+
+// wrap returns st drawing a bar for every image object that passes
+// through it, or st itself when p is off.
+func (p *progress) wrap(st store.Store) store.Store {
+	if p == nil {
+		return st
+	}
+	return &progressStore{Store: st, p: p.p}
+}
+
+// logTo returns where logs go: above the bars while they are drawn, so
+// that the two do not garble each other, else w.
+func (p *progress) logTo(w io.Writer) io.Writer {
+	if p == nil {
+		return w
+	}
+	return p.p
+}
+
+// wait draws the bars a last time; call it when the command ends.
+func (p *progress) wait() {
+	if p != nil {
+		p.p.Wait()
+	}
+}
+
 // progressStore draws a bar for every image object transferred through
 // it: uploads (backup create, copy) and downloads (verify, restore, copy).
 // Manifests are too small to need one.
 type progressStore struct {
 	store.Store
 	p *mpb.Progress
-}
-
-// withProgress returns st drawing bars on w if w is a terminal, and a
-// function to call when the command ends, which waits for the bars to be
-// drawn for the last time.
-func withProgress(ctx context.Context, st store.Store, w io.Writer) (store.Store, func()) {
-	if !isTerminal(w) {
-		return st, func() {}
-	}
-	p := mpb.NewWithContext(ctx, mpb.WithOutput(w)) // as wide as the terminal
-	return &progressStore{Store: st, p: p}, p.Wait
 }
 
 func (s *progressStore) bar(verb, key string, total int64) *mpb.Bar {

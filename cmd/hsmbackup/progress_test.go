@@ -34,11 +34,11 @@ func TestNoProgressOffTerminal(t *testing.T) {
 	defer pr.Close()
 	defer pw.Close()
 	for name, w := range map[string]io.Writer{"buffer": new(bytes.Buffer), "file": f, "pipe": pw} {
-		got, done := withProgress(context.Background(), st, w)
-		done()
-		if got != store.Store(st) {
-			t.Errorf("%s: store wrapped for progress bars", name)
+		p := newProgress(context.Background(), w)
+		if p != nil || p.wrap(st) != store.Store(st) || p.logTo(w) != w {
+			t.Errorf("%s: progress bars on", name)
 		}
+		p.wait()
 	}
 }
 

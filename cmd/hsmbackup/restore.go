@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -246,8 +247,8 @@ func (s *service) restoreTargets(c *cli.Context, backupCluster string) ([]string
 	if cc == nil {
 		cc = &clusterConfig{}
 	}
-	login.user = or(c.String("user"), cc.User)
-	certPath, keyPath := or(c.String("cert"), cc.Cert), or(c.String("key"), cc.Key)
+	login.user = cmp.Or(c.String("user"), cc.User)
+	certPath, keyPath := cmp.Or(c.String("cert"), cc.Cert), cmp.Or(c.String("key"), cc.Key)
 	if (certPath == "") != (keyPath == "") {
 		return nil, login, errors.New("--cert and --key go together")
 	}

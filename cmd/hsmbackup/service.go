@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
@@ -58,12 +59,12 @@ func flagValue(c *cli.Context, name string) string {
 // store (with progress bars on a terminal), keys loaded on demand, and the
 // logger (stderr).
 type service struct {
-	c      *cli.Context
-	cfg    *config
-	st     store.Store
-	base   store.Store // st without the progress bars
-	log    *slog.Logger
-	finish func()
+	c    *cli.Context
+	cfg  *config
+	st   store.Store
+	base store.Store // st without the progress bars
+	prog *progress   // nil off a terminal
+	log  *slog.Logger
 }
 
 // openService reads the config, if any, and opens the store. The caller
@@ -76,8 +77,7 @@ func openService(c *cli.Context) (*service, error) {
 			return nil, err
 		}
 	}
-	s := &service{c: c, cfg: cfg, log: slog.New(slog.NewTextHandler(c.App.ErrWriter, nil)), finish: func() {}}
-	url := or(flagValue(c, "store"), cfg.Store)
+	url := cmp.Or(flagValue(c, "store"), cfg.Store)
 	if url == "" {
 		return nil, errors.New("no store: give --store URL or 'store:' in --config")
 	}
@@ -85,9 +85,11 @@ func openService(c *cli.Context) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.base = st
-	s.st, s.finish = withProgress(c.Context, st, c.App.ErrWriter)
-	return s, nil
+	prog := newProgress(c.Context, c.App.ErrWriter)
+	return &service{
+		c: c, cfg: cfg, base: st, st: prog.wrap(st), prog: prog,
+		log: slog.New(slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)),
+	}, nil
 }
 
 // staleUploadAge is how long an upload must have been idle before
@@ -112,18 +114,11 @@ func (s *service) removeStaleUploads(ctx context.Context) {
 	}
 }
 
-func (s *service) close() { s.finish() }
-
-func or(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
+func (s *service) close() { s.prog.wait() }
 
 // path returns the file a flag or, failing that, the config names.
 func (s *service) path(flag, fromConfig, what string) (string, error) {
-	p := or(flagValue(s.c, flag), fromConfig)
+	p := cmp.Or(flagValue(s.c, flag), fromConfig)
 	if p == "" {
 		return "", fmt.Errorf("no %s: give --%s or set it in --config", what, flag)
 	}
@@ -149,10 +144,10 @@ func (s *service) signingKey() (ed25519.PrivateKey, error) {
 // publicKey is the manifest public key, or the signing key's if only that
 // is configured.
 func (s *service) publicKey() (ed25519.PublicKey, error) {
-	if p := or(flagValue(s.c, "public-key"), s.cfg.PublicKey); p != "" {
+	if p := cmp.Or(flagValue(s.c, "public-key"), s.cfg.PublicKey); p != "" {
 		return backup.LoadPublicKey(p)
 	}
-	if or(flagValue(s.c, "signing-key"), s.cfg.SigningKey) == "" {
+	if cmp.Or(flagValue(s.c, "signing-key"), s.cfg.SigningKey) == "" {
 		return nil, errors.New("no manifest public key: give --public-key (or --signing-key) or set it in --config")
 	}
 	k, err := s.signingKey()
