@@ -86,10 +86,12 @@ func openService(c *cli.Context) (*service, error) {
 		return nil, err
 	}
 	prog := newProgress(c.Context, c.App.ErrWriter)
-	return &service{
-		c: c, cfg: cfg, base: st, st: prog.wrap(st), prog: prog,
-		log: slog.New(slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)),
-	}, nil
+	// Logs go to stderr: as text, or as JSON lines beside --json output.
+	var h slog.Handler = slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)
+	if wantJSON(c) {
+		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
+	}
+	return &service{c: c, cfg: cfg, base: st, st: prog.wrap(st), prog: prog, log: slog.New(h)}, nil
 }
 
 // staleUploadAge is how long an upload must have been idle before
