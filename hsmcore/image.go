@@ -218,7 +218,7 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 	if err != nil {
 		return err
 	}
-	zw, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	zw, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2))
 	if err != nil {
 		return err
 	}
