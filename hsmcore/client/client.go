@@ -42,7 +42,8 @@ type Config struct {
 	// ManufacturerRoots is required; with both, either identity is
 	// accepted.
 	ManufacturerRoots *x509.CertPool
-	// Timeout bounds each call but image transfers; 0 means 30 seconds.
+	// Timeout bounds each call, and how long an image transfer may make
+	// no progress (ErrStalled); 0 means 30 seconds.
 	Timeout time.Duration
 }
 
@@ -379,25 +380,35 @@ func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
 }
 
 // ExportImage streams the HSM's image; the caller closes it. Cancelling
-// ctx stops the transfer.
+// ctx stops the transfer; so does a stall: a Read that waits for the HSM
+// longer than the client's Timeout fails with an error wrapping
+// ErrStalled.
 func (c *Client) ExportImage(ctx context.Context) (io.ReadCloser, error) {
-	resp, err := c.send(ctx, "GET", "/v1/image", "", nil)
+	w := newWatchdog(ctx, c.timeout)
+	resp, err := c.send(w.ctx, "GET", "/v1/image", "", nil)
 	if err != nil {
-		return nil, err
+		w.stop()
+		return nil, w.explain(err)
 	}
-	return resp.Body, nil
+	w.disarm() // armed again by each Read
+	return &exportBody{resp.Body, w}, nil
 }
 
-// ImportImage streams an image into the HSM.
+// ImportImage streams an image into the HSM. A stall (the HSM takes in
+// nothing more, or does not answer once it has all, for the client's
+// Timeout; time spent reading img does not count) fails it with an error
+// wrapping ErrStalled.
 func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResponse, error) {
 	var out api.ImportResponse
-	resp, err := c.send(ctx, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(img))
+	w := newWatchdog(ctx, c.timeout)
+	defer w.stop()
+	resp, err := c.send(w.ctx, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(&importBody{img, w}))
 	if err != nil {
-		return out, err
+		return out, w.explain(err)
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
-		return out, fmt.Errorf("import image: answer: %w", err)
+		return out, fmt.Errorf("import image: answer: %w", w.explain(err))
 	}
 	return out, nil
 }
