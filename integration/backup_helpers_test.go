@@ -417,3 +417,31 @@ func wantFailure(t *testing.T, res Result, wants ...string) {
 		}
 	}
 }
+
+// fillKeys has a new crypto user of c make n 512-byte secret keys in
+// batches, for a large image of mostly incompressible key material.
+func fillKeys(t *testing.T, c *cluster, n int) {
+	t.Helper()
+	ctx := context.Background()
+	co := c.client(t, c.cert, c.key)
+	if _, err := co.Login(ctx, testOfficer, c.password); err != nil {
+		t.Fatal(err)
+	}
+	if err := co.CreateUser(ctx, "app", hsmcore.CryptoUser, c.password+"-app"); err != nil {
+		t.Fatal(err)
+	}
+	cu := c.client(t, c.cert, c.key)
+	if _, err := cu.Login(ctx, "app", c.password+"-app"); err != nil {
+		t.Fatal(err)
+	}
+	for done := 0; done < n; {
+		specs := make([]hsmcore.KeySpec, min(8000, n-done))
+		for i := range specs {
+			specs[i] = hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096}
+		}
+		if _, err := cu.GenerateKeys(ctx, specs); err != nil {
+			t.Fatal(err)
+		}
+		done += len(specs)
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/hsmbackup/hsmbackup/backup"
-	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 )
 
@@ -486,27 +485,7 @@ const bigImageKeys = 48000
 func TestBackupKilledMidUpload(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, "--capacity", fmt.Sprint(bigImageKeys+100))
-	ctx := context.Background()
-	co := c.client(t, c.cert, c.key)
-	if _, err := co.Login(ctx, testOfficer, c.password); err != nil {
-		t.Fatal(err)
-	}
-	if err := co.CreateUser(ctx, "app", hsmcore.CryptoUser, c.password+"-app"); err != nil {
-		t.Fatal(err)
-	}
-	cu := c.client(t, c.cert, c.key)
-	if _, err := cu.Login(ctx, "app", c.password+"-app"); err != nil {
-		t.Fatal(err)
-	}
-	specs := make([]hsmcore.KeySpec, 8000)
-	for i := range specs {
-		specs[i] = hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096}
-	}
-	for n := 0; n < bigImageKeys; n += len(specs) {
-		if _, err := cu.GenerateKeys(ctx, specs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fillKeys(t, c, bigImageKeys)
 
 	// start runs backup create in the background.
 	start := func(t *testing.T, s *service) (*exec.Cmd, chan struct{}, *syncBuffer) {

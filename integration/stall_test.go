@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 )
 
@@ -43,22 +42,7 @@ func TestImageTransferStalls(t *testing.T) {
 	if _, err := co.Login(ctx, testOfficer, c.password); err != nil {
 		t.Fatal(err)
 	}
-	if err := co.CreateUser(ctx, "app", hsmcore.CryptoUser, c.password+"-app"); err != nil {
-		t.Fatal(err)
-	}
-	cu := c.client(t, c.cert, c.key)
-	if _, err := cu.Login(ctx, "app", c.password+"-app"); err != nil {
-		t.Fatal(err)
-	}
-	specs := make([]hsmcore.KeySpec, 5000)
-	for i := range specs {
-		specs[i] = hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096}
-	}
-	for n := 0; n < keys; n += len(specs) {
-		if _, err := cu.GenerateKeys(ctx, specs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fillKeys(t, c, keys)
 
 	t.Run("slow reader is not a stall", func(t *testing.T) {
 		rc, err := co.ExportImage(ctx)
