@@ -7,12 +7,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/restore"
@@ -58,15 +60,6 @@ func restoreCommand() *cli.Command {
 	}
 }
 
-// restoreTarget is one HSM to restore into, and how the command reached
-// it.
-type restoreTarget struct {
-	Addr   string `json:"addr"`
-	Serial string `json:"serial,omitempty"`
-	Action string `json:"action"` // checked (dry run), restored, cloned
-	cl     *client.Client
-}
-
 func runRestore(s *service, c *cli.Context) error {
 	ctx := c.Context
 	id := c.String("backup")
@@ -91,7 +84,7 @@ func runRestore(s *service, c *cli.Context) error {
 	}
 	// The manifest names the cluster's certificate and customer CA: once
 	// restored, the targets present that certificate. It is trusted only
-	// after restore.Restore has checked the manifest's signature.
+	// once the manifest's signature is checked.
 	m, err := backup.Describe(ctx, s.st, "", clusterID, id)
 	if err == nil {
 		err = m.Verify(pub)
@@ -110,7 +103,10 @@ func runRestore(s *service, c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	targets := make([]*restoreTarget, len(addrs))
+	if len(addrs) > 1 && (login.cert == nil || login.user == "") {
+		return errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
+	}
+	targets := make([]restore.ClusterTarget, len(addrs))
 	for i, a := range addrs {
 		cfg := tcfg
 		cfg.Addr = a
@@ -119,101 +115,92 @@ func runRestore(s *service, c *cli.Context) error {
 			return err
 		}
 		defer cl.Close()
-		targets[i] = &restoreTarget{Addr: a, cl: cl}
+		member := &restoreMember{Client: cl, addr: a}
+		if i == 0 {
+			member.login = &login
+		}
+		targets[i] = restore.ClusterTarget{Addr: a, Member: member}
 	}
-	if len(targets) > 1 && (login.cert == nil || login.user == "") {
-		return errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
+	// Clones are added through the restored HSM, trusted as the backup's
+	// cluster, logged in as one of its crypto officers.
+	open := func(ctx context.Context) (restore.Cloner, error) {
+		ccfg := tcfg
+		ccfg.ManufacturerRoots = mfr
+		return cluster.Open(ctx, cluster.Config{Members: addrs[:1], Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
 	}
-
-	opts := restore.Options{PublicKey: pub, Identities: []wrap.Identity{kr}, ManufacturerRoots: mfr, OperatorRoots: op}
-	// Every target is checked before the first one changes: the backup,
-	// the attestation, and for the clones that they are new HSMs.
-	for i, t := range targets {
-		h, err := t.cl.Health(ctx)
-		if err != nil {
-			// A target is a new HSM or one of the backup's cluster: only
-			// the hints about reaching it apply.
-			return fmt.Errorf("target %s: %w", t.Addr, (&conn{Client: t.cl, addr: t.Addr, hasCert: true}).explain(err))
-		}
-		if i > 0 && h.Initialized {
-			return fmt.Errorf("target %s is initialized: only new HSMs are cloned; restore into it on its own", t.Addr)
-		}
-		dry := opts
-		dry.DryRun = true
-		res, err := restore.Restore(ctx, s.st, "", clusterID, id, t.cl, dry)
-		if err != nil {
-			return fmt.Errorf("target %s: %w", t.Addr, err)
-		}
-		t.Serial, t.Action = res.TargetSerial, "checked"
-		s.log.Info("target checked", "addr", t.Addr, "serial", t.Serial)
+	opts := restore.Options{PublicKey: pub, Identities: []wrap.Identity{kr}, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: c.Bool("dry-run")}
+	results, err := restore.Cluster(ctx, s.st, "", clusterID, id, targets, open, opts)
+	for _, r := range results {
+		s.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)
 	}
-	if !c.Bool("dry-run") {
-		if err := restoreAndClone(ctx, s, c, clusterID, id, targets, opts, tcfg, op, login); err != nil {
-			return err
-		}
+	if err != nil {
+		return err
 	}
 	if wantJSON(c) {
 		return writeJSON(c.App.Writer, struct {
-			BackupID string           `json:"backup_id"`
-			Cluster  string           `json:"cluster_id"`
-			DryRun   bool             `json:"dry_run"`
-			Targets  []*restoreTarget `json:"targets"`
-		}{id, clusterID, c.Bool("dry-run"), targets})
+			BackupID string                 `json:"backup_id"`
+			Cluster  string                 `json:"cluster_id"`
+			DryRun   bool                   `json:"dry_run"`
+			Targets  []restore.TargetResult `json:"targets"`
+		}{id, clusterID, opts.DryRun, results})
 	}
-	for _, t := range targets {
-		verb := map[string]string{"checked": "would restore into", "restored": "restored into", "cloned": "cloned into"}[t.Action]
-		fmt.Fprintf(c.App.Writer, "%s %s HSM %s at %s\n", id, verb, t.Serial, t.Addr)
+	verbs := map[restore.Action]string{restore.Checked: "would restore into", restore.Restored: "restored into", restore.Cloned: "cloned into"}
+	for _, r := range results {
+		fmt.Fprintf(c.App.Writer, "%s %s HSM %s at %s\n", id, verbs[r.Action], r.Serial, r.Addr)
 	}
-	if c.Bool("dry-run") {
+	if opts.DryRun {
 		_, err = fmt.Fprintln(c.App.Writer, "dry run: every check passed; no HSM was changed")
 	}
 	return err
 }
 
-// restoreAndClone restores into the first target and clones the rest from
-// it.
-func restoreAndClone(ctx context.Context, s *service, c *cli.Context, clusterID, id string, targets []*restoreTarget, opts restore.Options, tcfg client.Config, op *x509.CertPool, login restoreLogin) error {
-	first := targets[0]
-	h, err := first.cl.Health(ctx)
-	if err != nil {
-		return fmt.Errorf("target %s: %w", first.Addr, err)
-	}
-	if h.Initialized {
-		// Importing into an HSM with users takes a crypto officer's session.
-		if login.user == "" {
-			return fmt.Errorf("target %s is initialized: give --user and a password of its crypto officer", first.Addr)
-		}
-		role, err := first.cl.Login(ctx, login.user, login.password)
+// restoreMember is a target HSM as the restore command reaches it: its
+// errors of reaching it explained, and, for the first target, a login as
+// the crypto officer just before the import if the HSM has users (an
+// import into such an HSM takes an officer's session), so that no
+// password is sent before every check has passed.
+type restoreMember struct {
+	*client.Client
+	addr  string
+	login *restoreLogin // first target only
+}
+
+// explain adds the hints of conn.explain: a target is a new HSM or a
+// member of the backup's cluster, so only those about reaching it apply.
+func (m *restoreMember) explain(err error) error {
+	return (&conn{Client: m.Client, addr: m.addr, hasCert: true}).explain(err)
+}
+
+func (m *restoreMember) Health(ctx context.Context) (api.Health, error) {
+	h, err := m.Client.Health(ctx)
+	return h, m.explain(err)
+}
+
+func (m *restoreMember) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
+	a, err := m.Client.Attest(ctx, nonce)
+	return a, m.explain(err)
+}
+
+func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.ImportResponse, error) {
+	if m.login != nil {
+		h, err := m.Health(ctx)
 		if err != nil {
-			return fmt.Errorf("target %s: log in: %w", first.Addr, err)
+			return api.ImportResponse{}, err
 		}
-		if role != hsmcore.CryptoOfficer {
-			return fmt.Errorf("target %s: %s is a %s, not a crypto officer", first.Addr, login.user, role)
+		if h.Initialized {
+			if m.login.user == "" {
+				return api.ImportResponse{}, fmt.Errorf("target %s is initialized: give --user and a password of its crypto officer", m.addr)
+			}
+			role, err := m.Login(ctx, m.login.user, m.login.password)
+			if err != nil {
+				return api.ImportResponse{}, fmt.Errorf("target %s: log in: %w", m.addr, err)
+			}
+			if role != hsmcore.CryptoOfficer {
+				return api.ImportResponse{}, fmt.Errorf("target %s: %s is a %s, not a crypto officer", m.addr, m.login.user, role)
+			}
 		}
 	}
-	if _, err := restore.Restore(ctx, s.st, "", clusterID, id, first.cl, opts); err != nil {
-		return fmt.Errorf("target %s: %w", first.Addr, err)
-	}
-	first.Action = "restored"
-	s.log.Info("restored", "backup", id, "addr", first.Addr, "serial", first.Serial)
-	if len(targets) == 1 {
-		return nil
-	}
-	ccfg := tcfg
-	ccfg.ManufacturerRoots = opts.ManufacturerRoots
-	cl, err := cluster.Open(ctx, cluster.Config{Members: []string{first.Addr}, Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
-	if err != nil {
-		return fmt.Errorf("open restored cluster at %s: %w", first.Addr, err)
-	}
-	defer cl.Close()
-	for _, t := range targets[1:] {
-		if err := cl.AddMember(ctx, t.Addr); err != nil {
-			return fmt.Errorf("clone %s from %s: %w", t.Addr, first.Addr, err)
-		}
-		t.Action = "cloned"
-		s.log.Info("cloned", "addr", t.Addr, "from", first.Addr)
-	}
-	return nil
+	return m.Client.ImportImage(ctx, r)
 }
 
 // restoreLogin is how the command logs in to and authenticates to targets.

@@ -1,0 +1,117 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/store"
+)
+
+// Member is an HSM to restore into that also reports its health.
+// *hsmcore/client.Client is one.
+type Member interface {
+	Target
+	Health(ctx context.Context) (api.Health, error)
+}
+
+// Cloner clones the HSM a backup was restored into onto new HSMs:
+// *hsmcore/cluster.Cluster, opened on the restored HSM, is one (its
+// AddMember attests the new HSM again, then copies the image).
+type Cloner interface {
+	AddMember(ctx context.Context, addr string) error
+	Close()
+}
+
+// ClusterTarget is one HSM of a restore into several.
+type ClusterTarget struct {
+	Addr   string
+	Member Member
+}
+
+// Action says what Cluster did with a target.
+type Action string
+
+// Actions.
+const (
+	Checked  Action = "checked" // every check passed (a dry run stops here)
+	Restored Action = "restored"
+	Cloned   Action = "cloned"
+)
+
+// TargetResult is what Cluster did with one target.
+type TargetResult struct {
+	Addr   string `json:"addr"`
+	Serial string `json:"serial"`
+	Action Action `json:"action"`
+}
+
+// ErrNotNew: a target after the first already holds users; only new HSMs
+// are cloned.
+var ErrNotNew = errors.New("target is not a new HSM")
+
+// Cluster restores backup backupID into targets[0] and clones it onto the
+// others, as CloudHSM makes a cluster from a backup: one HSM restored, the
+// rest added to it.
+//
+// Nothing changes before every target passed every check: each is checked
+// as Restore's dry run checks it (the backup in full, and the target's
+// attestation to a fresh nonce), and every target after the first must be
+// new (no users: ErrNotNew). With opts.DryRun, Cluster stops there, every
+// result Checked. Then the first target is restored; open, called only
+// after that succeeded, returns a Cloner on the restored HSM, which adds
+// the others. If cloning one fails, the results so far are returned with
+// the error: the first target holds the backup, and the failed target and
+// those after it are as they were.
+func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID string, targets []ClusterTarget, open func(context.Context) (Cloner, error), opts Options) ([]TargetResult, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("restore: no target")
+	}
+	if len(targets) > 1 && open == nil {
+		return nil, errors.New("restore: cloning targets needs a way to open the restored cluster")
+	}
+	results := make([]TargetResult, len(targets))
+	dry := opts
+	dry.DryRun = true
+	for i, t := range targets {
+		if i > 0 {
+			h, err := t.Member.Health(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("target %s: %w", t.Addr, err)
+			}
+			if h.Initialized {
+				return nil, fmt.Errorf("target %s: %w: it has users; restore into it on its own", t.Addr, ErrNotNew)
+			}
+		}
+		res, err := Restore(ctx, st, prefix, clusterID, backupID, t.Member, dry)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", t.Addr, err)
+		}
+		results[i] = TargetResult{Addr: t.Addr, Serial: res.TargetSerial, Action: Checked}
+	}
+	if opts.DryRun {
+		return results, nil
+	}
+
+	first := targets[0]
+	if _, err := Restore(ctx, st, prefix, clusterID, backupID, first.Member, opts); err != nil {
+		return results, fmt.Errorf("target %s: %w", first.Addr, err)
+	}
+	results[0].Action = Restored
+	if len(targets) == 1 {
+		return results, nil
+	}
+	cl, err := open(ctx)
+	if err != nil {
+		return results, fmt.Errorf("open the restored cluster at %s: %w", first.Addr, err)
+	}
+	defer cl.Close()
+	for i, t := range targets[1:] {
+		if err := cl.AddMember(ctx, t.Addr); err != nil {
+			return results, fmt.Errorf("clone %s from %s: %w", t.Addr, first.Addr, err)
+		}
+		results[i+1].Action = Cloned
+	}
+	return results, nil
+}

@@ -1,0 +1,142 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+)
+
+var _ Member = (*client.Client)(nil)
+var _ Cloner = (*cluster.Cluster)(nil)
+
+// clusterTargets serves n fresh HSMs matching the fixture's source.
+func clusterTargets(t *testing.T, f *fixture, n int) []ClusterTarget {
+	t.Helper()
+	ts := make([]ClusterTarget, n)
+	for i := range ts {
+		cl, addr := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+		ts[i] = ClusterTarget{Addr: addr, Member: cl}
+	}
+	return ts
+}
+
+// opener opens the restored cluster on the first target as its crypto
+// officer, and counts its calls.
+func opener(f *fixture, first string, calls *int) func(context.Context) (Cloner, error) {
+	return func(ctx context.Context) (Cloner, error) {
+		*calls++
+		cfg := f.src.cfg
+		cfg.ManufacturerRoots = f.a.mfrRoots
+		return cluster.Open(ctx, cluster.Config{Members: []string{first}, Client: cfg, OperatorRoots: f.a.opRoots}, "admin", testPassword)
+	}
+}
+
+func healths(t *testing.T, ts []ClusterTarget) []api.Health {
+	t.Helper()
+	hs := make([]api.Health, len(ts))
+	for i, tt := range ts {
+		h, err := tt.Member.Health(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs[i] = h
+	}
+	return hs
+}
+
+func allUnchanged(t *testing.T, ts []ClusterTarget, before []api.Health) {
+	t.Helper()
+	for i, h := range healths(t, ts) {
+		if h.StateDigest != before[i].StateDigest || h.Initialized != before[i].Initialized || h.ClusterInitialized != before[i].ClusterInitialized {
+			t.Fatalf("target %s changed: %+v, was %+v", ts[i].Addr, h, before[i])
+		}
+	}
+}
+
+// TestCluster: the first target is restored, the others cloned from it;
+// all end with the source's state.
+func TestCluster(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	ts := clusterTargets(t, f, 3)
+	calls := 0
+	res, err := Cluster(ctx, f.st, testPrefix, testCluster, f.m.ID, ts, opener(f, ts[0].Addr, &calls), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Action{Restored, Cloned, Cloned}
+	for i, r := range res {
+		if r.Action != want[i] || r.Addr != ts[i].Addr || r.Serial == "" {
+			t.Fatalf("result %d: %+v, want %s of %s", i, r, want[i], ts[i].Addr)
+		}
+	}
+	src, err := f.src.officer.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range healths(t, ts) {
+		if h.StateDigest != src.StateDigest || !h.ClusterInitialized || h.ClusterID != testCluster {
+			t.Fatalf("target %d: %+v; want the source's state %s", i, h, src.StateDigest)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("open called %d times", calls)
+	}
+}
+
+// TestClusterChecksEveryTargetFirst: a refusal of any target, or a dry
+// run, leaves every target as it was, the first included.
+func TestClusterChecksEveryTargetFirst(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	other := newNamedAuthorities(t, "acme", "globex")
+	f.opts.OperatorRoots.AddCert(other.op.Certificate())
+
+	mismatched := clusterTargets(t, f, 2)
+	cl, addr := newTarget(t, f.a, hsmcore.ManufactureConfig{Manufacturer: f.a.mfr, Operator: other.op})
+	mismatched = append(mismatched, ClusterTarget{Addr: addr, Member: cl})
+
+	notNew := clusterTargets(t, f, 1)
+	notNew = append(notNew, ClusterTarget{Addr: f.src.cfg.Addr, Member: f.src.officer})
+
+	for _, tc := range []struct {
+		name    string
+		targets []ClusterTarget
+		dry     bool
+		want    error
+	}{
+		{"third of another operator", mismatched, false, ErrAttestation},
+		{"second not new", notNew, false, ErrNotNew},
+		{"dry run", clusterTargets(t, f, 3), true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := healths(t, tc.targets)
+			calls := 0
+			opts := f.opts
+			opts.DryRun = tc.dry
+			res, err := Cluster(ctx, f.st, testPrefix, testCluster, f.m.ID, tc.targets, opener(f, tc.targets[0].Addr, &calls), opts)
+			switch {
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Fatalf("got %v, want %v", err, tc.want)
+			case tc.want == nil && err != nil:
+				t.Fatal(err)
+			}
+			if tc.dry {
+				for _, r := range res {
+					if r.Action != Checked {
+						t.Fatalf("dry run result %+v", r)
+					}
+				}
+			}
+			allUnchanged(t, tc.targets, before)
+			if calls != 0 {
+				t.Fatalf("open called %d times", calls)
+			}
+		})
+	}
+}
