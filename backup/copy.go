@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/store"
@@ -117,34 +116,4 @@ func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, d
 		return nil, fmt.Errorf("copy backup %s: write manifest: %w", id, err)
 	}
 	return &m, nil
-}
-
-// Find returns the cluster of backup id under prefix, by listing keys (no
-// manifest is read). A missing backup is an error wrapping
-// store.ErrNotFound.
-func Find(ctx context.Context, st store.Store, prefix, id string) (string, error) {
-	p, err := normPrefix(prefix)
-	if err != nil {
-		return "", fmt.Errorf("find backup: %w", err)
-	}
-	if !validBackupID(id) {
-		return "", fmt.Errorf("find backup: bad backup id %q: %w", id, store.ErrNotFound)
-	}
-	var found []string
-	err = st.List(ctx, p+"clusters/", func(oi store.ObjectInfo) error {
-		rest := strings.TrimPrefix(oi.Key, p+"clusters/")
-		if cl, tail, ok := strings.Cut(rest, "/"); ok && tail == "backups/"+id+"/"+ManifestObject {
-			found = append(found, cl)
-		}
-		return nil
-	})
-	switch {
-	case err != nil:
-		return "", fmt.Errorf("find backup %s: %w", id, err)
-	case len(found) == 0:
-		return "", fmt.Errorf("find backup %s: no such backup in the store: %w", id, store.ErrNotFound)
-	case len(found) > 1:
-		return "", fmt.Errorf("find backup %s: in clusters %v: name the cluster", id, found)
-	}
-	return found[0], nil
 }

@@ -275,14 +275,16 @@ func produce(ctx context.Context, rc io.Reader, w io.Writer, health api.Health, 
 	return nil
 }
 
-// counter is an io.Writer that hashes and counts.
+// counter is an io.Writer that counts, and hashes if it has a hash.
 type counter struct {
-	h hash.Hash
+	h hash.Hash // nil: count only
 	n int64
 }
 
 func (c *counter) Write(p []byte) (int, error) {
-	c.h.Write(p)
+	if c.h != nil {
+		c.h.Write(p)
+	}
 	c.n += int64(len(p))
 	return len(p), nil
 }

@@ -101,7 +101,7 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 		return fmt.Errorf("open envelope: %w: %w", ErrOuterLayer, err)
 	}
 	pc := &readErr{r: plain}
-	cr := &counter{h: sha256.New()}
+	cr := &counter{} // the inner size, for Deep
 	body := io.TeeReader(pc, cr)
 	if opts.Deep {
 		inner, _, err := hsmcore.ReadImageHeader(body)

@@ -55,10 +55,9 @@ var ErrNotNew = errors.New("target is not a new HSM")
 // others, as CloudHSM makes a cluster from a backup: one HSM restored, the
 // rest added to it.
 //
-// Nothing changes before every target passed every check: each is checked
-// as Restore's dry run checks it (the backup in full, and the target's
-// attestation to a fresh nonce), and every target after the first must be
-// new (no users: ErrNotNew). With opts.DryRun, Cluster stops there, every
+// Nothing changes before every check passed: the backup is verified in
+// full once, each target attests to a fresh nonce as in Restore, and every
+// target after the first must be new (no users: ErrNotNew). With opts.DryRun, Cluster stops there, every
 // result Checked. Then the first target is restored; open, called only
 // after that succeeded, returns a Cloner on the restored HSM, which adds
 // the others. If cloning one fails, the results so far are returned with
@@ -70,6 +69,12 @@ func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 	}
 	if len(targets) > 1 && open == nil {
 		return nil, errors.New("restore: cloning targets needs a way to open the restored cluster")
+	}
+	// The backup is verified once: the stream into the first target
+	// checks the stored object against the manifest again as it goes.
+	b, err := verify(ctx, st, prefix, clusterID, backupID, opts)
+	if err != nil {
+		return nil, err
 	}
 	results := make([]TargetResult, len(targets))
 	dry := opts
@@ -84,7 +89,7 @@ func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 				return nil, fmt.Errorf("target %s: %w: it has users; restore into it on its own", t.Addr, ErrNotNew)
 			}
 		}
-		res, err := Restore(ctx, st, prefix, clusterID, backupID, t.Member, dry)
+		res, err := b.into(ctx, t.Member, dry)
 		if err != nil {
 			return nil, fmt.Errorf("target %s: %w", t.Addr, err)
 		}
@@ -95,7 +100,7 @@ func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 	}
 
 	first := targets[0]
-	if _, err := Restore(ctx, st, prefix, clusterID, backupID, first.Member, opts); err != nil {
+	if _, err := b.into(ctx, first.Member, opts); err != nil {
 		return results, fmt.Errorf("target %s: %w", first.Addr, err)
 	}
 	results[0].Action = Restored

@@ -3,12 +3,17 @@ package restore
 import (
 	"context"
 	"errors"
+	"io"
+	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/store"
 )
 
 var _ Member = (*client.Client)(nil)
@@ -65,7 +70,8 @@ func TestCluster(t *testing.T) {
 	f := newFixture(t, false)
 	ts := clusterTargets(t, f, 3)
 	calls := 0
-	res, err := Cluster(ctx, f.st, testPrefix, testCluster, f.m.ID, ts, opener(f, ts[0].Addr, &calls), f.opts)
+	gets := &countingStore{Store: f.st}
+	res, err := Cluster(ctx, gets, testPrefix, testCluster, f.m.ID, ts, opener(f, ts[0].Addr, &calls), f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +93,24 @@ func TestCluster(t *testing.T) {
 	if calls != 1 {
 		t.Fatalf("open called %d times", calls)
 	}
+	// The object is read twice whatever the number of targets: verified
+	// once, streamed once.
+	if n := gets.images.Load(); n != 2 {
+		t.Fatalf("image object read %d times for 3 targets, want 2", n)
+	}
+}
+
+// countingStore counts the Gets of image objects.
+type countingStore struct {
+	store.Store
+	images atomic.Int32
+}
+
+func (s *countingStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if strings.HasSuffix(key, "/"+backup.ImageObject) {
+		s.images.Add(1)
+	}
+	return s.Store.Get(ctx, key)
 }
 
 // TestClusterChecksEveryTargetFirst: a refusal of any target, or a dry

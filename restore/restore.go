@@ -85,12 +85,26 @@ type Result struct {
 // PBK fingerprint (ErrAttestation); with opts.DryRun it stops there.
 // Nothing is sent to the target's ImportImage before all these checks pass.
 func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID string, target Target, opts Options) (*Result, error) {
+	b, err := verify(ctx, st, prefix, clusterID, backupID, opts)
+	if err != nil {
+		return nil, err
+	}
+	return b.into(ctx, target, opts)
+}
+
+// verified is a backup that passed every check of its own, ready to
+// restore into targets.
+type verified struct {
+	st                          store.Store
+	prefix, clusterID, backupID string
+	m                           *backup.Manifest
+	sum                         []byte // the stored object's SHA-256, as the manifest states it
+}
+
+// verify checks the backup: step 1 of Restore.
+func verify(ctx context.Context, st store.Store, prefix, clusterID, backupID string, opts Options) (*verified, error) {
 	if len(opts.Identities) == 0 || opts.PublicKey == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil {
 		return nil, errors.New("restore: public key, identities and both attestation roots are required")
-	}
-	now := time.Now
-	if opts.Now != nil {
-		now = opts.Now
 	}
 
 	// 1. The backup, layer by layer.
@@ -112,6 +126,16 @@ func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 	want, err := hex.DecodeString(m.ObjectSHA256)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: verify backup: %w: object hash: %w", backupID, ErrVerify, err)
+	}
+	return &verified{st: st, prefix: prefix, clusterID: clusterID, backupID: backupID, m: m, sum: want}, nil
+}
+
+// into restores the verified backup into target: steps 2 to 4 of Restore.
+func (b *verified) into(ctx context.Context, target Target, opts Options) (*Result, error) {
+	st, prefix, clusterID, backupID, m, want := b.st, b.prefix, b.clusterID, b.backupID, b.m, b.sum
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
 	}
 
 	// 2. The target.
