@@ -169,11 +169,7 @@ func storeImage(ctx context.Context, src ImageSource, st store.Store, key string
 	if err != nil {
 		return err
 	}
-	m.Source = Source{
-		Serial: inner.Source.Serial, Class: inner.Source.Class, Manufacturer: inner.Source.Manufacturer,
-		Operator: inner.Source.Operator, Firmware: inner.Source.Firmware, FIPS: inner.Source.FIPS,
-		PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:]),
-	}
+	m.Source = Source{Identity: inner.Source, PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:])}
 	m.ImageID = hex.EncodeToString(inner.ImageID[:])
 	m.ImageSize = innerSize
 	obj.fill(m)

@@ -13,6 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/store"
 )
 
@@ -46,13 +47,8 @@ func (s State) valid() bool {
 // Source is the identity of the HSM that exported a backup's image, as its
 // inner image header states it.
 type Source struct {
-	Serial         string `json:"serial"`
-	Class          string `json:"class"`
-	Manufacturer   string `json:"manufacturer"`
-	Operator       string `json:"operator"`
-	Firmware       string `json:"firmware"`
-	FIPS           bool   `json:"fips"`
-	PBKFingerprint string `json:"pbk_fingerprint"` // 32 bytes, lower-case hex
+	hsmcore.Identity        // serial, class, manufacturer, operator, firmware, fips
+	PBKFingerprint   string `json:"pbk_fingerprint"` // 32 bytes, lower-case hex
 }
 
 // Manifest describes one backup; it is stored as manifest.json next to

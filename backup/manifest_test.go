@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
 
 // fixedKey is the known-answer signing key: seed 32 bytes of 0x42.
@@ -20,8 +22,8 @@ func fixedManifest() *Manifest {
 		Format:    ManifestFormat,
 		ID:        "backup-20261124T170001Z-abcdefgh23",
 		ClusterID: "cluster-1",
-		Source: Source{Serial: "HSM-0001", Class: "hsm2m.medium", Manufacturer: "acme", Operator: "cloud",
-			Firmware: "2.1.0", FIPS: true, PBKFingerprint: strings.Repeat("0f", 32)},
+		Source: Source{Identity: hsmcore.Identity{Serial: "HSM-0001", Class: "hsm2m.medium", Manufacturer: "acme", Operator: "cloud",
+			Firmware: "2.1.0", FIPS: true}, PBKFingerprint: strings.Repeat("0f", 32)},
 		ImageID:            strings.Repeat("a5", 16),
 		State:              StateReady,
 		Created:            time.Date(2026, 11, 24, 17, 0, 1, 123456789, time.UTC),

@@ -127,7 +127,7 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 func matchInner(h *hsmcore.ImageHeader, m *Manifest) error {
 	s := m.Source
 	switch {
-	case h.Source != hsmcore.Identity{Serial: s.Serial, Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator, Firmware: s.Firmware, FIPS: s.FIPS}:
+	case h.Source != s.Identity:
 		return errors.New("source identity differs")
 	case hex.EncodeToString(h.PBKFingerprint[:]) != s.PBKFingerprint:
 		return errors.New("PBK fingerprint differs")
