@@ -36,6 +36,7 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	GO=$(GO) ./scripts/layering.sh
 
 # test: all tests, with the race detector; a test that would skip for a
 # missing component fails instead.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hsmbackup/hsmbackup/internal/backuptest"
+	"github.com/hsmbackup/hsmbackup/backup/backuptest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )

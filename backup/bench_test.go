@@ -8,8 +8,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/internal/backuptest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/backup/backuptest"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/s3"
@@ -23,7 +23,7 @@ import (
 // stored object per second.
 func BenchmarkBackupFullHSM(b *testing.B) {
 	ctx := context.Background()
-	co := newMember(b, hsmcore.DefaultCapacity)
+	co := newMember(b, device.DefaultCapacity)
 	kr, _, priv := backuptest.Keys(b)
 	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}
 

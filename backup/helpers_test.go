@@ -11,7 +11,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 	"github.com/hsmbackup/hsmbackup/store"
 )
 

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/internal/backuptest"
+	"github.com/hsmbackup/hsmbackup/backup/backuptest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )

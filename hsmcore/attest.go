@@ -8,11 +8,11 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+	"github.com/hsmbackup/hsmbackup/internal/strictjson"
 )
 
 // NonceSize is the size of an attestation nonce.
@@ -44,7 +44,7 @@ type Statement struct {
 	Certificate *x509.Certificate `json:"-"`
 }
 
-const attestationFormat = "hsmcore-attestation/1"
+const AttestationFormat = "hsmcore-attestation/1"
 
 // Attestation is a statement signed by the device key (ECDSA P-384,
 // SHA-384, ASN.1), with the device certificates from both authorities.
@@ -56,54 +56,7 @@ type Attestation struct {
 	OperatorCertificate     []byte `json:"operator_certificate"`     // DER, issued by the operator root
 }
 
-// Attest returns a signed statement of the device's identity, PBK
-// fingerprint, cluster and audit head, bound to the caller's nonce. No
-// login is needed.
-func (d *Device) Attest(nonce []byte) (*Attestation, error) {
-	if len(nonce) != NonceSize {
-		return nil, fmt.Errorf("attest: nonce must be %d bytes: %w", NonceSize, ErrInvalid)
-	}
-	d.mu.Lock()
-	st := Statement{
-		Format:    attestationFormat,
-		Identity:  d.id,
-		ClusterID: d.st.clusterID(),
-		Nonce:     bytes.Clone(nonce),
-		Time:      d.opts.now(),
-		AuditHead: d.auditLog.Head(),
-	}
-	cluster := d.st.Cluster
-	d.mu.Unlock()
-	if cluster != nil {
-		key, err := cluster.key()
-		if err != nil {
-			return nil, fmt.Errorf("attest: %w", err)
-		}
-		if st.ClusterKeyHash, err = PublicKeyHash(&key.PublicKey); err != nil {
-			return nil, fmt.Errorf("attest: %w", err)
-		}
-	}
-	fp := pbkFingerprint(d.pbk)
-	st.PBKFingerprint = fp[:]
-	body, err := json.Marshal(st)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
-	}
-	sig, err := d.sign(attestationFormat, body)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
-	}
-	return &Attestation{Statement: body, Signature: sig, ManufacturerCertificate: d.mfrCert, OperatorCertificate: d.opCert}, nil
-}
-
-// sign signs a message with the device key under a domain string, so a
-// signature for one purpose is never valid for another.
-func (d *Device) sign(domain string, msg []byte) ([]byte, error) {
-	h := domainDigest(domain, msg)
-	return ecdsa.SignASN1(rand.Reader, d.deviceKey, h)
-}
-
-func domainDigest(domain string, msg []byte) []byte {
+func DomainDigest(domain string, msg []byte) []byte {
 	h := sha512.New384()
 	h.Write([]byte(domain))
 	h.Write([]byte{0})
@@ -177,14 +130,14 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 	if !ok1 || !ok2 || !mpub.Equal(opub) {
 		return fail("the two certificates certify different keys")
 	}
-	if !ecdsa.VerifyASN1(mpub, domainDigest(attestationFormat, a.Statement), a.Signature) {
+	if !ecdsa.VerifyASN1(mpub, DomainDigest(AttestationFormat, a.Statement), a.Signature) {
 		return fail("signature")
 	}
 	var st Statement
-	if err := decodeStrict(a.Statement, &st); err != nil {
+	if err := strictjson.Unmarshal(a.Statement, &st); err != nil {
 		return fail("statement: %v", err)
 	}
-	if st.Format != attestationFormat {
+	if st.Format != AttestationFormat {
 		return fail("statement format %q", st.Format)
 	}
 	switch {
@@ -221,12 +174,12 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 		return fail("PBK fingerprint differs")
 	}
 	if e.MinFirmware != "" {
-		min, err := parseFirmware(e.MinFirmware)
+		min, err := ParseFirmware(e.MinFirmware)
 		if err != nil {
 			return nil, fmt.Errorf("verify attestation: %w", err)
 		}
-		fw, err := parseFirmware(st.Firmware)
-		if err != nil || fw.less(min) {
+		fw, err := ParseFirmware(st.Firmware)
+		if err != nil || fw.Less(min) {
 			return fail("firmware %q older than %q", st.Firmware, e.MinFirmware)
 		}
 	}
@@ -265,19 +218,9 @@ type SignedHead struct {
 	Signature []byte     `json:"signature"`
 }
 
-const auditHeadDomain = "hsmcore-audit-head/1"
+const AuditHeadDomain = "hsmcore-audit-head/1"
 
-func (d *Device) signHead(h audit.Head) (SignedHead, error) {
-	sh := SignedHead{Serial: d.id.Serial, Head: h}
-	sig, err := d.sign(auditHeadDomain, sh.message())
-	if err != nil {
-		return SignedHead{}, fmt.Errorf("sign audit head: %w", err)
-	}
-	sh.Signature = sig
-	return sh, nil
-}
-
-func (sh SignedHead) message() []byte {
+func (sh SignedHead) SignedMessage() []byte {
 	return fmt.Appendf(nil, "%s\x00%d\x00%x", sh.Serial, sh.Head.Seq, sh.Head.Hash[:])
 }
 
@@ -289,7 +232,7 @@ func VerifyAuditLog(entries []audit.Entry, sh SignedHead, deviceCert *x509.Certi
 	if !ok || deviceCert.Subject.SerialNumber != sh.Serial {
 		return fmt.Errorf("verify audit log: certificate is not the device's: %w", ErrTampered)
 	}
-	if !ecdsa.VerifyASN1(pub, domainDigest(auditHeadDomain, sh.message()), sh.Signature) {
+	if !ecdsa.VerifyASN1(pub, DomainDigest(AuditHeadDomain, sh.SignedMessage()), sh.Signature) {
 		return fmt.Errorf("verify audit log: head signature: %w", ErrTampered)
 	}
 	if err := audit.Verify(entries, &sh.Head); err != nil {

@@ -9,10 +9,10 @@ import (
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/backup"
-	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/store"
 )
 
@@ -24,7 +24,7 @@ func clusterTargets(t *testing.T, f *fixture, n int) []ClusterTarget {
 	t.Helper()
 	ts := make([]ClusterTarget, n)
 	for i := range ts {
-		cl, addr := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+		cl, addr := newTarget(t, f.a, device.ManufactureConfig{})
 		ts[i] = ClusterTarget{Addr: addr, Member: cl}
 	}
 	return ts
@@ -122,7 +122,7 @@ func TestClusterChecksEveryTargetFirst(t *testing.T) {
 	f.opts.OperatorRoots.AddCert(other.op.Certificate())
 
 	mismatched := clusterTargets(t, f, 2)
-	cl, addr := newTarget(t, f.a, hsmcore.ManufactureConfig{Manufacturer: f.a.mfr, Operator: other.op})
+	cl, addr := newTarget(t, f.a, device.ManufactureConfig{Manufacturer: f.a.mfr, Operator: other.op})
 	mismatched = append(mismatched, ClusterTarget{Addr: addr, Member: cl})
 
 	notNew := clusterTargets(t, f, 1)

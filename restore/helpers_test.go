@@ -10,7 +10,8 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 	"github.com/hsmbackup/hsmbackup/store"
 )
@@ -27,7 +28,7 @@ const (
 // authorities are a manufacturer and an operator, and root pools holding
 // their certificates.
 type authorities struct {
-	mfr, op           *hsmcore.Authority
+	mfr, op           *device.Authority
 	mfrRoots, opRoots *x509.CertPool
 }
 
@@ -38,11 +39,11 @@ func newAuthorities(tb testing.TB) *authorities {
 
 func newNamedAuthorities(tb testing.TB, mfrName, opName string) *authorities {
 	tb.Helper()
-	mfr, err := hsmcore.NewAuthority(hsmcore.Manufacturer, mfrName)
+	mfr, err := device.NewAuthority(device.Manufacturer, mfrName)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	op, err := hsmcore.NewAuthority(hsmcore.Operator, opName)
+	op, err := device.NewAuthority(device.Operator, opName)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func newSource(tb testing.TB, a *authorities, fips bool) *source {
 	tb.Helper()
 	ctx := context.Background()
 	ca := testpki.NewCA(tb, "customer root CA")
-	d := hsmtest.Serve(tb, hsmcore.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
+	d := hsmtest.Serve(tb, device.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
 	cfg := hsmtest.InitCluster(tb, d.Addr, a.mfrRoots, ca, testCluster, "admin", testPassword)
 	co := newClient(tb, cfg)
 	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
@@ -104,7 +105,7 @@ func newClient(tb testing.TB, cfg client.Config) *client.Client {
 
 // newTarget serves a fresh, uninitialized HSM and returns a client that
 // trusts it as a device, and its address.
-func newTarget(tb testing.TB, a *authorities, cfg hsmcore.ManufactureConfig) (*client.Client, string) {
+func newTarget(tb testing.TB, a *authorities, cfg device.ManufactureConfig) (*client.Client, string) {
 	tb.Helper()
 	if cfg.Manufacturer == nil {
 		cfg.Manufacturer, cfg.Operator = a.mfr, a.op

@@ -14,7 +14,8 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/internal/backuptest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/backup/backuptest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -94,7 +95,7 @@ func flip(t *testing.T, st store.Store, key string, at int) {
 func TestRestore(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, false)
-	target, addr := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	target, addr := newTarget(t, f.a, device.ManufactureConfig{})
 	before := health(t, target)
 	if before.Initialized || before.ClusterInitialized {
 		t.Fatalf("target not fresh: %+v", before)
@@ -127,7 +128,7 @@ func TestRestore(t *testing.T) {
 
 func TestDryRun(t *testing.T) {
 	f := newFixture(t, false)
-	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 	before := health(t, target)
 	opts := f.opts
 	opts.DryRun = true
@@ -157,7 +158,7 @@ func TestDryRun(t *testing.T) {
 // or not, until it is restored to READY.
 func TestPendingDeletionRefused(t *testing.T) {
 	f := newFixture(t, false)
-	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 	before := health(t, target)
 	ctx := context.Background()
 	lo := backup.LifecycleOptions{SigningKey: f.priv}
@@ -192,23 +193,23 @@ func TestRefused(t *testing.T) {
 	tests := []struct {
 		name   string
 		fips   bool
-		target hsmcore.ManufactureConfig
+		target device.ManufactureConfig
 		trust  bool                           // trust the target's authorities
 		setup  func(t *testing.T, f *fixture) // breaks the backup or the options
 		want   []error
 		msg    string
 	}{
-		{name: "other class", target: hsmcore.ManufactureConfig{Class: "hsm2m.large"},
+		{name: "other class", target: device.ManufactureConfig{Class: "hsm2m.large"},
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `class "hsm2m.large", want "hsm2m.medium"`},
 		// Trusted authorities of other names: the expectation fails.
-		{name: "other manufacturer", target: hsmcore.ManufactureConfig{Manufacturer: globex.mfr}, trust: true,
+		{name: "other manufacturer", target: device.ManufactureConfig{Manufacturer: globex.mfr}, trust: true,
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `manufacturer "globex", want "acme"`},
-		{name: "other operator", target: hsmcore.ManufactureConfig{Operator: globex.op}, trust: true,
+		{name: "other operator", target: device.ManufactureConfig{Operator: globex.op}, trust: true,
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `operator "initech", want "cloud"`},
 		// Authorities of the same names, not trusted: the chain fails.
-		{name: "untrusted chain", target: hsmcore.ManufactureConfig{Manufacturer: other.mfr, Operator: other.op},
+		{name: "untrusted chain", target: device.ManufactureConfig{Manufacturer: other.mfr, Operator: other.op},
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: "manufacturer chain"},
-		{name: "older firmware", target: hsmcore.ManufactureConfig{Firmware: "2.0.9"},
+		{name: "older firmware", target: device.ManufactureConfig{Firmware: "2.0.9"},
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `firmware "2.0.9" older than "2.1.0"`},
 		{name: "FIPS into non-FIPS", fips: true,
 			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: "not in FIPS mode"},
@@ -297,7 +298,7 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			sw := &swapStore{Store: f.st, key: imageKey, other: other}
-			target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+			target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 			before := health(t, target)
 			_, err := Restore(ctx, sw, testPrefix, testCluster, f.m.ID, target, f.opts)
 			if !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "stream image") {
@@ -312,7 +313,7 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 // reach the caller.
 func TestImportErrorPassesThrough(t *testing.T) {
 	f := newFixture(t, false)
-	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 	_, err := f.restore(&refusingTarget{Target: target}, f.opts)
 	if !errors.Is(err, hsmcore.ErrTampered) {
 		t.Fatalf("error %v is not ErrTampered", err)
@@ -347,7 +348,7 @@ func (r *replayTarget) ImportImage(ctx context.Context, img io.Reader) (api.Impo
 // and nothing is sent to the target.
 func TestReplayedAttestationRefused(t *testing.T) {
 	f := newFixture(t, false)
-	target, _ := newTarget(t, f.a, hsmcore.ManufactureConfig{})
+	target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 	before := health(t, target)
 	old, err := target.Attest(context.Background(), hsmcore.NewNonce())
 	if err != nil {

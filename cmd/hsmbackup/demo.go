@@ -16,6 +16,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -100,7 +101,7 @@ type demo struct {
 	out  *printer
 	ws   string // workspace directory
 
-	mfr, op, otherOp *hsmcore.Authority
+	mfr, op, otherOp *device.Authority
 	mfrRoots         *x509.CertPool // the manufacturer's root
 	opRoots          *x509.CertPool // both operators' roots
 	ca               *demoCA        // the customer's CA

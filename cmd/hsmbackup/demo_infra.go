@@ -19,6 +19,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/server"
 	"github.com/hsmbackup/hsmbackup/store"
 )
@@ -113,14 +114,14 @@ type demoHSM struct {
 // serveHSM manufactures HSM name of the demo's class and manufacturer for
 // operator op in the workspace, and serves it on 127.0.0.1 with a port of
 // its own. The HSM is stopped by cleanUp.
-func (d *demo) serveHSM(name string, op *hsmcore.Authority) (*demoHSM, error) {
+func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 	dir := filepath.Join(d.ws, "hsm-"+strings.ToLower(name))
-	dev, err := hsmcore.Manufacture(dir, hsmcore.ManufactureConfig{
+	dev, err := device.Manufacture(dir, device.ManufactureConfig{
 		Class:        demoClass,
 		Firmware:     demoFirmware,
 		Manufacturer: d.mfr,
 		Operator:     op,
-	}, hsmcore.Options{PasswordIterations: d.opts.PasswordIterations})
+	}, device.Options{PasswordIterations: d.opts.PasswordIterations})
 	if err != nil {
 		return nil, fmt.Errorf("manufacture HSM %s: %w", name, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/restore"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
@@ -45,16 +46,16 @@ func (d *demo) setUp(ctx context.Context) error {
 
 	d.mfrRoots, d.opRoots = x509.NewCertPool(), x509.NewCertPool()
 	for _, a := range []struct {
-		dst   **hsmcore.Authority
-		kind  hsmcore.AuthorityKind
+		dst   **device.Authority
+		kind  device.AuthorityKind
 		name  string
 		roots *x509.CertPool
 	}{
-		{&d.mfr, hsmcore.Manufacturer, demoManufacturer, d.mfrRoots},
-		{&d.op, hsmcore.Operator, demoOperator, d.opRoots},
-		{&d.otherOp, hsmcore.Operator, demoOtherOperator, d.opRoots},
+		{&d.mfr, device.Manufacturer, demoManufacturer, d.mfrRoots},
+		{&d.op, device.Operator, demoOperator, d.opRoots},
+		{&d.otherOp, device.Operator, demoOtherOperator, d.opRoots},
 	} {
-		auth, err := hsmcore.NewAuthority(a.kind, a.name)
+		auth, err := device.NewAuthority(a.kind, a.name)
 		if err != nil {
 			return err
 		}
@@ -379,7 +380,7 @@ func (d *demo) restoreInto(ctx context.Context, target *client.Client) (*restore
 
 // freshTarget serves a new HSM for operator op and returns it with a
 // client that trusts it as a device: a restore target.
-func (d *demo) freshTarget(name string, op *hsmcore.Authority) (*demoHSM, *client.Client, error) {
+func (d *demo) freshTarget(name string, op *device.Authority) (*demoHSM, *client.Client, error) {
 	h, err := d.serveHSM(name, op)
 	if err != nil {
 		return nil, nil, err

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/server"
 )
 
@@ -69,11 +70,11 @@ func authorityCreate(c *cli.Context) error {
 	if err := requireFlags(c, "kind", "name", "out"); err != nil {
 		return err
 	}
-	kind := hsmcore.AuthorityKind(c.String("kind"))
-	if kind != hsmcore.Manufacturer && kind != hsmcore.Operator {
+	kind := device.AuthorityKind(c.String("kind"))
+	if kind != device.Manufacturer && kind != device.Operator {
 		return fmt.Errorf("--kind %q: want manufacturer or operator", kind)
 	}
-	a, err := hsmcore.NewAuthority(kind, c.String("name"))
+	a, err := device.NewAuthority(kind, c.String("name"))
 	if err != nil {
 		return err
 	}
@@ -102,7 +103,7 @@ func manufactureCommand() *cli.Command {
 			&cli.StringFlag{Name: "firmware", Usage: "firmware version `X.Y.Z`"},
 			&cli.BoolFlag{Name: "fips", Usage: "manufacture in FIPS mode"},
 			&cli.StringFlag{Name: "serial", Usage: "`SERIAL` number (default: random)"},
-			&cli.IntFlag{Name: "capacity", Usage: "maximum number of keys `N`", DefaultText: fmt.Sprint(hsmcore.DefaultCapacity)},
+			&cli.IntFlag{Name: "capacity", Usage: "maximum number of keys `N`", DefaultText: fmt.Sprint(device.DefaultCapacity)},
 			&cli.StringFlag{Name: "out", Usage: "empty or missing `DIR` to hold the HSM"},
 			jsonFlag(),
 		},
@@ -118,15 +119,15 @@ func manufacture(c *cli.Context) error {
 	if err := requireFlags(c, "class", "manufacturer", "operator", "firmware", "out"); err != nil {
 		return err
 	}
-	mfr, err := hsmcore.LoadAuthority(c.String("manufacturer"))
+	mfr, err := device.LoadAuthority(c.String("manufacturer"))
 	if err != nil {
 		return fmt.Errorf("manufacturer: %w", err)
 	}
-	op, err := hsmcore.LoadAuthority(c.String("operator"))
+	op, err := device.LoadAuthority(c.String("operator"))
 	if err != nil {
 		return fmt.Errorf("operator: %w", err)
 	}
-	dev, err := hsmcore.Manufacture(c.String("out"), hsmcore.ManufactureConfig{
+	dev, err := device.Manufacture(c.String("out"), device.ManufactureConfig{
 		Class:        c.String("class"),
 		Firmware:     c.String("firmware"),
 		FIPS:         c.Bool("fips"),
@@ -134,7 +135,7 @@ func manufacture(c *cli.Context) error {
 		Capacity:     c.Int("capacity"),
 		Manufacturer: mfr,
 		Operator:     op,
-	}, hsmcore.Options{})
+	}, device.Options{})
 	if err != nil {
 		return err
 	}
@@ -191,7 +192,7 @@ func serveCommand() *cli.Command {
 				Name:   "password-iterations",
 				Hidden: true,
 				Usage: "TEST ONLY: PBKDF2 iterations `N` for passwords set while serving (0: hsmcore's default, " +
-					fmt.Sprint(hsmcore.DefaultPasswordIterations) + "; else at least " + fmt.Sprint(minTestIterations) + "); lowering it weakens stored passwords",
+					fmt.Sprint(device.DefaultPasswordIterations) + "; else at least " + fmt.Sprint(minTestIterations) + "); lowering it weakens stored passwords",
 			},
 		},
 		OnUsageError: usageError,
@@ -214,7 +215,7 @@ func serve(c *cli.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	dev, err := hsmcore.Open(c.String("device"), hsmcore.Options{PasswordIterations: iter})
+	dev, err := device.Open(c.String("device"), device.Options{PasswordIterations: iter})
 	if err != nil {
 		return err
 	}

@@ -21,8 +21,8 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/hsmbackup/hsmbackup/backup"
-	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
 	"github.com/hsmbackup/hsmbackup/wrap"
@@ -98,7 +98,7 @@ clusters:
 // for each script.
 type scriptPKI struct {
 	env   *hsmtest.Env
-	other *hsmcore.Authority // an operator other than env.Op
+	other *device.Authority // an operator other than env.Op
 	cert  tls.Certificate
 	hsms  chan scriptHSMs
 }
@@ -116,7 +116,7 @@ func TestScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := hsmcore.NewAuthority(hsmcore.Operator, "othercloud")
+	other, err := device.NewAuthority(device.Operator, "othercloud")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,8 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
-	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 )
 
 const password = "correct horse battery"
@@ -204,7 +205,7 @@ func TestAddMemberRefusesOtherHardware(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer co.Close()
-	other, err := hsmcore.NewAuthority(hsmcore.Operator, "cloud") // same name, other AKBK
+	other, err := device.NewAuthority(device.Operator, "cloud") // same name, other AKBK
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 )
 
 // access is who may call a route.
@@ -28,7 +29,7 @@ const (
 )
 
 // handler serves one call and returns the JSON answer (nil for 204).
-type handler func(r *http.Request, s *hsmcore.Session) (any, error)
+type handler func(r *http.Request, s *device.Session) (any, error)
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -97,7 +98,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, name string, a ac
 
 // authorize applies an access level to a request and returns its session
 // where one is needed.
-func (s *Server) authorize(r *http.Request, a access) (*hsmcore.Session, error) {
+func (s *Server) authorize(r *http.Request, a access) (*device.Session, error) {
 	switch a {
 	case public:
 		return nil, nil
@@ -129,7 +130,7 @@ func (s *Server) authorize(r *http.Request, a access) (*hsmcore.Session, error) 
 }
 
 // approve attaches the request's quorum approvals, if any, to the session.
-func approve(r *http.Request, hs *hsmcore.Session) error {
+func approve(r *http.Request, hs *device.Session) error {
 	h := r.Header.Get(api.QuorumHeader)
 	if h == "" {
 		return nil
@@ -196,13 +197,13 @@ func handle(r *http.Request) (uint64, error) {
 	return h, nil
 }
 
-func (s *Server) health(*http.Request, *hsmcore.Session) (any, error) {
+func (s *Server) health(*http.Request, *device.Session) (any, error) {
 	fp := s.dev.PBKFingerprint()
 	return api.Health{Identity: s.dev.Identity(), ClusterID: s.dev.ClusterID(), ClusterInitialized: s.dev.ClusterInitialized(),
 		Initialized: s.dev.Initialized(), StateDigest: s.dev.StateDigest(), PBKFingerprint: fp[:]}, nil
 }
 
-func (s *Server) attest(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) attest(r *http.Request, _ *device.Session) (any, error) {
 	var req api.AttestRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -210,7 +211,7 @@ func (s *Server) attest(r *http.Request, _ *hsmcore.Session) (any, error) {
 	return s.dev.Attest(req.Nonce)
 }
 
-func (s *Server) certificates(*http.Request, *hsmcore.Session) (any, error) {
+func (s *Server) certificates(*http.Request, *device.Session) (any, error) {
 	m, o := s.dev.Certificates()
 	out := api.Certificates{Manufacturer: m.Raw, Operator: o.Raw}
 	if ca := s.dev.CustomerCA(); ca != nil {
@@ -223,7 +224,7 @@ func (s *Server) certificates(*http.Request, *hsmcore.Session) (any, error) {
 	return out, nil
 }
 
-func (s *Server) clusterCSR(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) clusterCSR(r *http.Request, _ *device.Session) (any, error) {
 	var req api.CSRRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -235,7 +236,7 @@ func (s *Server) clusterCSR(r *http.Request, _ *hsmcore.Session) (any, error) {
 	return api.CSRResponse{CSR: csr}, nil
 }
 
-func (s *Server) clusterInit(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) clusterInit(r *http.Request, _ *device.Session) (any, error) {
 	var req api.ClusterInitRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -243,7 +244,7 @@ func (s *Server) clusterInit(r *http.Request, _ *hsmcore.Session) (any, error) {
 	return nil, s.dev.InitializeCluster(req.Certificate, req.CustomerCA)
 }
 
-func (s *Server) initialize(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) initialize(r *http.Request, _ *device.Session) (any, error) {
 	var req api.Credentials
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -251,7 +252,7 @@ func (s *Server) initialize(r *http.Request, _ *hsmcore.Session) (any, error) {
 	return nil, s.dev.Initialize(req.User, req.Password)
 }
 
-func (s *Server) login(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) login(r *http.Request, _ *device.Session) (any, error) {
 	var req api.Credentials
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -274,12 +275,12 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-func (s *Server) logout(r *http.Request, _ *hsmcore.Session) (any, error) {
+func (s *Server) logout(r *http.Request, _ *device.Session) (any, error) {
 	s.endSession(r)
 	return nil, nil
 }
 
-func (s *Server) password(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) password(r *http.Request, hs *device.Session) (any, error) {
 	var req api.PasswordRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -287,12 +288,12 @@ func (s *Server) password(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.ChangePassword(req.Password)
 }
 
-func (s *Server) users(_ *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) users(_ *http.Request, hs *device.Session) (any, error) {
 	u, err := hs.Users()
 	return api.UsersResponse{Users: u}, err
 }
 
-func (s *Server) createUser(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) createUser(r *http.Request, hs *device.Session) (any, error) {
 	var req api.CreateUserRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -300,16 +301,16 @@ func (s *Server) createUser(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.CreateUser(req.Name, req.Role, req.Password)
 }
 
-func (s *Server) deleteUser(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) deleteUser(r *http.Request, hs *device.Session) (any, error) {
 	return nil, hs.DeleteUser(r.PathValue("name"))
 }
 
-func (s *Server) keys(_ *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) keys(_ *http.Request, hs *device.Session) (any, error) {
 	k, err := hs.Keys()
 	return api.KeysResponse{Keys: k}, err
 }
 
-func (s *Server) generateKeys(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) generateKeys(r *http.Request, hs *device.Session) (any, error) {
 	var req api.GenerateKeysRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -318,7 +319,7 @@ func (s *Server) generateKeys(r *http.Request, hs *hsmcore.Session) (any, error)
 	return api.KeysResponse{Keys: k}, err
 }
 
-func (s *Server) key(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) key(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -326,7 +327,7 @@ func (s *Server) key(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return hs.Key(h)
 }
 
-func (s *Server) deleteKey(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) deleteKey(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -334,7 +335,7 @@ func (s *Server) deleteKey(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.DeleteKey(h)
 }
 
-func (s *Server) setAttributes(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) setAttributes(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -346,7 +347,7 @@ func (s *Server) setAttributes(r *http.Request, hs *hsmcore.Session) (any, error
 	return nil, hs.SetAttributes(h, req)
 }
 
-func (s *Server) share(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) share(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -358,7 +359,7 @@ func (s *Server) share(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.ShareKey(h, req.User, req.Share)
 }
 
-func (s *Server) trust(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) trust(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -370,7 +371,7 @@ func (s *Server) trust(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.SetTrusted(h, req.Trusted)
 }
 
-func (s *Server) crypto(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) crypto(r *http.Request, hs *device.Session) (any, error) {
 	h, err := handle(r)
 	if err != nil {
 		return nil, err
@@ -398,7 +399,7 @@ func (s *Server) crypto(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return api.CryptoResponse{Data: out}, nil
 }
 
-func (s *Server) wrap(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) wrap(r *http.Request, hs *device.Session) (any, error) {
 	var req api.WrapRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -410,7 +411,7 @@ func (s *Server) wrap(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return api.WrapResponse{Wrapped: w}, nil
 }
 
-func (s *Server) unwrap(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) unwrap(r *http.Request, hs *device.Session) (any, error) {
 	var req api.UnwrapRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -418,7 +419,7 @@ func (s *Server) unwrap(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return hs.UnwrapKey(req.Unwrapping, req.Wrapped, req.Spec)
 }
 
-func (s *Server) exportRecord(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) exportRecord(r *http.Request, hs *device.Session) (any, error) {
 	var req api.RecordRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -436,7 +437,7 @@ func (s *Server) exportRecord(r *http.Request, hs *hsmcore.Session) (any, error)
 	return api.Record{Record: rec}, nil
 }
 
-func (s *Server) importRecord(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) importRecord(r *http.Request, hs *device.Session) (any, error) {
 	var req api.Record
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -444,7 +445,7 @@ func (s *Server) importRecord(r *http.Request, hs *hsmcore.Session) (any, error)
 	return nil, hs.ImportRecord(req.Record)
 }
 
-func (s *Server) audit(_ *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) audit(_ *http.Request, hs *device.Session) (any, error) {
 	if hs.User().Role != hsmcore.CryptoOfficer {
 		return nil, fmt.Errorf("audit log: crypto officers only: %w", hsmcore.ErrPermission)
 	}
@@ -481,7 +482,7 @@ func (s *Server) exportImage(w http.ResponseWriter, r *http.Request) {
 // without users takes it without a session (a new cluster member being
 // cloned); otherwise a crypto officer's session is needed.
 func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
-	var hs *hsmcore.Session
+	var hs *device.Session
 	if r.Header.Get("Authorization") != "" {
 		var err error
 		if hs, err = s.authorize(r, loggedIn); err != nil {
@@ -502,7 +503,7 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(api.ImportResponse{ImageID: h.ImageID[:], Source: h.Source, ClusterID: h.ClusterID})
 }
 
-func (s *Server) signingKey(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) signingKey(r *http.Request, hs *device.Session) (any, error) {
 	var req api.SigningKeyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -510,11 +511,11 @@ func (s *Server) signingKey(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.RegisterSigningKey(req.PublicKey)
 }
 
-func (s *Server) quorumPolicy(*http.Request, *hsmcore.Session) (any, error) {
+func (s *Server) quorumPolicy(*http.Request, *device.Session) (any, error) {
 	return s.dev.Quorum(), nil
 }
 
-func (s *Server) setQuorum(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) setQuorum(r *http.Request, hs *device.Session) (any, error) {
 	var req api.QuorumPolicyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -522,7 +523,7 @@ func (s *Server) setQuorum(r *http.Request, hs *hsmcore.Session) (any, error) {
 	return nil, hs.SetQuorum(req.Op, req.M)
 }
 
-func (s *Server) quorumToken(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) quorumToken(r *http.Request, hs *device.Session) (any, error) {
 	var req api.QuorumTokenRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -534,7 +535,7 @@ func (s *Server) quorumToken(r *http.Request, hs *hsmcore.Session) (any, error) 
 	return api.QuorumTokenResponse{Token: tok, Sealed: sealed}, nil
 }
 
-func (s *Server) adoptToken(r *http.Request, hs *hsmcore.Session) (any, error) {
+func (s *Server) adoptToken(r *http.Request, hs *device.Session) (any, error) {
 	var req api.Record
 	if err := decode(r, &req); err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-// Package server serves one hsmcore.Device over HTTP/2 on mutual TLS 1.3:
+// Package server serves one device.Device over HTTP/2 on mutual TLS 1.3:
 // the HSM daemon of `hsmbackup hsm serve`.
 //
 // Before its cluster is initialized the daemon presents the device
@@ -25,12 +25,13 @@ import (
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 )
 
 // Config configures a Server. Device is required; zero values elsewhere
 // take the documented defaults.
 type Config struct {
-	Device *hsmcore.Device
+	Device *device.Device
 	// Logger receives one line per request and per refusal; nil discards.
 	Logger *slog.Logger
 	// SessionTTL bounds a session token's life; 0 means one hour.
@@ -43,7 +44,7 @@ type Config struct {
 
 // Server is an HSM daemon.
 type Server struct {
-	dev    *hsmcore.Device
+	dev    *device.Device
 	log    *slog.Logger
 	ttl    time.Duration
 	maxSes int
@@ -54,7 +55,7 @@ type Server struct {
 }
 
 type sessionEntry struct {
-	s        *hsmcore.Session
+	s        *device.Session
 	certHash [32]byte // client certificate that logged in
 	expires  time.Time
 }
@@ -150,7 +151,7 @@ func certHash(r *http.Request) [32]byte {
 }
 
 // newSession stores a logged-in session and returns its token.
-func (s *Server) newSession(r *http.Request, hs *hsmcore.Session, token string) error {
+func (s *Server) newSession(r *http.Request, hs *device.Session, token string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -169,7 +170,7 @@ func (s *Server) newSession(r *http.Request, hs *hsmcore.Session, token string) 
 
 // session returns the request's session: its bearer token must name a live
 // session opened over the same client certificate.
-func (s *Server) session(r *http.Request) (*hsmcore.Session, error) {
+func (s *Server) session(r *http.Request) (*device.Session, error) {
 	const prefix = "Bearer "
 	h := r.Header.Get("Authorization")
 	if len(h) <= len(prefix) || h[:len(prefix)] != prefix {

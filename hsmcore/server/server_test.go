@@ -15,7 +15,8 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/internal/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
@@ -26,7 +27,7 @@ type env struct{ *hsmtest.Env }
 func newEnv(t *testing.T) *env { return &env{hsmtest.NewEnv(t)} }
 
 // serve manufactures an HSM and serves it on a loopback port.
-func (e *env) serve(t *testing.T) (*hsmcore.Device, string) {
+func (e *env) serve(t *testing.T) (*device.Device, string) {
 	d := e.Serve(t, nil)
 	return d.Dev, d.Addr
 }
@@ -61,7 +62,7 @@ func (e *env) memberClient(t *testing.T, addr string, cert *tls.Certificate) *cl
 
 // initialized serves an HSM, initializes its cluster and first officer,
 // and returns an officer's client.
-func (e *env) initialized(t *testing.T) (*hsmcore.Device, string, *client.Client) {
+func (e *env) initialized(t *testing.T) (*device.Device, string, *client.Client) {
 	t.Helper()
 	ctx := context.Background()
 	d, addr := e.serve(t)

@@ -1,0 +1,358 @@
+package device
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device/internal/kbkdf"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
+)
+
+// DefaultCapacity is how many keys an HSM holds unless manufactured
+// otherwise: the 16,666 of CloudHSM's hsm2m.medium.
+const DefaultCapacity = 16666
+
+// MaxUsers is how many users an HSM holds (CloudHSM hsm2m.medium: 1,024).
+const MaxUsers = 1024
+
+// ManufactureConfig describes a new HSM.
+type ManufactureConfig struct {
+	Class        string     // hardware class, e.g. "hsm2m.medium"; required
+	Firmware     string     // "major.minor.patch"; required
+	FIPS         bool       // FIPS mode
+	Serial       string     // empty: a random serial
+	Capacity     int        // maximum keys; 0 means DefaultCapacity
+	Manufacturer *Authority // certifies the device and provides the MKBK; required
+	Operator     *Authority // certifies the device and provides the AKBK; required
+}
+
+// Options are settings of a running device that are not part of its
+// identity.
+type Options struct {
+	// PasswordIterations is the PBKDF2-HMAC-SHA256 iteration count for
+	// passwords set from now on; 0 means DefaultPasswordIterations. Tests
+	// lower it with TestOptions.
+	PasswordIterations int
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// TestOptions returns Options with a cheap password KDF, for tests only.
+func TestOptions() Options { return Options{PasswordIterations: 1000} }
+
+func (o Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+// Files in a device directory.
+const (
+	sealKeyFile = "seal.key"      // 32 random bytes: stands for the HSM's hardware storage root
+	stateFile   = "device.sealed" // identity, hardware-bound keys, users and keys, sealed
+	auditFile   = "audit.log"     // hash-chained audit log, JSON lines
+)
+
+// Device is one HSM. All its methods are safe for concurrent use. Secret
+// keys (MKBK, AKBK, PBK, EBKs, the device key, the seal key and every key
+// object's material) never leave it: no exported method returns them.
+type Device struct {
+	dir  string
+	opts Options
+
+	id        hsmcore.Identity
+	capacity  int
+	deviceKey *ecdsa.PrivateKey
+	mfrCert   []byte // DER, signed by the manufacturer root
+	opCert    []byte // DER, signed by the operator root
+	mkbk      []byte
+	akbk      []byte
+	pbk       []byte
+	seal      cipher.AEAD
+
+	mu             sync.Mutex
+	st             *contents
+	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
+	sessionHandles uint64
+	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
+	auditLog       *audit.Log
+	auditW         *os.File
+	lock           *os.File // held while the device is open
+}
+
+// Manufacture creates a new HSM in the empty or missing directory dir.
+func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, error) {
+	if cfg.Manufacturer == nil || cfg.Manufacturer.kind != Manufacturer {
+		return nil, fmt.Errorf("manufacture: a manufacturer authority is required: %w", hsmcore.ErrInvalid)
+	}
+	if cfg.Operator == nil || cfg.Operator.kind != Operator {
+		return nil, fmt.Errorf("manufacture: an operator authority is required: %w", hsmcore.ErrInvalid)
+	}
+	if err := hsmcore.CheckName(cfg.Class); err != nil {
+		return nil, fmt.Errorf("manufacture: class: %w", err)
+	}
+	if _, err := hsmcore.ParseFirmware(cfg.Firmware); err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	if cfg.Serial == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		cfg.Serial = "HSM-" + strings.ToUpper(hex.EncodeToString(b[:]))
+	}
+	if err := hsmcore.CheckName(cfg.Serial); err != nil {
+		return nil, fmt.Errorf("manufacture: serial: %w", err)
+	}
+	if cfg.Capacity == 0 {
+		cfg.Capacity = DefaultCapacity
+	}
+	if cfg.Capacity < 0 || cfg.Capacity > maxImageKeys {
+		return nil, fmt.Errorf("manufacture: capacity %d out of range 1..%d: %w", cfg.Capacity, maxImageKeys, hsmcore.ErrInvalid)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	if ents, err := os.ReadDir(dir); err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	} else if len(ents) > 0 {
+		return nil, fmt.Errorf("manufacture: directory %s is not empty: %w", dir, hsmcore.ErrExists)
+	}
+
+	id := hsmcore.Identity{
+		Serial:       cfg.Serial,
+		Class:        cfg.Class,
+		Manufacturer: cfg.Manufacturer.name,
+		Operator:     cfg.Operator.name,
+		Firmware:     cfg.Firmware,
+		FIPS:         cfg.FIPS,
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("manufacture: device key: %w", err)
+	}
+	mfrCert, err := cfg.Manufacturer.issueDeviceCert(&key.PublicKey, id)
+	if err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	opCert, err := cfg.Operator.issueDeviceCert(&key.PublicKey, id)
+	if err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	sealKey := make([]byte, 32)
+	rand.Read(sealKey)
+	if err := atomicfile.WriteFile(filepath.Join(dir, sealKeyFile), sealKey, 0o600); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	d := &Device{
+		dir:       dir,
+		opts:      opts,
+		id:        id,
+		capacity:  cfg.Capacity,
+		deviceKey: key,
+		mfrCert:   mfrCert,
+		opCert:    opCert,
+		mkbk:      cfg.Manufacturer.backupKey(cfg.Class),
+		akbk:      cfg.Operator.backupKey(cfg.Class),
+		lock:      lock,
+		st:        newContents(),
+		tracker:   quorum.NewTracker(opts.Now, 0),
+		auditLog:  audit.New(audit.Head{}),
+	}
+	d.seal = newGCM(sealKey)
+	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
+	if err := d.commit(d.st); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	if d.auditW, err = os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	if err := d.audit("", "device.manufacture", id.Serial, "ok"); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("manufacture: %w", err)
+	}
+	return d, nil
+}
+
+// Open loads the HSM kept in dir. Its seal key and sealed state must be
+// files of mode 0600, and its audit log must verify.
+func Open(dir string, opts Options) (d *Device, err error) {
+	sealKey, err := atomicfile.ReadPrivate(filepath.Join(dir, sealKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
+	if len(sealKey) != 32 {
+		return nil, fmt.Errorf("open device: %s: %w", sealKeyFile, hsmcore.ErrMalformed)
+	}
+	sealed, err := atomicfile.ReadPrivate(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0)}
+	if err := d.readState(sealed); err != nil {
+		return nil, fmt.Errorf("open device %s: %w", dir, err)
+	}
+	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
+
+	f, err := os.OpenFile(filepath.Join(dir, auditFile), os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	entries, err := audit.Decode(f)
+	if err == nil {
+		err = audit.Verify(entries, nil)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open device %s: audit log: %w: %w", dir, err, hsmcore.ErrTampered)
+	}
+	head := audit.Head{}
+	if n := len(entries); n > 0 {
+		head = audit.Head{Seq: entries[n-1].Seq, Hash: entries[n-1].Hash}
+	}
+	d.auditLog = audit.New(head)
+	d.auditW = f
+	return d, nil
+}
+
+// derivePBK is PBK = KDF(MKBK || AKBK) with NIST SP 800-108 in counter mode
+// over HMAC-SHA256; the context binds it to the identity of the hardware
+// domain (see docs/FORMATS.md).
+func derivePBK(mkbk, akbk []byte, id hsmcore.Identity) []byte {
+	k := append(append(make([]byte, 0, 64), mkbk...), akbk...)
+	ctx := []byte(id.Class + "\x00" + id.Manufacturer + "\x00" + id.Operator)
+	return kbkdf.Derive(k, []byte("hsmcore PBK v1"), ctx, 32)
+}
+
+// pbkFingerprint names a PBK without revealing it: a second, independent
+// SP 800-108 derivation from it.
+func pbkFingerprint(pbk []byte) [32]byte {
+	return [32]byte(kbkdf.Derive(pbk, []byte("hsmcore PBK fingerprint v1"), nil, 32))
+}
+
+func newGCM(key []byte) cipher.AEAD {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		panic("hsmcore: " + err.Error())
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		panic("hsmcore: " + err.Error())
+	}
+	return g
+}
+
+// Close releases the device's files. The device must not be used after.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.auditW == nil {
+		return nil
+	}
+	err := d.auditW.Close()
+	d.auditW = nil
+	d.lock.Close()
+	return err
+}
+
+// Identity returns the device's identity.
+func (d *Device) Identity() hsmcore.Identity { return d.id }
+
+// PBKFingerprint returns the fingerprint of the device's persistent backup
+// key: equal fingerprints mean images move between the two devices.
+func (d *Device) PBKFingerprint() [32]byte { return pbkFingerprint(d.pbk) }
+
+// Capacity returns how many keys the device holds at most.
+func (d *Device) Capacity() int { return d.capacity }
+
+// Certificates returns the device certificate issued by the manufacturer
+// and the one issued by the operator, DER encoded.
+func (d *Device) Certificates() (manufacturer, operator *x509.Certificate) {
+	m, err := x509.ParseCertificate(d.mfrCert)
+	if err != nil {
+		panic("hsmcore: stored certificate: " + err.Error())
+	}
+	o, err := x509.ParseCertificate(d.opCert)
+	if err != nil {
+		panic("hsmcore: stored certificate: " + err.Error())
+	}
+	return m, o
+}
+
+// audit appends one entry to the audit log and syncs it. The caller holds
+// d.mu or owns d exclusively.
+func (d *Device) audit(actor, op, object, result string) error {
+	if d.auditW == nil {
+		return errors.New("device closed")
+	}
+	e := d.auditLog.Append(d.opts.now(), auditField(actor), op, auditField(object), result)
+	if err := audit.Encode(d.auditW, e); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if err := d.auditW.Sync(); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
+
+// auditField keeps a field that may come from a caller within the audit
+// format's limits: printable UTF-8 of at most 256 bytes, or a placeholder.
+func auditField(s string) string {
+	if len(s) > 256 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+		return "(unprintable)"
+	}
+	return s
+}
+
+// AuditLog returns the device's audit log entries and their head, signed by
+// the device key so that a verifier also detects a removed tail.
+func (d *Device) AuditLog() ([]audit.Entry, hsmcore.SignedHead, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.auditW == nil {
+		return nil, hsmcore.SignedHead{}, errors.New("audit log: device closed")
+	}
+	f, err := os.Open(filepath.Join(d.dir, auditFile))
+	if err != nil {
+		return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: %w", err)
+	}
+	defer f.Close()
+	entries, err := audit.Decode(f)
+	if err != nil {
+		return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: %w", err)
+	}
+	sh, err := d.signHead(d.auditLog.Head())
+	return entries, sh, err
+}

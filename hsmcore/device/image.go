@@ -1,0 +1,257 @@
+package device
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device/internal/stream"
+	"github.com/hsmbackup/hsmbackup/internal/ctxio"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
+)
+
+// ExportImage returns the device's image: its users, token keys and
+// cluster membership, compressed and encrypted by the HSM under a fresh EBK
+// that only HSMs of the same class, manufacturer and operator can unwrap.
+// The image is produced while it is read, so memory stays flat whatever
+// the key count. The caller must Close the reader; cancelling ctx stops the
+// export with ctx's error. Crypto officers only.
+func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, io.ReadCloser, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("image.export", hsmcore.CryptoOfficer); err != nil {
+		return nil, nil, err
+	}
+	if err := s.requireQuorum("image.export", ""); err != nil {
+		return nil, nil, err
+	}
+	snap := d.st // immutable: later changes build new contents
+
+	ebk := make([]byte, 32)
+	rand.Read(ebk)
+	wrapped, err := keywrap.Wrap(d.pbk, ebk)
+	if err != nil {
+		return nil, nil, fmt.Errorf("export image: %w", err)
+	}
+	h := &hsmcore.ImageHeader{Created: d.opts.now(), Source: d.id, ClusterID: snap.clusterID(), PBKFingerprint: pbkFingerprint(d.pbk), WrappedEBK: wrapped}
+	rand.Read(h.ImageID[:])
+	raw, err := h.Marshal()
+	if err != nil {
+		return nil, nil, fmt.Errorf("export image: %w", err)
+	}
+	if err := d.audit(s.user, "image.export", fmt.Sprintf("%x", h.ImageID), "ok"); err != nil {
+		return nil, nil, err
+	}
+
+	pr, pw := io.Pipe()
+	go func() {
+		defer clear(ebk)
+		pw.CloseWithError(writeImage(ctx, pw, raw, ebk, snap))
+	}()
+	return h, pr, nil
+}
+
+// writeImage writes header, then the encrypted, compressed contents.
+func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *contents) error {
+	w = ctxio.Writer(ctx, w)
+	if _, err := w.Write(header); err != nil {
+		return err
+	}
+	enc, err := stream.NewWriter(w, ebk, header)
+	if err != nil {
+		return err
+	}
+	zw, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2))
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(zw, 64<<10)
+	if err := writeContents(bw, c); err != nil {
+		zw.Close()
+		return fmt.Errorf("export image: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		zw.Close()
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// ImportImage restores an image into the device, replacing its users, keys
+// and cluster membership. A device without users accepts an image without
+// a session (restoring into a new HSM); otherwise s must be a crypto
+// officer's session on this device.
+//
+// The checks, in order (docs/FORMATS.md numbers them): the header parses;
+// class, manufacturer and operator equal the device's, and so does the PBK
+// fingerprint (ErrHardwareMismatch); the device's firmware is not older
+// (ErrFirmwareDowngrade); FIPS mode is kept (ErrFIPSMode); the EBK unwraps
+// under the PBK; every chunk authenticates, in order, up to the last
+// (ErrTampered, ErrTruncated, ErrTrailingData); the contents parse and fit.
+// The new contents are staged in memory and committed, sealed to disk
+// atomically, only after all of that; on any error the device is
+// unchanged.
+func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsmcore.ImageHeader, error) {
+	if err := d.authorizeImport(s); err != nil {
+		return nil, err
+	}
+	h, raw, err := hsmcore.ReadImageHeader(r)
+	if err != nil {
+		d.auditImport(s, "", "malformed")
+		return nil, fmt.Errorf("import image: %w", err)
+	}
+	id := fmt.Sprintf("%x", h.ImageID)
+	staged, err := d.stageImage(ctx, h, raw, r)
+	if err != nil {
+		d.auditImport(s, id, "refused")
+		return nil, fmt.Errorf("import image %s: %w", id, err)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.authorizeImportLocked(s); err != nil {
+		return nil, err
+	}
+	if s != nil {
+		if err := s.requireQuorum("image.import", ""); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.commit(staged); err != nil {
+		d.audit(sessionUser(s), "image.import", id, "error")
+		return nil, fmt.Errorf("import image %s: %w", id, err)
+	}
+	if err := d.audit(sessionUser(s), "image.import", id, "ok"); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func sessionUser(s *Session) string {
+	if s == nil {
+		return ""
+	}
+	return s.user
+}
+
+func (d *Device) authorizeImport(s *Session) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.authorizeImportLocked(s)
+}
+
+func (d *Device) authorizeImportLocked(s *Session) error {
+	if s == nil {
+		if len(d.st.Users) > 0 {
+			d.audit("", "image.import", "", "denied")
+			return fmt.Errorf("import image: device is initialized: a crypto officer must import: %w", hsmcore.ErrPermission)
+		}
+		return nil
+	}
+	if s.d != d {
+		return fmt.Errorf("import image: session belongs to another device: %w", hsmcore.ErrPermission)
+	}
+	return s.check("image.import", hsmcore.CryptoOfficer)
+}
+
+func (d *Device) auditImport(s *Session, id, result string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.audit(sessionUser(s), "image.import", id, result)
+}
+
+// stageImage runs every check on an image and returns its contents,
+// without touching the device's state.
+func (d *Device) stageImage(ctx context.Context, h *hsmcore.ImageHeader, raw []byte, r io.Reader) (*contents, error) {
+	src, dst := h.Source, d.id
+	if src.Class != dst.Class || src.Manufacturer != dst.Manufacturer || src.Operator != dst.Operator {
+		return nil, fmt.Errorf("image from %s/%s/%s, device is %s/%s/%s: %w",
+			src.Manufacturer, src.Class, src.Operator, dst.Manufacturer, dst.Class, dst.Operator, hsmcore.ErrHardwareMismatch)
+	}
+	if h.PBKFingerprint != pbkFingerprint(d.pbk) {
+		return nil, fmt.Errorf("image PBK fingerprint differs from the device's: %w", hsmcore.ErrHardwareMismatch)
+	}
+	srcFW, _ := hsmcore.ParseFirmware(src.Firmware) // checked by ReadImageHeader
+	dstFW, _ := hsmcore.ParseFirmware(dst.Firmware)
+	if dstFW.Less(srcFW) {
+		return nil, fmt.Errorf("image from firmware %s, device runs %s: %w", src.Firmware, dst.Firmware, hsmcore.ErrFirmwareDowngrade)
+	}
+	if src.FIPS && !dst.FIPS {
+		return nil, fmt.Errorf("import image: %w", hsmcore.ErrFIPSMode)
+	}
+	ebk, err := keywrap.Unwrap(d.pbk, h.WrappedEBK)
+	if err != nil || len(ebk) != 32 {
+		return nil, fmt.Errorf("unwrap EBK: %w", hsmcore.ErrTampered)
+	}
+	defer clear(ebk)
+
+	dec, err := stream.NewReader(ctxio.Reader(ctx, r), ebk, raw)
+	if err != nil {
+		return nil, err
+	}
+	// The decompressor reports a failing source as a premature end; keep
+	// the source's own error, which says what went wrong.
+	body := &errRecorder{r: dec}
+	zr, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20), zstd.WithDecoderMaxMemory(64<<20))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	c, err := readContents(zr, d.capacity)
+	if body.err != nil {
+		return nil, classifyStreamErr(body.err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c.clusterID() != h.ClusterID {
+		return nil, fmt.Errorf("contents are of cluster %q, header says %q: %w", c.clusterID(), h.ClusterID, hsmcore.ErrMalformed)
+	}
+	// The contents ended: the body must now end at its authenticated last
+	// chunk, with nothing after it.
+	if n, err := io.Copy(io.Discard, body); err != nil {
+		return nil, classifyStreamErr(err)
+	} else if n != 0 {
+		return nil, fmt.Errorf("%d bytes after the contents: %w", n, hsmcore.ErrMalformed)
+	}
+	return c, nil
+}
+
+// classifyStreamErr maps the body decryptor's errors to the package's
+// sentinels, keeping the chunk named in the message.
+func classifyStreamErr(err error) error {
+	switch {
+	case errors.Is(err, stream.ErrTruncated):
+		return fmt.Errorf("%w: %w", err, hsmcore.ErrTruncated)
+	case errors.Is(err, stream.ErrTrailingData):
+		return fmt.Errorf("%w: %w", err, hsmcore.ErrTrailingData)
+	case errors.Is(err, stream.ErrTampered):
+		return fmt.Errorf("%w: %w", err, hsmcore.ErrTampered)
+	}
+	return err
+}
+
+// errRecorder remembers the first error other than io.EOF its reader
+// returned.
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}

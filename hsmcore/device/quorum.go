@@ -1,0 +1,199 @@
+package device
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
+)
+
+// QuorumOps are the operations a quorum policy can protect, with the
+// object each is bound to.
+var QuorumOps = []string{
+	"user.create",  // object: the new user's name
+	"user.delete",  // object: the user's name
+	"key.trust",    // object: the key handle
+	"image.export", // object: ""
+	"image.import", // object: ""
+	"quorum.set",   // object: the operation whose quorum changes
+}
+
+// Quorum returns the device's quorum policy.
+func (d *Device) Quorum() quorum.Policy {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return quorum.Policy{Ops: maps.Clone(d.st.Quorum.Ops)}
+}
+
+// RegisterSigningKey sets the Ed25519 public key with which the session's
+// crypto officer approves quorum tokens.
+func (s *Session) RegisterSigningKey(pub ed25519.PublicKey) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return fmt.Errorf("register signing key: not an Ed25519 public key: %w", hsmcore.ErrInvalid)
+	}
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("quorum.key", hsmcore.CryptoOfficer); err != nil {
+		return err
+	}
+	u := *s.rec
+	u.SigningKey = bytes.Clone(pub)
+	next := d.st.clone()
+	next.Users[s.user] = &u
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("register signing key: %w", err)
+	}
+	s.rec = &u
+	return d.audit(s.user, "quorum.key", s.user, "ok")
+}
+
+// SetQuorum makes op need m approvals from crypto officers (2 to 8), or
+// none when m is 0. m may not exceed the number of officers with a
+// registered signing key. Crypto officers only; itself under quorum once
+// "quorum.set" is protected.
+func (s *Session) SetQuorum(op string, m int) error {
+	if !slices.Contains(QuorumOps, op) {
+		return fmt.Errorf("set quorum: %q is not an operation quorum protects: %w", op, hsmcore.ErrInvalid)
+	}
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("quorum.set", hsmcore.CryptoOfficer); err != nil {
+		return err
+	}
+	ops := maps.Clone(d.st.Quorum.Ops)
+	if ops == nil {
+		ops = map[string]int{}
+	}
+	if m == 0 {
+		delete(ops, op)
+	} else {
+		ops[op] = m
+	}
+	p := quorum.Policy{Ops: ops}
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("set quorum: %v: %w", err, hsmcore.ErrInvalid)
+	}
+	if n := len(d.officerKeys()); m > n {
+		return fmt.Errorf("set quorum: %d approvals needed but %d officers have signing keys: %w", m, n, hsmcore.ErrInvalid)
+	}
+	if err := s.requireQuorum("quorum.set", op); err != nil {
+		return err
+	}
+	next := d.st.clone()
+	next.Quorum = p
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("set quorum: %w", err)
+	}
+	return d.audit(s.user, "quorum.set", op+"="+strconv.Itoa(m), "ok")
+}
+
+// officerKeys returns the crypto officers' registered signing keys. The
+// caller holds d.mu.
+func (d *Device) officerKeys() map[string]ed25519.PublicKey {
+	keys := map[string]ed25519.PublicKey{}
+	for name, u := range d.st.Users {
+		if u.Role == hsmcore.CryptoOfficer && len(u.SigningKey) == ed25519.PublicKeySize {
+			keys[name] = ed25519.PublicKey(u.SigningKey)
+		}
+	}
+	return keys
+}
+
+// QuorumToken issues a token for op on object, for crypto officers to
+// approve. On a cluster member it also returns the token sealed under the
+// cluster key, which the other members adopt (AdoptQuorumToken) so that
+// one set of approvals serves the whole cluster.
+func (s *Session) QuorumToken(op, object string) (quorum.Token, []byte, error) {
+	if !slices.Contains(QuorumOps, op) {
+		return quorum.Token{}, nil, fmt.Errorf("quorum token: %q is not an operation quorum protects: %w", op, hsmcore.ErrInvalid)
+	}
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("quorum.token"); err != nil {
+		return quorum.Token{}, nil, err
+	}
+	tok, err := d.tracker.Issue(op, object)
+	if err != nil {
+		return quorum.Token{}, nil, fmt.Errorf("quorum token: %v: %w", err, hsmcore.ErrInvalid)
+	}
+	var sealed []byte
+	if d.st.clusterInitialized() {
+		b, err := json.Marshal(tok)
+		if err != nil {
+			return quorum.Token{}, nil, fmt.Errorf("quorum token: %w", err)
+		}
+		if sealed, err = d.sealSync(syncRecord{Token: b}); err != nil {
+			return quorum.Token{}, nil, fmt.Errorf("quorum token: %w", err)
+		}
+	}
+	if err := d.audit(s.user, "quorum.token", op+" "+object, "ok"); err != nil {
+		return quorum.Token{}, nil, err
+	}
+	return tok, sealed, nil
+}
+
+// AdoptQuorumToken accepts a token another member of the cluster issued.
+func (s *Session) AdoptQuorumToken(sealed []byte) (quorum.Token, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("quorum.adopt"); err != nil {
+		return quorum.Token{}, err
+	}
+	r, err := d.openSync(s, sealed)
+	if err != nil {
+		return quorum.Token{}, fmt.Errorf("adopt quorum token: %w", err)
+	}
+	var tok quorum.Token
+	if r.Token == nil || json.Unmarshal(r.Token, &tok) != nil {
+		return quorum.Token{}, fmt.Errorf("adopt quorum token: %w", hsmcore.ErrMalformed)
+	}
+	if err := d.tracker.Adopt(tok); err != nil {
+		return quorum.Token{}, fmt.Errorf("adopt quorum token: %v: %w", err, hsmcore.ErrQuorum)
+	}
+	return tok, nil
+}
+
+// Approve attaches approvals of token id to the session; the next
+// operation that needs quorum consumes them.
+func (s *Session) Approve(id [16]byte, approvals []quorum.Approval) {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	s.approval = &approval{id: id, approvals: slices.Clone(approvals)}
+}
+
+type approval struct {
+	id        [16]byte
+	approvals []quorum.Approval
+}
+
+// requireQuorum consumes the session's approvals if the policy protects
+// op; the caller holds d.mu and has made every other check, so a refused
+// operation never spends a token.
+func (s *Session) requireQuorum(op, object string) error {
+	d := s.d
+	m := d.st.Quorum.Required(op)
+	if m == 0 {
+		return nil
+	}
+	a := s.approval
+	s.approval = nil
+	if a == nil {
+		d.audit(s.user, op, auditField(object), "quorum")
+		return fmt.Errorf("%s: needs %d approvals: %w", op, m, hsmcore.ErrQuorum)
+	}
+	if err := d.tracker.Consume(a.id, op, object, m, a.approvals, d.officerKeys()); err != nil {
+		d.audit(s.user, op, auditField(object), "quorum")
+		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
+	}
+	return nil
+}

@@ -1,0 +1,266 @@
+package device
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"path/filepath"
+	"slices"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
+	"github.com/hsmbackup/hsmbackup/internal/strictjson"
+)
+
+// contents is what an image carries and a restore replaces: the cluster
+// membership, the users and the token keys. It is never modified in place:
+// a change builds a new one (copy on write), so an export can stream a
+// consistent snapshot without holding the lock.
+type contents struct {
+	Cluster    *clusterRecord // nil until a cluster CSR is made
+	Quorum     quorum.Policy  // operations that need M-of-N approval
+	NextHandle uint64
+	Users      map[string]*userRecord
+	Keys       map[uint64]*keyRecord
+}
+
+func newContents() *contents {
+	return &contents{NextHandle: 1, Users: map[string]*userRecord{}, Keys: map[uint64]*keyRecord{}}
+}
+
+func (c *contents) clone() *contents {
+	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
+}
+
+// Limits of the state records; an image or sealed file that breaks them is
+// malformed.
+const (
+	maxRecordLine = 64 << 10 // one JSON line
+	maxImageKeys  = 1 << 20
+)
+
+// contentsHeader is the first line of serialized contents.
+type contentsHeader struct {
+	Format     string         `json:"format"`
+	Cluster    *clusterRecord `json:"cluster,omitempty"`
+	Quorum     *quorum.Policy `json:"quorum,omitempty"`
+	NextHandle uint64         `json:"next_handle"`
+	Users      int            `json:"users"`
+	Keys       int            `json:"keys"`
+}
+
+const contentsFormat = "hsmcore-contents/1"
+
+// writeContents serializes c as JSON lines: a header, then every user, then
+// every token key, in a stable order.
+func writeContents(w io.Writer, c *contents) error {
+	users := slices.Sorted(maps.Keys(c.Users))
+	var handles []uint64
+	for h, k := range c.Keys {
+		if k.Token {
+			handles = append(handles, h)
+		}
+	}
+	slices.Sort(handles)
+	enc := json.NewEncoder(w)
+	if err := enc.Encode(contentsHeader{Format: contentsFormat, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
+		return err
+	}
+	for _, name := range users {
+		if err := enc.Encode(c.Users[name]); err != nil {
+			return err
+		}
+	}
+	for _, h := range handles {
+		if err := enc.Encode(c.Keys[h]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readContents parses what writeContents wrote, checking every record, and
+// requires the end of r right after the last one. maxKeys bounds the key
+// count.
+func readContents(r io.Reader, maxKeys int) (*contents, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxRecordLine)
+	line := 0
+	next := func(v any) error {
+		line++
+		if !sc.Scan() {
+			if err := sc.Err(); err != nil {
+				return fmt.Errorf("record %d: %w", line, err)
+			}
+			return fmt.Errorf("record %d: unexpected end: %w", line, hsmcore.ErrMalformed)
+		}
+		if err := strictjson.Unmarshal(sc.Bytes(), v); err != nil {
+			return fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+		}
+		return nil
+	}
+	var h contentsHeader
+	if err := next(&h); err != nil {
+		return nil, err
+	}
+	if h.Format != contentsFormat {
+		return nil, fmt.Errorf("contents format %q: %w", h.Format, hsmcore.ErrUnsupportedVersion)
+	}
+	if h.NextHandle < 1 || h.NextHandle > 1<<62 {
+		return nil, fmt.Errorf("next handle %d: %w", h.NextHandle, hsmcore.ErrMalformed)
+	}
+	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys {
+		return nil, fmt.Errorf("contents holds %d users and %d keys; limits %d and %d: %w", h.Users, h.Keys, MaxUsers, maxKeys, hsmcore.ErrMalformed)
+	}
+	if h.Cluster != nil {
+		if err := h.Cluster.check(); err != nil {
+			return nil, fmt.Errorf("cluster: %w: %w", err, hsmcore.ErrMalformed)
+		}
+	}
+	c := newContents()
+	c.Cluster = h.Cluster
+	if h.Quorum != nil {
+		if err := h.Quorum.Validate(); err != nil || len(h.Quorum.Ops) == 0 {
+			return nil, fmt.Errorf("quorum policy: %v: %w", err, hsmcore.ErrMalformed)
+		}
+		c.Quorum = *h.Quorum
+	}
+	c.NextHandle = h.NextHandle
+	for range h.Users {
+		u := new(userRecord)
+		if err := next(u); err != nil {
+			return nil, err
+		}
+		if err := u.check(); err != nil {
+			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+		}
+		if c.Users[u.Name] != nil {
+			return nil, fmt.Errorf("record %d: duplicate user: %w", line, hsmcore.ErrMalformed)
+		}
+		c.Users[u.Name] = u
+	}
+	for range h.Keys {
+		k := new(keyRecord)
+		if err := next(k); err != nil {
+			return nil, err
+		}
+		if err := k.check(c); err != nil {
+			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+		}
+		c.Keys[k.Handle] = k
+	}
+	if sc.Scan() {
+		return nil, fmt.Errorf("record %d: data after the last record: %w", line+1, hsmcore.ErrMalformed)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("record %d: %w", line+1, err)
+	}
+	return c, nil
+}
+
+func policyOrNil(p quorum.Policy) *quorum.Policy {
+	if len(p.Ops) == 0 {
+		return nil
+	}
+	return &p
+}
+
+// deviceRecord is the first line of the sealed state: what makes the
+// device itself, which no image carries.
+type deviceRecord struct {
+	Identity  hsmcore.Identity `json:"identity"`
+	Capacity  int              `json:"capacity"`
+	DeviceKey []byte           `json:"device_key"`
+	MfrCert   []byte           `json:"manufacturer_cert"`
+	OpCert    []byte           `json:"operator_cert"`
+	MKBK      []byte           `json:"mkbk"`
+	AKBK      []byte           `json:"akbk"`
+}
+
+// sealMagic starts the sealed state file; it is also the AEAD's
+// additional data.
+var sealMagic = []byte("HSMSEAL\x01")
+
+// writeState seals the device record and c, and atomically replaces the
+// state file. It returns the digest of c as serialized. On error the file
+// on disk is unchanged.
+func (d *Device) writeState(c *contents) ([32]byte, error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(d.deviceKey)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+	}
+	var buf bytes.Buffer
+	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk}
+	if err := json.NewEncoder(&buf).Encode(rec); err != nil {
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+	}
+	deviceLen := buf.Len()
+	if err := writeContents(&buf, c); err != nil {
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+	}
+	nonce := make([]byte, d.seal.NonceSize())
+	rand.Read(nonce)
+	out := make([]byte, 0, len(sealMagic)+len(nonce)+buf.Len()+d.seal.Overhead())
+	out = append(append(out, sealMagic...), nonce...)
+	out = d.seal.Seal(out, nonce, buf.Bytes(), sealMagic)
+	digest := sha256.Sum256(buf.Bytes()[deviceLen:])
+	clear(buf.Bytes())
+	if err := atomicfile.WriteFile(filepath.Join(d.dir, stateFile), out, 0o600); err != nil {
+		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+	}
+	return digest, nil
+}
+
+// readState unseals the state file into d.
+func (d *Device) readState(sealed []byte) error {
+	n := len(sealMagic) + d.seal.NonceSize()
+	if len(sealed) < n+d.seal.Overhead() || !bytes.Equal(sealed[:len(sealMagic)], sealMagic) {
+		return fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+	}
+	plain, err := d.seal.Open(nil, sealed[len(sealMagic):n], sealed[n:], sealMagic)
+	if err != nil {
+		return fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
+	}
+	defer clear(plain)
+	first, rest, ok := bytes.Cut(plain, []byte("\n"))
+	if !ok {
+		return fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+	}
+	var rec deviceRecord
+	if err := strictjson.Unmarshal(first, &rec); err != nil {
+		return fmt.Errorf("sealed state: %w: %w", err, hsmcore.ErrMalformed)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(rec.DeviceKey)
+	key, ok := k.(*ecdsa.PrivateKey)
+	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 {
+		return fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
+	}
+	c, err := readContents(bytes.NewReader(rest), rec.Capacity)
+	if err != nil {
+		return fmt.Errorf("sealed state: %w", err)
+	}
+	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
+	d.mfrCert, d.opCert, d.mkbk, d.akbk = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK
+	d.st = c
+	d.digest = sha256.Sum256(rest)
+	return nil
+}
+
+// commit makes next the device's contents: sealed to disk first, then
+// swapped in. The caller holds d.mu. On error nothing changed.
+func (d *Device) commit(next *contents) error {
+	digest, err := d.writeState(next)
+	if err != nil {
+		return err
+	}
+	d.st, d.digest = next, digest
+	return nil
+}

@@ -1,0 +1,311 @@
+package device
+
+import (
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+)
+
+// DefaultPasswordIterations is the PBKDF2-HMAC-SHA256 cost of a password
+// (OWASP's 2023 figure for that function).
+const DefaultPasswordIterations = 600_000
+
+// Password length limits.
+const (
+	minPassword = 8
+	maxPassword = 128
+)
+
+// userRecord is a user as stored and imaged.
+type userRecord struct {
+	Name       string       `json:"name"`
+	Role       hsmcore.Role `json:"role"`
+	Salt       []byte       `json:"salt"`
+	Hash       []byte       `json:"hash"`
+	Iterations int          `json:"iterations"`
+	SigningKey []byte       `json:"signing_key,omitempty"` // a crypto officer's Ed25519 key for quorum approvals
+}
+
+func (u *userRecord) check() error {
+	if err := hsmcore.CheckName(u.Name); err != nil {
+		return fmt.Errorf("user name: %w", err)
+	}
+	if u.Role != hsmcore.CryptoOfficer && u.Role != hsmcore.CryptoUser {
+		return fmt.Errorf("user %s: unknown role %q", u.Name, u.Role)
+	}
+	if len(u.Salt) != 16 || len(u.Hash) != 32 || u.Iterations < 1 || u.Iterations > 10_000_000 {
+		return fmt.Errorf("user %s: bad password record", u.Name)
+	}
+	if len(u.SigningKey) != 0 && (len(u.SigningKey) != 32 || u.Role != hsmcore.CryptoOfficer) {
+		return fmt.Errorf("user %s: bad signing key", u.Name)
+	}
+	return nil
+}
+
+func (d *Device) newUser(name string, role hsmcore.Role, password string) (*userRecord, error) {
+	if err := hsmcore.CheckName(name); err != nil {
+		return nil, fmt.Errorf("user name: %w", err)
+	}
+	if role != hsmcore.CryptoOfficer && role != hsmcore.CryptoUser {
+		return nil, fmt.Errorf("role %q: %w", role, hsmcore.ErrInvalid)
+	}
+	if err := checkPassword(password); err != nil {
+		return nil, err
+	}
+	iter := d.passwordIterations()
+	u := &userRecord{Name: name, Role: role, Salt: make([]byte, 16), Iterations: iter}
+	rand.Read(u.Salt)
+	u.Hash = passwordHash(password, u.Salt, iter)
+	return u, nil
+}
+
+func checkPassword(p string) error {
+	if len(p) < minPassword || len(p) > maxPassword {
+		return fmt.Errorf("password must be %d to %d bytes: %w", minPassword, maxPassword, hsmcore.ErrInvalid)
+	}
+	return nil
+}
+
+func passwordHash(password string, salt []byte, iter int) []byte {
+	h, err := pbkdf2.Key(sha256.New, password, salt, iter, 32)
+	if err != nil {
+		panic("hsmcore: pbkdf2: " + err.Error())
+	}
+	return h
+}
+
+func (d *Device) passwordIterations() int {
+	if d.opts.PasswordIterations > 0 {
+		return d.opts.PasswordIterations
+	}
+	return DefaultPasswordIterations
+}
+
+// Initialize creates the first crypto officer of a device that has no
+// users yet, as activating a CloudHSM cluster does.
+func (d *Device) Initialize(name, password string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.st.Users) > 0 {
+		d.audit(auditName(name), "device.initialize", auditName(name), "denied")
+		return fmt.Errorf("initialize: device already has users: %w", hsmcore.ErrPermission)
+	}
+	u, err := d.newUser(name, hsmcore.CryptoOfficer, password)
+	if err != nil {
+		return fmt.Errorf("initialize: %w", err)
+	}
+	next := d.st.clone()
+	next.Users[name] = u
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("initialize: %w", err)
+	}
+	return d.audit(name, "device.initialize", name, "ok")
+}
+
+// Initialized reports whether the device has any user.
+func (d *Device) Initialized() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.st.Users) > 0
+}
+
+// Session is a logged-in user on one device. Every operation re-checks that
+// the session was not logged out and that the user's record is the one it
+// logged in with: deleting or re-creating the user, changing its password
+// (from another session) or importing an image ends the session.
+type Session struct {
+	d     *Device
+	user  string
+	role  hsmcore.Role
+	rec   *userRecord // the record logged in with; replaced when the user is
+	ended bool        // deleted, re-created, changes password or is imported over
+
+	approval *approval // quorum approvals for the next protected operation
+}
+
+// Login checks a user's password and opens a session. Unknown user and
+// wrong password give the same error, ErrAuth, after the same work.
+func (d *Device) Login(name, password string) (*Session, error) {
+	d.mu.Lock()
+	u := d.st.Users[name]
+	d.mu.Unlock()
+	ref := u
+	if ref == nil {
+		// An unknown user costs the same work as a wrong password.
+		ref = &userRecord{Salt: make([]byte, 16), Hash: make([]byte, 32), Iterations: d.passwordIterations()}
+	}
+	got := passwordHash(password, ref.Salt, ref.Iterations)
+	ok := subtle.ConstantTimeCompare(got, ref.Hash) == 1 && u != nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !ok {
+		d.audit(auditName(name), "login", "", "denied")
+		return nil, fmt.Errorf("login %s: %w", auditName(name), hsmcore.ErrAuth)
+	}
+	if err := d.audit(name, "login", "", "ok"); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	return &Session{d: d, user: name, role: u.Role, rec: u}, nil
+}
+
+// auditName makes an untrusted user name safe to record: names that are
+// not valid identifiers are replaced.
+func auditName(name string) string {
+	if hsmcore.CheckName(name) != nil {
+		return "(invalid name)"
+	}
+	return name
+}
+
+// User returns the session's user name and role.
+func (s *Session) User() hsmcore.UserInfo { return hsmcore.UserInfo{Name: s.user, Role: s.role} }
+
+// Device returns the device the session is on.
+func (s *Session) Device() *Device { return s.d }
+
+// check verifies, with d.mu held, that the session's user still exists
+// with its role and, if roles is not empty, has one of them.
+func (s *Session) check(op string, roles ...hsmcore.Role) error {
+	if s.ended || s.d.st.Users[s.user] != s.rec {
+		s.d.audit(s.user, op, "", "denied")
+		return fmt.Errorf("%s: session no longer valid: %w", op, hsmcore.ErrPermission)
+	}
+	if len(roles) > 0 && !slices.Contains(roles, s.role) {
+		s.d.audit(s.user, op, "", "denied")
+		return fmt.Errorf("%s: %s may not do this: %w", op, s.role, hsmcore.ErrPermission)
+	}
+	return nil
+}
+
+// Logout ends the session and destroys its session (non-token) keys.
+func (s *Session) Logout() {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s.ended {
+		return
+	}
+	s.ended = true
+	var next *contents
+	for h, k := range d.st.Keys {
+		if k.session == s {
+			if next == nil {
+				next = d.st.clone()
+			}
+			delete(next.Keys, h)
+		}
+	}
+	if next != nil {
+		d.st = next // session keys are never on disk: nothing to seal
+	}
+	d.audit(s.user, "logout", "", "ok")
+}
+
+// CreateUser adds a user. Crypto officers only.
+func (s *Session) CreateUser(name string, role hsmcore.Role, password string) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("user.create", hsmcore.CryptoOfficer); err != nil {
+		return err
+	}
+	if d.st.Users[name] != nil {
+		return fmt.Errorf("create user %s: %w", name, hsmcore.ErrExists)
+	}
+	if len(d.st.Users) >= MaxUsers {
+		return fmt.Errorf("create user %s: %w", name, hsmcore.ErrFull)
+	}
+	u, err := d.newUser(name, role, password)
+	if err != nil {
+		return fmt.Errorf("create user: %w", err)
+	}
+	if err := s.requireQuorum("user.create", name); err != nil {
+		return err
+	}
+	next := d.st.clone()
+	next.Users[name] = u
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("create user %s: %w", name, err)
+	}
+	return d.audit(s.user, "user.create", name+" "+string(role), "ok")
+}
+
+// DeleteUser removes a user. Crypto officers only; an officer cannot delete
+// itself, nor a user who still owns keys.
+func (s *Session) DeleteUser(name string) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("user.delete", hsmcore.CryptoOfficer); err != nil {
+		return err
+	}
+	if d.st.Users[name] == nil {
+		return fmt.Errorf("delete user %s: %w", auditName(name), hsmcore.ErrNotFound)
+	}
+	if name == s.user {
+		return fmt.Errorf("delete user %s: cannot delete yourself: %w", name, hsmcore.ErrInvalid)
+	}
+	next := d.st.clone()
+	for h, k := range d.st.Keys {
+		if k.Owner == name {
+			return fmt.Errorf("delete user %s: still owns key %d: %w", name, h, hsmcore.ErrInvalid)
+		}
+		if slices.Contains(k.SharedWith, name) {
+			nk := k.clone()
+			nk.SharedWith = slices.DeleteFunc(nk.SharedWith, func(u string) bool { return u == name })
+			next.Keys[h] = nk
+		}
+	}
+	delete(next.Users, name)
+	if err := s.requireQuorum("user.delete", name); err != nil {
+		return err
+	}
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("delete user %s: %w", name, err)
+	}
+	return d.audit(s.user, "user.delete", name, "ok")
+}
+
+// ChangePassword sets a new password for the session's own user.
+func (s *Session) ChangePassword(password string) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("user.password"); err != nil {
+		return err
+	}
+	u, err := d.newUser(s.user, s.role, password)
+	if err != nil {
+		return fmt.Errorf("change password: %w", err)
+	}
+	u.SigningKey = s.rec.SigningKey
+	next := d.st.clone()
+	next.Users[s.user] = u
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("change password: %w", err)
+	}
+	s.rec = u // this session goes on; the user's other sessions end
+	return d.audit(s.user, "user.password", s.user, "ok")
+}
+
+// Users lists the users, sorted by name.
+func (s *Session) Users() ([]hsmcore.UserInfo, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("user.list"); err != nil {
+		return nil, err
+	}
+	var out []hsmcore.UserInfo
+	for _, u := range d.st.Users {
+		out = append(out, hsmcore.UserInfo{Name: u.Name, Role: u.Role})
+	}
+	slices.SortFunc(out, func(a, b hsmcore.UserInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}

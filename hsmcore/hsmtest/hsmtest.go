@@ -1,0 +1,154 @@
+// Package hsmtest serves HSMs in-process for tests: real TLS on loopback,
+// a device directory that can be stopped and started again like a rebooted
+// appliance.
+package hsmtest
+
+import (
+	"context"
+	"crypto/x509"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/hsmcore/server"
+	"github.com/hsmbackup/hsmbackup/internal/testpki"
+)
+
+// Env is one manufacturer ("acme"), one operator ("cloud") and one
+// customer CA.
+type Env struct {
+	Mfr, Op *device.Authority
+	CA      *testpki.CA
+}
+
+// NewEnv makes the authorities and the customer CA.
+func NewEnv(tb testing.TB) *Env {
+	tb.Helper()
+	mfr, err := device.NewAuthority(device.Manufacturer, "acme")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	op, err := device.NewAuthority(device.Operator, "cloud")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Env{Mfr: mfr, Op: op, CA: testpki.NewCA(tb, "customer root CA")}
+}
+
+// Daemon is an HSM served on a loopback address.
+type Daemon struct {
+	tb     testing.TB
+	Dir    string
+	Addr   string
+	Dev    *device.Device // nil while stopped
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Serve manufactures an hsm2m.medium HSM of e's manufacturer and the given
+// operator (nil: e's), serves it, and stops it when the test ends.
+func (e *Env) Serve(tb testing.TB, op *device.Authority) *Daemon {
+	tb.Helper()
+	if op == nil {
+		op = e.Op
+	}
+	return Serve(tb, device.ManufactureConfig{Manufacturer: e.Mfr, Operator: op})
+}
+
+// Serve manufactures an HSM as cfg says (zero Class and Firmware:
+// hsm2m.medium, 2.1.0), serves it, and stops it when the test ends.
+func Serve(tb testing.TB, cfg device.ManufactureConfig) *Daemon {
+	tb.Helper()
+	if cfg.Class == "" {
+		cfg.Class = "hsm2m.medium"
+	}
+	if cfg.Firmware == "" {
+		cfg.Firmware = "2.1.0"
+	}
+	dir := filepath.Join(tb.TempDir(), "hsm")
+	d, err := device.Manufacture(dir, cfg, device.TestOptions())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d.Close()
+	h := &Daemon{tb: tb, Dir: dir}
+	h.Start()
+	tb.Cleanup(h.Stop)
+	return h
+}
+
+// Start opens the device and serves it, on the address it had before if it
+// had one.
+func (h *Daemon) Start() {
+	h.tb.Helper()
+	d, err := device.Open(h.Dir, device.TestOptions())
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	addr := h.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	h.Addr = ln.Addr().String()
+	srv, err := server.New(server.Config{Device: d})
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.Dev, h.cancel, h.done = d, cancel, make(chan error, 1)
+	go func() { h.done <- srv.Serve(ctx, ln) }()
+}
+
+// Stop shuts the daemon down and closes the device.
+func (h *Daemon) Stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	if err := <-h.done; err != nil {
+		h.tb.Errorf("serve %s: %v", h.Addr, err)
+	}
+	h.Dev.Close()
+	h.cancel, h.Dev = nil, nil
+}
+
+// InitCluster initializes the cluster of the uninitialized HSM at addr as
+// a customer would: over the wire it trusts the device through mfrRoots,
+// gets the cluster CSR for clusterID, has ca sign it and installs it. Then
+// it creates the first crypto officer, officer, with password. It returns
+// a client configuration for the cluster, with a client certificate from
+// ca.
+func InitCluster(tb testing.TB, addr string, mfrRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
+	tb.Helper()
+	ctx := context.Background()
+	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: mfrRoots})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer pre.Close()
+	csr, err := pre.ClusterCSR(ctx, clusterID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
+		tb.Fatal(err)
+	}
+	cert := ca.Client(tb, "test-client")
+	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: clusterID, Timeout: 10 * time.Second}
+	co, err := client.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer co.Close()
+	if err := co.Initialize(ctx, officer, password); err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
+}
