@@ -16,7 +16,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// BenchmarkBackupFullHSM measures DESIGN.md's target: a backup of a full
+// BenchmarkBackupFullHSM measures the target of docs/ARCHITECTURE.md: a backup of a full
 // HSM (16,666 keys, each a 512-byte secret, so the image is mostly
 // incompressible key material) to a local MinIO, against a plain minio-go
 // PutObject of as many bytes. Every sub-benchmark reports bytes of the

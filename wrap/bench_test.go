@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// benchSize is the plaintext of every benchmark: 64 MiB, as DESIGN.md's
+// benchSize is the plaintext of every benchmark: 64 MiB, as docs/ARCHITECTURE.md's
 // "outer wrap >= 80% of bare AES-256-GCM" target is measured on.
 const benchSize = 64 << 20
 
