@@ -8,8 +8,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/backup/backuptest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/s3"
