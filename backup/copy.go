@@ -21,8 +21,8 @@ import (
 type CopyOptions struct {
 	// PublicKey verifies the source manifest's signature.
 	PublicKey ed25519.PublicKey
-	// Identity opens the source's outer envelope.
-	Identity wrap.Identity
+	// Identities open the source's outer envelope: the first that can.
+	Identities []wrap.Identity
 	// Recipients are the copy's outer envelope recipients.
 	Recipients []wrap.Recipient
 	// SigningKey signs the copy's manifest.
@@ -41,7 +41,7 @@ type CopyOptions struct {
 // is copied byte for byte, authenticated on the way) and the source
 // object must match its manifest's size and hash, or nothing is stored.
 func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, dst store.Store, opts CopyOptions) (*Manifest, error) {
-	if opts.Identity == nil || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
+	if len(opts.Identities) == 0 || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("copy backup: identity, 1 to 16 recipients and a signing key are required")
 	}
 	dstPrefix, err := normPrefix(opts.DstPrefix)
@@ -87,7 +87,7 @@ func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, d
 		h := sha256.New()
 		in := &counter{h: h}
 		r := io.TeeReader(rc, in)
-		if err := wrap.Rewrap(ctx, r, w, opts.Identity, opts.Recipients...); err != nil {
+		if err := wrap.Rewrap(ctx, r, w, opts.Identities, opts.Recipients...); err != nil {
 			return fmt.Errorf("copy backup %s: %w: %w", id, ErrOuterLayer, err)
 		}
 		if _, err := io.Copy(io.Discard, r); err != nil {

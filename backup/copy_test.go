@@ -81,7 +81,7 @@ func TestCopy(t *testing.T) {
 	krB := newKeyring(t, "region-b")
 	_, pubB, privB := backuptest.Keys(t)
 	copied := created.Add(time.Hour)
-	opts := CopyOptions{PublicKey: pub, Identity: kr, Recipients: []wrap.Recipient{krB}, SigningKey: privB,
+	opts := CopyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Recipients: []wrap.Recipient{krB}, SigningKey: privB,
 		DstPrefix: dstPrefix, Now: fixedClock(copied)}
 	cm, err := Copy(ctx, src, testPrefix, testCluster, sm.ID, dst, opts)
 	if err != nil {
@@ -163,7 +163,7 @@ func TestCopy(t *testing.T) {
 	}
 
 	// A copy of the copy names its own source.
-	cm3, err := Copy(ctx, dst, dstPrefix, testCluster, cm.ID, dst, CopyOptions{PublicKey: pubB, Identity: krB,
+	cm3, err := Copy(ctx, dst, dstPrefix, testCluster, cm.ID, dst, CopyOptions{PublicKey: pubB, Identities: []wrap.Identity{krB},
 		Recipients: []wrap.Recipient{kr}, SigningKey: priv, DstPrefix: "region-c"})
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestCopyRefuses(t *testing.T) {
 	flip := func(off int) []byte { b := bytes.Clone(image); b[off] ^= 0x01; return b }
 	srcBefore := snapshot(t, src)
 
-	valid := CopyOptions{PublicKey: f.pub, Identity: f.kr, Recipients: []wrap.Recipient{newKeyring(t, "region-b")}, SigningKey: f.priv,
+	valid := CopyOptions{PublicKey: f.pub, Identities: []wrap.Identity{f.kr}, Recipients: []wrap.Recipient{newKeyring(t, "region-b")}, SigningKey: f.priv,
 		DstPrefix: dstPrefix, Now: fixedClock(lifecycleNow)}
 	layer := []error{ErrOuterLayer, ErrObjectHash}
 	type copyCase struct {
@@ -241,7 +241,7 @@ func TestCopyRefuses(t *testing.T) {
 		{name: "another public key", id: good.ID, want: []error{ErrManifest},
 			opts: func(o *CopyOptions) { o.PublicKey = otherPub }},
 		{name: "identity that cannot open the envelope", id: good.ID, want: []error{ErrOuterLayer},
-			opts: func(o *CopyOptions) { o.Identity = newKeyring(t, "stranger") }},
+			opts: func(o *CopyOptions) { o.Identities = []wrap.Identity{newKeyring(t, "stranger")} }},
 		{name: "image swapped for another backup's", id: good.ID, want: []error{ErrObjectHash},
 			prepare: setImage(readObject(t, src, ObjectKey(testPrefix, testCluster, other.ID, ImageObject)))},
 		{name: "image truncated by 1 byte", id: good.ID, want: layer, prepare: setImage(image[:len(image)-1])},
@@ -255,7 +255,7 @@ func TestCopyRefuses(t *testing.T) {
 			}},
 		{name: "cancelled context", id: good.ID, want: []error{context.Canceled},
 			ctx: func() context.Context { c, cancel := context.WithCancel(ctx); cancel(); return c }()},
-		{name: "no identity", id: good.ID, opts: func(o *CopyOptions) { o.Identity = nil }},
+		{name: "no identity", id: good.ID, opts: func(o *CopyOptions) { o.Identities = nil }},
 		{name: "no recipients", id: good.ID, opts: func(o *CopyOptions) { o.Recipients = nil }},
 		{name: "no signing key", id: good.ID, opts: func(o *CopyOptions) { o.SigningKey = nil }},
 		{name: "bad destination prefix", id: good.ID, opts: func(o *CopyOptions) { o.DstPrefix = "../x/" }},

@@ -111,7 +111,7 @@ func BenchmarkRewrap(b *testing.B) {
 	b.SetBytes(benchSize)
 	b.ResetTimer()
 	for b.Loop() {
-		if err := Rewrap(context.Background(), bytes.NewReader(env), io.Discard, k, k); err != nil {
+		if err := Rewrap(context.Background(), bytes.NewReader(env), io.Discard, []Identity{k}, k); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -405,17 +405,18 @@ func bodyError(err error) error {
 }
 
 // Rewrap copies the envelope read from src to dst with its data key
-// unwrapped by identity and wrapped anew to recipients: this is master-key
+// unwrapped by the first of identities that can (as Decrypt does) and
+// wrapped anew to recipients: this is master-key
 // rotation. Only the header changes (its stanzas and MAC); the object id,
 // flags and body suite, and so the body keys, stay, and the body is copied
 // byte for byte, never re-encrypted. Rewrap authenticates the body as it
 // copies it: on any error, what was written to dst must be discarded.
-func Rewrap(ctx context.Context, src io.Reader, dst io.Writer, identity Identity, recipients ...Recipient) error {
+func Rewrap(ctx context.Context, src io.Reader, dst io.Writer, identities []Identity, recipients ...Recipient) error {
 	h, raw, err := readHeader(src)
 	if err != nil {
 		return fmt.Errorf("rewrap: %w", err)
 	}
-	dek, err := unwrapDEK(ctx, h, raw, []Identity{identity})
+	dek, err := unwrapDEK(ctx, h, raw, identities)
 	if err != nil {
 		return fmt.Errorf("rewrap: %w", err)
 	}

@@ -300,7 +300,7 @@ func TestContext(t *testing.T) {
 	if _, err := Decrypt(ctx, bytes.NewReader(env), r); !errors.Is(err, context.Canceled) {
 		t.Errorf("Decrypt: %v", err)
 	}
-	if err := Rewrap(ctx, bytes.NewReader(env), &dst, k, k); !errors.Is(err, context.Canceled) {
+	if err := Rewrap(ctx, bytes.NewReader(env), &dst, []Identity{k}, k); !errors.Is(err, context.Canceled) {
 		t.Errorf("Rewrap: %v", err)
 	}
 	if dst.Len() != 0 || hsm.unwraps.Load() != 0 {

@@ -50,7 +50,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	var rotated bytes.Buffer
-	if err := wrap.Rewrap(ctx, &stored, &rotated, k, k); err != nil {
+	if err := wrap.Rewrap(ctx, &stored, &rotated, []wrap.Identity{k}, k); err != nil {
 		log.Fatal(err)
 	}
 	h, err := wrap.ReadHeader(bytes.NewReader(rotated.Bytes()))

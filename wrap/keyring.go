@@ -464,6 +464,9 @@ func createExclusive(path string, perm os.FileMode, data []byte) (err error) {
 		return err
 	}
 	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", path, fs.ErrExist)
+		}
 		return err
 	}
 	return atomicfile.SyncDir(dir)

@@ -22,7 +22,7 @@ func TestRewrapKeepsBody(t *testing.T) {
 			p := pattern(n)
 			old := seal(t, p, v1)
 			var out bytes.Buffer
-			if err := Rewrap(context.Background(), bytes.NewReader(old), &out, k, v2, id.Recipient(), hsm); err != nil {
+			if err := Rewrap(context.Background(), bytes.NewReader(old), &out, []Identity{k}, v2, id.Recipient(), hsm); err != nil {
 				t.Fatal(err)
 			}
 			neu := out.Bytes()
@@ -48,7 +48,7 @@ func TestRewrapKeepsBody(t *testing.T) {
 			}
 			// Rewrapping again, back to v1 alone, round-trips the bytes.
 			var back bytes.Buffer
-			if err := Rewrap(context.Background(), bytes.NewReader(neu), &back, hsm, v1); err != nil {
+			if err := Rewrap(context.Background(), bytes.NewReader(neu), &back, []Identity{hsm}, v1); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(back.Bytes()[headerLen(t, back.Bytes()):], old[oh:]) {
@@ -78,7 +78,7 @@ func TestRewrapAuthenticatesBody(t *testing.T) {
 		"header only, cut": {env[:hl-1], ErrTruncated},
 	} {
 		var out bytes.Buffer
-		err := Rewrap(context.Background(), bytes.NewReader(c.env), &out, k, k)
+		err := Rewrap(context.Background(), bytes.NewReader(c.env), &out, []Identity{k}, k)
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v; want %v", name, err, c.want)
 		}
@@ -87,14 +87,14 @@ func TestRewrapAuthenticatesBody(t *testing.T) {
 		}
 	}
 	empty := seal(t, nil, k)
-	if err := Rewrap(context.Background(), bytes.NewReader(append(bytes.Clone(empty), 1)), &bytes.Buffer{}, k, k); !errors.Is(err, ErrTampered) {
+	if err := Rewrap(context.Background(), bytes.NewReader(append(bytes.Clone(empty), 1)), &bytes.Buffer{}, []Identity{k}, k); !errors.Is(err, ErrTampered) {
 		t.Errorf("empty envelope with a trailing byte: %v", err)
 	}
-	if err := Rewrap(context.Background(), bytes.NewReader(env), &bytes.Buffer{}, k); err == nil {
+	if err := Rewrap(context.Background(), bytes.NewReader(env), &bytes.Buffer{}, []Identity{k}); err == nil {
 		t.Error("Rewrap to no recipients succeeded")
 	}
 	boom := errors.New("disk full")
-	if err := Rewrap(context.Background(), bytes.NewReader(env), failingWriter{boom}, k, k); !errors.Is(err, boom) {
+	if err := Rewrap(context.Background(), bytes.NewReader(env), failingWriter{boom}, []Identity{k}, k); !errors.Is(err, boom) {
 		t.Errorf("Rewrap to a failing writer: %v", err)
 	}
 }

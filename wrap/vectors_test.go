@@ -166,7 +166,7 @@ func TestVectors(t *testing.T) {
 			if v.RewrapOf != "" {
 				src := mustHex(t, readVector(t, filepath.Join("testdata/vectors", v.RewrapOf)).Envelope)
 				var buf bytes.Buffer
-				if err := Rewrap(context.Background(), bytes.NewReader(src), &buf, id, rcpt); err != nil {
+				if err := Rewrap(context.Background(), bytes.NewReader(src), &buf, []Identity{id}, rcpt); err != nil {
 					t.Fatal(err)
 				}
 				if !bytes.Equal(buf.Bytes(), env) {

@@ -99,8 +99,8 @@ func backupCommand() *cli.Command {
 			}, setNeverExpires),
 			byID("copy", "copy a backup to another store, re-wrapping its outer layer (no HSM involved)", []cli.Flag{
 				&cli.StringFlag{Name: "to", Usage: "destination store `URL` (required)"},
-				&cli.StringFlag{Name: "to-keyring", Usage: "keyring `FILE` whose current key wraps the copy (default: --keyring)"},
-				&cli.StringSliceFlag{Name: "to-hpke", Usage: "HPKE public key `FILE` to wrap the copy to, instead of a keyring (repeatable)"},
+				&cli.StringFlag{Name: "to-keyring", Usage: "keyring `FILE` whose current key wraps the copy (default: the master keys new backups are wrapped to)"},
+				&cli.StringSliceFlag{Name: "to-hpke", Usage: "HPKE public key `FILE` to wrap the copy to (repeatable; with --to-keyring, both)"},
 			}, copyBackup),
 			sub("prune", "apply retention: expire old backups, purge those deleted over 7 days ago", "", []cli.Flag{
 				clusterFlag("prune only cluster `ID`"),
@@ -223,7 +223,8 @@ func createBackup(s *service, c *cli.Context) error {
 			return err
 		}
 	}
-	kr, err := s.keyring()
+	ctx := c.Context
+	recipients, err := s.recipients(ctx)
 	if err != nil {
 		return err
 	}
@@ -231,7 +232,6 @@ func createBackup(s *service, c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Context
 	s.removeStaleUploads(ctx)
 	member, health, err := s.pickMember(ctx, id)
 	if err != nil {
@@ -244,7 +244,7 @@ func createBackup(s *service, c *cli.Context) error {
 		return fmt.Errorf("read cluster certificates: %w", err)
 	}
 	m, err := backup.Create(ctx, member, s.st, backup.CreateOptions{
-		ClusterID: id, Recipients: []wrap.Recipient{kr}, SigningKey: key, Tags: tags,
+		ClusterID: id, Recipients: recipients, SigningKey: key, Tags: tags,
 		NeverExpires: c.Bool("never-expires"), RetentionDays: days,
 		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
 	})
@@ -337,11 +337,11 @@ func verifyBackup(s *service, c *cli.Context, cluster, id string) error {
 	opts := backup.VerifyOptions{PublicKey: pub, Deep: c.Bool("deep")}
 	checks := []string{"signature", "object hash"}
 	if !c.Bool("offline") {
-		kr, err := s.keyring()
+		ids, err := s.identities(c.Context)
 		if err != nil {
 			return fmt.Errorf("%w (or use --offline to check without it)", err)
 		}
-		opts.Identities = []wrap.Identity{kr}
+		opts.Identities = ids
 		checks = append(checks, "outer layer")
 		if opts.Deep {
 			checks = append(checks, "inner header")
@@ -418,7 +418,7 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 	if to == "" {
 		return fmt.Errorf("--to is required (run '%s --help')", c.Command.HelpName)
 	}
-	kr, err := s.keyring()
+	ids, err := s.identities(c.Context)
 	if err != nil {
 		return err
 	}
@@ -446,14 +446,16 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 		}
 		recipients = append(recipients, dk)
 	case len(recipients) == 0:
-		recipients = []wrap.Recipient{kr}
+		if recipients, err = s.recipients(c.Context); err != nil {
+			return err
+		}
 	}
 	dst, err := storeurl.Open(to, storeurl.Options{})
 	if err != nil {
 		return err
 	}
 	m, err := backup.Copy(c.Context, s.st, "", cluster, id, s.prog.wrap(dst), backup.CopyOptions{
-		PublicKey: pub, Identity: kr, Recipients: recipients, SigningKey: key,
+		PublicKey: pub, Identities: ids, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {
 		return err

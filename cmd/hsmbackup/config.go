@@ -20,9 +20,15 @@ import (
 type config struct {
 	// Store is the store URL (file://DIR or s3://BUCKET/PREFIX?…).
 	Store string `yaml:"store"`
-	// Keyring is the master keyring file (mode 0600) that wraps backups'
-	// outer layer.
-	Keyring string `yaml:"keyring"`
+	// The master keys of the outer layer (docs/CLI.md, "Master keys"):
+	// Keyring is the AES master keyring file (mode 0600), which wraps and
+	// opens; HPKERecipients are HPKE public key files, which only wrap;
+	// HPKEIdentities their private key files (mode 0600), which open;
+	// HSMKey an AES key held by an HSM cluster, which wraps and opens.
+	Keyring        string        `yaml:"keyring"`
+	HPKERecipients []string      `yaml:"hpke_recipients"`
+	HPKEIdentities []string      `yaml:"hpke_identities"`
+	HSMKey         *hsmKeyConfig `yaml:"hsm_key"`
 	// SigningKey is the Ed25519 manifest signing key (PEM PKCS #8, 0600);
 	// PublicKey its public key (PEM), enough to verify without secrets.
 	SigningKey string `yaml:"signing_key"`
@@ -52,6 +58,16 @@ type clusterConfig struct {
 	PasswordFile string            `yaml:"password_file"`
 	Tags         map[string]string `yaml:"tags"`
 	Retention    *retentionConfig  `yaml:"retention"`
+}
+
+// hsmKeyConfig names a master key held by an HSM cluster: an AES key of a
+// cluster of this file (reached with that entry's members and client
+// certificate), used by the crypto user that owns it.
+type hsmKeyConfig struct {
+	Cluster      string `yaml:"cluster"`
+	Handle       uint64 `yaml:"handle"`
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
@@ -95,6 +111,14 @@ func parseConfig(data []byte) (*config, error) {
 	if err := d.Decode(&more); !errors.Is(err, io.EOF) {
 		return nil, errors.New("more than one YAML document")
 	}
+	if k := cfg.HSMKey; k != nil {
+		switch {
+		case k.Cluster == "" || k.Handle == 0 || k.User == "":
+			return nil, errors.New("hsm_key: cluster, handle and user are required")
+		case cfg.Clusters[k.Cluster] == nil:
+			return nil, fmt.Errorf("hsm_key: cluster %q is not in clusters", k.Cluster)
+		}
+	}
 	for id, cl := range cfg.Clusters {
 		if cl == nil {
 			return nil, fmt.Errorf("cluster %q: empty", id)
@@ -115,6 +139,14 @@ func (c *config) resolve(dir string) {
 	}
 	for _, p := range []*string{&c.Keyring, &c.SigningKey, &c.PublicKey, &c.ManufacturerRoot, &c.OperatorRoot} {
 		abs(p)
+	}
+	for _, list := range [][]string{c.HPKERecipients, c.HPKEIdentities} {
+		for i := range list {
+			abs(&list[i])
+		}
+	}
+	if c.HSMKey != nil {
+		abs(&c.HSMKey.PasswordFile)
 	}
 	for _, cl := range c.Clusters {
 		for _, p := range []*string{&cl.CustomerCA, &cl.Cert, &cl.Key, &cl.PasswordFile} {

@@ -8,6 +8,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
@@ -19,10 +21,13 @@ func masterkeyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "masterkey",
 		Usage: "manage the backup service's master keyring",
-		Description: "The keyring holds versioned AES-256 master keys under which backups are\n" +
-			"wrapped a second time. Rotation adds a new version and makes it current;\n" +
-			"older versions stay so that older backups still open. Key bytes are\n" +
-			"never printed.",
+		Description: "Backups are wrapped a second time under the backup service's master keys,\n" +
+			"of three kinds, any of which may be combined: a keyring of versioned AES-256\n" +
+			"keys (generate, rotate, list: rotation adds a new version and makes it\n" +
+			"current; older versions stay so that older backups still open); an HPKE key\n" +
+			"pair, ML-KEM-768 + X25519 (generate-hpke: the writer needs only the public\n" +
+			"key); and an AES key held inside an HSM cluster, which never leaves it\n" +
+			"(generate-hsm). Key bytes are never printed.",
 		Action:       groupAction,
 		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
@@ -63,6 +68,42 @@ func masterkeyCommand() *cli.Command {
 					}
 					return printKeys(c, "rotated to", []wrap.KeyInfo{k})
 				}),
+			},
+			{
+				Name:  "generate-hpke",
+				Usage: "make an HPKE key pair (ML-KEM-768 + X25519): backups wrapped to the public key open only with the private key",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "key", Usage: "private key `FILE` to create (mode 0600; required)"},
+					&cli.StringFlag{Name: "pub", Usage: "public key `FILE` to create (required)"},
+				},
+				OnUsageError: usageError,
+				Action: action("masterkey generate-hpke", func(c *cli.Context) error {
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					if err := requireFlags(c, "key", "pub"); err != nil {
+						return err
+					}
+					r, err := wrap.GenerateHPKEKey(c.String("key"), c.String("pub"))
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(c.App.Writer, "generated HPKE master key %s (private key %s, public key %s)\n", r, c.String("key"), c.String("pub"))
+					return err
+				}),
+			},
+			{
+				Name:  "generate-hsm",
+				Usage: "make an AES-256 master key inside a configured HSM cluster, owned by a crypto user",
+				Flags: []cli.Flag{
+					configFlag(),
+					&cli.StringFlag{Name: "cluster", Usage: "`ID` of the cluster in --config that holds the key (required)"},
+					&cli.StringFlag{Name: "user", Usage: "`NAME` of the crypto user that will own and use the key (required)"},
+					passwordFileFlag(),
+					&cli.StringFlag{Name: "label", Value: "hsmbackup-master-key", Usage: "the key's `LABEL`"},
+				},
+				OnUsageError: usageError,
+				Action:       action("masterkey generate-hsm", generateHSMKey),
 			},
 			{
 				Name:         "list",
@@ -154,4 +195,51 @@ func printKeys(c *cli.Context, verb string, keys []wrap.KeyInfo) error {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", k.ID, k.Version, k.Created.Format("2006-01-02 15:04:05Z"), cur)
 	}
 	return tw.Flush()
+}
+
+// generateHSMKey makes a non-extractable AES-256 key in a configured
+// cluster, logged in as the crypto user that will own it, and prints the
+// config entry that uses it.
+func generateHSMKey(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	if err := requireFlags(c, "config", "cluster", "user"); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(flagValue(c, "config"))
+	if err != nil {
+		return err
+	}
+	id := c.String("cluster")
+	cc := cfg.Clusters[id]
+	if cc == nil {
+		return fmt.Errorf("cluster %q is not configured", id)
+	}
+	base, err := clientConfig(id, cc)
+	if err != nil {
+		return err
+	}
+	password, err := readPassword(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context
+	kc, err := cluster.Open(ctx, cluster.Config{Members: cc.Members, Client: base}, c.String("user"), password)
+	if err != nil {
+		return fmt.Errorf("cluster %s: %w", id, err)
+	}
+	defer kc.Close()
+	if kc.Role() != hsmcore.CryptoUser {
+		return fmt.Errorf("%s is a %s: a master key is owned and used by a crypto user", c.String("user"), kc.Role())
+	}
+	keys, err := kc.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Label: c.String("label"), Encrypt: true, Decrypt: true}})
+	if err != nil {
+		return fmt.Errorf("cluster %s: generate key: %w", id, err)
+	}
+	k := keys[0]
+	_, err = fmt.Fprintf(c.App.Writer, "generated HSM-held master key %s/%d (AES-256, label %q, check value %s)\n"+
+		"use it with this entry in the config file:\nhsm_key:\n  cluster: %s\n  handle: %d\n  user: %s\n  password_file: FILE\n",
+		id, k.Handle, k.Label, k.KCV, id, k.Handle, c.String("user"))
+	return err
 }

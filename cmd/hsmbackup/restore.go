@@ -18,7 +18,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/restore"
-	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 func restoreCommand() *cli.Command {
@@ -74,7 +73,7 @@ func runRestore(s *service, c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	kr, err := s.keyring()
+	ids, err := s.identities(ctx)
 	if err != nil {
 		return err
 	}
@@ -128,7 +127,7 @@ func runRestore(s *service, c *cli.Context) error {
 		ccfg.ManufacturerRoots = mfr
 		return cluster.Open(ctx, cluster.Config{Members: addrs[:1], Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
 	}
-	opts := restore.Options{PublicKey: pub, Identities: []wrap.Identity{kr}, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: c.Bool("dry-run")}
+	opts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: c.Bool("dry-run")}
 	results, err := restore.Cluster(ctx, s.st, "", clusterID, id, targets, open, opts)
 	for _, r := range results {
 		s.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)

@@ -21,6 +21,8 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
 	"github.com/hsmbackup/hsmbackup/store"
@@ -47,6 +49,8 @@ func TestMain(m *testing.M) {
 //	customer-ca.pem    the customer CA of $CLUSTER
 //	officer.crt        client certificate from it; officer.key its key (0600)
 //	password           the crypto officer's password (0600)
+//	keyuser.pw         the password (0600) of crypto user "keyuser" of
+//	                   $CLUSTER, which may own keys
 //
 // and variables:
 //
@@ -63,6 +67,8 @@ const (
 	scriptCluster  = "cluster-a1"
 	scriptOfficer  = "admin"
 	scriptPassword = "correct horse battery staple"
+	scriptKeyUser  = "keyuser"
+	scriptKeyPass  = "keys are for crypto users"
 )
 
 const scriptConfig = `# written by (*scriptPKI).setup
@@ -131,6 +137,7 @@ func TestScripts(t *testing.T) {
 	for range scripts {
 		h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), other: env.Serve(t, other)}
 		hsmtest.InitCluster(t, h.member.Addr, mfrRoots, env.CA, scriptCluster, scriptOfficer, scriptPassword)
+		p.createKeyUser(t, h.member.Addr)
 		p.hsms <- h
 	}
 	testscript.Run(t, testscript.Params{
@@ -171,6 +178,7 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 		{"officer.crt", pemBytes("CERTIFICATE", p.cert.Certificate[0]), 0o644},
 		{"officer.key", pemBytes("PRIVATE KEY", keyDER), 0o600},
 		{"password", []byte(scriptPassword + "\n"), 0o600},
+		{"keyuser.pw", []byte(scriptKeyPass + "\n"), 0o600},
 		{"config.yaml", fmt.Appendf(nil, scriptConfig, scriptCluster, h.member.Addr, scriptOfficer), 0o644},
 	} {
 		if err := os.WriteFile(path(f.name), f.data, f.perm); err != nil {
@@ -194,6 +202,27 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 	e.Setenv("FRESH_ADDR", h.fresh.Addr)
 	e.Setenv("OTHER_ADDR", h.other.Addr)
 	return nil
+}
+
+// createKeyUser adds crypto user scriptKeyUser to the cluster whose member
+// is at addr, as its officer would.
+func (p *scriptPKI) createKeyUser(tb testing.TB, addr string) {
+	tb.Helper()
+	cl, err := client.New(client.Config{Addr: addr, ClusterID: scriptCluster, CustomerCA: p.env.CA.Cert, Certificate: &p.cert})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	if _, err := cl.Login(ctx, scriptOfficer, scriptPassword); err != nil {
+		tb.Fatal(err)
+	}
+	if err := cl.CreateUser(ctx, scriptKeyUser, hsmcore.CryptoUser, scriptKeyPass); err != nil {
+		tb.Fatal(err)
+	}
+	if err := cl.Logout(ctx); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 func pemBytes(typ string, der []byte) []byte {

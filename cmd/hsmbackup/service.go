@@ -17,6 +17,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
 	"github.com/hsmbackup/hsmbackup/wrap"
@@ -26,14 +27,13 @@ import (
 // may also be set in the --config file; a flag wins over the file.
 // --config, --store and --json are global flags too.
 func serviceFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		configFlag(),
 		storeFlag(),
-		&cli.StringFlag{Name: "keyring", Usage: "master keyring `FILE` (mode 0600) that opens and makes the outer layer"},
 		&cli.StringFlag{Name: "signing-key", Usage: "manifest signing key `FILE` (PEM, mode 0600)"},
 		&cli.StringFlag{Name: "public-key", Usage: "manifest public key `FILE` (PEM); default: the signing key's"},
 		jsonFlag(),
-	}
+	}, masterKeyFlags()...)
 }
 
 func configFlag() cli.Flag {
@@ -65,6 +65,10 @@ type service struct {
 	base store.Store // st without the progress bars
 	prog *progress   // nil off a terminal
 	log  *slog.Logger
+
+	// The HSM-held master key, once used (see hsmKey).
+	hsmKeyCluster   *cluster.Cluster
+	hsmKeyRecipient *wrap.HSMRecipient
 }
 
 // openService reads the config, if any, and opens the store. The caller
@@ -116,7 +120,14 @@ func (s *service) removeStaleUploads(ctx context.Context) {
 	}
 }
 
-func (s *service) close() { s.prog.wait() }
+// close ends what the service opened: the HSM-held master key's session,
+// the progress bars.
+func (s *service) close() {
+	if s.hsmKeyCluster != nil {
+		s.hsmKeyCluster.Close()
+	}
+	s.prog.wait()
+}
 
 // path returns the file a flag or, failing that, the config names.
 func (s *service) path(flag, fromConfig, what string) (string, error) {
@@ -125,14 +136,6 @@ func (s *service) path(flag, fromConfig, what string) (string, error) {
 		return "", fmt.Errorf("no %s: give --%s or set it in --config", what, flag)
 	}
 	return p, nil
-}
-
-func (s *service) keyring() (*wrap.Keyring, error) {
-	p, err := s.path("keyring", s.cfg.Keyring, "master keyring")
-	if err != nil {
-		return nil, err
-	}
-	return wrap.LoadKeyring(p)
 }
 
 func (s *service) signingKey() (ed25519.PrivateKey, error) {
