@@ -41,7 +41,9 @@ func configFlag() cli.Flag {
 }
 
 func storeFlag() cli.Flag {
-	return &cli.StringFlag{Name: "store", Usage: "store `URL`: file://DIR or s3://BUCKET/PREFIX[?endpoint=…&region=…]"}
+	return &cli.StringFlag{Name: "store", Usage: "store `URL`: file://DIR, or s3://BUCKET[/PREFIX] with optional parameters " +
+		"endpoint=URL (http:// for plain HTTP), region=REGION, sse=s3|kms, kms-key-id=ID (with sse=kms); " +
+		"S3 credentials from the AWS environment"}
 }
 
 // flagValue returns the value of string flag name given after the command
