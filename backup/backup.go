@@ -4,7 +4,8 @@
 //
 // # Storage layout
 //
-// A backup is two objects:
+// Backups live in a Repo: a store and a key prefix in it. A backup is two
+// objects:
 //
 //	<prefix>clusters/<cluster-id>/backups/<backup-id>/image
 //	<prefix>clusters/<cluster-id>/backups/<backup-id>/manifest.json
@@ -63,6 +64,34 @@ const (
 	ManifestObject = "manifest.json"
 )
 
+// Repo is where backups live: a store and a key prefix within it (see
+// the package comment). The empty prefix is the store's root.
+type Repo struct {
+	Store  store.Store
+	Prefix string
+}
+
+// prefix returns r's prefix, ending with a slash if not empty, or an
+// error if it is not a valid prefix.
+func (r Repo) prefix() (string, error) {
+	return normPrefix(r.Prefix)
+}
+
+// ObjectKey returns the key of object (ImageObject or ManifestObject) of
+// backup id of cluster in r.
+func (r Repo) ObjectKey(cluster, id, object string) string {
+	return r.clusterDir(cluster) + id + "/" + object
+}
+
+// clusterDir returns the key prefix of cluster's backups in r.
+func (r Repo) clusterDir(cluster string) string {
+	p, err := r.prefix()
+	if err != nil {
+		p = r.Prefix
+	}
+	return clusterDir(p, cluster)
+}
+
 func normPrefix(prefix string) (string, error) {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
@@ -75,14 +104,4 @@ func normPrefix(prefix string) (string, error) {
 
 func clusterDir(prefix, cluster string) string {
 	return prefix + "clusters/" + cluster + "/backups/"
-}
-
-// ObjectKey returns the key of object (ImageObject or ManifestObject) of
-// backup id of cluster under prefix.
-func ObjectKey(prefix, cluster, id, object string) string {
-	p, err := normPrefix(prefix)
-	if err != nil {
-		p = prefix
-	}
-	return clusterDir(p, cluster) + id + "/" + object
 }

@@ -64,14 +64,14 @@ func TestCreateListDescribeVerify(t *testing.T) {
 
 	clock := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
 	now := func() time.Time { clock = clock.Add(time.Second); return clock }
-	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix, Now: now,
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Now: now,
 		Tags: map[string]string{"env": "prod"}, RetentionDays: 90}
-	m1, err := Create(ctx, member, st, opts)
+	m1, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.ClusterID, opts.Tags, opts.RetentionDays, opts.NeverExpires = testCluster, map[string]string{"env": "dev"}, 0, true
-	m2, err := Create(ctx, member, st, opts)
+	m2, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,17 +83,17 @@ func TestCreateListDescribeVerify(t *testing.T) {
 		len(m1.Recipients) != 1 || m1.ImageSize <= 0 || m1.ObjectSize <= m1.ImageSize {
 		t.Fatalf("manifest %+v", m1)
 	}
-	image := readObject(t, st, ObjectKey(testPrefix, testCluster, m1.ID, ImageObject))
+	image := readObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, m1.ID, ImageObject))
 	if int64(len(image)) != m1.ObjectSize || !bytes.HasPrefix(image, m1.OuterHeader) {
 		t.Fatalf("stored object of %d bytes, manifest says %d", len(image), m1.ObjectSize)
 	}
-	stored := readObject(t, st, ObjectKey(testPrefix, testCluster, m1.ID, ManifestObject))
+	stored := readObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, m1.ID, ManifestObject))
 	if want, _ := m1.Marshal(); !bytes.Equal(stored, want) {
 		t.Fatal("stored manifest differs from the returned one")
 	}
 
 	// An image without a manifest is not a backup.
-	putObject(t, st, ObjectKey(testPrefix, testCluster, "backup-20261124T180000Z-aaaaaaaaaa", ImageObject), []byte("orphan"))
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, "backup-20261124T180000Z-aaaaaaaaaa", ImageObject), []byte("orphan"))
 
 	ids := func(ms []*Manifest) []string {
 		var out []string
@@ -114,7 +114,7 @@ func TestCreateListDescribeVerify(t *testing.T) {
 		{Filter{Tags: map[string]string{"env": "dev"}}, []string{m2.ID}},
 		{Filter{Tags: map[string]string{"env": "qa"}}, nil},
 	} {
-		got, err := List(ctx, st, testPrefix, tc.f)
+		got, err := List(ctx, Repo{Store: st, Prefix: testPrefix}, tc.f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,18 +122,18 @@ func TestCreateListDescribeVerify(t *testing.T) {
 			t.Errorf("List(%+v) = %v, want %v", tc.f, ids(got), tc.want)
 		}
 	}
-	if got, err := List(ctx, st, "", Filter{}); err != nil || len(got) != 0 {
+	if got, err := List(ctx, Repo{Store: st}, Filter{}); err != nil || len(got) != 0 {
 		t.Errorf("List outside the prefix = %v, %v", ids(got), err)
 	}
 
-	d, err := Describe(ctx, st, testPrefix, testCluster, m2.ID)
+	d, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m2.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d.ID != m2.ID || !d.NeverExpires || d.Tags["env"] != "dev" {
 		t.Fatalf("describe %+v", d)
 	}
-	if _, err := Describe(ctx, st, testPrefix, testCluster, "backup-20261124T180000Z-aaaaaaaaaa"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, "backup-20261124T180000Z-aaaaaaaaaa"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("describe orphan: %v", err)
 	}
 
@@ -142,17 +142,17 @@ func TestCreateListDescribeVerify(t *testing.T) {
 		{PublicKey: pub, Identities: []wrap.Identity{kr}},
 		{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true},
 	} {
-		if err := Verify(ctx, st, testPrefix, testCluster, m1.ID, vo); err != nil {
+		if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m1.ID, vo); err != nil {
 			t.Errorf("verify (identities %d, deep %v): %v", len(vo.Identities), vo.Deep, err)
 		}
 	}
 
 	// Wrong keys name the layer.
 	otherKR, otherPub, _ := backuptest.Keys(t)
-	if err := Verify(ctx, st, testPrefix, testCluster, m1.ID, VerifyOptions{PublicKey: otherPub}); !errors.Is(err, ErrManifest) {
+	if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m1.ID, VerifyOptions{PublicKey: otherPub}); !errors.Is(err, ErrManifest) {
 		t.Errorf("verify under another public key: %v", err)
 	}
-	err = Verify(ctx, st, testPrefix, testCluster, m1.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{otherKR}})
+	err = Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m1.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{otherKR}})
 	if !errors.Is(err, ErrOuterLayer) || !errors.Is(err, wrap.ErrTampered) { // same key name, other key
 		t.Errorf("verify with another keyring: %v", err)
 	}
@@ -165,7 +165,7 @@ func TestVerifyInnerHeaderMismatch(t *testing.T) {
 	member := newMember(t, 0)
 	kr, pub, priv := backuptest.Keys(t)
 	st := backuptest.FileStore(t)
-	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
+	m, err := Create(ctx, member, Repo{Store: st}, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,12 +177,12 @@ func TestVerifyInnerHeaderMismatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	putObject(t, st, ObjectKey("", testCluster, m.ID, ManifestObject), b)
+	putObject(t, st, Repo{}.ObjectKey(testCluster, m.ID, ManifestObject), b)
 	ids := []wrap.Identity{kr}
-	if err := Verify(ctx, st, "", testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids}); err != nil {
+	if err := Verify(ctx, Repo{Store: st}, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids}); err != nil {
 		t.Fatalf("shallow verify: %v", err)
 	}
-	if err := Verify(ctx, st, "", testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids, Deep: true}); !errors.Is(err, ErrInnerHeader) {
+	if err := Verify(ctx, Repo{Store: st}, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: ids, Deep: true}); !errors.Is(err, ErrInnerHeader) {
 		t.Fatalf("deep verify: %v", err)
 	}
 }
@@ -203,7 +203,7 @@ func TestVerifyCatchesFlips(t *testing.T) {
 	member := newMember(t, 300) // an image of more than one 64 KiB package
 	kr, pub, priv := backuptest.Keys(t)
 	st := backuptest.FileStore(t)
-	m, err := Create(ctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
+	m, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv,
 		Tags: map[string]string{"team": "hsm"}})
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +218,7 @@ func TestVerifyCatchesFlips(t *testing.T) {
 		{ImageObject, ErrObjectHash, 997},
 		{ManifestObject, ErrManifest, 97},
 	} {
-		key := ObjectKey(testPrefix, testCluster, m.ID, tc.object)
+		key := Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, tc.object)
 		orig := readObject(t, st, key)
 		offs := sampledOffsets(len(orig), tc.step)
 		for _, off := range offs {
@@ -226,7 +226,7 @@ func TestVerifyCatchesFlips(t *testing.T) {
 				b := bytes.Clone(orig)
 				b[off] ^= mask
 				putObject(t, st, key, b)
-				if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); !errors.Is(err, tc.want) {
+				if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, vo); !errors.Is(err, tc.want) {
 					t.Fatalf("%s: flip %#x at %d of %d: got %v, want %v", tc.object, mask, off, len(orig), err, tc.want)
 				}
 			}
@@ -235,15 +235,15 @@ func TestVerifyCatchesFlips(t *testing.T) {
 		t.Logf("%s: %d bytes, %d offsets flipped twice each", tc.object, len(orig), len(offs))
 	}
 	for _, cut := range []int{1, 100} {
-		key := ObjectKey(testPrefix, testCluster, m.ID, ImageObject)
+		key := Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, ImageObject)
 		orig := readObject(t, st, key)
 		putObject(t, st, key, orig[:len(orig)-cut])
-		if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); !errors.Is(err, ErrObjectHash) {
+		if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, vo); !errors.Is(err, ErrObjectHash) {
 			t.Fatalf("truncated by %d: %v", cut, err)
 		}
 		putObject(t, st, key, orig)
 	}
-	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); err != nil {
+	if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, vo); err != nil {
 		t.Fatalf("restored: %v", err)
 	}
 }
@@ -255,7 +255,7 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 	base := backuptest.FileStore(t)
 	var armed atomic.Bool
 	st := &mockStore{Store: base}
-	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix}
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}
 
 	for _, tc := range []struct {
 		name   string
@@ -268,28 +268,28 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 	} {
 		st.put = failAfter(base, tc.suffix, tc.n, &armed)
 		armed.Store(true)
-		_, err := Create(ctx, member, st, opts)
+		_, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, opts)
 		if !errors.Is(err, errInjected) {
 			t.Fatalf("%s: Create = %v, want the injected error", tc.name, err)
 		}
 		if keys := allKeys(t, base); len(keys) != 0 {
 			t.Fatalf("%s: left %v", tc.name, keys)
 		}
-		if ms, err := List(ctx, st, testPrefix, Filter{}); err != nil || len(ms) != 0 {
+		if ms, err := List(ctx, Repo{Store: st, Prefix: testPrefix}, Filter{}); err != nil || len(ms) != 0 {
 			t.Fatalf("%s: List = %d, %v", tc.name, len(ms), err)
 		}
 	}
 
 	armed.Store(false)
-	m, err := Create(ctx, member, st, opts)
+	m, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, opts)
 	if err != nil {
 		t.Fatalf("Create after failures: %v", err)
 	}
-	ms, err := List(ctx, st, testPrefix, Filter{})
+	ms, err := List(ctx, Repo{Store: st, Prefix: testPrefix}, Filter{})
 	if err != nil || len(ms) != 1 || ms[0].ID != m.ID {
 		t.Fatalf("List = %v, %v", ms, err)
 	}
-	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true}); err != nil {
+	if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: true}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -299,14 +299,17 @@ func TestCreateRejects(t *testing.T) {
 	member := newMember(t, 0)
 	kr, _, priv := backuptest.Keys(t)
 	st := backuptest.FileStore(t)
-	for name, o := range map[string]CreateOptions{
-		"no recipients":  {SigningKey: priv},
-		"no signing key": {Recipients: []wrap.Recipient{kr}},
-		"other cluster":  {Recipients: []wrap.Recipient{kr}, SigningKey: priv, ClusterID: "cluster-2"},
-		"bad tag":        {Recipients: []wrap.Recipient{kr}, SigningKey: priv, Tags: map[string]string{"aws:x": "y"}},
-		"bad prefix":     {Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: "../x/"},
+	for name, tc := range map[string]struct {
+		prefix string
+		o      CreateOptions
+	}{
+		"no recipients":  {o: CreateOptions{SigningKey: priv}},
+		"no signing key": {o: CreateOptions{Recipients: []wrap.Recipient{kr}}},
+		"other cluster":  {o: CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, ClusterID: "cluster-2"}},
+		"bad tag":        {o: CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Tags: map[string]string{"aws:x": "y"}}},
+		"bad prefix":     {prefix: "../x/", o: CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}},
 	} {
-		if _, err := Create(ctx, member, st, o); err == nil {
+		if _, err := Create(ctx, member, Repo{Store: st, Prefix: tc.prefix}, tc.o); err == nil {
 			t.Errorf("%s: Create succeeded", name)
 		}
 	}
@@ -316,7 +319,7 @@ func TestCreateRejects(t *testing.T) {
 	// A cancelled context leaves nothing either.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := Create(cctx, member, st, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}); !errors.Is(err, context.Canceled) {
+	if _, err := Create(cctx, member, Repo{Store: st}, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled Create: %v", err)
 	}
 	if keys := allKeys(t, st); len(keys) != 0 {

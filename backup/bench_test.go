@@ -34,7 +34,7 @@ func BenchmarkBackupFullHSM(b *testing.B) {
 		b.Fatal(err)
 	}
 	// One backup first, for the object's size.
-	m, err := Create(ctx, co, backuptest.FileStore(b), opts)
+	m, err := Create(ctx, co, Repo{Store: backuptest.FileStore(b)}, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func BenchmarkBackupFullHSM(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
-				if _, err := Create(ctx, co, tc.st, opts); err != nil {
+				if _, err := Create(ctx, co, Repo{Store: tc.st}, opts); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -16,8 +16,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// CopyOptions are the options of Copy; all but Tags, DstPrefix and Now
-// are required.
+// CopyOptions are the options of Copy; all but Now are required.
 type CopyOptions struct {
 	// PublicKey verifies the source manifest's signature.
 	PublicKey ed25519.PublicKey
@@ -27,32 +26,28 @@ type CopyOptions struct {
 	Recipients []wrap.Recipient
 	// SigningKey signs the copy's manifest.
 	SigningKey ed25519.PrivateKey
-	// DstPrefix is the prefix in the destination store.
-	DstPrefix string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
-// Copy copies READY backup id of cluster from src (under srcPrefix) to
-// dst, as CloudHSM copies a backup to another region: the copy is a new
+// Copy copies READY backup id of cluster from src to dst, as CloudHSM copies a backup to another region: the copy is a new
 // backup of the same cluster with a new id, the same inner image, and a
 // manifest naming its source backup and cluster. No HSM is involved: the
 // outer envelope is re-wrapped to opts.Recipients (wrap.Rewrap: the body
 // is copied byte for byte, authenticated on the way) and the source
 // object must match its manifest's size and hash, or nothing is stored.
-func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, dst store.Store, opts CopyOptions) (*Manifest, error) {
+func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, error) {
 	if len(opts.Identities) == 0 || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("copy backup: identity, 1 to 16 recipients and a signing key are required")
 	}
-	dstPrefix, err := normPrefix(opts.DstPrefix)
-	if err != nil {
+	if _, err := dst.prefix(); err != nil {
 		return nil, fmt.Errorf("copy backup: %w", err)
 	}
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
 	}
-	sm, err := Describe(ctx, src, srcPrefix, cluster, id)
+	sm, err := Describe(ctx, src, cluster, id)
 	if err != nil {
 		return nil, fmt.Errorf("copy backup %s: %w", id, err)
 	}
@@ -77,13 +72,13 @@ func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, d
 	m.SourceBackupID, m.SourceClusterID = sm.ID, sm.ClusterID
 	m.Tags = cloneTags(sm.Tags)
 
-	rc, err := src.Get(ctx, ObjectKey(srcPrefix, cluster, id, ImageObject))
+	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
 	if err != nil {
 		return nil, fmt.Errorf("copy backup %s: read image: %w", id, err)
 	}
 	defer rc.Close()
-	imageKey := clusterDir(dstPrefix, cluster) + newID + "/" + ImageObject
-	obj, err := putEnvelope(ctx, dst, imageKey, func(w io.Writer) error {
+	imageKey := dst.ObjectKey(cluster, newID, ImageObject)
+	obj, err := putEnvelope(ctx, dst.Store, imageKey, func(w io.Writer) error {
 		h := sha256.New()
 		in := &counter{h: h}
 		r := io.TeeReader(rc, in)
@@ -99,20 +94,20 @@ func Copy(ctx context.Context, src store.Store, srcPrefix, cluster, id string, d
 		return nil
 	})
 	if err != nil {
-		cleanup(ctx, dst, imageKey)
+		cleanup(ctx, dst.Store, imageKey)
 		return nil, err
 	}
 	obj.fill(&m)
 	if err := m.Sign(opts.SigningKey); err != nil {
-		cleanup(ctx, dst, imageKey)
+		cleanup(ctx, dst.Store, imageKey)
 		return nil, fmt.Errorf("copy backup %s: %w", id, err)
 	}
 	b, err := m.Marshal()
 	if err == nil {
-		err = dst.Put(ctx, clusterDir(dstPrefix, cluster)+newID+"/"+ManifestObject, bytes.NewReader(b), store.PutOptions{CreateOnly: true})
+		err = dst.Store.Put(ctx, dst.ObjectKey(cluster, newID, ManifestObject), bytes.NewReader(b), store.PutOptions{CreateOnly: true})
 	}
 	if err != nil {
-		cleanup(ctx, dst, imageKey)
+		cleanup(ctx, dst.Store, imageKey)
 		return nil, fmt.Errorf("copy backup %s: write manifest: %w", id, err)
 	}
 	return &m, nil

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -70,20 +71,20 @@ func TestCopy(t *testing.T) {
 	src := backuptest.FileStore(t)
 	dst := backuptest.FileStore(t)
 	created := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
-	sm, err := Create(ctx, member, src, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
+	sm, err := Create(ctx, member, Repo{Store: src, Prefix: testPrefix}, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv,
 		Now: fixedClock(created), Tags: map[string]string{"env": "prod"}, RetentionDays: 90})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srcBefore := snapshot(t, src)
-	srcObject := srcBefore[ObjectKey(testPrefix, testCluster, sm.ID, ImageObject)]
+	srcObject := srcBefore[Repo{Prefix: testPrefix}.ObjectKey(testCluster, sm.ID, ImageObject)]
 
 	krB := newKeyring(t, "region-b")
 	_, pubB, privB := backuptest.Keys(t)
 	copied := created.Add(time.Hour)
 	opts := CopyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Recipients: []wrap.Recipient{krB}, SigningKey: privB,
-		DstPrefix: dstPrefix, Now: fixedClock(copied)}
-	cm, err := Copy(ctx, src, testPrefix, testCluster, sm.ID, dst, opts)
+		Now: fixedClock(copied)}
+	cm, err := Copy(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, sm.ID, Repo{Store: dst, Prefix: dstPrefix}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestCopy(t *testing.T) {
 		t.Errorf("copy recipients %q", cm.Recipients)
 	}
 
-	dstObject := readObject(t, dst, ObjectKey(dstPrefix, testCluster, cm.ID, ImageObject))
+	dstObject := readObject(t, dst, Repo{Prefix: dstPrefix}.ObjectKey(testCluster, cm.ID, ImageObject))
 	sum := sha256.Sum256(dstObject)
 	if int64(len(dstObject)) != cm.ObjectSize || hex.EncodeToString(sum[:]) != cm.ObjectSHA256 || !bytes.HasPrefix(dstObject, cm.OuterHeader) {
 		t.Fatal("the stored copy does not match its manifest")
@@ -113,19 +114,19 @@ func TestCopy(t *testing.T) {
 	if !bytes.Equal(dstObject[len(cm.OuterHeader):], srcObject[len(sm.OuterHeader):]) {
 		t.Fatal("the copy's body differs from the source's")
 	}
-	if want, _ := cm.Marshal(); !bytes.Equal(readObject(t, dst, ObjectKey(dstPrefix, testCluster, cm.ID, ManifestObject)), want) {
+	if want, _ := cm.Marshal(); !bytes.Equal(readObject(t, dst, Repo{Prefix: dstPrefix}.ObjectKey(testCluster, cm.ID, ManifestObject)), want) {
 		t.Fatal("stored manifest differs from the returned one")
 	}
-	wantKeys := []string{ObjectKey(dstPrefix, testCluster, cm.ID, ImageObject), ObjectKey(dstPrefix, testCluster, cm.ID, ManifestObject)}
+	wantKeys := []string{Repo{Prefix: dstPrefix}.ObjectKey(testCluster, cm.ID, ImageObject), Repo{Prefix: dstPrefix}.ObjectKey(testCluster, cm.ID, ManifestObject)}
 	if keys := allKeys(t, dst); !slices.Equal(keys, wantKeys) {
 		t.Fatalf("destination holds %v, want %v", keys, wantKeys)
 	}
-	if ms, err := List(ctx, dst, dstPrefix, Filter{}); err != nil || len(ms) != 1 || ms[0].ID != cm.ID {
+	if ms, err := List(ctx, Repo{Store: dst, Prefix: dstPrefix}, Filter{}); err != nil || len(ms) != 1 || ms[0].ID != cm.ID {
 		t.Fatalf("List of the destination: %v", err)
 	}
 
 	deep := func(st store.Store, prefix, id string, pub ed25519.PublicKey, ids ...wrap.Identity) error {
-		return Verify(ctx, st, prefix, testCluster, id, VerifyOptions{PublicKey: pub, Identities: ids, Deep: true})
+		return Verify(ctx, Repo{Store: st, Prefix: prefix}, testCluster, id, VerifyOptions{PublicKey: pub, Identities: ids, Deep: true})
 	}
 	if err := deep(dst, dstPrefix, cm.ID, pubB, krB); err != nil {
 		t.Fatalf("deep verify of the copy: %v", err)
@@ -145,7 +146,7 @@ func TestCopy(t *testing.T) {
 
 	// With the old keyring among the recipients both open the copy.
 	opts.Recipients = []wrap.Recipient{krB, kr}
-	cm2, err := Copy(ctx, src, testPrefix, testCluster, sm.ID, dst, opts)
+	cm2, err := Copy(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, sm.ID, Repo{Store: dst, Prefix: dstPrefix}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,14 +158,14 @@ func TestCopy(t *testing.T) {
 			t.Fatalf("deep verify of the second copy with %v: %v", id, err)
 		}
 	}
-	dstObject2 := readObject(t, dst, ObjectKey(dstPrefix, testCluster, cm2.ID, ImageObject))
+	dstObject2 := readObject(t, dst, Repo{Prefix: dstPrefix}.ObjectKey(testCluster, cm2.ID, ImageObject))
 	if !bytes.Equal(dstObject2[len(cm2.OuterHeader):], srcObject[len(sm.OuterHeader):]) {
 		t.Fatal("the second copy's body differs from the source's")
 	}
 
 	// A copy of the copy names its own source.
-	cm3, err := Copy(ctx, dst, dstPrefix, testCluster, cm.ID, dst, CopyOptions{PublicKey: pubB, Identities: []wrap.Identity{krB},
-		Recipients: []wrap.Recipient{kr}, SigningKey: priv, DstPrefix: "region-c"})
+	cm3, err := Copy(ctx, Repo{Store: dst, Prefix: dstPrefix}, testCluster, cm.ID, Repo{Store: dst, Prefix: "region-c"}, CopyOptions{PublicKey: pubB, Identities: []wrap.Identity{krB},
+		Recipients: []wrap.Recipient{kr}, SigningKey: priv})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,22 +194,22 @@ func TestCopyRefuses(t *testing.T) {
 	good := f.create(t, src, 20, CreateOptions{Tags: map[string]string{"env": "prod"}})
 	other := f.create(t, src, 19, CreateOptions{})
 	pending := f.create(t, src, 18, CreateOptions{})
-	if _, err := Delete(ctx, src, testPrefix, testCluster, pending.ID, f.opts(daysBefore(lifecycleNow, 1))); err != nil {
+	if _, err := Delete(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, pending.ID, f.opts(daysBefore(lifecycleNow, 1))); err != nil {
 		t.Fatal(err)
 	}
 	deleted := f.create(t, src, 17, CreateOptions{})
-	if _, err := Delete(ctx, src, testPrefix, testCluster, deleted.ID, f.opts(daysBefore(lifecycleNow, 10))); err != nil {
+	if _, err := Delete(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, deleted.ID, f.opts(daysBefore(lifecycleNow, 10))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Prune(ctx, src, testPrefix, PruneOptions{LifecycleOptions: f.opts(lifecycleNow), Policy: func(string) Policy { return Policy{} }}); err != nil {
+	if _, err := Prune(ctx, Repo{Store: src, Prefix: testPrefix}, PruneOptions{LifecycleOptions: f.opts(lifecycleNow), Policy: func(string) Policy { return Policy{} }}); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := Describe(ctx, src, testPrefix, testCluster, deleted.ID); err != nil || d.State != StateDeleted {
+	if d, err := Describe(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, deleted.ID); err != nil || d.State != StateDeleted {
 		t.Fatalf("fixture: %v", err)
 	}
 
-	imageKey := ObjectKey(testPrefix, testCluster, good.ID, ImageObject)
-	manifestKey := ObjectKey(testPrefix, testCluster, good.ID, ManifestObject)
+	imageKey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, good.ID, ImageObject)
+	manifestKey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, good.ID, ManifestObject)
 	image := readObject(t, src, imageKey)
 	hdr := len(good.OuterHeader)
 	setImage := func(b []byte) func(*testing.T) { return func(t *testing.T) { putObject(t, src, imageKey, b) } }
@@ -216,13 +217,14 @@ func TestCopyRefuses(t *testing.T) {
 	srcBefore := snapshot(t, src)
 
 	valid := CopyOptions{PublicKey: f.pub, Identities: []wrap.Identity{f.kr}, Recipients: []wrap.Recipient{newKeyring(t, "region-b")}, SigningKey: f.priv,
-		DstPrefix: dstPrefix, Now: fixedClock(lifecycleNow)}
+		Now: fixedClock(lifecycleNow)}
 	layer := []error{ErrOuterLayer, ErrObjectHash}
 	type copyCase struct {
 		name    string
 		id      string
 		prepare func(*testing.T)
 		opts    func(*CopyOptions)
+		dst     string // the destination prefix, if not dstPrefix
 		ctx     context.Context
 		want    []error // the error wraps one of these; nil: any error
 	}
@@ -231,7 +233,9 @@ func TestCopyRefuses(t *testing.T) {
 		{name: "deleted", id: deleted.ID, want: []error{ErrState}},
 		{name: "unknown backup", id: "backup-20261124T180000Z-aaaaaaaaaa", want: []error{store.ErrNotFound}},
 		{name: "manifest re-signed with another key", id: good.ID, want: []error{ErrManifest},
-			prepare: func(t *testing.T) { resign(t, src, testPrefix, testCluster, good.ID, otherPriv, nil) }},
+			prepare: func(t *testing.T) {
+				resign(t, Repo{Store: src, Prefix: testPrefix}, testCluster, good.ID, otherPriv, nil)
+			}},
 		{name: "manifest tag byte flipped", id: good.ID, want: []error{ErrManifest},
 			prepare: func(t *testing.T) {
 				b := readObject(t, src, manifestKey)
@@ -243,7 +247,7 @@ func TestCopyRefuses(t *testing.T) {
 		{name: "identity that cannot open the envelope", id: good.ID, want: []error{ErrOuterLayer},
 			opts: func(o *CopyOptions) { o.Identities = []wrap.Identity{newKeyring(t, "stranger")} }},
 		{name: "image swapped for another backup's", id: good.ID, want: []error{ErrObjectHash},
-			prepare: setImage(readObject(t, src, ObjectKey(testPrefix, testCluster, other.ID, ImageObject)))},
+			prepare: setImage(readObject(t, src, Repo{Prefix: testPrefix}.ObjectKey(testCluster, other.ID, ImageObject)))},
 		{name: "image truncated by 1 byte", id: good.ID, want: layer, prepare: setImage(image[:len(image)-1])},
 		{name: "image truncated to its header", id: good.ID, want: layer, prepare: setImage(image[:hdr])},
 		{name: "image with a byte appended", id: good.ID, want: layer, prepare: setImage(append(bytes.Clone(image), 0))},
@@ -258,7 +262,7 @@ func TestCopyRefuses(t *testing.T) {
 		{name: "no identity", id: good.ID, opts: func(o *CopyOptions) { o.Identities = nil }},
 		{name: "no recipients", id: good.ID, opts: func(o *CopyOptions) { o.Recipients = nil }},
 		{name: "no signing key", id: good.ID, opts: func(o *CopyOptions) { o.SigningKey = nil }},
-		{name: "bad destination prefix", id: good.ID, opts: func(o *CopyOptions) { o.DstPrefix = "../x/" }},
+		{name: "bad destination prefix", id: good.ID, dst: "../x/"},
 	}
 	for _, off := range []int{0, hdr / 2, hdr - 1, hdr, hdr + 1, len(image) / 2, len(image) - 1} {
 		cases = append(cases, copyCase{name: fmt.Sprintf("image byte flipped at %d of %d", off, len(image)),
@@ -283,7 +287,7 @@ func TestCopyRefuses(t *testing.T) {
 			if tc.ctx != nil {
 				c = tc.ctx
 			}
-			m, err := Copy(c, src, testPrefix, testCluster, tc.id, dst, o)
+			m, err := Copy(c, Repo{Store: src, Prefix: testPrefix}, testCluster, tc.id, Repo{Store: dst, Prefix: cmp.Or(tc.dst, dstPrefix)}, o)
 			if err == nil || m != nil {
 				t.Fatalf("Copy = %v, %v; want an error", m, err)
 			}
@@ -300,7 +304,7 @@ func TestCopyRefuses(t *testing.T) {
 	if !maps.EqualFunc(srcBefore, snapshot(t, src), bytes.Equal) {
 		t.Fatal("source not restored")
 	}
-	m, err := Copy(ctx, src, testPrefix, testCluster, good.ID, dst, valid)
+	m, err := Copy(ctx, Repo{Store: src, Prefix: testPrefix}, testCluster, good.ID, Repo{Store: dst, Prefix: dstPrefix}, valid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,10 +323,10 @@ func TestFind(t *testing.T) {
 	st := backuptest.FileStore(t)
 	m := f.create(t, st, 1, CreateOptions{})
 	orphan := "backup-20261124T180000Z-aaaaaaaaaa"
-	putObject(t, st, ObjectKey(testPrefix, testCluster, orphan, ImageObject), []byte("an image without a manifest"))
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, orphan, ImageObject), []byte("an image without a manifest"))
 
 	for _, p := range []string{testPrefix, strings.TrimSuffix(testPrefix, "/")} {
-		if c, err := Find(ctx, st, p, m.ID); err != nil || c != testCluster {
+		if c, err := Find(ctx, Repo{Store: st, Prefix: p}, m.ID); err != nil || c != testCluster {
 			t.Errorf("Find(%q, %s) = %q, %v; want %q", p, m.ID, c, err, testCluster)
 		}
 	}
@@ -333,7 +337,7 @@ func TestFind(t *testing.T) {
 		"no prefix":            {"", m.ID},
 		"id with another time": {testPrefix, strings.Replace(m.ID, "T12", "T13", 1)},
 	} {
-		if c, err := Find(ctx, st, tc.prefix, tc.id); !errors.Is(err, store.ErrNotFound) {
+		if c, err := Find(ctx, Repo{Store: st, Prefix: tc.prefix}, tc.id); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("%s: Find = %q, %v; want ErrNotFound", name, c, err)
 		}
 	}
@@ -344,14 +348,14 @@ func TestFind(t *testing.T) {
 		"upper case":     {testPrefix, strings.ToUpper(m.ID)},
 		"bad prefix":     {"../x/", m.ID},
 	} {
-		if c, err := Find(ctx, st, tc.prefix, tc.id); err == nil || c != "" {
+		if c, err := Find(ctx, Repo{Store: st, Prefix: tc.prefix}, tc.id); err == nil || c != "" {
 			t.Errorf("%s: Find = %q, %v; want an error", name, c, err)
 		}
 	}
 
 	// The same id in two clusters: Find cannot choose.
-	putObject(t, st, ObjectKey(testPrefix, "cluster-2", m.ID, ManifestObject), readObject(t, st, ObjectKey(testPrefix, testCluster, m.ID, ManifestObject)))
-	c, err := Find(ctx, st, testPrefix, m.ID)
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey("cluster-2", m.ID, ManifestObject), readObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, ManifestObject)))
+	c, err := Find(ctx, Repo{Store: st, Prefix: testPrefix}, m.ID)
 	if err == nil || errors.Is(err, store.ErrNotFound) || c != "" || !strings.Contains(err.Error(), "cluster-2") {
 		t.Fatalf("Find of an id in two clusters = %q, %v", c, err)
 	}

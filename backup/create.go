@@ -31,8 +31,6 @@ type CreateOptions struct {
 	SigningKey ed25519.PrivateKey
 	// Tags are stored in the manifest; see ValidateTags.
 	Tags map[string]string
-	// Prefix is prepended to every key (see the package comment).
-	Prefix string
 	// NeverExpires and RetentionDays (0: unset) are stored in the manifest.
 	NeverExpires  bool
 	RetentionDays int
@@ -43,14 +41,14 @@ type CreateOptions struct {
 	Now func() time.Time
 }
 
-// Create backs up the member src to st: it exports the image, wraps it in
+// Create backs up the member src to repo: it exports the image, wraps it in
 // an outer envelope to opts.Recipients and stores it as one object,
 // hashing it on the way (memory stays flat whatever the image size), then
 // writes the signed manifest last, create-only. If any step fails the image
 // object is deleted (best effort) and the error names the step.
-func Create(ctx context.Context, src ImageSource, st store.Store, opts CreateOptions) (*Manifest, error) {
-	prefix, err := normPrefix(opts.Prefix)
-	if err != nil {
+func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions) (*Manifest, error) {
+	st := repo.Store
+	if _, err := repo.prefix(); err != nil {
 		return nil, fmt.Errorf("create backup: %w", err)
 	}
 	if err := checkCreateOptions(&opts); err != nil {
@@ -81,8 +79,8 @@ func Create(ctx context.Context, src ImageSource, st store.Store, opts CreateOpt
 	if err != nil {
 		return nil, fmt.Errorf("create backup id: %w", err)
 	}
-	imageKey := clusterDir(prefix, cluster) + id + "/" + ImageObject
-	manifestKey := clusterDir(prefix, cluster) + id + "/" + ManifestObject
+	imageKey := repo.ObjectKey(cluster, id, ImageObject)
+	manifestKey := repo.ObjectKey(cluster, id, ManifestObject)
 
 	m := &Manifest{
 		Format: ManifestFormat, ID: id, ClusterID: cluster, State: StateReady, Created: created,

@@ -127,10 +127,10 @@ func snapshot(tb testing.TB, st store.Store) map[string][]byte {
 // resign rewrites the stored manifest of backup id: change (if not nil)
 // edits it, then priv signs it. With a key other than the service's it
 // forges a manifest that parses but does not verify.
-func resign(tb testing.TB, st store.Store, prefix, cluster, id string, priv ed25519.PrivateKey, change func(*Manifest)) []byte {
+func resign(tb testing.TB, repo Repo, cluster, id string, priv ed25519.PrivateKey, change func(*Manifest)) []byte {
 	tb.Helper()
 	ctx := context.Background()
-	m, err := Describe(ctx, st, prefix, cluster, id)
+	m, err := Describe(ctx, repo, cluster, id)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func resign(tb testing.TB, st store.Store, prefix, cluster, id string, priv ed25
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := st.Put(ctx, ObjectKey(prefix, cluster, id, ManifestObject), bytes.NewReader(b), store.PutOptions{}); err != nil {
+	if err := repo.Store.Put(ctx, repo.ObjectKey(cluster, id, ManifestObject), bytes.NewReader(b), store.PutOptions{}); err != nil {
 		tb.Fatal(err)
 	}
 	return b

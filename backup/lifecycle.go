@@ -63,18 +63,18 @@ const maxUpdateAttempts = 5
 // replaced it meanwhile, it starts again from the new version, so that no
 // change is lost and change always judges the current state. If change
 // returns an error nothing is written.
-func update(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions, change func(*Manifest) error) (*Manifest, error) {
+func update(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions, change func(*Manifest) error) (*Manifest, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("signing key is not an Ed25519 private key")
 	}
-	p, _ := normPrefix(prefix)
-	key := clusterDir(p, cluster) + id + "/" + ManifestObject
+	st := repo.Store
+	key := repo.ObjectKey(cluster, id, ManifestObject)
 	for attempt := 1; ; attempt++ {
 		// The version first, then the bytes: if they differ, the Put
 		// fails and the loop reads again.
 		oi, err := st.Stat(ctx, key)
 		if errors.Is(err, store.ErrNotFound) && attempt < maxUpdateAttempts {
-			if _, err := Describe(ctx, st, prefix, cluster, id); err != nil {
+			if _, err := Describe(ctx, repo, cluster, id); err != nil {
 				return nil, err // says it as Describe does
 			}
 			continue // it has just appeared
@@ -82,7 +82,7 @@ func update(ctx context.Context, st store.Store, prefix, cluster, id string, opt
 		if err != nil {
 			return nil, fmt.Errorf("read manifest %s: %w", key, err)
 		}
-		m, err := Describe(ctx, st, prefix, cluster, id)
+		m, err := Describe(ctx, repo, cluster, id)
 		if err != nil {
 			return nil, err
 		}
@@ -119,9 +119,9 @@ func update(ctx context.Context, st store.Store, prefix, cluster, id string, opt
 
 // Delete moves a READY backup to PENDING_DELETION. It stays restorable
 // with RestoreDeleted for PendingDeletionPeriod; Prune removes it after.
-func Delete(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
+func Delete(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
 	now := opts.now()
-	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StateReady {
 			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
 		}
@@ -135,8 +135,8 @@ func Delete(ctx context.Context, st store.Store, prefix, cluster, id string, opt
 }
 
 // RestoreDeleted moves a PENDING_DELETION backup back to READY.
-func RestoreDeleted(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
-	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+func RestoreDeleted(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StatePendingDeletion {
 			return fmt.Errorf("%w: backup is %s, not %s", ErrState, m.State, StatePendingDeletion)
 		}
@@ -152,8 +152,8 @@ func RestoreDeleted(ctx context.Context, st store.Store, prefix, cluster, id str
 // SetTags adds or replaces the tags in set and removes those in remove
 // (removing an absent tag is not an error). The result must pass
 // ValidateTags.
-func SetTags(ctx context.Context, st store.Store, prefix, cluster, id string, set map[string]string, remove []string, opts LifecycleOptions) (*Manifest, error) {
-	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+func SetTags(ctx context.Context, repo Repo, cluster, id string, set map[string]string, remove []string, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State == StateDeleted {
 			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
 		}
@@ -179,8 +179,8 @@ func SetTags(ctx context.Context, st store.Store, prefix, cluster, id string, se
 
 // SetNeverExpires pins (never true) or unpins a backup. A pinned backup is
 // never removed by retention; unpinning leaves it to the cluster's policy.
-func SetNeverExpires(ctx context.Context, st store.Store, prefix, cluster, id string, never bool, opts LifecycleOptions) (*Manifest, error) {
-	m, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+func SetNeverExpires(ctx context.Context, repo Repo, cluster, id string, never bool, opts LifecycleOptions) (*Manifest, error) {
+	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State == StateDeleted {
 			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
 		}
@@ -240,7 +240,7 @@ type PruneAction struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Prune applies the lifecycle to the backups under prefix: READY backups
+// Prune applies the lifecycle to the backups in repo: READY backups
 // past their retention go to PENDING_DELETION; PENDING_DELETION backups
 // deleted more than PendingDeletionPeriod ago become DELETED, and their
 // image objects are removed (also retried for DELETED backups whose image
@@ -248,13 +248,13 @@ type PruneAction struct {
 // Error set); the error is non-nil if the listing failed or any action
 // did. Manifests whose signature does not verify are reported and left
 // alone.
-func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions) ([]PruneAction, error) {
+func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize || opts.Policy == nil {
 		return nil, errors.New("prune: signing key and policy are required")
 	}
 	pub := opts.SigningKey.Public().(ed25519.PublicKey)
 	now := opts.now()
-	all, err := List(ctx, st, prefix, Filter{ClusterID: opts.ClusterID})
+	all, err := List(ctx, repo, Filter{ClusterID: opts.ClusterID})
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
@@ -282,7 +282,7 @@ func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions
 			// fails plan has already reported and left alone.
 			if m.State == StateDeleted && m.Verify(pub) == nil {
 				a := PruneAction{ClusterID: c, BackupID: m.ID, From: m.State, To: m.State, Reason: "image left by an interrupted prune"}
-				_, err := st.Stat(ctx, ObjectKey(prefix, c, m.ID, ImageObject))
+				_, err := repo.Store.Stat(ctx, repo.ObjectKey(c, m.ID, ImageObject))
 				switch {
 				case err == nil:
 					planned = append(planned, a)
@@ -294,7 +294,7 @@ func Prune(ctx context.Context, st store.Store, prefix string, opts PruneOptions
 		}
 		for _, a := range planned {
 			if !opts.DryRun && a.Error == "" { // planned errors: left alone
-				if err := apply(ctx, st, prefix, a, opts.LifecycleOptions); err != nil {
+				if err := apply(ctx, repo, a, opts.LifecycleOptions); err != nil {
 					a.Error = err.Error()
 				}
 			}
@@ -353,13 +353,13 @@ func plan(ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) []Pr
 func days(d time.Duration) string { return fmt.Sprintf("%d days", int(d/(24*time.Hour))) }
 
 // apply makes one planned change.
-func apply(ctx context.Context, st store.Store, prefix string, a PruneAction, opts LifecycleOptions) error {
+func apply(ctx context.Context, repo Repo, a PruneAction, opts LifecycleOptions) error {
 	switch {
 	case a.From == StateReady && a.To == StatePendingDeletion:
-		_, err := Delete(ctx, st, prefix, a.ClusterID, a.BackupID, opts)
+		_, err := Delete(ctx, repo, a.ClusterID, a.BackupID, opts)
 		return err
 	case a.To == StateDeleted:
-		return purge(ctx, st, prefix, a.ClusterID, a.BackupID, opts)
+		return purge(ctx, repo, a.ClusterID, a.BackupID, opts)
 	}
 	return nil
 }
@@ -368,8 +368,8 @@ func apply(ctx context.Context, st store.Store, prefix string, a PruneAction, op
 // The manifest changes first: a crash in between leaves a DELETED backup
 // whose image the next Prune removes, never a restorable backup without
 // an image.
-func purge(ctx context.Context, st store.Store, prefix, cluster, id string, opts LifecycleOptions) error {
-	_, err := update(ctx, st, prefix, cluster, id, opts, func(m *Manifest) error {
+func purge(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions) error {
+	_, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StatePendingDeletion && m.State != StateDeleted {
 			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
 		}
@@ -379,8 +379,7 @@ func purge(ctx context.Context, st store.Store, prefix, cluster, id string, opts
 	if err != nil {
 		return fmt.Errorf("purge backup %s: %w", id, err)
 	}
-	p, _ := normPrefix(prefix)
-	if err := st.Delete(ctx, clusterDir(p, cluster)+id+"/"+ImageObject); err != nil {
+	if err := repo.Store.Delete(ctx, repo.ObjectKey(cluster, id, ImageObject)); err != nil {
 		return fmt.Errorf("purge backup %s: remove image: %w", id, err)
 	}
 	return nil

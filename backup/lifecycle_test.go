@@ -46,9 +46,9 @@ func newLifecycleFixture(tb testing.TB) *lifecycleFixture {
 // create makes a real backup under testPrefix, ageDays before lifecycleNow.
 func (f *lifecycleFixture) create(tb testing.TB, st store.Store, ageDays int, o CreateOptions) *Manifest {
 	tb.Helper()
-	o.Recipients, o.SigningKey, o.Prefix = []wrap.Recipient{f.kr}, f.priv, testPrefix
+	o.Recipients, o.SigningKey = []wrap.Recipient{f.kr}, f.priv
 	o.Now = fixedClock(daysBefore(lifecycleNow, ageDays))
-	m, err := Create(context.Background(), f.member, st, o)
+	m, err := Create(context.Background(), f.member, Repo{Store: st, Prefix: testPrefix}, o)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -61,12 +61,12 @@ func (f *lifecycleFixture) opts(now time.Time) LifecycleOptions {
 
 func manifestBytes(t *testing.T, st store.Store, id string) []byte {
 	t.Helper()
-	return readObject(t, st, ObjectKey(testPrefix, testCluster, id, ManifestObject))
+	return readObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, id, ManifestObject))
 }
 
 func listIDs(t *testing.T, st store.Store, f Filter) []string {
 	t.Helper()
-	ms, err := List(context.Background(), st, testPrefix, f)
+	ms, err := List(context.Background(), Repo{Store: st, Prefix: testPrefix}, f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestDeleteRestoreDeleted(t *testing.T) {
 	created := manifestBytes(t, st, m.ID)
 
 	clock := lifecycleNow.Add(1234 * time.Millisecond)
-	d, err := Delete(ctx, st, testPrefix, testCluster, m.ID, f.opts(clock))
+	d, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, f.opts(clock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestDeleteRestoreDeleted(t *testing.T) {
 	if want, _ := d.Marshal(); !bytes.Equal(manifestBytes(t, st, m.ID), want) {
 		t.Fatal("stored manifest differs from the one Delete returned")
 	}
-	stored, err := Describe(ctx, st, testPrefix, testCluster, m.ID)
+	stored, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,19 +121,19 @@ func TestDeleteRestoreDeleted(t *testing.T) {
 		t.Fatalf("List(READY) = %v, want [%s]", got, other.ID)
 	}
 	vo := VerifyOptions{PublicKey: f.pub, Identities: []wrap.Identity{f.kr}, Deep: true}
-	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); err != nil {
+	if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, vo); err != nil {
 		t.Fatalf("verify a PENDING_DELETION backup: %v", err)
 	}
 
 	pending := manifestBytes(t, st, m.ID)
-	if _, err := Delete(ctx, st, testPrefix, testCluster, m.ID, f.opts(clock.Add(time.Hour))); !errors.Is(err, ErrState) {
+	if _, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, f.opts(clock.Add(time.Hour))); !errors.Is(err, ErrState) {
 		t.Fatalf("second Delete = %v, want ErrState", err)
 	}
 	if !bytes.Equal(manifestBytes(t, st, m.ID), pending) {
 		t.Fatal("a refused Delete changed the manifest")
 	}
 
-	r, err := RestoreDeleted(ctx, st, testPrefix, testCluster, m.ID, f.opts(clock.Add(time.Hour)))
+	r, err := RestoreDeleted(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, f.opts(clock.Add(time.Hour)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,13 +145,13 @@ func TestDeleteRestoreDeleted(t *testing.T) {
 	if got := manifestBytes(t, st, m.ID); !bytes.Equal(got, created) || bytes.Contains(got, []byte("deletion_requested")) {
 		t.Fatalf("restored manifest differs from the one created:\n got %s\nwant %s", got, created)
 	}
-	if err := Verify(ctx, st, testPrefix, testCluster, m.ID, vo); err != nil {
+	if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, vo); err != nil {
 		t.Fatalf("verify the restored backup: %v", err)
 	}
 	if got := listIDs(t, st, Filter{State: StatePendingDeletion}); len(got) != 0 {
 		t.Fatalf("List(PENDING_DELETION) after restore = %v", got)
 	}
-	if _, err := RestoreDeleted(ctx, st, testPrefix, testCluster, m.ID, f.opts(clock)); !errors.Is(err, ErrState) {
+	if _, err := RestoreDeleted(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, f.opts(clock)); !errors.Is(err, ErrState) {
 		t.Fatalf("RestoreDeleted of a READY backup = %v, want ErrState", err)
 	}
 	if !bytes.Equal(manifestBytes(t, st, m.ID), created) {
@@ -160,10 +160,10 @@ func TestDeleteRestoreDeleted(t *testing.T) {
 
 	// Missing backups and keys.
 	missing := "backup-20261124T180000Z-aaaaaaaaaa"
-	if _, err := Delete(ctx, st, testPrefix, testCluster, missing, f.opts(clock)); !errors.Is(err, store.ErrNotFound) {
+	if _, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, missing, f.opts(clock)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Delete of a missing backup = %v, want ErrNotFound", err)
 	}
-	if _, err := Delete(ctx, st, testPrefix, testCluster, m.ID, LifecycleOptions{}); err == nil {
+	if _, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, LifecycleOptions{}); err == nil {
 		t.Fatal("Delete without a signing key succeeded")
 	}
 	if !bytes.Equal(manifestBytes(t, st, m.ID), created) {
@@ -196,14 +196,14 @@ func TestLifecycleRefusesBadManifest(t *testing.T) {
 			if _, err := ParseManifest(b); err != nil {
 				t.Fatalf("the tampered manifest must still parse: %v", err)
 			}
-			putObject(t, base, ObjectKey(testPrefix, testCluster, id, ManifestObject), b)
+			putObject(t, base, Repo{Prefix: testPrefix}.ObjectKey(testCluster, id, ManifestObject), b)
 			return b
 		}},
 		{"re-signed with another key", func(t *testing.T, id string) []byte {
-			return resign(t, base, testPrefix, testCluster, id, otherPriv, func(m *Manifest) { m.Tags["env"] = "dev" })
+			return resign(t, Repo{Store: base, Prefix: testPrefix}, testCluster, id, otherPriv, func(m *Manifest) { m.Tags["env"] = "dev" })
 		}},
 		{"state changed and re-signed with another key", func(t *testing.T, id string) []byte {
-			return resign(t, base, testPrefix, testCluster, id, otherPriv, func(m *Manifest) {
+			return resign(t, Repo{Store: base, Prefix: testPrefix}, testCluster, id, otherPriv, func(m *Manifest) {
 				m.State, m.DeletionRequested = StatePendingDeletion, lifecycleNow
 			})
 		}},
@@ -215,19 +215,19 @@ func TestLifecycleRefusesBadManifest(t *testing.T) {
 			opts := f.opts(lifecycleNow)
 			for op, change := range map[string]func() error{
 				"Delete": func() error {
-					_, err := Delete(ctx, st, testPrefix, testCluster, m.ID, opts)
+					_, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, opts)
 					return err
 				},
 				"RestoreDeleted": func() error {
-					_, err := RestoreDeleted(ctx, st, testPrefix, testCluster, m.ID, opts)
+					_, err := RestoreDeleted(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, opts)
 					return err
 				},
 				"SetTags": func() error {
-					_, err := SetTags(ctx, st, testPrefix, testCluster, m.ID, map[string]string{"owner": "ops"}, []string{"env"}, opts)
+					_, err := SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, map[string]string{"owner": "ops"}, []string{"env"}, opts)
 					return err
 				},
 				"SetNeverExpires": func() error {
-					_, err := SetNeverExpires(ctx, st, testPrefix, testCluster, m.ID, true, opts)
+					_, err := SetNeverExpires(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, true, opts)
 					return err
 				},
 			} {
@@ -263,7 +263,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 		if !maps.Equal(got.Tags, want) {
 			t.Fatalf("returned tags %v, want %v", got.Tags, want)
 		}
-		d, err := Describe(ctx, base, testPrefix, testCluster, m.ID)
+		d, err := Describe(ctx, Repo{Store: base, Prefix: testPrefix}, testCluster, m.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +278,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 		}
 	}
 
-	got, err := SetTags(ctx, st, testPrefix, testCluster, m.ID, map[string]string{"env": "dev", "owner": "ops"}, []string{"team", "absent"}, opts)
+	got, err := SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, map[string]string{"env": "dev", "owner": "ops"}, []string{"team", "absent"}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if got := listIDs(t, base, Filter{Tags: map[string]string{"env": "dev"}}); !slices.Equal(got, []string{m.ID}) {
 		t.Fatalf("List(env=dev) = %v", got)
 	}
-	got, err = SetTags(ctx, st, testPrefix, testCluster, m.ID, nil, []string{"env", "owner"}, opts)
+	got, err = SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, nil, []string{"env", "owner"}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if bytes.Contains(manifestBytes(t, base, m.ID), []byte(`"tags"`)) {
 		t.Fatal("a manifest without tags stores a tags member")
 	}
-	got, err = SetTags(ctx, st, testPrefix, testCluster, m.ID, map[string]string{"env": "prod"}, nil, opts)
+	got, err = SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, map[string]string{"env": "prod"}, nil, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	} {
 		before := manifestBytes(t, base, m.ID)
 		puts.Store(0)
-		if _, err := SetTags(ctx, st, testPrefix, testCluster, m.ID, set, nil, opts); err == nil {
+		if _, err := SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, set, nil, opts); err == nil {
 			t.Errorf("SetTags %s succeeded", name)
 		}
 		if n := puts.Load(); n != 0 || !bytes.Equal(manifestBytes(t, base, m.ID), before) {
@@ -327,7 +327,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if len(tooMany) != MaxTags-1 {
 		t.Fatalf("fixture: %d tags", len(tooMany))
 	}
-	got, err = SetTags(ctx, st, testPrefix, testCluster, m.ID, tooMany, nil, opts)
+	got, err = SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, tooMany, nil, opts)
 	if err != nil || len(got.Tags) != MaxTags {
 		t.Fatalf("SetTags to %d tags: %d, %v", MaxTags, len(got.Tags), err)
 	}
@@ -335,7 +335,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	// Pin the 60-day-old backup: retention (its own 30 days) leaves it.
 	prune := func() []PruneAction {
 		t.Helper()
-		acts, err := Prune(ctx, base, testPrefix, PruneOptions{LifecycleOptions: opts, Policy: func(string) Policy { return Policy{RetentionDays: 30} }, DryRun: true})
+		acts, err := Prune(ctx, Repo{Store: base, Prefix: testPrefix}, PruneOptions{LifecycleOptions: opts, Policy: func(string) Policy { return Policy{RetentionDays: 30} }, DryRun: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -344,11 +344,11 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if acts := prune(); len(acts) != 1 || acts[0].BackupID != m.ID || acts[0].To != StatePendingDeletion {
 		t.Fatalf("unpinned: prune plans %+v", acts)
 	}
-	got, err = SetNeverExpires(ctx, st, testPrefix, testCluster, m.ID, true, opts)
+	got, err = SetNeverExpires(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, true, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := Describe(ctx, base, testPrefix, testCluster, m.ID)
+	d, err := Describe(ctx, Repo{Store: base, Prefix: testPrefix}, testCluster, m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,11 +358,11 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if acts := prune(); len(acts) != 0 {
 		t.Fatalf("pinned: prune plans %+v", acts)
 	}
-	got, err = SetNeverExpires(ctx, st, testPrefix, testCluster, m.ID, false, opts)
+	got, err = SetNeverExpires(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, false, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err = Describe(ctx, base, testPrefix, testCluster, m.ID)
+	d, err = Describe(ctx, Repo{Store: base, Prefix: testPrefix}, testCluster, m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +372,7 @@ func TestSetTagsAndNeverExpires(t *testing.T) {
 	if acts := prune(); len(acts) != 1 || acts[0].BackupID != m.ID || acts[0].To != StatePendingDeletion {
 		t.Fatalf("unpinned again: prune plans %+v", acts)
 	}
-	if d, err := Describe(ctx, base, testPrefix, testCluster, newest.ID); err != nil || d.State != StateReady {
+	if d, err := Describe(ctx, Repo{Store: base, Prefix: testPrefix}, testCluster, newest.ID); err != nil || d.State != StateReady {
 		t.Fatalf("newest: %v", err)
 	}
 }
@@ -462,7 +462,7 @@ func TestPrune(t *testing.T) {
 				m := f.create(t, st, b.age, CreateOptions{RetentionDays: b.retention, NeverExpires: b.never})
 				if b.deleted > 0 {
 					var err error
-					if m, err = Delete(ctx, st, testPrefix, testCluster, m.ID, f.opts(daysBefore(lifecycleNow, b.deleted))); err != nil {
+					if m, err = Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, f.opts(daysBefore(lifecycleNow, b.deleted))); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -480,7 +480,7 @@ func TestPrune(t *testing.T) {
 			}}
 
 			before := snapshot(t, st)
-			dry, err := Prune(ctx, st, testPrefix, po)
+			dry, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 			if err != nil {
 				t.Fatalf("dry run: %v", err)
 			}
@@ -490,7 +490,7 @@ func TestPrune(t *testing.T) {
 			}
 
 			po.DryRun = false
-			got, err := Prune(ctx, st, testPrefix, po)
+			got, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 			if err != nil {
 				t.Fatalf("prune: %v", err)
 			}
@@ -501,7 +501,7 @@ func TestPrune(t *testing.T) {
 				checkPruned(t, f, st, before, m, tc.want[i])
 			}
 
-			again, err := Prune(ctx, st, testPrefix, po)
+			again, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 			if err != nil || len(again) != 0 {
 				t.Fatalf("second prune at the same clock: %+v, %v", again, err)
 			}
@@ -530,7 +530,7 @@ func checkActions(t *testing.T, what string, got, want []PruneAction) {
 func checkPruned(t *testing.T, f *lifecycleFixture, st store.Store, before map[string][]byte, m *Manifest, want State) {
 	t.Helper()
 	ctx := context.Background()
-	d, err := Describe(ctx, st, testPrefix, testCluster, m.ID)
+	d, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,8 +540,8 @@ func checkPruned(t *testing.T, f *lifecycleFixture, st store.Store, before map[s
 	if err := d.Verify(f.pub); err != nil {
 		t.Fatalf("%s: %v", m.ID, err)
 	}
-	mkey := ObjectKey(testPrefix, testCluster, m.ID, ManifestObject)
-	ikey := ObjectKey(testPrefix, testCluster, m.ID, ImageObject)
+	mkey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, ManifestObject)
+	ikey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, ImageObject)
 	switch {
 	case want == StateDeleted:
 		if !d.DeletionRequested.Equal(m.DeletionRequested) {
@@ -551,16 +551,16 @@ func checkPruned(t *testing.T, f *lifecycleFixture, st store.Store, before map[s
 			t.Errorf("%s: image of a DELETED backup: Stat = %v, want ErrNotFound", m.ID, err)
 		}
 		opts := f.opts(lifecycleNow)
-		if _, err := RestoreDeleted(ctx, st, testPrefix, testCluster, m.ID, opts); !errors.Is(err, ErrState) {
+		if _, err := RestoreDeleted(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, opts); !errors.Is(err, ErrState) {
 			t.Errorf("%s: RestoreDeleted of a DELETED backup = %v, want ErrState", m.ID, err)
 		}
-		if _, err := SetTags(ctx, st, testPrefix, testCluster, m.ID, map[string]string{"k": "v"}, nil, opts); !errors.Is(err, ErrState) {
+		if _, err := SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, map[string]string{"k": "v"}, nil, opts); !errors.Is(err, ErrState) {
 			t.Errorf("%s: SetTags on a DELETED backup = %v, want ErrState", m.ID, err)
 		}
-		if _, err := Delete(ctx, st, testPrefix, testCluster, m.ID, opts); !errors.Is(err, ErrState) {
+		if _, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, opts); !errors.Is(err, ErrState) {
 			t.Errorf("%s: Delete of a DELETED backup = %v, want ErrState", m.ID, err)
 		}
-		if err := Verify(ctx, st, testPrefix, testCluster, m.ID, VerifyOptions{PublicKey: f.pub}); !errors.Is(err, ErrState) {
+		if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, VerifyOptions{PublicKey: f.pub}); !errors.Is(err, ErrState) {
 			t.Errorf("%s: Verify of a DELETED backup = %v, want ErrState", m.ID, err)
 		}
 	case want == m.State: // left alone
@@ -576,7 +576,7 @@ func checkPruned(t *testing.T, f *lifecycleFixture, st store.Store, before map[s
 		}
 	}
 	if want != StateDeleted {
-		if err := Verify(ctx, st, testPrefix, testCluster, m.ID, VerifyOptions{PublicKey: f.pub}); err != nil {
+		if err := Verify(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, VerifyOptions{PublicKey: f.pub}); err != nil {
 			t.Errorf("%s: %v", m.ID, err)
 		}
 	}
@@ -597,16 +597,16 @@ func TestPruneInterruptedPurge(t *testing.T) {
 		return base.Delete(ctx, key)
 	}}
 	old := f.create(t, base, 30, CreateOptions{})
-	if _, err := Delete(ctx, st, testPrefix, testCluster, old.ID, f.opts(daysBefore(lifecycleNow, 8))); err != nil {
+	if _, err := Delete(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, old.ID, f.opts(daysBefore(lifecycleNow, 8))); err != nil {
 		t.Fatal(err)
 	}
 	f.create(t, base, 1, CreateOptions{})
 	po := PruneOptions{LifecycleOptions: f.opts(lifecycleNow), Policy: func(string) Policy { return Policy{RetentionDays: 30} }}
-	imageKey := ObjectKey(testPrefix, testCluster, old.ID, ImageObject)
-	manifestKey := ObjectKey(testPrefix, testCluster, old.ID, ManifestObject)
+	imageKey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, old.ID, ImageObject)
+	manifestKey := Repo{Prefix: testPrefix}.ObjectKey(testCluster, old.ID, ManifestObject)
 
 	failDelete.Store(true)
-	acts, err := Prune(ctx, st, testPrefix, po)
+	acts, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 	if err == nil {
 		t.Fatal("prune with a failed image delete returned no error")
 	}
@@ -614,7 +614,7 @@ func TestPruneInterruptedPurge(t *testing.T) {
 		!strings.Contains(acts[0].Error, errInjected.Error()) {
 		t.Fatalf("actions %+v", acts)
 	}
-	d, err := Describe(ctx, base, testPrefix, testCluster, old.ID)
+	d, err := Describe(ctx, Repo{Store: base, Prefix: testPrefix}, testCluster, old.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,14 +624,14 @@ func TestPruneInterruptedPurge(t *testing.T) {
 	if _, err := base.Stat(ctx, imageKey); err != nil {
 		t.Fatalf("image after the failed delete: %v", err)
 	}
-	if _, err := RestoreDeleted(ctx, st, testPrefix, testCluster, old.ID, po.LifecycleOptions); !errors.Is(err, ErrState) {
+	if _, err := RestoreDeleted(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, old.ID, po.LifecycleOptions); !errors.Is(err, ErrState) {
 		t.Fatalf("RestoreDeleted of a half-purged backup = %v, want ErrState", err)
 	}
 	deleted := readObject(t, base, manifestKey)
 
 	wantNext := []PruneAction{{ClusterID: testCluster, BackupID: old.ID, From: StateDeleted, To: StateDeleted}}
 	po.DryRun = true
-	dry, err := Prune(ctx, st, testPrefix, po)
+	dry, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,7 +641,7 @@ func TestPruneInterruptedPurge(t *testing.T) {
 	}
 
 	po.DryRun = false
-	acts, err = Prune(ctx, st, testPrefix, po)
+	acts, err = Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,7 +652,7 @@ func TestPruneInterruptedPurge(t *testing.T) {
 	if !bytes.Equal(readObject(t, base, manifestKey), deleted) {
 		t.Fatal("the next prune rewrote the DELETED manifest")
 	}
-	if acts, err := Prune(ctx, st, testPrefix, po); err != nil || len(acts) != 0 {
+	if acts, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po); err != nil || len(acts) != 0 {
 		t.Fatalf("third prune: %+v, %v", acts, err)
 	}
 }
@@ -667,18 +667,18 @@ func TestPruneLeavesBadManifests(t *testing.T) {
 	_, _, otherPriv := backuptest.Keys(t)
 
 	forgedReady := f.create(t, st, 60, CreateOptions{})
-	resign(t, st, testPrefix, testCluster, forgedReady.ID, otherPriv, nil)
+	resign(t, Repo{Store: st, Prefix: testPrefix}, testCluster, forgedReady.ID, otherPriv, nil)
 	flipped := f.create(t, st, 55, CreateOptions{Tags: map[string]string{"env": "prod"}})
 	b := manifestBytes(t, st, flipped.ID)
 	i := bytes.Index(b, []byte(`"prod"`))
 	b[i+2] ^= 0x01
-	putObject(t, st, ObjectKey(testPrefix, testCluster, flipped.ID, ManifestObject), b)
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, flipped.ID, ManifestObject), b)
 	forgedPending := f.create(t, st, 50, CreateOptions{})
-	resign(t, st, testPrefix, testCluster, forgedPending.ID, otherPriv, func(m *Manifest) {
+	resign(t, Repo{Store: st, Prefix: testPrefix}, testCluster, forgedPending.ID, otherPriv, func(m *Manifest) {
 		m.State, m.DeletionRequested = StatePendingDeletion, daysBefore(lifecycleNow, 10)
 	})
 	forgedDeleted := f.create(t, st, 48, CreateOptions{}) // its image still there
-	resign(t, st, testPrefix, testCluster, forgedDeleted.ID, otherPriv, func(m *Manifest) {
+	resign(t, Repo{Store: st, Prefix: testPrefix}, testCluster, forgedDeleted.ID, otherPriv, func(m *Manifest) {
 		m.State, m.DeletionRequested = StateDeleted, daysBefore(lifecycleNow, 20)
 	})
 	expired := f.create(t, st, 45, CreateOptions{})
@@ -707,10 +707,10 @@ func TestPruneLeavesBadManifests(t *testing.T) {
 		}
 	}
 	po.DryRun = true
-	dry, err := Prune(ctx, st, testPrefix, po)
+	dry, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 	check("dry run", dry, err)
 	po.DryRun = false
-	acts, err := Prune(ctx, st, testPrefix, po)
+	acts, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po)
 	check("prune", acts, err)
 	if !slices.Equal(acts, dry) {
 		t.Errorf("prune made\n%+v\nthe dry run planned\n%+v", acts, dry)
@@ -718,13 +718,13 @@ func TestPruneLeavesBadManifests(t *testing.T) {
 	after := snapshot(t, st)
 	for _, m := range bad {
 		for _, obj := range []string{ManifestObject, ImageObject} {
-			k := ObjectKey(testPrefix, testCluster, m.ID, obj)
+			k := Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, obj)
 			if !bytes.Equal(after[k], before[k]) {
 				t.Errorf("%s changed", k)
 			}
 		}
 	}
-	if d, err := Describe(ctx, st, testPrefix, testCluster, expired.ID); err != nil || d.State != StatePendingDeletion {
+	if d, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, expired.ID); err != nil || d.State != StatePendingDeletion {
 		t.Fatalf("expired backup: %v", err)
 	}
 }
@@ -767,8 +767,8 @@ func TestPruneOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	putObject(t, st, ObjectKey(testPrefix, m.ClusterID, m.ID, ManifestObject), b)
-	putObject(t, st, ObjectKey(testPrefix, m.ClusterID, "backup-20250101T000000Z-aaaaaaaaaa", ImageObject), []byte("orphan"))
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(m.ClusterID, m.ID, ManifestObject), b)
+	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(m.ClusterID, "backup-20250101T000000Z-aaaaaaaaaa", ImageObject), []byte("orphan"))
 	later := m.Created.Add(400 * 24 * time.Hour)
 	policy := func(string) Policy { return Policy{RetentionDays: 30} }
 	before := snapshot(t, st)
@@ -780,16 +780,16 @@ func TestPruneOptions(t *testing.T) {
 			Policy: func(string) Policy { return Policy{RetentionDays: 6} }},
 		"bad cluster id": {LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)}, Policy: policy, ClusterID: "../x"},
 	} {
-		if acts, err := Prune(ctx, st, testPrefix, po); err == nil || len(acts) != 0 {
+		if acts, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, po); err == nil || len(acts) != 0 {
 			t.Errorf("%s: Prune = %+v, %v", name, acts, err)
 		}
 	}
-	acts, err := Prune(ctx, st, testPrefix, PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)},
+	acts, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)},
 		Policy: policy, ClusterID: "cluster-2"})
 	if err != nil || len(acts) != 0 {
 		t.Errorf("prune of another cluster: %+v, %v", acts, err)
 	}
-	acts, err = Prune(ctx, st, "other-tenant/", PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)}, Policy: policy})
+	acts, err = Prune(ctx, Repo{Store: st, Prefix: "other-tenant/"}, PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)}, Policy: policy})
 	if err != nil || len(acts) != 0 {
 		t.Errorf("prune of another prefix: %+v, %v", acts, err)
 	}
@@ -798,7 +798,7 @@ func TestPruneOptions(t *testing.T) {
 	}
 	// The only READY backup of its cluster stays however old, even with
 	// keep-last 0.
-	acts, err = Prune(ctx, st, testPrefix, PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)},
+	acts, err = Prune(ctx, Repo{Store: st, Prefix: testPrefix}, PruneOptions{LifecycleOptions: LifecycleOptions{SigningKey: priv, Now: fixedClock(later)},
 		Policy: func(string) Policy { return Policy{RetentionDays: 7} }})
 	if err != nil || len(acts) != 0 {
 		t.Errorf("prune of the only backup: %+v, %v", acts, err)
@@ -820,17 +820,17 @@ func TestPruneSameSecond(t *testing.T) {
 		first, second = b, a
 	}
 	t0 := first.Created
-	resign(t, st, testPrefix, testCluster, first.ID, f.priv, func(m *Manifest) { m.Created = t0.Add(500 * time.Millisecond) })
-	resign(t, st, testPrefix, testCluster, second.ID, f.priv, func(m *Manifest) { m.Created = t0 })
+	resign(t, Repo{Store: st, Prefix: testPrefix}, testCluster, first.ID, f.priv, func(m *Manifest) { m.Created = t0.Add(500 * time.Millisecond) })
+	resign(t, Repo{Store: st, Prefix: testPrefix}, testCluster, second.ID, f.priv, func(m *Manifest) { m.Created = t0 })
 
-	ms, err := List(ctx, st, testPrefix, Filter{})
+	ms, err := List(ctx, Repo{Store: st, Prefix: testPrefix}, Filter{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ms) != 2 || ms[0].ID != second.ID || ms[1].ID != first.ID {
 		t.Fatalf("List order %v, %v; want oldest first (%s, %s)", ms[0].ID, ms[1].ID, second.ID, first.ID)
 	}
-	actions, err := Prune(ctx, st, testPrefix, PruneOptions{
+	actions, err := Prune(ctx, Repo{Store: st, Prefix: testPrefix}, PruneOptions{
 		LifecycleOptions: f.opts(lifecycleNow),
 		Policy:           func(string) Policy { return Policy{RetentionDays: 30} },
 	})
@@ -855,7 +855,7 @@ func TestConcurrentChangesNotLost(t *testing.T) {
 	errs := make([]error, writers)
 	for i := range writers {
 		wg.Go(func() {
-			_, errs[i] = SetTags(ctx, st, testPrefix, testCluster, m.ID, map[string]string{fmt.Sprintf("writer-%d", i): "x"}, nil, f.opts(lifecycleNow))
+			_, errs[i] = SetTags(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID, map[string]string{fmt.Sprintf("writer-%d", i): "x"}, nil, f.opts(lifecycleNow))
 		})
 	}
 	wg.Wait()
@@ -864,7 +864,7 @@ func TestConcurrentChangesNotLost(t *testing.T) {
 			t.Errorf("writer %d: %v", i, err)
 		}
 	}
-	got, err := Describe(ctx, st, testPrefix, testCluster, m.ID)
+	got, err := Describe(ctx, Repo{Store: st, Prefix: testPrefix}, testCluster, m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,14 +33,15 @@ func (f *Filter) match(m *Manifest) bool {
 	return true
 }
 
-// List returns the manifests of the backups under prefix that f selects,
+// List returns the manifests of the backups in repo that f selects,
 // oldest first: by creation time (ids carry it only to the second), then
 // id, then cluster. Only manifests are listed: an image object without a manifest
 // is not a backup. A manifest that does not parse, or that is stored under
 // another backup's key, fails the listing with an error wrapping
 // ErrManifest. List does not check signatures; Verify does.
-func List(ctx context.Context, st store.Store, prefix string, f Filter) ([]*Manifest, error) {
-	prefix, err := normPrefix(prefix)
+func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
+	st := repo.Store
+	prefix, err := repo.prefix()
 	if err != nil {
 		return nil, fmt.Errorf("list backups: %w", err)
 	}
@@ -91,9 +92,8 @@ func List(ctx context.Context, st store.Store, prefix string, f Filter) ([]*Mani
 // Describe returns the manifest of backup id of cluster, without checking
 // its signature (Verify does). A missing backup is an error wrapping
 // store.ErrNotFound; a bad manifest one wrapping ErrManifest.
-func Describe(ctx context.Context, st store.Store, prefix, cluster, id string) (*Manifest, error) {
-	prefix, err := normPrefix(prefix)
-	if err != nil {
+func Describe(ctx context.Context, repo Repo, cluster, id string) (*Manifest, error) {
+	if _, err := repo.prefix(); err != nil {
 		return nil, fmt.Errorf("describe backup: %w", err)
 	}
 	if err := validClusterID(cluster); err != nil {
@@ -102,7 +102,7 @@ func Describe(ctx context.Context, st store.Store, prefix, cluster, id string) (
 	if !validBackupID(id) {
 		return nil, fmt.Errorf("describe backup: bad backup id %q: %w", id, store.ErrNotFound)
 	}
-	m, err := readManifest(ctx, st, clusterDir(prefix, cluster)+id+"/"+ManifestObject, cluster, id)
+	m, err := readManifest(ctx, repo.Store, repo.ObjectKey(cluster, id, ManifestObject), cluster, id)
 	if err != nil {
 		return nil, fmt.Errorf("describe backup: %w", err)
 	}
@@ -131,11 +131,11 @@ func readManifest(ctx context.Context, st store.Store, key, cluster, id string) 
 	return m, nil
 }
 
-// Find returns the cluster of backup id under prefix, by listing keys (no
+// Find returns the cluster of backup id in repo, by listing keys (no
 // manifest is read). A missing backup is an error wrapping
 // store.ErrNotFound.
-func Find(ctx context.Context, st store.Store, prefix, id string) (string, error) {
-	p, err := normPrefix(prefix)
+func Find(ctx context.Context, repo Repo, id string) (string, error) {
+	p, err := repo.prefix()
 	if err != nil {
 		return "", fmt.Errorf("find backup: %w", err)
 	}
@@ -143,7 +143,7 @@ func Find(ctx context.Context, st store.Store, prefix, id string) (string, error
 		return "", fmt.Errorf("find backup: bad backup id %q: %w", id, store.ErrNotFound)
 	}
 	var found []string
-	err = st.List(ctx, p+"clusters/", func(oi store.ObjectInfo) error {
+	err = repo.Store.List(ctx, p+"clusters/", func(oi store.ObjectInfo) error {
 		rest := strings.TrimPrefix(oi.Key, p+"clusters/")
 		if cl, tail, ok := strings.Cut(rest, "/"); ok && tail == "backups/"+id+"/"+ManifestObject {
 			found = append(found, cl)

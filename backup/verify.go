@@ -12,7 +12,6 @@ import (
 	"io"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
@@ -38,11 +37,11 @@ type VerifyOptions struct {
 // (Deep: the inner header). Whatever layer fails, the object is read to its
 // end, so that a changed object is always reported as ErrObjectHash. An
 // error reading storage wraps the store's error and none of these.
-func Verify(ctx context.Context, st store.Store, prefix, cluster, id string, opts VerifyOptions) error {
+func Verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptions) error {
 	if opts.Deep && len(opts.Identities) == 0 {
 		return errors.New("verify backup: a deep check needs identities")
 	}
-	m, err := Describe(ctx, st, prefix, cluster, id)
+	m, err := Describe(ctx, repo, cluster, id)
 	if err != nil {
 		return fmt.Errorf("verify backup %s: %w", id, err)
 	}
@@ -52,9 +51,7 @@ func Verify(ctx context.Context, st store.Store, prefix, cluster, id string, opt
 	if m.State == StateDeleted {
 		return fmt.Errorf("verify backup %s: %w: backup is DELETED and its image purged; only its manifest remains", id, ErrState)
 	}
-	p, _ := normPrefix(prefix)
-	key := clusterDir(p, cluster) + id + "/" + ImageObject
-	rc, err := st.Get(ctx, key)
+	rc, err := repo.Store.Get(ctx, repo.ObjectKey(cluster, id, ImageObject))
 	if err != nil {
 		return fmt.Errorf("verify backup %s: read image: %w", id, err)
 	}

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
-	"github.com/hsmbackup/hsmbackup/store"
 )
 
 // Member is an HSM to restore into that also reports its health.
@@ -47,32 +47,47 @@ type TargetResult struct {
 	Action Action `json:"action"`
 }
 
+// ClusterRequest is what Cluster restores, and into what.
+type ClusterRequest struct {
+	// Repo, ClusterID and BackupID name the backup.
+	Repo      backup.Repo
+	ClusterID string
+	BackupID  string
+	// Targets are the HSMs of the new cluster; the first is restored, the
+	// others cloned from it.
+	Targets []ClusterTarget
+	// Open, called only after the first target is restored, returns a
+	// Cloner on it. It is required if there is more than one target.
+	Open func(context.Context) (Cloner, error)
+}
+
 // ErrNotNew: a target after the first already holds users; only new HSMs
 // are cloned.
 var ErrNotNew = errors.New("target is not a new HSM")
 
-// Cluster restores backup backupID into targets[0] and clones it onto the
-// others, as CloudHSM makes a cluster from a backup: one HSM restored, the
+// Cluster restores the backup req names into req.Targets[0] and clones it
+// onto the others, as CloudHSM makes a cluster from a backup: one HSM restored, the
 // rest added to it.
 //
 // Nothing changes before every check passed: the backup is verified in
 // full once, each target attests to a fresh nonce as in Restore, and every
 // target after the first must be new (no users: ErrNotNew). With opts.DryRun, Cluster stops there, every
-// result Checked. Then the first target is restored; open, called only
+// result Checked. Then the first target is restored; req.Open, called only
 // after that succeeded, returns a Cloner on the restored HSM, which adds
 // the others. If cloning one fails, the results so far are returned with
 // the error: the first target holds the backup, and the failed target and
 // those after it are as they were.
-func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID string, targets []ClusterTarget, open func(context.Context) (Cloner, error), opts Options) ([]TargetResult, error) {
+func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetResult, error) {
+	targets := req.Targets
 	if len(targets) == 0 {
 		return nil, errors.New("restore: no target")
 	}
-	if len(targets) > 1 && open == nil {
+	if len(targets) > 1 && req.Open == nil {
 		return nil, errors.New("restore: cloning targets needs a way to open the restored cluster")
 	}
 	// The backup is verified once: the stream into the first target
 	// checks the stored object against the manifest again as it goes.
-	b, err := verify(ctx, st, prefix, clusterID, backupID, opts)
+	b, err := verify(ctx, req.Repo, req.ClusterID, req.BackupID, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +122,7 @@ func Cluster(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 	if len(targets) == 1 {
 		return results, nil
 	}
-	cl, err := open(ctx)
+	cl, err := req.Open(ctx)
 	if err != nil {
 		return results, fmt.Errorf("open the restored cluster at %s: %w", first.Addr, err)
 	}

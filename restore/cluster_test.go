@@ -71,7 +71,8 @@ func TestCluster(t *testing.T) {
 	ts := clusterTargets(t, f, 3)
 	calls := 0
 	gets := &countingStore{Store: f.st}
-	res, err := Cluster(ctx, gets, testPrefix, testCluster, f.m.ID, ts, opener(f, ts[0].Addr, &calls), f.opts)
+	res, err := Cluster(ctx, ClusterRequest{Repo: backup.Repo{Store: gets, Prefix: testPrefix}, ClusterID: testCluster, BackupID: f.m.ID,
+		Targets: ts, Open: opener(f, ts[0].Addr, &calls)}, f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,8 @@ func TestClusterChecksEveryTargetFirst(t *testing.T) {
 			calls := 0
 			opts := f.opts
 			opts.DryRun = tc.dry
-			res, err := Cluster(ctx, f.st, testPrefix, testCluster, f.m.ID, tc.targets, opener(f, tc.targets[0].Addr, &calls), opts)
+			res, err := Cluster(ctx, ClusterRequest{Repo: f.repo(), ClusterID: testCluster, BackupID: f.m.ID,
+				Targets: tc.targets, Open: opener(f, tc.targets[0].Addr, &calls)}, opts)
 			switch {
 			case tc.want != nil && !errors.Is(err, tc.want):
 				t.Fatalf("got %v, want %v", err, tc.want)

@@ -22,7 +22,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
-	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
@@ -77,15 +76,15 @@ type Result struct {
 	DryRun       bool
 }
 
-// Restore restores backup backupID of clusterID, stored in st under
-// prefix, into target. In order: backup.Verify with Deep (signature,
+// Restore restores backup backupID of clusterID, stored in repo, into
+// target. In order: backup.Verify with Deep (signature,
 // object hash, outer layer, inner header; ErrVerify); the target attests
 // to a fresh nonce and must be of the source's class, manufacturer and
 // operator, firmware no older, FIPS mode if the source was, and the same
 // PBK fingerprint (ErrAttestation); with opts.DryRun it stops there.
 // Nothing is sent to the target's ImportImage before all these checks pass.
-func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID string, target Target, opts Options) (*Result, error) {
-	b, err := verify(ctx, st, prefix, clusterID, backupID, opts)
+func Restore(ctx context.Context, repo backup.Repo, clusterID, backupID string, target Target, opts Options) (*Result, error) {
+	b, err := verify(ctx, repo, clusterID, backupID, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -95,24 +94,24 @@ func Restore(ctx context.Context, st store.Store, prefix, clusterID, backupID st
 // verified is a backup that passed every check of its own, ready to
 // restore into targets.
 type verified struct {
-	st                          store.Store
-	prefix, clusterID, backupID string
-	m                           *backup.Manifest
-	sum                         []byte // the stored object's SHA-256, as the manifest states it
+	repo                backup.Repo
+	clusterID, backupID string
+	m                   *backup.Manifest
+	sum                 []byte // the stored object's SHA-256, as the manifest states it
 }
 
 // verify checks the backup: step 1 of Restore.
-func verify(ctx context.Context, st store.Store, prefix, clusterID, backupID string, opts Options) (*verified, error) {
+func verify(ctx context.Context, repo backup.Repo, clusterID, backupID string, opts Options) (*verified, error) {
 	if len(opts.Identities) == 0 || opts.PublicKey == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil {
 		return nil, errors.New("restore: public key, identities and both attestation roots are required")
 	}
 
 	// 1. The backup, layer by layer.
 	vopts := backup.VerifyOptions{PublicKey: opts.PublicKey, Identities: opts.Identities, Deep: true}
-	if err := backup.Verify(ctx, st, prefix, clusterID, backupID, vopts); err != nil {
+	if err := backup.Verify(ctx, repo, clusterID, backupID, vopts); err != nil {
 		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
 	}
-	m, err := backup.Describe(ctx, st, prefix, clusterID, backupID)
+	m, err := backup.Describe(ctx, repo, clusterID, backupID)
 	if err == nil {
 		// The manifest may have changed since Verify read it.
 		err = m.Verify(opts.PublicKey)
@@ -127,12 +126,12 @@ func verify(ctx context.Context, st store.Store, prefix, clusterID, backupID str
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: verify backup: %w: object hash: %w", backupID, ErrVerify, err)
 	}
-	return &verified{st: st, prefix: prefix, clusterID: clusterID, backupID: backupID, m: m, sum: want}, nil
+	return &verified{repo: repo, clusterID: clusterID, backupID: backupID, m: m, sum: want}, nil
 }
 
 // into restores the verified backup into target: steps 2 to 4 of Restore.
 func (b *verified) into(ctx context.Context, target Target, opts Options) (*Result, error) {
-	st, prefix, clusterID, backupID, m, want := b.st, b.prefix, b.clusterID, b.backupID, b.m, b.sum
+	repo, clusterID, backupID, m, want := b.repo, b.clusterID, b.backupID, b.m, b.sum
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
@@ -164,8 +163,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	// matches the manifest's: the HSM reads to the end of its stream before
 	// it commits (it refuses trailing data), so a mismatch reaches it as a
 	// read error and it commits nothing. No second pass is needed.
-	key := backup.ObjectKey(prefix, clusterID, backupID, backup.ImageObject)
-	rc, err := st.Get(ctx, key)
+	rc, err := repo.Store.Get(ctx, repo.ObjectKey(clusterID, backupID, backup.ImageObject))
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: read image: %w", backupID, err)
 	}

@@ -38,8 +38,8 @@ func newFixture(t *testing.T, fips bool) *fixture {
 	src := newSource(t, a, fips)
 	kr, pub, priv := backuptest.Keys(t)
 	st := backuptest.FileStore(t)
-	m, err := backup.Create(context.Background(), src.officer, st, backup.CreateOptions{
-		Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix,
+	m, err := backup.Create(context.Background(), src.officer, backup.Repo{Store: st, Prefix: testPrefix}, backup.CreateOptions{
+		Recipients: []wrap.Recipient{kr}, SigningKey: priv,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -49,8 +49,10 @@ func newFixture(t *testing.T, fips bool) *fixture {
 }
 
 func (f *fixture) restore(target Target, opts Options) (*Result, error) {
-	return Restore(context.Background(), f.st, testPrefix, testCluster, f.m.ID, target, opts)
+	return Restore(context.Background(), f.repo(), testCluster, f.m.ID, target, opts)
 }
+
+func (f *fixture) repo() backup.Repo { return backup.Repo{Store: f.st, Prefix: testPrefix} }
 
 func health(t *testing.T, c *client.Client) api.Health {
 	t.Helper()
@@ -146,7 +148,7 @@ func TestDryRun(t *testing.T) {
 	if _, err := f.restore(target, opts); !errors.Is(err, ErrAttestation) {
 		t.Fatalf("dry run with other roots: %v", err)
 	}
-	flip(t, f.st, backup.ObjectKey(testPrefix, testCluster, f.m.ID, backup.ImageObject), 200)
+	flip(t, f.st, backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, f.m.ID, backup.ImageObject), 200)
 	opts = f.opts
 	opts.DryRun = true
 	if _, err := f.restore(target, opts); !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) {
@@ -162,7 +164,7 @@ func TestPendingDeletionRefused(t *testing.T) {
 	before := health(t, target)
 	ctx := context.Background()
 	lo := backup.LifecycleOptions{SigningKey: f.priv}
-	if _, err := backup.Delete(ctx, f.st, testPrefix, testCluster, f.m.ID, lo); err != nil {
+	if _, err := backup.Delete(ctx, f.repo(), testCluster, f.m.ID, lo); err != nil {
 		t.Fatal(err)
 	}
 	for _, dry := range []bool{true, false} {
@@ -173,7 +175,7 @@ func TestPendingDeletionRefused(t *testing.T) {
 		}
 	}
 	unchanged(t, target, before)
-	if _, err := backup.RestoreDeleted(ctx, f.st, testPrefix, testCluster, f.m.ID, lo); err != nil {
+	if _, err := backup.RestoreDeleted(ctx, f.repo(), testCluster, f.m.ID, lo); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.restore(target, f.opts); err != nil {
@@ -185,10 +187,10 @@ func TestRefused(t *testing.T) {
 	other := newAuthorities(t)
 	globex := newNamedAuthorities(t, "globex", "initech")
 	imageKey := func(f *fixture) string {
-		return backup.ObjectKey(testPrefix, testCluster, f.m.ID, backup.ImageObject)
+		return backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, f.m.ID, backup.ImageObject)
 	}
 	manifestKey := func(f *fixture) string {
-		return backup.ObjectKey(testPrefix, testCluster, f.m.ID, backup.ManifestObject)
+		return backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, f.m.ID, backup.ManifestObject)
 	}
 	tests := []struct {
 		name   string
@@ -275,11 +277,11 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 	f := newFixture(t, false)
 	kr := f.opts.Identities[0].(*wrap.Keyring)
 	_, _, priv := backuptest.Keys(t)
-	m2, err := backup.Create(ctx, f.src.officer, f.st, backup.CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, Prefix: testPrefix})
+	m2, err := backup.Create(ctx, f.src.officer, f.repo(), backup.CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
 	if err != nil {
 		t.Fatal(err)
 	}
-	imageKey := backup.ObjectKey(testPrefix, testCluster, f.m.ID, backup.ImageObject)
+	imageKey := backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, f.m.ID, backup.ImageObject)
 	flipped := "tenant-a/flipped"
 	rc, err := f.st.Get(ctx, imageKey)
 	if err != nil {
@@ -293,14 +295,14 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 	flip(t, f.st, flipped, int(f.m.ObjectSize/2))
 
 	for name, other := range map[string]string{
-		"genuine": backup.ObjectKey(testPrefix, testCluster, m2.ID, backup.ImageObject),
+		"genuine": backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, m2.ID, backup.ImageObject),
 		"flipped": flipped,
 	} {
 		t.Run(name, func(t *testing.T) {
 			sw := &swapStore{Store: f.st, key: imageKey, other: other}
 			target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 			before := health(t, target)
-			_, err := Restore(ctx, sw, testPrefix, testCluster, f.m.ID, target, f.opts)
+			_, err := Restore(ctx, backup.Repo{Store: sw, Prefix: testPrefix}, testCluster, f.m.ID, target, f.opts)
 			if !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "stream image") {
 				t.Fatalf("restore of a changed object: %v", err)
 			}

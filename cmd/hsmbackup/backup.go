@@ -243,7 +243,7 @@ func createBackup(s *service, c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("read cluster certificates: %w", err)
 	}
-	m, err := backup.Create(ctx, member, s.st, backup.CreateOptions{
+	m, err := backup.Create(ctx, member, s.repo, backup.CreateOptions{
 		ClusterID: id, Recipients: recipients, SigningKey: key, Tags: tags,
 		NeverExpires: c.Bool("never-expires"), RetentionDays: days,
 		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
@@ -274,7 +274,7 @@ func listBackups(s *service, c *cli.Context) error {
 	default:
 		return fmt.Errorf("--state %q: want READY, PENDING_DELETION or DELETED", c.String("state"))
 	}
-	ms, err := backup.List(c.Context, s.st, "", f)
+	ms, err := backup.List(c.Context, s.repo, f)
 	if err != nil {
 		return err
 	}
@@ -299,7 +299,7 @@ func listBackups(s *service, c *cli.Context) error {
 }
 
 func describeBackup(s *service, c *cli.Context, cluster, id string) error {
-	m, err := backup.Describe(c.Context, s.st, "", cluster, id)
+	m, err := backup.Describe(c.Context, s.repo, cluster, id)
 	if err != nil {
 		return err
 	}
@@ -347,7 +347,7 @@ func verifyBackup(s *service, c *cli.Context, cluster, id string) error {
 			checks = append(checks, "inner header")
 		}
 	}
-	if err := backup.Verify(c.Context, s.st, "", cluster, id, opts); err != nil {
+	if err := backup.Verify(c.Context, s.repo, cluster, id, opts); err != nil {
 		return err
 	}
 	if wantJSON(c) {
@@ -380,13 +380,13 @@ func change(s *service, c *cli.Context, verb string, fn func(backup.LifecycleOpt
 
 func deleteBackup(s *service, c *cli.Context, cluster, id string) error {
 	return change(s, c, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.Delete(c.Context, s.st, "", cluster, id, o)
+		return backup.Delete(c.Context, s.repo, cluster, id, o)
 	})
 }
 
 func restoreDeleted(s *service, c *cli.Context, cluster, id string) error {
 	return change(s, c, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.RestoreDeleted(c.Context, s.st, "", cluster, id, o)
+		return backup.RestoreDeleted(c.Context, s.repo, cluster, id, o)
 	})
 }
 
@@ -399,7 +399,7 @@ func tagBackup(s *service, c *cli.Context, cluster, id string) error {
 		return errors.New("nothing to do: give --set KEY=VALUE or --remove KEY")
 	}
 	return change(s, c, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.SetTags(c.Context, s.st, "", cluster, id, set, c.StringSlice("remove"), o)
+		return backup.SetTags(c.Context, s.repo, cluster, id, set, c.StringSlice("remove"), o)
 	})
 }
 
@@ -409,7 +409,7 @@ func setNeverExpires(s *service, c *cli.Context, cluster, id string) error {
 		verb = "unpinned"
 	}
 	return change(s, c, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.SetNeverExpires(c.Context, s.st, "", cluster, id, !c.Bool("off"), o)
+		return backup.SetNeverExpires(c.Context, s.repo, cluster, id, !c.Bool("off"), o)
 	})
 }
 
@@ -454,7 +454,7 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 	if err != nil {
 		return err
 	}
-	m, err := backup.Copy(c.Context, s.st, "", cluster, id, s.prog.wrap(dst), backup.CopyOptions{
+	m, err := backup.Copy(c.Context, s.repo, cluster, id, backup.Repo{Store: s.prog.wrap(dst)}, backup.CopyOptions{
 		PublicKey: pub, Identities: ids, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {
@@ -492,7 +492,7 @@ func pruneBackups(s *service, c *cli.Context) error {
 	if err := policy(c.String("cluster")).Validate(); err != nil {
 		return err
 	}
-	actions, perr := backup.Prune(c.Context, s.st, "", backup.PruneOptions{
+	actions, perr := backup.Prune(c.Context, s.repo, backup.PruneOptions{
 		LifecycleOptions: backup.LifecycleOptions{SigningKey: key},
 		ClusterID:        c.String("cluster"), Policy: policy, DryRun: c.Bool("dry-run"),
 	})

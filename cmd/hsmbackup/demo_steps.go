@@ -309,11 +309,10 @@ func (d *demo) takeBackup(ctx context.Context) error {
 		return fmt.Errorf("log in on HSM A: %w", err)
 	}
 	defer src.Logout(context.WithoutCancel(ctx))
-	m, err := backup.Create(ctx, src, d.st, backup.CreateOptions{
+	m, err := backup.Create(ctx, src, backup.Repo{Store: d.st, Prefix: d.prefix}, backup.CreateOptions{
 		ClusterID:          demoClusterID,
 		Recipients:         []wrap.Recipient{d.keyring},
 		SigningKey:         d.signingKey,
-		Prefix:             d.prefix,
 		Tags:               map[string]string{"made-by": "hsmbackup-demo"},
 		ClusterCertificate: d.clusterCert,
 		CustomerCA:         d.ca.cert.Raw,
@@ -327,13 +326,13 @@ func (d *demo) takeBackup(ctx context.Context) error {
 	d.out.printf("  outer envelope wrapped again to %s, streamed into the store\n", strings.Join(m.Recipients, ", "))
 	d.out.printf("  stored         %s: %d bytes, sha256 %s\n", backup.ImageObject, m.ObjectSize, short(m.ObjectSHA256))
 	d.out.printf("  manifest       %s, signed with the Ed25519 key, written last and create-only\n", backup.ManifestObject)
-	d.out.printf("                 both under %s\n", strings.TrimSuffix(backup.ObjectKey(d.prefix, m.ClusterID, m.ID, ""), "/"))
+	d.out.printf("                 both under %s\n", strings.TrimSuffix(backup.Repo{Prefix: d.prefix}.ObjectKey(m.ClusterID, m.ID, ""), "/"))
 	return nil
 }
 
 // listAndVerify lists the run's backups and verifies the new one in full.
 func (d *demo) listAndVerify(ctx context.Context) error {
-	ms, err := backup.List(ctx, d.st, d.prefix, backup.Filter{})
+	ms, err := backup.List(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, backup.Filter{})
 	if err != nil {
 		return err
 	}
@@ -350,7 +349,7 @@ func (d *demo) listAndVerify(ctx context.Context) error {
 	if len(ms) != 1 || ms[0].ID != d.manifest.ID {
 		return fmt.Errorf("listed %d backups, want just %s", len(ms), d.manifest.ID)
 	}
-	err = backup.Verify(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
+	err = backup.Verify(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
 	if err != nil {
 		return err
 	}
@@ -375,7 +374,7 @@ func (d *demo) restoreOptions() restore.Options {
 
 // restoreInto restores the demo's backup into the HSM behind target.
 func (d *demo) restoreInto(ctx context.Context, target *client.Client) (*restore.Result, error) {
-	return restore.Restore(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, target, d.restoreOptions())
+	return restore.Restore(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, d.manifest.ClusterID, d.manifest.ID, target, d.restoreOptions())
 }
 
 // freshTarget serves a new HSM for operator op and returns it with a
@@ -485,14 +484,14 @@ func (d *demo) refuseMismatch(ctx context.Context) error {
 // refuseTampered flips one byte of the stored image object and shows
 // verify naming the layer that failed and restore refusing the backup.
 func (d *demo) refuseTampered(ctx context.Context) error {
-	key := backup.ObjectKey(d.prefix, d.manifest.ClusterID, d.manifest.ID, backup.ImageObject)
+	key := backup.Repo{Prefix: d.prefix}.ObjectKey(d.manifest.ClusterID, d.manifest.ID, backup.ImageObject)
 	off, size, err := flipStoredByte(ctx, d.st, key)
 	if err != nil {
 		return fmt.Errorf("tamper with %s: %w", key, err)
 	}
 	d.out.printf("  tampered       flipped byte %d of %d of the stored image object, through the store\n", off, size)
 
-	err = backup.Verify(ctx, d.st, d.prefix, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
+	err = backup.Verify(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, d.manifest.ClusterID, d.manifest.ID, d.verifyOptions())
 	if !errors.Is(err, backup.ErrObjectHash) {
 		return fmt.Errorf("verify the tampered backup: got %v, want %w", err, backup.ErrObjectHash)
 	}

@@ -225,7 +225,7 @@ func TestRunDemoKeep(t *testing.T) {
 	if prefix == nil {
 		t.Fatalf("output names no prefix:\n%s", out.String())
 	}
-	ms, err := backup.List(context.Background(), st, prefix[1], backup.Filter{})
+	ms, err := backup.List(context.Background(), backup.Repo{Store: st, Prefix: prefix[1]}, backup.Filter{})
 	if err != nil || len(ms) != 1 || ms[0].ClusterID != demoClusterID {
 		t.Errorf("kept store lists %v, %v; want one backup of %s", ms, err, demoClusterID)
 	}

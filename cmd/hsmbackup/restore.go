@@ -84,7 +84,7 @@ func runRestore(s *service, c *cli.Context) error {
 	// The manifest names the cluster's certificate and customer CA: once
 	// restored, the targets present that certificate. It is trusted only
 	// once the manifest's signature is checked.
-	m, err := backup.Describe(ctx, s.st, "", clusterID, id)
+	m, err := backup.Describe(ctx, s.repo, clusterID, id)
 	if err == nil {
 		err = m.Verify(pub)
 	}
@@ -128,7 +128,8 @@ func runRestore(s *service, c *cli.Context) error {
 		return cluster.Open(ctx, cluster.Config{Members: addrs[:1], Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
 	}
 	opts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: c.Bool("dry-run")}
-	results, err := restore.Cluster(ctx, s.st, "", clusterID, id, targets, open, opts)
+	req := restore.ClusterRequest{Repo: s.repo, ClusterID: clusterID, BackupID: id, Targets: targets, Open: open}
+	results, err := restore.Cluster(ctx, req, opts)
 	for _, r := range results {
 		s.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)
 	}

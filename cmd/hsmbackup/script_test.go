@@ -344,9 +344,9 @@ func cmdBackdate(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	ctx := context.Background()
 	id := args[0]
-	cluster, err := backup.Find(ctx, st, "", id)
+	cluster, err := backup.Find(ctx, backup.Repo{Store: st}, id)
 	ts.Check(err)
-	m, err := backup.Describe(ctx, st, "", cluster, id)
+	m, err := backup.Describe(ctx, backup.Repo{Store: st}, cluster, id)
 	ts.Check(err)
 	ts.Check(m.Verify(key.Public().(ed25519.PublicKey)))
 	shift := -time.Duration(days) * 24 * time.Hour
@@ -357,5 +357,5 @@ func cmdBackdate(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(m.Sign(key))
 	b, err := m.Marshal()
 	ts.Check(err)
-	ts.Check(st.Put(ctx, backup.ObjectKey("", cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
+	ts.Check(st.Put(ctx, backup.Repo{}.ObjectKey(cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
 }

@@ -63,8 +63,8 @@ func flagValue(c *cli.Context, name string) string {
 type service struct {
 	c    *cli.Context
 	cfg  *config
-	st   store.Store
-	base store.Store // st without the progress bars
+	repo backup.Repo // where backups live: the store, with progress bars
+	base store.Store // repo's store without the progress bars
 	prog *progress   // nil off a terminal
 	log  *slog.Logger
 
@@ -97,7 +97,7 @@ func openService(c *cli.Context) (*service, error) {
 	if wantJSON(c) {
 		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
 	}
-	return &service{c: c, cfg: cfg, base: st, st: prog.wrap(st), prog: prog, log: slog.New(h)}, nil
+	return &service{c: c, cfg: cfg, base: st, repo: backup.Repo{Store: prog.wrap(st)}, prog: prog, log: slog.New(h)}, nil
 }
 
 // staleUploadAge is how long an upload must have been idle before
@@ -201,7 +201,7 @@ func (s *service) locate(id string) (string, error) {
 	if cl := s.c.String("cluster"); cl != "" {
 		return cl, nil
 	}
-	return backup.Find(s.c.Context, s.st, "", id)
+	return backup.Find(s.c.Context, s.repo, id)
 }
 
 // clientConfig returns the TLS settings for cluster id's members.
