@@ -180,15 +180,9 @@ func (d *demo) memberClient(h *demoHSM) (*client.Client, error) {
 // attest has the HSM behind cl attest to a fresh nonce and verifies the
 // answer against the manufacturer's and operators' roots and want.
 func (d *demo) attest(ctx context.Context, cl *client.Client, want hsmcore.Expectation) (*hsmcore.Statement, error) {
-	nonce := hsmcore.NewNonce()
-	att, err := cl.Attest(ctx, nonce)
-	if err != nil {
-		return nil, err
-	}
-	return hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
+	return hsmcore.Challenge(ctx, cl, hsmcore.ChallengeOptions{
 		ManufacturerRoots: d.mfrRoots,
 		OperatorRoots:     d.opRoots,
-		Nonce:             nonce,
 		Expect:            want,
 	})
 }
