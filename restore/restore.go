@@ -44,8 +44,8 @@ var (
 // an uninitialized HSM imports without a session, an initialized one needs
 // a crypto officer's.
 type Target interface {
-	// Attest returns the target's attestation bound to nonce.
-	Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error)
+	// Attest returns the target's attestation bound to a nonce.
+	hsmcore.Attester
 	// ImportImage streams an inner image into the target, which commits it
 	// only if it authenticates in full.
 	ImportImage(ctx context.Context, r io.Reader) (api.ImportResponse, error)
@@ -198,24 +198,21 @@ func attest(ctx context.Context, target Target, m *backup.Manifest, opts Options
 	if err != nil || len(fp) == 0 {
 		return nil, fmt.Errorf("attest target: %w: manifest PBK fingerprint", ErrVerify)
 	}
-	nonce := hsmcore.NewNonce()
-	a, err := target.Attest(ctx, nonce)
-	if err != nil {
-		return nil, fmt.Errorf("attest target: %w", err)
-	}
 	s := m.Source
-	stmt, err := hsmcore.VerifyAttestation(a, hsmcore.VerifyOptions{
+	stmt, err := hsmcore.Challenge(ctx, target, hsmcore.ChallengeOptions{
 		ManufacturerRoots: opts.ManufacturerRoots,
 		OperatorRoots:     opts.OperatorRoots,
-		Nonce:             nonce,
 		Now:               now,
 		Expect: hsmcore.Expectation{
 			Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator,
 			MinFirmware: s.Firmware, FIPS: s.FIPS, PBKFingerprint: fp,
 		},
 	})
-	if err != nil {
+	if errors.Is(err, hsmcore.ErrAttestation) {
 		return nil, fmt.Errorf("attest target: %w: %w", ErrAttestation, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attest target: %w", err)
 	}
 	return stmt, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -361,37 +360,30 @@ func passwordFrom(path, how string) (string, error) {
 // statement claims, which VerifyAttestation still checks against the names
 // in the certificates that chain to the trusted roots.
 func attestHSM(ctx context.Context, c *cli.Context, cl *conn, mfrRoots, opRoots *x509.CertPool) (*hsmcore.Statement, error) {
-	nonce := hsmcore.NewNonce()
-	att, err := cl.Attest(ctx, nonce)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %w", cl.explain(err))
-	}
-	var claimed hsmcore.Statement
-	if err := json.Unmarshal(att.Statement, &claimed); err != nil {
-		return nil, fmt.Errorf("verify attestation: statement: %v: %w", err, hsmcore.ErrAttestation)
-	}
-	or := func(flag, claim string) string {
-		if v := c.String(flag); v != "" {
-			return v
-		}
-		return claim
-	}
-	st, err := hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
+	return hsmcore.Challenge(ctx, attester{cl}, hsmcore.ChallengeOptions{
 		ManufacturerRoots: mfrRoots,
 		OperatorRoots:     opRoots,
-		Nonce:             nonce,
 		Expect: hsmcore.Expectation{
 			Serial:       c.String("expect-serial"),
-			Class:        or("expect-class", claimed.Class),
-			Manufacturer: or("expect-manufacturer", claimed.Manufacturer),
-			Operator:     or("expect-operator", claimed.Operator),
+			Class:        c.String("expect-class"),
+			Manufacturer: c.String("expect-manufacturer"),
+			Operator:     c.String("expect-operator"),
 			MinFirmware:  c.String("min-firmware"),
 		},
+		Certified: true,
 	})
+}
+
+// attester is a conn as an hsmcore.Attester whose failures to answer are
+// named and explained.
+type attester struct{ cl *conn }
+
+func (a attester) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
+	att, err := a.cl.Attest(ctx, nonce)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("attest: %w", a.cl.explain(err))
 	}
-	return st, nil
+	return att, nil
 }
 
 // parseClusterCSR parses a cluster CSR an HSM returned and checks that it

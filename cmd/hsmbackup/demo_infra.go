@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -125,24 +124,13 @@ func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manufacture HSM %s: %w", name, err)
 	}
-	srv, err := server.New(server.Config{Device: dev})
+	addr, stop, err := server.ServeLoopback(server.Config{Device: dev}, "")
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("serve HSM %s: %w", name, err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("serve HSM %s: %w", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	h := &demoHSM{name: name, addr: ln.Addr().String(), id: dev.Identity()}
-	h.stop = func() error {
-		cancel()
-		return errors.Join(<-done, dev.Close())
-	}
+	h := &demoHSM{name: name, addr: addr, id: dev.Identity()}
+	h.stop = func() error { return errors.Join(stop(), dev.Close()) }
 	d.hsms = append(d.hsms, h)
 	return h, nil
 }
@@ -180,15 +168,9 @@ func (d *demo) memberClient(h *demoHSM) (*client.Client, error) {
 // attest has the HSM behind cl attest to a fresh nonce and verifies the
 // answer against the manufacturer's and operators' roots and want.
 func (d *demo) attest(ctx context.Context, cl *client.Client, want hsmcore.Expectation) (*hsmcore.Statement, error) {
-	nonce := hsmcore.NewNonce()
-	att, err := cl.Attest(ctx, nonce)
-	if err != nil {
-		return nil, err
-	}
-	return hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
+	return hsmcore.Challenge(ctx, cl, hsmcore.ChallengeOptions{
 		ManufacturerRoots: d.mfrRoots,
 		OperatorRoots:     d.opRoots,
-		Nonce:             nonce,
 		Expect:            want,
 	})
 }

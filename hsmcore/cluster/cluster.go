@@ -507,17 +507,16 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 		return fmt.Errorf("add member: %w", err)
 	}
 	defer pre.Close()
-	nonce := hsmcore.NewNonce()
-	att, err := pre.Attest(ctx, nonce)
-	if err != nil {
-		return fmt.Errorf("add member: attest %s: %w", addr, err)
-	}
-	if _, err := hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
-		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots, Nonce: nonce,
+	_, err = hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
+		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots,
 		Expect: hsmcore.Expectation{Class: srcHealth.Class, Manufacturer: srcHealth.Manufacturer, Operator: srcHealth.Operator,
 			MinFirmware: srcHealth.Firmware, FIPS: srcHealth.FIPS, PBKFingerprint: srcHealth.PBKFingerprint},
-	}); err != nil {
+	})
+	if errors.Is(err, hsmcore.ErrAttestation) {
 		return fmt.Errorf("add member %s: %w", addr, err)
+	}
+	if err != nil {
+		return fmt.Errorf("add member: attest %s: %w", addr, err)
 	}
 	img, err := src.c.ExportImage(ctx)
 	if err != nil {

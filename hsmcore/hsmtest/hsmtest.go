@@ -6,7 +6,6 @@ package hsmtest
 import (
 	"context"
 	"crypto/x509"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -40,12 +39,11 @@ func NewEnv(tb testing.TB) *Env {
 
 // Daemon is an HSM served on a loopback address.
 type Daemon struct {
-	tb     testing.TB
-	Dir    string
-	Addr   string
-	Dev    *device.Device // nil while stopped
-	cancel context.CancelFunc
-	done   chan error
+	tb   testing.TB
+	Dir  string
+	Addr string
+	Dev  *device.Device // nil while stopped
+	stop func() error   // nil while stopped
 }
 
 // Serve manufactures an hsm2m.medium HSM of e's manufacturer and the given
@@ -88,35 +86,24 @@ func (h *Daemon) Start() {
 	if err != nil {
 		h.tb.Fatal(err)
 	}
-	addr := h.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
+	addr, stop, err := server.ServeLoopback(server.Config{Device: d}, h.Addr)
 	if err != nil {
+		d.Close()
 		h.tb.Fatal(err)
 	}
-	h.Addr = ln.Addr().String()
-	srv, err := server.New(server.Config{Device: d})
-	if err != nil {
-		h.tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.Dev, h.cancel, h.done = d, cancel, make(chan error, 1)
-	go func() { h.done <- srv.Serve(ctx, ln) }()
+	h.Addr, h.Dev, h.stop = addr, d, stop
 }
 
 // Stop shuts the daemon down and closes the device.
 func (h *Daemon) Stop() {
-	if h.cancel == nil {
+	if h.stop == nil {
 		return
 	}
-	h.cancel()
-	if err := <-h.done; err != nil {
+	if err := h.stop(); err != nil {
 		h.tb.Errorf("serve %s: %v", h.Addr, err)
 	}
 	h.Dev.Close()
-	h.cancel, h.Dev = nil, nil
+	h.stop, h.Dev = nil, nil
 }
 
 // InitCluster initializes the cluster of the uninitialized HSM at addr as
