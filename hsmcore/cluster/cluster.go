@@ -510,7 +510,7 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	nonce := hsmcore.NewNonce()
 	att, err := pre.Attest(ctx, nonce)
 	if err != nil {
-		return fmt.Errorf("add member: attest %s: %w", addr, err)
+		return fmt.Errorf("add member %s: attest: %w", addr, err)
 	}
 	if _, err := hsmcore.VerifyAttestation(att, hsmcore.VerifyOptions{
 		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots, Nonce: nonce,
@@ -521,11 +521,11 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	}
 	img, err := src.c.ExportImage(ctx)
 	if err != nil {
-		return fmt.Errorf("add member: export image from %s: %w", src.addr, err)
+		return fmt.Errorf("add member %s: export image from %s: %w", addr, src.addr, err)
 	}
 	defer img.Close()
 	if _, err := pre.ImportImage(ctx, img); err != nil {
-		return fmt.Errorf("add member: clone %s: %w", addr, err)
+		return fmt.Errorf("add member %s: import image: %w", addr, err)
 	}
 	m, err := c.newMember(addr)
 	if err != nil {
