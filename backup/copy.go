@@ -38,28 +38,28 @@ type CopyOptions struct {
 // object must match its manifest's size and hash, or nothing is stored.
 func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, error) {
 	if len(opts.Identities) == 0 || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
-		return nil, errors.New("copy backup: identity, 1 to 16 recipients and a signing key are required")
+		return nil, errors.New("an identity, 1 to 16 recipients and a signing key are required")
 	}
 	if _, err := dst.prefix(); err != nil {
-		return nil, fmt.Errorf("copy backup: %w", err)
+		return nil, fmt.Errorf("destination: %w", err)
 	}
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
 	}
-	sm, err := Describe(ctx, src, cluster, id)
+	sm, err := describe(ctx, src, cluster, id)
+	if err == nil {
+		err = sm.Verify(opts.PublicKey)
+	}
+	if err == nil && sm.State != StateReady {
+		err = fmt.Errorf("%w: backup is %s", ErrState, sm.State)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("copy backup %s: %w", id, err)
-	}
-	if err := sm.Verify(opts.PublicKey); err != nil {
-		return nil, fmt.Errorf("copy backup %s: %w", id, err)
-	}
-	if sm.State != StateReady {
-		return nil, fmt.Errorf("copy backup %s: %w: backup is %s", id, ErrState, sm.State)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	want, err := hex.DecodeString(sm.ObjectSHA256)
 	if err != nil {
-		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w: object hash: %w", id, ErrManifest, err)
 	}
 
 	created := now().UTC().Round(0)
@@ -74,7 +74,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 
 	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
 	if err != nil {
-		return nil, fmt.Errorf("copy backup %s: read image: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	defer rc.Close()
 	imageKey := dst.ObjectKey(cluster, newID, ImageObject)
@@ -83,13 +83,13 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 		in := &counter{h: h}
 		r := io.TeeReader(rc, in)
 		if err := wrap.Rewrap(ctx, r, w, opts.Identities, opts.Recipients...); err != nil {
-			return fmt.Errorf("copy backup %s: %w: %w", id, ErrOuterLayer, err)
+			return fmt.Errorf("backup %s: %w: %w", id, ErrOuterLayer, err)
 		}
 		if _, err := io.Copy(io.Discard, r); err != nil {
-			return fmt.Errorf("copy backup %s: read image: %w", id, err)
+			return fmt.Errorf("backup %s: read image: %w", id, err)
 		}
 		if in.n != sm.ObjectSize || subtle.ConstantTimeCompare(h.Sum(nil), want) != 1 {
-			return fmt.Errorf("copy backup %s: %w", id, ErrObjectHash)
+			return fmt.Errorf("backup %s: %w", id, ErrObjectHash)
 		}
 		return nil
 	})
@@ -100,7 +100,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 	obj.fill(&m)
 	if err := m.Sign(opts.SigningKey); err != nil {
 		cleanup(ctx, dst.Store, imageKey)
-		return nil, fmt.Errorf("copy backup %s: %w", id, err)
+		return nil, err
 	}
 	b, err := m.Marshal()
 	if err == nil {
@@ -108,7 +108,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 	}
 	if err != nil {
 		cleanup(ctx, dst.Store, imageKey)
-		return nil, fmt.Errorf("copy backup %s: write manifest: %w", id, err)
+		return nil, fmt.Errorf("write manifest: %w", err)
 	}
 	return &m, nil
 }

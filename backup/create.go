@@ -49,10 +49,10 @@ type CreateOptions struct {
 func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions) (*Manifest, error) {
 	st := repo.Store
 	if _, err := repo.prefix(); err != nil {
-		return nil, fmt.Errorf("create backup: %w", err)
+		return nil, err
 	}
 	if err := checkCreateOptions(&opts); err != nil {
-		return nil, fmt.Errorf("create backup: %w", err)
+		return nil, err
 	}
 	now := time.Now
 	if opts.Now != nil {

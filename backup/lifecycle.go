@@ -74,15 +74,15 @@ func update(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOp
 		// fails and the loop reads again.
 		oi, err := st.Stat(ctx, key)
 		if errors.Is(err, store.ErrNotFound) && attempt < maxUpdateAttempts {
-			if _, err := Describe(ctx, repo, cluster, id); err != nil {
-				return nil, err // says it as Describe does
+			if _, err := describe(ctx, repo, cluster, id); err != nil {
+				return nil, err
 			}
 			continue // it has just appeared
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read manifest %s: %w", key, err)
+			return nil, err
 		}
-		m, err := Describe(ctx, repo, cluster, id)
+		m, err := describe(ctx, repo, cluster, id)
 		if err != nil {
 			return nil, err
 		}
@@ -129,7 +129,7 @@ func Delete(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOp
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("delete backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	return m, nil
 }
@@ -144,7 +144,7 @@ func RestoreDeleted(ctx context.Context, repo Repo, cluster, id string, opts Lif
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("restore deleted backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	return m, nil
 }
@@ -172,7 +172,7 @@ func SetTags(ctx context.Context, repo Repo, cluster, id string, set map[string]
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tag backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	return m, nil
 }
@@ -191,7 +191,7 @@ func SetNeverExpires(ctx context.Context, repo Repo, cluster, id string, never b
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set never-expires on backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	return m, nil
 }
@@ -250,13 +250,13 @@ type PruneAction struct {
 // alone.
 func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize || opts.Policy == nil {
-		return nil, errors.New("prune: signing key and policy are required")
+		return nil, errors.New("signing key and policy are required")
 	}
 	pub := opts.SigningKey.Public().(ed25519.PublicKey)
 	now := opts.now()
 	all, err := List(ctx, repo, Filter{ClusterID: opts.ClusterID})
 	if err != nil {
-		return nil, fmt.Errorf("prune: %w", err)
+		return nil, err
 	}
 	byCluster := map[string][]*Manifest{}
 	for _, m := range all {
@@ -273,7 +273,7 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 	for _, c := range clusters {
 		pol := opts.Policy(c)
 		if err := pol.Validate(); err != nil {
-			return actions, fmt.Errorf("prune cluster %s: %w", c, err)
+			return actions, fmt.Errorf("cluster %s: %w", c, err)
 		}
 		planned := plan(byCluster[c], pol, pub, now)
 		for _, m := range byCluster[c] {
@@ -305,7 +305,7 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 		}
 	}
 	if failed > 0 {
-		return actions, fmt.Errorf("prune: %d of %d actions failed", failed, len(actions))
+		return actions, fmt.Errorf("%d of %d actions failed", failed, len(actions))
 	}
 	return actions, nil
 }
@@ -377,10 +377,10 @@ func purge(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOpt
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("purge backup %s: %w", id, err)
+		return fmt.Errorf("backup %s: %w", id, err)
 	}
 	if err := repo.Store.Delete(ctx, repo.ObjectKey(cluster, id, ImageObject)); err != nil {
-		return fmt.Errorf("purge backup %s: remove image: %w", id, err)
+		return fmt.Errorf("backup %s: %w", id, err)
 	}
 	return nil
 }

@@ -43,12 +43,12 @@ func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
 	st := repo.Store
 	prefix, err := repo.prefix()
 	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
+		return nil, err
 	}
 	root := prefix + "clusters/"
 	if f.ClusterID != "" {
 		if err := validClusterID(f.ClusterID); err != nil {
-			return nil, fmt.Errorf("list backups: %w", err)
+			return nil, err
 		}
 		root = clusterDir(prefix, f.ClusterID)
 	}
@@ -63,14 +63,14 @@ func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
+		return nil, err
 	}
 	var out []*Manifest
 	for _, k := range keys {
 		parts := strings.Split(strings.TrimPrefix(k, prefix+"clusters/"), "/")
 		m, err := readManifest(ctx, st, k, parts[0], parts[2])
 		if err != nil {
-			return nil, fmt.Errorf("list backups: %w", err)
+			return nil, err
 		}
 		if f.match(m) {
 			out = append(out, m)
@@ -93,40 +93,45 @@ func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
 // its signature (Verify does). A missing backup is an error wrapping
 // store.ErrNotFound; a bad manifest one wrapping ErrManifest.
 func Describe(ctx context.Context, repo Repo, cluster, id string) (*Manifest, error) {
-	if _, err := repo.prefix(); err != nil {
-		return nil, fmt.Errorf("describe backup: %w", err)
-	}
-	if err := validClusterID(cluster); err != nil {
-		return nil, fmt.Errorf("describe backup: %w", err)
-	}
-	if !validBackupID(id) {
-		return nil, fmt.Errorf("describe backup: bad backup id %q: %w", id, store.ErrNotFound)
-	}
-	m, err := readManifest(ctx, repo.Store, repo.ObjectKey(cluster, id, ManifestObject), cluster, id)
+	m, err := describe(ctx, repo, cluster, id)
 	if err != nil {
-		return nil, fmt.Errorf("describe backup: %w", err)
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	return m, nil
 }
 
+// describe is Describe without naming the backup, for callers that do.
+func describe(ctx context.Context, repo Repo, cluster, id string) (*Manifest, error) {
+	if _, err := repo.prefix(); err != nil {
+		return nil, err
+	}
+	if err := validClusterID(cluster); err != nil {
+		return nil, err
+	}
+	if !validBackupID(id) {
+		return nil, fmt.Errorf("bad backup id: %w", store.ErrNotFound)
+	}
+	return readManifest(ctx, repo.Store, repo.ObjectKey(cluster, id, ManifestObject), cluster, id)
+}
+
 // readManifest reads and parses the manifest at key, which must be that of
-// backup id of cluster.
+// backup id of cluster. Errors name the key (the store's name it too).
 func readManifest(ctx context.Context, st store.Store, key, cluster, id string) (*Manifest, error) {
 	rc, err := st.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+		return nil, err // "get <key>: …"
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, MaxManifestSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	m, err := ParseManifest(b)
 	if err != nil {
-		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	if m.ID != id || m.ClusterID != cluster {
-		return nil, fmt.Errorf("read manifest %s: %w: it describes backup %s of cluster %s", key, ErrManifest, m.ID, m.ClusterID)
+		return nil, fmt.Errorf("%s: %w: it describes backup %s of cluster %s", key, ErrManifest, m.ID, m.ClusterID)
 	}
 	return m, nil
 }
@@ -137,10 +142,10 @@ func readManifest(ctx context.Context, st store.Store, key, cluster, id string) 
 func Find(ctx context.Context, repo Repo, id string) (string, error) {
 	p, err := repo.prefix()
 	if err != nil {
-		return "", fmt.Errorf("find backup: %w", err)
+		return "", err
 	}
 	if !validBackupID(id) {
-		return "", fmt.Errorf("find backup: bad backup id %q: %w", id, store.ErrNotFound)
+		return "", fmt.Errorf("bad backup id %q: %w", id, store.ErrNotFound)
 	}
 	var found []string
 	err = repo.Store.List(ctx, p+"clusters/", func(oi store.ObjectInfo) error {
@@ -152,11 +157,11 @@ func Find(ctx context.Context, repo Repo, id string) (string, error) {
 	})
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("find backup %s: %w", id, err)
+		return "", err
 	case len(found) == 0:
-		return "", fmt.Errorf("find backup %s: no such backup in the store: %w", id, store.ErrNotFound)
+		return "", fmt.Errorf("backup %s: %w", id, store.ErrNotFound)
 	case len(found) > 1:
-		return "", fmt.Errorf("find backup %s: in clusters %v: name the cluster", id, found)
+		return "", fmt.Errorf("backup %s: in clusters %v: name the cluster", id, found)
 	}
 	return found[0], nil
 }

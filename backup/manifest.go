@@ -127,14 +127,14 @@ func (m *Manifest) Sign(priv ed25519.PrivateKey) error {
 // ErrManifest.
 func (m *Manifest) Verify(pub ed25519.PublicKey) error {
 	if len(pub) != ed25519.PublicKeySize {
-		return fmt.Errorf("verify manifest: %w: not an Ed25519 public key", ErrManifest)
+		return fmt.Errorf("%w: not an Ed25519 public key", ErrManifest)
 	}
 	b, err := m.SigningBytes()
 	if err != nil {
-		return fmt.Errorf("verify manifest: %w: %w", ErrManifest, err)
+		return fmt.Errorf("%w: %w", ErrManifest, err)
 	}
 	if len(m.Signature) != ed25519.SignatureSize || !ed25519.Verify(pub, b, m.Signature) {
-		return fmt.Errorf("verify manifest %s: %w: bad signature", m.ID, ErrManifest)
+		return fmt.Errorf("%w: bad signature", ErrManifest)
 	}
 	return nil
 }
@@ -159,23 +159,23 @@ func (m *Manifest) Marshal() ([]byte, error) {
 // not check the signature (see Verify). Every failure wraps ErrManifest.
 func ParseManifest(b []byte) (*Manifest, error) {
 	if len(b) > MaxManifestSize {
-		return nil, fmt.Errorf("parse manifest: %w: %d bytes, limit %d", ErrManifest, len(b), MaxManifestSize)
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrManifest, len(b), MaxManifestSize)
 	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	m := new(Manifest)
 	if err := d.Decode(m); err != nil {
-		return nil, fmt.Errorf("parse manifest: %w: %w", ErrManifest, err)
+		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
 	}
 	if _, err := d.Token(); err != io.EOF {
-		return nil, fmt.Errorf("parse manifest: %w: data after the manifest", ErrManifest)
+		return nil, fmt.Errorf("%w: data after the manifest", ErrManifest)
 	}
 	if err := m.validate(); err != nil {
-		return nil, fmt.Errorf("parse manifest: %w: %w", ErrManifest, err)
+		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
 	}
 	again, err := json.Marshal(m)
 	if err != nil || !bytes.Equal(again, b) {
-		return nil, fmt.Errorf("parse manifest: %w: not in canonical form", ErrManifest)
+		return nil, fmt.Errorf("%w: not in canonical form", ErrManifest)
 	}
 	return m, nil
 }

@@ -39,21 +39,28 @@ type VerifyOptions struct {
 // error reading storage wraps the store's error and none of these.
 func Verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptions) error {
 	if opts.Deep && len(opts.Identities) == 0 {
-		return errors.New("verify backup: a deep check needs identities")
+		return errors.New("a deep check needs identities")
 	}
-	m, err := Describe(ctx, repo, cluster, id)
+	if err := verify(ctx, repo, cluster, id, opts); err != nil {
+		return fmt.Errorf("backup %s: %w", id, err)
+	}
+	return nil
+}
+
+func verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptions) error {
+	m, err := describe(ctx, repo, cluster, id)
 	if err != nil {
-		return fmt.Errorf("verify backup %s: %w", id, err)
+		return err
 	}
 	if err := m.Verify(opts.PublicKey); err != nil {
-		return fmt.Errorf("verify backup %s: %w", id, err)
+		return err
 	}
 	if m.State == StateDeleted {
-		return fmt.Errorf("verify backup %s: %w: backup is DELETED and its image purged; only its manifest remains", id, ErrState)
+		return fmt.Errorf("%w: backup is DELETED and its image purged; only its manifest remains", ErrState)
 	}
 	rc, err := repo.Store.Get(ctx, repo.ObjectKey(cluster, id, ImageObject))
 	if err != nil {
-		return fmt.Errorf("verify backup %s: read image: %w", id, err)
+		return err
 	}
 	defer rc.Close()
 
@@ -66,20 +73,17 @@ func Verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptio
 		layerErr = checkEnvelope(ctx, tee, m, opts)
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return fmt.Errorf("verify backup %s: read image: %w", id, err)
+		return fmt.Errorf("read image: %w", err)
 	}
 	if src.err != nil {
-		return fmt.Errorf("verify backup %s: read image: %w", id, src.err)
+		return fmt.Errorf("read image: %w", src.err)
 	}
 	sum := h.Sum(nil)
 	want, _ := hex.DecodeString(m.ObjectSHA256)
 	if cnt.n != m.ObjectSize || subtle.ConstantTimeCompare(sum, want) != 1 {
-		return fmt.Errorf("verify backup %s: %w", id, ErrObjectHash)
+		return ErrObjectHash
 	}
-	if layerErr != nil {
-		return fmt.Errorf("verify backup %s: %w", id, layerErr)
-	}
-	return nil
+	return layerErr
 }
 
 // checkEnvelope opens and authenticates the envelope read from r and, with
@@ -87,15 +91,15 @@ func Verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptio
 func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOptions) error {
 	hdr, err := wrap.ReadHeader(r)
 	if err != nil {
-		return fmt.Errorf("outer header: %w: %w", ErrOuterLayer, err)
+		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
 	}
 	raw, err := hdr.MarshalBinary()
 	if err != nil || !bytes.Equal(raw, m.OuterHeader) {
-		return fmt.Errorf("outer header: %w: differs from the manifest's", ErrOuterLayer)
+		return fmt.Errorf("%w: header differs from the manifest's", ErrOuterLayer)
 	}
 	plain, err := wrap.Decrypt(ctx, io.MultiReader(bytes.NewReader(raw), r), opts.Identities...)
 	if err != nil {
-		return fmt.Errorf("open envelope: %w: %w", ErrOuterLayer, err)
+		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
 	}
 	pc := &readErr{r: plain}
 	cr := &counter{} // the inner size, for Deep
@@ -103,20 +107,20 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 	if opts.Deep {
 		inner, _, err := hsmcore.ReadImageHeader(body)
 		if pc.err != nil {
-			return fmt.Errorf("envelope body: %w: %w", ErrOuterLayer, pc.err)
+			return fmt.Errorf("%w: %w", ErrOuterLayer, pc.err)
 		}
 		if err != nil {
-			return fmt.Errorf("inner header: %w: %w", ErrInnerHeader, err)
+			return fmt.Errorf("%w: %w", ErrInnerHeader, err)
 		}
 		if err := matchInner(inner, m); err != nil {
-			return fmt.Errorf("inner header: %w: %w", ErrInnerHeader, err)
+			return fmt.Errorf("%w: %w", ErrInnerHeader, err)
 		}
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
-		return fmt.Errorf("envelope body: %w: %w", ErrOuterLayer, err)
+		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
 	}
 	if opts.Deep && cr.n != m.ImageSize {
-		return fmt.Errorf("inner image: %w: %d bytes, manifest says %d", ErrInnerHeader, cr.n, m.ImageSize)
+		return fmt.Errorf("%w: %d bytes, manifest says %d", ErrInnerHeader, cr.n, m.ImageSize)
 	}
 	return nil
 }

@@ -101,7 +101,7 @@ type VerifyOptions struct {
 // verifier's; the time is within MaxAge of now; the identity meets Expect.
 func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 	fail := func(format string, args ...any) (*Statement, error) {
-		return nil, fmt.Errorf("verify attestation: "+format+": %w", append(args, ErrAttestation)...)
+		return nil, fmt.Errorf(format+": %w", append(args, ErrAttestation)...)
 	}
 	if a == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil || len(opts.Nonce) == 0 {
 		return fail("attestation, roots and nonce are required")
@@ -176,7 +176,7 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 	if e.MinFirmware != "" {
 		min, err := ParseFirmware(e.MinFirmware)
 		if err != nil {
-			return nil, fmt.Errorf("verify attestation: %w", err)
+			return nil, fmt.Errorf("min firmware: %w", err)
 		}
 		fw, err := ParseFirmware(st.Firmware)
 		if err != nil || fw.Less(min) {

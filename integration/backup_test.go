@@ -96,13 +96,13 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		c.run(t, "hsm", "authority", "create", "--kind", "operator", "--name", "other-cloud", "--out", filepath.Join(c.dir, "op2"))
 		x := c.newHSM(t, "other-operator", filepath.Join(c.dir, "op2"), testFirmware)
 		before := c.health(t, x)
-		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "target failed attestation", "operator")
+		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "attestation rejected", "operator")
 		c.wantUnchanged(t, x, before)
 	})
 	t.Run("older firmware", func(t *testing.T) {
 		x := c.newHSM(t, "old-firmware", op, "2.0.9")
 		before := c.health(t, x)
-		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "target failed attestation", "firmware")
+		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "attestation rejected", "firmware")
 		c.wantUnchanged(t, x, before)
 	})
 	t.Run("flipped byte in image", func(t *testing.T) {
@@ -117,8 +117,8 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		// The outer header's first bytes, middle and last byte, the body's
 		// first byte, middle, last tag and last byte.
 		tamper(t, s.object(id, backup.ImageObject), []int{0, 1, h / 2, h - 1, h, h + (n-h)/2, n - 17, n - 1}, func(t *testing.T) {
-			wantFailure(t, s.cliRes(t, "backup", "verify", "--deep", id), "verify backup "+id, "image object does not match its manifest")
-			wantFailure(t, s.cliRes(t, restoreArgs(id, a)...), "backup failed verification", "image object does not match its manifest")
+			wantFailure(t, s.cliRes(t, "backup", "verify", "--deep", id), "backup "+id, "image object does not match its manifest")
+			wantFailure(t, s.cliRes(t, restoreArgs(id, a)...), "backup "+id, "image object does not match its manifest")
 			c.wantUnchanged(t, a, beforeA)
 		})
 	})

@@ -80,10 +80,10 @@ var ErrNotNew = errors.New("target is not a new HSM")
 func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetResult, error) {
 	targets := req.Targets
 	if len(targets) == 0 {
-		return nil, errors.New("restore: no target")
+		return nil, errors.New("no target")
 	}
 	if len(targets) > 1 && req.Open == nil {
-		return nil, errors.New("restore: cloning targets needs a way to open the restored cluster")
+		return nil, errors.New("cloning targets needs a way to open the restored cluster")
 	}
 	// The backup is verified once: the stream into the first target
 	// checks the stored object against the manifest again as it goes.
@@ -124,12 +124,12 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 	}
 	cl, err := req.Open(ctx)
 	if err != nil {
-		return results, fmt.Errorf("open the restored cluster at %s: %w", first.Addr, err)
+		return results, fmt.Errorf("target %s: open the restored cluster: %w", first.Addr, err)
 	}
 	defer cl.Close()
 	for i, t := range targets[1:] {
 		if err := cl.AddMember(ctx, t.Addr); err != nil {
-			return results, fmt.Errorf("clone %s from %s: %w", t.Addr, first.Addr, err)
+			return results, err // names the member and the step
 		}
 		results[i+1].Action = Cloned
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
@@ -135,7 +136,7 @@ func TestClusterChecksEveryTargetFirst(t *testing.T) {
 		dry     bool
 		want    error
 	}{
-		{"third of another operator", mismatched, false, ErrAttestation},
+		{"third of another operator", mismatched, false, hsmcore.ErrAttestation},
 		{"second not new", notNew, false, ErrNotNew},
 		{"dry run", clusterTargets(t, f, 3), true, nil},
 	} {

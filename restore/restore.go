@@ -25,20 +25,15 @@ import (
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// Sentinel errors. Each is wrapped with the check that failed; test with
-// errors.Is. Errors from the target's import are passed through, so the
-// hsmcore sentinels (hsmcore.ErrHardwareMismatch, hsmcore.ErrTampered…)
-// match them.
-var (
-	// ErrVerify: the backup failed verification. The error also wraps
-	// backup's sentinel for the failed layer (backup.ErrManifest,
-	// backup.ErrObjectHash, backup.ErrOuterLayer, backup.ErrInnerHeader).
-	ErrVerify = errors.New("backup failed verification")
-	// ErrAttestation: the target's attestation does not verify or does not
-	// meet the backup's requirements. The error also wraps
-	// hsmcore.ErrAttestation.
-	ErrAttestation = errors.New("target failed attestation")
-)
+// Errors. Restore adds no sentinel of its own for what its callees detect:
+// a backup that fails verification wraps backup's sentinel for the layer
+// (backup.ErrManifest, backup.ErrObjectHash, backup.ErrOuterLayer,
+// backup.ErrInnerHeader) or backup.ErrState; a target whose attestation
+// does not verify or meet the backup's requirements wraps
+// hsmcore.ErrAttestation; errors from the target's import are passed
+// through, so the hsmcore sentinels (hsmcore.ErrHardwareMismatch,
+// hsmcore.ErrTampered…) match them. Its own sentinel, ErrNotNew, is in
+// cluster.go.
 
 // Target is the HSM to restore into. *hsmcore/client.Client satisfies it;
 // an uninitialized HSM imports without a session, an initialized one needs
@@ -78,10 +73,12 @@ type Result struct {
 
 // Restore restores backup backupID of clusterID, stored in repo, into
 // target. In order: backup.Verify with Deep (signature,
-// object hash, outer layer, inner header; ErrVerify); the target attests
+// object hash, outer layer, inner header); the target attests
 // to a fresh nonce and must be of the source's class, manufacturer and
 // operator, firmware no older, FIPS mode if the source was, and the same
-// PBK fingerprint (ErrAttestation); with opts.DryRun it stops there.
+// PBK fingerprint (hsmcore.ErrAttestation); with opts.DryRun it stops
+// there. Errors name the backup ("backup <id>: …") or the step on the
+// target; the caller names the target.
 // Nothing is sent to the target's ImportImage before all these checks pass.
 func Restore(ctx context.Context, repo backup.Repo, clusterID, backupID string, target Target, opts Options) (*Result, error) {
 	b, err := verify(ctx, repo, clusterID, backupID, opts)
@@ -103,28 +100,29 @@ type verified struct {
 // verify checks the backup: step 1 of Restore.
 func verify(ctx context.Context, repo backup.Repo, clusterID, backupID string, opts Options) (*verified, error) {
 	if len(opts.Identities) == 0 || opts.PublicKey == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil {
-		return nil, errors.New("restore: public key, identities and both attestation roots are required")
+		return nil, errors.New("public key, identities and both attestation roots are required")
 	}
 
-	// 1. The backup, layer by layer.
+	// 1. The backup, layer by layer. backup.Verify and backup.Describe
+	// name the backup.
 	vopts := backup.VerifyOptions{PublicKey: opts.PublicKey, Identities: opts.Identities, Deep: true}
 	if err := backup.Verify(ctx, repo, clusterID, backupID, vopts); err != nil {
-		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
+		return nil, err
 	}
 	m, err := backup.Describe(ctx, repo, clusterID, backupID)
-	if err == nil {
-		// The manifest may have changed since Verify read it.
-		err = m.Verify(opts.PublicKey)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("restore %s: verify backup: %w: %w", backupID, ErrVerify, err)
+		return nil, err
+	}
+	// The manifest may have changed since Verify read it.
+	if err := m.Verify(opts.PublicKey); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", backupID, err)
 	}
 	if m.State != backup.StateReady {
-		return nil, fmt.Errorf("restore %s: %w: backup is %s; only READY backups are restored (restore a deleted one first)", backupID, backup.ErrState, m.State)
+		return nil, fmt.Errorf("backup %s: %w: backup is %s; only READY backups are restored (restore a deleted one first)", backupID, backup.ErrState, m.State)
 	}
 	want, err := hex.DecodeString(m.ObjectSHA256)
 	if err != nil {
-		return nil, fmt.Errorf("restore %s: verify backup: %w: object hash: %w", backupID, ErrVerify, err)
+		return nil, fmt.Errorf("backup %s: %w: object hash: %w", backupID, backup.ErrManifest, err)
 	}
 	return &verified{repo: repo, clusterID: clusterID, backupID: backupID, m: m, sum: want}, nil
 }
@@ -140,7 +138,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	// 2. The target.
 	stmt, err := attest(ctx, target, m, opts, now())
 	if err != nil {
-		return nil, fmt.Errorf("restore %s: %w", backupID, err)
+		return nil, err
 	}
 	res := &Result{BackupID: m.ID, TargetSerial: stmt.Serial, ImageID: m.ImageID, DryRun: opts.DryRun}
 
@@ -165,7 +163,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	// read error and it commits nothing. No second pass is needed.
 	rc, err := repo.Store.Get(ctx, repo.ObjectKey(clusterID, backupID, backup.ImageObject))
 	if err != nil {
-		return nil, fmt.Errorf("restore %s: read image: %w", backupID, err)
+		return nil, fmt.Errorf("backup %s: %w", backupID, err)
 	}
 	defer rc.Close()
 	h := sha256.New()
@@ -173,20 +171,20 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	plain, err := wrap.Decrypt(ctx, obj, opts.Identities...)
 	if err != nil {
 		if obj.err != nil {
-			return nil, fmt.Errorf("restore %s: read image: %w", backupID, obj.err)
+			return nil, fmt.Errorf("backup %s: read image: %w", backupID, obj.err)
 		}
-		return nil, fmt.Errorf("restore %s: open envelope: %w: %w: %w", backupID, ErrVerify, backup.ErrOuterLayer, err)
+		return nil, fmt.Errorf("backup %s: %w: %w", backupID, backup.ErrOuterLayer, err)
 	}
 	g := &guard{r: plain, obj: obj, h: h, size: m.ObjectSize, sum: want}
 	resp, err := target.ImportImage(ctx, g)
 	if g.err != nil {
-		return nil, fmt.Errorf("restore %s: stream image: %w", backupID, g.err)
+		return nil, fmt.Errorf("backup %s: stream image: %w", backupID, g.err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("restore %s: import image into %s: %w", backupID, stmt.Serial, err)
+		return nil, fmt.Errorf("import image: %w", err)
 	}
 	if id := hex.EncodeToString(resp.ImageID); id != m.ImageID {
-		return nil, fmt.Errorf("restore %s: import image into %s: target imported image %s, manifest says %s", backupID, stmt.Serial, id, m.ImageID)
+		return nil, fmt.Errorf("import image: target imported image %s, manifest says %s", id, m.ImageID)
 	}
 	return res, nil
 }
@@ -196,7 +194,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 func attest(ctx context.Context, target Target, m *backup.Manifest, opts Options, now time.Time) (*hsmcore.Statement, error) {
 	fp, err := hex.DecodeString(m.Source.PBKFingerprint)
 	if err != nil || len(fp) == 0 {
-		return nil, fmt.Errorf("attest target: %w: manifest PBK fingerprint", ErrVerify)
+		return nil, fmt.Errorf("backup %s: %w: bad PBK fingerprint", m.ID, backup.ErrManifest)
 	}
 	s := m.Source
 	stmt, err := hsmcore.Challenge(ctx, target, hsmcore.ChallengeOptions{
@@ -209,10 +207,10 @@ func attest(ctx context.Context, target Target, m *backup.Manifest, opts Options
 		},
 	})
 	if errors.Is(err, hsmcore.ErrAttestation) {
-		return nil, fmt.Errorf("attest target: %w: %w", ErrAttestation, err)
+		return nil, err // names the check
 	}
 	if err != nil {
-		return nil, fmt.Errorf("attest target: %w", err)
+		return nil, fmt.Errorf("attest: %w", err)
 	}
 	return stmt, nil
 }
@@ -237,7 +235,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // guard passes the plaintext r through; at its end it reads the rest of
 // the stored object and reports io.EOF only if the object has the
 // manifest's size and hash. Otherwise it fails with an error wrapping
-// ErrVerify and backup.ErrObjectHash, recorded in err, so that the
+// backup.ErrObjectHash, recorded in err, so that the
 // importer sees a failed stream and commits nothing. A failure of r (the
 // envelope does not authenticate, storage fails) is recorded too.
 type guard struct {
@@ -262,9 +260,9 @@ func (g *guard) Read(p []byte) (int, error) {
 	if _, cerr := io.Copy(io.Discard, g.obj); cerr != nil || g.obj.err != nil {
 		g.err = fmt.Errorf("read image: %w", cmp.Or(g.obj.err, cerr))
 	} else if g.obj.n != g.size || subtle.ConstantTimeCompare(g.h.Sum(nil), g.sum) != 1 {
-		g.err = fmt.Errorf("%w: %w: changed since it was verified", ErrVerify, backup.ErrObjectHash)
+		g.err = fmt.Errorf("%w: changed since it was verified", backup.ErrObjectHash)
 	} else if err != io.EOF {
-		g.err = fmt.Errorf("open envelope: %w: %w: %w", ErrVerify, backup.ErrOuterLayer, err)
+		g.err = fmt.Errorf("%w: %w", backup.ErrOuterLayer, err)
 	}
 	if g.err != nil {
 		return n, g.err

@@ -145,13 +145,13 @@ func TestDryRun(t *testing.T) {
 
 	// A dry run still makes every check.
 	opts.ManufacturerRoots = newAuthorities(t).mfrRoots
-	if _, err := f.restore(target, opts); !errors.Is(err, ErrAttestation) {
+	if _, err := f.restore(target, opts); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("dry run with other roots: %v", err)
 	}
 	flip(t, f.st, backup.Repo{Prefix: testPrefix}.ObjectKey(testCluster, f.m.ID, backup.ImageObject), 200)
 	opts = f.opts
 	opts.DryRun = true
-	if _, err := f.restore(target, opts); !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) {
+	if _, err := f.restore(target, opts); !errors.Is(err, backup.ErrObjectHash) {
 		t.Fatalf("dry run of a changed image: %v", err)
 	}
 }
@@ -202,27 +202,27 @@ func TestRefused(t *testing.T) {
 		msg    string
 	}{
 		{name: "other class", target: device.ManufactureConfig{Class: "hsm2m.large"},
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `class "hsm2m.large", want "hsm2m.medium"`},
+			want: []error{hsmcore.ErrAttestation}, msg: `class "hsm2m.large", want "hsm2m.medium"`},
 		// Trusted authorities of other names: the expectation fails.
 		{name: "other manufacturer", target: device.ManufactureConfig{Manufacturer: globex.mfr}, trust: true,
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `manufacturer "globex", want "acme"`},
+			want: []error{hsmcore.ErrAttestation}, msg: `manufacturer "globex", want "acme"`},
 		{name: "other operator", target: device.ManufactureConfig{Operator: globex.op}, trust: true,
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `operator "initech", want "cloud"`},
+			want: []error{hsmcore.ErrAttestation}, msg: `operator "initech", want "cloud"`},
 		// Authorities of the same names, not trusted: the chain fails.
 		{name: "untrusted chain", target: device.ManufactureConfig{Manufacturer: other.mfr, Operator: other.op},
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: "manufacturer chain"},
+			want: []error{hsmcore.ErrAttestation}, msg: "manufacturer chain"},
 		{name: "older firmware", target: device.ManufactureConfig{Firmware: "2.0.9"},
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: `firmware "2.0.9" older than "2.1.0"`},
+			want: []error{hsmcore.ErrAttestation}, msg: `firmware "2.0.9" older than "2.1.0"`},
 		{name: "FIPS into non-FIPS", fips: true,
-			want: []error{ErrAttestation, hsmcore.ErrAttestation}, msg: "not in FIPS mode"},
+			want: []error{hsmcore.ErrAttestation}, msg: "not in FIPS mode"},
 		{name: "flipped image byte", setup: func(t *testing.T, f *fixture) { flip(t, f.st, imageKey(f), 300) },
-			want: []error{ErrVerify, backup.ErrObjectHash}, msg: "verify backup"},
+			want: []error{backup.ErrObjectHash}, msg: "backup "},
 		{name: "flipped last image byte", setup: func(t *testing.T, f *fixture) { flip(t, f.st, imageKey(f), -1) },
-			want: []error{ErrVerify, backup.ErrObjectHash}, msg: "verify backup"},
+			want: []error{backup.ErrObjectHash}, msg: "backup "},
 		{name: "flipped manifest byte", setup: func(t *testing.T, f *fixture) { flip(t, f.st, manifestKey(f), 40) },
-			want: []error{ErrVerify, backup.ErrManifest}, msg: "verify backup"},
+			want: []error{backup.ErrManifest}, msg: "backup "},
 		{name: "other signing key", setup: func(t *testing.T, f *fixture) { _, f.opts.PublicKey, _ = backuptest.Keys(t) },
-			want: []error{ErrVerify, backup.ErrManifest}, msg: "verify backup"},
+			want: []error{backup.ErrManifest}, msg: "backup "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -303,7 +303,7 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 			target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 			before := health(t, target)
 			_, err := Restore(ctx, backup.Repo{Store: sw, Prefix: testPrefix}, testCluster, f.m.ID, target, f.opts)
-			if !errors.Is(err, ErrVerify) || !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "stream image") {
+			if !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "stream image") {
 				t.Fatalf("restore of a changed object: %v", err)
 			}
 			unchanged(t, target, before)
@@ -357,7 +357,7 @@ func TestReplayedAttestationRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	replay := &replayTarget{Client: target, att: old}
-	if _, err := f.restore(replay, f.opts); !errors.Is(err, ErrAttestation) || !errors.Is(err, hsmcore.ErrAttestation) {
+	if _, err := f.restore(replay, f.opts); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("replayed attestation: %v", err)
 	}
 	if replay.imported {
@@ -368,7 +368,7 @@ func TestReplayedAttestationRefused(t *testing.T) {
 	// A fresh nonce but a clock past the window: the statement is stale.
 	opts := f.opts
 	opts.Now = func() time.Time { return time.Now().Add(time.Hour) }
-	if _, err := f.restore(target, opts); !errors.Is(err, ErrAttestation) {
+	if _, err := f.restore(target, opts); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("attestation an hour old: %v", err)
 	}
 	unchanged(t, target, before)

@@ -82,7 +82,7 @@ var demoWants = []string{
 	"[8/9] HSM D (operator other-cloud): restore refused",
 	"operator other-cloud, uninitialized, on 127.0.0.1:",
 	"genuine: both chains verify; only the operator differs",
-	"target failed attestation",
+	"attestation rejected",
 	`operator "other-cloud", want "example-cloud"`,
 	"HSM D unchanged: still uninitialized, state digest ",
 	"[9/9] tampered image: verify and restore refuse it",
@@ -101,7 +101,7 @@ func checkDemoOutput(t *testing.T, out string) {
 		}
 	}
 	// Exactly one refusal per refused restore, and no secret on show.
-	if n := strings.Count(out, "  refused        restore backup-"); n != 2 {
+	if n := strings.Count(out, "  refused        "); n != 2 {
 		t.Errorf("demo output shows %d refused restores, want 2", n)
 	}
 	for _, secret := range []string{"PRIVATE KEY", "password:", "Password"} {

@@ -390,7 +390,7 @@ func auditVerify(c *cli.Context) error {
 		return err
 	}
 	if id := c.String("cluster-id"); id != "" && st.ClusterID != id {
-		return fmt.Errorf("verify attestation: HSM %s is in cluster %q, not %q: %w", st.Serial, st.ClusterID, id, hsmcore.ErrAttestation)
+		return fmt.Errorf("HSM %s is in cluster %q, not %q: %w", st.Serial, st.ClusterID, id, hsmcore.ErrAttestation)
 	}
 	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, st.Certificate); err != nil {
 		return fmt.Errorf("audit log of %s: %w", st.Serial, err)

@@ -154,8 +154,9 @@ func runRestore(s *service, c *cli.Context) error {
 	return err
 }
 
-// restoreMember is a target HSM as the restore command reaches it: its
-// errors of reaching it explained, and, for the first target, a login as
+// restoreMember is a target HSM as the restore command reaches it (its
+// errors do not name it: restore.Cluster does): its errors of reaching it
+// explained, and, for the first target, a login as
 // the crypto officer just before the import if the HSM has users (an
 // import into such an HSM takes an officer's session), so that no
 // password is sent before every check has passed.
@@ -189,14 +190,14 @@ func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.Impor
 		}
 		if h.Initialized {
 			if m.login.user == "" {
-				return api.ImportResponse{}, fmt.Errorf("target %s is initialized: give --user and a password of its crypto officer", m.addr)
+				return api.ImportResponse{}, errors.New("it is initialized: give --user and a password of its crypto officer")
 			}
 			role, err := m.Login(ctx, m.login.user, m.login.password)
 			if err != nil {
-				return api.ImportResponse{}, fmt.Errorf("target %s: log in: %w", m.addr, err)
+				return api.ImportResponse{}, fmt.Errorf("log in: %w", err)
 			}
 			if role != hsmcore.CryptoOfficer {
-				return api.ImportResponse{}, fmt.Errorf("target %s: %s is a %s, not a crypto officer", m.addr, m.login.user, role)
+				return api.ImportResponse{}, fmt.Errorf("%s is a %s, not a crypto officer", m.login.user, role)
 			}
 		}
 	}

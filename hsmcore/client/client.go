@@ -118,9 +118,22 @@ func verifier(cfg Config) func(tls.ConnectionState) error {
 			}
 			errs = append(errs, fmt.Errorf("as device: %w", err))
 		}
-		return fmt.Errorf("hsm certificate not trusted: %w", errors.Join(errs...))
+		return fmt.Errorf("%w: %w", ErrUntrusted, errors.Join(errs...))
 	}
 }
+
+// Sentinel errors, besides the hsmcore sentinels a *RemoteError unwraps to.
+var (
+	// ErrUntrusted: the daemon's certificate is neither a cluster
+	// certificate from the customer CA (naming the cluster) nor a device
+	// certificate from the manufacturer roots, as the Config asks.
+	ErrUntrusted = errors.New("hsm certificate not trusted")
+	// ErrStalled: an image transfer made no progress for the client's
+	// Timeout: the HSM stopped sending (export) or reading or answering
+	// (import). Image transfers have no overall deadline, as an image's
+	// size is not known in advance; this bounds how long one can hang.
+	ErrStalled = errors.New("image transfer stalled")
+)
 
 // RemoteError is an error the daemon reported.
 type RemoteError struct {
@@ -182,7 +195,7 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, bod
 	c.mu.Unlock()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, err // a *url.Error: it names the method and URL
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil

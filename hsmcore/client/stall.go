@@ -8,12 +8,6 @@ import (
 	"time"
 )
 
-// ErrStalled: an image transfer made no progress for the client's
-// Timeout: the HSM stopped sending (export) or reading or answering
-// (import). Image transfers have no overall deadline, as an image's size
-// is not known in advance; this bounds how long one can hang.
-var ErrStalled = errors.New("image transfer stalled")
-
 // watchdog cancels a transfer's context when its timer, armed for d,
 // fires. Its context then ends with ErrStalled as the cause.
 type watchdog struct {

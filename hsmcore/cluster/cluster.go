@@ -516,15 +516,15 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 		return fmt.Errorf("add member %s: %w", addr, err)
 	}
 	if err != nil {
-		return fmt.Errorf("add member: attest %s: %w", addr, err)
+		return fmt.Errorf("add member %s: attest: %w", addr, err)
 	}
 	img, err := src.c.ExportImage(ctx)
 	if err != nil {
-		return fmt.Errorf("add member: export image from %s: %w", src.addr, err)
+		return fmt.Errorf("add member %s: export image from %s: %w", addr, src.addr, err)
 	}
 	defer img.Close()
 	if _, err := pre.ImportImage(ctx, img); err != nil {
-		return fmt.Errorf("add member: clone %s: %w", addr, err)
+		return fmt.Errorf("add member %s: import image: %w", addr, err)
 	}
 	m, err := c.newMember(addr)
 	if err != nil {

@@ -419,7 +419,8 @@ func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (in
 // classify maps file-system errors to the store's sentinels.
 func classify(err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return fmt.Errorf("%w: %w", store.ErrNotFound, err)
+		// The caller names the key; the path would name it again.
+		return fmt.Errorf("%w%.0w", store.ErrNotFound, err)
 	}
 	return err
 }
