@@ -35,9 +35,11 @@ var (
 	// ErrObjectHash: the stored image object's SHA-256 or size differs
 	// from the manifest's.
 	ErrObjectHash = errors.New("image object does not match its manifest")
-	// ErrOuterLayer: the outer envelope does not decrypt or authenticate,
-	// or its header differs from the manifest's.
-	ErrOuterLayer = errors.New("outer envelope failed to authenticate")
+	// ErrOuterLayer: the outer envelope does not open (no identity given
+	// holds a key for it: wrap.ErrUnknownKey), does not authenticate
+	// (wrap.ErrTampered, wrap.ErrTruncated), or its header differs from
+	// the manifest's.
+	ErrOuterLayer = errors.New("outer layer does not open")
 	// ErrInnerHeader: the inner image header inside the envelope does not
 	// parse, or does not match the manifest's source identity, image id,
 	// PBK fingerprint, cluster or size.

@@ -120,7 +120,9 @@ func unwrapDEK(ctx context.Context, h *Header, raw []byte, identities []Identity
 			return nil, fmt.Errorf("header: %w", err)
 		}
 		if errors.Is(err, ErrUnknownKey) {
-			unknown = append(unknown, err.Error())
+			// Only what the identity adds: the sentinel is said once,
+			// below.
+			unknown = append(unknown, strings.TrimPrefix(err.Error(), ErrUnknownKey.Error()+": "))
 			continue
 		}
 		if err != nil {
@@ -295,11 +297,11 @@ func (w *writer) Close() error {
 func Decrypt(ctx context.Context, src io.Reader, identities ...Identity) (io.Reader, error) {
 	h, raw, err := readHeader(src)
 	if err != nil {
-		return nil, fmt.Errorf("decrypt: %w", err)
+		return nil, err
 	}
 	dek, err := unwrapDEK(ctx, h, raw, identities)
 	if err != nil {
-		return nil, fmt.Errorf("decrypt: %w", err)
+		return nil, err
 	}
 	key, nonce := deriveBody(dek, raw[:coreSize])
 	clear(dek)
@@ -313,7 +315,7 @@ func newBodyReader(src io.Reader, empty bool, key []byte, nonce *[nonceSize]byte
 	}
 	r, err := sio.DecryptReader(src, sioConfig(key, nonce))
 	if err != nil {
-		return nil, fmt.Errorf("decrypt: %w", err)
+		return nil, fmt.Errorf("body: %w", err)
 	}
 	return &bodyReader{src: src, dare: r}, nil
 }

@@ -148,7 +148,7 @@ func TestTruncated(t *testing.T) {
 		env := seal(t, pattern(n), k)
 		hl := headerLen(t, env)
 		for cut := 0; cut < hl; cut++ {
-			if _, herr, _ := open(env[:cut], k); !errors.Is(herr, ErrTruncated) || !strings.HasPrefix(herr.Error(), "decrypt: header: ") {
+			if _, herr, _ := open(env[:cut], k); !errors.Is(herr, ErrTruncated) || !strings.HasPrefix(herr.Error(), "header: ") {
 				t.Fatalf("%d bytes, cut at header byte %d: %v; want a header ErrTruncated", n, cut, herr)
 			}
 		}
