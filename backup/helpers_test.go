@@ -29,7 +29,7 @@ func newMember(tb testing.TB, keys int) *client.Client {
 	e := hsmtest.NewEnv(tb)
 	roots := x509.NewCertPool()
 	roots.AddCert(e.Mfr.Certificate())
-	cfg := hsmtest.InitCluster(tb, e.Serve(tb, nil).Addr, roots, e.CA, testCluster, "admin", testPassword)
+	cfg := e.InitCluster(tb, e.Serve(tb, nil).Addr, testCluster, "admin", testPassword)
 	co, err := client.New(cfg)
 	if err != nil {
 		tb.Fatal(err)

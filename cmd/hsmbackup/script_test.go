@@ -130,7 +130,7 @@ func TestScripts(t *testing.T) {
 	mfrRoots.AddCert(env.Mfr.Certificate())
 	for range scripts {
 		h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), other: env.Serve(t, other)}
-		hsmtest.InitCluster(t, h.member.Addr, mfrRoots, env.CA, scriptCluster, scriptOfficer, scriptPassword)
+		env.InitCluster(t, h.member.Addr, scriptCluster, scriptOfficer, scriptPassword)
 		p.hsms <- h
 	}
 	testscript.Run(t, testscript.Params{
