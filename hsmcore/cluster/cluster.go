@@ -3,7 +3,10 @@
 // members; every write reaches every member; a member that fails is
 // skipped, not fatal; a member that missed writes is detected by its state
 // digest and re-synced from a healthy member by image export and import;
-// a new member is cloned from an existing one by image.
+// a new member is cloned from an existing one by image. It also runs
+// CloudHSM's initialization of a new cluster, step by step or in one go
+// (RequestCSR, Install, Activate, Bootstrap), and picks the member a backup
+// reads from (PickMember).
 //
 // Keys made on one member reach the others as sync records sealed under
 // the cluster key (hsmcore/sync.go), so every member holds the same key
