@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/x509"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -27,9 +26,7 @@ func newMember(tb testing.TB, keys int) *client.Client {
 	tb.Helper()
 	ctx := context.Background()
 	e := hsmtest.NewEnv(tb)
-	roots := x509.NewCertPool()
-	roots.AddCert(e.Mfr.Certificate())
-	cfg := hsmtest.InitCluster(tb, e.Serve(tb, nil).Addr, roots, e.CA, testCluster, "admin", testPassword)
+	cfg := e.InitCluster(tb, e.Serve(tb, nil).Addr, testCluster, "admin", testPassword)
 	co, err := client.New(cfg)
 	if err != nil {
 		tb.Fatal(err)

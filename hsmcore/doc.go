@@ -2,8 +2,9 @@
 // restore, the scheduler and the CLI) knows of an HSM without holding one.
 //
 // It defines an HSM's public identity (Identity), the clear-text header of
-// an image (ImageHeader, ReadImageHeader), attestations and their
-// verification (Attestation, VerifyAttestation), the descriptions of keys
+// an image (ImageHeader, ReadImageHeader), attestations, their
+// verification and the challenge that gets one fresh (Attestation,
+// VerifyAttestation, Attester, Challenge), the descriptions of keys
 // and users (KeyInfo, KeySpec, Role, UserInfo), and the sentinel errors
 // every implementation and client returns. Nothing here holds or derives a
 // secret.

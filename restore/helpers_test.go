@@ -69,7 +69,7 @@ func newSource(tb testing.TB, a *authorities, fips bool) *source {
 	ctx := context.Background()
 	ca := testpki.NewCA(tb, "customer root CA")
 	d := hsmtest.Serve(tb, device.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
-	cfg := hsmtest.InitCluster(tb, d.Addr, a.mfrRoots, ca, testCluster, "admin", testPassword)
+	cfg := hsmtest.InitCluster(tb, d.Addr, a.mfrRoots, a.opRoots, ca, testCluster, "admin", testPassword)
 	co := newClient(tb, cfg)
 	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
 		tb.Fatal(err)

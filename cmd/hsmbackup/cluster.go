@@ -1,23 +1,24 @@
 package main
 
 import (
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
 
 func clusterCommand() *cli.Command {
 	return &cli.Command{
-		Name:         "cluster",
-		Usage:        "initialize and activate a cluster of HSMs",
-		Subcommands:  []*cli.Command{clusterInitCommand(), clusterActivateCommand()},
+		Name:  "cluster",
+		Usage: "initialize, activate and grow a cluster of HSMs; its customer CA",
+		Subcommands: []*cli.Command{
+			clusterInitCommand(), clusterActivateCommand(), clusterAddMemberCommand(),
+			clusterCACommand(), clusterClientCertCommand(), clusterSignCSRCommand(),
+		},
 		OnUsageError: usageError,
 		Action:       groupAction,
 	}
@@ -34,6 +35,7 @@ func clusterInitCommand() *cli.Command {
 			"then has it make the cluster key and writes its certificate signing\n" +
 			"request (PEM) to --csr-out. Sign the CSR with your own CA, e.g.\n" +
 			"  openssl x509 -req -in cluster.csr -CA ca.crt -CAkey ca.key -days 365 -out cluster.crt\n" +
+			"or 'hsmbackup cluster sign-csr' with a CA 'hsmbackup cluster ca' made.\n" +
 			"Step 2 (--cert and --customer-ca): installs the signed cluster certificate\n" +
 			"and your CA. From then on the HSM presents the cluster certificate and\n" +
 			"accepts only clients with certificates from that CA. With --operator-root,\n" +
@@ -86,29 +88,12 @@ func clusterInitCSR(c *cli.Context) error {
 	defer cl.Close()
 	ctx := c.Context
 	id := c.String("cluster-id")
-	st, err := attestHSM(ctx, c, cl, mfrRoots, opRoots)
+	der, st, err := cluster.RequestCSR(ctx, explained{cl}, id, challengeOptions(c, mfrRoots, opRoots))
 	if err != nil {
 		return err
 	}
 	p := &printer{w: c.App.Writer}
 	p.printf("attestation verified: %s\n", describeStatement(st))
-	der, err := cl.ClusterCSR(ctx, id)
-	if err != nil {
-		return fmt.Errorf("cluster csr: %w", err)
-	}
-	csr, err := parseClusterCSR(der, id)
-	if err != nil {
-		return err
-	}
-	// The CSR came over a channel the device certificate authenticates;
-	// a second attestation also binds its key to the attested HSM.
-	st, err = attestHSM(ctx, c, cl, mfrRoots, opRoots)
-	if err != nil {
-		return err
-	}
-	if err := checkCSRKey(csr, st); err != nil {
-		return err
-	}
 	out := c.String("csr-out")
 	if err := atomicfile.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
 		return fmt.Errorf("write csr: %w", err)
@@ -132,7 +117,7 @@ func clusterInitInstall(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("customer CA: %w", err)
 	}
-	if err := checkClusterCertificate(cert, ca); err != nil {
+	if err := cluster.CheckCertificate(cert, ca); err != nil {
 		return err
 	}
 	if id := c.String("cluster-id"); id != "" && cert.Subject.CommonName != id {
@@ -156,39 +141,14 @@ func clusterInitInstall(c *cli.Context) error {
 		}
 		p.printf("attestation verified: %s\n", describeStatement(st))
 	}
-	h, err := cl.Health(ctx)
+	h, err := cluster.Install(ctx, explained{cl}, cert, ca)
 	if err != nil {
-		return fmt.Errorf("health: %w", cl.explain(err))
-	}
-	switch {
-	case h.ClusterInitialized:
-		return fmt.Errorf("HSM %s: cluster %s is already initialized: %w", h.Serial, h.ClusterID, hsmcore.ErrPermission)
-	case h.ClusterID == "":
-		return fmt.Errorf("HSM %s has no cluster CSR: run step 1 (--csr-out) first", h.Serial)
-	case h.ClusterID != cert.Subject.CommonName:
-		return fmt.Errorf("HSM %s made its CSR for cluster %q, but the certificate names %q", h.Serial, h.ClusterID, cert.Subject.CommonName)
-	}
-	if err := cl.InitializeCluster(ctx, cert.Raw, ca.Raw); err != nil {
-		return fmt.Errorf("install cluster certificate: %w", err)
+		return err
 	}
 	p.printf("cluster %s initialized on HSM %s\n", h.ClusterID, h.Serial)
 	p.printf("the HSM now presents the cluster certificate and requires client certificates from %s\n", ca.Subject.CommonName)
 	p.printf("next: 'hsmbackup cluster activate' sets the first crypto officer's password\n")
 	return p.err
-}
-
-// checkClusterCertificate checks locally what the HSM checks too, for a
-// clearer message: ca is a CA and cert chains to it.
-func checkClusterCertificate(cert, ca *x509.Certificate) error {
-	if !ca.IsCA {
-		return fmt.Errorf("customer CA %q is not a CA certificate (basicConstraints CA:TRUE)", ca.Subject.CommonName)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: time.Now()}); err != nil {
-		return fmt.Errorf("cluster certificate is not valid under the customer CA: %w", err)
-	}
-	return nil
 }
 
 func clusterActivateCommand() *cli.Command {
@@ -227,14 +187,8 @@ func clusterActivate(c *cli.Context) error {
 		return fmt.Errorf("health: %w", cl.explain(err))
 	}
 	user := c.String("user")
-	if err := cl.Initialize(ctx, user, password); err != nil {
-		return fmt.Errorf("create crypto officer %s: %w", user, cl.explain(err))
-	}
-	if _, err := cl.Login(ctx, user, password); err != nil {
-		return fmt.Errorf("log in as %s: %w", user, cl.explain(err))
-	}
-	if err := cl.Logout(ctx); err != nil {
-		return fmt.Errorf("log out: %w", err)
+	if err := cluster.Activate(ctx, cl, user, password); err != nil {
+		return cl.explain(err)
 	}
 	p := &printer{w: c.App.Writer}
 	p.printf("cluster %s activated on HSM %s: crypto officer %s can log in\n", h.ClusterID, h.Serial, user)

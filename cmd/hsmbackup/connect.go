@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
@@ -386,12 +386,22 @@ func passwordFrom(path, how string) (string, error) {
 }
 
 // attestHSM asks the HSM to attest to a fresh nonce and verifies the
-// answer: both certificate chains, the signature, the nonce, freshness,
-// and the expectation flags. Expectations left unset default to what the
-// statement claims, which VerifyAttestation still checks against the names
-// in the certificates that chain to the trusted roots.
+// answer (see challengeOptions).
 func attestHSM(ctx context.Context, c *cli.Context, cl *conn, mfrRoots, opRoots *x509.CertPool) (*hsmcore.Statement, error) {
-	return hsmcore.Challenge(ctx, attester{cl}, hsmcore.ChallengeOptions{
+	st, err := hsmcore.Challenge(ctx, explained{cl}, challengeOptions(c, mfrRoots, opRoots))
+	if err != nil && !errors.Is(err, hsmcore.ErrAttestation) {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	return st, err
+}
+
+// challengeOptions are what an attestation must show: both certificate
+// chains, the signature, the nonce, freshness, and the expectation flags.
+// Expectations left unset default to what the statement claims, which
+// VerifyAttestation still checks against the names in the certificates
+// that chain to the trusted roots.
+func challengeOptions(c *cli.Context, mfrRoots, opRoots *x509.CertPool) hsmcore.ChallengeOptions {
+	return hsmcore.ChallengeOptions{
 		ManufacturerRoots: mfrRoots,
 		OperatorRoots:     opRoots,
 		Expect: hsmcore.Expectation{
@@ -402,48 +412,21 @@ func attestHSM(ctx context.Context, c *cli.Context, cl *conn, mfrRoots, opRoots 
 			MinFirmware:  c.String("min-firmware"),
 		},
 		Certified: true,
-	})
+	}
 }
 
-// attester is a conn as an hsmcore.Attester whose failures to answer are
-// named and explained.
-type attester struct{ cl *conn }
+// explained is a conn whose calls that get no answer are explained
+// (conn.explain), as the library's flows (hsmcore/cluster) call it.
+type explained struct{ *conn }
 
-func (a attester) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
-	att, err := a.cl.Attest(ctx, nonce)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %w", a.cl.explain(err))
-	}
-	return att, nil
+func (e explained) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
+	a, err := e.conn.Attest(ctx, nonce)
+	return a, e.explain(err)
 }
 
-// parseClusterCSR parses a cluster CSR an HSM returned and checks that it
-// is self-signed and names cluster id.
-func parseClusterCSR(der []byte, id string) (*x509.CertificateRequest, error) {
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, fmt.Errorf("cluster csr: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("cluster csr: %w", err)
-	}
-	if csr.Subject.CommonName != id {
-		return nil, fmt.Errorf("cluster csr: names %q, not cluster %q", csr.Subject.CommonName, id)
-	}
-	return csr, nil
-}
-
-// checkCSRKey checks that csr's key is the cluster key the verified
-// attestation st names: the CSR comes from the attested HSM.
-func checkCSRKey(csr *x509.CertificateRequest, st *hsmcore.Statement) error {
-	want, err := hsmcore.PublicKeyHash(csr.PublicKey)
-	if err != nil {
-		return fmt.Errorf("cluster csr: %w", err)
-	}
-	if !bytes.Equal(st.ClusterKeyHash, want) {
-		return fmt.Errorf("cluster csr: its key is not the cluster key HSM %s attests to", st.Serial)
-	}
-	return nil
+func (e explained) Health(ctx context.Context) (api.Health, error) {
+	h, err := e.conn.Health(ctx)
+	return h, e.explain(err)
 }
 
 // describeStatement is one line naming a verified HSM.

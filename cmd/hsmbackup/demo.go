@@ -17,6 +17,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/internal/pki"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -104,7 +105,7 @@ type demo struct {
 	mfr, op, otherOp *device.Authority
 	mfrRoots         *x509.CertPool // the manufacturer's root
 	opRoots          *x509.CertPool // both operators' roots
-	ca               *demoCA        // the customer's CA
+	ca               *pki.CA        // the customer's CA; its key only in memory
 	clientCert       tls.Certificate
 	clusterCert      []byte // DER, signed by ca
 

@@ -2,15 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"path/filepath"
 	"strings"
 	"time"
@@ -23,83 +17,8 @@ import (
 	"github.com/hsmbackup/hsmbackup/store"
 )
 
-// The demo's infrastructure: the customer CA, HSMs served on loopback, and
+// The demo's infrastructure: HSMs served on loopback, their clients, and
 // the store's clean-up.
-
-// demoCA is the customer's own certificate authority: it signs the
-// cluster's CSR and issues client certificates, as in CloudHSM. Its key
-// lives only in memory.
-type demoCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-// demoCertLife is how long the demo's certificates are valid.
-const demoCertLife = 24 * time.Hour
-
-func newDemoCA(name string) (*demoCA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: demoSerial(), Subject: pkix.Name{CommonName: name},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
-		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &demoCA{cert: cert, key: key}, nil
-}
-
-func demoSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic("hsmbackup: demo: " + err.Error()) // crypto/rand does not fail
-	}
-	return n
-}
-
-// signCSR issues the cluster certificate for csr, whose signature the
-// caller has checked: a server certificate naming the cluster.
-func (ca *demoCA) signCSR(csr *x509.CertificateRequest) ([]byte, error) {
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: demoSerial(), Subject: csr.Subject, DNSNames: csr.DNSNames,
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	return x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
-}
-
-// clientCert issues a client certificate for cn with a fresh key.
-func (ca *demoCA) clientCert(cn string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: demoSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(demoCertLife),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
 
 // demoHSM is an HSM served in-process by hsmcore/server on a loopback
 // address, as `hsmbackup hsm serve` would serve it.
@@ -151,7 +70,7 @@ func (d *demo) clusterClientConfig() client.Config {
 	cert := d.clientCert
 	return client.Config{
 		Certificate:       &cert,
-		CustomerCA:        d.ca.cert,
+		CustomerCA:        d.ca.Cert,
 		ClusterID:         demoClusterID,
 		ManufacturerRoots: d.mfrRoots,
 	}
@@ -163,16 +82,6 @@ func (d *demo) memberClient(h *demoHSM) (*client.Client, error) {
 	cfg := d.clusterClientConfig()
 	cfg.Addr, cfg.ManufacturerRoots = h.addr, nil
 	return client.New(cfg)
-}
-
-// attest has the HSM behind cl attest to a fresh nonce and verifies the
-// answer against the manufacturer's and operators' roots and want.
-func (d *demo) attest(ctx context.Context, cl *client.Client, want hsmcore.Expectation) (*hsmcore.Statement, error) {
-	return hsmcore.Challenge(ctx, cl, hsmcore.ChallengeOptions{
-		ManufacturerRoots: d.mfrRoots,
-		OperatorRoots:     d.opRoots,
-		Expect:            want,
-	})
 }
 
 // unchanged checks that the HSM behind cl has the state it had before a

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/internal/pki"
 	"github.com/hsmbackup/hsmbackup/restore"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
@@ -68,17 +68,16 @@ func (d *demo) setUp(ctx context.Context) error {
 	}
 	d.out.printf("  attestation    verifiers trust these three roots, nothing else\n")
 
-	if d.ca, err = newDemoCA(demoCustomerCA); err != nil {
+	if d.ca, err = pki.NewCA(demoCustomerCA); err != nil {
 		return fmt.Errorf("customer CA: %w", err)
 	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.ca.cert.Raw})
-	if err := os.WriteFile(filepath.Join(ws, "customer-ca.crt"), caPEM, 0o644); err != nil {
+	if err := pki.WriteCertificate(filepath.Join(ws, "customer-ca.crt"), d.ca.Cert.Raw); err != nil {
 		return err
 	}
-	if d.clientCert, err = d.ca.clientCert(demoClientName); err != nil {
+	if d.clientCert, err = d.ca.Client(demoClientName); err != nil {
 		return fmt.Errorf("client certificate: %w", err)
 	}
-	d.out.printf("  customer CA    %q (ECDSA P-256): will sign the cluster certificate;\n", demoCustomerCA)
+	d.out.printf("  customer CA    %q (ECDSA %s): will sign the cluster certificate;\n", demoCustomerCA, d.ca.Key.Curve.Params().Name)
 	d.out.printf("                 issued client certificate %q for mutual TLS\n", demoClientName)
 
 	keyringPath := filepath.Join(ws, "master.keyring")
@@ -134,53 +133,35 @@ func (d *demo) describeHSM(h *demoHSM) {
 }
 
 // initCluster initializes the cluster on HSM A as a CloudHSM customer
-// does, creates the first crypto officer and adds HSM B as a member.
+// does (cluster.Bootstrap, the steps 'hsmbackup cluster init' and 'cluster
+// activate' run), then logs in as the first crypto officer and adds HSM B
+// as a member.
 func (d *demo) initCluster(ctx context.Context) error {
-	pre, err := d.deviceClient(d.a)
-	if err != nil {
-		return err
-	}
-	defer pre.Close()
-	der, err := pre.ClusterCSR(ctx, demoClusterID)
-	if err != nil {
-		return fmt.Errorf("cluster CSR: %w", err)
-	}
-	csr, err := parseClusterCSR(der, demoClusterID)
-	if err != nil {
-		return err
-	}
+	d.officerPassword = newPassword()
+	cfg := d.clusterClientConfig()
+	cfg.Addr, cfg.ManufacturerRoots = d.a.addr, nil
 	// The attestation, to a fresh nonce, proves what the HSM is and that
 	// the CSR's key is the cluster key that HSM made.
-	st, err := d.attest(ctx, pre, hsmcore.Expectation{
-		Class: demoClass, Manufacturer: demoManufacturer, Operator: demoOperator, MinFirmware: demoFirmware,
+	st, cert, err := cluster.Bootstrap(ctx, cluster.BootstrapConfig{
+		Client: cfg,
+		Challenge: hsmcore.ChallengeOptions{
+			ManufacturerRoots: d.mfrRoots,
+			OperatorRoots:     d.opRoots,
+			Expect:            hsmcore.Expectation{Class: demoClass, Manufacturer: demoManufacturer, Operator: demoOperator, MinFirmware: demoFirmware},
+		},
+		Sign:     d.ca.SignCSR,
+		Officer:  demoOfficer,
+		Password: d.officerPassword,
 	})
 	if err != nil {
-		return fmt.Errorf("attest HSM A: %w", err)
-	}
-	if err := checkCSRKey(csr, st); err != nil {
 		return err
 	}
+	d.clusterCert = cert.Raw
 	d.out.printf("  attested       HSM A: %s/%s/%s, fresh nonce, both chains verified\n", st.Manufacturer, st.Class, st.Operator)
 	d.out.printf("  cluster CSR    for %s; its key is the one HSM A attests to\n", demoClusterID)
-
-	if d.clusterCert, err = d.ca.signCSR(csr); err != nil {
-		return fmt.Errorf("sign cluster CSR: %w", err)
-	}
-	if err := pre.InitializeCluster(ctx, d.clusterCert, d.ca.cert.Raw); err != nil {
-		return fmt.Errorf("initialize cluster: %w", err)
-	}
 	d.out.printf("  initialized    the customer CA signed it; HSM A now presents the cluster certificate\n")
 	d.out.printf("                 and accepts only clients with certificates from the customer CA\n")
 
-	d.officerPassword = newPassword()
-	co, err := d.memberClient(d.a)
-	if err != nil {
-		return err
-	}
-	defer co.Close()
-	if err := co.Initialize(ctx, demoOfficer, d.officerPassword); err != nil {
-		return fmt.Errorf("create crypto officer: %w", err)
-	}
 	d.officer, err = cluster.Open(ctx, cluster.Config{
 		Members:       []string{d.a.addr},
 		Client:        d.clusterClientConfig(),
@@ -315,7 +296,7 @@ func (d *demo) takeBackup(ctx context.Context) error {
 		SigningKey:         d.signingKey,
 		Tags:               map[string]string{"made-by": "hsmbackup-demo"},
 		ClusterCertificate: d.clusterCert,
-		CustomerCA:         d.ca.cert.Raw,
+		CustomerCA:         d.ca.Cert.Raw,
 	})
 	if err != nil {
 		return err

@@ -35,7 +35,7 @@ var demoWants = []string{
 	"manufacturer   acme-hsm",
 	"operator       example-cloud",
 	"operator       other-cloud",
-	`customer CA    "example-corp customer root CA" (ECDSA P-256)`,
+	`customer CA    "example-corp customer root CA" (ECDSA P-384)`,
 	"master keyring master.keyring, current key demo-master v1",
 	"manifest key   Ed25519, public key ",
 	"this run under hsmbackup-demo/",

@@ -58,6 +58,7 @@ func TestMain(m *testing.M) {
 //	HSM_ADDR    its member
 //	FRESH_ADDR  a new, uninitialized HSM of the same class, manufacturer
 //	            and operator: a restore target
+//	SPARE_ADDR  another such HSM
 //	OTHER_ADDR  a new HSM of another operator: a restore into it is refused
 //
 // The config also names cluster "cluster-down", whose one member does not
@@ -111,7 +112,7 @@ type scriptPKI struct {
 
 // scriptHSMs are the HSMs of one script.
 type scriptHSMs struct {
-	member, fresh, other *hsmtest.Daemon
+	member, fresh, spare, other *hsmtest.Daemon
 }
 
 // TestScripts runs the CLI scripts in testdata/script against HSMs served
@@ -132,11 +133,9 @@ func TestScripts(t *testing.T) {
 	// locked with flock(2), and a device closed and opened again (as
 	// hsmtest.Serve does) while another goroutine forks a command can find
 	// its lock still held by the child, until the child execs.
-	mfrRoots := x509.NewCertPool()
-	mfrRoots.AddCert(env.Mfr.Certificate())
 	for range scripts {
-		h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), other: env.Serve(t, other)}
-		hsmtest.InitCluster(t, h.member.Addr, mfrRoots, env.CA, scriptCluster, scriptOfficer, scriptPassword)
+		h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), spare: env.Serve(t, nil), other: env.Serve(t, other)}
+		env.InitCluster(t, h.member.Addr, scriptCluster, scriptOfficer, scriptPassword)
 		p.createKeyUser(t, h.member.Addr)
 		p.hsms <- h
 	}
@@ -200,6 +199,7 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 	e.Setenv("CLUSTER", scriptCluster)
 	e.Setenv("HSM_ADDR", h.member.Addr)
 	e.Setenv("FRESH_ADDR", h.fresh.Addr)
+	e.Setenv("SPARE_ADDR", h.spare.Addr)
 	e.Setenv("OTHER_ADDR", h.other.Addr)
 	return nil
 }

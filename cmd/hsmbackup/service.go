@@ -76,12 +76,9 @@ type service struct {
 // openService reads the config, if any, and opens the store. The caller
 // calls close when done.
 func openService(c *cli.Context) (*service, error) {
-	cfg := new(config)
-	if p := flagValue(c, "config"); p != "" {
-		var err error
-		if cfg, err = loadConfig(p); err != nil {
-			return nil, err
-		}
+	cfg, err := readConfig(c)
+	if err != nil {
+		return nil, err
 	}
 	url := cmp.Or(flagValue(c, "store"), cfg.Store)
 	if url == "" {
@@ -98,6 +95,28 @@ func openService(c *cli.Context) (*service, error) {
 		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
 	}
 	return &service{c: c, cfg: cfg, base: st, repo: backup.Repo{Store: prog.wrap(st)}, prog: prog, log: slog.New(h)}, nil
+}
+
+// readConfig reads the --config file, if any.
+func readConfig(c *cli.Context) (*config, error) {
+	if p := flagValue(c, "config"); p != "" {
+		return loadConfig(p)
+	}
+	return new(config), nil
+}
+
+// openConfig is openService for the commands that need the config but no
+// store: it neither opens one nor shows progress.
+func openConfig(c *cli.Context) (*service, error) {
+	cfg, err := readConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	var h slog.Handler = slog.NewTextHandler(c.App.ErrWriter, nil)
+	if wantJSON(c) {
+		h = slog.NewJSONHandler(c.App.ErrWriter, nil)
+	}
+	return &service{c: c, cfg: cfg, log: slog.New(h)}, nil
 }
 
 // staleUploadAge is how long an upload must have been idle before
@@ -229,10 +248,9 @@ func clusterPassword(cc *clusterConfig) (string, error) {
 	return passwordFrom(cc.PasswordFile, "password_file in the config")
 }
 
-// pickMember connects to the members of cluster id and returns one that
-// is healthy, initialized in that cluster and in sync (its state digest is
-// the most common among the healthy members; config order breaks ties),
-// logged in as a crypto officer. The caller closes it.
+// pickMember connects to the members of cluster id and returns the one
+// cluster.PickMember chooses (healthy, initialized in that cluster and in
+// sync), logged in as a crypto officer. The caller closes it.
 func (s *service) pickMember(ctx context.Context, id string) (*client.Client, api.Health, error) {
 	cc, err := s.cluster(id)
 	if err != nil {
@@ -249,61 +267,19 @@ func (s *service) pickMember(ctx context.Context, id string) (*client.Client, ap
 	if err != nil {
 		return nil, api.Health{}, err
 	}
-	type candidate struct {
-		addr string
-		cl   *client.Client
-		h    api.Health
-	}
-	var healthy []candidate
-	votes := map[string]int{}
-	var problems []string
-	for _, addr := range cc.Members {
-		cfg := base
-		cfg.Addr = addr
-		cl, err := client.New(cfg)
-		if err != nil {
-			for _, h := range healthy {
-				h.cl.Close()
-			}
-			return nil, api.Health{}, err
-		}
-		h, err := cl.Health(ctx)
-		switch {
-		case err != nil:
-			problems = append(problems, fmt.Sprintf("%s: %v", addr, err))
-		case !h.ClusterInitialized || h.ClusterID != id:
-			problems = append(problems, fmt.Sprintf("%s: not a member of cluster %s", addr, id))
-		default:
-			healthy = append(healthy, candidate{addr, cl, h})
-			votes[h.StateDigest]++
-			continue
-		}
-		s.log.Warn("member not usable", "addr", addr)
-		cl.Close()
-	}
-	var best *candidate
-	for i := range healthy {
-		if best == nil || votes[healthy[i].h.StateDigest] > votes[best.h.StateDigest] {
-			best = &healthy[i]
-		}
-	}
-	for i := range healthy {
-		if &healthy[i] != best {
-			healthy[i].cl.Close()
-		}
-	}
-	if best == nil {
-		return nil, api.Health{}, fmt.Errorf("cluster %s: no healthy member (%s)", id, strings.Join(problems, "; "))
-	}
-	role, err := best.cl.Login(ctx, cc.User, password)
+	best, err := cluster.PickMember(ctx, cluster.Config{Members: cc.Members, Client: base, Logger: s.log})
 	if err != nil {
-		best.cl.Close()
-		return nil, api.Health{}, fmt.Errorf("cluster %s: log in as %s on %s: %w", id, cc.User, best.addr, err)
+		return nil, api.Health{}, err
+	}
+	role, err := best.Client.Login(ctx, cc.User, password)
+	if err != nil {
+		best.Client.Close()
+		return nil, api.Health{}, fmt.Errorf("cluster %s: log in as %s on %s: %w", id, cc.User, best.Addr, err)
 	}
 	if role != hsmcore.CryptoOfficer {
-		best.cl.Close()
+		best.Client.Close()
 		return nil, api.Health{}, fmt.Errorf("cluster %s: %s is a %s; backups need a crypto officer", id, cc.User, role)
 	}
-	s.log.Info("member chosen", "cluster", id, "addr", best.addr, "serial", best.h.Serial)
-	return best.cl, best.h, nil
+	s.log.Info("member chosen", "cluster", id, "addr", best.Addr, "serial", best.Health.Serial)
+	return best.Client, best.Health, nil
 }

@@ -3,7 +3,10 @@
 // members; every write reaches every member; a member that fails is
 // skipped, not fatal; a member that missed writes is detected by its state
 // digest and re-synced from a healthy member by image export and import;
-// a new member is cloned from an existing one by image.
+// a new member is cloned from an existing one by image. It also runs
+// CloudHSM's initialization of a new cluster, step by step or in one go
+// (RequestCSR, Install, Activate, Bootstrap), and picks the member a backup
+// reads from (PickMember).
 //
 // Keys made on one member reach the others as sync records sealed under
 // the cluster key (hsmcore/sync.go), so every member holds the same key
@@ -155,7 +158,6 @@ func (c *Cluster) refresh(ctx context.Context) error {
 	c.mu.Unlock()
 
 	digests := make([]string, len(members))
-	count := map[string]int{}
 	var errs []error
 	for i, m := range members {
 		d, err := c.check(ctx, m)
@@ -165,24 +167,12 @@ func (c *Cluster) refresh(ctx context.Context) error {
 			continue
 		}
 		digests[i] = d
-		count[d]++
 	}
-	ref := ""
-	for _, d := range digests {
-		if d != "" && count[d] > count[ref] {
-			ref = d
-		}
-	}
-	if ref == "" {
+	si := mostHeld(digests)
+	if si < 0 {
 		return fmt.Errorf("%w: %w", ErrNoMember, errors.Join(errs...))
 	}
-	var source *member
-	for i, m := range members {
-		if digests[i] == ref {
-			source = m
-			break
-		}
-	}
+	source, ref := members[si], digests[si]
 	for i, m := range members {
 		c.setSync(m, digests[i] == ref)
 		if digests[i] == "" || digests[i] == ref {
@@ -475,7 +465,8 @@ func (c *Cluster) replicateUser(ctx context.Context, name string, change func(*c
 }
 
 // AddMember clones a new, uninitialized HSM at addr from a member of the
-// cluster and adds it. The new HSM is attested first (fresh nonce, both
+// cluster and adds it. An HSM whose cluster is initialized is refused and
+// left unchanged. The new HSM is attested first (fresh nonce, both
 // chains, same class, manufacturer and operator as the cluster); its own
 // import checks the hardware again. Crypto officers only.
 func (c *Cluster) AddMember(ctx context.Context, addr string) error {
@@ -502,11 +493,22 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("add member: %w", err)
 	}
-	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: c.cfg.Client.ManufacturerRoots})
+	// The new HSM is trusted as a device; as a member of the cluster too,
+	// so that one initialized already is refused by name.
+	pcfg := c.cfg.Client
+	pcfg.Addr = addr
+	pre, err := client.New(pcfg)
 	if err != nil {
 		return fmt.Errorf("add member: %w", err)
 	}
 	defer pre.Close()
+	h, err := pre.Health(ctx)
+	if err != nil {
+		return fmt.Errorf("add member: %s: %w", addr, err)
+	}
+	if h.Initialized || h.ClusterInitialized {
+		return fmt.Errorf("add member: HSM %s at %s is not a new HSM: cluster %s is initialized on it: %w", h.Serial, addr, h.ClusterID, hsmcore.ErrPermission)
+	}
 	_, err = hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
 		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots,
 		Expect: hsmcore.Expectation{Class: srcHealth.Class, Manufacturer: srcHealth.Manufacturer, Operator: srcHealth.Operator,

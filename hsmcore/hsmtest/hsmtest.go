@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/server"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
@@ -107,35 +109,38 @@ func (h *Daemon) Stop() {
 }
 
 // InitCluster initializes the cluster of the uninitialized HSM at addr as
-// a customer would: over the wire it trusts the device through mfrRoots,
-// gets the cluster CSR for clusterID, has ca sign it and installs it. Then
-// it creates the first crypto officer, officer, with password. It returns
-// a client configuration for the cluster, with a client certificate from
-// ca.
-func InitCluster(tb testing.TB, addr string, mfrRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
+// a customer would, with cluster.Bootstrap: over the wire it trusts the
+// device through mfrRoots, attests it against mfrRoots and opRoots (any
+// identity they certify), gets the cluster CSR for clusterID, has ca sign
+// it and installs it. Then it creates the first crypto officer, officer,
+// with password. It returns a client configuration for the cluster, with a
+// client certificate from ca.
+func InitCluster(tb testing.TB, addr string, mfrRoots, opRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
 	tb.Helper()
-	ctx := context.Background()
-	pre, err := client.New(client.Config{Addr: addr, ManufacturerRoots: mfrRoots})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer pre.Close()
-	csr, err := pre.ClusterCSR(ctx, clusterID)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := pre.InitializeCluster(ctx, ca.SignCSR(tb, csr), ca.Cert.Raw); err != nil {
-		tb.Fatal(err)
-	}
 	cert := ca.Client(tb, "test-client")
 	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: clusterID, Timeout: 10 * time.Second}
-	co, err := client.New(cfg)
+	_, _, err := cluster.Bootstrap(context.Background(), cluster.BootstrapConfig{
+		Client:    cfg,
+		Challenge: hsmcore.ChallengeOptions{ManufacturerRoots: mfrRoots, OperatorRoots: opRoots, Certified: true},
+		Sign:      ca.CA.SignCSR,
+		Officer:   officer,
+		Password:  password,
+	})
 	if err != nil {
-		tb.Fatal(err)
-	}
-	defer co.Close()
-	if err := co.Initialize(ctx, officer, password); err != nil {
 		tb.Fatal(err)
 	}
 	return cfg
+}
+
+// InitCluster initializes the cluster of the uninitialized HSM at addr
+// (see the function InitCluster), trusting e's manufacturer and operator.
+func (e *Env) InitCluster(tb testing.TB, addr, clusterID, officer, password string) client.Config {
+	tb.Helper()
+	return InitCluster(tb, addr, pool(e.Mfr), pool(e.Op), e.CA, clusterID, officer, password)
+}
+
+func pool(a *device.Authority) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(a.Certificate())
+	return p
 }

@@ -66,7 +66,7 @@ func (e *env) initialized(t *testing.T) (*device.Device, string, *client.Client)
 	t.Helper()
 	ctx := context.Background()
 	d, addr := e.serve(t)
-	cfg := hsmtest.InitCluster(t, addr, e.roots(), e.CA, "cluster-1", "admin", password)
+	cfg := e.InitCluster(t, addr, "cluster-1", "admin", password)
 	co := e.memberClient(t, addr, cfg.Certificate)
 	if _, err := co.Login(ctx, "admin", password); err != nil {
 		t.Fatal(err)
