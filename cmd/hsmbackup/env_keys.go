@@ -6,43 +6,10 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/hsmcore/hsmkey"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
-
-// masterKeyFlags choose the master keys of the outer layer; each kind may
-// be set in the config file instead (keyring, hpke_recipients,
-// hpke_identities, hsm_key). A flag replaces the file's setting of its
-// kind.
-func masterKeyFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "keyring", Usage: "master keyring `FILE` (mode 0600): wraps new backups and opens them"},
-		&cli.StringSliceFlag{Name: "hpke-recipient", Usage: "HPKE public key `FILE` that new backups are wrapped to as well (repeatable)"},
-		&cli.StringSliceFlag{Name: "hpke-identity", Usage: "HPKE private key `FILE` (mode 0600) that opens backups wrapped to its public key (repeatable)"},
-	}
-}
-
-// sliceValue returns the values of string slice flag name given after the
-// command or before it, the nearest winning.
-func sliceValue(c *cli.Context, name string) []string {
-	for _, cc := range c.Lineage() {
-		if v := cc.StringSlice(name); len(v) > 0 {
-			return v
-		}
-	}
-	return nil
-}
-
-// flagOrConfig returns the flag's list if given, else the config's.
-func flagOrConfig(flag, config []string) []string {
-	if len(flag) > 0 {
-		return flag
-	}
-	return config
-}
 
 // errNoMasterKey: neither the flags nor the config name a master key.
 var errNoMasterKey = errors.New("no master key")

@@ -23,40 +23,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// serviceFlags are the flags of the commands that work on backups. Each
-// may also be set in the --config file; a flag wins over the file.
-// --config, --store and --json are global flags too.
-func serviceFlags() []cli.Flag {
-	return append([]cli.Flag{
-		configFlag(),
-		storeFlag(),
-		&cli.StringFlag{Name: "signing-key", Usage: "manifest signing key `FILE` (PEM, mode 0600)"},
-		&cli.StringFlag{Name: "public-key", Usage: "manifest public key `FILE` (PEM); default: the signing key's"},
-		jsonFlag(),
-	}, masterKeyFlags()...)
-}
-
-func configFlag() cli.Flag {
-	return &cli.StringFlag{Name: "config", Usage: "YAML config `FILE` (see docs/CLI.md)", EnvVars: []string{"HSMBACKUP_CONFIG"}}
-}
-
-func storeFlag() cli.Flag {
-	return &cli.StringFlag{Name: "store", Usage: "store `URL`: file://DIR, or s3://BUCKET[/PREFIX] with optional parameters " +
-		"endpoint=URL (http:// for plain HTTP), region=REGION, sse=s3|kms, kms-key-id=ID (with sse=kms); " +
-		"S3 credentials from the AWS environment"}
-}
-
-// flagValue returns the value of string flag name given after the command
-// or before it, the nearest winning.
-func flagValue(c *cli.Context, name string) string {
-	for _, cc := range c.Lineage() {
-		if v := cc.String(name); v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 // service is what the backup and restore commands share: the config, the
 // store (with progress bars on a terminal), keys loaded on demand, and the
 // logger (stderr).

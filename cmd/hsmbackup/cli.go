@@ -1,0 +1,144 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// oneArg returns the single positional argument in args.
+func oneArg(c *cli.Context, args []string, name string) (string, error) {
+	switch len(args) {
+	case 0:
+		return "", fmt.Errorf("%s is required (run '%s --help')", name, c.Command.HelpName)
+	case 1:
+		return args[0], nil
+	}
+	return "", fmt.Errorf("unexpected argument %q (run '%s --help')", args[1], c.Command.HelpName)
+}
+
+// flagsAfterArgs sets the command's flags that follow its positional
+// arguments, as docs/CLI.md writes them ("backup tag ID --set K=V"):
+// urfave/cli stops parsing flags at the first argument. It returns the
+// positional arguments, and whether --help was among the flags, in which
+// case it has shown the help and the command must do nothing.
+func flagsAfterArgs(c *cli.Context) (args []string, help bool, err error) {
+	isBool := map[string]bool{}
+	for _, f := range c.Command.Flags {
+		_, b := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			isBool[n] = b
+		}
+	}
+	rest := c.Args().Slice()
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			args = append(args, rest[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			args = append(args, a)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		b, known := isBool[name]
+		switch {
+		case !known:
+			return nil, false, fmt.Errorf("flag provided but not defined: %s (run '%s --help')", a, c.Command.HelpName)
+		case hasValue:
+		case b:
+			value = "true"
+		case i+1 < len(rest):
+			i++
+			value = rest[i]
+		default:
+			return nil, false, fmt.Errorf("flag needs an argument: %s (run '%s --help')", a, c.Command.HelpName)
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, false, fmt.Errorf("invalid value %q for flag %s: %w (run '%s --help')", value, a, err, c.Command.HelpName)
+		}
+	}
+	if c.Bool("help") {
+		return nil, true, cli.ShowCommandHelp(c.Lineage()[1], c.Command.Name)
+	}
+	return args, false, nil
+}
+
+// jsonFlag lets a command that supports --json take it after its name
+// too, not only before it as the global flag.
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"}
+}
+
+// wantJSON reports whether --json was given, before the command (the
+// global flag) or after it. A command's own flag shadows the global one in
+// urfave/cli's lookup, so each level is asked.
+func wantJSON(c *cli.Context) bool {
+	for _, cc := range c.Lineage() {
+		if cc.Bool("json") {
+			return true
+		}
+	}
+	return false
+}
+
+// requireFlags returns an error naming the first of names that is not set.
+// It stands in for urfave/cli's Required, which prints the whole help
+// instead of one line.
+func requireFlags(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if c.String(n) == "" {
+			return fmt.Errorf("--%s is required (run '%s --help')", n, c.Command.HelpName)
+		}
+	}
+	return nil
+}
+
+// noArgs refuses positional arguments to a command that takes none.
+func noArgs(c *cli.Context) error {
+	if c.Args().Present() {
+		return fmt.Errorf("unexpected argument %q (run '%s --help')", c.Args().First(), c.Command.HelpName)
+	}
+	return nil
+}
+
+// groupAction is the action of a command that only groups subcommands:
+// without one it prints help, with an unknown one it fails.
+func groupAction(c *cli.Context) error {
+	if c.Args().Present() {
+		return fmt.Errorf("unknown command %q (run '%s --help' for the list)", c.Args().First(), c.Command.HelpName)
+	}
+	return cli.ShowSubcommandHelp(c)
+}
+
+// sliceValue returns the values of string slice flag name given after the
+// command or before it, the nearest winning.
+func sliceValue(c *cli.Context, name string) []string {
+	for _, cc := range c.Lineage() {
+		if v := cc.StringSlice(name); len(v) > 0 {
+			return v
+		}
+	}
+	return nil
+}
+
+// flagOrConfig returns the flag's list if given, else the config's.
+func flagOrConfig(flag, config []string) []string {
+	if len(flag) > 0 {
+		return flag
+	}
+	return config
+}
+
+// flagValue returns the value of string flag name given after the command
+// or before it, the nearest winning.
+func flagValue(c *cli.Context, name string) string {
+	for _, cc := range c.Lineage() {
+		if v := cc.String(name); v != "" {
+			return v
+		}
+	}
+	return ""
+}

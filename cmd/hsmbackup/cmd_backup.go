@@ -1,0 +1,102 @@
+package main
+
+import (
+	"errors"
+
+	"github.com/urfave/cli/v2"
+)
+
+func backupCommand() *cli.Command {
+	clusterFlag := func(usage string) cli.Flag { return &cli.StringFlag{Name: "cluster", Usage: usage} }
+	// sub is a subcommand; fn gets its positional arguments, with the
+	// flags among and after them applied.
+	sub := func(name, usage, args string, flags []cli.Flag, fn func(s *service, c *cli.Context, args []string) error) *cli.Command {
+		return &cli.Command{
+			Name: name, Usage: usage, ArgsUsage: args,
+			Flags:        append(flags, serviceFlags()...),
+			OnUsageError: usageError,
+			Action: action("backup "+name, func(c *cli.Context) error {
+				args, help, err := flagsAfterArgs(c)
+				if err != nil || help {
+					return err
+				}
+				s, err := openService(c)
+				if err != nil {
+					return err
+				}
+				defer s.close()
+				return fn(s, c, args)
+			}),
+		}
+	}
+	// argless adapts the function of a subcommand that takes no
+	// arguments: it refuses them itself.
+	argless := func(fn func(*service, *cli.Context) error) func(*service, *cli.Context, []string) error {
+		return func(s *service, c *cli.Context, _ []string) error { return fn(s, c) }
+	}
+	byID := func(name, usage string, flags []cli.Flag, fn func(s *service, c *cli.Context, cluster, id string) error) *cli.Command {
+		flags = append(flags, clusterFlag("`ID` of the backup's cluster (default: found in the store)"))
+		return sub(name, usage, "BACKUP-ID", flags, func(s *service, c *cli.Context, args []string) error {
+			id, err := oneArg(c, args, "BACKUP-ID")
+			if err != nil {
+				return err
+			}
+			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
+				return errors.New("--deep needs the keyring, --offline has none: choose one")
+			}
+			cluster, err := s.locate(id)
+			if err != nil {
+				return err
+			}
+			return fn(s, c, cluster, id)
+		})
+	}
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "take, list, verify, copy and expire backups",
+		Description: "A backup is a cluster member's image, encrypted by the HSM under a\n" +
+			"hardware-bound key, wrapped again under the master keyring, stored with a\n" +
+			"signed manifest. States as CloudHSM: READY, PENDING_DELETION (deleted, still\n" +
+			"restorable for 7 days), DELETED.",
+		Action:       groupAction,
+		OnUsageError: usageError,
+		Subcommands: []*cli.Command{
+			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
+				clusterFlag("`ID` of the cluster in --config (required)"),
+				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},
+				&cli.BoolFlag{Name: "never-expires", Usage: "pin the backup: retention never removes it"},
+				&cli.IntFlag{Name: "retention-days", Usage: "retention of this backup in `DAYS` (7-379), instead of the cluster's"},
+			}, argless(createBackup)),
+			sub("list", "list backups", "", []cli.Flag{
+				clusterFlag("list only cluster `ID`'s backups"),
+				&cli.StringFlag{Name: "state", Usage: "list only backups in `STATE` (READY, PENDING_DELETION, DELETED)"},
+				&cli.StringSliceFlag{Name: "tag", Usage: "list only backups with tag `KEY=VALUE` (repeatable: all must match)"},
+			}, argless(listBackups)),
+			byID("describe", "show a backup's manifest", nil, describeBackup),
+			byID("verify", "check a backup: signature, object hash, outer layer (and inner header with --deep)", []cli.Flag{
+				&cli.BoolFlag{Name: "deep", Usage: "also compare the inner image header with the manifest"},
+				&cli.BoolFlag{Name: "offline", Usage: "check only the signature and object hash: needs the public key, no secret"},
+			}, verifyBackup),
+			byID("delete", "delete a backup: PENDING_DELETION, restorable for 7 days", nil, deleteBackup),
+			byID("restore-deleted", "bring a PENDING_DELETION backup back to READY", nil, restoreDeleted),
+			byID("tag", "add, change or remove a backup's tags", []cli.Flag{
+				&cli.StringSliceFlag{Name: "set", Usage: "set tag `KEY=VALUE` (repeatable)"},
+				&cli.StringSliceFlag{Name: "remove", Usage: "remove tag `KEY` (repeatable)"},
+			}, tagBackup),
+			byID("set-never-expires", "pin a backup so that retention never removes it (--off to unpin)", []cli.Flag{
+				&cli.BoolFlag{Name: "off", Usage: "unpin: leave the backup to its cluster's retention"},
+			}, setNeverExpires),
+			byID("copy", "copy a backup to another store, re-wrapping its outer layer (no HSM involved)", []cli.Flag{
+				&cli.StringFlag{Name: "to", Usage: "destination store `URL` (required)"},
+				&cli.StringFlag{Name: "to-keyring", Usage: "keyring `FILE` whose current key wraps the copy (default: the master keys new backups are wrapped to)"},
+				&cli.StringSliceFlag{Name: "to-hpke", Usage: "HPKE public key `FILE` to wrap the copy to (repeatable; with --to-keyring, both)"},
+			}, copyBackup),
+			sub("prune", "apply retention: expire old backups, purge those deleted over 7 days ago", "", []cli.Flag{
+				clusterFlag("prune only cluster `ID`"),
+				&cli.IntFlag{Name: "retention-days", Usage: "retention in `DAYS` (7-379) for every cluster, instead of the config's"},
+				&cli.IntFlag{Name: "keep-last", Usage: "keep at least the `N` newest READY backups of each cluster, instead of the config's"},
+				&cli.BoolFlag{Name: "dry-run", Usage: "show what would change, change nothing"},
+			}, argless(pruneBackups)),
+		},
+	}
+}

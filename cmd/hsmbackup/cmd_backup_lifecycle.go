@@ -1,0 +1,61 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/urfave/cli/v2"
+)
+
+// change runs a lifecycle change and prints the backup's new state.
+func change(s *service, c *cli.Context, verb string, fn func(backup.LifecycleOptions) (*backup.Manifest, error)) error {
+	key, err := s.signingKey()
+	if err != nil {
+		return err
+	}
+	m, err := fn(backup.LifecycleOptions{SigningKey: key})
+	if err != nil {
+		return err
+	}
+	if wantJSON(c) {
+		return writeJSON(c.App.Writer, summarize(m))
+	}
+	_, err = fmt.Fprintf(c.App.Writer, "%s %s: %s, expiry %s, tags %s\n", verb, m.ID, m.State, expiryText(m), tagsText(m.Tags))
+	return err
+}
+
+func deleteBackup(s *service, c *cli.Context, cluster, id string) error {
+	return change(s, c, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.Delete(c.Context, s.repo, cluster, id, o)
+	})
+}
+
+func restoreDeleted(s *service, c *cli.Context, cluster, id string) error {
+	return change(s, c, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.RestoreDeleted(c.Context, s.repo, cluster, id, o)
+	})
+}
+
+func tagBackup(s *service, c *cli.Context, cluster, id string) error {
+	set, err := parseTags(c.StringSlice("set"))
+	if err != nil {
+		return err
+	}
+	if len(set) == 0 && len(c.StringSlice("remove")) == 0 {
+		return errors.New("nothing to do: give --set KEY=VALUE or --remove KEY")
+	}
+	return change(s, c, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.SetTags(c.Context, s.repo, cluster, id, set, c.StringSlice("remove"), o)
+	})
+}
+
+func setNeverExpires(s *service, c *cli.Context, cluster, id string) error {
+	verb := "pinned"
+	if c.Bool("off") {
+		verb = "unpinned"
+	}
+	return change(s, c, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.SetNeverExpires(c.Context, s.repo, cluster, id, !c.Bool("off"), o)
+	})
+}
