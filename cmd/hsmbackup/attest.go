@@ -13,8 +13,8 @@ import (
 
 // attestHSM asks the HSM to attest to a fresh nonce and verifies the
 // answer (see challengeOptions).
-func attestHSM(ctx context.Context, c *cli.Context, cl *conn, mfrRoots, opRoots *x509.CertPool) (*hsmcore.Statement, error) {
-	st, err := hsmcore.Challenge(ctx, explained{cl}, challengeOptions(c, mfrRoots, opRoots))
+func attestHSM(ctx context.Context, cl *conn, opts hsmcore.ChallengeOptions) (*hsmcore.Statement, error) {
+	st, err := hsmcore.Challenge(ctx, explained{cl}, opts)
 	if err != nil && !errors.Is(err, hsmcore.ErrAttestation) {
 		return nil, fmt.Errorf("attest: %w", err)
 	}

@@ -10,7 +10,7 @@ func backupCommand() *cli.Command {
 	clusterFlag := func(usage string) cli.Flag { return &cli.StringFlag{Name: "cluster", Usage: usage} }
 	// sub is a subcommand; fn gets its positional arguments, with the
 	// flags among and after them applied.
-	sub := func(name, usage, args string, flags []cli.Flag, fn func(s *service, c *cli.Context, args []string) error) *cli.Command {
+	sub := func(name, usage, args string, flags []cli.Flag, fn func(e *env, c *cli.Context, args []string) error) *cli.Command {
 		return &cli.Command{
 			Name: name, Usage: usage, ArgsUsage: args,
 			Flags:        append(flags, serviceFlags()...),
@@ -20,35 +20,35 @@ func backupCommand() *cli.Command {
 				if err != nil || help {
 					return err
 				}
-				s, err := openService(c)
+				e, err := newStoreEnv(c)
 				if err != nil {
 					return err
 				}
-				defer s.close()
-				return fn(s, c, args)
+				defer e.close()
+				return fn(e, c, args)
 			}),
 		}
 	}
 	// argless adapts the function of a subcommand that takes no
 	// arguments: it refuses them itself.
-	argless := func(fn func(*service, *cli.Context) error) func(*service, *cli.Context, []string) error {
-		return func(s *service, c *cli.Context, _ []string) error { return fn(s, c) }
+	argless := func(fn func(*env, *cli.Context) error) func(*env, *cli.Context, []string) error {
+		return func(e *env, c *cli.Context, _ []string) error { return fn(e, c) }
 	}
-	byID := func(name, usage string, flags []cli.Flag, fn func(s *service, c *cli.Context, cluster, id string) error) *cli.Command {
+	byID := func(name, usage string, flags []cli.Flag, fn func(e *env, c *cli.Context, cluster, id string) error) *cli.Command {
 		flags = append(flags, clusterFlag("`ID` of the backup's cluster (default: found in the store)"))
-		return sub(name, usage, "BACKUP-ID", flags, func(s *service, c *cli.Context, args []string) error {
+		return sub(name, usage, "BACKUP-ID", flags, func(e *env, c *cli.Context, args []string) error {
 			id, err := oneArg(c, args, "BACKUP-ID")
 			if err != nil {
 				return err
 			}
 			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
-				return errors.New("--deep needs the keyring, --offline has none: choose one")
+				return errors.New("--deep needs a master key, --offline uses none: choose one")
 			}
-			cluster, err := s.locate(id)
+			cluster, err := e.locate(id)
 			if err != nil {
 				return err
 			}
-			return fn(s, c, cluster, id)
+			return fn(e, c, cluster, id)
 		})
 	}
 	return &cli.Command{

@@ -10,20 +10,20 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func copyBackup(s *service, c *cli.Context, cluster, id string) error {
+func copyBackup(e *env, c *cli.Context, cluster, id string) error {
 	to := c.String("to")
 	if to == "" {
 		return fmt.Errorf("--to is required (run '%s --help')", c.Command.HelpName)
 	}
-	ids, err := s.identities(c.Context)
+	ids, err := e.identities(c.Context)
 	if err != nil {
 		return err
 	}
-	pub, err := s.publicKey()
+	pub, err := e.publicKey()
 	if err != nil {
 		return err
 	}
-	key, err := s.signingKey()
+	key, err := e.signingKey()
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 		}
 		recipients = append(recipients, dk)
 	case len(recipients) == 0:
-		if recipients, err = s.recipients(c.Context); err != nil {
+		if recipients, err = e.recipients(c.Context); err != nil {
 			return err
 		}
 	}
@@ -51,7 +51,7 @@ func copyBackup(s *service, c *cli.Context, cluster, id string) error {
 	if err != nil {
 		return err
 	}
-	m, err := backup.Copy(c.Context, s.repo, cluster, id, backup.Repo{Store: s.prog.wrap(dst)}, backup.CopyOptions{
+	m, err := backup.Copy(c.Context, e.repo, cluster, id, backup.Repo{Store: e.prog.wrap(dst)}, backup.CopyOptions{
 		PublicKey: pub, Identities: ids, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -29,19 +30,35 @@ func parseTags(kvs []string) (map[string]string, error) {
 	return tags, nil
 }
 
-func createBackup(s *service, c *cli.Context) error {
+// createOptions are the flags of backup create.
+type createOptions struct {
+	cluster       string
+	tags          []string
+	neverExpires  bool
+	retentionDays int
+}
+
+func createBackup(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	id := c.String("cluster")
-	if id == "" {
+	opts := createOptions{cluster: c.String("cluster"), tags: c.StringSlice("tag"),
+		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days")}
+	if opts.cluster == "" {
 		return fmt.Errorf("--cluster is required (run '%s --help')", c.Command.HelpName)
 	}
-	cc, err := s.cluster(id)
+	return runCreate(c.Context, e, opts)
+}
+
+// runCreate backs up cluster opts.cluster from the member
+// cluster.PickMember chooses.
+func runCreate(ctx context.Context, e *env, opts createOptions) error {
+	id := opts.cluster
+	cc, err := e.cluster(id)
 	if err != nil {
 		return err
 	}
-	tags, err := parseTags(c.StringSlice("tag"))
+	tags, err := parseTags(opts.tags)
 	if err != nil {
 		return err
 	}
@@ -53,26 +70,29 @@ func createBackup(s *service, c *cli.Context) error {
 		}
 		tags = merged
 	}
-	days := c.Int("retention-days")
+	days := opts.retentionDays
 	if days != 0 {
-		if c.Bool("never-expires") {
+		if opts.neverExpires {
 			return errors.New("--never-expires and --retention-days exclude each other: a pinned backup has no retention")
 		}
 		if err := (backup.Policy{RetentionDays: days}).Validate(); err != nil {
 			return err
 		}
 	}
-	ctx := c.Context
-	recipients, err := s.recipients(ctx)
+	recipients, err := e.recipients(ctx)
 	if err != nil {
 		return err
 	}
-	key, err := s.signingKey()
+	key, err := e.signingKey()
 	if err != nil {
 		return err
 	}
-	s.removeStaleUploads(ctx)
-	member, health, err := s.pickMember(ctx, id)
+	t, err := e.clusterTarget(id, true)
+	if err != nil {
+		return err
+	}
+	e.removeStaleUploads(ctx)
+	member, health, err := t.pick(ctx, e)
 	if err != nil {
 		return err
 	}
@@ -82,19 +102,19 @@ func createBackup(s *service, c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("read cluster certificates: %w", err)
 	}
-	m, err := backup.Create(ctx, member, s.repo, backup.CreateOptions{
+	m, err := backup.Create(ctx, member, e.repo, backup.CreateOptions{
 		ClusterID: id, Recipients: recipients, SigningKey: key, Tags: tags,
-		NeverExpires: c.Bool("never-expires"), RetentionDays: days,
+		NeverExpires: opts.neverExpires, RetentionDays: days,
 		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
 	})
 	if err != nil {
 		return err
 	}
-	s.log.Info("backup created", "backup", m.ID, "cluster", id, "serial", health.Serial, "bytes", m.ObjectSize)
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, summarize(m))
+	e.log.Info("backup created", "backup", m.ID, "cluster", id, "serial", health.Serial, "bytes", m.ObjectSize)
+	if e.g.json {
+		return writeJSON(e.stdout, summarize(m))
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "created %s: cluster %s, from HSM %s, %s stored, sha256 %s\n",
+	_, err = fmt.Fprintf(e.stdout, "created %s: cluster %s, from HSM %s, %s stored, sha256 %s\n",
 		m.ID, m.ClusterID, m.Source.Serial, sizeText(m.ObjectSize), m.ObjectSHA256)
 	return err
 }

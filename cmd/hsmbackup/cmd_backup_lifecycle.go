@@ -9,8 +9,8 @@ import (
 )
 
 // change runs a lifecycle change and prints the backup's new state.
-func change(s *service, c *cli.Context, verb string, fn func(backup.LifecycleOptions) (*backup.Manifest, error)) error {
-	key, err := s.signingKey()
+func change(e *env, c *cli.Context, verb string, fn func(backup.LifecycleOptions) (*backup.Manifest, error)) error {
+	key, err := e.signingKey()
 	if err != nil {
 		return err
 	}
@@ -25,19 +25,19 @@ func change(s *service, c *cli.Context, verb string, fn func(backup.LifecycleOpt
 	return err
 }
 
-func deleteBackup(s *service, c *cli.Context, cluster, id string) error {
-	return change(s, c, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.Delete(c.Context, s.repo, cluster, id, o)
+func deleteBackup(e *env, c *cli.Context, cluster, id string) error {
+	return change(e, c, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.Delete(c.Context, e.repo, cluster, id, o)
 	})
 }
 
-func restoreDeleted(s *service, c *cli.Context, cluster, id string) error {
-	return change(s, c, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.RestoreDeleted(c.Context, s.repo, cluster, id, o)
+func restoreDeleted(e *env, c *cli.Context, cluster, id string) error {
+	return change(e, c, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.RestoreDeleted(c.Context, e.repo, cluster, id, o)
 	})
 }
 
-func tagBackup(s *service, c *cli.Context, cluster, id string) error {
+func tagBackup(e *env, c *cli.Context, cluster, id string) error {
 	set, err := parseTags(c.StringSlice("set"))
 	if err != nil {
 		return err
@@ -45,17 +45,17 @@ func tagBackup(s *service, c *cli.Context, cluster, id string) error {
 	if len(set) == 0 && len(c.StringSlice("remove")) == 0 {
 		return errors.New("nothing to do: give --set KEY=VALUE or --remove KEY")
 	}
-	return change(s, c, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.SetTags(c.Context, s.repo, cluster, id, set, c.StringSlice("remove"), o)
+	return change(e, c, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.SetTags(c.Context, e.repo, cluster, id, set, c.StringSlice("remove"), o)
 	})
 }
 
-func setNeverExpires(s *service, c *cli.Context, cluster, id string) error {
+func setNeverExpires(e *env, c *cli.Context, cluster, id string) error {
 	verb := "pinned"
 	if c.Bool("off") {
 		verb = "unpinned"
 	}
-	return change(s, c, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
-		return backup.SetNeverExpires(c.Context, s.repo, cluster, id, !c.Bool("off"), o)
+	return change(e, c, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+		return backup.SetNeverExpires(c.Context, e.repo, cluster, id, !c.Bool("off"), o)
 	})
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func listBackups(s *service, c *cli.Context) error {
+func listBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
@@ -24,7 +24,7 @@ func listBackups(s *service, c *cli.Context) error {
 	default:
 		return fmt.Errorf("--state %q: want READY, PENDING_DELETION or DELETED", c.String("state"))
 	}
-	ms, err := backup.List(c.Context, s.repo, f)
+	ms, err := backup.List(c.Context, e.repo, f)
 	if err != nil {
 		return err
 	}
@@ -48,8 +48,8 @@ func listBackups(s *service, c *cli.Context) error {
 	return tw.Flush()
 }
 
-func describeBackup(s *service, c *cli.Context, cluster, id string) error {
-	m, err := backup.Describe(c.Context, s.repo, cluster, id)
+func describeBackup(e *env, c *cli.Context, cluster, id string) error {
+	m, err := backup.Describe(c.Context, e.repo, cluster, id)
 	if err != nil {
 		return err
 	}

@@ -8,17 +8,17 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func pruneBackups(s *service, c *cli.Context) error {
+func pruneBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	key, err := s.signingKey()
+	key, err := e.signingKey()
 	if err != nil {
 		return err
 	}
 	policy := func(cluster string) backup.Policy {
-		r := s.cfg.Retention
-		if cc := s.cfg.Clusters[cluster]; cc != nil && cc.Retention != nil {
+		r := e.cfg.Retention
+		if cc := e.cfg.Clusters[cluster]; cc != nil && cc.Retention != nil {
 			r = *cc.Retention
 		}
 		p := backup.Policy{RetentionDays: r.Days, KeepLast: r.KeepLast}
@@ -33,7 +33,7 @@ func pruneBackups(s *service, c *cli.Context) error {
 	if err := policy(c.String("cluster")).Validate(); err != nil {
 		return err
 	}
-	actions, perr := backup.Prune(c.Context, s.repo, backup.PruneOptions{
+	actions, perr := backup.Prune(c.Context, e.repo, backup.PruneOptions{
 		LifecycleOptions: backup.LifecycleOptions{SigningKey: key},
 		ClusterID:        c.String("cluster"), Policy: policy, DryRun: c.Bool("dry-run"),
 	})

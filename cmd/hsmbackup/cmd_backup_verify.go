@@ -8,15 +8,15 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func verifyBackup(s *service, c *cli.Context, cluster, id string) error {
-	pub, err := s.publicKey()
+func verifyBackup(e *env, c *cli.Context, cluster, id string) error {
+	pub, err := e.publicKey()
 	if err != nil {
 		return err
 	}
 	opts := backup.VerifyOptions{PublicKey: pub, Deep: c.Bool("deep")}
 	checks := []string{"signature", "object hash"}
 	if !c.Bool("offline") {
-		ids, err := s.identities(c.Context)
+		ids, err := e.identities(c.Context)
 		if err != nil {
 			return fmt.Errorf("%w (or use --offline to check without it)", err)
 		}
@@ -26,7 +26,7 @@ func verifyBackup(s *service, c *cli.Context, cluster, id string) error {
 			checks = append(checks, "inner header")
 		}
 	}
-	if err := backup.Verify(c.Context, s.repo, cluster, id, opts); err != nil {
+	if err := backup.Verify(c.Context, e.repo, cluster, id, opts); err != nil {
 		return err
 	}
 	if wantJSON(c) {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"encoding/pem"
 	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
@@ -42,6 +45,7 @@ func clusterInitCommand() *cli.Command {
 			"step 2 verifies a fresh attestation first as well. Then run\n" +
 			"'hsmbackup cluster activate'.",
 		Flags: append([]cli.Flag{
+			configFlag(),
 			addrFlag(),
 			manufacturerRootFlag(),
 			operatorRootFlag(),
@@ -55,87 +59,103 @@ func clusterInitCommand() *cli.Command {
 	}
 }
 
+// initOptions are the flags of cluster init: step 1 (csrOut) or step 2
+// (cert and customerCA).
+type initOptions struct {
+	clusterID, csrOut, cert, customerCA string
+}
+
 func clusterInit(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	step1 := c.String("csr-out") != ""
-	step2 := c.String("cert") != "" || c.String("customer-ca") != ""
+	opts := initOptions{clusterID: c.String("cluster-id"), csrOut: c.String("csr-out"), cert: c.String("cert"), customerCA: c.String("customer-ca")}
+	step1 := opts.csrOut != ""
+	step2 := opts.cert != "" || opts.customerCA != ""
 	switch {
 	case step1 && step2:
 		return errors.New("give either --csr-out (step 1) or --cert and --customer-ca (step 2), not both")
-	case step1:
-		return clusterInitCSR(c)
+	case !step1 && !step2:
+		return fmt.Errorf("give --csr-out (step 1) or --cert and --customer-ca (step 2) (run '%s --help')", c.Command.HelpName)
 	case step2:
-		return clusterInitInstall(c)
+		if err := requireFlags(c, "cert", "customer-ca"); err != nil {
+			return err
+		}
 	}
-	return fmt.Errorf("give --csr-out (step 1) or --cert and --customer-ca (step 2) (run '%s --help')", c.Command.HelpName)
-}
-
-// clusterInitCSR is step 1: attest, then write the cluster CSR.
-func clusterInitCSR(c *cli.Context) error {
-	if err := requireFlags(c, "addr", "manufacturer-root", "operator-root", "cluster-id", "csr-out"); err != nil {
+	e, err := newEnv(c)
+	if err != nil {
 		return err
 	}
-	opRoots, err := loadRoots(c.String("operator-root"))
-	if err != nil {
-		return fmt.Errorf("operator root: %w", err)
+	defer e.close()
+	opRoot := cmp.Or(c.String("operator-root"), e.cfg.OperatorRoot)
+	if step1 && opRoot == "" {
+		return fmt.Errorf("--operator-root is required (run '%s --help')", c.Command.HelpName)
 	}
-	cl, mfrRoots, err := connectDevice(c)
+	t, err := e.target(c, trustDevice, needs{clusterID: step1})
+	if err != nil {
+		return err
+	}
+	cl, err := t.dialOne()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	ctx := c.Context
-	id := c.String("cluster-id")
-	der, st, err := cluster.RequestCSR(ctx, explained{cl}, id, challengeOptions(c, mfrRoots, opRoots))
+	opts.clusterID = t.clusterID
+	if step1 {
+		opRoots, err := loadRoots(opRoot)
+		if err != nil {
+			return fmt.Errorf("operator root: %w", err)
+		}
+		return runInitCSR(c.Context, e, cl, opts, challengeOptions(c, t.tls.ManufacturerRoots, opRoots))
+	}
+	var challenge *hsmcore.ChallengeOptions
+	if opRoot != "" {
+		opRoots, err := loadRoots(opRoot)
+		if err != nil {
+			return fmt.Errorf("operator root: %w", err)
+		}
+		ch := challengeOptions(c, t.tls.ManufacturerRoots, opRoots)
+		challenge = &ch
+	}
+	return runInitInstall(c.Context, e, cl, opts, challenge)
+}
+
+// runInitCSR is step 1: attest, then write the cluster CSR.
+func runInitCSR(ctx context.Context, e *env, cl *conn, opts initOptions, challenge hsmcore.ChallengeOptions) error {
+	der, st, err := cluster.RequestCSR(ctx, explained{cl}, opts.clusterID, challenge)
 	if err != nil {
 		return err
 	}
-	p := &printer{w: c.App.Writer}
+	p := &printer{w: e.stdout}
 	p.printf("attestation verified: %s\n", describeStatement(st))
-	out := c.String("csr-out")
-	if err := atomicfile.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
+	if err := atomicfile.WriteFile(opts.csrOut, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
 		return fmt.Errorf("write csr: %w", err)
 	}
-	p.printf("cluster CSR for %s from HSM %s written to %s\n", id, st.Serial, out)
+	p.printf("cluster CSR for %s from HSM %s written to %s\n", opts.clusterID, st.Serial, opts.csrOut)
 	p.printf("next: sign it with your CA, then run step 2 with --cert and --customer-ca\n")
 	return p.err
 }
 
-// clusterInitInstall is step 2: install the signed cluster certificate and
-// the customer CA.
-func clusterInitInstall(c *cli.Context) error {
-	if err := requireFlags(c, "addr", "manufacturer-root", "cert", "customer-ca"); err != nil {
-		return err
-	}
-	cert, err := loadCertificate(c.String("cert"))
+// runInitInstall is step 2: install the signed cluster certificate and
+// the customer CA, after a fresh attestation if challenge is set.
+func runInitInstall(ctx context.Context, e *env, cl *conn, opts initOptions, challenge *hsmcore.ChallengeOptions) error {
+	cert, err := loadCertificate(opts.cert)
 	if err != nil {
 		return fmt.Errorf("cluster certificate: %w", err)
 	}
-	ca, err := loadCertificate(c.String("customer-ca"))
+	ca, err := loadCertificate(opts.customerCA)
 	if err != nil {
 		return fmt.Errorf("customer CA: %w", err)
 	}
 	if err := cluster.CheckCertificate(cert, ca); err != nil {
 		return err
 	}
-	if id := c.String("cluster-id"); id != "" && cert.Subject.CommonName != id {
-		return fmt.Errorf("cluster certificate names %q, not cluster %q", cert.Subject.CommonName, id)
+	if opts.clusterID != "" && cert.Subject.CommonName != opts.clusterID {
+		return fmt.Errorf("cluster certificate names %q, not cluster %q", cert.Subject.CommonName, opts.clusterID)
 	}
-	cl, mfrRoots, err := connectDevice(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx := c.Context
-	p := &printer{w: c.App.Writer}
-	if c.String("operator-root") != "" {
-		opRoots, err := loadRoots(c.String("operator-root"))
-		if err != nil {
-			return fmt.Errorf("operator root: %w", err)
-		}
-		st, err := attestHSM(ctx, c, cl, mfrRoots, opRoots)
+	p := &printer{w: e.stdout}
+	if challenge != nil {
+		st, err := attestHSM(ctx, cl, *challenge)
 		if err != nil {
 			return err
 		}
@@ -159,7 +179,7 @@ func clusterActivateCommand() *cli.Command {
 			"the customer CA) and sets the first crypto officer's password, as\n" +
 			"activating a CloudHSM cluster does, then logs in once to confirm it.\n" +
 			"The password comes from --password-file or $" + passwordEnv + ".",
-		Flags:        append(memberFlags(), userFlag(), passwordFileFlag()),
+		Flags:        append(connectionFlags(), loginFlags("first crypto officer")...),
 		OnUsageError: usageError,
 		Action:       action("cluster activate", clusterActivate),
 	}
@@ -169,28 +189,38 @@ func clusterActivate(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	if err := requireFlags(c, "addr", "customer-ca", "cert", "key", "cluster-id", "user"); err != nil {
-		return err
-	}
-	password, err := readPassword(c)
+	e, err := newEnv(c)
 	if err != nil {
 		return err
 	}
-	cl, err := connectMember(c, false)
+	defer e.close()
+	t, err := e.target(c, trustMember, needs{user: true, cert: true, clusterID: true})
+	if err != nil {
+		return err
+	}
+	return runActivate(c.Context, e, t)
+}
+
+// runActivate sets the first crypto officer's password on the target's
+// one HSM and logs in once to confirm it.
+func runActivate(ctx context.Context, e *env, t *target) error {
+	password, err := t.password()
+	if err != nil {
+		return err
+	}
+	cl, err := t.dialOne()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	ctx := c.Context
 	h, err := cl.Health(ctx)
 	if err != nil {
 		return fmt.Errorf("health: %w", cl.explain(err))
 	}
-	user := c.String("user")
-	if err := cluster.Activate(ctx, cl, user, password); err != nil {
+	if err := cluster.Activate(ctx, cl, t.user, password); err != nil {
 		return cl.explain(err)
 	}
-	p := &printer{w: c.App.Writer}
-	p.printf("cluster %s activated on HSM %s: crypto officer %s can log in\n", h.ClusterID, h.Serial, user)
+	p := &printer{w: e.stdout}
+	p.printf("cluster %s activated on HSM %s: crypto officer %s can log in\n", h.ClusterID, h.Serial, t.user)
 	return p.err
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 )
 
 func clusterAddMemberCommand() *cli.Command {
@@ -32,6 +30,11 @@ func clusterAddMemberCommand() *cli.Command {
 	}
 }
 
+// addMemberOptions are the flags of cluster add-member.
+type addMemberOptions struct {
+	cluster, addr string
+}
+
 func clusterAddMember(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
@@ -39,54 +42,44 @@ func clusterAddMember(c *cli.Context) error {
 	if err := requireFlags(c, "cluster", "addr"); err != nil {
 		return err
 	}
-	s, err := openConfig(c)
+	e, err := newEnv(c)
 	if err != nil {
 		return err
 	}
-	id, addr := c.String("cluster"), c.String("addr")
-	cc, err := s.cluster(id)
+	defer e.close()
+	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr")})
+}
+
+// runAddMember logs in to the cluster as its officer and has it attest
+// and clone the new HSM.
+func runAddMember(ctx context.Context, e *env, opts addMemberOptions) error {
+	t, err := e.clusterTarget(opts.cluster, true)
 	if err != nil {
 		return err
 	}
-	if cc.User == "" {
-		return fmt.Errorf("cluster %s: 'user' (a crypto officer) is required in the config", id)
-	}
-	password, err := clusterPassword(cc)
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", id, err)
-	}
-	base, err := clientConfig(id, cc)
+	mfr, op, err := e.roots()
 	if err != nil {
 		return err
 	}
-	mfr, op, err := s.roots()
+	co, err := t.open(ctx, e, mfr, op)
 	if err != nil {
 		return err
-	}
-	ctx := c.Context
-	ccfg := base
-	ccfg.ManufacturerRoots = mfr
-	co, err := cluster.Open(ctx, cluster.Config{Members: cc.Members, Client: ccfg, OperatorRoots: op, Logger: s.log}, cc.User, password)
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", id, err)
 	}
 	defer co.Close()
-	if err := co.AddMember(ctx, addr); err != nil {
-		return (&conn{addr: addr, device: true}).explain(err)
+	if err := co.AddMember(ctx, opts.addr); err != nil {
+		return (&conn{addr: opts.addr, device: true}).explain(err)
 	}
-	mcfg := base
-	mcfg.Addr = addr
-	cl, err := client.New(mcfg)
+	cl, err := t.dial(opts.addr)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	h, err := cl.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("health of %s: %w", addr, err)
+		return fmt.Errorf("health of %s: %w", opts.addr, cl.explain(err))
 	}
-	p := &printer{w: c.App.Writer}
-	p.printf("HSM %s at %s added to cluster %s: attested, cloned by image, state digest %s\n", h.Serial, addr, id, h.StateDigest)
-	p.printf("next: add %s to the members of cluster %s in the config\n", addr, id)
+	p := &printer{w: e.stdout}
+	p.printf("HSM %s at %s added to cluster %s: attested, cloned by image, state digest %s\n", h.Serial, opts.addr, opts.cluster, h.StateDigest)
+	p.printf("next: add %s to the members of cluster %s in the config\n", opts.addr, opts.cluster)
 	return p.err
 }

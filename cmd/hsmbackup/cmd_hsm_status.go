@@ -1,8 +1,8 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -14,10 +14,11 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show an HSM's identity, cluster and state digest",
 		Description: "Asks the daemon for its health; no login is needed. A member of an\n" +
-			"initialized cluster needs --customer-ca, --cert and --key; an HSM whose\n" +
-			"cluster is not initialized yet is trusted through --manufacturer-root.\n" +
+			"initialized cluster needs --customer-ca, --cert and --key (or --config\n" +
+			"with the cluster's entry); an HSM whose cluster is not initialized yet is\n" +
+			"trusted through --manufacturer-root (or the config's manufacturer_root).\n" +
 			"Members in sync show the same state digest.",
-		Flags:        append(memberFlags(), manufacturerRootFlag(), jsonFlag()),
+		Flags:        append(connectionFlags(), manufacturerRootFlag(), jsonFlag()),
 		OnUsageError: usageError,
 		Action:       action("hsm status", status),
 	}
@@ -27,15 +28,26 @@ func status(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	if c.String("customer-ca") == "" && c.String("manufacturer-root") == "" {
-		return errors.New("--customer-ca (an initialized cluster) or --manufacturer-root (an uninitialized HSM) is required")
+	e, err := newEnv(c)
+	if err != nil {
+		return err
 	}
-	cl, err := connectMember(c, true)
+	defer e.close()
+	t, err := e.target(c, trustEither, needs{})
+	if err != nil {
+		return err
+	}
+	return runStatus(c.Context, e, t)
+}
+
+// runStatus prints the health of the target's one HSM.
+func runStatus(ctx context.Context, e *env, t *target) error {
+	cl, err := t.dialOne()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	h, err := cl.Health(c.Context)
+	h, err := cl.Health(ctx)
 	if err != nil {
 		return fmt.Errorf("health: %w", cl.explain(err))
 	}
@@ -43,8 +55,8 @@ func status(c *cli.Context) error {
 	if len(h.PBKFingerprint) >= 8 {
 		fp = hex.EncodeToString(h.PBKFingerprint[:8])
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, struct {
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
 			hsmcore.Identity
 			ClusterID          string `json:"cluster_id"`
 			ClusterInitialized bool   `json:"cluster_initialized"`
@@ -53,7 +65,7 @@ func status(c *cli.Context) error {
 			PBKFingerprint     string `json:"pbk_fingerprint"`
 		}{h.Identity, h.ClusterID, h.ClusterInitialized, h.Initialized, h.StateDigest, fp})
 	}
-	p := &printer{w: c.App.Writer}
+	p := &printer{w: e.stdout}
 	p.printf("%-20s %s\n", "serial", h.Serial)
 	p.printf("%-20s %s\n", "class", h.Class)
 	p.printf("%-20s %s%s\n", "firmware", h.Firmware, fipsNote(h.FIPS))
@@ -76,7 +88,7 @@ func auditVerifyCommand() *cli.Command {
 			"the attestation against the manufacturer and operator roots. The log\n" +
 			"must be an intact hash chain ending at the head the attested device\n" +
 			"signed. The password comes from --password-file or $" + passwordEnv + ".",
-		Flags: append(append(memberFlags(), userFlag(), passwordFileFlag(), manufacturerRootFlag(), operatorRootFlag()),
+		Flags: append(append(append(connectionFlags(), loginFlags("crypto officer")...), manufacturerRootFlag(), operatorRootFlag()),
 			expectFlags()...),
 		OnUsageError: usageError,
 		Action:       action("hsm audit verify", auditVerify),
@@ -87,46 +99,49 @@ func auditVerify(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	if err := requireFlags(c, "addr", "customer-ca", "cert", "key", "user", "manufacturer-root", "operator-root"); err != nil {
-		return err
-	}
-	mfrRoots, err := loadRoots(c.String("manufacturer-root"))
-	if err != nil {
-		return fmt.Errorf("manufacturer root: %w", err)
-	}
-	opRoots, err := loadRoots(c.String("operator-root"))
-	if err != nil {
-		return fmt.Errorf("operator root: %w", err)
-	}
-	password, err := readPassword(c)
+	e, err := newEnv(c)
 	if err != nil {
 		return err
 	}
-	cl, err := connectMember(c, false)
+	defer e.close()
+	t, err := e.target(c, trustMember, needs{user: true})
+	if err != nil {
+		return err
+	}
+	mfr, op, err := e.roots()
+	if err != nil {
+		return err
+	}
+	return runAuditVerify(c.Context, e, t, challengeOptions(c, mfr, op))
+}
+
+// runAuditVerify fetches the target HSM's audit log as a crypto officer,
+// has the HSM attest, and checks the log against the attested device key.
+func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.ChallengeOptions) error {
+	cl, err := t.dialOne()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	ctx := c.Context
-	if _, err := cl.Login(ctx, c.String("user"), password); err != nil {
-		return fmt.Errorf("log in: %w", cl.explain(err))
+	if err := t.login(ctx, cl, hsmcore.CryptoOfficer); err != nil {
+		return err
 	}
-	defer cl.Logout(ctx)
+	defer cl.Logout(ctx) //nolint:errcheck // the session also ends with the connection
 	al, err := cl.AuditLog(ctx)
 	if err != nil {
 		return fmt.Errorf("fetch audit log: %w", cl.explain(err))
 	}
-	st, err := attestHSM(ctx, c, cl, mfrRoots, opRoots)
+	st, err := attestHSM(ctx, cl, challenge)
 	if err != nil {
 		return err
 	}
-	if id := c.String("cluster-id"); id != "" && st.ClusterID != id {
-		return fmt.Errorf("HSM %s is in cluster %q, not %q: %w", st.Serial, st.ClusterID, id, hsmcore.ErrAttestation)
+	if t.clusterID != "" && st.ClusterID != t.clusterID {
+		return fmt.Errorf("HSM %s is in cluster %q, not %q: %w", st.Serial, st.ClusterID, t.clusterID, hsmcore.ErrAttestation)
 	}
 	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, st.Certificate); err != nil {
 		return fmt.Errorf("audit log of %s: %w", st.Serial, err)
 	}
-	p := &printer{w: c.App.Writer}
+	p := &printer{w: e.stdout}
 	p.printf("attestation verified: %s\n", describeStatement(st))
 	p.printf("audit log of %s: %d entries, chain intact, head signed\n", st.Serial, len(al.Entries))
 	return p.err

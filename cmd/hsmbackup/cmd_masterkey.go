@@ -1,13 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
@@ -159,6 +159,11 @@ func printKeys(c *cli.Context, verb string, keys []wrap.KeyInfo) error {
 	return tw.Flush()
 }
 
+// hsmKeyOptions are the flags of masterkey generate-hsm.
+type hsmKeyOptions struct {
+	cluster, user, passwordFile, label string
+}
+
 // generateHSMKey makes a non-extractable AES-256 key in a configured
 // cluster, logged in as the crypto user that will own it, and prints the
 // config entry that uses it.
@@ -169,39 +174,35 @@ func generateHSMKey(c *cli.Context) error {
 	if err := requireFlags(c, "config", "cluster", "user"); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(flagValue(c, "config"))
+	e, err := newEnv(c)
 	if err != nil {
 		return err
 	}
-	id := c.String("cluster")
-	cc := cfg.Clusters[id]
-	if cc == nil {
-		return fmt.Errorf("cluster %q is not configured", id)
-	}
-	base, err := clientConfig(id, cc)
+	defer e.close()
+	return runGenerateHSMKey(c.Context, e, hsmKeyOptions{cluster: c.String("cluster"), user: c.String("user"),
+		passwordFile: c.String("password-file"), label: c.String("label")})
+}
+
+func runGenerateHSMKey(ctx context.Context, e *env, opts hsmKeyOptions) error {
+	t, err := e.clusterTarget(opts.cluster, false)
 	if err != nil {
 		return err
 	}
-	password, err := readPassword(c)
+	kc, err := t.as(opts.user, opts.passwordFile, "--password-file").open(ctx, e, nil, nil)
 	if err != nil {
 		return err
-	}
-	ctx := c.Context
-	kc, err := cluster.Open(ctx, cluster.Config{Members: cc.Members, Client: base}, c.String("user"), password)
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", id, err)
 	}
 	defer kc.Close()
 	if kc.Role() != hsmcore.CryptoUser {
-		return fmt.Errorf("%s is a %s: a master key is owned and used by a crypto user", c.String("user"), kc.Role())
+		return fmt.Errorf("%s is a %s: a master key is owned and used by a crypto user", opts.user, kc.Role())
 	}
-	keys, err := kc.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Label: c.String("label"), Encrypt: true, Decrypt: true}})
+	keys, err := kc.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Label: opts.label, Encrypt: true, Decrypt: true}})
 	if err != nil {
-		return fmt.Errorf("cluster %s: generate key: %w", id, err)
+		return fmt.Errorf("cluster %s: generate key: %w", opts.cluster, err)
 	}
 	k := keys[0]
-	_, err = fmt.Fprintf(c.App.Writer, "generated HSM-held master key %s/%d (AES-256, label %q, check value %s)\n"+
+	_, err = fmt.Fprintf(e.stdout, "generated HSM-held master key %s/%d (AES-256, label %q, check value %s)\n"+
 		"use it with this entry in the config file:\nhsm_key:\n  cluster: %s\n  handle: %d\n  user: %s\n  password_file: FILE\n",
-		id, k.Handle, k.Label, k.KCV, id, k.Handle, c.String("user"))
+		opts.cluster, k.Handle, k.Label, k.KCV, opts.cluster, k.Handle, opts.user)
 	return err
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -15,8 +14,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
-	"github.com/hsmbackup/hsmbackup/hsmcore/client"
-	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/restore"
 )
 
@@ -45,46 +42,61 @@ func restoreCommand() *cli.Command {
 			"adds HSMs to a cluster. A refused restore leaves every target unchanged.",
 		Flags:        append(flags, serviceFlags()...),
 		OnUsageError: usageError,
-		Action: action("restore", func(c *cli.Context) error {
-			if err := noArgs(c); err != nil {
-				return err
-			}
-			s, err := openService(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			return runRestore(s, c)
-		}),
+		Action:       action("restore", restoreAction),
 	}
 }
 
-func runRestore(s *service, c *cli.Context) error {
-	ctx := c.Context
-	id := c.String("backup")
-	if id == "" || len(c.StringSlice("to")) == 0 {
+// restoreOptions are the flags of restore that are not about reaching
+// the targets (those make its target).
+type restoreOptions struct {
+	backupID string
+	dryRun   bool
+}
+
+func restoreAction(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	opts := restoreOptions{backupID: c.String("backup"), dryRun: c.Bool("dry-run")}
+	if opts.backupID == "" || len(c.StringSlice("to")) == 0 {
 		return fmt.Errorf("--backup and --to are required (run '%s --help')", c.Command.HelpName)
 	}
-	clusterID, err := s.locate(id)
+	e, err := newStoreEnv(c)
 	if err != nil {
 		return err
 	}
-	pub, err := s.publicKey()
+	defer e.close()
+	clusterID, err := e.locate(opts.backupID)
 	if err != nil {
 		return err
 	}
-	ids, err := s.identities(ctx)
+	t, err := e.restoreTarget(c, clusterID)
 	if err != nil {
 		return err
 	}
-	mfr, op, err := s.roots()
+	return runRestore(c.Context, e, opts, clusterID, t)
+}
+
+// runRestore restores backup opts.backupID of cluster clusterID into the
+// target's members: the first by image, the others cloned from it.
+func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID string, t *target) error {
+	id := opts.backupID
+	pub, err := e.publicKey()
+	if err != nil {
+		return err
+	}
+	ids, err := e.identities(ctx)
+	if err != nil {
+		return err
+	}
+	mfr, op, err := e.roots()
 	if err != nil {
 		return err
 	}
 	// The manifest names the cluster's certificate and customer CA: once
 	// restored, the targets present that certificate. It is trusted only
 	// once the manifest's signature is checked.
-	m, err := backup.Describe(ctx, s.repo, clusterID, id)
+	m, err := backup.Describe(ctx, e.repo, clusterID, id)
 	if err == nil {
 		err = m.Verify(pub)
 	}
@@ -94,62 +106,54 @@ func runRestore(s *service, c *cli.Context) error {
 	if m.State != backup.StateReady {
 		return fmt.Errorf("backup %s is %s: only READY backups are restored (run 'hsmbackup backup restore-deleted %s' first)", id, m.State, id)
 	}
-	addrs, login, err := s.restoreTargets(c, clusterID)
-	if err != nil {
+	if err := t.trustBackup(m, mfr); err != nil {
 		return err
 	}
-	tcfg, err := targetConfig(m, mfr, login)
-	if err != nil {
-		return err
-	}
-	if len(addrs) > 1 && (login.cert == nil || login.user == "") {
+	if len(t.members) > 1 && (t.tls.Certificate == nil || t.user == "") {
 		return errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
 	}
-	targets := make([]restore.ClusterTarget, len(addrs))
-	for i, a := range addrs {
-		cfg := tcfg
-		cfg.Addr = a
-		cl, err := client.New(cfg)
+	targets := make([]restore.ClusterTarget, len(t.members))
+	for i, a := range t.members {
+		cl, err := t.dial(a)
 		if err != nil {
 			return err
 		}
 		defer cl.Close()
-		member := &restoreMember{Client: cl, addr: a}
+		cl.hasCert = true // a target is a new HSM or the backup's cluster's: only hints about reaching it apply
+		member := &restoreMember{conn: cl}
 		if i == 0 {
-			member.login = &login
+			member.login = t
 		}
 		targets[i] = restore.ClusterTarget{Addr: a, Member: member}
 	}
 	// Clones are added through the restored HSM, trusted as the backup's
 	// cluster, logged in as one of its crypto officers.
-	open := func(ctx context.Context) (restore.Cloner, error) {
-		ccfg := tcfg
-		ccfg.ManufacturerRoots = mfr
-		return cluster.Open(ctx, cluster.Config{Members: addrs[:1], Client: ccfg, OperatorRoots: op, Logger: s.log}, login.user, login.password)
-	}
-	opts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: c.Bool("dry-run")}
-	req := restore.ClusterRequest{Repo: s.repo, ClusterID: clusterID, BackupID: id, Targets: targets, Open: open}
-	results, err := restore.Cluster(ctx, req, opts)
+	first := *t
+	first.members = t.members[:1]
+	open := func(ctx context.Context) (restore.Cloner, error) { return first.open(ctx, e, mfr, op) }
+	ropts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: opts.dryRun}
+	req := restore.ClusterRequest{Repo: e.repo, ClusterID: clusterID, BackupID: id, Targets: targets, Open: open}
+	results, err := restore.Cluster(ctx, req, ropts)
 	for _, r := range results {
-		s.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)
+		e.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)
 	}
 	if err != nil {
 		return err
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, struct {
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
 			BackupID string                 `json:"backup_id"`
 			Cluster  string                 `json:"cluster_id"`
 			DryRun   bool                   `json:"dry_run"`
 			Targets  []restore.TargetResult `json:"targets"`
-		}{id, clusterID, opts.DryRun, results})
+		}{id, clusterID, opts.dryRun, results})
 	}
 	verbs := map[restore.Action]string{restore.Checked: "would restore into", restore.Restored: "restored into", restore.Cloned: "cloned into"}
 	for _, r := range results {
-		fmt.Fprintf(c.App.Writer, "%s %s HSM %s at %s\n", id, verbs[r.Action], r.Serial, r.Addr)
+		fmt.Fprintf(e.stdout, "%s %s HSM %s at %s\n", id, verbs[r.Action], r.Serial, r.Addr)
 	}
-	if opts.DryRun {
-		_, err = fmt.Fprintln(c.App.Writer, "dry run: every check passed; no HSM was changed")
+	if opts.dryRun {
+		_, err = fmt.Fprintln(e.stdout, "dry run: every check passed; no HSM was changed")
 	}
 	return err
 }
@@ -161,24 +165,17 @@ func runRestore(s *service, c *cli.Context) error {
 // import into such an HSM takes an officer's session), so that no
 // password is sent before every check has passed.
 type restoreMember struct {
-	*client.Client
-	addr  string
-	login *restoreLogin // first target only
-}
-
-// explain adds the hints of conn.explain: a target is a new HSM or a
-// member of the backup's cluster, so only those about reaching it apply.
-func (m *restoreMember) explain(err error) error {
-	return (&conn{Client: m.Client, addr: m.addr, hasCert: true}).explain(err)
+	*conn
+	login *target // first target only
 }
 
 func (m *restoreMember) Health(ctx context.Context) (api.Health, error) {
-	h, err := m.Client.Health(ctx)
+	h, err := m.conn.Health(ctx)
 	return h, m.explain(err)
 }
 
 func (m *restoreMember) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
-	a, err := m.Client.Attest(ctx, nonce)
+	a, err := m.conn.Attest(ctx, nonce)
 	return a, m.explain(err)
 }
 
@@ -192,7 +189,11 @@ func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.Impor
 			if m.login.user == "" {
 				return api.ImportResponse{}, errors.New("it is initialized: give --user and a password of its crypto officer")
 			}
-			role, err := m.Login(ctx, m.login.user, m.login.password)
+			password, err := m.login.password()
+			if err != nil {
+				return api.ImportResponse{}, err
+			}
+			role, err := m.Login(ctx, m.login.user, password)
 			if err != nil {
 				return api.ImportResponse{}, fmt.Errorf("log in: %w", err)
 			}
@@ -201,83 +202,69 @@ func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.Impor
 			}
 		}
 	}
-	return m.Client.ImportImage(ctx, r)
+	return m.conn.ImportImage(ctx, r)
 }
 
-// restoreLogin is how the command logs in to and authenticates to targets.
-type restoreLogin struct {
-	user, password string
-	cert           *tls.Certificate
-}
-
-// restoreTargets resolves --to into addresses and the login to use: a
-// configured cluster id stands for its members, with its user, password
-// and client certificate; flags override those.
-func (s *service) restoreTargets(c *cli.Context, backupCluster string) ([]string, restoreLogin, error) {
-	var addrs []string
-	var login restoreLogin
+// restoreTarget resolves --to into the restore's target: a HOST:PORT is
+// one HSM, a configured cluster id stands for its members. The user,
+// password and client certificate come from the flags, else from the
+// entry of the --to cluster, else from the backup's cluster's entry. The
+// password is read now, so that a dry run checks it too. Trust is set
+// from the backup's manifest (trustBackup).
+func (e *env) restoreTarget(c *cli.Context, backupCluster string) (*target, error) {
+	t := &target{}
 	var cc *clusterConfig
 	for _, to := range c.StringSlice("to") {
 		if _, _, err := net.SplitHostPort(to); err == nil {
-			addrs = append(addrs, to)
+			t.members = append(t.members, to)
 			continue
 		}
-		tc, err := s.cluster(to)
+		tc, err := e.cluster(to)
 		if err != nil {
-			return nil, login, fmt.Errorf("--to %q is neither HOST:PORT nor a configured cluster: %w", to, err)
+			return nil, fmt.Errorf("--to %q is neither HOST:PORT nor a configured cluster: %w", to, err)
 		}
 		cc = tc
-		addrs = append(addrs, tc.Members...)
+		t.members = append(t.members, tc.Members...)
 	}
 	if cc == nil {
-		cc = s.cfg.Clusters[backupCluster] // the backup's cluster's credentials, if configured
+		cc = e.cfg.Clusters[backupCluster] // the backup's cluster's credentials, if configured
 	}
 	if cc == nil {
 		cc = &clusterConfig{}
 	}
-	login.user = cmp.Or(c.String("user"), cc.User)
-	certPath, keyPath := cmp.Or(c.String("cert"), cc.Cert), cmp.Or(c.String("key"), cc.Key)
-	if (certPath == "") != (keyPath == "") {
-		return nil, login, errors.New("--cert and --key go together")
+	t.user = cmp.Or(c.String("user"), cc.User)
+	cert, err := clientCertOf(c, cc, nil)
+	if err != nil {
+		return nil, err
 	}
-	if certPath != "" {
-		cert, err := loadClientCertificate(certPath, keyPath)
+	t.tls.Certificate = cert
+	if t.user != "" {
+		pw, err := passwordOf(c, cc)()
 		if err != nil {
-			return nil, login, err
+			return nil, err
 		}
-		login.cert = cert
+		t.password = func() (string, error) { return pw, nil }
 	}
-	if login.user != "" {
-		pwFile, how := cc.PasswordFile, "password_file in the config"
-		if p := c.String("password-file"); p != "" {
-			pwFile, how = p, "--password-file"
-		}
-		pw, err := passwordFrom(pwFile, how)
-		if err != nil {
-			return nil, login, err
-		}
-		login.password = pw
-	}
-	return addrs, login, nil
+	return t, nil
 }
 
-// targetConfig trusts a target either as a new HSM (its device certificate
+// trustBackup trusts a target either as a new HSM (its device certificate
 // from the manufacturer roots) or as a member of the backup's cluster (its
 // cluster certificate from the customer CA the manifest names).
-func targetConfig(m *backup.Manifest, mfr *x509.CertPool, login restoreLogin) (client.Config, error) {
-	cfg := client.Config{ManufacturerRoots: mfr, ClusterID: m.ClusterID}
+func (t *target) trustBackup(m *backup.Manifest, mfr *x509.CertPool) error {
+	t.clusterID = m.ClusterID
+	t.tls.ClusterID, t.tls.ManufacturerRoots = m.ClusterID, mfr
 	if len(m.CustomerCA) > 0 {
 		ca, err := x509.ParseCertificate(m.CustomerCA)
 		if err != nil {
-			return cfg, fmt.Errorf("backup %s: customer CA: %w", m.ID, err)
+			return fmt.Errorf("backup %s: customer CA: %w", m.ID, err)
 		}
-		cfg.CustomerCA = ca
-		if login.cert != nil {
-			if err := checkClientCertificate(login.cert, ca); err != nil {
-				return cfg, fmt.Errorf("client certificate: %w", err)
+		t.tls.CustomerCA = ca
+		if t.tls.Certificate != nil {
+			if err := checkClientCertificate(t.tls.Certificate, ca); err != nil {
+				return fmt.Errorf("client certificate: %w", err)
 			}
 		}
 	}
-	cfg.Certificate = login.cert
-	return cfg, nil
+	return nil
 }

@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"reflect"
 	"syscall"
-
-	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 )
@@ -82,71 +79,4 @@ func tlsAlert(err error) (tls.AlertError, bool) {
 		return 0, false
 	}
 	return tls.AlertError(v.Uint()), true
-}
-
-// connectMember returns a client of an initialized cluster's member, from
-// the member flags. With trustDevice, a daemon presenting a device
-// certificate from --manufacturer-root (an HSM whose cluster is not
-// initialized) is trusted too.
-func connectMember(c *cli.Context, trustDevice bool) (*conn, error) {
-	if err := requireFlags(c, "addr"); err != nil {
-		return nil, err
-	}
-	cfg := client.Config{Addr: c.String("addr"), ClusterID: c.String("cluster-id")}
-	if p := c.String("customer-ca"); p != "" {
-		ca, err := loadCertificate(p)
-		if err != nil {
-			return nil, fmt.Errorf("customer CA: %w", err)
-		}
-		cfg.CustomerCA = ca
-	}
-	if p := c.String("manufacturer-root"); trustDevice && p != "" {
-		roots, err := loadRoots(p)
-		if err != nil {
-			return nil, fmt.Errorf("manufacturer root: %w", err)
-		}
-		cfg.ManufacturerRoots = roots
-	}
-	if cfg.CustomerCA == nil && cfg.ManufacturerRoots == nil {
-		return nil, errors.New("--customer-ca is required to trust the cluster's HSMs")
-	}
-	certPath, keyPath := c.String("cert"), c.String("key")
-	switch {
-	case certPath != "" && keyPath != "":
-		cert, err := loadClientCertificate(certPath, keyPath)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.CustomerCA != nil {
-			if err := checkClientCertificate(cert, cfg.CustomerCA); err != nil {
-				return nil, fmt.Errorf("client certificate %s: %w", certPath, err)
-			}
-		}
-		cfg.Certificate = cert
-	case certPath != "" || keyPath != "":
-		return nil, errors.New("--cert and --key go together")
-	}
-	cl, err := client.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &conn{Client: cl, addr: cfg.Addr, hasCert: cfg.Certificate != nil}, nil
-}
-
-// connectDevice returns a client of an HSM whose cluster is not yet
-// initialized: it trusts the device certificate from the manufacturer
-// roots and presents no client certificate.
-func connectDevice(c *cli.Context) (*conn, *x509.CertPool, error) {
-	if err := requireFlags(c, "addr", "manufacturer-root"); err != nil {
-		return nil, nil, err
-	}
-	roots, err := loadRoots(c.String("manufacturer-root"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("manufacturer root: %w", err)
-	}
-	cl, err := client.New(client.Config{Addr: c.String("addr"), ManufacturerRoots: roots})
-	if err != nil {
-		return nil, nil, err
-	}
-	return &conn{Client: cl, addr: c.String("addr"), device: true}, roots, nil
 }

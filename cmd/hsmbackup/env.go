@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -14,75 +15,90 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/backup"
-	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/hsmcore/api"
-	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/store"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// service is what the backup and restore commands share: the config, the
-// store (with progress bars on a terminal), keys loaded on demand, and the
-// logger (stderr).
-type service struct {
-	c    *cli.Context
-	cfg  *config
-	repo backup.Repo // where backups live: the store, with progress bars
+// globalOptions are the settings every command shares: --config (or
+// $HSMBACKUP_CONFIG), --store and --json, given before the command's name
+// or after it, the nearest winning. They are read once, by newEnv.
+type globalOptions struct {
+	config string
+	store  string
+	json   bool
+}
+
+func globalsOf(c *cli.Context) globalOptions {
+	return globalOptions{config: flagValue(c, "config"), store: flagValue(c, "store"), json: wantJSON(c)}
+}
+
+// env is what every command works with, resolved once from the global
+// options and the config file: the config (empty without --config), the
+// logger (stderr, as text or, with --json, JSON lines), progress bars on
+// a terminal, and on demand the store (openStore), keys, roots and HSM
+// targets (target.go). Commands call newEnv, then close.
+type env struct {
+	c      *cli.Context
+	g      globalOptions
+	stdout io.Writer // results; logs and bars go to stderr
+	cfg    *config
+	log    *slog.Logger
+	prog   *progress // nil off a terminal
+
+	repo backup.Repo // where backups live: the store, with progress bars (openStore)
 	base store.Store // repo's store without the progress bars
-	prog *progress   // nil off a terminal
-	log  *slog.Logger
 
 	// The HSM-held master key, once used (see hsmKey).
 	hsmKeyCluster   *cluster.Cluster
 	hsmKeyRecipient *wrap.HSMRecipient
 }
 
-// openService reads the config, if any, and opens the store. The caller
-// calls close when done.
-func openService(c *cli.Context) (*service, error) {
-	cfg, err := readConfig(c)
+// newEnv reads the config, if any, and sets up logging.
+func newEnv(c *cli.Context) (*env, error) {
+	g := globalsOf(c)
+	cfg := new(config)
+	if g.config != "" {
+		var err error
+		if cfg, err = loadConfig(g.config); err != nil {
+			return nil, err
+		}
+	}
+	prog := newProgress(c.Context, c.App.ErrWriter)
+	var h slog.Handler = slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)
+	if g.json {
+		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
+	}
+	return &env{c: c, g: g, stdout: c.App.Writer, cfg: cfg, log: slog.New(h), prog: prog}, nil
+}
+
+// newStoreEnv is newEnv and openStore, for the commands that work on
+// backups.
+func newStoreEnv(c *cli.Context) (*env, error) {
+	e, err := newEnv(c)
 	if err != nil {
 		return nil, err
 	}
-	url := cmp.Or(flagValue(c, "store"), cfg.Store)
+	if err := e.openStore(); err != nil {
+		e.close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// openStore opens the store of --store, else of the config.
+func (e *env) openStore() error {
+	url := cmp.Or(e.g.store, e.cfg.Store)
 	if url == "" {
-		return nil, errors.New("no store: give --store URL or 'store:' in --config")
+		return errors.New("no store: give --store URL or 'store:' in --config")
 	}
 	st, err := storeurl.Open(url, storeurl.Options{})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	prog := newProgress(c.Context, c.App.ErrWriter)
-	// Logs go to stderr: as text, or as JSON lines beside --json output.
-	var h slog.Handler = slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)
-	if wantJSON(c) {
-		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
-	}
-	return &service{c: c, cfg: cfg, base: st, repo: backup.Repo{Store: prog.wrap(st)}, prog: prog, log: slog.New(h)}, nil
-}
-
-// readConfig reads the --config file, if any.
-func readConfig(c *cli.Context) (*config, error) {
-	if p := flagValue(c, "config"); p != "" {
-		return loadConfig(p)
-	}
-	return new(config), nil
-}
-
-// openConfig is openService for the commands that need the config but no
-// store: it neither opens one nor shows progress.
-func openConfig(c *cli.Context) (*service, error) {
-	cfg, err := readConfig(c)
-	if err != nil {
-		return nil, err
-	}
-	var h slog.Handler = slog.NewTextHandler(c.App.ErrWriter, nil)
-	if wantJSON(c) {
-		h = slog.NewJSONHandler(c.App.ErrWriter, nil)
-	}
-	return &service{c: c, cfg: cfg, log: slog.New(h)}, nil
+	e.base, e.repo = st, backup.Repo{Store: e.prog.wrap(st)}
+	return nil
 }
 
 // staleUploadAge is how long an upload must have been idle before
@@ -93,40 +109,40 @@ const staleUploadAge = 24 * time.Hour
 // removeStaleUploads removes, best effort, what uploads killed mid-way
 // left in the store (file-store temporary files, incomplete S3 multipart
 // uploads): they are never listed, but take space.
-func (s *service) removeStaleUploads(ctx context.Context) {
-	r, ok := store.As[store.StaleUploadRemover](s.base)
+func (e *env) removeStaleUploads(ctx context.Context) {
+	r, ok := store.As[store.StaleUploadRemover](e.base)
 	if !ok {
 		return
 	}
 	n, err := r.RemoveStaleUploads(ctx, time.Now().Add(-staleUploadAge))
 	switch {
 	case err != nil:
-		s.log.Warn("stale uploads not removed", "err", err)
+		e.log.Warn("stale uploads not removed", "err", err)
 	case n > 0:
-		s.log.Info("stale uploads removed", "count", n)
+		e.log.Info("stale uploads removed", "count", n)
 	}
 }
 
-// close ends what the service opened: the HSM-held master key's session,
+// close ends what the env opened: the HSM-held master key's session,
 // the progress bars.
-func (s *service) close() {
-	if s.hsmKeyCluster != nil {
-		s.hsmKeyCluster.Close()
+func (e *env) close() {
+	if e.hsmKeyCluster != nil {
+		e.hsmKeyCluster.Close()
 	}
-	s.prog.wait()
+	e.prog.wait()
 }
 
 // path returns the file a flag or, failing that, the config names.
-func (s *service) path(flag, fromConfig, what string) (string, error) {
-	p := cmp.Or(flagValue(s.c, flag), fromConfig)
+func (e *env) path(flag, fromConfig, what string) (string, error) {
+	p := cmp.Or(flagValue(e.c, flag), fromConfig)
 	if p == "" {
 		return "", fmt.Errorf("no %s: give --%s or set it in --config", what, flag)
 	}
 	return p, nil
 }
 
-func (s *service) signingKey() (ed25519.PrivateKey, error) {
-	p, err := s.path("signing-key", s.cfg.SigningKey, "manifest signing key")
+func (e *env) signingKey() (ed25519.PrivateKey, error) {
+	p, err := e.path("signing-key", e.cfg.SigningKey, "manifest signing key")
 	if err != nil {
 		return nil, err
 	}
@@ -135,14 +151,14 @@ func (s *service) signingKey() (ed25519.PrivateKey, error) {
 
 // publicKey is the manifest public key, or the signing key's if only that
 // is configured.
-func (s *service) publicKey() (ed25519.PublicKey, error) {
-	if p := cmp.Or(flagValue(s.c, "public-key"), s.cfg.PublicKey); p != "" {
+func (e *env) publicKey() (ed25519.PublicKey, error) {
+	if p := cmp.Or(flagValue(e.c, "public-key"), e.cfg.PublicKey); p != "" {
 		return backup.LoadPublicKey(p)
 	}
-	if cmp.Or(flagValue(s.c, "signing-key"), s.cfg.SigningKey) == "" {
+	if cmp.Or(flagValue(e.c, "signing-key"), e.cfg.SigningKey) == "" {
 		return nil, errors.New("no manifest public key: give --public-key (or --signing-key) or set it in --config")
 	}
-	k, err := s.signingKey()
+	k, err := e.signingKey()
 	if err != nil {
 		return nil, err
 	}
@@ -150,12 +166,12 @@ func (s *service) publicKey() (ed25519.PublicKey, error) {
 }
 
 // roots returns the manufacturer and operator roots that attest HSMs.
-func (s *service) roots() (mfr, op *x509.CertPool, err error) {
-	mp, err := s.path("manufacturer-root", s.cfg.ManufacturerRoot, "manufacturer root")
+func (e *env) roots() (mfr, op *x509.CertPool, err error) {
+	mp, err := e.path("manufacturer-root", e.cfg.ManufacturerRoot, "manufacturer root")
 	if err != nil {
 		return nil, nil, err
 	}
-	opp, err := s.path("operator-root", s.cfg.OperatorRoot, "operator root")
+	opp, err := e.path("operator-root", e.cfg.OperatorRoot, "operator root")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -169,83 +185,22 @@ func (s *service) roots() (mfr, op *x509.CertPool, err error) {
 }
 
 // cluster returns the config of cluster id.
-func (s *service) cluster(id string) (*clusterConfig, error) {
-	cc := s.cfg.Clusters[id]
+func (e *env) cluster(id string) (*clusterConfig, error) {
+	cc := e.cfg.Clusters[id]
 	if cc == nil {
-		if len(s.cfg.Clusters) == 0 {
+		if len(e.cfg.Clusters) == 0 {
 			return nil, fmt.Errorf("cluster %q is not configured: --config has no clusters", id)
 		}
-		return nil, fmt.Errorf("cluster %q is not configured (configured: %s)", id, strings.Join(s.cfg.clusterIDs(), ", "))
+		return nil, fmt.Errorf("cluster %q is not configured (configured: %s)", id, strings.Join(e.cfg.clusterIDs(), ", "))
 	}
 	return cc, nil
 }
 
 // locate returns the cluster of backup id: --cluster if given, else found
 // in the store.
-func (s *service) locate(id string) (string, error) {
-	if cl := s.c.String("cluster"); cl != "" {
+func (e *env) locate(id string) (string, error) {
+	if cl := e.c.String("cluster"); cl != "" {
 		return cl, nil
 	}
-	return backup.Find(s.c.Context, s.repo, id)
-}
-
-// clientConfig returns the TLS settings for cluster id's members.
-func clientConfig(id string, cc *clusterConfig) (client.Config, error) {
-	if cc.CustomerCA == "" || cc.Cert == "" || cc.Key == "" {
-		return client.Config{}, fmt.Errorf("cluster %s: customer_ca, cert and key are required in the config", id)
-	}
-	ca, err := loadCertificate(cc.CustomerCA)
-	if err != nil {
-		return client.Config{}, fmt.Errorf("cluster %s: customer CA: %w", id, err)
-	}
-	cert, err := loadClientCertificate(cc.Cert, cc.Key)
-	if err != nil {
-		return client.Config{}, fmt.Errorf("cluster %s: %w", id, err)
-	}
-	if err := checkClientCertificate(cert, ca); err != nil {
-		return client.Config{}, fmt.Errorf("cluster %s: client certificate %s: %w", id, cc.Cert, err)
-	}
-	return client.Config{ClusterID: id, CustomerCA: ca, Certificate: cert}, nil
-}
-
-// clusterPassword reads cluster cc's officer password: its password_file,
-// else $HSMBACKUP_PASSWORD.
-func clusterPassword(cc *clusterConfig) (string, error) {
-	return passwordFrom(cc.PasswordFile, "password_file in the config")
-}
-
-// pickMember connects to the members of cluster id and returns the one
-// cluster.PickMember chooses (healthy, initialized in that cluster and in
-// sync), logged in as a crypto officer. The caller closes it.
-func (s *service) pickMember(ctx context.Context, id string) (*client.Client, api.Health, error) {
-	cc, err := s.cluster(id)
-	if err != nil {
-		return nil, api.Health{}, err
-	}
-	if cc.User == "" {
-		return nil, api.Health{}, fmt.Errorf("cluster %s: 'user' (a crypto officer) is required in the config", id)
-	}
-	password, err := clusterPassword(cc)
-	if err != nil {
-		return nil, api.Health{}, fmt.Errorf("cluster %s: %w", id, err)
-	}
-	base, err := clientConfig(id, cc)
-	if err != nil {
-		return nil, api.Health{}, err
-	}
-	best, err := cluster.PickMember(ctx, cluster.Config{Members: cc.Members, Client: base, Logger: s.log})
-	if err != nil {
-		return nil, api.Health{}, err
-	}
-	role, err := best.Client.Login(ctx, cc.User, password)
-	if err != nil {
-		best.Client.Close()
-		return nil, api.Health{}, fmt.Errorf("cluster %s: log in as %s on %s: %w", id, cc.User, best.Addr, err)
-	}
-	if role != hsmcore.CryptoOfficer {
-		best.Client.Close()
-		return nil, api.Health{}, fmt.Errorf("cluster %s: %s is a %s; backups need a crypto officer", id, cc.User, role)
-	}
-	s.log.Info("member chosen", "cluster", id, "addr", best.Addr, "serial", best.Health.Serial)
-	return best.Client, best.Health, nil
+	return backup.Find(e.c.Context, e.repo, id)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/hsmcore/hsmkey"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
@@ -16,21 +15,21 @@ var errNoMasterKey = errors.New("no master key")
 
 // recipients returns every master key that new backups are wrapped to: the
 // keyring, the HPKE public keys and the HSM-held key, as configured.
-func (s *service) recipients(ctx context.Context) ([]wrap.Recipient, error) {
+func (e *env) recipients(ctx context.Context) ([]wrap.Recipient, error) {
 	var out []wrap.Recipient
-	if kr, err := s.optionalKeyring(); err != nil {
+	if kr, err := e.optionalKeyring(); err != nil {
 		return nil, err
 	} else if kr != nil {
 		out = append(out, kr)
 	}
-	for _, p := range flagOrConfig(sliceValue(s.c, "hpke-recipient"), s.cfg.HPKERecipients) {
+	for _, p := range flagOrConfig(sliceValue(e.c, "hpke-recipient"), e.cfg.HPKERecipients) {
 		r, err := wrap.LoadHPKERecipient(p)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, r)
 	}
-	if hk, err := s.hsmKey(ctx); err != nil {
+	if hk, err := e.hsmKey(ctx); err != nil {
 		return nil, err
 	} else if hk != nil {
 		out = append(out, hk)
@@ -43,21 +42,21 @@ func (s *service) recipients(ctx context.Context) ([]wrap.Recipient, error) {
 
 // identities returns every master key that opens backups: the keyring, the
 // HPKE private keys and the HSM-held key, as configured.
-func (s *service) identities(ctx context.Context) ([]wrap.Identity, error) {
+func (e *env) identities(ctx context.Context) ([]wrap.Identity, error) {
 	var out []wrap.Identity
-	if kr, err := s.optionalKeyring(); err != nil {
+	if kr, err := e.optionalKeyring(); err != nil {
 		return nil, err
 	} else if kr != nil {
 		out = append(out, kr)
 	}
-	for _, p := range flagOrConfig(sliceValue(s.c, "hpke-identity"), s.cfg.HPKEIdentities) {
+	for _, p := range flagOrConfig(sliceValue(e.c, "hpke-identity"), e.cfg.HPKEIdentities) {
 		id, err := wrap.LoadHPKEIdentity(p)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, id)
 	}
-	if hk, err := s.hsmKey(ctx); err != nil {
+	if hk, err := e.hsmKey(ctx); err != nil {
 		return nil, err
 	} else if hk != nil {
 		out = append(out, hk)
@@ -70,8 +69,8 @@ func (s *service) identities(ctx context.Context) ([]wrap.Identity, error) {
 
 // optionalKeyring returns the keyring of --keyring or the config, or nil
 // if neither names one.
-func (s *service) optionalKeyring() (*wrap.Keyring, error) {
-	p := cmp.Or(flagValue(s.c, "keyring"), s.cfg.Keyring)
+func (e *env) optionalKeyring() (*wrap.Keyring, error) {
+	p := cmp.Or(flagValue(e.c, "keyring"), e.cfg.Keyring)
 	if p == "" {
 		return nil, nil
 	}
@@ -80,36 +79,28 @@ func (s *service) optionalKeyring() (*wrap.Keyring, error) {
 
 // hsmKey returns the config's HSM-held master key, or nil if it names
 // none. The first call logs in to the key's cluster as its crypto user;
-// the session ends with s.close.
-func (s *service) hsmKey(ctx context.Context) (*wrap.HSMRecipient, error) {
-	k := s.cfg.HSMKey
+// the session ends with e.close.
+func (e *env) hsmKey(ctx context.Context) (*wrap.HSMRecipient, error) {
+	k := e.cfg.HSMKey
 	if k == nil {
 		return nil, nil
 	}
-	if s.hsmKeyRecipient != nil {
-		return s.hsmKeyRecipient, nil
+	if e.hsmKeyRecipient != nil {
+		return e.hsmKeyRecipient, nil
 	}
-	cc, err := s.cluster(k.Cluster)
+	t, err := e.clusterTarget(k.Cluster, false)
 	if err != nil {
 		return nil, fmt.Errorf("hsm_key: %w", err)
 	}
-	base, err := clientConfig(k.Cluster, cc)
+	kc, err := t.as(k.User, k.PasswordFile, "hsm_key's password_file in the config").open(ctx, e, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("hsm_key: %w", err)
-	}
-	password, err := passwordFrom(k.PasswordFile, "hsm_key's password_file in the config")
-	if err != nil {
-		return nil, fmt.Errorf("hsm_key: %w", err)
-	}
-	kc, err := cluster.Open(ctx, cluster.Config{Members: cc.Members, Client: base, Logger: s.log}, k.User, password)
-	if err != nil {
-		return nil, fmt.Errorf("hsm_key: cluster %s: %w", k.Cluster, err)
 	}
 	r, err := wrap.NewHSMRecipient(hsmkey.New(kc, k.Cluster, k.Handle))
 	if err != nil {
 		kc.Close()
 		return nil, fmt.Errorf("hsm_key: %w", err)
 	}
-	s.hsmKeyCluster, s.hsmKeyRecipient = kc, r
+	e.hsmKeyCluster, e.hsmKeyRecipient = kc, r
 	return r, nil
 }

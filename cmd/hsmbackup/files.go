@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
-	"github.com/urfave/cli/v2"
 )
 
 // passwordEnv names the environment variable a password is read from when
@@ -114,12 +113,6 @@ func checkClientCertificate(cert *tls.Certificate, ca *x509.Certificate) error {
 		return fmt.Errorf("not usable with customer CA %q: %w", ca.Subject.CommonName, err)
 	}
 	return nil
-}
-
-// readPassword returns the password from --password-file or else from
-// $HSMBACKUP_PASSWORD (see passwordFrom).
-func readPassword(c *cli.Context) (string, error) {
-	return passwordFrom(c.String("password-file"), "--password-file")
 }
 
 // passwordFrom returns the first line of the file at path, which must be

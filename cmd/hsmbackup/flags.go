@@ -17,24 +17,11 @@ func operatorRootFlag() cli.Flag {
 	return &cli.StringFlag{Name: "operator-root", Usage: "PEM `FILE` of the operator root CA(s) that certify HSM device keys"}
 }
 
-func userFlag() cli.Flag {
-	return &cli.StringFlag{Name: "user", Usage: "`NAME` of the crypto officer"}
-}
 
 func passwordFileFlag() cli.Flag {
 	return &cli.StringFlag{Name: "password-file", Usage: "`FILE` (mode 0600) whose first line is the password; without it the password is read from $" + passwordEnv}
 }
 
-// memberFlags are the flags of a client of an initialized cluster.
-func memberFlags() []cli.Flag {
-	return []cli.Flag{
-		addrFlag(),
-		&cli.StringFlag{Name: "customer-ca", Usage: "PEM `FILE` of the customer CA that signed the cluster certificate and issues client certificates"},
-		&cli.StringFlag{Name: "cert", Usage: "PEM `FILE` of the client certificate, issued by the customer CA"},
-		&cli.StringFlag{Name: "key", Usage: "PEM `FILE` of the client certificate's private key (mode 0600)"},
-		&cli.StringFlag{Name: "cluster-id", Usage: "`ID` the cluster certificate must name (its common name)"},
-	}
-}
 
 // expectFlags narrow what an attestation must show; unset, they default to
 // what the certificates from the trusted roots name.

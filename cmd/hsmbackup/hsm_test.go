@@ -209,7 +209,7 @@ func TestReadPassword(t *testing.T) {
 		var got string
 		app := &cli.App{
 			Flags:  []cli.Flag{passwordFileFlag()},
-			Action: func(c *cli.Context) (err error) { got, err = readPassword(c); return err },
+			Action: func(c *cli.Context) (err error) { got, err = passwordOf(c, &clusterConfig{})(); return err },
 		}
 		err := app.Run(append([]string{"x"}, args...))
 		return got, err
