@@ -17,11 +17,9 @@ func operatorRootFlag() cli.Flag {
 	return &cli.StringFlag{Name: "operator-root", Usage: "PEM `FILE` of the operator root CA(s) that certify HSM device keys"}
 }
 
-
 func passwordFileFlag() cli.Flag {
 	return &cli.StringFlag{Name: "password-file", Usage: "`FILE` (mode 0600) whose first line is the password; without it the password is read from $" + passwordEnv}
 }
-
 
 // expectFlags narrow what an attestation must show; unset, they default to
 // what the certificates from the trusted roots name.

@@ -115,7 +115,9 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 	}
 	mfrPath := cmp.Or(c.String("manufacturer-root"), e.cfg.ManufacturerRoot)
 	caPath := cmp.Or(c.String("customer-ca"), cc.CustomerCA)
-	required := func(what string) error { return fmt.Errorf("%s is required (run '%s --help')", what, c.Command.HelpName) }
+	required := func(what string) error {
+		return fmt.Errorf("%s is required (run '%s --help')", what, c.Command.HelpName)
+	}
 	switch {
 	case len(t.members) == 0:
 		return nil, required("--addr (or --cluster with a cluster of --config)")
