@@ -1,19 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -231,84 +226,6 @@ func TestRunDemoKeep(t *testing.T) {
 	}
 }
 
-func TestRunDemoCancelled(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var out bytes.Buffer
-	err := runDemo(ctx, &out, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-	if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "set up workspace: ") {
-		t.Fatalf("runDemo with a cancelled context: %v; want the first step's name and context.Canceled", err)
-	}
-	assertEmptyDir(t, dir)
-}
-
-// cancelWriter cancels a context once the output shows a given line.
-type cancelWriter struct {
-	buf    bytes.Buffer
-	at     string
-	cancel context.CancelFunc
-}
-
-func (w *cancelWriter) Write(p []byte) (int, error) {
-	w.buf.Write(p)
-	if strings.Contains(w.buf.String(), w.at) {
-		w.cancel()
-	}
-	return len(p), nil
-}
-
-// TestRunDemoCancelledMidway cancels the demo as each step starts: the
-// step fails with the context's error, and the demo stops every HSM it
-// served and removes its workspace.
-func TestRunDemoCancelledMidway(t *testing.T) {
-	for i, s := range demoSteps {
-		t.Run(s.name, func(t *testing.T) {
-			dir := t.TempDir()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			w := &cancelWriter{at: fmt.Sprintf("[%d/%d]", i+1, len(demoSteps)), cancel: cancel}
-			err := runDemo(ctx, w, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("runDemo cancelled at step %d: %v, want context.Canceled\noutput:\n%s", i+1, err, w.buf.String())
-			}
-			if !strings.HasPrefix(err.Error(), s.name+": ") && !strings.HasPrefix(err.Error(), demoSteps[min(i+1, len(demoSteps)-1)].name+": ") {
-				t.Errorf("error %q names neither step %d nor the next", err, i+1)
-			}
-			if strings.Contains(w.buf.String(), "demo complete") {
-				t.Error("a cancelled demo reported completion")
-			}
-			assertEmptyDir(t, dir)
-			assertHSMsStopped(t, w.buf.String(), 0)
-		})
-	}
-}
-
-// failingWriter fails every write.
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
-
-func TestRunDemoWriteError(t *testing.T) {
-	dir := t.TempDir()
-	err := runDemo(context.Background(), failingWriter{}, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-	if err == nil || !strings.Contains(err.Error(), "disk full") {
-		t.Fatalf("runDemo into a failing writer: %v; want the write error", err)
-	}
-	assertEmptyDir(t, dir)
-}
-
-// TestRunDemoBadStore fails in the first step, and cleans up.
-func TestRunDemoBadStore(t *testing.T) {
-	dir := t.TempDir()
-	var out bytes.Buffer
-	err := runDemo(context.Background(), &out, demoOptions{Dir: dir, PasswordIterations: cheapPasswords, Store: "ftp://example.com/backups"})
-	if err == nil || !strings.HasPrefix(err.Error(), "set up workspace: ") || !strings.Contains(err.Error(), `unknown scheme "ftp"`) {
-		t.Fatalf("runDemo with an ftp store: %v; want the first step's name and the URL's fault", err)
-	}
-	assertEmptyDir(t, dir)
-}
-
 // TestRunDemoS3 runs the tour against a real MinIO: once with Keep, then
 // once without, which must not collide with the kept objects and deletes
 // only what it wrote.
@@ -367,151 +284,4 @@ func TestRunDemoS3(t *testing.T) {
 	if after := objects(); !slices.Equal(after, kept) {
 		t.Errorf("after a run without Keep the bucket holds %q, want %q", after, kept)
 	}
-}
-
-func TestReport(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		err         error
-		interrupted bool
-		code        int
-		stderr      string
-	}{
-		{"success", nil, false, 0, ""},
-		{"success despite a late signal", nil, true, 0, ""},
-		{"failure", errors.New("export image: disk full"), false, 1, "hsmbackup: export image: disk full\n"},
-		{"multi-line error", errors.Join(errors.New("a"), errors.New("b")), false, 1, "hsmbackup: a b\n"},
-		{"interrupted", errors.New("demo: prepare HSM A: context canceled"), true, 130, "hsmbackup: interrupted: demo: prepare HSM A: context canceled\n"},
-		{"cancelled", context.Canceled, false, 130, "hsmbackup: interrupted: context canceled\n"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			if code := report(&stderr, tc.err, tc.interrupted); code != tc.code {
-				t.Errorf("exit code %d, want %d", code, tc.code)
-			}
-			if stderr.String() != tc.stderr {
-				t.Errorf("stderr %q, want %q", stderr.String(), tc.stderr)
-			}
-		})
-	}
-}
-
-// TestCLI builds the binary and runs it as a user would.
-func TestCLI(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "hsmbackup")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-
-	t.Run("demo", func(t *testing.T) {
-		tmp := t.TempDir()
-		stdout, stderr, code := runBinary(t, bin, tmp, "demo")
-		if code != 0 || stderr != "" {
-			t.Fatalf("hsmbackup demo: exit %d, stderr %q\nstdout:\n%s", code, stderr, stdout)
-		}
-		checkDemoOutput(t, stdout)
-		assertEmptyDir(t, tmp)
-	})
-
-	// The global --store flag works for the demo too; the store is
-	// left as it was found.
-	t.Run("demo with --store", func(t *testing.T) {
-		tmp, storeDir := t.TempDir(), t.TempDir()
-		url := "file://" + storeDir
-		stdout, stderr, code := runBinary(t, bin, tmp, "--store", url, "demo")
-		if code != 0 || stderr != "" {
-			t.Fatalf("hsmbackup --store %s demo: exit %d, stderr %q\nstdout:\n%s", url, code, stderr, stdout)
-		}
-		checkDemoOutput(t, stdout)
-		if !strings.Contains(stdout, "store          "+url+", this run under ") {
-			t.Errorf("output does not name the store %s:\n%s", url, stdout)
-		}
-		assertEmptyDir(t, tmp)
-	})
-
-	for _, args := range [][]string{
-		{"nosuchcommand"},
-		{"demo", "--nosuchflag"},
-		{"--nosuchflag"},
-		{"demo", "extra"},
-	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			stdout, stderr, code := runBinary(t, bin, t.TempDir(), args...)
-			if code != 1 {
-				t.Errorf("exit %d, want 1", code)
-			}
-			if !strings.HasPrefix(stderr, "hsmbackup: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
-				t.Errorf("stderr %q, want one line starting \"hsmbackup: \"", stderr)
-			}
-			if stdout != "" {
-				t.Errorf("stdout %q, want nothing", stdout)
-			}
-		})
-	}
-
-	t.Run("help", func(t *testing.T) {
-		stdout, stderr, code := runBinary(t, bin, t.TempDir(), "--help")
-		if code != 0 || stderr != "" || !strings.Contains(stdout, "demo") || !strings.Contains(stdout, "--json") {
-			t.Errorf("hsmbackup --help: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
-		}
-	})
-
-	t.Run("interrupt", func(t *testing.T) {
-		tmp := t.TempDir()
-		cmd := exec.Command(bin, "demo")
-		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		pipe, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// Step 3 does several password hashes at full cost: interrupt
-		// there, and the demo stops before step 4.
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() && !strings.HasPrefix(sc.Text(), "[3/9]") {
-		}
-		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		for sc.Scan() {
-		}
-		err = cmd.Wait()
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.ExitCode() != 130 {
-			t.Fatalf("interrupted demo: %v, want exit status 130; stderr %q", err, stderr.String())
-		}
-		if s := stderr.String(); !strings.HasPrefix(s, "hsmbackup: interrupted: ") || strings.Count(s, "\n") != 1 {
-			t.Errorf("stderr %q, want one line starting \"hsmbackup: interrupted: \"", s)
-		}
-		assertEmptyDir(t, tmp)
-	})
-}
-
-// runBinary runs bin with args and TMPDIR set to tmp, and returns its
-// output and exit code.
-func runBinary(t *testing.T, bin, tmp string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
-		t.Fatalf("run %v: %v", args, err)
-	}
-	return out.String(), errOut.String(), code
 }
