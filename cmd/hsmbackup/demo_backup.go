@@ -3,16 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/store/storeurl"
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// The demo's backup steps: take the backup, list it and verify it.
+// The demo's backup steps: take the backup, list it and verify it, copy
+// it to a disaster-recovery site under another kind of master key.
 
 // takeBackup backs the cluster up from member A, over a crypto officer's
 // session on that member.
@@ -77,4 +81,54 @@ func (d *demo) listAndVerify(ctx context.Context) error {
 // verifyOptions verify backups in full, as restore does.
 func (d *demo) verifyOptions() backup.VerifyOptions {
 	return backup.VerifyOptions{PublicKey: d.verifyKey, Identities: []wrap.Identity{d.keyring}, Deep: true}
+}
+
+// copyToDRSite makes an HPKE key pair in the workspace, as 'masterkey
+// generate-hpke' does, copies the backup into a second file store, the
+// disaster-recovery site, re-wrapped to the public key file only, as
+// 'backup copy --to-hpke' does, and verifies the copy in full with the
+// private key alone. The service keyring does not open the copy.
+func (d *demo) copyToDRSite(ctx context.Context) error {
+	keyPath, pubPath := filepath.Join(d.ws, "dr-site.key"), filepath.Join(d.ws, "dr-site.pub")
+	if _, err := wrap.GenerateHPKEKey(keyPath, pubPath); err != nil {
+		return err
+	}
+	pub, err := wrap.LoadHPKERecipient(pubPath)
+	if err != nil {
+		return err
+	}
+	d.out.printf("  HPKE key pair  ML-KEM-768 + X25519: %s wraps, only %s opens (mode 0600, never shown)\n",
+		filepath.Base(pubPath), filepath.Base(keyPath))
+
+	st, err := storeurl.Open("file://"+filepath.Join(d.ws, "dr-site"), storeurl.Options{})
+	if err != nil {
+		return err
+	}
+	dr := backup.Repo{Store: st, Prefix: d.prefix}
+	m, err := backup.Copy(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, d.manifest.ClusterID, d.manifest.ID, dr, backup.CopyOptions{
+		PublicKey:  d.verifyKey,
+		Identities: []wrap.Identity{d.keyring},
+		Recipients: []wrap.Recipient{pub},
+		SigningKey: d.signingKey,
+	})
+	if err != nil {
+		return err
+	}
+	d.out.printf("  copied         to the DR site (a second file store) as %s, the outer layer re-wrapped\n", m.ID)
+	d.out.printf("                 to %s only; the inner image is copied byte for byte\n", strings.Join(m.Recipients, ", "))
+
+	id, err := wrap.LoadHPKEIdentity(keyPath)
+	if err != nil {
+		return err
+	}
+	if err := backup.Verify(ctx, dr, m.ClusterID, m.ID, backup.VerifyOptions{PublicKey: d.verifyKey, Identities: []wrap.Identity{id}, Deep: true}); err != nil {
+		return fmt.Errorf("verify the copy: %w", err)
+	}
+	d.out.printf("  verified       the copy in full with the HPKE private key alone: ok\n")
+	err = backup.Verify(ctx, dr, m.ClusterID, m.ID, d.verifyOptions())
+	if !errors.Is(err, wrap.ErrUnknownKey) {
+		return fmt.Errorf("verify the copy with the service keyring: got %v, want %w", err, wrap.ErrUnknownKey)
+	}
+	d.out.printf("  keyring        does not open the copy: %v\n", err)
+	return nil
 }

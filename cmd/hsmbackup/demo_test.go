@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
+	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 // cheapPasswords is a PBKDF2 cost that keeps in-process demo runs fast;
@@ -26,7 +29,7 @@ const cheapPasswords = 1000
 // demoWants are lines, or parts of lines, every successful demo prints:
 // one or more per step, the refusals included.
 var demoWants = []string{
-	"[1/9] workspace, authorities, customer CA, master keyring, store",
+	"[1/10] workspace, authorities, customer CA, master keyring, store",
 	"manufacturer   acme-hsm",
 	"operator       example-cloud",
 	"operator       other-cloud",
@@ -34,25 +37,25 @@ var demoWants = []string{
 	"master keyring master.keyring, current key demo-master v1",
 	"manifest key   Ed25519, public key ",
 	"this run under hsmbackup-demo/",
-	"[2/9] HSMs A and B: manufacture, serve on loopback TLS",
+	"[2/10] HSMs A and B: manufacture, serve on loopback TLS",
 	"HSM A          serial HSM-",
 	"HSM B          serial HSM-",
 	"hsm2m.medium, firmware 2.1.0, operator example-cloud, on 127.0.0.1:",
-	"[3/9] cluster: attest, CSR signed by the customer CA, first crypto officer, add B",
+	"[3/10] cluster: attest, CSR signed by the customer CA, first crypto officer, add B",
 	"attested       HSM A: acme-hsm/hsm2m.medium/example-cloud, fresh nonce, both chains verified",
 	"cluster CSR    for cluster-demo; its key is the one HSM A attests to",
 	"HSM A now presents the cluster certificate",
 	`crypto officer "admin" created and logged in over mutual TLS`,
 	"member added   HSM B: attested",
 	"members        2, in sync: state digest ",
-	"[4/9] crypto user and keys: generate, encrypt, sign",
+	"[4/10] crypto user and keys: generate, encrypt, sign",
 	`crypto user    "app-user" created on every member`,
 	"HANDLE  TYPE      LABEL             KCV",
 	"AES-256", "EC P-384", "RSA-2048",
 	"encrypted      with key 1 (AES-256-GCM)",
 	"signed         with key 2 (ECDSA P-384, SHA-384)",
 	"signed         with key 3 (RSA-PSS, SHA-256)",
-	"[5/9] backup: HSM image, wrapped again, stored with a signed manifest",
+	"[5/10] backup: HSM image, wrapped again, stored with a signed manifest",
 	"backup         backup-",
 	" of cluster-demo, taken from HSM A (serial HSM-",
 	"inner image    ",
@@ -60,12 +63,20 @@ var demoWants = []string{
 	"stored         image: ",
 	"manifest       manifest.json, signed with the Ed25519 key, written last and create-only",
 	"/clusters/cluster-demo/backups/backup-",
-	"[6/9] list and verify the backup",
+	"[6/10] list and verify the backup",
 	"listed 1 backup(s):",
 	"BACKUP                              CLUSTER       SOURCE            STATE  OBJECT BYTES  CREATED",
 	"cluster-demo  HSM-",
 	"verified       manifest signature, object SHA-256, outer envelope, inner image header: ok",
-	"[7/9] HSM C (fresh, same class and operator): restore, use the keys",
+	"[7/10] disaster-recovery copy: wrapped to an HPKE key pair, verified with its private key",
+	"HPKE key pair  ML-KEM-768 + X25519: dr-site.pub wraps, only dr-site.key opens (mode 0600, never shown)",
+	"copied         to the DR site (a second file store) as backup-",
+	"to mlkem768x25519 ", " only; the inner image is copied byte for byte",
+	"verified       the copy in full with the HPKE private key alone: ok",
+	"keyring        does not open the copy: backup backup-",
+	"outer layer does not open: header: no key for this envelope: it is wrapped to mlkem768x25519 ",
+	"; tried: keyring holds demo-master v1",
+	"[8/10] HSM C (fresh, same class and operator): restore, use the keys",
 	"operator example-cloud, uninitialized, on 127.0.0.1:",
 	"into HSM C (serial HSM-",
 	"HSM C attested (fresh nonce, class, operator, PBK), image streamed in and committed",
@@ -74,13 +85,13 @@ var demoWants = []string{
 	"verified       the signature made before the backup with key 2 (EC P-384)",
 	"verified       the signature made before the backup with key 3 (RSA-2048)",
 	"restored keys work on HSM C: 3 keys, same handles and KCVs",
-	"[8/9] HSM D (operator other-cloud): restore refused",
+	"[9/10] HSM D (operator other-cloud): restore refused",
 	"operator other-cloud, uninitialized, on 127.0.0.1:",
 	"genuine: both chains verify; only the operator differs",
 	"attestation rejected",
 	`operator "other-cloud", want "example-cloud"`,
 	"HSM D unchanged: still uninitialized, state digest ",
-	"[9/9] tampered image: verify and restore refuse it",
+	"[10/10] tampered image: verify and restore refuse it",
 	"tampered       flipped byte ",
 	"verify failed  at the object hash layer: ",
 	"image object does not match its manifest",
@@ -206,7 +217,7 @@ func TestRunDemoKeep(t *testing.T) {
 	if !strings.Contains(out.String(), "workspace kept: "+ws+"\n") {
 		t.Errorf("output does not name the kept workspace %s:\n%s", ws, out.String())
 	}
-	for _, name := range []string{"authorities", "customer-ca.crt", "master.keyring", "hsm-a", "hsm-b", "hsm-c", "hsm-d", "hsm-e", "store"} {
+	for _, name := range []string{"authorities", "customer-ca.crt", "master.keyring", "hsm-a", "hsm-b", "hsm-c", "hsm-d", "hsm-e", "store", "dr-site", "dr-site.key", "dr-site.pub"} {
 		if _, err := os.Stat(filepath.Join(ws, name)); err != nil {
 			t.Errorf("kept workspace: %v", err)
 		}
@@ -223,6 +234,46 @@ func TestRunDemoKeep(t *testing.T) {
 	ms, err := backup.List(context.Background(), backup.Repo{Store: st, Prefix: prefix[1]}, backup.Filter{})
 	if err != nil || len(ms) != 1 || ms[0].ClusterID != demoClusterID {
 		t.Errorf("kept store lists %v, %v; want one backup of %s", ms, err, demoClusterID)
+	}
+	// The DR site holds one copy of it, wrapped to the kept HPKE key only:
+	// that key opens it, and the kept keyring does not.
+	dr, err := storeurl.Open("file://"+filepath.Join(ws, "dr-site"), storeurl.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := backup.Repo{Store: dr, Prefix: prefix[1]}
+	copies, err := backup.List(context.Background(), repo, backup.Filter{})
+	if err != nil || len(copies) != 1 || len(ms) != 1 || copies[0].SourceBackupID != ms[0].ID {
+		t.Fatalf("kept DR site lists %v, %v; want one copy of the kept backup", copies, err)
+	}
+	hpke, err := wrap.LoadHPKEIdentity(filepath.Join(ws, "dr-site.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"mlkem768x25519 " + hpke.Recipient().Fingerprint()}; !slices.Equal(copies[0].Recipients, want) {
+		t.Errorf("the copy is wrapped to %q, want %q", copies[0].Recipients, want)
+	}
+	keyring, err := wrap.LoadKeyring(filepath.Join(ws, "master.keyring"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(id wrap.Identity) error {
+		rc, err := dr.Get(context.Background(), repo.ObjectKey(demoClusterID, copies[0].ID, backup.ImageObject))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		r, err := wrap.Decrypt(context.Background(), rc, id)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		return err
+	}
+	if err := open(hpke); err != nil {
+		t.Errorf("the kept HPKE key does not open the copy: %v", err)
+	}
+	if err := open(keyring); !errors.Is(err, wrap.ErrUnknownKey) {
+		t.Errorf("the kept keyring opening the copy: %v, want %v", err, wrap.ErrUnknownKey)
 	}
 }
 
