@@ -23,7 +23,7 @@ import (
 
 // The demo's steps, in the order of demoSteps. Each narrates what it did
 // in a few lines. This file holds the first four: the workspace, the HSMs,
-// the cluster and its keys; demo_backup.go the backup,
+// the cluster and its keys; demo_backup.go the backup and its DR copy,
 // demo_restore.go the restore and the refusals.
 
 // setUp makes the workspace, the manufacturer and the two operators, the
