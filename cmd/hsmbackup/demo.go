@@ -29,17 +29,21 @@ func demoCommand() *cli.Command {
 		Description: "Needs no set-up. In a temporary workspace it serves two software HSMs on\n" +
 			"loopback mutual TLS and makes them a cluster the CloudHSM way (attestation,\n" +
 			"cluster CSR signed by a customer CA of its own, first crypto officer, a\n" +
-			"second member cloned by image), creates a crypto user and keys, and takes\n" +
-			"a backup under a fresh master keyring into a file store. It lists and\n" +
-			"verifies the backup, restores it into a fresh HSM of the same class and\n" +
-			"operator and uses the keys there, shows an HSM of another operator being\n" +
-			"refused, and flips a stored byte to show verify and restore catching it.\n" +
-			"With --store s3://BUCKET[/PREFIX][?endpoint=URL] the backup goes to S3\n" +
-			"instead (an existing bucket; credentials from the AWS environment:\n" +
-			"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). The demo's objects go under\n" +
-			"a prefix of their own and are deleted at the end unless --keep.",
+			"second member cloned by image), creates a crypto user and keys, and takes a\n" +
+			"backup under a fresh master keyring into a file store. It lists and verifies\n" +
+			"the backup, copies it to a disaster-recovery site (a second file store in\n" +
+			"the workspace) re-wrapped to an HPKE key pair of its own, and verifies the\n" +
+			"copy with the private key alone; an AES key held in an HSM cluster, the\n" +
+			"third kind of master key, is made with 'masterkey generate-hsm'. It restores\n" +
+			"the backup into a fresh HSM of the same class and operator and uses the keys\n" +
+			"there, shows an HSM of another operator being refused, and flips a stored\n" +
+			"byte to show verify and restore catching it. With --store\n" +
+			"s3://BUCKET[/PREFIX][?endpoint=URL] the backup goes to S3 instead (an\n" +
+			"existing bucket; credentials from the AWS environment: AWS_ACCESS_KEY_ID and\n" +
+			"AWS_SECRET_ACCESS_KEY). The demo's objects go under a prefix of their own\n" +
+			"and are deleted at the end unless --keep.",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "keep", Usage: "keep the workspace (authorities, HSMs, keyring, store) and the stored objects, and print where they are"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the workspace (authorities, HSMs, keys, stores) and the stored objects, and print where they are"},
 			&cli.StringFlag{Name: "store", Usage: "`URL` of the store to back up into (file://DIR or s3://BUCKET/PREFIX); default: a file store in the workspace"},
 		},
 		OnUsageError: usageError,
@@ -142,6 +146,7 @@ var demoSteps = []demoStep{
 	{"create keys", "crypto user and keys: generate, encrypt, sign", (*demo).createKeys},
 	{"back up", "backup: HSM image, wrapped again, stored with a signed manifest", (*demo).takeBackup},
 	{"list and verify", "list and verify the backup", (*demo).listAndVerify},
+	{"copy to DR site", "disaster-recovery copy: wrapped to an HPKE key pair, verified with its private key", (*demo).copyToDRSite},
 	{"restore into HSM C", "HSM C (fresh, same class and operator): restore, use the keys", (*demo).restoreIntoC},
 	{"refuse HSM D", "HSM D (operator other-cloud): restore refused", (*demo).refuseMismatch},
 	{"refuse tampered backup", "tampered image: verify and restore refuse it", (*demo).refuseTampered},

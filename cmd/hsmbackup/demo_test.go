@@ -1,19 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
+	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +19,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 	"github.com/hsmbackup/hsmbackup/store/storeurl"
+	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
 // cheapPasswords is a PBKDF2 cost that keeps in-process demo runs fast;
@@ -31,7 +29,7 @@ const cheapPasswords = 1000
 // demoWants are lines, or parts of lines, every successful demo prints:
 // one or more per step, the refusals included.
 var demoWants = []string{
-	"[1/9] workspace, authorities, customer CA, master keyring, store",
+	"[1/10] workspace, authorities, customer CA, master keyring, store",
 	"manufacturer   acme-hsm",
 	"operator       example-cloud",
 	"operator       other-cloud",
@@ -39,25 +37,25 @@ var demoWants = []string{
 	"master keyring master.keyring, current key demo-master v1",
 	"manifest key   Ed25519, public key ",
 	"this run under hsmbackup-demo/",
-	"[2/9] HSMs A and B: manufacture, serve on loopback TLS",
+	"[2/10] HSMs A and B: manufacture, serve on loopback TLS",
 	"HSM A          serial HSM-",
 	"HSM B          serial HSM-",
 	"hsm2m.medium, firmware 2.1.0, operator example-cloud, on 127.0.0.1:",
-	"[3/9] cluster: attest, CSR signed by the customer CA, first crypto officer, add B",
+	"[3/10] cluster: attest, CSR signed by the customer CA, first crypto officer, add B",
 	"attested       HSM A: acme-hsm/hsm2m.medium/example-cloud, fresh nonce, both chains verified",
 	"cluster CSR    for cluster-demo; its key is the one HSM A attests to",
 	"HSM A now presents the cluster certificate",
 	`crypto officer "admin" created and logged in over mutual TLS`,
 	"member added   HSM B: attested",
 	"members        2, in sync: state digest ",
-	"[4/9] crypto user and keys: generate, encrypt, sign",
+	"[4/10] crypto user and keys: generate, encrypt, sign",
 	`crypto user    "app-user" created on every member`,
 	"HANDLE  TYPE      LABEL             KCV",
 	"AES-256", "EC P-384", "RSA-2048",
 	"encrypted      with key 1 (AES-256-GCM)",
 	"signed         with key 2 (ECDSA P-384, SHA-384)",
 	"signed         with key 3 (RSA-PSS, SHA-256)",
-	"[5/9] backup: HSM image, wrapped again, stored with a signed manifest",
+	"[5/10] backup: HSM image, wrapped again, stored with a signed manifest",
 	"backup         backup-",
 	" of cluster-demo, taken from HSM A (serial HSM-",
 	"inner image    ",
@@ -65,12 +63,20 @@ var demoWants = []string{
 	"stored         image: ",
 	"manifest       manifest.json, signed with the Ed25519 key, written last and create-only",
 	"/clusters/cluster-demo/backups/backup-",
-	"[6/9] list and verify the backup",
+	"[6/10] list and verify the backup",
 	"listed 1 backup(s):",
 	"BACKUP                              CLUSTER       SOURCE            STATE  OBJECT BYTES  CREATED",
 	"cluster-demo  HSM-",
 	"verified       manifest signature, object SHA-256, outer envelope, inner image header: ok",
-	"[7/9] HSM C (fresh, same class and operator): restore, use the keys",
+	"[7/10] disaster-recovery copy: wrapped to an HPKE key pair, verified with its private key",
+	"HPKE key pair  ML-KEM-768 + X25519: dr-site.pub wraps, only dr-site.key opens (mode 0600, never shown)",
+	"copied         to the DR site (a second file store) as backup-",
+	"to mlkem768x25519 ", " only; the inner image is copied byte for byte",
+	"verified       the copy in full with the HPKE private key alone: ok",
+	"keyring        does not open the copy: backup backup-",
+	"outer layer does not open: header: no key for this envelope: it is wrapped to mlkem768x25519 ",
+	"; tried: keyring holds demo-master v1",
+	"[8/10] HSM C (fresh, same class and operator): restore, use the keys",
 	"operator example-cloud, uninitialized, on 127.0.0.1:",
 	"into HSM C (serial HSM-",
 	"HSM C attested (fresh nonce, class, operator, PBK), image streamed in and committed",
@@ -79,13 +85,13 @@ var demoWants = []string{
 	"verified       the signature made before the backup with key 2 (EC P-384)",
 	"verified       the signature made before the backup with key 3 (RSA-2048)",
 	"restored keys work on HSM C: 3 keys, same handles and KCVs",
-	"[8/9] HSM D (operator other-cloud): restore refused",
+	"[9/10] HSM D (operator other-cloud): restore refused",
 	"operator other-cloud, uninitialized, on 127.0.0.1:",
 	"genuine: both chains verify; only the operator differs",
 	"attestation rejected",
 	`operator "other-cloud", want "example-cloud"`,
 	"HSM D unchanged: still uninitialized, state digest ",
-	"[9/9] tampered image: verify and restore refuse it",
+	"[10/10] tampered image: verify and restore refuse it",
 	"tampered       flipped byte ",
 	"verify failed  at the object hash layer: ",
 	"image object does not match its manifest",
@@ -211,7 +217,7 @@ func TestRunDemoKeep(t *testing.T) {
 	if !strings.Contains(out.String(), "workspace kept: "+ws+"\n") {
 		t.Errorf("output does not name the kept workspace %s:\n%s", ws, out.String())
 	}
-	for _, name := range []string{"authorities", "customer-ca.crt", "master.keyring", "hsm-a", "hsm-b", "hsm-c", "hsm-d", "hsm-e", "store"} {
+	for _, name := range []string{"authorities", "customer-ca.crt", "master.keyring", "hsm-a", "hsm-b", "hsm-c", "hsm-d", "hsm-e", "store", "dr-site", "dr-site.key", "dr-site.pub"} {
 		if _, err := os.Stat(filepath.Join(ws, name)); err != nil {
 			t.Errorf("kept workspace: %v", err)
 		}
@@ -229,84 +235,46 @@ func TestRunDemoKeep(t *testing.T) {
 	if err != nil || len(ms) != 1 || ms[0].ClusterID != demoClusterID {
 		t.Errorf("kept store lists %v, %v; want one backup of %s", ms, err, demoClusterID)
 	}
-}
-
-func TestRunDemoCancelled(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var out bytes.Buffer
-	err := runDemo(ctx, &out, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-	if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "set up workspace: ") {
-		t.Fatalf("runDemo with a cancelled context: %v; want the first step's name and context.Canceled", err)
+	// The DR site holds one copy of it, wrapped to the kept HPKE key only:
+	// that key opens it, and the kept keyring does not.
+	dr, err := storeurl.Open("file://"+filepath.Join(ws, "dr-site"), storeurl.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	assertEmptyDir(t, dir)
-}
-
-// cancelWriter cancels a context once the output shows a given line.
-type cancelWriter struct {
-	buf    bytes.Buffer
-	at     string
-	cancel context.CancelFunc
-}
-
-func (w *cancelWriter) Write(p []byte) (int, error) {
-	w.buf.Write(p)
-	if strings.Contains(w.buf.String(), w.at) {
-		w.cancel()
+	repo := backup.Repo{Store: dr, Prefix: prefix[1]}
+	copies, err := backup.List(context.Background(), repo, backup.Filter{})
+	if err != nil || len(copies) != 1 || len(ms) != 1 || copies[0].SourceBackupID != ms[0].ID {
+		t.Fatalf("kept DR site lists %v, %v; want one copy of the kept backup", copies, err)
 	}
-	return len(p), nil
-}
-
-// TestRunDemoCancelledMidway cancels the demo as each step starts: the
-// step fails with the context's error, and the demo stops every HSM it
-// served and removes its workspace.
-func TestRunDemoCancelledMidway(t *testing.T) {
-	for i, s := range demoSteps {
-		t.Run(s.name, func(t *testing.T) {
-			dir := t.TempDir()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			w := &cancelWriter{at: fmt.Sprintf("[%d/%d]", i+1, len(demoSteps)), cancel: cancel}
-			err := runDemo(ctx, w, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("runDemo cancelled at step %d: %v, want context.Canceled\noutput:\n%s", i+1, err, w.buf.String())
-			}
-			if !strings.HasPrefix(err.Error(), s.name+": ") && !strings.HasPrefix(err.Error(), demoSteps[min(i+1, len(demoSteps)-1)].name+": ") {
-				t.Errorf("error %q names neither step %d nor the next", err, i+1)
-			}
-			if strings.Contains(w.buf.String(), "demo complete") {
-				t.Error("a cancelled demo reported completion")
-			}
-			assertEmptyDir(t, dir)
-			assertHSMsStopped(t, w.buf.String(), 0)
-		})
+	hpke, err := wrap.LoadHPKEIdentity(filepath.Join(ws, "dr-site.key"))
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-// failingWriter fails every write.
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
-
-func TestRunDemoWriteError(t *testing.T) {
-	dir := t.TempDir()
-	err := runDemo(context.Background(), failingWriter{}, demoOptions{Dir: dir, PasswordIterations: cheapPasswords})
-	if err == nil || !strings.Contains(err.Error(), "disk full") {
-		t.Fatalf("runDemo into a failing writer: %v; want the write error", err)
+	if want := []string{"mlkem768x25519 " + hpke.Recipient().Fingerprint()}; !slices.Equal(copies[0].Recipients, want) {
+		t.Errorf("the copy is wrapped to %q, want %q", copies[0].Recipients, want)
 	}
-	assertEmptyDir(t, dir)
-}
-
-// TestRunDemoBadStore fails in the first step, and cleans up.
-func TestRunDemoBadStore(t *testing.T) {
-	dir := t.TempDir()
-	var out bytes.Buffer
-	err := runDemo(context.Background(), &out, demoOptions{Dir: dir, PasswordIterations: cheapPasswords, Store: "ftp://example.com/backups"})
-	if err == nil || !strings.HasPrefix(err.Error(), "set up workspace: ") || !strings.Contains(err.Error(), `unknown scheme "ftp"`) {
-		t.Fatalf("runDemo with an ftp store: %v; want the first step's name and the URL's fault", err)
+	keyring, err := wrap.LoadKeyring(filepath.Join(ws, "master.keyring"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	assertEmptyDir(t, dir)
+	open := func(id wrap.Identity) error {
+		rc, err := dr.Get(context.Background(), repo.ObjectKey(demoClusterID, copies[0].ID, backup.ImageObject))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		r, err := wrap.Decrypt(context.Background(), rc, id)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		return err
+	}
+	if err := open(hpke); err != nil {
+		t.Errorf("the kept HPKE key does not open the copy: %v", err)
+	}
+	if err := open(keyring); !errors.Is(err, wrap.ErrUnknownKey) {
+		t.Errorf("the kept keyring opening the copy: %v, want %v", err, wrap.ErrUnknownKey)
+	}
 }
 
 // TestRunDemoS3 runs the tour against a real MinIO: once with Keep, then
@@ -367,151 +335,4 @@ func TestRunDemoS3(t *testing.T) {
 	if after := objects(); !slices.Equal(after, kept) {
 		t.Errorf("after a run without Keep the bucket holds %q, want %q", after, kept)
 	}
-}
-
-func TestReport(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		err         error
-		interrupted bool
-		code        int
-		stderr      string
-	}{
-		{"success", nil, false, 0, ""},
-		{"success despite a late signal", nil, true, 0, ""},
-		{"failure", errors.New("export image: disk full"), false, 1, "hsmbackup: export image: disk full\n"},
-		{"multi-line error", errors.Join(errors.New("a"), errors.New("b")), false, 1, "hsmbackup: a b\n"},
-		{"interrupted", errors.New("demo: prepare HSM A: context canceled"), true, 130, "hsmbackup: interrupted: demo: prepare HSM A: context canceled\n"},
-		{"cancelled", context.Canceled, false, 130, "hsmbackup: interrupted: context canceled\n"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			if code := report(&stderr, tc.err, tc.interrupted); code != tc.code {
-				t.Errorf("exit code %d, want %d", code, tc.code)
-			}
-			if stderr.String() != tc.stderr {
-				t.Errorf("stderr %q, want %q", stderr.String(), tc.stderr)
-			}
-		})
-	}
-}
-
-// TestCLI builds the binary and runs it as a user would.
-func TestCLI(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "hsmbackup")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-
-	t.Run("demo", func(t *testing.T) {
-		tmp := t.TempDir()
-		stdout, stderr, code := runBinary(t, bin, tmp, "demo")
-		if code != 0 || stderr != "" {
-			t.Fatalf("hsmbackup demo: exit %d, stderr %q\nstdout:\n%s", code, stderr, stdout)
-		}
-		checkDemoOutput(t, stdout)
-		assertEmptyDir(t, tmp)
-	})
-
-	// The global --store flag works for the demo too; the store is
-	// left as it was found.
-	t.Run("demo with --store", func(t *testing.T) {
-		tmp, storeDir := t.TempDir(), t.TempDir()
-		url := "file://" + storeDir
-		stdout, stderr, code := runBinary(t, bin, tmp, "--store", url, "demo")
-		if code != 0 || stderr != "" {
-			t.Fatalf("hsmbackup --store %s demo: exit %d, stderr %q\nstdout:\n%s", url, code, stderr, stdout)
-		}
-		checkDemoOutput(t, stdout)
-		if !strings.Contains(stdout, "store          "+url+", this run under ") {
-			t.Errorf("output does not name the store %s:\n%s", url, stdout)
-		}
-		assertEmptyDir(t, tmp)
-	})
-
-	for _, args := range [][]string{
-		{"nosuchcommand"},
-		{"demo", "--nosuchflag"},
-		{"--nosuchflag"},
-		{"demo", "extra"},
-	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			stdout, stderr, code := runBinary(t, bin, t.TempDir(), args...)
-			if code != 1 {
-				t.Errorf("exit %d, want 1", code)
-			}
-			if !strings.HasPrefix(stderr, "hsmbackup: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
-				t.Errorf("stderr %q, want one line starting \"hsmbackup: \"", stderr)
-			}
-			if stdout != "" {
-				t.Errorf("stdout %q, want nothing", stdout)
-			}
-		})
-	}
-
-	t.Run("help", func(t *testing.T) {
-		stdout, stderr, code := runBinary(t, bin, t.TempDir(), "--help")
-		if code != 0 || stderr != "" || !strings.Contains(stdout, "demo") || !strings.Contains(stdout, "--json") {
-			t.Errorf("hsmbackup --help: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
-		}
-	})
-
-	t.Run("interrupt", func(t *testing.T) {
-		tmp := t.TempDir()
-		cmd := exec.Command(bin, "demo")
-		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		pipe, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// Step 3 does several password hashes at full cost: interrupt
-		// there, and the demo stops before step 4.
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() && !strings.HasPrefix(sc.Text(), "[3/9]") {
-		}
-		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		for sc.Scan() {
-		}
-		err = cmd.Wait()
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.ExitCode() != 130 {
-			t.Fatalf("interrupted demo: %v, want exit status 130; stderr %q", err, stderr.String())
-		}
-		if s := stderr.String(); !strings.HasPrefix(s, "hsmbackup: interrupted: ") || strings.Count(s, "\n") != 1 {
-			t.Errorf("stderr %q, want one line starting \"hsmbackup: interrupted: \"", s)
-		}
-		assertEmptyDir(t, tmp)
-	})
-}
-
-// runBinary runs bin with args and TMPDIR set to tmp, and returns its
-// output and exit code.
-func runBinary(t *testing.T, bin, tmp string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
-		t.Fatalf("run %v: %v", args, err)
-	}
-	return out.String(), errOut.String(), code
 }
