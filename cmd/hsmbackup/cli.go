@@ -142,3 +142,6 @@ func flagValue(c *cli.Context, name string) string {
 	}
 	return ""
 }
+
+// ptr returns a pointer to v: an option that may be left unset.
+func ptr[T any](v T) *T { return &v }

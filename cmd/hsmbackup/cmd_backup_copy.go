@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -10,12 +11,27 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// copyOptions are the flags of backup copy.
+type copyOptions struct {
+	to        string   // the destination store's URL
+	toKeyring string   // a keyring file to wrap the copy to
+	toHPKE    []string // HPKE public key files to wrap the copy to
+}
+
 func copyBackup(e *env, c *cli.Context, cluster, id string) error {
-	to := c.String("to")
-	if to == "" {
+	opts := copyOptions{to: c.String("to"), toKeyring: c.String("to-keyring"), toHPKE: c.StringSlice("to-hpke")}
+	if opts.to == "" {
 		return fmt.Errorf("--to is required (run '%s --help')", c.Command.HelpName)
 	}
-	ids, err := e.identities(c.Context)
+	return runCopy(c.Context, e, cluster, id, opts)
+}
+
+// runCopy copies backup id into the store of opts.to, its outer layer
+// re-wrapped to the keys opts names (default: the keys new backups are
+// wrapped to).
+func runCopy(ctx context.Context, e *env, cluster, id string, opts copyOptions) error {
+	to := opts.to
+	ids, err := e.identities(ctx)
 	if err != nil {
 		return err
 	}
@@ -28,14 +44,14 @@ func copyBackup(e *env, c *cli.Context, cluster, id string) error {
 		return err
 	}
 	var recipients []wrap.Recipient
-	for _, p := range c.StringSlice("to-hpke") {
+	for _, p := range opts.toHPKE {
 		r, err := wrap.LoadHPKERecipient(p)
 		if err != nil {
 			return err
 		}
 		recipients = append(recipients, r)
 	}
-	switch p := c.String("to-keyring"); {
+	switch p := opts.toKeyring; {
 	case p != "":
 		dk, err := wrap.LoadKeyring(p)
 		if err != nil {
@@ -43,7 +59,7 @@ func copyBackup(e *env, c *cli.Context, cluster, id string) error {
 		}
 		recipients = append(recipients, dk)
 	case len(recipients) == 0:
-		if recipients, err = e.recipients(c.Context); err != nil {
+		if recipients, err = e.recipients(ctx); err != nil {
 			return err
 		}
 	}
@@ -51,15 +67,15 @@ func copyBackup(e *env, c *cli.Context, cluster, id string) error {
 	if err != nil {
 		return err
 	}
-	m, err := backup.Copy(c.Context, e.repo, cluster, id, backup.Repo{Store: e.prog.wrap(dst)}, backup.CopyOptions{
+	m, err := backup.Copy(ctx, e.repo, cluster, id, backup.Repo{Store: e.prog.wrap(dst)}, backup.CopyOptions{
 		PublicKey: pub, Identities: ids, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {
 		return err
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, summarize(m))
+	if e.g.json {
+		return writeJSON(e.stdout, summarize(m))
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "copied %s to %s as %s (outer layer: %s)\n", id, to, m.ID, strings.Join(m.Recipients, "; "))
+	_, err = fmt.Fprintf(e.stdout, "copied %s to %s as %s (outer layer: %s)\n", id, to, m.ID, strings.Join(m.Recipients, "; "))
 	return err
 }

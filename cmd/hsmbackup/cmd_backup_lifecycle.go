@@ -8,8 +8,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// change runs a lifecycle change and prints the backup's new state.
-func change(e *env, c *cli.Context, verb string, fn func(backup.LifecycleOptions) (*backup.Manifest, error)) error {
+// change runs a lifecycle change and prints the backup's new state: the
+// run function of delete, restore-deleted, tag and set-never-expires.
+func change(e *env, verb string, fn func(backup.LifecycleOptions) (*backup.Manifest, error)) error {
 	key, err := e.signingKey()
 	if err != nil {
 		return err
@@ -18,21 +19,21 @@ func change(e *env, c *cli.Context, verb string, fn func(backup.LifecycleOptions
 	if err != nil {
 		return err
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, summarize(m))
+	if e.g.json {
+		return writeJSON(e.stdout, summarize(m))
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "%s %s: %s, expiry %s, tags %s\n", verb, m.ID, m.State, expiryText(m), tagsText(m.Tags))
+	_, err = fmt.Fprintf(e.stdout, "%s %s: %s, expiry %s, tags %s\n", verb, m.ID, m.State, expiryText(m), tagsText(m.Tags))
 	return err
 }
 
 func deleteBackup(e *env, c *cli.Context, cluster, id string) error {
-	return change(e, c, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+	return change(e, "deleted", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
 		return backup.Delete(c.Context, e.repo, cluster, id, o)
 	})
 }
 
 func restoreDeleted(e *env, c *cli.Context, cluster, id string) error {
-	return change(e, c, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+	return change(e, "restored", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
 		return backup.RestoreDeleted(c.Context, e.repo, cluster, id, o)
 	})
 }
@@ -45,7 +46,7 @@ func tagBackup(e *env, c *cli.Context, cluster, id string) error {
 	if len(set) == 0 && len(c.StringSlice("remove")) == 0 {
 		return errors.New("nothing to do: give --set KEY=VALUE or --remove KEY")
 	}
-	return change(e, c, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+	return change(e, "tagged", func(o backup.LifecycleOptions) (*backup.Manifest, error) {
 		return backup.SetTags(c.Context, e.repo, cluster, id, set, c.StringSlice("remove"), o)
 	})
 }
@@ -55,7 +56,7 @@ func setNeverExpires(e *env, c *cli.Context, cluster, id string) error {
 	if c.Bool("off") {
 		verb = "unpinned"
 	}
-	return change(e, c, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
+	return change(e, verb, func(o backup.LifecycleOptions) (*backup.Manifest, error) {
 		return backup.SetNeverExpires(c.Context, e.repo, cluster, id, !c.Bool("off"), o)
 	})
 }

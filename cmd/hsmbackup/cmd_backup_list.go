@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -10,36 +11,47 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// listOptions are the flags of backup list.
+type listOptions struct {
+	cluster, state string
+	tags           []string
+}
+
 func listBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	tags, err := parseTags(c.StringSlice("tag"))
+	return runList(c.Context, e, listOptions{cluster: c.String("cluster"), state: c.String("state"), tags: c.StringSlice("tag")})
+}
+
+// runList prints the backups that match opts, oldest first.
+func runList(ctx context.Context, e *env, opts listOptions) error {
+	tags, err := parseTags(opts.tags)
 	if err != nil {
 		return err
 	}
-	f := backup.Filter{ClusterID: c.String("cluster"), State: backup.State(strings.ToUpper(c.String("state"))), Tags: tags}
+	f := backup.Filter{ClusterID: opts.cluster, State: backup.State(strings.ToUpper(opts.state)), Tags: tags}
 	switch f.State {
 	case "", backup.StateReady, backup.StatePendingDeletion, backup.StateDeleted:
 	default:
-		return fmt.Errorf("--state %q: want READY, PENDING_DELETION or DELETED", c.String("state"))
+		return fmt.Errorf("--state %q: want READY, PENDING_DELETION or DELETED", opts.state)
 	}
-	ms, err := backup.List(c.Context, e.repo, f)
+	ms, err := backup.List(ctx, e.repo, f)
 	if err != nil {
 		return err
 	}
-	if wantJSON(c) {
+	if e.g.json {
 		out := make([]backupSummary, len(ms))
 		for i, m := range ms {
 			out[i] = summarize(m)
 		}
-		return writeJSON(c.App.Writer, out)
+		return writeJSON(e.stdout, out)
 	}
 	if len(ms) == 0 {
-		_, err := fmt.Fprintln(c.App.Writer, "no backups")
+		_, err := fmt.Fprintln(e.stdout, "no backups")
 		return err
 	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKUP\tCLUSTER\tSTATE\tCREATED\tSIZE\tSOURCE HSM\tEXPIRY\tTAGS")
 	for _, m := range ms {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.ClusterID, m.State, m.Created.Format(time.DateTime),
@@ -49,14 +61,19 @@ func listBackups(e *env, c *cli.Context) error {
 }
 
 func describeBackup(e *env, c *cli.Context, cluster, id string) error {
-	m, err := backup.Describe(c.Context, e.repo, cluster, id)
+	return runDescribe(c.Context, e, cluster, id)
+}
+
+// runDescribe prints backup id's manifest.
+func runDescribe(ctx context.Context, e *env, cluster, id string) error {
+	m, err := backup.Describe(ctx, e.repo, cluster, id)
 	if err != nil {
 		return err
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, m) // the manifest as stored, signature included
+	if e.g.json {
+		return writeJSON(e.stdout, m) // the manifest as stored, signature included
 	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("backup", m.ID)
 	row("cluster", m.ClusterID)

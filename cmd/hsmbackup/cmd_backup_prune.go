@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 
@@ -8,10 +9,31 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// pruneOptions are the flags of backup prune; nil limits are the config's.
+type pruneOptions struct {
+	cluster       string
+	retentionDays *int
+	keepLast      *int
+	dryRun        bool
+}
+
 func pruneBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
+	opts := pruneOptions{cluster: c.String("cluster"), dryRun: c.Bool("dry-run")}
+	if c.IsSet("retention-days") {
+		opts.retentionDays = ptr(c.Int("retention-days"))
+	}
+	if c.IsSet("keep-last") {
+		opts.keepLast = ptr(c.Int("keep-last"))
+	}
+	return runPrune(c.Context, e, opts)
+}
+
+// runPrune applies retention to every cluster (or opts.cluster) and prints
+// what changed, or with opts.dryRun what would.
+func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 	key, err := e.signingKey()
 	if err != nil {
 		return err
@@ -22,35 +44,35 @@ func pruneBackups(e *env, c *cli.Context) error {
 			r = *cc.Retention
 		}
 		p := backup.Policy{RetentionDays: r.Days, KeepLast: r.KeepLast}
-		if c.IsSet("retention-days") {
-			p.RetentionDays = c.Int("retention-days")
+		if opts.retentionDays != nil {
+			p.RetentionDays = *opts.retentionDays
 		}
-		if c.IsSet("keep-last") {
-			p.KeepLast = c.Int("keep-last")
+		if opts.keepLast != nil {
+			p.KeepLast = *opts.keepLast
 		}
 		return p
 	}
-	if err := policy(c.String("cluster")).Validate(); err != nil {
+	if err := policy(opts.cluster).Validate(); err != nil {
 		return err
 	}
-	actions, perr := backup.Prune(c.Context, e.repo, backup.PruneOptions{
+	actions, perr := backup.Prune(ctx, e.repo, backup.PruneOptions{
 		LifecycleOptions: backup.LifecycleOptions{SigningKey: key},
-		ClusterID:        c.String("cluster"), Policy: policy, DryRun: c.Bool("dry-run"),
+		ClusterID:        opts.cluster, Policy: policy, DryRun: opts.dryRun,
 	})
-	if wantJSON(c) {
+	if e.g.json {
 		if actions == nil {
 			actions = []backup.PruneAction{}
 		}
-		if err := writeJSON(c.App.Writer, actions); err != nil {
+		if err := writeJSON(e.stdout, actions); err != nil {
 			return err
 		}
 		return perr
 	}
-	w := c.App.Writer
+	w := e.stdout
 	switch {
 	case len(actions) == 0:
 		fmt.Fprintln(w, "nothing to prune")
-	case c.Bool("dry-run"):
+	case opts.dryRun:
 		fmt.Fprintln(w, "dry run: nothing changed; prune would make these changes:")
 	}
 	if len(actions) > 0 {
@@ -61,7 +83,7 @@ func pruneBackups(e *env, c *cli.Context) error {
 			switch {
 			case a.Error != "":
 				result = "FAILED: " + a.Error
-			case c.Bool("dry-run"):
+			case opts.dryRun:
 				result = "would"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.BackupID, a.ClusterID, a.From, a.To, a.Reason, result)

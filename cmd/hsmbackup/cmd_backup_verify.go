@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -8,15 +9,26 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// verifyOptions are the flags of backup verify.
+type verifyOptions struct {
+	deep, offline bool
+}
+
 func verifyBackup(e *env, c *cli.Context, cluster, id string) error {
+	return runVerify(c.Context, e, cluster, id, verifyOptions{deep: c.Bool("deep"), offline: c.Bool("offline")})
+}
+
+// runVerify checks backup id layer by layer, as far as vopts and the keys
+// at hand allow.
+func runVerify(ctx context.Context, e *env, cluster, id string, vopts verifyOptions) error {
 	pub, err := e.publicKey()
 	if err != nil {
 		return err
 	}
-	opts := backup.VerifyOptions{PublicKey: pub, Deep: c.Bool("deep")}
+	opts := backup.VerifyOptions{PublicKey: pub, Deep: vopts.deep}
 	checks := []string{"signature", "object hash"}
-	if !c.Bool("offline") {
-		ids, err := e.identities(c.Context)
+	if !vopts.offline {
+		ids, err := e.identities(ctx)
 		if err != nil {
 			return fmt.Errorf("%w (or use --offline to check without it)", err)
 		}
@@ -26,16 +38,16 @@ func verifyBackup(e *env, c *cli.Context, cluster, id string) error {
 			checks = append(checks, "inner header")
 		}
 	}
-	if err := backup.Verify(c.Context, e.repo, cluster, id, opts); err != nil {
+	if err := backup.Verify(ctx, e.repo, cluster, id, opts); err != nil {
 		return err
 	}
-	if wantJSON(c) {
-		return writeJSON(c.App.Writer, struct {
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
 			ID      string   `json:"backup_id"`
 			Cluster string   `json:"cluster_id"`
 			Checks  []string `json:"checks"`
 		}{id, cluster, checks})
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "%s of cluster %s: OK (%s)\n", id, cluster, strings.Join(checks, ", "))
+	_, err = fmt.Fprintf(e.stdout, "%s of cluster %s: OK (%s)\n", id, cluster, strings.Join(checks, ", "))
 	return err
 }

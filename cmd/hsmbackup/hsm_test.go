@@ -252,7 +252,6 @@ func TestReadPassword(t *testing.T) {
 	}
 }
 
-func ptr[T any](v T) *T { return &v }
 
 // TestCommandErrors: bad invocations fail with one clear error and print
 // nothing.
