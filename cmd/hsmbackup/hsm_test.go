@@ -252,7 +252,6 @@ func TestReadPassword(t *testing.T) {
 	}
 }
 
-
 // TestCommandErrors: bad invocations fail with one clear error and print
 // nothing.
 func TestCommandErrors(t *testing.T) {
