@@ -123,7 +123,7 @@ func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.Ch
 		return err
 	}
 	defer cl.Close()
-	if err := t.login(ctx, cl, hsmcore.CryptoOfficer); err != nil {
+	if _, err := t.login(ctx, cl); err != nil {
 		return err
 	}
 	defer cl.Logout(ctx) //nolint:errcheck // the session also ends with the connection
