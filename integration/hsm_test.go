@@ -356,7 +356,7 @@ func TestRefusals(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		res := RunWith(t, RunOptions{Env: []string{"HSMBACKUP_PASSWORD=not the password"}}, append(append([]string{"hsm", "audit", "verify"}, c.member()...),
 			"--user", testOfficer, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot)...)
-		wantRefusal(t, res, "log in: ", "login failed")
+		wantRefusal(t, res, "login "+testOfficer+": login failed")
 	})
 	t.Run("crypto user doing officer work", func(t *testing.T) {
 		cert, key := c.ca.Client(t, "app-client")

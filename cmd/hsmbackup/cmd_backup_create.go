@@ -92,7 +92,7 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 		return err
 	}
 	e.removeStaleUploads(ctx)
-	member, health, err := t.pick(ctx, e)
+	member, health, err := t.pick(ctx, e.log)
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ func runAddMember(ctx context.Context, e *env, opts addMemberOptions) error {
 	if err != nil {
 		return err
 	}
-	co, err := t.open(ctx, e, mfr, op)
+	co, err := t.open(ctx, e.log, mfr, op)
 	if err != nil {
 		return err
 	}

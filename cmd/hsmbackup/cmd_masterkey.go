@@ -188,7 +188,7 @@ func runGenerateHSMKey(ctx context.Context, e *env, opts hsmKeyOptions) error {
 	if err != nil {
 		return err
 	}
-	kc, err := t.as(opts.user, opts.passwordFile, "--password-file").open(ctx, e, nil, nil)
+	kc, err := t.as(opts.user, opts.passwordFile, "--password-file").open(ctx, e.log, nil, nil)
 	if err != nil {
 		return err
 	}

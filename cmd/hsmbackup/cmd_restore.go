@@ -130,7 +130,7 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 	// cluster, logged in as one of its crypto officers.
 	first := *t
 	first.members = t.members[:1]
-	open := func(ctx context.Context) (restore.Cloner, error) { return first.open(ctx, e, mfr, op) }
+	open := func(ctx context.Context) (restore.Cloner, error) { return first.open(ctx, e.log, mfr, op) }
 	ropts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: opts.dryRun}
 	req := restore.ClusterRequest{Repo: e.repo, ClusterID: clusterID, BackupID: id, Targets: targets, Open: open}
 	results, err := restore.Cluster(ctx, req, ropts)
@@ -189,13 +189,9 @@ func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.Impor
 			if m.login.user == "" {
 				return api.ImportResponse{}, errors.New("it is initialized: give --user and a password of its crypto officer")
 			}
-			password, err := m.login.password()
+			role, err := m.login.login(ctx, m.conn)
 			if err != nil {
 				return api.ImportResponse{}, err
-			}
-			role, err := m.Login(ctx, m.login.user, password)
-			if err != nil {
-				return api.ImportResponse{}, fmt.Errorf("log in: %w", err)
 			}
 			if role != hsmcore.CryptoOfficer {
 				return api.ImportResponse{}, fmt.Errorf("%s is a %s, not a crypto officer", m.login.user, role)
@@ -243,7 +239,7 @@ func (e *env) restoreTarget(c *cli.Context, backupCluster string) (*target, erro
 		if err != nil {
 			return nil, err
 		}
-		t.password = func() (string, error) { return pw, nil }
+		t = t.withPassword(pw)
 	}
 	return t, nil
 }

@@ -21,14 +21,11 @@ import (
 // takeBackup backs the cluster up from member A, over a crypto officer's
 // session on that member.
 func (d *demo) takeBackup(ctx context.Context) error {
-	src, err := d.memberClient(d.a)
+	src, err := d.login(ctx, d.a, demoOfficer, d.officerPassword)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	if _, err := src.Login(ctx, demoOfficer, d.officerPassword); err != nil {
-		return fmt.Errorf("log in on HSM A: %w", err)
-	}
 	defer src.Logout(context.WithoutCancel(ctx))
 	m, err := backup.Create(ctx, src, backup.Repo{Store: d.st, Prefix: d.prefix}, backup.CreateOptions{
 		ClusterID:          demoClusterID,

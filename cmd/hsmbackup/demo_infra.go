@@ -54,39 +54,48 @@ func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 	return h, nil
 }
 
-// deviceClient returns a client for an HSM whose cluster is not yet
-// initialized: it trusts the device certificate through the
-// manufacturer's root and presents no certificate of its own.
-func (d *demo) deviceClient(h *demoHSM) (*client.Client, error) {
-	return client.New(client.Config{Addr: h.addr, ManufacturerRoots: d.mfrRoots})
+// deviceTarget reaches HSMs whose cluster is not yet initialized, as
+// 'hsmbackup cluster init' does: it trusts the device certificate through
+// the manufacturer's root and presents no certificate of its own.
+func (d *demo) deviceTarget() *target {
+	return &target{tls: client.Config{ManufacturerRoots: d.mfrRoots}, device: true}
 }
 
-// clusterClientConfig returns the client configuration of the cluster's
-// members: mutual TLS with the client certificate from the customer CA,
-// which must also have signed the cluster certificate naming the demo's
-// cluster. The manufacturer's root lets the cluster client attest and
-// clone new members.
-func (d *demo) clusterClientConfig() client.Config {
+// memberTarget reaches members of the cluster as the commands do with the
+// config's cluster entry: mutual TLS with the client certificate from the
+// customer CA, which must also have signed the cluster certificate naming
+// the demo's cluster; logged in as user.
+func (d *demo) memberTarget(user, password string, members ...*demoHSM) *target {
 	cert := d.clientCert
-	return client.Config{
-		Certificate:       &cert,
-		CustomerCA:        d.ca.Cert,
-		ClusterID:         demoClusterID,
-		ManufacturerRoots: d.mfrRoots,
+	t := &target{
+		clusterID: demoClusterID,
+		tls:       client.Config{Certificate: &cert, CustomerCA: d.ca.Cert, ClusterID: demoClusterID},
+		user:      user,
+		password:  func() (string, error) { return password, nil },
 	}
+	for _, m := range members {
+		t.members = append(t.members, m.addr)
+	}
+	return t
 }
 
-// memberClient returns a client for member h of the cluster, trusting only
-// the cluster certificate.
-func (d *demo) memberClient(h *demoHSM) (*client.Client, error) {
-	cfg := d.clusterClientConfig()
-	cfg.Addr, cfg.ManufacturerRoots = h.addr, nil
-	return client.New(cfg)
+// login dials member h as user and logs in.
+func (d *demo) login(ctx context.Context, h *demoHSM, user, password string) (*conn, error) {
+	t := d.memberTarget(user, password, h)
+	cl, err := t.dialOne()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.login(ctx, cl); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("HSM %s: %w", h.name, err)
+	}
+	return cl, nil
 }
 
 // unchanged checks that the HSM behind cl has the state it had before a
 // refused restore, and says so.
-func (d *demo) unchanged(ctx context.Context, name string, cl *client.Client, before api.Health) error {
+func (d *demo) unchanged(ctx context.Context, name string, cl *conn, before api.Health) error {
 	after, err := cl.Health(ctx)
 	if err != nil {
 		return err

@@ -9,7 +9,6 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/restore"
 	"github.com/hsmbackup/hsmbackup/store"
@@ -30,18 +29,18 @@ func (d *demo) restoreOptions() restore.Options {
 }
 
 // restoreInto restores the demo's backup into the HSM behind target.
-func (d *demo) restoreInto(ctx context.Context, target *client.Client) (*restore.Result, error) {
+func (d *demo) restoreInto(ctx context.Context, target *conn) (*restore.Result, error) {
 	return restore.Restore(ctx, backup.Repo{Store: d.st, Prefix: d.prefix}, d.manifest.ClusterID, d.manifest.ID, target, d.restoreOptions())
 }
 
 // freshTarget serves a new HSM for operator op and returns it with a
 // client that trusts it as a device: a restore target.
-func (d *demo) freshTarget(name string, op *device.Authority) (*demoHSM, *client.Client, error) {
+func (d *demo) freshTarget(name string, op *device.Authority) (*demoHSM, *conn, error) {
 	h, err := d.serveHSM(name, op)
 	if err != nil {
 		return nil, nil, err
 	}
-	cl, err := d.deviceClient(h)
+	cl, err := d.deviceTarget().dial(h.addr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -65,14 +64,11 @@ func (d *demo) restoreIntoC(ctx context.Context) error {
 	d.out.printf("  restored       %s into HSM C (serial %s): backup verified in full,\n", res.BackupID, res.TargetSerial)
 	d.out.printf("                 HSM C attested (fresh nonce, class, operator, PBK), image streamed in and committed\n")
 
-	cu, err := d.memberClient(c)
+	cu, err := d.login(ctx, c, demoUser, d.userPassword)
 	if err != nil {
 		return err
 	}
 	defer cu.Close()
-	if _, err := cu.Login(ctx, demoUser, d.userPassword); err != nil {
-		return fmt.Errorf("log in on HSM C: %w", err)
-	}
 	defer cu.Logout(context.WithoutCancel(ctx))
 	d.out.printf("  logged in      on HSM C as %q over mutual TLS: it presents the %s certificate now\n", demoUser, demoClusterID)
 	pt, err := cu.Decrypt(ctx, d.aesKey.Handle, d.ciphertext, nil)

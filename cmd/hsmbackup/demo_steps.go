@@ -135,8 +135,8 @@ func (d *demo) describeHSM(h *demoHSM) {
 // as a member.
 func (d *demo) initCluster(ctx context.Context) error {
 	d.officerPassword = newPassword()
-	cfg := d.clusterClientConfig()
-	cfg.Addr, cfg.ManufacturerRoots = d.a.addr, nil
+	cfg := d.memberTarget("", "").tls
+	cfg.Addr = d.a.addr
 	// The attestation, to a fresh nonce, proves what the HSM is and that
 	// the CSR's key is the cluster key that HSM made.
 	st, cert, err := cluster.Bootstrap(ctx, cluster.BootstrapConfig{
@@ -159,11 +159,7 @@ func (d *demo) initCluster(ctx context.Context) error {
 	d.out.printf("  initialized    the customer CA signed it; HSM A now presents the cluster certificate\n")
 	d.out.printf("                 and accepts only clients with certificates from the customer CA\n")
 
-	d.officer, err = cluster.Open(ctx, cluster.Config{
-		Members:       []string{d.a.addr},
-		Client:        d.clusterClientConfig(),
-		OperatorRoots: d.opRoots,
-	}, demoOfficer, d.officerPassword)
+	d.officer, err = d.memberTarget(demoOfficer, d.officerPassword, d.a).open(ctx, nil, d.mfrRoots, d.opRoots)
 	if err != nil {
 		return fmt.Errorf("log in as %s: %w", demoOfficer, err)
 	}
@@ -197,10 +193,7 @@ func (d *demo) createKeys(ctx context.Context) error {
 	if err := d.officer.CreateUser(ctx, demoUser, hsmcore.CryptoUser, d.userPassword); err != nil {
 		return fmt.Errorf("create crypto user: %w", err)
 	}
-	cu, err := cluster.Open(ctx, cluster.Config{
-		Members: []string{d.a.addr, d.b.addr},
-		Client:  d.clusterClientConfig(),
-	}, demoUser, d.userPassword)
+	cu, err := d.memberTarget(demoUser, d.userPassword, d.a, d.b).open(ctx, nil, nil, nil)
 	if err != nil {
 		return fmt.Errorf("log in as %s: %w", demoUser, err)
 	}

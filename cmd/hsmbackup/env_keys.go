@@ -92,7 +92,7 @@ func (e *env) hsmKey(ctx context.Context) (*wrap.HSMRecipient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hsm_key: %w", err)
 	}
-	kc, err := t.as(k.User, k.PasswordFile, "hsm_key's password_file in the config").open(ctx, e, nil, nil)
+	kc, err := t.as(k.User, k.PasswordFile, "hsm_key's password_file in the config").open(ctx, e.log, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("hsm_key: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/urfave/cli/v2"
@@ -233,6 +234,13 @@ func (t *target) as(user, passwordFile, how string) *target {
 	return &u
 }
 
+// withPassword returns t with a password already read.
+func (t *target) withPassword(password string) *target {
+	u := *t
+	u.password = func() (string, error) { return password, nil }
+	return &u
+}
+
 // addr is the target's one HSM: the command's --addr (or the cluster's
 // only member).
 func (t *target) addr() (string, error) {
@@ -274,14 +282,14 @@ func (t *target) login(ctx context.Context, cl *conn) (hsmcore.Role, error) {
 	}
 	role, err := cl.Login(ctx, t.user, password)
 	if err != nil {
-		return "", fmt.Errorf("log in: %w", cl.explain(err))
+		return "", cl.explain(err) // names the user
 	}
 	return role, nil
 }
 
 // open logs in to every member as the target's user, as a cluster client.
 // With roots, it attests new members (cluster.AddMember) against them.
-func (t *target) open(ctx context.Context, e *env, mfr, op *x509.CertPool) (*cluster.Cluster, error) {
+func (t *target) open(ctx context.Context, log *slog.Logger, mfr, op *x509.CertPool) (*cluster.Cluster, error) {
 	if t.user == "" {
 		return nil, fmt.Errorf("cluster %s: 'user' is required in the config", t.clusterID)
 	}
@@ -289,7 +297,7 @@ func (t *target) open(ctx context.Context, e *env, mfr, op *x509.CertPool) (*clu
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", t.clusterID, err)
 	}
-	cfg := cluster.Config{Members: t.members, Client: t.tls, OperatorRoots: op, Logger: e.log}
+	cfg := cluster.Config{Members: t.members, Client: t.tls, OperatorRoots: op, Logger: log}
 	if mfr != nil {
 		cfg.Client.ManufacturerRoots = mfr
 	}
@@ -303,25 +311,24 @@ func (t *target) open(ctx context.Context, e *env, mfr, op *x509.CertPool) (*clu
 // pick connects to the members and returns the one cluster.PickMember
 // chooses (healthy, initialized in the cluster, in sync), logged in as a
 // crypto officer. The caller closes it.
-func (t *target) pick(ctx context.Context, e *env) (*conn, api.Health, error) {
-	password, err := t.password()
+func (t *target) pick(ctx context.Context, log *slog.Logger) (*conn, api.Health, error) {
+	password, err := t.password() // before any connection: a bad password file fails fast
 	if err != nil {
 		return nil, api.Health{}, fmt.Errorf("cluster %s: %w", t.clusterID, err)
 	}
-	picked, err := cluster.PickMember(ctx, cluster.Config{Members: t.members, Client: t.tls, Logger: e.log})
+	picked, err := cluster.PickMember(ctx, cluster.Config{Members: t.members, Client: t.tls, Logger: log})
 	if err != nil {
 		return nil, api.Health{}, err
 	}
 	cl := &conn{Client: picked.Client, addr: picked.Addr, hasCert: true}
-	role, err := cl.Login(ctx, t.user, password)
+	role, err := t.withPassword(password).login(ctx, cl)
+	if err == nil && role != hsmcore.CryptoOfficer {
+		err = fmt.Errorf("%s is a %s; backups need a crypto officer", t.user, role)
+	}
 	if err != nil {
 		cl.Close()
-		return nil, api.Health{}, fmt.Errorf("cluster %s: log in as %s on %s: %w", t.clusterID, t.user, cl.addr, err)
+		return nil, api.Health{}, fmt.Errorf("cluster %s: %s: %w", t.clusterID, cl.addr, err)
 	}
-	if role != hsmcore.CryptoOfficer {
-		cl.Close()
-		return nil, api.Health{}, fmt.Errorf("cluster %s: %s is a %s; backups need a crypto officer", t.clusterID, t.user, role)
-	}
-	e.log.Info("member chosen", "cluster", t.clusterID, "addr", cl.addr, "serial", picked.Health.Serial)
+	log.Info("member chosen", "cluster", t.clusterID, "addr", cl.addr, "serial", picked.Health.Serial)
 	return cl, picked.Health, nil
 }
