@@ -461,7 +461,7 @@ func TestBackupMinIO(t *testing.T) {
 			t.Fatal("deleting a key left the state digest unchanged")
 		}
 		before := c.health(t, c.addr)
-		wantFailure(t, s.cliRes(t, append(restoreArgs(id, c.addr), "--user", "nobody")...), "log in")
+		wantFailure(t, s.cliRes(t, append(restoreArgs(id, c.addr), "--user", "nobody")...), "login nobody: login failed")
 		c.wantUnchanged(t, c.addr, before)
 		out := s.cli(t, append(restoreArgs(id, c.addr), "--user", testOfficer, "--password-file", c.passwordFile)...)
 		wantLines(t, out, id+" restored into HSM "+c.serial+" at "+c.addr)
