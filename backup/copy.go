@@ -52,7 +52,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 		err = sm.Verify(opts.PublicKey)
 	}
 	if err == nil && sm.State != StateReady {
-		err = fmt.Errorf("%w: backup is %s", ErrState, sm.State)
+		err = fmt.Errorf("%w: it is %s", ErrState, sm.State)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)

@@ -35,7 +35,7 @@ const (
 )
 
 // ErrState: the backup is not in a state that allows the change.
-var ErrState = errors.New("backup state does not allow this")
+var ErrState = errors.New("not allowed in this state")
 
 // LifecycleOptions are what every change needs.
 type LifecycleOptions struct {
@@ -123,7 +123,7 @@ func Delete(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOp
 	now := opts.now()
 	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StateReady {
-			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+			return fmt.Errorf("%w: it is %s", ErrState, m.State)
 		}
 		m.State, m.DeletionRequested = StatePendingDeletion, maxTime(now, m.Created)
 		return nil
@@ -138,7 +138,7 @@ func Delete(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOp
 func RestoreDeleted(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions) (*Manifest, error) {
 	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StatePendingDeletion {
-			return fmt.Errorf("%w: backup is %s, not %s", ErrState, m.State, StatePendingDeletion)
+			return fmt.Errorf("%w: it is %s, not %s", ErrState, m.State, StatePendingDeletion)
 		}
 		m.State, m.DeletionRequested = StateReady, time.Time{}
 		return nil
@@ -155,7 +155,7 @@ func RestoreDeleted(ctx context.Context, repo Repo, cluster, id string, opts Lif
 func SetTags(ctx context.Context, repo Repo, cluster, id string, set map[string]string, remove []string, opts LifecycleOptions) (*Manifest, error) {
 	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State == StateDeleted {
-			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+			return fmt.Errorf("%w: it is %s", ErrState, m.State)
 		}
 		tags := maps.Clone(m.Tags)
 		if tags == nil {
@@ -182,7 +182,7 @@ func SetTags(ctx context.Context, repo Repo, cluster, id string, set map[string]
 func SetNeverExpires(ctx context.Context, repo Repo, cluster, id string, never bool, opts LifecycleOptions) (*Manifest, error) {
 	m, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State == StateDeleted {
-			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+			return fmt.Errorf("%w: it is %s", ErrState, m.State)
 		}
 		m.NeverExpires = never
 		if never {
@@ -371,7 +371,7 @@ func apply(ctx context.Context, repo Repo, a PruneAction, opts LifecycleOptions)
 func purge(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOptions) error {
 	_, err := update(ctx, repo, cluster, id, opts, func(m *Manifest) error {
 		if m.State != StatePendingDeletion && m.State != StateDeleted {
-			return fmt.Errorf("%w: backup is %s", ErrState, m.State)
+			return fmt.Errorf("%w: it is %s", ErrState, m.State)
 		}
 		m.State = StateDeleted
 		return nil

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
@@ -24,26 +25,26 @@ import (
 func GenerateSigningKey(keyPath, pubPath string) (ed25519.PublicKey, error) {
 	for _, p := range []string{keyPath, pubPath} {
 		if _, err := os.Lstat(p); err == nil {
-			return nil, fmt.Errorf("generate signing key: %s exists already", p)
+			return nil, fmt.Errorf("%s: %w", p, fs.ErrExist)
 		}
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generate signing key: %w", err)
+		return nil, err
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return nil, fmt.Errorf("generate signing key: %w", err)
+		return nil, err
 	}
 	pubDER, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("generate signing key: %w", err)
+		return nil, err
 	}
 	if err := atomicfile.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, fmt.Errorf("generate signing key: %w", err)
+		return nil, err
 	}
 	if err := atomicfile.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
-		return nil, fmt.Errorf("generate signing key: %w", err)
+		return nil, err
 	}
 	return pub, nil
 }

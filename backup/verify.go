@@ -56,7 +56,7 @@ func verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptio
 		return err
 	}
 	if m.State == StateDeleted {
-		return fmt.Errorf("%w: backup is DELETED and its image purged; only its manifest remains", ErrState)
+		return fmt.Errorf("%w: it is DELETED and its image purged; only its manifest remains", ErrState)
 	}
 	rc, err := repo.Store.Get(ctx, repo.ObjectKey(cluster, id, ImageObject))
 	if err != nil {

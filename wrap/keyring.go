@@ -210,7 +210,7 @@ func RotateMasterKey(path string) (KeyInfo, error) {
 
 func generateMasterKey(path, id string, now time.Time) (KeyInfo, error) {
 	if err := checkKeyID(id); err != nil {
-		return KeyInfo{}, fmt.Errorf("generate master key: %w", err)
+		return KeyInfo{}, err
 	}
 	for {
 		info, err := updateKeyring(path, func(k *Keyring) (KeyInfo, error) {
@@ -223,7 +223,7 @@ func generateMasterKey(path, id string, now time.Time) (KeyInfo, error) {
 		})
 		if !errors.Is(err, fs.ErrNotExist) {
 			if err != nil {
-				return KeyInfo{}, fmt.Errorf("generate master key: %w", err)
+				return KeyInfo{}, err
 			}
 			return info, nil
 		}
@@ -237,7 +237,7 @@ func generateMasterKey(path, id string, now time.Time) (KeyInfo, error) {
 			return info, nil
 		}
 		if !errors.Is(err, fs.ErrExist) {
-			return KeyInfo{}, fmt.Errorf("generate master key: %w", err)
+			return KeyInfo{}, err
 		}
 		// Another process created the file meanwhile: add to it.
 	}
@@ -258,7 +258,7 @@ func rotateMasterKey(path string, now time.Time) (KeyInfo, error) {
 		return k.add(id, last+1, now), nil
 	})
 	if err != nil {
-		return KeyInfo{}, fmt.Errorf("rotate master key: %w", err)
+		return KeyInfo{}, err
 	}
 	return info, nil
 }

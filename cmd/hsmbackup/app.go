@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -63,7 +64,8 @@ func rootAction(c *cli.Context) error {
 // is reported once, by main, instead of being printed with the full help.
 func usageError(c *cli.Context, err error, isSubcommand bool) error {
 	if isSubcommand {
-		return fmt.Errorf("%s: %w (run '%s --help')", c.Command.Name, err, c.Command.HelpName)
+		// "backup create", as action names a command in its errors.
+		return fmt.Errorf("%s: %w (run '%s --help')", strings.TrimPrefix(c.Command.HelpName, c.App.Name+" "), err, c.Command.HelpName)
 	}
 	return fmt.Errorf("%w (run '%s --help')", err, c.App.Name)
 }

@@ -473,16 +473,16 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if c.Role() != hsmcore.CryptoOfficer {
-		return fmt.Errorf("add member: crypto officers only: %w", hsmcore.ErrPermission)
+		return fmt.Errorf("adding members is for crypto officers only: %w", hsmcore.ErrPermission)
 	}
 	c.mu.Lock()
 	n := len(c.members)
 	c.mu.Unlock()
 	if n >= MaxMembers {
-		return fmt.Errorf("add member: cluster has %d members already: %w", n, hsmcore.ErrFull)
+		return fmt.Errorf("cluster has %d members already: %w", n, hsmcore.ErrFull)
 	}
 	if c.cfg.Client.ManufacturerRoots == nil || c.cfg.OperatorRoots == nil {
-		return errors.New("add member: manufacturer and operator roots are needed to attest the new HSM")
+		return errors.New("manufacturer and operator roots are needed to attest a new member")
 	}
 	members := c.usable()
 	if len(members) == 0 {
@@ -491,7 +491,7 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	src := members[0]
 	srcHealth, err := src.c.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("add member: %w", err)
+		return fmt.Errorf("%s: health: %w", src.addr, err)
 	}
 	// The new HSM is trusted as a device; as a member of the cluster too,
 	// so that one initialized already is refused by name.
@@ -499,15 +499,15 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	pcfg.Addr = addr
 	pre, err := client.New(pcfg)
 	if err != nil {
-		return fmt.Errorf("add member: %w", err)
+		return fmt.Errorf("%s: %w", addr, err)
 	}
 	defer pre.Close()
 	h, err := pre.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("add member: %s: %w", addr, err)
+		return fmt.Errorf("%s: %w", addr, err)
 	}
 	if h.Initialized || h.ClusterInitialized {
-		return fmt.Errorf("add member: HSM %s at %s is not a new HSM: cluster %s is initialized on it: %w", h.Serial, addr, h.ClusterID, hsmcore.ErrPermission)
+		return fmt.Errorf("%s: HSM %s is not a new HSM: cluster %s is initialized on it: %w", addr, h.Serial, h.ClusterID, hsmcore.ErrPermission)
 	}
 	_, err = hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
 		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots,
@@ -515,25 +515,25 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 			MinFirmware: srcHealth.Firmware, FIPS: srcHealth.FIPS, PBKFingerprint: srcHealth.PBKFingerprint},
 	})
 	if errors.Is(err, hsmcore.ErrAttestation) {
-		return fmt.Errorf("add member %s: %w", addr, err)
+		return fmt.Errorf("%s: %w", addr, err)
 	}
 	if err != nil {
-		return fmt.Errorf("add member %s: attest: %w", addr, err)
+		return fmt.Errorf("%s: attest: %w", addr, err)
 	}
 	img, err := src.c.ExportImage(ctx)
 	if err != nil {
-		return fmt.Errorf("add member %s: export image from %s: %w", addr, src.addr, err)
+		return fmt.Errorf("%s: export image from %s: %w", addr, src.addr, err)
 	}
 	defer img.Close()
 	if _, err := pre.ImportImage(ctx, img); err != nil {
-		return fmt.Errorf("add member %s: import image: %w", addr, err)
+		return fmt.Errorf("%s: import image: %w", addr, err)
 	}
 	m, err := c.newMember(addr)
 	if err != nil {
 		return err
 	}
 	if _, err := c.check(ctx, m); err != nil {
-		return fmt.Errorf("add member: %w", err)
+		return fmt.Errorf("%s: %w", addr, err)
 	}
 	m.inSync = true
 	c.mu.Lock()
