@@ -79,3 +79,19 @@ func action(name string, fn func(*cli.Context) error) cli.ActionFunc {
 		return nil
 	}
 }
+
+// envAction is action for a command that takes no positional arguments and
+// works with an env: fn gets it, and it is closed after.
+func envAction(name string, fn func(c *cli.Context, e *env) error) cli.ActionFunc {
+	return action(name, func(c *cli.Context) error {
+		if err := noArgs(c); err != nil {
+			return err
+		}
+		e, err := newEnv(c)
+		if err != nil {
+			return err
+		}
+		defer e.close()
+		return fn(c, e)
+	})
+}

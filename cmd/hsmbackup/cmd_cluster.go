@@ -55,7 +55,7 @@ func clusterInitCommand() *cli.Command {
 			&cli.StringFlag{Name: "customer-ca", Usage: "step 2: PEM `FILE` of your CA certificate"},
 		}, expectFlags()...),
 		OnUsageError: usageError,
-		Action:       action("cluster init", clusterInit),
+		Action:       envAction("cluster init", clusterInit),
 	}
 }
 
@@ -65,10 +65,7 @@ type initOptions struct {
 	clusterID, csrOut, cert, customerCA string
 }
 
-func clusterInit(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
+func clusterInit(c *cli.Context, e *env) error {
 	opts := initOptions{clusterID: c.String("cluster-id"), csrOut: c.String("csr-out"), cert: c.String("cert"), customerCA: c.String("customer-ca")}
 	step1 := opts.csrOut != ""
 	step2 := opts.cert != "" || opts.customerCA != ""
@@ -82,11 +79,6 @@ func clusterInit(c *cli.Context) error {
 			return err
 		}
 	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	opRoot := cmp.Or(c.String("operator-root"), e.cfg.OperatorRoot)
 	if step1 && opRoot == "" {
 		return fmt.Errorf("--operator-root is required (run '%s --help')", c.Command.HelpName)
@@ -181,19 +173,11 @@ func clusterActivateCommand() *cli.Command {
 			"The password comes from --password-file or $" + passwordEnv + ".",
 		Flags:        append(connectionFlags(), loginFlags("first crypto officer")...),
 		OnUsageError: usageError,
-		Action:       action("cluster activate", clusterActivate),
+		Action:       envAction("cluster activate", clusterActivate),
 	}
 }
 
-func clusterActivate(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
+func clusterActivate(c *cli.Context, e *env) error {
 	t, err := e.target(c, trustMember, needs{user: true, cert: true, clusterID: true})
 	if err != nil {
 		return err

@@ -26,7 +26,7 @@ func clusterAddMemberCommand() *cli.Command {
 			configFlag(),
 		},
 		OnUsageError: usageError,
-		Action:       action("cluster add-member", clusterAddMember),
+		Action:       envAction("cluster add-member", clusterAddMember),
 	}
 }
 
@@ -35,18 +35,10 @@ type addMemberOptions struct {
 	cluster, addr string
 }
 
-func clusterAddMember(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
+func clusterAddMember(c *cli.Context, e *env) error {
 	if err := requireFlags(c, "cluster", "addr"); err != nil {
 		return err
 	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr")})
 }
 

@@ -20,19 +20,11 @@ func statusCommand() *cli.Command {
 			"Members in sync show the same state digest.",
 		Flags:        append(connectionFlags(), manufacturerRootFlag(), jsonFlag()),
 		OnUsageError: usageError,
-		Action:       action("hsm status", status),
+		Action:       envAction("hsm status", status),
 	}
 }
 
-func status(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
+func status(c *cli.Context, e *env) error {
 	t, err := e.target(c, trustEither, needs{})
 	if err != nil {
 		return err
@@ -91,19 +83,11 @@ func auditVerifyCommand() *cli.Command {
 		Flags: append(append(append(connectionFlags(), loginFlags("crypto officer")...), manufacturerRootFlag(), operatorRootFlag()),
 			expectFlags()...),
 		OnUsageError: usageError,
-		Action:       action("hsm audit verify", auditVerify),
+		Action:       envAction("hsm audit verify", auditVerify),
 	}
 }
 
-func auditVerify(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
+func auditVerify(c *cli.Context, e *env) error {
 	t, err := e.target(c, trustMember, needs{user: true})
 	if err != nil {
 		return err

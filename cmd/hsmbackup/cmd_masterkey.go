@@ -101,7 +101,7 @@ func masterkeyCommand() *cli.Command {
 					&cli.StringFlag{Name: "label", Value: "hsmbackup-master-key", Usage: "the key's `LABEL`"},
 				},
 				OnUsageError: usageError,
-				Action:       action("masterkey generate-hsm", generateHSMKey),
+				Action:       envAction("masterkey generate-hsm", generateHSMKey),
 			},
 			{
 				Name:         "list",
@@ -167,18 +167,10 @@ type hsmKeyOptions struct {
 // generateHSMKey makes a non-extractable AES-256 key in a configured
 // cluster, logged in as the crypto user that will own it, and prints the
 // config entry that uses it.
-func generateHSMKey(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
+func generateHSMKey(c *cli.Context, e *env) error {
 	if err := requireFlags(c, "config", "cluster", "user"); err != nil {
 		return err
 	}
-	e, err := newEnv(c)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	return runGenerateHSMKey(c.Context, e, hsmKeyOptions{cluster: c.String("cluster"), user: c.String("user"),
 		passwordFile: c.String("password-file"), label: c.String("label")})
 }

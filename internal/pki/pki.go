@@ -15,11 +15,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
 
 // Validity periods. Certificates start an hour in the past, for clocks
@@ -269,7 +270,7 @@ func ReadCSR(path string) ([]byte, error) {
 // ReadKey reads a PEM ECDSA private key (PKCS#8 or SEC 1) from path, which
 // must be a regular file that neither group nor others may read or write.
 func ReadKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := readPrivate(path)
+	data, err := atomicfile.ReadPrivate(path)
 	if err != nil {
 		return nil, err
 	}
@@ -294,27 +295,6 @@ func ReadKey(path string) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("%s: not an ECDSA key", path)
 	}
 	return key, nil
-}
-
-// readPrivate reads a secret file, refusing one whose mode lets group or
-// others at it.
-func readPrivate(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o; a secret file must be 0600", path, perm)
-	}
-	return io.ReadAll(f)
 }
 
 // onePEM returns the DER of the one PEM block of type typ in data.
