@@ -66,8 +66,9 @@ func newHPKERecipient(pk hpke.PublicKey) *HPKERecipient {
 // SHA-256 of the public key, in lower-case hex.
 func (r *HPKERecipient) Fingerprint() string { return r.fp }
 
-// String returns "mlkem768x25519:<fingerprint>".
-func (r *HPKERecipient) String() string { return hpkeStanza + ":" + r.fp }
+// String returns "mlkem768x25519 <fingerprint>", as the header's Recipients
+// names its stanza.
+func (r *HPKERecipient) String() string { return hpkeStanza + " " + r.fp }
 
 // Wrap seals dek to the public key: a stanza "mlkem768x25519" with the
 // fingerprint as argument and enc || ciphertext as body.

@@ -50,8 +50,8 @@ func NewHSMRecipient(key HSMKey) (*HSMRecipient, error) {
 	return &HSMRecipient{key: key}, nil
 }
 
-// String returns "hsm:<key id>".
-func (r *HSMRecipient) String() string { return hsmStanza + ":" + r.key.KeyID() }
+// String returns "hsm <key id>", as the header's Recipients names its stanza.
+func (r *HSMRecipient) String() string { return hsmStanza + " " + r.key.KeyID() }
 
 // Wrap asks the HSM to wrap dek.
 func (r *HSMRecipient) Wrap(ctx context.Context, dek []byte) (Stanza, error) {
