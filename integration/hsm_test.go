@@ -330,7 +330,7 @@ func TestRefusals(t *testing.T) {
 
 	t.Run("no client certificate", func(t *testing.T) {
 		wantRefusal(t, Run(t, "hsm", "status", "--addr", c.addr, "--customer-ca", c.ca.Cert),
-			"hsm status: health: ", "no client certificate was given")
+			"hsm status: "+c.addr+": health: ", "no client certificate was given")
 		if _, err := c.client(t, "", "").Login(ctx, testOfficer, c.password); err == nil {
 			t.Fatal("login without a client certificate succeeded")
 		}

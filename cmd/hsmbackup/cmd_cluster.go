@@ -199,7 +199,7 @@ func runActivate(ctx context.Context, e *env, t *target) error {
 	defer cl.Close()
 	h, err := cl.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("health: %w", cl.explain(err))
+		return fmt.Errorf("%s: health: %w", cl.addr, cl.explain(err))
 	}
 	if err := cluster.Activate(ctx, cl, t.user, password); err != nil {
 		return cl.explain(err)

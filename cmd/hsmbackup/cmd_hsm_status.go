@@ -41,7 +41,7 @@ func runStatus(ctx context.Context, e *env, t *target) error {
 	defer cl.Close()
 	h, err := cl.Health(ctx)
 	if err != nil {
-		return fmt.Errorf("health: %w", cl.explain(err))
+		return fmt.Errorf("%s: health: %w", cl.addr, cl.explain(err))
 	}
 	fp := ""
 	if len(h.PBKFingerprint) >= 8 {
@@ -113,7 +113,7 @@ func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.Ch
 	defer cl.Logout(ctx) //nolint:errcheck // the session also ends with the connection
 	al, err := cl.AuditLog(ctx)
 	if err != nil {
-		return fmt.Errorf("fetch audit log: %w", cl.explain(err))
+		return fmt.Errorf("%s: fetch audit log: %w", cl.addr, cl.explain(err))
 	}
 	st, err := attestHSM(ctx, cl, challenge)
 	if err != nil {

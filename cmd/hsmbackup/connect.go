@@ -34,7 +34,7 @@ func (cl *conn) explain(err error) error {
 	hint := ""
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		hint = "nothing listens on " + cl.addr + ": is 'hsmbackup hsm serve' running there?"
+		hint = "nothing listens there: is 'hsmbackup hsm serve' running?"
 	case errors.Is(err, client.ErrUntrusted) && cl.device:
 		hint = "the HSM does not present a device certificate from the manufacturer root; if its cluster is initialized already, it presents the cluster certificate instead"
 	case errors.Is(err, client.ErrUntrusted):

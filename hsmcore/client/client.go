@@ -16,7 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -147,6 +149,39 @@ func (e *RemoteError) Error() string { return e.Message }
 // Unwrap returns the hsmcore sentinel for the error's code, if any.
 func (e *RemoteError) Unwrap() error { return api.CodeError(e.Code) }
 
+// requestError is the error of a request that got no answer, said without
+// what the caller knows already: the method, the URL and the address. It
+// unwraps to the original error, so errors.Is and errors.As see the
+// *url.Error, the *net.OpError and their causes.
+type requestError struct {
+	msg string
+	err error
+}
+
+func (e *requestError) Error() string { return e.msg }
+func (e *requestError) Unwrap() error { return e.err }
+
+// bare drops from err (of http.Client.Do) the method and URL of its
+// *url.Error and the address of its *net.OpError: "dial: connect:
+// connection refused", not `Post "https://10.0.0.1:2225/v1/attest": dial
+// tcp 10.0.0.1:2225: connect: connection refused`. The caller names the
+// HSM; a context's end is left as it is.
+func bare(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	inner := ue.Err
+	if errors.Is(inner, context.Canceled) || errors.Is(inner, context.DeadlineExceeded) {
+		return &requestError{msg: inner.Error(), err: err}
+	}
+	var op *net.OpError
+	if errors.As(inner, &op) && op.Err != nil {
+		return &requestError{msg: op.Op + ": " + op.Err.Error(), err: err}
+	}
+	return &requestError{msg: inner.Error(), err: err}
+}
+
 // Close releases idle connections.
 func (c *Client) Close() { c.http.CloseIdleConnections() }
 
@@ -195,7 +230,7 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, bod
 	c.mu.Unlock()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err // a *url.Error: it names the method and URL
+		return nil, bare(err)
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
