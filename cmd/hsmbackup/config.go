@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -70,8 +71,6 @@ type hsmKeyConfig struct {
 	PasswordFile string `yaml:"password_file"`
 }
 
-var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
-
 // maxConfigSize bounds the config file.
 const maxConfigSize = 1 << 20
 
@@ -91,6 +90,10 @@ func loadConfig(path string) (*config, error) {
 		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxConfigSize)
 	}
 	cfg, err := parseConfig(data)
+	if ce, ok := err.(*configErrors); ok {
+		ce.file = path
+		return nil, ce
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -98,36 +101,40 @@ func loadConfig(path string) (*config, error) {
 	return cfg, nil
 }
 
+// parseConfig parses a config file's bytes. Every fault of the file is
+// reported at once, a *configErrors with the line and key path of each.
 func parseConfig(data []byte) (*config, error) {
-	cfg := new(config)
+	var root yaml.Node
 	d := yaml.NewDecoder(bytes.NewReader(data))
-	d.KnownFields(true)
-	if err := d.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		// yaml.v3 names Go types ("field x not found in type
-		// main.config"); say it in the file's terms.
-		return nil, errors.New(unknownField.ReplaceAllString(err.Error(), `unknown setting "$1"`))
+	if err := d.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
+		return nil, &configErrors{problems: []configProblem{syntaxProblem(err)}}
 	}
 	var more yaml.Node
 	if err := d.Decode(&more); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document")
+		return nil, &configErrors{problems: []configProblem{{line: more.Line, msg: "more than one YAML document"}}}
 	}
-	if k := cfg.HSMKey; k != nil {
-		switch {
-		case k.Cluster == "" || k.Handle == 0 || k.User == "":
-			return nil, errors.New("hsm_key: cluster, handle and user are required")
-		case cfg.Clusters[k.Cluster] == nil:
-			return nil, fmt.Errorf("hsm_key: cluster %q is not in clusters", k.Cluster)
-		}
+	cfg := new(config)
+	if root.Kind == 0 {
+		return cfg, nil // empty
 	}
-	for id, cl := range cfg.Clusters {
-		if cl == nil {
-			return nil, fmt.Errorf("cluster %q: empty", id)
-		}
-		if len(cl.Members) == 0 {
-			return nil, fmt.Errorf("cluster %q: no members", id)
-		}
+	if problems := checkConfig(&root); len(problems) > 0 {
+		return nil, &configErrors{problems: problems}
+	}
+	if err := root.Decode(cfg); err != nil {
+		return nil, &configErrors{problems: []configProblem{syntaxProblem(err)}}
 	}
 	return cfg, nil
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: (?:unmarshal errors:\n\s*)?line (\d+): (.*)$`)
+
+// syntaxProblem is a YAML parser's error as a problem with its line.
+func syntaxProblem(err error) configProblem {
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return configProblem{line: line, msg: m[2]}
+	}
+	return configProblem{msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 }
 
 // resolve makes the config's relative paths relative to dir.

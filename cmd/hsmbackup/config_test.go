@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -96,5 +98,39 @@ func TestConfigUnknownSettingNamed(t *testing.T) {
 	_, err := parseConfig([]byte("store: file:///x\nkeyrng: k\n"))
 	if err == nil || !strings.Contains(err.Error(), `unknown setting "keyrng"`) || strings.Contains(err.Error(), "main.") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+func TestNearestKey(t *testing.T) {
+	known := []string{"store", "keyring", "signing_key", "password_file", "members", "user"}
+	for _, tc := range []struct{ in, want string }{
+		{"stor", "store"},
+		{"keyrng", "keyring"},
+		{"signing-key", "signing_key"},
+		{"password", "password_file"},
+		{"memebrs", "members"},
+		{"usr", "user"},
+		{"x", ""},
+		{"frobnicate", ""},
+	} {
+		if got := nearest(tc.in, known); got != tc.want {
+			t.Errorf("nearest(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestConfigProblemsAllReported(t *testing.T) {
+	_, err := parseConfig([]byte("stor: x\nretention: {days: 5}\nclusters:\n  a:\n    members: [nohostport]\n"))
+	ce, ok := err.(*configErrors)
+	if !ok {
+		t.Fatalf("error %v (%T), want *configErrors", err, err)
+	}
+	var got []string
+	for _, p := range ce.problems {
+		got = append(got, fmt.Sprintf("%d %s", p.line, p.path))
+	}
+	want := []string{"1 stor", "2 retention.days", "5 clusters.a.members[0]"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems %q, want %q", got, want)
 	}
 }

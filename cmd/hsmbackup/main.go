@@ -36,6 +36,17 @@ func report(w io.Writer, err error, interrupted bool) int {
 	if err == nil {
 		return exitOK
 	}
+	var multi interface{ Lines() []string }
+	if errors.As(err, &multi) && !interrupted {
+		// A list of faults (a config file's): the first line as any error,
+		// then one fault a line.
+		lines := strings.Split(err.Error(), "\n")
+		fmt.Fprintf(w, "hsmbackup: %s\n", lines[0])
+		for _, l := range lines[1:] {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+		return exitFailure
+	}
 	msg := strings.Join(strings.Fields(err.Error()), " ") // one line, whatever the error holds
 	if interrupted || errors.Is(err, context.Canceled) {
 		fmt.Fprintf(w, "hsmbackup: interrupted: %s\n", msg)
