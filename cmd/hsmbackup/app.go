@@ -16,7 +16,7 @@ var version = "dev"
 // stdout, and logs (log/slog) and progress bars to stderr; errors are
 // returned to main, which prints them. It never exits the process.
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:        "hsmbackup",
 		Usage:       "back up, verify and restore HSM clusters",
 		Description: appDescription,
@@ -49,6 +49,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		// errors that carry an exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	addExamples(app)
+	return app
 }
 
 // rootAction runs when no command matched: bare "hsmbackup" prints help,

@@ -137,11 +137,7 @@ func runCompletion(c *cli.Context) error {
 	case "zsh":
 		script = zshCompletion
 	case "fish":
-		s, err := c.App.ToFishCompletion()
-		if err != nil {
-			return err
-		}
-		script = s
+		script = fishCompletion(c.App)
 	default:
 		return fmt.Errorf("unknown shell %q: want one of %s", shell, accepted)
 	}
@@ -178,33 +174,8 @@ func runMan(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	page, err := manPage(c.App, c.Command)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprint(c.App.Writer, page)
+	_, err := fmt.Fprint(c.App.Writer, manPage(c.App))
 	return err
-}
-
-// manPage renders app's man page from a copy of it; the running app is
-// not changed. Running a command adds a help subcommand and a --help flag
-// to it, so running, the command being run, is documented as it is
-// defined, by a fresh manCommand. Commands hidden from help are left out,
-// as urfave/cli leaves them out of help.
-func manPage(app *cli.App, running *cli.Command) (string, error) {
-	doc := *app
-	doc.Commands = make([]*cli.Command, len(app.Commands))
-	for i, cmd := range app.Commands {
-		if cmd == running {
-			cmd = manCommand()
-		}
-		doc.Commands[i] = cmd
-	}
-	page, err := doc.ToManWithSection(manSection)
-	if err != nil {
-		return "", err
-	}
-	return roffASCII(page), nil
 }
 
 // roffASCII writes each non-ASCII character of a roff page (a '…' in a

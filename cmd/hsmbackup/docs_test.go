@@ -181,35 +181,56 @@ printf 'reply: %s\n' "${COMPREPLY[@]}"
 
 func TestManPage(t *testing.T) {
 	page := mustRunDocs(t, "man")
-	// go-md2man starts with .nh (no hyphenation), then the title line.
-	if body := strings.TrimPrefix(page, ".nh\n"); !strings.HasPrefix(body, ".TH hsmbackup 1") {
+	if !strings.HasPrefix(page, ".TH hsmbackup 1") {
 		t.Errorf("page does not start with a section 1 title line:\n%.200s", page)
 	}
-	if !strings.Contains(page, "back up, verify and restore HSM clusters") || !strings.Contains(page, "hardware-bound key") {
+	if !strings.Contains(page, "back up, verify and restore HSM clusters") || !strings.Contains(page, "hardware\\-bound key") {
 		t.Errorf("page lacks the app's usage or description")
 	}
-	var sections []string
+	var sections, subsections []string
 	for _, line := range strings.Split(page, "\n") {
 		if name, ok := strings.CutPrefix(line, ".SH "); ok {
 			sections = append(sections, name)
+		}
+		if name, ok := strings.CutPrefix(line, ".SS "); ok {
+			subsections = append(subsections, strings.Trim(name, `"`))
+		}
+	}
+	for _, want := range []string{"NAME", "SYNOPSIS", "DESCRIPTION", "GLOBAL OPTIONS", "COMMANDS", "EXAMPLES", "EXIT STATUS", "ENVIRONMENT", "FILES"} {
+		if !slices.Contains(sections, want) {
+			t.Errorf("no section %s; sections %q", want, sections)
 		}
 	}
 	app := newApp(nil, nil)
 	app.Commands = append(app.Commands, completionCommand(), manCommand())
 	for _, cmd := range app.Commands {
-		if !slices.Contains(sections, cmd.Name) {
+		if !slices.Contains(sections, strings.ToUpper(cmd.Name)) {
 			t.Errorf("no section for command %s; sections %q", cmd.Name, sections)
 		}
 	}
-	for _, want := range []string{".SS generate", ".SS authority", `\fB--json\fP`} {
+	// One subsection per command path, named by the whole path: not two
+	// ".SS create" for "backup create" and "hsm authority create".
+	for _, n := range commandTree(app) {
+		if got := slices.Index(subsections, "hsmbackup "+n.path); got < 0 {
+			t.Errorf("no subsection for %q", n.path)
+		}
+	}
+	seen := map[string]bool{}
+	for _, s := range subsections {
+		if seen[s] {
+			t.Errorf("subsection %q twice", s)
+		}
+		seen[s] = true
+	}
+	for _, want := range []string{`.SS "hsmbackup masterkey generate"`, `.SS "hsmbackup hsm authority create"`, `.SS "hsmbackup backup create"`, `\fB\-\-json\fR`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}
 	}
 	// The man command is documented as defined, not as running it
-	// changes it (with a help subcommand of its own).
-	if strings.Count(page, "help, h") != 1 {
-		t.Errorf("page has %d help commands, want 1 (the app's)", strings.Count(page, "help, h"))
+	// changes it (with a help subcommand and flag of its own).
+	if strings.Contains(page, `"hsmbackup man help"`) || strings.Contains(page, "show help") {
+		t.Errorf("page documents help commands or flags")
 	}
 
 	for i, r := range page {
@@ -237,5 +258,66 @@ func TestManPage(t *testing.T) {
 	render.Env = append(os.Environ(), "MANPAGER=cat", "PAGER=cat")
 	if out, err := render.CombinedOutput(); err != nil || (strings.HasSuffix(render.Path, "groff") && len(out) > 0) {
 		t.Errorf("%s: %v\n%s", strings.Join(render.Args, " "), err, out)
+	}
+}
+
+func TestHelpExamples(t *testing.T) {
+	app := newApp(nil, nil)
+	for _, n := range commandTree(app) {
+		if len(examples[n.path]) == 0 {
+			continue
+		}
+		out := mustRunDocs(t, append(strings.Fields(n.path), "--help")...)
+		if !strings.Contains(out, "Examples:") || !strings.Contains(out, examples[n.path][0].line) {
+			t.Errorf("%s --help lacks its examples:\n%s", n.path, out)
+		}
+	}
+	for path := range examples {
+		if !slices.ContainsFunc(commandTree(app), func(n node) bool { return n.path == path }) {
+			t.Errorf("examples for %q, which is no command", path)
+		}
+	}
+}
+
+// TestFishCompletionPaths: a command's flags are offered only under its
+// whole path, so same-named subcommands keep their own.
+func TestFishCompletionPaths(t *testing.T) {
+	script := mustRunDocs(t, "completion", "fish")
+	for _, want := range []string{
+		`complete -c hsmbackup -n '__hsmbackup_at \'backup create\'' -l cluster -r`,
+		`complete -c hsmbackup -n '__hsmbackup_at \'hsm authority create\'' -l kind -r`,
+		`complete -c hsmbackup -f -n '__hsmbackup_at \'hsm authority\'' -a 'create'`,
+	} {
+		if !strings.Contains(script, want) {
+			t.Errorf("fish script lacks %q", want)
+		}
+	}
+	if strings.Contains(script, `'__hsmbackup_at \'hsm authority create\'' -l cluster`) {
+		t.Error("hsm authority create is offered backup create's --cluster")
+	}
+	fish, err := exec.LookPath("fish")
+	if err != nil {
+		t.Log("fish is not installed: the script is not run")
+		return
+	}
+	path := filepath.Join(t.TempDir(), "hsmbackup.fish")
+	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	complete := func(line string) string {
+		out, err := exec.Command(fish, "--no-config", "-c", "source "+path+"; complete -C "+fishQuote(line)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if got := complete("hsmbackup hsm authority create --"); !strings.Contains(got, "--kind") || strings.Contains(got, "--cluster") {
+		t.Errorf("hsm authority create --: %q", got)
+	}
+	if got := complete("hsmbackup backup create --"); !strings.Contains(got, "--cluster") || strings.Contains(got, "--kind") {
+		t.Errorf("backup create --: %q", got)
+	}
+	if got := complete("hsmbackup backup "); !strings.Contains(got, "prune") || strings.Contains(got, "authority") {
+		t.Errorf("backup: %q", got)
 	}
 }
