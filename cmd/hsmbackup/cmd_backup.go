@@ -63,6 +63,7 @@ func backupCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
 				clusterFlag("`ID` of the cluster in --config (required)"),
+				&cli.StringFlag{Name: "member", Usage: "back up the member at `ADDR` (one of the cluster's members), even if the members' states differ"},
 				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},
 				&cli.BoolFlag{Name: "never-expires", Usage: "pin the backup: retention never removes it"},
 				&cli.IntFlag{Name: "retention-days", Usage: "retention of this backup in `DAYS` (7-379), instead of the cluster's"},
