@@ -69,7 +69,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 	}
 	m := *sm
 	m.ID, m.Created, m.Signature = newID, maxTime(created, sm.Created), nil
-	m.SourceBackupID, m.SourceClusterID = sm.ID, sm.ClusterID
+	m.SourceBackupID, m.SourceClusterID, m.SourceObjectSHA256 = sm.ID, sm.ClusterID, sm.ObjectSHA256
 	m.Tags = cloneTags(sm.Tags)
 
 	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
