@@ -19,7 +19,7 @@ import (
 
 func restoreCommand() *cli.Command {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore (required)"},
+		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore, a unique prefix of it, or latest (required)"},
 		&cli.StringFlag{Name: "cluster", Usage: "`ID` of the backup's cluster (default: found in the store)"},
 		&cli.StringSliceFlag{Name: "to", Usage: "target: `HOST:PORT` of an HSM, or the id of a cluster in --config (repeatable; required)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "make every check, including the targets' attestation, and stop before any HSM changes"},
@@ -70,10 +70,11 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	defer e.close()
-	clusterID, err := e.locate(opts.backupID)
+	clusterID, id, err := e.resolve(opts.backupID)
 	if err != nil {
 		return err
 	}
+	opts.backupID = id
 	t, err := e.restoreTarget(c, clusterID)
 	if err != nil {
 		return err
