@@ -195,4 +195,3 @@ func (e *env) cluster(id string) (*clusterConfig, error) {
 	}
 	return cc, nil
 }
-
