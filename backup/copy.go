@@ -41,7 +41,7 @@ type CopyOptions struct {
 //
 // Copy is idempotent: if dst already holds a READY copy of this backup
 // (same source backup id and source object hash) wrapped to the same
-// recipients, whose manifest verifies under opts.PublicKey, it returns that
+// recipients, whose manifest opts.SigningKey signed, it returns that
 // copy's manifest and stores nothing; CopyOnce says which happened.
 func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, error) {
 	m, _, err := CopyOnce(ctx, src, cluster, id, dst, opts)
@@ -143,8 +143,8 @@ func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts 
 	return &m, nil
 }
 
-// findCopy returns dst's READY copy of sm wrapped to opts.Recipients whose
-// signature verifies, or nil.
+// findCopy returns dst's READY copy of sm wrapped to opts.Recipients and
+// signed with opts.SigningKey, or nil.
 func findCopy(ctx context.Context, dst Repo, sm *Manifest, opts CopyOptions) (*Manifest, error) {
 	ms, err := List(ctx, dst, Filter{ClusterID: sm.ClusterID, State: StateReady})
 	if err != nil || len(ms) == 0 {
@@ -152,7 +152,7 @@ func findCopy(ctx context.Context, dst Repo, sm *Manifest, opts CopyOptions) (*M
 	}
 	var want []string
 	for _, m := range ms {
-		if m.SourceBackupID != sm.ID || m.SourceClusterID != sm.ClusterID || m.SourceObjectSHA256 != sm.ObjectSHA256 || m.Verify(opts.PublicKey) != nil {
+		if m.SourceBackupID != sm.ID || m.SourceClusterID != sm.ClusterID || m.SourceObjectSHA256 != sm.ObjectSHA256 || m.Verify(opts.SigningKey.Public().(ed25519.PublicKey)) != nil {
 			continue
 		}
 		if want == nil {
