@@ -26,8 +26,9 @@ func (e noMatch) Unwrap() error { return store.ErrNotFound }
 //     cluster that holds it (Find);
 //   - "latest": the newest READY backup of cluster, which may be empty only
 //     if the store holds backups of one cluster alone;
-//   - any other string: the one backup whose id starts with it (of cluster,
-//     if given).
+//   - a prefix of an id ("backup-2026…"): the one backup whose id starts
+//     with it (of cluster, if given); a string that starts no id is a bad
+//     id.
 //
 // A reference that matches no backup is an error wrapping
 // store.ErrNotFound; one that matches several, or "latest" without a
@@ -53,6 +54,8 @@ func Resolve(ctx context.Context, repo Repo, cluster, ref string) (string, strin
 		}
 		cl, err := Find(ctx, repo, ref)
 		return cl, ref, err
+	case ref != Latest && !strings.HasPrefix(ref, idPrefix) && !strings.HasPrefix(idPrefix, ref):
+		return "", "", fmt.Errorf("bad backup id %q: %w", ref, store.ErrNotFound) // a prefix of no id, as Find says
 	}
 	// Every backup's cluster and id, from the keys.
 	type found struct{ cluster, id string }

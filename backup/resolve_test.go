@@ -64,6 +64,9 @@ func TestResolve(t *testing.T) {
 	if _, _, err := Resolve(ctx, repo, "", "backup-1999"); !errors.Is(err, store.ErrNotFound) || err.Error() != `no backup id starts with "backup-1999"` {
 		t.Errorf("no match: %v", err)
 	}
+	if _, _, err := Resolve(ctx, repo, "", "not-a-backup"); !errors.Is(err, store.ErrNotFound) || err.Error() != `bad backup id "not-a-backup": object not found` {
+		t.Errorf("not an id: %v", err)
+	}
 	if _, _, err := Resolve(ctx, repo, "", "backup-20200101T000000Z-aaaaaaaaaa"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown full id: %v", err)
 	}
