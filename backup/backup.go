@@ -48,6 +48,9 @@ var (
 	// (cluster not initialized) or exported an image of another HSM or
 	// cluster than its health reports.
 	ErrSource = errors.New("unsuitable backup source")
+	// ErrAmbiguous: a backup id prefix (Resolve) matches more than one
+	// backup, or "latest" names no one cluster.
+	ErrAmbiguous = errors.New("ambiguous backup reference")
 )
 
 // ImageSource is one healthy member of the cluster to back up.

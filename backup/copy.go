@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/store"
@@ -36,7 +38,29 @@ type CopyOptions struct {
 // outer envelope is re-wrapped to opts.Recipients (wrap.Rewrap: the body
 // is copied byte for byte, authenticated on the way) and the source
 // object must match its manifest's size and hash, or nothing is stored.
+//
+// Copy is idempotent: if dst already holds a READY copy of this backup
+// (same source backup id and source object hash) wrapped to the same
+// recipients, whose manifest opts.SigningKey signed, it returns that
+// copy's manifest and stores nothing; CopyOnce says which happened.
 func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, error) {
+	m, _, err := CopyOnce(ctx, src, cluster, id, dst, opts)
+	return m, err
+}
+
+// CopyOnce is Copy, and reports whether it copied (false: dst already held
+// the copy returned).
+func CopyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, bool, error) {
+	m, err := copyOnce(ctx, src, cluster, id, dst, opts)
+	if errors.Is(err, errCopied) {
+		return m, false, nil
+	}
+	return m, err == nil, err
+}
+
+var errCopied = errors.New("already copied")
+
+func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts CopyOptions) (*Manifest, error) {
 	if len(opts.Identities) == 0 || len(opts.Recipients) == 0 || len(opts.Recipients) > maxRecipients || len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("an identity, 1 to 16 recipients and a signing key are required")
 	}
@@ -61,6 +85,12 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w: object hash: %w", id, ErrManifest, err)
 	}
+	if prev, err := findCopy(ctx, dst, sm, opts); err != nil || prev != nil {
+		if prev != nil {
+			return prev, errCopied
+		}
+		return nil, fmt.Errorf("destination: %w", err)
+	}
 
 	created := now().UTC().Round(0)
 	newID, err := newBackupID(created)
@@ -69,7 +99,7 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 	}
 	m := *sm
 	m.ID, m.Created, m.Signature = newID, maxTime(created, sm.Created), nil
-	m.SourceBackupID, m.SourceClusterID = sm.ID, sm.ClusterID
+	m.SourceBackupID, m.SourceClusterID, m.SourceObjectSHA256 = sm.ID, sm.ClusterID, sm.ObjectSHA256
 	m.Tags = cloneTags(sm.Tags)
 
 	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
@@ -111,4 +141,37 @@ func Copy(ctx context.Context, src Repo, cluster, id string, dst Repo, opts Copy
 		return nil, fmt.Errorf("write manifest: %w", err)
 	}
 	return &m, nil
+}
+
+// findCopy returns dst's READY copy of sm wrapped to opts.Recipients and
+// signed with opts.SigningKey, or nil.
+func findCopy(ctx context.Context, dst Repo, sm *Manifest, opts CopyOptions) (*Manifest, error) {
+	ms, err := List(ctx, dst, Filter{ClusterID: sm.ClusterID, State: StateReady})
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	var want []string
+	for _, m := range ms {
+		if m.SourceBackupID != sm.ID || m.SourceClusterID != sm.ClusterID || m.SourceObjectSHA256 != sm.ObjectSHA256 || m.Verify(opts.SigningKey.Public().(ed25519.PublicKey)) != nil {
+			continue
+		}
+		if want == nil {
+			// The stanzas' descriptions, from a throwaway data key.
+			dek := make([]byte, 32)
+			if _, err := rand.Read(dek); err != nil {
+				return nil, err
+			}
+			for _, r := range opts.Recipients {
+				st, err := r.Wrap(ctx, dek)
+				if err != nil {
+					return nil, fmt.Errorf("wrap: %w", err)
+				}
+				want = append(want, st.String())
+			}
+		}
+		if slices.Equal(m.Recipients, want) {
+			return m, nil
+		}
+	}
+	return nil, nil
 }

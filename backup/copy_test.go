@@ -360,3 +360,33 @@ func TestFind(t *testing.T) {
 		t.Fatalf("Find of an id in two clusters = %q, %v", c, err)
 	}
 }
+
+// TestCopyIdempotent: a second copy of the same backup to the same keys
+// stores nothing and returns the first; to other keys, it copies.
+func TestCopyIdempotent(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 1)
+	kr, pub, priv := backuptest.Keys(t)
+	src, dst := Repo{Store: backuptest.FileStore(t), Prefix: testPrefix}, Repo{Store: backuptest.FileStore(t)}
+	sm, err := Create(ctx, member, src, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := CopyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Recipients: []wrap.Recipient{kr}, SigningKey: priv}
+	first, copied, err := CopyOnce(ctx, src, testCluster, sm.ID, dst, opts)
+	if err != nil || !copied || first.SourceObjectSHA256 != sm.ObjectSHA256 {
+		t.Fatalf("first copy: %v, copied %v", err, copied)
+	}
+	again, copied, err := CopyOnce(ctx, src, testCluster, sm.ID, dst, opts)
+	if err != nil || copied || again.ID != first.ID {
+		t.Fatalf("second copy: %v, copied %v, id %s want %s", err, copied, again.ID, first.ID)
+	}
+	opts.Recipients = []wrap.Recipient{newKeyring(t, "other")}
+	other, copied, err := CopyOnce(ctx, src, testCluster, sm.ID, dst, opts)
+	if err != nil || !copied || other.ID == first.ID {
+		t.Fatalf("copy to other keys: %v, copied %v", err, copied)
+	}
+	if ms, err := List(ctx, dst, Filter{}); err != nil || len(ms) != 2 {
+		t.Fatalf("destination holds %d backups, %v; want 2", len(ms), err)
+	}
+}

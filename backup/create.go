@@ -44,7 +44,9 @@ type CreateOptions struct {
 // Create backs up the member src to repo: it exports the image, wraps it in
 // an outer envelope to opts.Recipients and stores it as one object,
 // hashing it on the way (memory stays flat whatever the image size), then
-// writes the signed manifest last, create-only. If any step fails the image
+// writes the signed manifest last, create-only. If src is an
+// InventorySource, the manifest records its inventory (users and keys),
+// unless the member's state changed while the image was exported. If any step fails the image
 // object is deleted (best effort) and the error names the step.
 func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions) (*Manifest, error) {
 	st := repo.Store
@@ -87,9 +89,27 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 		Tags: cloneTags(opts.Tags), NeverExpires: opts.NeverExpires, RetentionDays: opts.RetentionDays,
 		ClusterCertificate: bytes.Clone(opts.ClusterCertificate), CustomerCA: bytes.Clone(opts.CustomerCA),
 	}
+	var inv *Inventory
+	if ls, ok := src.(InventorySource); ok {
+		if inv, err = inventory(ctx, ls); err != nil {
+			return nil, err
+		}
+	}
 	if err := storeImage(ctx, src, st, imageKey, health, opts.Recipients, m); err != nil {
 		cleanup(ctx, st, imageKey)
 		return nil, err
+	}
+	// The inventory describes the image only if the member's state did not
+	// change from before it was listed to after the export.
+	if inv != nil {
+		after, err := src.Health(ctx)
+		if err != nil {
+			cleanup(ctx, st, imageKey)
+			return nil, fmt.Errorf("check member health: %w", err)
+		}
+		if after.StateDigest == health.StateDigest {
+			m.Inventory = inv
+		}
 	}
 	if err := m.Sign(opts.SigningKey); err != nil {
 		cleanup(ctx, st, imageKey)
@@ -104,6 +124,19 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 		return nil, fmt.Errorf("write manifest %s: %w", id, err)
 	}
 	return m, nil
+}
+
+// inventory lists what the member holds.
+func inventory(ctx context.Context, src InventorySource) (*Inventory, error) {
+	users, err := src.Users(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	keys, err := src.Keys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	return NewInventory(users, keys), nil
 }
 
 func checkCreateOptions(o *CreateOptions) error {

@@ -83,9 +83,15 @@ type Manifest struct {
 	RetentionDays   int               `json:"retention_days,omitempty"`
 	SourceBackupID  string            `json:"source_backup_id,omitempty"`
 	SourceClusterID string            `json:"source_cluster_id,omitempty"`
+	// SourceObjectSHA256 is, in a copy, the source backup's object_sha256:
+	// with SourceBackupID it names the backup copied.
+	SourceObjectSHA256 string `json:"source_object_sha256,omitempty"`
 	// ClusterCertificate and CustomerCA are DER (base64 in JSON).
 	ClusterCertificate []byte `json:"cluster_certificate,omitempty"`
 	CustomerCA         []byte `json:"customer_ca,omitempty"`
+	// Inventory is what the source HSM held (users, keys), if recorded:
+	// a restore compares it with what its target holds.
+	Inventory *Inventory `json:"inventory,omitempty"`
 	// Signature is Ed25519 over SigningBytes.
 	Signature []byte `json:"signature,omitempty"`
 }
@@ -241,6 +247,14 @@ func (m *Manifest) validate() error {
 	if m.SourceClusterID != "" {
 		if err := validClusterID(m.SourceClusterID); err != nil {
 			return fmt.Errorf("source %w", err)
+		}
+	}
+	if m.SourceObjectSHA256 != "" && (m.SourceBackupID == "" || !isHex(m.SourceObjectSHA256, 32)) {
+		return errors.New("source object hash without a source backup, or not 32 bytes of lower-case hex")
+	}
+	if m.Inventory != nil {
+		if err := m.Inventory.validate(); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -219,3 +219,52 @@ func FuzzParseManifest(f *testing.F) {
 		}
 	})
 }
+
+const vectorInventory = "testdata/manifest-v1-inventory.json"
+
+// TestManifestInventoryKnownAnswer pins the encoding of the members added
+// to version 1 after it was first published: a copy's
+// source_object_sha256 and the source's inventory. A manifest without
+// them encodes as before (TestManifestKnownAnswer).
+func TestManifestInventoryKnownAnswer(t *testing.T) {
+	m := fixedManifest()
+	m.SourceBackupID, m.SourceClusterID, m.SourceObjectSHA256 = "backup-20261124T160000Z-zyxwvuts23", "cluster-1", strings.Repeat("c3", 32)
+	m.Inventory = NewInventory(
+		[]hsmcore.UserInfo{{Name: "admin", Role: hsmcore.CryptoOfficer}, {Name: "app", Role: hsmcore.CryptoUser}},
+		[]hsmcore.KeyInfo{{Handle: 1, KCV: "0d0399", Token: true}, {Handle: 42, KCV: "a1b2c3", Token: true}})
+	priv := fixedKey()
+	if err := m.Sign(priv); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("BACKUP_WRITE_VECTORS") == "1" {
+		if err := os.WriteFile(vectorInventory, stored, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(vectorInventory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(stored, want) {
+		t.Fatalf("stored manifest changed:\n got %s\nwant %s", stored, want)
+	}
+	parsed, err := ParseManifest(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parsed.Verify(priv.Public().(ed25519.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	if parsed.Inventory == nil || parsed.Inventory.KeyCount != 2 || parsed.SourceObjectSHA256 != m.SourceObjectSHA256 {
+		t.Fatalf("parsed %+v", parsed)
+	}
+	// The inventory is signed: changing it breaks the signature.
+	parsed.Inventory.Keys[0] = "1:000000"
+	if err := parsed.Verify(priv.Public().(ed25519.PublicKey)); !errors.Is(err, ErrManifest) {
+		t.Fatalf("changed inventory verified: %v", err)
+	}
+}

@@ -45,6 +45,9 @@ type TargetResult struct {
 	Addr   string `json:"addr"`
 	Serial string `json:"serial"`
 	Action Action `json:"action"`
+	// Replaced is what the target held that the backup lacks, replaced
+	// under Options.Force (checked: to be replaced).
+	Replaced *Loss `json:"replaced,omitempty"`
 }
 
 // ClusterRequest is what Cluster restores, and into what.
@@ -71,7 +74,9 @@ var ErrNotNew = errors.New("target is not a new HSM")
 //
 // Nothing changes before every check passed: the backup is verified in
 // full once, each target attests to a fresh nonce as in Restore, and every
-// target after the first must be new (no users: ErrNotNew). With opts.DryRun, Cluster stops there, every
+// target after the first must be new (no users: ErrNotNew); the first, if
+// it holds users or keys the backup lacks, is refused (ErrWouldLose)
+// unless opts.Force. With opts.DryRun, Cluster stops there, every
 // result Checked. Then the first target is restored; req.Open, called only
 // after that succeeded, returns a Cloner on the restored HSM, which adds
 // the others. If cloning one fails, the results so far are returned with
@@ -108,17 +113,18 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 		if err != nil {
 			return nil, fmt.Errorf("target %s: %w", t.Addr, err)
 		}
-		results[i] = TargetResult{Addr: t.Addr, Serial: res.TargetSerial, Action: Checked}
+		results[i] = TargetResult{Addr: t.Addr, Serial: res.TargetSerial, Action: Checked, Replaced: res.Replaced}
 	}
 	if opts.DryRun {
 		return results, nil
 	}
 
 	first := targets[0]
-	if _, err := b.into(ctx, first.Member, opts); err != nil {
+	res, err := b.into(ctx, first.Member, opts)
+	if err != nil {
 		return results, fmt.Errorf("target %s: %w", first.Addr, err)
 	}
-	results[0].Action = Restored
+	results[0].Action, results[0].Replaced = Restored, res.Replaced
 	if len(targets) == 1 {
 		return results, nil
 	}

@@ -57,6 +57,9 @@ type Options struct {
 	ManufacturerRoots, OperatorRoots *x509.CertPool
 	// DryRun makes every check and stops before the import.
 	DryRun bool
+	// Force restores into a target that holds users or keys the backup
+	// lacks (ErrWouldLose), replacing them.
+	Force bool
 	// Now is the clock for the attestation's freshness; nil means
 	// time.Now.
 	Now func() time.Time
@@ -69,6 +72,9 @@ type Result struct {
 	TargetSerial string
 	ImageID      string // lower-case hex
 	DryRun       bool
+	// Replaced is what the target held that the backup lacks, replaced
+	// (with DryRun: to be replaced) under Options.Force; nil if nothing.
+	Replaced *Loss
 }
 
 // Restore restores backup backupID of clusterID, stored in repo, into
@@ -76,7 +82,9 @@ type Result struct {
 // object hash, outer layer, inner header); the target attests
 // to a fresh nonce and must be of the source's class, manufacturer and
 // operator, firmware no older, FIPS mode if the source was, and the same
-// PBK fingerprint (hsmcore.ErrAttestation); with opts.DryRun it stops
+// PBK fingerprint (hsmcore.ErrAttestation); a target that is a Holder and
+// holds users or keys the backup's inventory lacks is refused with a
+// *LossError (ErrWouldLose) unless opts.Force; with opts.DryRun it stops
 // there. Errors name the backup ("backup <id>: …") or the step on the
 // target; the caller names the target.
 // Nothing is sent to the target's ImportImage before all these checks pass.
@@ -141,6 +149,21 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 		return nil, err
 	}
 	res := &Result{BackupID: m.ID, TargetSerial: stmt.Serial, ImageID: m.ImageID, DryRun: opts.DryRun}
+
+	// 2b. What the target holds that the backup lacks is lost, unless
+	// forced.
+	if h, ok := target.(Holder); ok {
+		held, err := h.Holdings(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if loss := lost(m.Inventory, held); loss != nil {
+			if !opts.Force {
+				return nil, &LossError{Loss: loss}
+			}
+			res.Replaced = loss
+		}
+	}
 
 	// 3. A dry run stops before anything is sent.
 	if opts.DryRun {

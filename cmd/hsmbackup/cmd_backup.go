@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 
+	"github.com/hsmbackup/hsmbackup/backup"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -44,7 +46,7 @@ func backupCommand() *cli.Command {
 			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
 				return errors.New("--deep needs a master key, --offline uses none: choose one")
 			}
-			cluster, err := e.locate(id)
+			cluster, id, err := e.resolve(id)
 			if err != nil {
 				return err
 			}
@@ -63,6 +65,7 @@ func backupCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
 				clusterFlag("`ID` of the cluster in --config (required)"),
+				&cli.StringFlag{Name: "member", Usage: "back up the member at `ADDR` (one of the cluster's members), even if the members' states differ"},
 				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},
 				&cli.BoolFlag{Name: "never-expires", Usage: "pin the backup: retention never removes it"},
 				&cli.IntFlag{Name: "retention-days", Usage: "retention of this backup in `DAYS` (7-379), instead of the cluster's"},
@@ -99,4 +102,11 @@ func backupCommand() *cli.Command {
 			}, argless(pruneBackups)),
 		},
 	}
+}
+
+// resolve returns the cluster and id of the backup ref names: a full id,
+// "latest" (the newest READY backup of --cluster, or of the store's only
+// cluster) or a unique prefix of an id (backup.Resolve).
+func (e *env) resolve(ref string) (string, string, error) {
+	return backup.Resolve(e.c.Context, e.repo, e.c.String("cluster"), ref)
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"net/url"
+	"path/filepath"
 	"strings"
 
 	"github.com/hsmbackup/hsmbackup/backup"
@@ -31,6 +34,9 @@ func copyBackup(e *env, c *cli.Context, cluster, id string) error {
 // wrapped to).
 func runCopy(ctx context.Context, e *env, cluster, id string, opts copyOptions) error {
 	to := opts.to
+	if from := cmp.Or(e.g.store, e.cfg.Store); sameStore(from, to) {
+		return fmt.Errorf("--to %s is the store the backup is in (%s): a copy goes to another store, as to another region; a second copy in one store protects against nothing", to, from)
+	}
 	ids, err := e.identities(ctx)
 	if err != nil {
 		return err
@@ -67,15 +73,48 @@ func runCopy(ctx context.Context, e *env, cluster, id string, opts copyOptions) 
 	if err != nil {
 		return err
 	}
-	m, err := backup.Copy(ctx, e.repo, cluster, id, backup.Repo{Store: e.prog.wrap(dst)}, backup.CopyOptions{
+	m, copied, err := backup.CopyOnce(ctx, e.repo, cluster, id, backup.Repo{Store: e.prog.wrap(dst)}, backup.CopyOptions{
 		PublicKey: pub, Identities: ids, Recipients: recipients, SigningKey: key,
 	})
 	if err != nil {
 		return err
 	}
+	if !copied {
+		e.log.Info("already copied", "backup", id, "copy", m.ID, "to", to)
+	}
 	if e.g.json {
-		return writeJSON(e.stdout, summarize(m))
+		return writeJSON(e.stdout, struct {
+			backupSummary
+			Skipped bool `json:"skipped"`
+		}{summarize(m), !copied})
+	}
+	if !copied {
+		_, err = fmt.Fprintf(e.stdout, "skipped %s: %s already holds its copy %s (outer layer: %s)\n", id, to, m.ID, strings.Join(m.Recipients, "; "))
+		return err
 	}
 	_, err = fmt.Fprintf(e.stdout, "copied %s to %s as %s (outer layer: %s)\n", id, to, m.ID, strings.Join(m.Recipients, "; "))
 	return err
+}
+
+// sameStore reports whether store URLs a and b name the same store: the
+// same directory, or the same bucket and prefix.
+func sameStore(a, b string) bool {
+	norm := func(s string) string {
+		scheme, rest, ok := strings.Cut(s, "://")
+		if !ok {
+			return s
+		}
+		switch scheme {
+		case "file":
+			if abs, err := filepath.Abs(rest); err == nil {
+				return "file://" + abs
+			}
+		case "s3":
+			if u, err := url.Parse(s); err == nil {
+				return "s3://" + u.Host + "/" + strings.Trim(filepath.Clean("/"+u.Path), "/")
+			}
+		}
+		return s
+	}
+	return a != "" && norm(a) == norm(b)
 }

@@ -33,6 +33,7 @@ func parseTags(kvs []string) (map[string]string, error) {
 // createOptions are the flags of backup create.
 type createOptions struct {
 	cluster       string
+	member        string // the member to back up; "" for the one PickMember chooses
 	tags          []string
 	neverExpires  bool
 	retentionDays int
@@ -42,7 +43,7 @@ func createBackup(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	opts := createOptions{cluster: c.String("cluster"), tags: c.StringSlice("tag"),
+	opts := createOptions{cluster: c.String("cluster"), member: c.String("member"), tags: c.StringSlice("tag"),
 		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days")}
 	if opts.cluster == "" {
 		return fmt.Errorf("--cluster is required (run '%s --help')", c.Command.HelpName)
@@ -51,7 +52,8 @@ func createBackup(e *env, c *cli.Context) error {
 }
 
 // runCreate backs up cluster opts.cluster from the member
-// cluster.PickMember chooses.
+// cluster.PickMember chooses, or opts.member: if the members' states
+// differ, only a member named is backed up.
 func runCreate(ctx context.Context, e *env, opts createOptions) error {
 	id := opts.cluster
 	cc, err := e.cluster(id)
@@ -92,7 +94,7 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 		return err
 	}
 	e.removeStaleUploads(ctx)
-	member, health, err := t.pick(ctx, e.log)
+	member, health, err := t.pick(ctx, e.log, opts.member)
 	if err != nil {
 		return err
 	}

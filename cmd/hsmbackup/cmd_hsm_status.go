@@ -55,7 +55,9 @@ func runStatus(ctx context.Context, e *env, t *target) error {
 			Initialized        bool   `json:"initialized"`
 			StateDigest        string `json:"state_digest"`
 			PBKFingerprint     string `json:"pbk_fingerprint"`
-		}{h.Identity, h.ClusterID, h.ClusterInitialized, h.Initialized, h.StateDigest, fp})
+			KeyCount           int    `json:"key_count"`
+			UserCount          int    `json:"user_count"`
+		}{h.Identity, h.ClusterID, h.ClusterInitialized, h.Initialized, h.StateDigest, fp, h.KeyCount, h.UserCount})
 	}
 	p := &printer{w: e.stdout}
 	p.printf("%-20s %s\n", "serial", h.Serial)
@@ -68,6 +70,7 @@ func runStatus(ctx context.Context, e *env, t *target) error {
 	p.printf("%-20s %s\n", "users initialized", yesNo(h.Initialized))
 	p.printf("%-20s %s\n", "PBK fingerprint", fp)
 	p.printf("%-20s %s\n", "state digest", h.StateDigest)
+	p.printf("%-20s %d keys, %d users\n", "holds", h.KeyCount, h.UserCount)
 	return p.err
 }
 

@@ -19,10 +19,11 @@ import (
 
 func restoreCommand() *cli.Command {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore (required)"},
+		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore, a unique prefix of it, or latest (required)"},
 		&cli.StringFlag{Name: "cluster", Usage: "`ID` of the backup's cluster (default: found in the store)"},
 		&cli.StringSliceFlag{Name: "to", Usage: "target: `HOST:PORT` of an HSM, or the id of a cluster in --config (repeatable; required)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "make every check, including the targets' attestation, and stop before any HSM changes"},
+		&cli.BoolFlag{Name: "force", Usage: "restore into an initialized HSM even if it holds users or keys the backup lacks, replacing them"},
 		manufacturerRootFlag(),
 		operatorRootFlag(),
 		&cli.StringFlag{Name: "user", Usage: "crypto officer `NAME`: to import into an initialized target, and to clone further targets (a user of the backup)"},
@@ -39,7 +40,9 @@ func restoreCommand() *cli.Command {
 			"older, FIPS into FIPS only, same PBK), and only then streams the image into\n" +
 			"the first target, which checks it again and commits atomically. Further\n" +
 			"targets (new, uninitialized HSMs) are cloned from the first, as CloudHSM\n" +
-			"adds HSMs to a cluster. A refused restore leaves every target unchanged.",
+			"adds HSMs to a cluster. An initialized HSM that holds users or keys the\n" +
+			"backup lacks is refused, with what would be lost, unless --force. A refused\n" +
+			"restore leaves every target unchanged.",
 		Flags:        append(flags, serviceFlags()...),
 		OnUsageError: usageError,
 		Action:       action("restore", restoreAction),
@@ -51,13 +54,14 @@ func restoreCommand() *cli.Command {
 type restoreOptions struct {
 	backupID string
 	dryRun   bool
+	force    bool
 }
 
 func restoreAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	opts := restoreOptions{backupID: c.String("backup"), dryRun: c.Bool("dry-run")}
+	opts := restoreOptions{backupID: c.String("backup"), dryRun: c.Bool("dry-run"), force: c.Bool("force")}
 	if opts.backupID == "" || len(c.StringSlice("to")) == 0 {
 		return fmt.Errorf("--backup and --to are required (run '%s --help')", c.Command.HelpName)
 	}
@@ -66,10 +70,11 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	defer e.close()
-	clusterID, err := e.locate(opts.backupID)
+	clusterID, id, err := e.resolve(opts.backupID)
 	if err != nil {
 		return err
 	}
+	opts.backupID = id
 	t, err := e.restoreTarget(c, clusterID)
 	if err != nil {
 		return err
@@ -103,8 +108,12 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 	if err != nil {
 		return err
 	}
-	if m.State != backup.StateReady {
+	switch m.State {
+	case backup.StateReady:
+	case backup.StatePendingDeletion:
 		return fmt.Errorf("backup %s is %s: only READY backups are restored (run 'hsmbackup backup restore-deleted %s' first)", id, m.State, id)
+	default:
+		return fmt.Errorf("backup %s is %s: its image was purged; it cannot be restored (its manifest stays as the record of it)", id, m.State)
 	}
 	if err := t.trustBackup(m, mfr); err != nil {
 		return err
@@ -123,6 +132,7 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 		member := &restoreMember{conn: cl}
 		if i == 0 {
 			member.login = t
+			defer member.logout(ctx)
 		}
 		targets[i] = restore.ClusterTarget{Addr: a, Member: member}
 	}
@@ -131,11 +141,18 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 	first := *t
 	first.members = t.members[:1]
 	open := func(ctx context.Context) (restore.Cloner, error) { return first.open(ctx, e.log, mfr, op) }
-	ropts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: opts.dryRun}
+	ropts := restore.Options{PublicKey: pub, Identities: ids, ManufacturerRoots: mfr, OperatorRoots: op, DryRun: opts.dryRun, Force: opts.force}
 	req := restore.ClusterRequest{Repo: e.repo, ClusterID: clusterID, BackupID: id, Targets: targets, Open: open}
 	results, err := restore.Cluster(ctx, req, ropts)
 	for _, r := range results {
 		e.log.Info("target "+string(r.Action), "addr", r.Addr, "serial", r.Serial, "backup", id)
+		if r.Replaced != nil {
+			e.log.Warn("target state replaced (--force)", "addr", r.Addr, "users", r.Replaced.UserCount, "keys", r.Replaced.KeyCount,
+				"note", "only this HSM changes: other members of its cluster keep their state, and the cluster client re-syncs a minority from the majority")
+		}
+	}
+	if errors.Is(err, restore.ErrWouldLose) {
+		return fmt.Errorf("%w (only this HSM would change: other members of its cluster keep their state; give --force to replace it)", err)
 	}
 	if err != nil {
 		return err
@@ -150,7 +167,11 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 	}
 	verbs := map[restore.Action]string{restore.Checked: "would restore into", restore.Restored: "restored into", restore.Cloned: "cloned into"}
 	for _, r := range results {
-		fmt.Fprintf(e.stdout, "%s %s HSM %s at %s\n", id, verbs[r.Action], r.Serial, r.Addr)
+		replaced := ""
+		if r.Replaced != nil {
+			replaced = fmt.Sprintf(", replacing what the backup lacks: %s", r.Replaced)
+		}
+		fmt.Fprintf(e.stdout, "%s %s HSM %s at %s%s\n", id, verbs[r.Action], r.Serial, r.Addr, replaced)
 	}
 	if opts.dryRun {
 		_, err = fmt.Fprintln(e.stdout, "dry run: every check passed; no HSM was changed")
@@ -160,13 +181,14 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 
 // restoreMember is a target HSM as the restore command reaches it (its
 // errors do not name it: restore.Cluster does): its errors of reaching it
-// explained, and, for the first target, a login as
-// the crypto officer just before the import if the HSM has users (an
-// import into such an HSM takes an officer's session), so that no
-// password is sent before every check has passed.
+// explained, and, for the first target, a login as the crypto officer
+// once the HSM has attested, if the HSM has users: to list what it holds
+// (Holdings) and to import (an import into such an HSM takes an
+// officer's session). No password is sent before the attestation passed.
 type restoreMember struct {
 	*conn
-	login *target // first target only
+	login    *target // first target only
+	loggedIn bool
 }
 
 func (m *restoreMember) Health(ctx context.Context) (api.Health, error) {
@@ -179,26 +201,69 @@ func (m *restoreMember) Attest(ctx context.Context, nonce []byte) (*hsmcore.Atte
 	return a, m.explain(err)
 }
 
+// officer logs in as the crypto officer if the HSM has users (once), and
+// reports whether it has.
+func (m *restoreMember) officer(ctx context.Context) (bool, error) {
+	h, err := m.Health(ctx)
+	if err != nil {
+		return false, err
+	}
+	if !h.Initialized || m.loggedIn {
+		return h.Initialized, nil
+	}
+	if m.login.user == "" {
+		return true, errors.New("it is initialized: give --user and a password of its crypto officer")
+	}
+	role, err := m.login.login(ctx, m.conn)
+	if err != nil {
+		return true, err
+	}
+	if role != hsmcore.CryptoOfficer {
+		return true, fmt.Errorf("%s is a %s, not a crypto officer", m.login.user, role)
+	}
+	m.loggedIn = true
+	return true, nil
+}
+
+// Holdings lists the users and keys of the first target, if it has users.
+func (m *restoreMember) Holdings(ctx context.Context) (*restore.Holdings, error) {
+	if m.login == nil {
+		return nil, nil // a further target: it must be new (restore.ErrNotNew)
+	}
+	initialized, err := m.officer(ctx)
+	if err != nil || !initialized {
+		return nil, err
+	}
+	users, err := m.conn.Users(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", m.explain(err))
+	}
+	keys, err := m.conn.Keys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", m.explain(err))
+	}
+	return &restore.Holdings{Users: users, Keys: keys}, nil
+}
+
 func (m *restoreMember) ImportImage(ctx context.Context, r io.Reader) (api.ImportResponse, error) {
 	if m.login != nil {
-		h, err := m.Health(ctx)
-		if err != nil {
+		if _, err := m.officer(ctx); err != nil {
 			return api.ImportResponse{}, err
 		}
-		if h.Initialized {
-			if m.login.user == "" {
-				return api.ImportResponse{}, errors.New("it is initialized: give --user and a password of its crypto officer")
-			}
-			role, err := m.login.login(ctx, m.conn)
-			if err != nil {
-				return api.ImportResponse{}, err
-			}
-			if role != hsmcore.CryptoOfficer {
-				return api.ImportResponse{}, fmt.Errorf("%s is a %s, not a crypto officer", m.login.user, role)
-			}
-		}
 	}
-	return m.conn.ImportImage(ctx, r)
+	resp, err := m.conn.ImportImage(ctx, r)
+	if err == nil {
+		m.loggedIn = false // the import ended the session
+	}
+	return resp, err
+}
+
+// logout ends the session officer opened, if the import did not
+// (best effort).
+func (m *restoreMember) logout(ctx context.Context) {
+	if m.loggedIn {
+		_ = m.conn.Logout(context.WithoutCancel(ctx))
+	}
 }
 
 // restoreTarget resolves --to into the restore's target: a HOST:PORT is

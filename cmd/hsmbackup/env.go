@@ -195,12 +195,3 @@ func (e *env) cluster(id string) (*clusterConfig, error) {
 	}
 	return cc, nil
 }
-
-// locate returns the cluster of backup id: --cluster if given, else found
-// in the store.
-func (e *env) locate(id string) (string, error) {
-	if cl := e.c.String("cluster"); cl != "" {
-		return cl, nil
-	}
-	return backup.Find(e.c.Context, e.repo, id)
-}

@@ -145,9 +145,10 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		RequireUniqueNames:  true,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"capture":  cmdCapture,
-			"jsonpath": cmdJSONPath,
-			"backdate": cmdBackdate,
+			"capture":     cmdCapture,
+			"jsonpath":    cmdJSONPath,
+			"backdate":    cmdBackdate,
+			"noinventory": cmdNoInventory,
 		},
 	})
 }
@@ -354,6 +355,35 @@ func cmdBackdate(ts *testscript.TestScript, neg bool, args []string) {
 	if !m.DeletionRequested.IsZero() {
 		m.DeletionRequested = m.DeletionRequested.Add(shift)
 	}
+	ts.Check(m.Sign(key))
+	b, err := m.Marshal()
+	ts.Check(err)
+	ts.Check(st.Put(ctx, backup.Repo{}.ObjectKey(cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
+}
+
+// cmdNoInventory makes a backup's manifest as written before manifests
+// recorded their source's inventory: without it, re-signed.
+//
+//	noinventory BACKUP-ID
+func cmdNoInventory(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: noinventory BACKUP-ID")
+	}
+	key, err := backup.LoadSigningKey(ts.MkAbs("signing.key"))
+	ts.Check(err)
+	st, err := storeurl.Open("file://"+ts.MkAbs("store"), storeurl.Options{})
+	ts.Check(err)
+	ctx := context.Background()
+	id := args[0]
+	cluster, err := backup.Find(ctx, backup.Repo{Store: st}, id)
+	ts.Check(err)
+	m, err := backup.Describe(ctx, backup.Repo{Store: st}, cluster, id)
+	ts.Check(err)
+	ts.Check(m.Verify(key.Public().(ed25519.PublicKey)))
+	if m.Inventory == nil {
+		ts.Fatalf("backup %s has no inventory", id)
+	}
+	m.Inventory = nil
 	ts.Check(m.Sign(key))
 	b, err := m.Marshal()
 	ts.Check(err)

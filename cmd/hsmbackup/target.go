@@ -309,14 +309,18 @@ func (t *target) open(ctx context.Context, log *slog.Logger, mfr, op *x509.CertP
 }
 
 // pick connects to the members and returns the one cluster.PickMember
-// chooses (healthy, initialized in the cluster, in sync), logged in as a
-// crypto officer. The caller closes it.
-func (t *target) pick(ctx context.Context, log *slog.Logger) (*conn, api.Health, error) {
+// chooses (healthy, initialized in the cluster, every healthy member in
+// the same state, or the member named), logged in as a crypto officer.
+// The caller closes it.
+func (t *target) pick(ctx context.Context, log *slog.Logger, member string) (*conn, api.Health, error) {
 	password, err := t.password() // before any connection: a bad password file fails fast
 	if err != nil {
 		return nil, api.Health{}, fmt.Errorf("cluster %s: %w", t.clusterID, err)
 	}
-	picked, err := cluster.PickMember(ctx, cluster.Config{Members: t.members, Client: t.tls, Logger: log})
+	picked, err := cluster.PickMember(ctx, cluster.Config{Members: t.members, Client: t.tls, Logger: log}, cluster.PickOptions{Member: member})
+	if errors.Is(err, cluster.ErrDiverged) {
+		return nil, api.Health{}, fmt.Errorf("%w: back up the member whose state is current with --member ADDR", err)
+	}
 	if err != nil {
 		return nil, api.Health{}, err
 	}

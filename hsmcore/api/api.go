@@ -63,6 +63,11 @@ type Health struct {
 	Initialized        bool   `json:"initialized"` // has users
 	StateDigest        string `json:"state_digest"`
 	PBKFingerprint     []byte `json:"pbk_fingerprint"`
+	// KeyCount and UserCount are how many token keys and users the HSM
+	// holds: counts only, no names. Added after version 1 of the answer;
+	// a daemon that predates them sends neither (zero).
+	KeyCount  int `json:"key_count"`
+	UserCount int `json:"user_count"`
 }
 
 // AttestRequest is POST /v1/attest; the answer is an hsmcore.Attestation.

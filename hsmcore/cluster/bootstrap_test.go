@@ -160,7 +160,7 @@ func TestPickMember(t *testing.T) {
 	hsms, cfg := e.threeMembers(t)
 	fresh := e.Serve(t, nil)
 	cfg.Members = []string{"127.0.0.1:1", fresh.Addr, hsms[1].Addr, hsms[2].Addr}
-	p, err := cluster.PickMember(ctx, cfg)
+	p, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,54 @@ func TestPickMember(t *testing.T) {
 		t.Fatalf("picked %s, want %s", p.Addr, hsms[1].Addr)
 	}
 	cfg.Members = []string{"127.0.0.1:1", fresh.Addr}
-	if _, err := cluster.PickMember(ctx, cfg); err == nil || !strings.Contains(err.Error(), "cluster cluster-1: no healthy member (127.0.0.1:1: ") || !strings.Contains(err.Error(), fresh.Addr+": not a member of cluster cluster-1") {
+	if _, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{}); err == nil || !strings.Contains(err.Error(), "cluster cluster-1: no healthy member (127.0.0.1:1: ") || !strings.Contains(err.Error(), fresh.Addr+": not a member of cluster cluster-1") {
 		t.Fatalf("no usable member: %v", err)
+	}
+}
+
+// TestPickMemberDiverged refuses to choose between members whose states
+// differ, listing each one's counts, unless the member is named; a member
+// that is not configured, or not usable, cannot be named.
+func TestPickMemberDiverged(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	hsms, cfg := e.threeMembers(t)
+	s, err := hsms[2].Dev.Login("alice", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GenerateKeys([]hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256}, {Type: hsmcore.AES, Bits: 128}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Logout()
+	// Two members agree on the older state: a majority is no proof of
+	// being current.
+	_, err = cluster.PickMember(ctx, cfg, cluster.PickOptions{})
+	var de *cluster.DivergedError
+	if !errors.Is(err, cluster.ErrDiverged) || !errors.As(err, &de) {
+		t.Fatalf("diverged members: %v", err)
+	}
+	if len(de.Members) != 3 || de.Members[0].Keys != 0 || de.Members[2].Keys != 2 || de.Members[2].Users != 2 || de.Members[2].Addr != hsms[2].Addr ||
+		de.Members[2].StateDigest != hsms[2].Dev.StateDigest() || de.Members[0].StateDigest == de.Members[2].StateDigest {
+		t.Fatalf("diverged members: %+v", de.Members)
+	}
+	if want := hsms[2].Addr + ": 2 keys, 2 users, digest "; !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "cluster cluster-1: members hold different states (") {
+		t.Fatalf("error %q does not contain %q", err, want)
+	}
+
+	p, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{Member: hsms[2].Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Client.Close()
+	if p.Addr != hsms[2].Addr || p.Health.KeyCount != 2 || p.Health.UserCount != 2 {
+		t.Fatalf("picked %s %+v, want %s", p.Addr, p.Health, hsms[2].Addr)
+	}
+	if _, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1 is not one of its members") {
+		t.Fatalf("member not configured: %v", err)
+	}
+	cfg.Members = append(cfg.Members, "127.0.0.1:1")
+	if _, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "member 127.0.0.1:1: ") {
+		t.Fatalf("member down: %v", err)
 	}
 }

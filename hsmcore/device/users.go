@@ -115,6 +115,19 @@ func (d *Device) Initialized() bool {
 	return len(d.st.Users) > 0
 }
 
+// Counts returns how many token keys and users the device holds: what
+// its health answer reports, without names.
+func (d *Device) Counts() (keys, users int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, k := range d.st.Keys {
+		if k.Token {
+			keys++
+		}
+	}
+	return keys, len(d.st.Users)
+}
+
 // Session is a logged-in user on one device. Every operation re-checks that
 // the session was not logged out and that the user's record is the one it
 // logged in with: deleting or re-creating the user, changing its password

@@ -199,8 +199,10 @@ func handle(r *http.Request) (uint64, error) {
 
 func (s *Server) health(*http.Request, *device.Session) (any, error) {
 	fp := s.dev.PBKFingerprint()
+	keys, users := s.dev.Counts()
 	return api.Health{Identity: s.dev.Identity(), ClusterID: s.dev.ClusterID(), ClusterInitialized: s.dev.ClusterInitialized(),
-		Initialized: s.dev.Initialized(), StateDigest: s.dev.StateDigest(), PBKFingerprint: fp[:]}, nil
+		Initialized: s.dev.Initialized(), StateDigest: s.dev.StateDigest(), PBKFingerprint: fp[:],
+		KeyCount: keys, UserCount: users}, nil
 }
 
 func (s *Server) attest(r *http.Request, _ *device.Session) (any, error) {
