@@ -292,7 +292,7 @@ func stripExamples(d string) string {
 }
 
 // roffText escapes text for a roff line: backslashes, and a leading '.' or
-// '\'' that would be read as a request.
+// '\” that would be read as a request.
 func roffText(s string) string {
 	s = strings.ReplaceAll(s, `\`, `\e`)
 	s = strings.ReplaceAll(s, "-", `\-`)
