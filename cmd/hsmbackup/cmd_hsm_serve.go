@@ -43,6 +43,7 @@ func serveCommand() *cli.Command {
 }
 
 func serve(c *cli.Context) (err error) {
+	stopsItself.Store(true) // a graceful stop of its own, logged
 	if err := noArgs(c); err != nil {
 		return err
 	}
