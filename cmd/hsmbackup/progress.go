@@ -105,11 +105,35 @@ type aboveBars struct {
 
 func (a *aboveBars) Write(b []byte) (int, error) {
 	if !a.p.done.Load() {
-		if n, err := a.p.p.Write(b); err == nil {
-			return n, nil
+		switch started, active := a.p.state(); {
+		case active:
+			if n, err := a.p.p.Write(b); err == nil {
+				return n, nil
+			}
+		case started:
+			// Every bar has ended: finish them, so that no last redraw
+			// takes the line (mpb shows lines written to it only while a
+			// bar is drawn).
+			a.p.wait()
 		}
 	}
-	return a.w.Write(b) // the bars are done
+	return a.w.Write(b)
+}
+
+// state reports whether a bar was started, and whether one is still being
+// drawn.
+func (p *progress) state() (started, active bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, o := range p.bars {
+		o.mu.Lock()
+		ended := o.ended
+		o.mu.Unlock()
+		if !ended {
+			return true, true
+		}
+	}
+	return len(p.bars) > 0, false
 }
 
 type afterBars struct {
