@@ -2,7 +2,9 @@ package main
 
 import (
 	"cmp"
+	"io"
 	"log/slog"
+	"os"
 
 	"github.com/urfave/cli/v2"
 )
@@ -66,6 +68,9 @@ func newOutput(c *cli.Context, json bool) (*progress, *slog.Logger, error) {
 	log, err := newLogger(prog.logTo(c.App.ErrWriter), format, level)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.App.ErrWriter == os.Stderr {
+		notices.Store(&struct{ w io.Writer }{prog.logTo(os.Stderr)})
 	}
 	return prog, log, nil
 }

@@ -46,6 +46,11 @@ const cleanupBound = 10 * time.Second
 // onInterrupt prints nothing and sets no bound.
 var stopsItself atomic.Bool
 
+// notices, once a command has set up its output (newOutput), is where
+// onInterrupt writes: stderr, above the progress bars while they are
+// drawn, so that their redraw does not erase the notice.
+var notices atomic.Pointer[struct{ w io.Writer }]
+
 // onInterrupt handles termination signals: at the first it says so on
 // stderr at once and cancels the run (interrupt), which cleans up and
 // returns; if the run has not returned within cleanupBound, or at a
@@ -55,6 +60,9 @@ func onInterrupt(sigs <-chan os.Signal, stderr io.Writer, interrupt func(), exit
 		return
 	}
 	own := stopsItself.Load()
+	if w := notices.Load(); w != nil {
+		stderr = w.w // above the progress bars, if any
+	}
 	if !own {
 		fmt.Fprintln(stderr, "hsmbackup: interrupted: cleaning up (interrupt again to quit at once)")
 	}
