@@ -171,10 +171,18 @@ func cloneTags(t map[string]string) map[string]string {
 	return c
 }
 
+// CleanupTimeout bounds the deletion of the image object of a backup that
+// failed or was interrupted: it runs detached from the cancelled context,
+// under this deadline of its own, so that an interrupt ends Create within
+// seconds even against a slow store. An image left behind (the deadline
+// passed, the process was killed) has no manifest: Orphans reports it and
+// Prune removes it.
+const CleanupTimeout = 4 * time.Second
+
 // cleanup deletes a backup's image object after a failure, even if ctx is
-// done, within a short time.
+// done, within CleanupTimeout.
 func cleanup(ctx context.Context, st store.Store, key string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
 	defer cancel()
 	_ = st.Delete(ctx, key)
 }

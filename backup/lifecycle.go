@@ -227,7 +227,16 @@ type PruneOptions struct {
 	Policy func(cluster string) Policy
 	// DryRun decides and reports, and changes nothing.
 	DryRun bool
+	// OrphanGrace is how old a stray object (see Orphans) must be for
+	// Prune to remove it; younger ones are left alone (Orphans reports
+	// them). Zero means
+	// DefaultOrphanGrace; NoOrphanGrace removes every stray object found.
+	OrphanGrace time.Duration
 }
+
+// NoOrphanGrace, as PruneOptions.OrphanGrace, removes stray objects
+// however young: only when no backup is being written to the store.
+const NoOrphanGrace time.Duration = -1
 
 // PruneAction is one change Prune made or, with DryRun, would make.
 type PruneAction struct {
@@ -238,6 +247,9 @@ type PruneAction struct {
 	Reason    string `json:"reason"`
 	// Error is why the change failed; empty if it was made.
 	Error string `json:"error,omitempty"`
+	// Object, for the removal of a stray object (see Orphans), is its
+	// key; From and To are empty.
+	Object string `json:"object,omitempty"`
 }
 
 // Prune applies the lifecycle to the backups in repo: READY backups
@@ -247,7 +259,8 @@ type PruneAction struct {
 // is still there). It returns every action, including failed ones (their
 // Error set); the error is non-nil if the listing failed or any action
 // did. Manifests whose signature does not verify are reported and left
-// alone.
+// alone. Stray objects in backup directories (Orphans) older than
+// opts.OrphanGrace are removed (an action each); younger ones are left.
 func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize || opts.Policy == nil {
 		return nil, errors.New("signing key and policy are required")
@@ -304,6 +317,18 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 			actions = append(actions, a)
 		}
 	}
+	grace := opts.OrphanGrace
+	switch {
+	case grace == 0:
+		grace = DefaultOrphanGrace
+	case grace < 0:
+		grace = 0
+	}
+	stray, sfailed, err := orphanActions(ctx, repo, opts.ClusterID, time.Now(), grace, opts.DryRun)
+	if err != nil {
+		return actions, err
+	}
+	actions, failed = append(actions, stray...), failed+sfailed
 	if failed > 0 {
 		return actions, fmt.Errorf("%d of %d actions failed", failed, len(actions))
 	}

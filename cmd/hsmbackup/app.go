@@ -21,14 +21,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Usage:       "back up, verify and restore HSM clusters",
 		Description: appDescription,
 		Version:     version,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.BoolFlag{
 				Name:  "json",
 				Usage: "print machine-readable JSON instead of text (commands that support it)",
 			},
 			configFlag(),
 			storeFlag(),
-		},
+		}, logFlags()...), // logging.go
+
 		Commands: []*cli.Command{
 			demoCommand(),
 			hsmCommand(),

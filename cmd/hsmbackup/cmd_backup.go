@@ -53,6 +53,10 @@ func backupCommand() *cli.Command {
 			return fn(e, c, cluster, id)
 		})
 	}
+	orphanGraceFlag := func() cli.Flag {
+		return &cli.DurationFlag{Name: "orphan-grace", Value: backup.DefaultOrphanGrace,
+			Usage: "stray objects younger than `DURATION` may be a backup being written: prune leaves them (0: none is)"}
+	}
 	return &cli.Command{
 		Name:  "backup",
 		Usage: "take, list, verify, copy and expire backups",
@@ -74,6 +78,8 @@ func backupCommand() *cli.Command {
 				clusterFlag("list only cluster `ID`'s backups"),
 				&cli.StringFlag{Name: "state", Usage: "list only backups in `STATE` (READY, PENDING_DELETION, DELETED)"},
 				&cli.StringSliceFlag{Name: "tag", Usage: "list only backups with tag `KEY=VALUE` (repeatable: all must match)"},
+				&cli.BoolFlag{Name: "orphans", Usage: "list instead the stray objects in backup directories (image objects without a manifest…), which prune removes once older than --orphan-grace"},
+				orphanGraceFlag(),
 			}, argless(listBackups)),
 			byID("describe", "show a backup's manifest", nil, describeBackup),
 			byID("verify", "check a backup: signature, object hash, outer layer (and inner header with --deep)", []cli.Flag{
@@ -99,6 +105,7 @@ func backupCommand() *cli.Command {
 				&cli.IntFlag{Name: "retention-days", Usage: "retention in `DAYS` (7-379) for every cluster, instead of the config's"},
 				&cli.IntFlag{Name: "keep-last", Usage: "keep at least the `N` newest READY backups of each cluster, instead of the config's"},
 				&cli.BoolFlag{Name: "dry-run", Usage: "show what would change, change nothing"},
+				orphanGraceFlag(),
 			}, argless(pruneBackups)),
 		},
 	}

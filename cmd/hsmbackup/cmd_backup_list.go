@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -20,6 +21,12 @@ type listOptions struct {
 func listBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
+	}
+	if c.Bool("orphans") {
+		if c.String("state") != "" || len(c.StringSlice("tag")) > 0 {
+			return errors.New("--orphans lists objects, not backups: --state and --tag do not apply")
+		}
+		return runOrphans(c.Context, e, c.String("cluster"), c.Duration("orphan-grace"))
 	}
 	return runList(c.Context, e, listOptions{cluster: c.String("cluster"), state: c.String("state"), tags: c.StringSlice("tag")})
 }
@@ -92,6 +99,41 @@ func runDescribe(ctx context.Context, e *env, cluster, id string) error {
 	row("tags", tagsText(m.Tags))
 	if m.SourceBackupID != "" {
 		row("copied from", m.SourceBackupID+" of cluster "+m.SourceClusterID)
+	}
+	return tw.Flush()
+}
+
+// runOrphans prints the stray objects in backup directories (see
+// backup.Orphans), saying which prune would remove: those older than
+// grace.
+func runOrphans(ctx context.Context, e *env, cluster string, grace time.Duration) error {
+	if grace < 0 {
+		return fmt.Errorf("--orphan-grace %s: want 0 or more", grace)
+	}
+	now := time.Now()
+	found, err := backup.Orphans(ctx, e.repo, cluster, now.Add(-grace))
+	if err != nil {
+		return err
+	}
+	if e.g.json {
+		if found == nil {
+			found = []backup.Orphan{}
+		}
+		return writeJSON(e.stdout, found)
+	}
+	if len(found) == 0 {
+		_, err := fmt.Fprintln(e.stdout, "no orphans")
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OBJECT\tCLUSTER\tSIZE\tMODIFIED\tWHAT\tPRUNE")
+	for _, o := range found {
+		verdict := "removes it"
+		if !o.Stale {
+			verdict = fmt.Sprintf("keeps it: %s old, within the %s grace period (it may be a backup being written)",
+				backup.AgeText(now.Sub(o.Modified)), backup.AgeText(grace))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", o.Key, o.ClusterID, sizeText(o.Size), o.Modified.UTC().Format(time.DateTime), o.Reason, verdict)
 	}
 	return tw.Flush()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/urfave/cli/v2"
@@ -15,13 +16,14 @@ type pruneOptions struct {
 	retentionDays *int
 	keepLast      *int
 	dryRun        bool
+	orphanGrace   time.Duration // stray objects younger than this are left
 }
 
 func pruneBackups(e *env, c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	opts := pruneOptions{cluster: c.String("cluster"), dryRun: c.Bool("dry-run")}
+	opts := pruneOptions{cluster: c.String("cluster"), dryRun: c.Bool("dry-run"), orphanGrace: c.Duration("orphan-grace")}
 	if c.IsSet("retention-days") {
 		opts.retentionDays = ptr(c.Int("retention-days"))
 	}
@@ -55,9 +57,16 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 	if err := policy(opts.cluster).Validate(); err != nil {
 		return err
 	}
+	grace := opts.orphanGrace
+	switch {
+	case grace < 0:
+		return fmt.Errorf("--orphan-grace %s: want 0 or more", grace)
+	case grace == 0:
+		grace = backup.NoOrphanGrace
+	}
 	actions, perr := backup.Prune(ctx, e.repo, backup.PruneOptions{
 		LifecycleOptions: backup.LifecycleOptions{SigningKey: key},
-		ClusterID:        opts.cluster, Policy: policy, DryRun: opts.dryRun,
+		ClusterID:        opts.cluster, Policy: policy, DryRun: opts.dryRun, OrphanGrace: grace,
 	})
 	if e.g.json {
 		if actions == nil {
@@ -86,10 +95,28 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 			case opts.dryRun:
 				result = "would"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.BackupID, a.ClusterID, a.From, a.To, a.Reason, result)
+			from, to, why := string(a.From), string(a.To), a.Reason
+			if a.Object != "" { // a stray object, not a backup
+				from, to, why = "-", "removed", a.Reason+": "+a.Object
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.BackupID, a.ClusterID, from, to, why, result)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+	}
+	if perr == nil && opts.orphanGrace > 0 {
+		// Younger stray objects are left: say so, once.
+		if found, err := backup.Orphans(ctx, e.repo, opts.cluster, time.Now().Add(-opts.orphanGrace)); err == nil {
+			young := 0
+			for _, o := range found {
+				if !o.Stale {
+					young++
+				}
+			}
+			if young > 0 {
+				fmt.Fprintf(w, "%d stray objects younger than %s left (they may be backups being written): see 'hsmbackup backup list --orphans'\n", young, backup.AgeText(opts.orphanGrace))
+			}
 		}
 	}
 	return perr

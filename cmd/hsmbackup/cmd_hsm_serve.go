@@ -28,8 +28,8 @@ func serveCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "device", Usage: "directory `DIR` of the HSM, as made by 'hsm manufacture'"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2225", Usage: "`ADDR` to listen on"},
-			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log `FORMAT`: text or json"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log `LEVEL`: debug, info, warn or error"},
+			logFormatFlag(), // also global (logging.go)
+			logLevelFlag(),
 			&cli.IntFlag{
 				Name:   "password-iterations",
 				Hidden: true,
@@ -43,6 +43,7 @@ func serveCommand() *cli.Command {
 }
 
 func serve(c *cli.Context) (err error) {
+	stopsItself.Store(true) // a graceful stop of its own, logged
 	if err := noArgs(c); err != nil {
 		return err
 	}
@@ -53,7 +54,8 @@ func serve(c *cli.Context) (err error) {
 	if iter != 0 && (iter < minTestIterations || iter > 10_000_000) {
 		return fmt.Errorf("--password-iterations %d: want 0 or %d to 10000000", iter, minTestIterations)
 	}
-	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
+	format, level := logSettings(c, false)
+	log, err := newLogger(c.App.ErrWriter, format, level)
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,7 @@ func demoCommand() *cli.Command {
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
+			stopsItself.Store(true) // it narrates its own interruption
 			if c.Args().Present() {
 				return fmt.Errorf("demo: unexpected argument %q", c.Args().First())
 			}

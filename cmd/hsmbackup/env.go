@@ -65,12 +65,11 @@ func newEnv(c *cli.Context) (*env, error) {
 			return nil, err
 		}
 	}
-	prog := newProgress(c.Context, c.App.ErrWriter)
-	var h slog.Handler = slog.NewTextHandler(prog.logTo(c.App.ErrWriter), nil)
-	if g.json {
-		h = slog.NewJSONHandler(prog.logTo(c.App.ErrWriter), nil)
+	prog, log, err := newOutput(c, g.json) // logging.go: --quiet, --log-format, --log-level
+	if err != nil {
+		return nil, err
 	}
-	return &env{c: c, g: g, stdout: c.App.Writer, cfg: cfg, log: slog.New(h), prog: prog}, nil
+	return &env{c: c, g: g, stdout: prog.resultsTo(c.App.Writer), cfg: cfg, log: log, prog: prog}, nil
 }
 
 // newStoreEnv is newEnv and openStore, for the commands that work on

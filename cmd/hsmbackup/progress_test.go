@@ -34,7 +34,7 @@ func TestNoProgressOffTerminal(t *testing.T) {
 	defer pr.Close()
 	defer pw.Close()
 	for name, w := range map[string]io.Writer{"buffer": new(bytes.Buffer), "file": f, "pipe": pw} {
-		p := newProgress(context.Background(), w)
+		p := newProgress(context.Background(), w, false)
 		if p != nil || p.wrap(st) != store.Store(st) || p.logTo(w) != w {
 			t.Errorf("%s: progress bars on", name)
 		}
@@ -54,7 +54,8 @@ func TestProgressStore(t *testing.T) {
 	var out bytes.Buffer
 	// Off a terminal mpb draws only when told to refresh by itself.
 	p := mpb.NewWithContext(ctx, mpb.WithOutput(&out), mpb.WithWidth(120), mpb.WithAutoRefresh())
-	ps := &progressStore{Store: st, p: p}
+	pp := &progress{p: p, w: &out, bars: map[string]*objectBar{}}
+	ps := &progressStore{Store: st, p: pp}
 	const dir = "clusters/c/backups/backup-20261124T000000Z-aaaaaaaaaa/"
 	data := bytes.Repeat([]byte("hsm"), 100_000)
 	if err := ps.Put(ctx, dir+"image", bytes.NewReader(data), store.PutOptions{}); err != nil {
@@ -72,7 +73,7 @@ func TestProgressStore(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read back %d bytes, %v; want the %d put", len(got), err, len(data))
 	}
-	p.Wait()
+	pp.wait()
 	text := out.String()
 	for _, want := range []string{"upload backup-20261124T000000Z-aaaaaaaaaa", "read backup-20261124T000000Z-aaaaaaaaaa", "293.0 KiB / 293.0 KiB"} {
 		if !strings.Contains(text, want) {

@@ -325,6 +325,13 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 // starts: two creators that start together would both win. A failed
 // multipart upload is aborted before putStream returns, even when ctx is
 // cancelled.
+// abortTimeout bounds the abort of a failed multipart upload, which runs
+// detached from the (maybe cancelled) context of the Put, so that an
+// interrupted upload ends within seconds even against a slow endpoint. An
+// upload whose abort fails is left for RemoveStaleUploads (or the
+// bucket's lifecycle rule).
+const abortTimeout = 4 * time.Second
+
 func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, opts store.PutOptions) (err error) {
 	r = ctxio.Reader(ctx, r)
 	part, rerr := readPart(r, nil, int(s.partSize))
@@ -342,7 +349,7 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 	}
 	defer func() {
 		if err != nil {
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 			defer cancel()
 			if aerr := core.AbortMultipartUpload(actx, s.bucket, name, uploadID); aerr != nil {
 				err = fmt.Errorf("%w (and abort multipart upload %s: %w)", err, uploadID, aerr)
