@@ -75,7 +75,7 @@ type Manifest struct {
 	// Both are absent from manifests written before they existed
 	// (docs/FORMATS.md 9.1).
 	ImageSHA256 string `json:"image_sha256,omitempty"`
-	ObjectSize        int64     `json:"object_size"`
+	ObjectSize  int64  `json:"object_size"`
 	// ObjectSHA256 is the SHA-256 of the stored image object (outer
 	// envelope, header and body), lower-case hex.
 	ObjectSHA256 string `json:"object_sha256"`

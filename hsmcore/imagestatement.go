@@ -17,7 +17,7 @@ import (
 const (
 	// ImageStatementDomain separates image statement signatures from the
 	// device's other signatures (DomainDigest).
-	ImageStatementDomain = "hsmcore-image-statement/1"
+	ImageStatementDomain  = "hsmcore-image-statement/1"
 	imageStatementVersion = 1
 
 	// Bounds checked before anything is parsed.
