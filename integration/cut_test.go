@@ -52,8 +52,14 @@ func TestCutExport(t *testing.T) {
 	}{
 		{"close", func(cl, sv *net.TCPConn) bool { cl.Close(); sv.Close(); return true }},
 		{"reset", func(cl, sv *net.TCPConn) bool { cl.SetLinger(0); cl.Close(); sv.Close(); return true }},
-		{"SIGTERM", func(*net.TCPConn, *net.TCPConn) bool { lookup(t, c.addr).cmd.Process.Signal(syscall.SIGTERM); return false }},
-		{"SIGKILL", func(*net.TCPConn, *net.TCPConn) bool { lookup(t, c.addr).cmd.Process.Signal(syscall.SIGKILL); return false }},
+		{"SIGTERM", func(*net.TCPConn, *net.TCPConn) bool {
+			lookup(t, c.addr).cmd.Process.Signal(syscall.SIGTERM)
+			return false
+		}},
+		{"SIGKILL", func(*net.TCPConn, *net.TCPConn) bool {
+			lookup(t, c.addr).cmd.Process.Signal(syscall.SIGKILL)
+			return false
+		}},
 	}
 	start := time.Now()
 	for _, k := range kinds {
