@@ -11,7 +11,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 )
 
-// Image statement, version 1 (docs/FORMATS.md 2.7): what an exporting HSM
+// Image statement, version 1 (docs/FORMATS.md 2.6): what an exporting HSM
 // says about an image it sent, signed by its device key, so that a reader
 // without the EBK can tell the whole image from a prefix of it.
 const (

@@ -8,7 +8,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
 
-// The trailers of GET /v1/image (docs/FORMATS.md 2.7): after the image's
+// The trailers of GET /v1/image (docs/FORMATS.md 2.6): after the image's
 // last byte the daemon sends the device's signed statement of the image's
 // id, length and SHA-256 as three HTTP/2 trailers, each the standard,
 // padded base64 of its bytes. An export that fails after the answer began

@@ -27,7 +27,7 @@ import (
 //
 // Once the reader has returned io.EOF, its ImageStatement is the device's
 // signed statement of the image's id, length and SHA-256 (docs/FORMATS.md
-// 2.7).
+// 2.6).
 func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcore.ImageStream, error) {
 	d := s.d
 	d.mu.Lock()
