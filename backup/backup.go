@@ -19,9 +19,9 @@ package backup
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"github.com/hsmbackup/hsmbackup/store"
 )
@@ -57,8 +57,10 @@ var (
 // *hsmcore/client.Client, logged in as a crypto officer, satisfies it; the
 // caller picks the member.
 type ImageSource interface {
-	// ExportImage streams the member's image; the caller closes it.
-	ExportImage(ctx context.Context) (io.ReadCloser, error)
+	// ExportImage streams the member's image and, after io.EOF, its
+	// signed statement of the image's length and digest; the caller
+	// closes it.
+	ExportImage(ctx context.Context) (hsmcore.ImageStream, error)
 	// Health reports the member's identity and state.
 	Health(ctx context.Context) (api.Health, error)
 }

@@ -159,7 +159,9 @@ func TestCreateListDescribeVerify(t *testing.T) {
 }
 
 // TestVerifyInnerHeaderMismatch signs a manifest whose image id differs
-// from the image's: only a deep check can see it.
+// from the image's: in a manifest without the HSM's image statement (as
+// written before it existed) only a deep check can see it; with the
+// statement, which names the image id, the manifest's own check does.
 func TestVerifyInnerHeaderMismatch(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 0)
@@ -170,6 +172,13 @@ func TestVerifyInnerHeaderMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.ImageID = strings.Repeat("ab", 16)
+	if err := m.Sign(priv); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Verify(pub); !errors.Is(err, ErrManifest) {
+		t.Errorf("a manifest whose statement names another image id: %v", err)
+	}
+	m.ImageSHA256, m.ImageStatement = "", nil // a manifest of before the statement
 	if err := m.Sign(priv); err != nil {
 		t.Fatal(err)
 	}

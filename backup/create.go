@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -202,12 +203,19 @@ func storeImage(ctx context.Context, src ImageSource, st store.Store, key string
 	defer rc.Close()
 	var inner *hsmcore.ImageHeader
 	var innerSize int64
+	var statement *hsmcore.SignedImageStatement
 	obj, err := putEnvelope(ctx, st, key, func(w io.Writer) error {
-		return produce(ctx, rc, w, health, recipients, &inner, &innerSize)
+		return produce(ctx, rc, w, health, recipients, &inner, &innerSize, &statement)
 	})
 	if err != nil {
 		return err
 	}
+	stmt, err := hsmcore.ParseImageStatement(statement.Statement)
+	if err != nil {
+		return fmt.Errorf("export image: %w", err)
+	}
+	m.ImageSHA256 = hex.EncodeToString(stmt.SHA256[:])
+	m.ImageStatement = statement
 	m.Source = Source{Identity: inner.Source, PBKFingerprint: hex.EncodeToString(inner.PBKFingerprint[:])}
 	m.ImageID = hex.EncodeToString(inner.ImageID[:])
 	m.ImageSize = innerSize
@@ -282,8 +290,10 @@ func readOuterHeader(r io.Reader) (*wrap.Header, []byte, error) {
 }
 
 // produce reads the inner image from rc, checks its header against the
-// member's health, and writes it encrypted to w.
-func produce(ctx context.Context, rc io.Reader, w io.Writer, health api.Health, recipients []wrap.Recipient, inner **hsmcore.ImageHeader, size *int64) error {
+// member's health, writes it encrypted to w, and completes the envelope
+// only once the image received is the one the HSM's signed statement
+// describes (length and SHA-256); a stream cut at any point fails here.
+func produce(ctx context.Context, rc hsmcore.ImageStream, w io.Writer, health api.Health, recipients []wrap.Recipient, inner **hsmcore.ImageHeader, size *int64, statement **hsmcore.SignedImageStatement) error {
 	hdr, raw, err := hsmcore.ReadImageHeader(rc)
 	if err != nil {
 		return fmt.Errorf("read image header: %w", err)
@@ -299,14 +309,59 @@ func produce(ctx context.Context, rc io.Reader, w io.Writer, health api.Health, 
 	if _, err := enc.Write(raw); err != nil {
 		return fmt.Errorf("encrypt image: %w", err)
 	}
-	n, err := io.Copy(enc, rc)
+	h := sha256.New()
+	h.Write(raw)
+	n, err := io.Copy(enc, io.TeeReader(rc, h))
 	if err != nil {
 		return fmt.Errorf("export image: %w", err)
 	}
+	got := int64(len(raw)) + n
+	stmt, err := checkStatement(rc, hdr, got, [32]byte(h.Sum(nil)))
+	if err != nil {
+		return fmt.Errorf("export image: %w", err)
+	}
+	// Only a whole image, as the HSM stated it, gets a complete envelope.
 	if err := enc.Close(); err != nil {
 		return fmt.Errorf("encrypt image: %w", err)
 	}
-	*inner, *size = hdr, int64(len(raw))+n
+	*inner, *size, *statement = hdr, got, stmt
+	return nil
+}
+
+// checkStatement verifies the HSM's signed statement that rc carried after
+// the image, and checks the image received against it: the image id, the
+// exporting HSM (the device certificate names its serial, class and
+// manufacturer), the length and the SHA-256.
+func checkStatement(rc hsmcore.ImageStream, hdr *hsmcore.ImageHeader, length int64, sum [32]byte) (*hsmcore.SignedImageStatement, error) {
+	signed, err := rc.ImageStatement()
+	if err != nil {
+		return nil, err
+	}
+	st, cert, err := signed.Verify(hsmcore.ImageStatementOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if err := certNames(cert, hdr.Source); err != nil {
+		return nil, fmt.Errorf("image statement: %w: %w", err, hsmcore.ErrTampered)
+	}
+	if err := st.Check(hdr.ImageID, length, sum); err != nil {
+		return nil, err
+	}
+	return signed, nil
+}
+
+// certNames checks that a device certificate names the HSM id: its serial
+// and class in the subject, its manufacturer as the issuer (as
+// hsmcore.VerifyAttestation requires of the same certificate).
+func certNames(cert *x509.Certificate, id hsmcore.Identity) error {
+	switch {
+	case cert.Subject.SerialNumber != id.Serial:
+		return fmt.Errorf("device certificate names serial %q, not %q", cert.Subject.SerialNumber, id.Serial)
+	case len(cert.Subject.OrganizationalUnit) != 1 || cert.Subject.OrganizationalUnit[0] != id.Class:
+		return fmt.Errorf("device certificate does not name class %q", id.Class)
+	case len(cert.Issuer.Organization) != 1 || cert.Issuer.Organization[0] != id.Manufacturer:
+		return fmt.Errorf("device certificate not issued by %q", id.Manufacturer)
+	}
 	return nil
 }
 

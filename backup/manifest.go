@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -69,7 +70,12 @@ type Manifest struct {
 	DeletionRequested time.Time `json:"deletion_requested,omitzero"`
 	Created           time.Time `json:"created"` // UTC
 	ImageSize         int64     `json:"image_size"`
-	ObjectSize        int64     `json:"object_size"`
+	// ImageSHA256 is the SHA-256 of the inner image (lower-case hex), as
+	// the exporting HSM's signed ImageStatement states it with ImageSize.
+	// Both are absent from manifests written before they existed
+	// (docs/FORMATS.md 9.1).
+	ImageSHA256 string `json:"image_sha256,omitempty"`
+	ObjectSize  int64  `json:"object_size"`
 	// ObjectSHA256 is the SHA-256 of the stored image object (outer
 	// envelope, header and body), lower-case hex.
 	ObjectSHA256 string `json:"object_sha256"`
@@ -92,6 +98,9 @@ type Manifest struct {
 	// Inventory is what the source HSM held (users, keys), if recorded:
 	// a restore compares it with what its target holds.
 	Inventory *Inventory `json:"inventory,omitempty"`
+	// ImageStatement is the exporting HSM's signed statement of the inner
+	// image's id, length and SHA-256, with its device certificate.
+	ImageStatement *hsmcore.SignedImageStatement `json:"image_statement,omitempty"`
 	// Signature is Ed25519 over SigningBytes.
 	Signature []byte `json:"signature,omitempty"`
 }
@@ -141,6 +150,45 @@ func (m *Manifest) Verify(pub ed25519.PublicKey) error {
 	}
 	if len(m.Signature) != ed25519.SignatureSize || !ed25519.Verify(pub, b, m.Signature) {
 		return fmt.Errorf("%w: bad signature", ErrManifest)
+	}
+	if err := m.checkStatement(nil); err != nil {
+		return fmt.Errorf("%w: %v", ErrManifest, err)
+	}
+	return nil
+}
+
+// checkStatement checks, if the manifest has one, that the image statement
+// verifies under its device certificate (chained to roots if given), that
+// the certificate names the manifest's source, and that the statement
+// states the manifest's image id, source serial, image size and SHA-256.
+func (m *Manifest) checkStatement(roots *x509.CertPool) error {
+	if m.ImageStatement == nil {
+		return nil
+	}
+	st, cert, err := m.ImageStatement.Verify(hsmcore.ImageStatementOptions{ManufacturerRoots: roots})
+	if err != nil {
+		return err
+	}
+	if err := certNames(cert, m.Source.Identity); err != nil {
+		return fmt.Errorf("image statement: %w", err)
+	}
+	switch {
+	case hex.EncodeToString(st.ImageID[:]) != m.ImageID:
+		return errors.New("image statement: image id differs")
+	case st.Length != m.ImageSize:
+		return fmt.Errorf("image statement: %d bytes, manifest says %d", st.Length, m.ImageSize)
+	case hex.EncodeToString(st.SHA256[:]) != m.ImageSHA256:
+		return errors.New("image statement: SHA-256 differs from the manifest's")
+	}
+	return nil
+}
+
+// CheckImageStatement checks the manifest's image statement as Verify
+// does, and that its device certificate chains to the manufacturer roots
+// (at the current time). A manifest without a statement passes.
+func (m *Manifest) CheckImageStatement(roots *x509.CertPool) error {
+	if err := m.checkStatement(roots); err != nil {
+		return fmt.Errorf("%w: %v", ErrManifest, err)
 	}
 	return nil
 }
@@ -227,6 +275,14 @@ func (m *Manifest) validate() error {
 		return errors.New("retention days given for a backup that never expires")
 	case len(m.ClusterCertificate) > maxCertSize || len(m.CustomerCA) > maxCertSize:
 		return errors.New("certificate too long")
+	case (m.ImageSHA256 == "") != (m.ImageStatement == nil):
+		return errors.New("image SHA-256 and image statement: one without the other")
+	case m.ImageSHA256 != "" && !isHex(m.ImageSHA256, 32):
+		return errors.New("image SHA-256 is not 32 bytes of lower-case hex")
+	case m.ImageStatement != nil && (len(m.ImageStatement.Statement) == 0 || len(m.ImageStatement.Statement) > hsmcore.MaxImageStatementSize ||
+		len(m.ImageStatement.Signature) == 0 || len(m.ImageStatement.Signature) > hsmcore.MaxImageSignatureSize ||
+		len(m.ImageStatement.Certificate) == 0 || len(m.ImageStatement.Certificate) > hsmcore.MaxDeviceCertSize):
+		return errors.New("image statement: a member missing or too long")
 	case len(m.Signature) != ed25519.SignatureSize:
 		return errors.New("missing or malformed signature")
 	}

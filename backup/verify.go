@@ -24,7 +24,8 @@ type VerifyOptions struct {
 	// the object's hash only: an offline check with only the public key.
 	Identities []wrap.Identity
 	// Deep also parses the inner image header inside the envelope and
-	// compares it, and the inner size, with the manifest. It needs
+	// compares it, the inner size and, where the manifest has it (with the
+	// HSM's signed statement), the inner SHA-256 with the manifest. It needs
 	// Identities. The inner body is encrypted under a key only HSMs hold
 	// and is not authenticated here.
 	Deep bool
@@ -102,7 +103,10 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
 	}
 	pc := &readErr{r: plain}
-	cr := &counter{} // the inner size, for Deep
+	cr := &counter{} // the inner size and SHA-256, for Deep
+	if opts.Deep && m.ImageSHA256 != "" {
+		cr.h = sha256.New()
+	}
 	body := io.TeeReader(pc, cr)
 	if opts.Deep {
 		inner, _, err := hsmcore.ReadImageHeader(body)
@@ -121,6 +125,9 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 	}
 	if opts.Deep && cr.n != m.ImageSize {
 		return fmt.Errorf("%w: %d bytes, manifest says %d", ErrInnerHeader, cr.n, m.ImageSize)
+	}
+	if cr.h != nil && hex.EncodeToString(cr.h.Sum(nil)) != m.ImageSHA256 {
+		return fmt.Errorf("%w: SHA-256 differs from the manifest's", ErrInnerHeader)
 	}
 	return nil
 }

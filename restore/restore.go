@@ -149,6 +149,11 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 		return nil, err
 	}
 	res := &Result{BackupID: m.ID, TargetSerial: stmt.Serial, ImageID: m.ImageID, DryRun: opts.DryRun}
+	// The backup's image statement, if it has one, must come from a device
+	// certificate of the manufacturer roots that attested the target.
+	if err := m.CheckImageStatement(opts.ManufacturerRoots); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", backupID, err)
+	}
 
 	// 2b. What the target holds that the backup lacks is lost, unless
 	// forced.
@@ -199,6 +204,13 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 		return nil, fmt.Errorf("backup %s: %w: %w", backupID, backup.ErrOuterLayer, err)
 	}
 	g := &guard{r: plain, obj: obj, h: h, size: m.ObjectSize, sum: want}
+	if m.ImageSHA256 != "" { // the inner image as the HSM stated it
+		g.inner = &countingReader{r: plain}
+		g.innerHash = sha256.New()
+		g.r = io.TeeReader(g.inner, g.innerHash)
+		g.innerSize = m.ImageSize
+		g.innerSum, _ = hex.DecodeString(m.ImageSHA256)
+	}
 	resp, err := target.ImportImage(ctx, g)
 	if g.err != nil {
 		return nil, fmt.Errorf("backup %s: stream image: %w", backupID, g.err)
@@ -268,6 +280,12 @@ type guard struct {
 	size int64
 	sum  []byte
 	err  error
+	// The inner image's size and SHA-256, where the manifest has them
+	// (inner nil otherwise): a mismatch is backup.ErrInnerHeader.
+	inner     *countingReader
+	innerHash hash.Hash
+	innerSize int64
+	innerSum  []byte
 }
 
 func (g *guard) Read(p []byte) (int, error) {
@@ -286,6 +304,8 @@ func (g *guard) Read(p []byte) (int, error) {
 		g.err = fmt.Errorf("%w: changed since it was verified", backup.ErrObjectHash)
 	} else if err != io.EOF {
 		g.err = fmt.Errorf("%w: %w", backup.ErrOuterLayer, err)
+	} else if g.inner != nil && (g.inner.n != g.innerSize || subtle.ConstantTimeCompare(g.innerHash.Sum(nil), g.innerSum) != 1) {
+		g.err = fmt.Errorf("%w: size or SHA-256 differs from the HSM's statement", backup.ErrInnerHeader)
 	}
 	if g.err != nil {
 		return n, g.err

@@ -244,12 +244,15 @@ const copyBufferSize = 16 * PackageSize
 
 // ReadFrom encrypts what it reads from src until io.EOF, reading 1 MiB at a
 // time so that most packages are sealed straight from the read buffer;
-// io.Copy uses it. It does not Close.
+// io.Copy uses it. It does not Close. Only io.EOF ends the copy: any other
+// error of src, io.ErrUnexpectedEOF included (what a cut HTTP/2 stream
+// gives), is returned and fails the writer, so that Close reports it
+// instead of completing an envelope of a prefix.
 func (w *writer) ReadFrom(src io.Reader) (int64, error) {
 	buf := make([]byte, copyBufferSize)
 	var total int64
 	for {
-		n, err := io.ReadFull(src, buf)
+		n, err := fill(src, buf)
 		if n > 0 {
 			m, werr := w.Write(buf[:n])
 			total += int64(m)
@@ -257,13 +260,30 @@ func (w *writer) ReadFrom(src io.Reader) (int64, error) {
 				return total, werr
 			}
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			return total, nil
 		}
 		if err != nil {
+			if w.err == nil && !w.closed {
+				w.err = fmt.Errorf("read plaintext: %w", err)
+			}
 			return total, err
 		}
 	}
+}
+
+// fill reads from src until buf is full or src fails; unlike io.ReadFull it
+// returns src's error as it is, io.EOF only when src said io.EOF.
+func fill(src io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := src.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Close writes the rest of the body (or, for an empty plaintext, the

@@ -356,3 +356,50 @@ func TestDataKeysDiffer(t *testing.T) {
 		t.Error("two envelopes share an object id, wrapped key or body")
 	}
 }
+
+// TestReadFromSourceFails: ReadFrom ends cleanly only at io.EOF. A source
+// that fails mid-stream, with io.ErrUnexpectedEOF (a cut HTTP/2 stream) or
+// another error, fails ReadFrom and Close, so the envelope of a prefix is
+// never completed.
+func TestReadFromSourceFails(t *testing.T) {
+	k := testKeyring(t, "prod", 1)
+	for _, cause := range []error{io.ErrUnexpectedEOF, errors.New("stream reset")} {
+		for _, at := range []int{0, 1, PackageSize, copyBufferSize + 7} {
+			var dst bytes.Buffer
+			w, err := Encrypt(context.Background(), &dst, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := io.MultiReader(bytes.NewReader(pattern(at)), iotest.ErrReader(cause))
+			n, err := io.Copy(w, src)
+			if !errors.Is(err, cause) {
+				t.Errorf("%v after %d bytes: io.Copy = %d, %v; want the source's error", cause, at, n, err)
+			}
+			if cerr := w.Close(); !errors.Is(cerr, cause) {
+				t.Errorf("%v after %d bytes: Close = %v; want the source's error", cause, at, cerr)
+			}
+			if dst.Len() > 0 {
+				if _, herr, berr := open(dst.Bytes(), k); herr == nil && berr == nil {
+					t.Errorf("%v after %d bytes: the envelope opens as complete", cause, at)
+				}
+			}
+		}
+	}
+	// io.EOF is the end: short reads and an EOF with the last bytes.
+	var dst bytes.Buffer
+	w, err := Encrypt(context.Background(), &dst, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pattern(copyBufferSize + 7)
+	if _, err := io.Copy(w, iotest.DataErrReader(iotest.HalfReader(bytes.NewReader(p)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, herr, berr := open(dst.Bytes(), k)
+	if herr != nil || berr != nil || !bytes.Equal(got, p) {
+		t.Fatalf("round trip: %v, %v, equal %v", herr, berr, bytes.Equal(got, p))
+	}
+}

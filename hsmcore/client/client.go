@@ -430,8 +430,11 @@ func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
 // ExportImage streams the HSM's image; the caller closes it. Cancelling
 // ctx stops the transfer; so does a stall: a Read that waits for the HSM
 // longer than the client's Timeout fails with an error wrapping
-// ErrStalled.
-func (c *Client) ExportImage(ctx context.Context) (io.ReadCloser, error) {
+// ErrStalled. A stream the daemon aborts, or a connection that ends,
+// fails a Read; after io.EOF the stream's ImageStatement is the HSM's
+// signed statement of what it sent, from the answer's trailers (decoded,
+// not verified).
+func (c *Client) ExportImage(ctx context.Context) (hsmcore.ImageStream, error) {
 	w := newWatchdog(ctx, c.timeout)
 	resp, err := c.send(w.ctx, "GET", "/v1/image", "", nil)
 	if err != nil {
@@ -439,7 +442,7 @@ func (c *Client) ExportImage(ctx context.Context) (io.ReadCloser, error) {
 		return nil, w.explain(err)
 	}
 	w.disarm() // armed again by each Read
-	return &exportBody{resp.Body, w}, nil
+	return &exportBody{body: resp.Body, w: w, resp: resp}, nil
 }
 
 // ImportImage streams an image into the HSM. A stall (the HSM takes in

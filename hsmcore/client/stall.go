@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 )
 
 // watchdog cancels a transfer's context when its timer, armed for d,
@@ -48,16 +52,29 @@ func (w *watchdog) explain(err error) error {
 type exportBody struct {
 	body io.ReadCloser
 	w    *watchdog
+	resp *http.Response
+	eof  bool
 }
 
 func (b *exportBody) Read(p []byte) (int, error) {
 	b.w.arm()
 	n, err := b.body.Read(p)
 	b.w.disarm()
-	if err != nil && err != io.EOF {
+	if err == io.EOF {
+		b.eof = true
+	} else if err != nil {
 		err = b.w.explain(err)
 	}
 	return n, err
+}
+
+// ImageStatement returns the statement the daemon sent in the trailers;
+// they are there only once the body was read to io.EOF.
+func (b *exportBody) ImageStatement() (*hsmcore.SignedImageStatement, error) {
+	if !b.eof {
+		return nil, fmt.Errorf("image statement: the image was not read to its end: %w", hsmcore.ErrTruncated)
+	}
+	return api.ImageStatement(b.resp.Trailer)
 }
 
 func (b *exportBody) Close() error {

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 
 	"github.com/klauspost/compress/zstd"
@@ -22,7 +24,11 @@ import (
 // The image is produced while it is read, so memory stays flat whatever
 // the key count. The caller must Close the reader; cancelling ctx stops the
 // export with ctx's error. Crypto officers only.
-func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, io.ReadCloser, error) {
+//
+// Once the reader has returned io.EOF, its ImageStatement is the device's
+// signed statement of the image's id, length and SHA-256 (docs/FORMATS.md
+// 2.6).
+func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcore.ImageStream, error) {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -51,11 +57,64 @@ func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, io.Rea
 	}
 
 	pr, pw := io.Pipe()
+	out := &exportStream{PipeReader: pr, done: make(chan struct{})}
 	go func() {
 		defer clear(ebk)
-		pw.CloseWithError(writeImage(ctx, pw, raw, ebk, snap))
+		hw := &hashCounter{w: pw, h: sha256.New()}
+		err := writeImage(ctx, hw, raw, ebk, snap)
+		if err == nil {
+			err = out.sign(d, h.ImageID, hw)
+		}
+		pw.CloseWithError(err)
 	}()
-	return h, pr, nil
+	return h, out, nil
+}
+
+// exportStream is an export's reader; its statement is set, and done
+// closed, before the pipe's writer reports io.EOF.
+type exportStream struct {
+	*io.PipeReader
+	done chan struct{}
+	st   *hsmcore.SignedImageStatement
+}
+
+func (e *exportStream) sign(d *Device, id [16]byte, hw *hashCounter) error {
+	st := hsmcore.ImageStatement{ImageID: id, Serial: d.id.Serial, Length: hw.n}
+	hw.h.Sum(st.SHA256[:0])
+	msg, err := st.Marshal()
+	if err != nil {
+		return fmt.Errorf("export image: %w", err)
+	}
+	sig, err := d.sign(hsmcore.ImageStatementDomain, msg)
+	if err != nil {
+		return fmt.Errorf("export image: sign statement: %w", err)
+	}
+	e.st = &hsmcore.SignedImageStatement{Statement: msg, Signature: sig, Certificate: d.mfrCert}
+	close(e.done)
+	return nil
+}
+
+func (e *exportStream) ImageStatement() (*hsmcore.SignedImageStatement, error) {
+	select {
+	case <-e.done:
+		return e.st, nil
+	default:
+		return nil, fmt.Errorf("image statement: the image was not read to its end: %w", hsmcore.ErrTruncated)
+	}
+}
+
+// hashCounter counts and hashes what it writes to w.
+type hashCounter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func (c *hashCounter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.h.Write(p[:n])
+	c.n += int64(n)
+	return n, err
 }
 
 // writeImage writes header, then the encrypted, compressed contents.

@@ -473,11 +473,19 @@ func (s *Server) exportImage(w http.ResponseWriter, r *http.Request) {
 	}
 	defer img.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	if _, err := io.Copy(w, img); err != nil {
-		// The status is sent; the client sees a cut stream, which the
-		// image format detects.
-		s.log.Info("image export cut", "remote", r.RemoteAddr, "err", err)
+	w.Header().Set("Trailer", api.ImageTrailers)
+	_, err = io.Copy(w, img)
+	var st *hsmcore.SignedImageStatement
+	if err == nil {
+		st, err = img.ImageStatement()
 	}
+	if err != nil {
+		// The status is sent: abort, so that HTTP/2 resets the stream
+		// and the client reads an error, never a clean end of a prefix.
+		s.log.Info("image export cut", "remote", r.RemoteAddr, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	api.SetImageStatement(w.Header(), st)
 }
 
 // importImage streams an image from the client into the device. A device

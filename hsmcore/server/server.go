@@ -42,6 +42,10 @@ type Config struct {
 	Now func() time.Time
 }
 
+// ShutdownGrace is how long Serve lets calls in flight finish once its
+// context is done.
+const ShutdownGrace = 10 * time.Second
+
 // Server is an HSM daemon.
 type Server struct {
 	dev    *device.Device
@@ -110,7 +114,9 @@ func (s *Server) TLSConfig() *tls.Config {
 
 // Serve accepts connections on ln until ctx is done, then shuts down
 // gracefully: it stops accepting, lets calls in flight finish for up to
-// ten seconds, and returns nil.
+// ShutdownGrace (an image export included: ctx's end does not cut it), then
+// closes the connections that remain, which cuts their calls, and returns
+// nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.routes(),
@@ -119,7 +125,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Calls in flight outlive ctx: they finish within the grace
+		// below, after which closing their connections cancels them.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP2(true)
@@ -130,7 +138,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		hs.Close()
