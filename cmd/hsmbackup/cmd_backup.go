@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-
 	"github.com/urfave/cli/v2"
 )
 
@@ -42,7 +40,7 @@ func backupCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
-				return errors.New("--deep needs a master key, --offline uses none: choose one")
+				return usagef("--deep needs a master key, --offline uses none: choose one")
 			}
 			cluster, err := e.locate(id)
 			if err != nil {

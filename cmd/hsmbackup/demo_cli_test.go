@@ -35,7 +35,7 @@ func TestReport(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := report(&stderr, tc.err, tc.interrupted); code != tc.code {
+			if code := report(&stderr, nil, tc.err, tc.interrupted); code != tc.code {
 				t.Errorf("exit code %d, want %d", code, tc.code)
 			}
 			if stderr.String() != tc.stderr {

@@ -147,6 +147,7 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"capture":  cmdCapture,
 			"jsonpath": cmdJSONPath,
+			"jsonline": cmdJSONLine,
 			"backdate": cmdBackdate,
 		},
 	})
@@ -284,6 +285,64 @@ func cmdJSONPath(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("%s: no path %s", args[0], args[1])
 	case len(args) == 3 && (got == args[2]) == neg:
 		ts.Fatalf("%s: %s is %q, want %s%q", args[0], args[1], got, map[bool]string{true: "not ", false: ""}[neg], args[2])
+	}
+}
+
+// cmdJSONLine checks the JSON lines of a file (or stdout, stderr), as
+// --json writes them:
+//
+//	jsonline FILE N PATH [WANT]
+//	jsonline FILE '#' WANT
+//
+// Every line of FILE must be one JSON object with a string message_type.
+// N picks line N (from 0; negative counts from the end: -1 is the last),
+// on which PATH and WANT are as jsonpath's; '#' checks the number of
+// lines.
+func cmdJSONLine(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 3 || len(args) > 4 || (args[1] == "#" && len(args) != 3) {
+		ts.Fatalf("usage: jsonline FILE N PATH [WANT] | jsonline FILE '#' WANT")
+	}
+	data := ts.ReadFile(args[0])
+	var lines []any
+	for i, l := range strings.Split(strings.TrimSuffix(data, "\n"), "\n") {
+		if l == "" && data == "" {
+			break
+		}
+		var v any
+		d := json.NewDecoder(strings.NewReader(l))
+		d.UseNumber()
+		if err := d.Decode(&v); err != nil || d.More() {
+			ts.Fatalf("%s: line %d is not one JSON value (%v): %s", args[0], i+1, err, l)
+		}
+		if o, ok := v.(map[string]any); !ok {
+			ts.Fatalf("%s: line %d is not an object: %s", args[0], i+1, l)
+		} else if _, ok := o["message_type"].(string); !ok {
+			ts.Fatalf("%s: line %d has no message_type: %s", args[0], i+1, l)
+		}
+		lines = append(lines, v)
+	}
+	if args[1] == "#" {
+		if got := strconv.Itoa(len(lines)); (got == args[2]) == neg {
+			ts.Fatalf("%s: %s lines, want %s%s", args[0], got, map[bool]string{true: "not ", false: ""}[neg], args[2])
+		}
+		return
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	if n < 0 {
+		n += len(lines)
+	}
+	if n < 0 || n >= len(lines) {
+		ts.Fatalf("%s: no line %s of %d", args[0], args[1], len(lines))
+	}
+	got, found := jsonLookup(lines[n], args[2])
+	switch {
+	case len(args) == 3 && found == neg:
+		ts.Fatalf("%s: line %s: path %s found: %t, want %t", args[0], args[1], args[2], found, !neg)
+	case len(args) == 4 && !found:
+		ts.Fatalf("%s: line %s: no path %s", args[0], args[1], args[2])
+	case len(args) == 4 && (got == args[3]) == neg:
+		ts.Fatalf("%s: line %s: %s is %q, want %s%q", args[0], args[1], args[2], got, map[bool]string{true: "not ", false: ""}[neg], args[3])
 	}
 }
 
