@@ -158,4 +158,3 @@ func replaceActions(cmds []*cli.Command, fn cli.ActionFunc) {
 		c.Action = fn
 	}
 }
-
