@@ -59,6 +59,7 @@ func backupCommand() *cli.Command {
 		Action:       groupAction,
 		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
+			initCommand(),
 			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
 				clusterFlag("`ID` of the cluster in --config (required)"),
 				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},

@@ -148,13 +148,20 @@ func (e *env) storeURL() (string, error) {
 	return url, nil
 }
 
-// openStore opens the store of storeURL.
+// openStore opens the store of storeURL. Only backup create (and backup
+// init, which does not come here) makes a missing file store's directory:
+// for every other command a missing store is an error (store.ErrNoStore),
+// not an empty store.
 func (e *env) openStore() error {
 	url, err := e.storeURL()
 	if err != nil {
 		return err
 	}
-	st, err := storeurl.Open(url, storeurl.Options{})
+	create := e.c.Command.HelpName == e.c.App.Name+" backup create"
+	st, err := storeurl.Open(url, storeurl.Options{Create: create})
+	if errors.Is(err, store.ErrNoStore) {
+		return fmt.Errorf("%w (a new store is made by 'hsmbackup backup init')", err)
+	}
 	if err != nil {
 		return err
 	}
