@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -60,6 +61,7 @@ func TestMain(m *testing.M) {
 //	            and operator: a restore target
 //	SPARE_ADDR  another such HSM
 //	OTHER_ADDR  a new HSM of another operator: a restore into it is refused
+//	FROZEN_ADDR an address that accepts connections and never answers
 //
 // The config also names cluster "cluster-down", whose one member does not
 // answer. Every script gets HSMs of its own, served in-process until the
@@ -202,7 +204,38 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 	e.Setenv("FRESH_ADDR", h.fresh.Addr)
 	e.Setenv("SPARE_ADDR", h.spare.Addr)
 	e.Setenv("OTHER_ADDR", h.other.Addr)
+	frozen, err := frozenHSM()
+	if err != nil {
+		return err
+	}
+	e.Defer(func() { frozen.Close() })
+	e.Setenv("FROZEN_ADDR", frozen.Addr().String())
 	return nil
+}
+
+// frozenHSM listens for an HSM that accepts connections and never
+// answers, not even the TLS handshake: a frozen daemon.
+func frozenHSM() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return ln, nil
 }
 
 // createKeyUser adds crypto user scriptKeyUser to the cluster whose member

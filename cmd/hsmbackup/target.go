@@ -278,7 +278,7 @@ func (t *target) dial(addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conn{Client: cl, addr: addr, hasCert: cfg.Certificate != nil, device: t.device}, nil
+	return &conn{Client: cl, addr: addr, hasCert: cfg.Certificate != nil, device: t.device, timeout: cfg.Timeout}, nil
 }
 
 // dialOne dials the target's one HSM.
@@ -338,9 +338,12 @@ func (t *target) pick(ctx context.Context, log *slog.Logger) (*conn, api.Health,
 	}
 	picked, err := cluster.PickMember(ctx, cluster.Config{Members: t.members, Client: t.tls, Logger: log})
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("%w (%s)", err, timeoutHint(t.tls.Timeout))
+		}
 		return nil, api.Health{}, err
 	}
-	cl := &conn{Client: picked.Client, addr: picked.Addr, hasCert: true}
+	cl := &conn{Client: picked.Client, addr: picked.Addr, hasCert: true, timeout: t.tls.Timeout}
 	role, err := t.withPassword(password).login(ctx, cl)
 	if err == nil && role != hsmcore.CryptoOfficer {
 		err = fmt.Errorf("%s is a %s; backups need a crypto officer", t.user, role)

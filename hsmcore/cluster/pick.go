@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -30,6 +31,7 @@ func PickMember(ctx context.Context, cfg Config) (*Picked, error) {
 	}
 	var healthy []*Picked
 	var problems []string
+	var causes []error // the members' errors, for errors.Is (a timeout, say)
 	closeAll := func(except *Picked) {
 		for _, p := range healthy {
 			if p != except {
@@ -48,7 +50,8 @@ func PickMember(ctx context.Context, cfg Config) (*Picked, error) {
 		h, err := cl.Health(ctx)
 		switch {
 		case err != nil:
-			problems = append(problems, fmt.Sprintf("%s: %v", addr, err))
+			problems = append(problems, fmt.Sprintf("%s: health: %v", addr, err))
+			causes = append(causes, err)
 		case !h.ClusterInitialized || h.ClusterID != id:
 			problems = append(problems, fmt.Sprintf("%s: not a member of cluster %s", addr, id))
 		default:
@@ -64,7 +67,7 @@ func PickMember(ctx context.Context, cfg Config) (*Picked, error) {
 	}
 	i := mostHeld(digests)
 	if i < 0 {
-		return nil, fmt.Errorf("cluster %s: no healthy member (%s)", id, strings.Join(problems, "; "))
+		return nil, fmt.Errorf("cluster %s: no healthy member (%s)%.0w", id, strings.Join(problems, "; "), errors.Join(causes...))
 	}
 	closeAll(healthy[i])
 	return healthy[i], nil
