@@ -204,7 +204,7 @@ func manPage(app *cli.App, running *cli.Command) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return roffASCII(page), nil
+	return roffASCII(page + manExitStatus()), nil
 }
 
 // roffASCII writes each non-ASCII character of a roff page (a '…' in a
@@ -218,6 +218,16 @@ func roffASCII(page string) string {
 		} else {
 			fmt.Fprintf(&b, `\[u%04X]`, r)
 		}
+	}
+	return b.String()
+}
+
+// manExitStatus is the man page's EXIT STATUS section, from main's table.
+func manExitStatus() string {
+	var b strings.Builder
+	b.WriteString("\n.SH EXIT STATUS\n")
+	for _, s := range exitCodesByCode() {
+		fmt.Fprintf(&b, ".TP\n.B %d\n%s (JSON code \\fI%s\\fP)\n", s.code, s.meaning, s.name)
 	}
 	return b.String()
 }

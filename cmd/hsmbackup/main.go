@@ -136,10 +136,17 @@ func report(w, jsonOut io.Writer, err error, interrupted bool) int {
 	return s.code
 }
 
-// exitStatusText lists the exit codes, for --help and the man page.
+// exitCodesByCode is exitCodes in the order of their codes, to list them.
+func exitCodesByCode() []exitStatus {
+	t := slices.Clone(exitCodes)
+	slices.SortFunc(t, func(a, b exitStatus) int { return a.code - b.code })
+	return t
+}
+
+// exitStatusText lists the exit codes, for --help.
 func exitStatusText() string {
 	var b strings.Builder
-	for _, s := range exitCodes {
+	for _, s := range exitCodesByCode() {
 		fmt.Fprintf(&b, "  %3d  %s\n", s.code, s.meaning)
 	}
 	return b.String()
