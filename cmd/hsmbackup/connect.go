@@ -19,8 +19,8 @@ import (
 type conn struct {
 	*client.Client
 	addr    string
-	hasCert bool // a client certificate is presented
-	device  bool // the daemon is trusted as an uninitialized device only
+	hasCert bool          // a client certificate is presented
+	device  bool          // the daemon is trusted as an uninitialized device only
 	timeout time.Duration // of each call (--timeout)
 }
 
