@@ -89,8 +89,8 @@ func TestCLI(t *testing.T) {
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			stdout, stderr, code := runBinary(t, bin, t.TempDir(), args...)
-			if code != 1 {
-				t.Errorf("exit %d, want 1", code)
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d (usage error)", code, exitUsage)
 			}
 			if !strings.HasPrefix(stderr, "hsmbackup: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
 				t.Errorf("stderr %q, want one line starting \"hsmbackup: \"", stderr)
