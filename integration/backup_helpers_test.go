@@ -167,9 +167,22 @@ type summary struct {
 func (s *service) list(t *testing.T, args ...string) []summary {
 	t.Helper()
 	out := s.cli(t, append([]string{"backup", "list", "--json"}, args...)...)
-	var got []summary
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("backup list --json: %v\n%s", err, out)
+	got := []summary{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") { // JSON lines: a result per backup, then a summary
+		var typ struct {
+			MessageType string `json:"message_type"`
+		}
+		var s summary
+		if err := json.Unmarshal([]byte(line), &typ); err != nil {
+			t.Fatalf("backup list --json: %v\n%s", err, out)
+		}
+		if typ.MessageType != "result" {
+			continue
+		}
+		if err := json.Unmarshal([]byte(line), &s); err != nil {
+			t.Fatalf("backup list --json: %v\n%s", err, out)
+		}
+		got = append(got, s)
 	}
 	return got
 }
@@ -404,12 +417,12 @@ func wantFailure(t *testing.T, res Result, wants ...string) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(res.Stderr, "\n"), "\n")
 	last := lines[len(lines)-1]
-	ok := res.Code == 1 && strings.HasPrefix(last, "hsmbackup: ") && strings.HasSuffix(res.Stderr, "\n")
+	ok := res.Code >= 1 && res.Code <= 6 && strings.HasPrefix(last, "hsmbackup: ") && strings.HasSuffix(res.Stderr, "\n")
 	for _, l := range lines[:len(lines)-1] {
 		ok = ok && logLine.MatchString(l)
 	}
 	if !ok {
-		t.Fatalf("want exit 1 and one line \"hsmbackup: ...\" last on stderr, after log lines only; got %s", res)
+		t.Fatalf("want a failure exit status (1-6) and one line \"hsmbackup: ...\" last on stderr, after log lines only; got %s", res)
 	}
 	for _, w := range wants {
 		if !strings.Contains(last, w) {

@@ -106,11 +106,15 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		c.wantUnchanged(t, x, before)
 	})
 	t.Run("flipped byte in image", func(t *testing.T) {
-		var m struct {
-			OuterHeader []byte `json:"outer_header"`
-			ObjectSize  int    `json:"object_size"`
+		var d struct {
+			Manifest struct {
+				OuterHeader []byte `json:"outer_header"`
+				ObjectSize  int    `json:"object_size"`
+			} `json:"manifest"`
 		}
-		if err := json.Unmarshal([]byte(s.cli(t, "--json", "backup", "describe", id)), &m); err != nil || len(m.OuterHeader) < 16 {
+		err := json.Unmarshal([]byte(s.cli(t, "--json", "backup", "describe", id)), &d)
+		m := d.Manifest
+		if err != nil || len(m.OuterHeader) < 16 {
 			t.Fatalf("describe --json: %v, outer header of %d bytes", err, len(m.OuterHeader))
 		}
 		h, n := len(m.OuterHeader), m.ObjectSize

@@ -53,6 +53,12 @@ var (
 	// errors with Transient; store/retry retries only errors that match it.
 	// Every other error is permanent.
 	ErrTransient = errors.New("transient storage error")
+	// ErrNoStore: the store itself does not exist: a file store's
+	// directory, an S3 bucket. Only creating commands make one.
+	ErrNoStore = errors.New("store does not exist")
+	// ErrAccessDenied: the storage service refused the request's
+	// credentials or their permissions.
+	ErrAccessDenied = errors.New("access denied")
 	// ErrUnsupported: the backend cannot honour an option (for example
 	// object lock on the file store). It is errors.ErrUnsupported.
 	ErrUnsupported = errors.ErrUnsupported

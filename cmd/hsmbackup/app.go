@@ -19,7 +19,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:        "hsmbackup",
 		Usage:       "back up, verify and restore HSM clusters",
-		Description: appDescription,
+		Description: appDescription + "\n\nEXIT STATUS:\n" + exitStatusText(),
 		Version:     version,
 		Flags: append([]cli.Flag{
 			&cli.BoolFlag{
@@ -28,8 +28,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 			configFlag(),
 			storeFlag(),
+			timeoutFlag(),
 		}, logFlags()...), // logging.go
-
 		Commands: []*cli.Command{
 			demoCommand(),
 			hsmCommand(),
@@ -58,7 +58,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // anything else is an unknown command.
 func rootAction(c *cli.Context) error {
 	if c.Args().Present() {
-		return fmt.Errorf("unknown command %q (run 'hsmbackup help' for the list)", c.Args().First())
+		return usagef("unknown command %q (run 'hsmbackup help' for the list)", c.Args().First())
 	}
 	return cli.ShowAppHelp(c)
 }
@@ -68,9 +68,9 @@ func rootAction(c *cli.Context) error {
 func usageError(c *cli.Context, err error, isSubcommand bool) error {
 	if isSubcommand {
 		// "backup create", as action names a command in its errors.
-		return fmt.Errorf("%s: %w (run '%s --help')", strings.TrimPrefix(c.Command.HelpName, c.App.Name+" "), err, c.Command.HelpName)
+		return usagef("%s: %w (run '%s --help')", strings.TrimPrefix(c.Command.HelpName, c.App.Name+" "), err, c.Command.HelpName)
 	}
-	return fmt.Errorf("%w (run '%s --help')", err, c.App.Name)
+	return usagef("%w (run '%s --help')", err, c.App.Name)
 }
 
 // action runs a command's function and names the command in its error.

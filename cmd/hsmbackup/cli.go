@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -11,11 +13,11 @@ import (
 func oneArg(c *cli.Context, args []string, name string) (string, error) {
 	switch len(args) {
 	case 0:
-		return "", fmt.Errorf("%s is required (run '%s --help')", name, c.Command.HelpName)
+		return "", usagef("%s is required (run '%s --help')", name, c.Command.HelpName)
 	case 1:
 		return args[0], nil
 	}
-	return "", fmt.Errorf("unexpected argument %q (run '%s --help')", args[1], c.Command.HelpName)
+	return "", usagef("unexpected argument %q (run '%s --help')", args[1], c.Command.HelpName)
 }
 
 // flagsAfterArgs sets the command's flags that follow its positional
@@ -46,7 +48,7 @@ func flagsAfterArgs(c *cli.Context) (args []string, help bool, err error) {
 		b, known := isBool[name]
 		switch {
 		case !known:
-			return nil, false, fmt.Errorf("flag provided but not defined: %s (run '%s --help')", a, c.Command.HelpName)
+			return nil, false, usagef("flag provided but not defined: %s (run '%s --help')", a, c.Command.HelpName)
 		case hasValue:
 		case b:
 			value = "true"
@@ -54,10 +56,10 @@ func flagsAfterArgs(c *cli.Context) (args []string, help bool, err error) {
 			i++
 			value = rest[i]
 		default:
-			return nil, false, fmt.Errorf("flag needs an argument: %s (run '%s --help')", a, c.Command.HelpName)
+			return nil, false, usagef("flag needs an argument: %s (run '%s --help')", a, c.Command.HelpName)
 		}
 		if err := c.Set(name, value); err != nil {
-			return nil, false, fmt.Errorf("invalid value %q for flag %s: %w (run '%s --help')", value, a, err, c.Command.HelpName)
+			return nil, false, usagef("invalid value %q for flag %s: %w (run '%s --help')", value, a, err, c.Command.HelpName)
 		}
 	}
 	if c.Bool("help") {
@@ -90,7 +92,7 @@ func wantJSON(c *cli.Context) bool {
 func requireFlags(c *cli.Context, names ...string) error {
 	for _, n := range names {
 		if c.String(n) == "" {
-			return fmt.Errorf("--%s is required (run '%s --help')", n, c.Command.HelpName)
+			return usagef("--%s is required (run '%s --help')", n, c.Command.HelpName)
 		}
 	}
 	return nil
@@ -99,7 +101,7 @@ func requireFlags(c *cli.Context, names ...string) error {
 // noArgs refuses positional arguments to a command that takes none.
 func noArgs(c *cli.Context) error {
 	if c.Args().Present() {
-		return fmt.Errorf("unexpected argument %q (run '%s --help')", c.Args().First(), c.Command.HelpName)
+		return usagef("unexpected argument %q (run '%s --help')", c.Args().First(), c.Command.HelpName)
 	}
 	return nil
 }
@@ -108,7 +110,7 @@ func noArgs(c *cli.Context) error {
 // without one it prints help, with an unknown one it fails.
 func groupAction(c *cli.Context) error {
 	if c.Args().Present() {
-		return fmt.Errorf("unknown command %q (run '%s --help' for the list)", c.Args().First(), c.Command.HelpName)
+		return usagef("unknown command %q (run '%s --help' for the list)", c.Args().First(), c.Command.HelpName)
 	}
 	return cli.ShowSubcommandHelp(c)
 }
@@ -145,3 +147,52 @@ func flagValue(c *cli.Context, name string) string {
 
 // ptr returns a pointer to v: an option that may be left unset.
 func ptr[T any](v T) *T { return &v }
+
+// explicitFlag returns the value of string flag name given on the command
+// line, before the command's name or after it; "" if it is not given. Given
+// at two levels with different values, it is a usage error: neither is
+// taken for the other.
+func explicitFlag(c *cli.Context, name string) (string, error) {
+	v := ""
+	for _, cc := range c.Lineage() {
+		switch w := cc.String(name); {
+		case w == "" || w == v:
+		case v == "":
+			v = w
+		default:
+			return "", usagef("--%s given twice, as %q and %q: give it once", name, v, w)
+		}
+	}
+	return v, nil
+}
+
+// durationFlag is explicitFlag for a duration flag.
+func durationFlag(c *cli.Context, name string) (time.Duration, error) {
+	var v time.Duration
+	for _, cc := range c.Lineage() {
+		switch w := cc.Duration(name); {
+		case w == 0 || w == v:
+		case v == 0:
+			v = w
+		default:
+			return 0, usagef("--%s given twice, as %s and %s: give it once", name, v, w)
+		}
+	}
+	return v, nil
+}
+
+// errUsage marks a usage error: the command line asks for something the
+// command cannot do as given (exit code 2).
+var errUsage = errors.New("usage error")
+
+// usageErr is an error of the command line; it unwraps to errUsage and to
+// its cause, and reads as its message alone.
+type usageErr struct{ err error }
+
+func (u usageErr) Error() string   { return u.err.Error() }
+func (u usageErr) Unwrap() []error { return []error{errUsage, u.err} }
+
+// usagef is fmt.Errorf for a usage error.
+func usagef(format string, args ...any) error {
+	return usageErr{fmt.Errorf(format, args...)}
+}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-
 	"github.com/hsmbackup/hsmbackup/backup"
 
 	"github.com/urfave/cli/v2"
@@ -44,7 +42,7 @@ func backupCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("deep") && c.Bool("offline") { // verify's; a usage error comes before any lookup
-				return errors.New("--deep needs a master key, --offline uses none: choose one")
+				return usagef("--deep needs a master key, --offline uses none: choose one")
 			}
 			cluster, id, err := e.resolve(id)
 			if err != nil {
@@ -67,6 +65,7 @@ func backupCommand() *cli.Command {
 		Action:       groupAction,
 		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
+			initCommand(),
 			sub("create", "back up a configured cluster from one healthy, in-sync member", "", []cli.Flag{
 				clusterFlag("`ID` of the cluster in --config (required)"),
 				&cli.StringFlag{Name: "member", Usage: "back up the member at `ADDR` (one of the cluster's members), even if the members' states differ"},

@@ -69,7 +69,7 @@ func runCopy(ctx context.Context, e *env, cluster, id string, opts copyOptions) 
 			return err
 		}
 	}
-	dst, err := storeurl.Open(to, storeurl.Options{})
+	dst, err := storeurl.Open(to, storeurl.Options{Create: true}) // a copy makes its store, as backup create does
 	if err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ func runList(ctx context.Context, e *env, opts listOptions) error {
 		for i, m := range ms {
 			out[i] = summarize(m)
 		}
-		return writeJSON(e.stdout, out)
+		return writeJSONList(e.stdout, out, countSummary{len(out)})
 	}
 	if len(ms) == 0 {
 		_, err := fmt.Fprintln(e.stdout, "no backups")
@@ -78,7 +78,11 @@ func runDescribe(ctx context.Context, e *env, cluster, id string) error {
 		return err
 	}
 	if e.g.json {
-		return writeJSON(e.stdout, m) // the manifest as stored, signature included
+		return writeJSON(e.stdout, struct {
+			BackupID  string           `json:"backup_id"`
+			ClusterID string           `json:"cluster_id"`
+			Manifest  *backup.Manifest `json:"manifest"` // as stored, signature included
+		}{m.ID, m.ClusterID, m})
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }

@@ -69,10 +69,13 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 		ClusterID:        opts.cluster, Policy: policy, DryRun: opts.dryRun, OrphanGrace: grace,
 	})
 	if e.g.json {
-		if actions == nil {
-			actions = []backup.PruneAction{}
+		sum := pruneSummary{DryRun: opts.dryRun, Count: len(actions)}
+		for _, a := range actions {
+			if a.Error != "" {
+				sum.Failed++
+			}
 		}
-		if err := writeJSON(e.stdout, actions); err != nil {
+		if err := writeJSONList(e.stdout, actions, sum); err != nil {
 			return err
 		}
 		return perr
@@ -120,4 +123,11 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 		}
 	}
 	return perr
+}
+
+// pruneSummary is the summary line of backup prune --json.
+type pruneSummary struct {
+	DryRun bool `json:"dry_run"`
+	Count  int  `json:"count"`  // actions taken, or with dry_run that would be
+	Failed int  `json:"failed"` // actions that failed
 }

@@ -127,7 +127,7 @@ func masterkeyCommand() *cli.Command {
 }
 
 type keyJSON struct {
-	ID      string `json:"id"`
+	ID      string `json:"key_id"`
 	Version int    `json:"version"`
 	Created string `json:"created"`
 	Current bool   `json:"current"`
@@ -141,7 +141,10 @@ func printKeys(c *cli.Context, verb string, keys []wrap.KeyInfo) error {
 		for i, k := range keys {
 			out[i] = keyJSON{k.ID, k.Version, k.Created.Format("2006-01-02T15:04:05Z"), k.Current}
 		}
-		return writeJSON(c.App.Writer, out)
+		if verb != "" {
+			return writeJSON(c.App.Writer, out[0])
+		}
+		return writeJSONList(c.App.Writer, out, countSummary{len(out)})
 	}
 	if verb != "" {
 		_, err := fmt.Fprintf(c.App.Writer, "%s master key %s (created %s)\n", verb, keys[0], keys[0].Created.Format("2006-01-02 15:04:05Z"))
@@ -161,18 +164,22 @@ func printKeys(c *cli.Context, verb string, keys []wrap.KeyInfo) error {
 
 // hsmKeyOptions are the flags of masterkey generate-hsm.
 type hsmKeyOptions struct {
-	cluster, user, passwordFile, label string
+	cluster, user, passwordFile, passwordHow, label string
 }
 
 // generateHSMKey makes a non-extractable AES-256 key in a configured
 // cluster, logged in as the crypto user that will own it, and prints the
 // config entry that uses it.
 func generateHSMKey(c *cli.Context, e *env) error {
-	if err := requireFlags(c, "config", "cluster", "user"); err != nil {
+	if e.g.config == "" {
+		return usagef("--config is required (run '%s --help')", c.Command.HelpName)
+	}
+	if err := requireFlags(c, "cluster", "user"); err != nil {
 		return err
 	}
+	pf, how := passwordFileOf(c)
 	return runGenerateHSMKey(c.Context, e, hsmKeyOptions{cluster: c.String("cluster"), user: c.String("user"),
-		passwordFile: c.String("password-file"), label: c.String("label")})
+		passwordFile: pf, passwordHow: how, label: c.String("label")})
 }
 
 func runGenerateHSMKey(ctx context.Context, e *env, opts hsmKeyOptions) error {
@@ -180,7 +187,7 @@ func runGenerateHSMKey(ctx context.Context, e *env, opts hsmKeyOptions) error {
 	if err != nil {
 		return err
 	}
-	kc, err := t.as(opts.user, opts.passwordFile, "--password-file").open(ctx, e.log, nil, nil)
+	kc, err := t.as(opts.user, opts.passwordFile, opts.passwordHow).open(ctx, e.log, nil, nil)
 	if err != nil {
 		return err
 	}

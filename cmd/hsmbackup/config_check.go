@@ -32,6 +32,10 @@ func (e *configErrors) Error() string {
 	return strings.Join(e.Lines(), "\n")
 }
 
+// Unwrap makes a fault of the config file a usage error: the setting, not
+// the system, is wrong.
+func (e *configErrors) Unwrap() error { return errUsage }
+
 // Lines are the errors, one a line: "FILE:LINE: PATH: what is wrong".
 func (e *configErrors) Lines() []string {
 	file := e.file

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"syscall"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 )
@@ -17,8 +19,18 @@ import (
 type conn struct {
 	*client.Client
 	addr    string
-	hasCert bool // a client certificate is presented
-	device  bool // the daemon is trusted as an uninitialized device only
+	hasCert bool          // a client certificate is presented
+	device  bool          // the daemon is trusted as an uninitialized device only
+	timeout time.Duration // of each call (--timeout)
+}
+
+// defaultTimeout is the client's timeout when --timeout is not given
+// (client.Config.Timeout 0).
+const defaultTimeout = 30 * time.Second
+
+// timeoutHint is the hint of a call that got no answer in time.
+func timeoutHint(d time.Duration) string {
+	return fmt.Sprintf("no answer within %s: is the HSM frozen or overloaded? --timeout sets the limit", cmp.Or(d, defaultTimeout))
 }
 
 // explain adds a hint to an error of a call that did not get an answer
@@ -33,6 +45,8 @@ func (cl *conn) explain(err error) error {
 	alert, isAlert := tlsAlert(err)
 	hint := ""
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		hint = timeoutHint(cl.timeout)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		hint = "nothing listens there: is 'hsmbackup hsm serve' running?"
 	case errors.Is(err, client.ErrUntrusted) && cl.device:

@@ -50,7 +50,7 @@ func demoCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			stopsItself.Store(true) // it narrates its own interruption
 			if c.Args().Present() {
-				return fmt.Errorf("demo: unexpected argument %q", c.Args().First())
+				return usagef("demo: unexpected argument %q", c.Args().First())
 			}
 			opts := demoOptions{Keep: c.Bool("keep")}
 			// --store after "demo" or, as the global flag, before it.

@@ -97,7 +97,7 @@ func (d *demo) copyToDRSite(ctx context.Context) error {
 	d.out.printf("  HPKE key pair  ML-KEM-768 + X25519: %s wraps, only %s opens (mode 0600, never shown)\n",
 		filepath.Base(pubPath), filepath.Base(keyPath))
 
-	st, err := storeurl.Open("file://"+filepath.Join(d.ws, "dr-site"), storeurl.Options{})
+	st, err := storeurl.Open("file://"+filepath.Join(d.ws, "dr-site"), storeurl.Options{Create: true})
 	if err != nil {
 		return err
 	}

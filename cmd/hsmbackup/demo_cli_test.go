@@ -35,7 +35,7 @@ func TestReport(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := report(&stderr, tc.err, tc.interrupted); code != tc.code {
+			if code := report(&stderr, nil, tc.err, tc.interrupted); code != tc.code {
 				t.Errorf("exit code %d, want %d", code, tc.code)
 			}
 			if stderr.String() != tc.stderr {
@@ -89,8 +89,8 @@ func TestCLI(t *testing.T) {
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			stdout, stderr, code := runBinary(t, bin, t.TempDir(), args...)
-			if code != 1 {
-				t.Errorf("exit %d, want 1", code)
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d (usage error)", code, exitUsage)
 			}
 			if !strings.HasPrefix(stderr, "hsmbackup: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
 				t.Errorf("stderr %q, want one line starting \"hsmbackup: \"", stderr)

@@ -94,7 +94,7 @@ func (d *demo) setUp(ctx context.Context) error {
 	if url == "" {
 		url = "file://" + filepath.Join(ws, "store")
 	}
-	if d.st, err = storeurl.Open(url, storeurl.Options{}); err != nil {
+	if d.st, err = storeurl.Open(url, storeurl.Options{Create: true}); err != nil {
 		return err
 	}
 	d.prefix = newRunPrefix(time.Now())

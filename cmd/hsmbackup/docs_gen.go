@@ -125,7 +125,9 @@ var examples = map[string][]example{
 // environment documents the environment variables hsmbackup reads.
 var environment = []struct{ name, what string }{
 	{"HSMBACKUP_CONFIG", "the config file, when --config is not given"},
-	{passwordEnv, "the password, when no password file is given (passwords are never taken as arguments)"},
+	{"HSMBACKUP_STORE", "the store URL, when --store is not given; it wins over the config file's store"},
+	{"HSMBACKUP_PASSWORD_FILE", "the password file, when --password-file is not given; it wins over the config file's password_file"},
+	{passwordEnv, "the password itself, when no password file is given (passwords are never taken as arguments)"},
 	{"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "S3 credentials"},
 	{"AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE", "the AWS profile and its files"},
 	{"AWS_REGION, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL", "the S3 region and endpoint, unless the store URL names them"},
@@ -140,16 +142,6 @@ var files = []struct{ name, what string }{
 	{"DIR of file://DIR", "the file store: clusters/ID/backups/BACKUP/{image,manifest.json}"},
 	{"the device directory", "a software HSM's sealed state, device key and audit log (hsm manufacture, hsm serve)"},
 	{"~/.aws/credentials, ~/.aws/config", "S3 credentials and settings of AWS profiles"},
-}
-
-// exitStatuses documents the exit codes, as main's report maps errors.
-var exitStatuses = []struct {
-	code int
-	what string
-}{
-	{exitOK, "success"},
-	{exitFailure, "failure: the error is printed as one line on stderr (a config file's faults, one a line)"},
-	{exitInterrupted, "interrupted by SIGINT or SIGTERM; a backup interrupted before its manifest is written does not exist"},
 }
 
 // node is a command at its path in the tree.
@@ -230,8 +222,8 @@ func manPage(app *cli.App) string {
 		}
 	}
 	w(".SH EXIT STATUS\n")
-	for _, s := range exitStatuses {
-		w(".TP\n.B %d\n%s\n", s.code, roffText(s.what))
+	for _, s := range exitCodesByCode() {
+		w(".TP\n.B %d\n%s (JSON code \\fI%s\\fR)\n", s.code, roffText(s.meaning), roffText(s.name))
 	}
 	w(".SH ENVIRONMENT\n")
 	for _, v := range environment {

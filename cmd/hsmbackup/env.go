@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -21,17 +22,65 @@ import (
 	"github.com/hsmbackup/hsmbackup/wrap"
 )
 
-// globalOptions are the settings every command shares: --config (or
-// $HSMBACKUP_CONFIG), --store and --json, given before the command's name
-// or after it, the nearest winning. They are read once, by newEnv.
+// The environment variables of the settings that are also flags.
+const (
+	configEnv       = "HSMBACKUP_CONFIG"
+	storeEnv        = "HSMBACKUP_STORE"
+	passwordFileEnv = "HSMBACKUP_PASSWORD_FILE"
+)
+
+// globalOptions are the settings every command shares, read once, by
+// newEnv, by one rule (docs/CLI.md, "Precedence"): a flag given anywhere
+// on the command line (before the command's name or after it) beats its
+// environment variable, which beats the config file, which beats the
+// default. A flag given twice with different values is a usage error.
 type globalOptions struct {
-	config string
-	store  string
-	json   bool
+	config  string        // --config, else $HSMBACKUP_CONFIG
+	store   string        // --store, else $HSMBACKUP_STORE; else the config's (storeURL)
+	json    bool          // --json
+	timeout time.Duration // --timeout: each HSM call; 0: the client's default
 }
 
-func globalsOf(c *cli.Context) globalOptions {
-	return globalOptions{config: flagValue(c, "config"), store: flagValue(c, "store"), json: wantJSON(c)}
+func globalsOf(c *cli.Context) (globalOptions, error) {
+	g := globalOptions{json: wantJSON(c)}
+	var err error
+	if g.config, err = setting(c, "config", configEnv); err != nil {
+		return g, err
+	}
+	if g.store, err = setting(c, "store", storeEnv); err != nil {
+		return g, err
+	}
+	if g.timeout, err = durationFlag(c, "timeout"); err != nil {
+		return g, err
+	}
+	if g.timeout < 0 {
+		return g, usagef("--timeout %s: want a positive duration (run '%s --help')", g.timeout, c.Command.HelpName)
+	}
+	return g, nil
+}
+
+// setting returns string flag name, given anywhere on the command line,
+// else environment variable env.
+func setting(c *cli.Context, name, env string) (string, error) {
+	v, err := explicitFlag(c, name)
+	if err != nil || v != "" {
+		return v, err
+	}
+	return os.Getenv(env), nil
+}
+
+// passwordFileOf returns the password file of the command's own user:
+// --password-file, else $HSMBACKUP_PASSWORD_FILE, else "" (the cluster
+// entry's password_file, else $HSMBACKUP_PASSWORD), and the setting that
+// named it.
+func passwordFileOf(c *cli.Context) (path, how string) {
+	if p := flagValue(c, "password-file"); p != "" {
+		return p, "--password-file"
+	}
+	if p := os.Getenv(passwordFileEnv); p != "" {
+		return p, "$" + passwordFileEnv
+	}
+	return "", "--password-file"
 }
 
 // env is what every command works with, resolved once from the global
@@ -57,10 +106,12 @@ type env struct {
 
 // newEnv reads the config, if any, and sets up logging.
 func newEnv(c *cli.Context) (*env, error) {
-	g := globalsOf(c)
+	g, err := globalsOf(c)
+	if err != nil {
+		return nil, err
+	}
 	cfg := new(config)
 	if g.config != "" {
-		var err error
 		if cfg, err = loadConfig(g.config); err != nil {
 			return nil, err
 		}
@@ -86,13 +137,30 @@ func newStoreEnv(c *cli.Context) (*env, error) {
 	return e, nil
 }
 
-// openStore opens the store of --store, else of the config.
-func (e *env) openStore() error {
+// storeURL is the store of --store, else of $HSMBACKUP_STORE, else of
+// the config.
+func (e *env) storeURL() (string, error) {
 	url := cmp.Or(e.g.store, e.cfg.Store)
 	if url == "" {
-		return errors.New("no store: give --store URL or 'store:' in --config")
+		return "", usagef("no store: give --store URL, set $%s or 'store:' in --config", storeEnv)
 	}
-	st, err := storeurl.Open(url, storeurl.Options{})
+	return url, nil
+}
+
+// openStore opens the store of storeURL. Only backup create (and backup
+// init, which does not come here) makes a missing file store's directory:
+// for every other command a missing store is an error (store.ErrNoStore),
+// not an empty store.
+func (e *env) openStore() error {
+	url, err := e.storeURL()
+	if err != nil {
+		return err
+	}
+	create := e.c.Command.HelpName == e.c.App.Name+" backup create"
+	st, err := storeurl.Open(url, storeurl.Options{Create: create})
+	if errors.Is(err, store.ErrNoStore) {
+		return fmt.Errorf("%w (a new store is made by 'hsmbackup backup init')", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -119,6 +121,9 @@ func checkClientCertificate(cert *tls.Certificate, ca *x509.Certificate) error {
 // of mode 0600, or with path "" the value of $HSMBACKUP_PASSWORD. how
 // names the setting of path, for the error when neither is set.
 func passwordFrom(path, how string) (string, error) {
+	if path == "-" {
+		return passwordFromStdin()
+	}
 	if path != "" {
 		data, err := atomicfile.ReadPrivate(path)
 		if err != nil {
@@ -137,5 +142,40 @@ func passwordFrom(path, how string) (string, error) {
 		}
 		return pw, nil
 	}
-	return "", fmt.Errorf("no password: give %s or set $%s (passwords are never taken as arguments)", how, passwordEnv)
+	return "", fmt.Errorf("no password: give %s, or set $%s or $%s (passwords are never taken as arguments)", how, passwordFileEnv, passwordEnv)
+}
+
+// maxPasswordLine bounds a password read from stdin.
+const maxPasswordLine = 4096
+
+// passwordFromStdin reads the password, the first line of stdin, as a
+// password file "-" names it. It reads byte by byte, so that nothing after
+// the line is consumed.
+func passwordFromStdin() (string, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) <= maxPasswordLine {
+		n, err := os.Stdin.Read(b)
+		if n == 1 {
+			if b[0] == '\n' {
+				break
+			}
+			line = append(line, b[0])
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", fmt.Errorf("password from stdin: %w", err)
+		}
+	}
+	if len(line) > maxPasswordLine {
+		return "", fmt.Errorf("password from stdin: the first line is longer than %d bytes", maxPasswordLine)
+	}
+	pw := strings.TrimSuffix(string(line), "\r")
+	if pw == "" {
+		return "", errors.New("password from stdin: the first line is empty")
+	}
+	return pw, nil
 }

@@ -18,7 +18,8 @@ func operatorRootFlag() cli.Flag {
 }
 
 func passwordFileFlag() cli.Flag {
-	return &cli.StringFlag{Name: "password-file", Usage: "`FILE` (mode 0600) whose first line is the password; without it the password is read from $" + passwordEnv}
+	return &cli.StringFlag{Name: "password-file", Usage: "`FILE` (mode 0600) whose first line is the password, or - for stdin; default: $" + passwordFileEnv +
+		", else the cluster entry's password_file, else the password is read from $" + passwordEnv}
 }
 
 // expectFlags narrow what an attestation must show; unset, they default to
@@ -52,18 +53,27 @@ func serviceFlags() []cli.Flag {
 	return append([]cli.Flag{
 		configFlag(),
 		storeFlag(),
+		timeoutFlag(),
 		&cli.StringFlag{Name: "signing-key", Usage: "manifest signing key `FILE` (PEM, mode 0600)"},
 		&cli.StringFlag{Name: "public-key", Usage: "manifest public key `FILE` (PEM); default: the signing key's"},
 		jsonFlag(),
 	}, masterKeyFlags()...)
 }
 
+// configFlag and storeFlag have no EnvVars: urfave/cli would give a
+// command's own flag the variable's value and so let it beat the global
+// flag given explicitly. globalsOf reads the variables instead, after
+// every flag (docs/CLI.md, "Precedence").
 func configFlag() cli.Flag {
-	return &cli.StringFlag{Name: "config", Usage: "YAML config `FILE` (see docs/CLI.md)", EnvVars: []string{"HSMBACKUP_CONFIG"}}
+	return &cli.StringFlag{Name: "config", Usage: "YAML config `FILE` (see docs/CLI.md); default: $" + configEnv}
 }
 
 func storeFlag() cli.Flag {
 	return &cli.StringFlag{Name: "store", Usage: "store `URL`: file://DIR, or s3://BUCKET[/PREFIX] with optional parameters " +
 		"endpoint=URL (http:// for plain HTTP), region=REGION, sse=s3|kms, kms-key-id=ID (with sse=kms); " +
-		"S3 credentials from the AWS environment"}
+		"S3 credentials from the AWS environment; default: $" + storeEnv + ", else the config's store"}
+}
+
+func timeoutFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "timeout", Usage: "`DURATION` each call to an HSM may take, and an image transfer may go without progress (default 30s)"}
 }

@@ -228,7 +228,7 @@ func TestReadPassword(t *testing.T) {
 		{"file readable by others", nil, []string{"--password-file", write("loose", "x", 0o644)}, "", "must be 0600"},
 		{"empty first line", nil, []string{"--password-file", write("empty", "\nsecond", 0o600)}, "", "first line is empty"},
 		{"empty env", ptr(""), nil, "", "is empty"},
-		{"neither", nil, nil, "", "no password: give --password-file or set $HSMBACKUP_PASSWORD"},
+		{"neither", nil, nil, "", "no password: give --password-file, or set $HSMBACKUP_PASSWORD_FILE or $HSMBACKUP_PASSWORD"},
 		{"missing file", nil, []string{"--password-file", filepath.Join(dir, "nope")}, "", "no such file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -22,13 +22,21 @@ func TestMasterkeyCommands(t *testing.T) {
 	if !strings.HasPrefix(out, "rotated to master key backup-mk v2") {
 		t.Fatalf("rotate: %q", out)
 	}
-	var keys []struct {
-		ID      string
-		Version int
-		Current bool
+	type key struct {
+		MessageType string `json:"message_type"`
+		ID          string `json:"key_id"`
+		Version     int
+		Current     bool
 	}
-	if err := json.Unmarshal([]byte(mustRun(t, "--json", "masterkey", "list", "--keyring", kr)), &keys); err != nil {
-		t.Fatal(err)
+	var keys []key
+	for _, line := range strings.Split(strings.TrimSpace(mustRun(t, "--json", "masterkey", "list", "--keyring", kr)), "\n") { // JSON lines
+		var one key
+		if err := json.Unmarshal([]byte(line), &one); err != nil {
+			t.Fatal(err)
+		}
+		if one.MessageType == "result" {
+			keys = append(keys, one)
+		}
 	}
 	if len(keys) != 2 || keys[0].Current || !keys[1].Current || keys[1].Version != 2 {
 		t.Fatalf("list: %+v", keys)

@@ -107,9 +107,54 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-// writeJSON writes v as indented JSON.
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+// Under --json, stdout carries JSON lines: one object per line, each with
+// a message_type (docs/CLI.md, "JSON output"):
+//
+//	result   what the command made, changed, found or checked: one per
+//	         backup, key, prune action…
+//	summary  the end of a listing (backup list, backup prune, masterkey
+//	         list): counts, so that an empty listing still says so
+//	error    a failure, with code, exit_code and message (main's report)
+//
+// A field names one concept across commands: backup_id, cluster_id…
+const (
+	msgResult  = "result"
+	msgSummary = "summary"
+)
+
+// writeJSON writes v, which encodes as a JSON object, as a result line.
+func writeJSON(w io.Writer, v any) error { return writeJSONLine(w, msgResult, v) }
+
+// writeJSONList writes each of vs as a result line, then summary as the
+// summary line.
+func writeJSONList[T any](w io.Writer, vs []T, summary any) error {
+	for _, v := range vs {
+		if err := writeJSON(w, v); err != nil {
+			return err
+		}
+	}
+	return writeJSONLine(w, msgSummary, summary)
+}
+
+// writeJSONLine writes v, which encodes as a JSON object, on one line
+// with message_type typ first.
+func writeJSONLine(w io.Writer, typ string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b) < 2 || b[0] != '{' {
+		return fmt.Errorf("JSON output: %T is not an object", v) // a bug
+	}
+	sep := ","
+	if string(b) == "{}" {
+		sep = ""
+	}
+	_, err = fmt.Fprintf(w, "{\"message_type\":%q%s%s\n", typ, sep, b[1:])
+	return err
+}
+
+// countSummary is the summary line of a listing.
+type countSummary struct {
+	Count int `json:"count"`
 }

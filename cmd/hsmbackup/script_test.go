@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -60,6 +61,7 @@ func TestMain(m *testing.M) {
 //	            and operator: a restore target
 //	SPARE_ADDR  another such HSM
 //	OTHER_ADDR  a new HSM of another operator: a restore into it is refused
+//	FROZEN_ADDR an address that accepts connections and never answers
 //
 // The config also names cluster "cluster-down", whose one member does not
 // answer. Every script gets HSMs of its own, served in-process until the
@@ -104,10 +106,11 @@ clusters:
 // customer CA and the officer's client certificate; and the HSMs, a set
 // for each script.
 type scriptPKI struct {
-	env   *hsmtest.Env
-	other *device.Authority // an operator other than env.Op
-	cert  tls.Certificate
-	hsms  chan scriptHSMs
+	env    *hsmtest.Env
+	other  *device.Authority // an operator other than env.Op
+	cert   tls.Certificate
+	hsms   chan scriptHSMs
+	frozen string // $FROZEN_ADDR: accepts connections and never answers
 }
 
 // scriptHSMs are the HSMs of one script.
@@ -128,7 +131,7 @@ func TestScripts(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := hsmtest.NewEnv(t)
-	p := &scriptPKI{env: env, other: other, cert: env.CA.Client(t, "backup-officer"), hsms: make(chan scriptHSMs, len(scripts))}
+	p := &scriptPKI{env: env, other: other, cert: env.CA.Client(t, "backup-officer"), hsms: make(chan scriptHSMs, len(scripts)), frozen: frozenHSM(t)}
 	// The HSMs are all served before the first script starts: a device is
 	// locked with flock(2), and a device closed and opened again (as
 	// hsmtest.Serve does) while another goroutine forks a command can find
@@ -147,6 +150,7 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"capture":     cmdCapture,
 			"jsonpath":    cmdJSONPath,
+			"jsonline":    cmdJSONLine,
 			"backdate":    cmdBackdate,
 			"noinventory": cmdNoInventory,
 		},
@@ -202,7 +206,35 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 	e.Setenv("FRESH_ADDR", h.fresh.Addr)
 	e.Setenv("SPARE_ADDR", h.spare.Addr)
 	e.Setenv("OTHER_ADDR", h.other.Addr)
+	e.Setenv("FROZEN_ADDR", p.frozen)
 	return nil
+}
+
+// frozenHSM listens for an HSM that accepts connections and never
+// answers, not even the TLS handshake: a frozen daemon.
+func frozenHSM(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // createKeyUser adds crypto user scriptKeyUser to the cluster whose member
@@ -285,6 +317,64 @@ func cmdJSONPath(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("%s: no path %s", args[0], args[1])
 	case len(args) == 3 && (got == args[2]) == neg:
 		ts.Fatalf("%s: %s is %q, want %s%q", args[0], args[1], got, map[bool]string{true: "not ", false: ""}[neg], args[2])
+	}
+}
+
+// cmdJSONLine checks the JSON lines of a file (or stdout, stderr), as
+// --json writes them:
+//
+//	jsonline FILE N PATH [WANT]
+//	jsonline FILE '#' WANT
+//
+// Every line of FILE must be one JSON object with a string message_type.
+// N picks line N (from 0; negative counts from the end: -1 is the last),
+// on which PATH and WANT are as jsonpath's; '#' checks the number of
+// lines.
+func cmdJSONLine(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 3 || len(args) > 4 || (args[1] == "#" && len(args) != 3) {
+		ts.Fatalf("usage: jsonline FILE N PATH [WANT] | jsonline FILE '#' WANT")
+	}
+	data := ts.ReadFile(args[0])
+	var lines []any
+	for i, l := range strings.Split(strings.TrimSuffix(data, "\n"), "\n") {
+		if l == "" && data == "" {
+			break
+		}
+		var v any
+		d := json.NewDecoder(strings.NewReader(l))
+		d.UseNumber()
+		if err := d.Decode(&v); err != nil || d.More() {
+			ts.Fatalf("%s: line %d is not one JSON value (%v): %s", args[0], i+1, err, l)
+		}
+		if o, ok := v.(map[string]any); !ok {
+			ts.Fatalf("%s: line %d is not an object: %s", args[0], i+1, l)
+		} else if _, ok := o["message_type"].(string); !ok {
+			ts.Fatalf("%s: line %d has no message_type: %s", args[0], i+1, l)
+		}
+		lines = append(lines, v)
+	}
+	if args[1] == "#" {
+		if got := strconv.Itoa(len(lines)); (got == args[2]) == neg {
+			ts.Fatalf("%s: %s lines, want %s%s", args[0], got, map[bool]string{true: "not ", false: ""}[neg], args[2])
+		}
+		return
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	if n < 0 {
+		n += len(lines)
+	}
+	if n < 0 || n >= len(lines) {
+		ts.Fatalf("%s: no line %s of %d", args[0], args[1], len(lines))
+	}
+	got, found := jsonLookup(lines[n], args[2])
+	switch {
+	case len(args) == 3 && found == neg:
+		ts.Fatalf("%s: line %s: path %s found: %t, want %t", args[0], args[1], args[2], found, !neg)
+	case len(args) == 4 && !found:
+		ts.Fatalf("%s: line %s: no path %s", args[0], args[1], args[2])
+	case len(args) == 4 && (got == args[3]) == neg:
+		ts.Fatalf("%s: line %s: %s is %q, want %s%q", args[0], args[1], args[2], got, map[bool]string{true: "not ", false: ""}[neg], args[3])
 	}
 }
 

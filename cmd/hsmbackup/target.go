@@ -55,6 +55,7 @@ type target struct {
 func connectionFlags() []cli.Flag {
 	return []cli.Flag{
 		configFlag(),
+		timeoutFlag(),
 		&cli.StringFlag{Name: "cluster", Usage: "`ID` of a cluster in --config whose settings (members, customer CA, client certificate, user) fill in the flags not given"},
 		addrFlag(),
 		&cli.StringFlag{Name: "customer-ca", Usage: "PEM `FILE` of the customer CA that signed the cluster certificate and issues client certificates"},
@@ -108,6 +109,7 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 		cc = &clusterConfig{}
 	}
 	t := &target{clusterID: cmp.Or(c.String("cluster-id"), id), user: cmp.Or(c.String("user"), cc.User), password: passwordOf(c, cc)}
+	t.tls.Timeout = e.g.timeout
 	if addr := c.String("addr"); addr != "" {
 		t.members = []string{addr}
 	} else {
@@ -116,7 +118,7 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 	mfrPath := cmp.Or(c.String("manufacturer-root"), e.cfg.ManufacturerRoot)
 	caPath := cmp.Or(c.String("customer-ca"), cc.CustomerCA)
 	required := func(what string) error {
-		return fmt.Errorf("%s is required (run '%s --help')", what, c.Command.HelpName)
+		return usagef("%s is required (run '%s --help')", what, c.Command.HelpName)
 	}
 	switch {
 	case len(t.members) == 0:
@@ -124,9 +126,9 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 	case how == trustDevice && mfrPath == "":
 		return nil, required("--manufacturer-root")
 	case how == trustMember && caPath == "":
-		return nil, errors.New("--customer-ca is required to trust the cluster's HSMs")
+		return nil, usagef("--customer-ca is required to trust the cluster's HSMs")
 	case how == trustEither && caPath == "" && mfrPath == "":
-		return nil, errors.New("--customer-ca (an initialized cluster) or --manufacturer-root (an uninitialized HSM) is required")
+		return nil, usagef("--customer-ca (an initialized cluster) or --manufacturer-root (an uninitialized HSM) is required")
 	case need.cert && how != trustDevice && (cmp.Or(c.String("cert"), cc.Cert) == "" || cmp.Or(c.String("key"), cc.Key) == ""):
 		return nil, required("--cert and --key (a client certificate from the customer CA)")
 	case need.clusterID && t.clusterID == "":
@@ -157,12 +159,30 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 }
 
 // passwordOf returns how the command reads its user's password:
-// --password-file, else the entry's password_file, else
-// $HSMBACKUP_PASSWORD.
+// --password-file, else $HSMBACKUP_PASSWORD_FILE, else the entry's
+// password_file, else $HSMBACKUP_PASSWORD.
 func passwordOf(c *cli.Context, cc *clusterConfig) func() (string, error) {
-	path, how := cc.PasswordFile, "password_file in the config"
-	if p := c.String("password-file"); p != "" || path == "" {
-		path, how = p, "--password-file"
+	path, how := passwordSource(c, cc)
+	return func() (string, error) { return passwordFrom(path, how) }
+}
+
+// passwordSource is the file passwordOf reads ("" for
+// $HSMBACKUP_PASSWORD) and the setting that named it.
+func passwordSource(c *cli.Context, cc *clusterConfig) (path, how string) {
+	path, how = passwordFileOf(c)
+	if path == "" && cc.PasswordFile != "" {
+		path, how = cc.PasswordFile, "password_file in the config"
+	}
+	return path, how
+}
+
+// officerPassword is passwordOf for a command without --password-file:
+// $HSMBACKUP_PASSWORD_FILE, else the entry's password_file, else
+// $HSMBACKUP_PASSWORD.
+func officerPassword(c *cli.Context, cc *clusterConfig) func() (string, error) {
+	path, how := passwordFileOf(c)
+	if path == "" {
+		path, how = cc.PasswordFile, "password_file in the config"
 	}
 	return func() (string, error) { return passwordFrom(path, how) }
 }
@@ -219,9 +239,9 @@ func (e *env) clusterTarget(id string, officer bool) (*target, error) {
 	return &target{
 		clusterID: id,
 		members:   cc.Members,
-		tls:       client.Config{ClusterID: id, CustomerCA: ca, Certificate: cert},
+		tls:       client.Config{ClusterID: id, CustomerCA: ca, Certificate: cert, Timeout: e.g.timeout},
 		user:      cc.User,
-		password:  func() (string, error) { return passwordFrom(cc.PasswordFile, "password_file in the config") },
+		password:  officerPassword(e.c, cc),
 	}, nil
 }
 
@@ -258,7 +278,7 @@ func (t *target) dial(addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conn{Client: cl, addr: addr, hasCert: cfg.Certificate != nil, device: t.device}, nil
+	return &conn{Client: cl, addr: addr, hasCert: cfg.Certificate != nil, device: t.device, timeout: cfg.Timeout}, nil
 }
 
 // dialOne dials the target's one HSM.
@@ -322,9 +342,12 @@ func (t *target) pick(ctx context.Context, log *slog.Logger, member string) (*co
 		return nil, api.Health{}, fmt.Errorf("%w: back up the member whose state is current with --member ADDR", err)
 	}
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("%w (%s)", err, timeoutHint(t.tls.Timeout))
+		}
 		return nil, api.Health{}, err
 	}
-	cl := &conn{Client: picked.Client, addr: picked.Addr, hasCert: true}
+	cl := &conn{Client: picked.Client, addr: picked.Addr, hasCert: true, timeout: t.tls.Timeout}
 	role, err := t.withPassword(password).login(ctx, cl)
 	if err == nil && role != hsmcore.CryptoOfficer {
 		err = fmt.Errorf("%s is a %s; backups need a crypto officer", t.user, role)

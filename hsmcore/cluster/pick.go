@@ -88,6 +88,7 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 	}
 	var healthy []*Picked
 	var problems []string
+	var causes []error // the members' errors, for errors.Is (a timeout, say)
 	closeAll := func(except *Picked) {
 		for _, p := range healthy {
 			if p != except {
@@ -106,7 +107,8 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 		h, err := cl.Health(ctx)
 		switch {
 		case err != nil:
-			problems = append(problems, fmt.Sprintf("%s: %v", addr, err))
+			problems = append(problems, fmt.Sprintf("%s: health: %v", addr, err))
+			causes = append(causes, err)
 		case !h.ClusterInitialized || h.ClusterID != id:
 			problems = append(problems, fmt.Sprintf("%s: not a member of cluster %s", addr, id))
 		default:
@@ -117,7 +119,7 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 		cl.Close()
 	}
 	if len(healthy) == 0 {
-		return nil, fmt.Errorf("cluster %s: no healthy member (%s)", id, strings.Join(problems, "; "))
+		return nil, fmt.Errorf("cluster %s: no healthy member (%s)%.0w", id, strings.Join(problems, "; "), errors.Join(causes...))
 	}
 	var diverged *DivergedError
 	for _, p := range healthy {

@@ -65,6 +65,7 @@ var (
 )
 
 // New opens the store rooted at dir, creating dir (mode 0700) if needed.
+// Commands that only read use Open, which does not.
 func New(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("file store: empty directory")
@@ -75,6 +76,30 @@ func New(dir string) (*Store, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(root, TempDir), dirPerm); err != nil {
 		return nil, fmt.Errorf("file store: create %s: %w", root, err)
+	}
+	return &Store{root: root}, nil
+}
+
+// Open opens the store rooted at dir, which must exist: a missing
+// directory is an error wrapping store.ErrNoStore, so that a mistyped
+// path is not taken for an empty store. It creates nothing; the first Put
+// makes the temporary directory.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("file store: empty directory")
+	}
+	root, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("file store %s: %w", dir, err)
+	}
+	fi, err := os.Stat(root)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("file store %s: %w", root, store.ErrNoStore)
+	case err != nil:
+		return nil, fmt.Errorf("file store: %w", err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("file store %s: not a directory", root)
 	}
 	return &Store{root: root}, nil
 }
@@ -123,6 +148,11 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	f, err := os.CreateTemp(filepath.Join(s.root, TempDir), "put-*")
+	if errors.Is(err, fs.ErrNotExist) { // a store opened with Open: make TempDir, in the root only
+		if err = os.Mkdir(filepath.Join(s.root, TempDir), dirPerm); err == nil || errors.Is(err, fs.ErrExist) {
+			f, err = os.CreateTemp(filepath.Join(s.root, TempDir), "put-*")
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: create temp file: %w", key, err)
 	}
@@ -393,6 +423,9 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (int, error) {
 	dir := filepath.Join(s.root, TempDir)
 	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil // nothing written yet
+	}
 	if err != nil {
 		return 0, fmt.Errorf("remove stale uploads: %w", err)
 	}

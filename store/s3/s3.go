@@ -127,6 +127,7 @@ type Store struct {
 	md5      bool
 	sse      encrypt.ServerSide
 	url      string
+	region   string // the configured region; "" to let minio-go ask
 }
 
 var (
@@ -255,7 +256,29 @@ func New(cfg Config) (*Store, error) {
 		md5:      cfg.SendContentMD5,
 		sse:      sse,
 		url:      "s3://" + cfg.Bucket + "/" + strings.TrimSuffix(prefix, "/"),
+		region:   ep.region,
 	}, nil
+}
+
+// InitBucket checks that the store's bucket exists and, if it does not
+// and create is set, creates it (in the configured region). It reports
+// whether it created it; a missing bucket it may not create is an error
+// wrapping store.ErrNoStore.
+func (s *Store) InitBucket(ctx context.Context, create bool) (bool, error) {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return false, fmt.Errorf("bucket %s: %w", s.bucket, classify(ctx, err, nil))
+	}
+	if ok {
+		return false, nil
+	}
+	if !create {
+		return false, fmt.Errorf("bucket %s: %w (create it, or give --create-bucket)", s.bucket, store.ErrNoStore)
+	}
+	if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region}); err != nil {
+		return false, fmt.Errorf("create bucket %s: %w", s.bucket, classify(ctx, err, nil))
+	}
+	return true, nil
 }
 
 // String returns the store's URL.
@@ -680,6 +703,11 @@ func classify(ctx context.Context, err error, cond error) error {
 			return fmt.Errorf("%w: %w", store.ErrConflict, err)
 		case resp.Code == "NoSuchKey" || resp.Code == "NoSuchVersion" || resp.Code == "NoSuchUpload":
 			return fmt.Errorf("%w: %w", store.ErrNotFound, err)
+		case resp.Code == "NoSuchBucket":
+			return fmt.Errorf("%w: %w", store.ErrNoStore, err)
+		case resp.Code == "AccessDenied" || resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch" ||
+			resp.Code == "InvalidToken" || resp.Code == "ExpiredToken" || resp.StatusCode == http.StatusForbidden:
+			return fmt.Errorf("%w: %w", store.ErrAccessDenied, err)
 		case cond != nil && (resp.Code == "PreconditionFailed" || resp.StatusCode == http.StatusPreconditionFailed ||
 			resp.StatusCode == http.StatusConflict):
 			return fmt.Errorf("%w: %w", cond, err)

@@ -420,3 +420,38 @@ func closedPort(t *testing.T) string {
 	l.Close()
 	return "http://" + addr
 }
+
+// A missing bucket is store.ErrNoStore, not an empty store; InitBucket
+// creates it only when asked. Refused credentials are store.ErrAccessDenied.
+func TestMissingBucketAndAccessDenied(t *testing.T) {
+	srv := miniotest.Shared(t)
+	ctx := context.Background()
+	cfg := config(t, srv, "nb-"+randomHex(4))
+	cfg.MaxRetries = 1
+	s := newStore(t, cfg)
+	err := s.List(ctx, "", func(store.ObjectInfo) error { return nil })
+	if !errors.Is(err, store.ErrNoStore) {
+		t.Errorf("list: %v, want ErrNoStore", err)
+	}
+	if err := s.Put(ctx, "k", strings.NewReader("x"), store.PutOptions{}); !errors.Is(err, store.ErrNoStore) {
+		t.Errorf("put: %v, want ErrNoStore", err)
+	}
+	if created, err := s.InitBucket(ctx, false); created || !errors.Is(err, store.ErrNoStore) {
+		t.Errorf("InitBucket(false): %v, %v", created, err)
+	}
+	if created, err := s.InitBucket(ctx, true); !created || err != nil {
+		t.Fatalf("InitBucket(true): %v, %v", created, err)
+	}
+	t.Cleanup(func() { s.Client().RemoveBucket(context.Background(), cfg.Bucket) })
+	if created, err := s.InitBucket(ctx, false); created || err != nil {
+		t.Errorf("InitBucket of an existing bucket: %v, %v", created, err)
+	}
+	if err := s.List(ctx, "", func(store.ObjectInfo) error { return nil }); err != nil {
+		t.Errorf("list of the new bucket: %v", err)
+	}
+	cfg.Credentials = wrongSecret(srv)
+	bad := newStore(t, cfg)
+	if err := bad.List(ctx, "", func(store.ObjectInfo) error { return nil }); !errors.Is(err, store.ErrAccessDenied) {
+		t.Errorf("list with a wrong secret: %v, want ErrAccessDenied", err)
+	}
+}

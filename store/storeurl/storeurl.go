@@ -12,6 +12,7 @@
 package storeurl
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -31,10 +32,16 @@ type Options struct {
 	// Retry bounds the retries around S3 stores (zero: retry's defaults).
 	// The file store is not wrapped: its errors are never transient.
 	Retry retry.Config
+	// Create makes a file store's directory if it is missing; without it a
+	// missing directory is an error wrapping store.ErrNoStore. Commands
+	// that only read leave it unset, so that a mistyped path is not taken
+	// for an empty store. An S3 bucket is never created here (see Init);
+	// a missing one fails the first call with store.ErrNoStore.
+	Create bool
 }
 
-// Open returns the store rawURL names. It does no I/O beyond creating a
-// file store's directory.
+// Open returns the store rawURL names. It does no I/O beyond checking for
+// (or, with Create, creating) a file store's directory.
 func Open(rawURL string, opts Options) (store.Store, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
@@ -45,7 +52,10 @@ func Open(rawURL string, opts Options) (store.Store, error) {
 		if rest == "" || strings.ContainsAny(rest, "?#") {
 			return nil, fmt.Errorf("store URL %q: want file://DIR", rawURL)
 		}
-		return file.New(rest)
+		if opts.Create {
+			return file.New(rest)
+		}
+		return file.Open(rest)
 	case "s3":
 		cfg, err := s3Config(rawURL, opts.S3)
 		if err != nil {
@@ -106,4 +116,31 @@ func s3Config(rawURL string, cfg s3.Config) (s3.Config, error) {
 		return cfg, errors.New("store URL: no bucket")
 	}
 	return cfg, nil
+}
+
+// Init makes the store rawURL names ready for backups and reports whether
+// it created it: a file store's directory is made if missing; an S3
+// bucket must exist, unless createBucket, when a missing one is made (in
+// the URL's or environment's region).
+func Init(ctx context.Context, rawURL string, opts Options, createBucket bool) (st store.Store, created bool, err error) {
+	if strings.HasPrefix(rawURL, "file://") {
+		if st, err = Open(rawURL, opts); err == nil {
+			return st, false, nil
+		}
+		if !errors.Is(err, store.ErrNoStore) {
+			return nil, false, err
+		}
+		opts.Create = true
+		st, err = Open(rawURL, opts)
+		return st, err == nil, err
+	}
+	if st, err = Open(rawURL, opts); err != nil {
+		return nil, false, err
+	}
+	s3st, ok := store.As[*s3.Store](st)
+	if !ok {
+		return st, false, nil
+	}
+	created, err = s3st.InitBucket(ctx, createBucket)
+	return st, created, err
 }

@@ -1,6 +1,10 @@
 package storeurl
 
 import (
+	"context"
+	"errors"
+	iofs "io/fs"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -20,7 +24,14 @@ func TestOpenFile(t *testing.T) {
 		t.Fatalf("got %T %v", st, st)
 	}
 	t.Chdir(dir)
-	st, err = Open("file://rel/dir", Options{})
+	// Without Create, a missing directory is no store, and is not made.
+	if _, err := Open("file://rel/dir", Options{}); !errors.Is(err, store.ErrNoStore) {
+		t.Fatalf("missing directory: %v, want ErrNoStore", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rel")); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("Open made the directory: %v", err)
+	}
+	st, err = Open("file://rel/dir", Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,5 +73,20 @@ func TestOpenRefuses(t *testing.T) {
 		if st, err := Open(u, Options{}); err == nil {
 			t.Errorf("Open(%q) = %v", u, st)
 		}
+	}
+}
+
+func TestInitFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new")
+	ctx := context.Background()
+	if _, created, err := Init(ctx, "file://"+dir, Options{}, false); err != nil || !created {
+		t.Fatalf("Init: created %v, %v", created, err)
+	}
+	st, created, err := Init(ctx, "file://"+dir, Options{}, false)
+	if err != nil || created {
+		t.Fatalf("Init again: created %v, %v", created, err)
+	}
+	if st.(*file.Store).Root() != dir {
+		t.Errorf("root %s", st.(*file.Store).Root())
 	}
 }
