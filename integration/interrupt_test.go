@@ -315,7 +315,7 @@ func TestInterruptedBackup(t *testing.T) {
 			t.Fatalf("objects after a prune within the grace period: %v", got)
 		}
 		out = s.cli(t, "backup", "list", "--orphans", "--orphan-grace", "0", "--json")
-		if !strings.Contains(out, `"stale": true`) {
+		if !strings.Contains(out, `"stale":true`) || !strings.Contains(out, `"message_type":"summary","count":1`) {
 			t.Errorf("backup list --orphans --orphan-grace 0 --json:\n%s", out)
 		}
 		out = s.cli(t, "backup", "prune", "--orphan-grace", "0")

@@ -120,10 +120,7 @@ func runOrphans(ctx context.Context, e *env, cluster string, grace time.Duration
 		return err
 	}
 	if e.g.json {
-		if found == nil {
-			found = []backup.Orphan{}
-		}
-		return writeJSON(e.stdout, found)
+		return writeJSONList(e.stdout, found, countSummary{len(found)})
 	}
 	if len(found) == 0 {
 		_, err := fmt.Fprintln(e.stdout, "no orphans")

@@ -77,7 +77,8 @@ type Config struct {
 
 	// Endpoint is the service's address, as "host[:port]" (HTTPS unless
 	// Insecure) or as an "http://" or "https://" URL. Empty means the
-	// environment's AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else
+	// environment's AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else the
+	// AWS profile's endpoint_url (its S3 one first; awsconfig.go), else
 	// s3.amazonaws.com.
 	Endpoint string
 
@@ -85,7 +86,8 @@ type Config struct {
 	Insecure bool
 
 	// Region is the bucket's region. Empty means AWS_REGION, else
-	// AWS_DEFAULT_REGION, else minio-go asks the service (and caches it).
+	// AWS_DEFAULT_REGION, else the AWS profile's region (awsconfig.go),
+	// else minio-go asks the service (and caches it).
 	Region string
 
 	// Credentials signs requests. Nil means, in order: the AWS environment
@@ -128,6 +130,9 @@ type Store struct {
 	sse      encrypt.ServerSide
 	url      string
 	region   string // the configured region; "" to let minio-go ask
+
+	creds   *credentials.Credentials
+	chained bool // creds is the default chain (env, shared files, IAM)
 }
 
 var (
@@ -156,6 +161,18 @@ func (c Config) resolve(getenv func(string) string) (endpoint, error) {
 		insecure = false
 		if raw = getenv("AWS_ENDPOINT_URL_S3"); raw == "" {
 			raw = getenv("AWS_ENDPOINT_URL")
+		}
+	}
+	if raw == "" || ep.region == "" {
+		prof, err := loadAWSProfile(getenv)
+		if err != nil {
+			return ep, err
+		}
+		if ep.region == "" {
+			ep.region = prof.region
+		}
+		if raw == "" && !strings.EqualFold(getenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"), "true") {
+			raw = prof.endpoint
 		}
 	}
 	if raw == "" {
@@ -230,8 +247,8 @@ func New(cfg Config) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("s3 store: unknown encryption %q (want %q or %q)", cfg.Encryption, SSES3, SSEKMS)
 	}
-	creds := cfg.Credentials
-	if creds == nil {
+	creds, chained := cfg.Credentials, cfg.Credentials == nil
+	if chained {
 		creds = credentials.NewChainCredentials([]credentials.Provider{
 			&credentials.EnvAWS{},
 			&credentials.FileAWSCredentials{},
@@ -257,6 +274,8 @@ func New(cfg Config) (*Store, error) {
 		sse:      sse,
 		url:      "s3://" + cfg.Bucket + "/" + strings.TrimSuffix(prefix, "/"),
 		region:   ep.region,
+		creds:    creds,
+		chained:  chained,
 	}, nil
 }
 
@@ -267,7 +286,7 @@ func New(cfg Config) (*Store, error) {
 func (s *Store) InitBucket(ctx context.Context, create bool) (bool, error) {
 	ok, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
-		return false, fmt.Errorf("bucket %s: %w", s.bucket, classify(ctx, err, nil))
+		return false, fmt.Errorf("bucket %s: %w", s.bucket, s.classify(ctx, err, nil))
 	}
 	if ok {
 		return false, nil
@@ -276,7 +295,7 @@ func (s *Store) InitBucket(ctx context.Context, create bool) (bool, error) {
 		return false, fmt.Errorf("bucket %s: %w (create it, or give --create-bucket)", s.bucket, store.ErrNoStore)
 	}
 	if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region}); err != nil {
-		return false, fmt.Errorf("create bucket %s: %w", s.bucket, classify(ctx, err, nil))
+		return false, fmt.Errorf("create bucket %s: %w", s.bucket, s.classify(ctx, err, nil))
 	}
 	return true, nil
 }
@@ -335,7 +354,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		_, err = s.client.PutObject(ctx, s.bucket, s.prefix+key, r, size, po)
 	}
 	if err != nil {
-		return fmt.Errorf("put %s: %w", key, classify(ctx, err, condition(opts)))
+		return fmt.Errorf("put %s: %w", key, s.classify(ctx, err, condition(opts)))
 	}
 	return nil
 }
@@ -488,12 +507,12 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	}
 	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, nil))
+		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, nil))
 	}
 	// Stat sends the GET, so a missing object shows here, not on Read.
 	if _, err := obj.Stat(); err != nil {
 		obj.Close()
-		return nil, fmt.Errorf("get %s: %w", key, classify(ctx, err, nil))
+		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, nil))
 	}
 	return obj, nil
 }
@@ -505,7 +524,7 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 	}
 	oi, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
 	if err != nil {
-		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, classify(ctx, err, nil))
+		return store.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, s.classify(ctx, err, nil))
 	}
 	return store.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified, ETag: oi.ETag}, nil
 }
@@ -529,7 +548,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(store.ObjectInf
 		Recursive: true,
 	}) {
 		if oi.Err != nil {
-			return fmt.Errorf("list %q: %w", prefix, classify(ctx, oi.Err, nil))
+			return fmt.Errorf("list %q: %w", prefix, s.classify(ctx, oi.Err, nil))
 		}
 		key := strings.TrimPrefix(oi.Key, s.prefix)
 		if strings.HasSuffix(key, "/") || !strings.HasPrefix(key, prefix) {
@@ -557,7 +576,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	name := s.prefix + key
 	oi, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
 	if err != nil {
-		err = classify(ctx, err, nil)
+		err = s.classify(ctx, err, nil)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
@@ -565,7 +584,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	}
 	if oi.VersionID == "" || oi.VersionID == "null" {
 		if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
-			return fmt.Errorf("delete %s: %w", key, classifyDelete(ctx, err))
+			return fmt.Errorf("delete %s: %w", key, s.classifyDelete(ctx, err))
 		}
 		return nil
 	}
@@ -577,13 +596,13 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		WithVersions: true,
 	}) {
 		if v.Err != nil {
-			return fmt.Errorf("delete %s: list versions: %w", key, classify(ctx, v.Err, nil))
+			return fmt.Errorf("delete %s: list versions: %w", key, s.classify(ctx, v.Err, nil))
 		}
 		if v.Key != name {
 			continue
 		}
 		if err := s.client.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{VersionID: v.VersionID}); err != nil {
-			return fmt.Errorf("delete %s: version %s: %w", key, v.VersionID, classifyDelete(ctx, err))
+			return fmt.Errorf("delete %s: version %s: %w", key, v.VersionID, s.classifyDelete(ctx, err))
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -610,7 +629,7 @@ func (s *Store) ListIncompleteUploads(ctx context.Context, prefix string, fn fun
 	defer cancel()
 	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, s.prefix+prefix, true) {
 		if u.Err != nil {
-			return fmt.Errorf("list incomplete uploads %q: %w", prefix, classify(ctx, u.Err, nil))
+			return fmt.Errorf("list incomplete uploads %q: %w", prefix, s.classify(ctx, u.Err, nil))
 		}
 		up := Upload{Key: strings.TrimPrefix(u.Key, s.prefix), UploadID: u.UploadID, Initiated: u.Initiated}
 		if err := fn(up); err != nil {
@@ -627,7 +646,7 @@ func (s *Store) ListIncompleteUploads(ctx context.Context, prefix string, fn fun
 func (s *Store) AbortUpload(ctx context.Context, u Upload) error {
 	core := minio.Core{Client: s.client}
 	if err := core.AbortMultipartUpload(ctx, s.bucket, s.prefix+u.Key, u.UploadID); err != nil {
-		err = classify(ctx, err, nil)
+		err = s.classify(ctx, err, nil)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // already gone
 		}
@@ -647,7 +666,7 @@ func (s *Store) RemoveStaleUploads(ctx context.Context, olderThan time.Time) (in
 	defer cancel()
 	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, "", true) {
 		if u.Err != nil {
-			return 0, fmt.Errorf("remove stale uploads: %w", classify(ctx, u.Err, nil))
+			return 0, fmt.Errorf("remove stale uploads: %w", s.classify(ctx, u.Err, nil))
 		}
 		key, ok := strings.CutPrefix(u.Key, s.prefix)
 		if ok && u.Initiated.Before(olderThan) {
@@ -689,6 +708,33 @@ var retryableStatus = map[int]bool{
 // classify maps a minio-go error to the store's sentinels, keeping err in
 // the chain. cond is what a 412 or 409 means, for a conditional Put
 // (store.ErrExists or store.ErrConflict), and nil for other calls.
+// classify is the package's classify, and a refusal of a request made
+// with no credentials at all says which sources were tried, instead of a
+// bare "Access Denied.".
+func (s *Store) classify(ctx context.Context, err error, cond error) error {
+	err = classify(ctx, err, cond)
+	if s.chained && errors.Is(err, store.ErrAccessDenied) {
+		if v, gerr := s.creds.GetWithContext(nil); gerr == nil && v.SignerType == credentials.SignatureAnonymous {
+			err = fmt.Errorf("%w (no credentials found: tried $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, the shared credentials file %s, and an IAM role of the instance or container)", err, sharedCredentialsFile())
+		}
+	}
+	return err
+}
+
+// sharedCredentialsFile names the file FileAWSCredentials reads, with its
+// profile.
+func sharedCredentialsFile() string {
+	path := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
+	if path == "" {
+		path = "~/.aws/credentials"
+	}
+	profile := os.Getenv("AWS_PROFILE")
+	if profile == "" {
+		profile = "default"
+	}
+	return path + " (profile " + profile + ")"
+}
+
 func classify(ctx context.Context, err error, cond error) error {
 	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("%w (%w)", ctx.Err(), err)
@@ -727,7 +773,7 @@ func classify(ctx context.Context, err error, cond error) error {
 // classifyDelete is classify that also recognises an object-lock refusal:
 // MinIO says 400 "Object is WORM protected", AWS 403 "…protected by object
 // lock".
-func classifyDelete(ctx context.Context, err error) error {
+func (s *Store) classifyDelete(ctx context.Context, err error) error {
 	var resp minio.ErrorResponse
 	if errors.As(err, &resp) {
 		msg := strings.ToLower(resp.Message)
@@ -735,5 +781,5 @@ func classifyDelete(ctx context.Context, err error) error {
 			return fmt.Errorf("%w: %w", store.ErrLocked, err)
 		}
 	}
-	return classify(ctx, err, nil)
+	return s.classify(ctx, err, nil)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -453,5 +454,25 @@ func TestMissingBucketAndAccessDenied(t *testing.T) {
 	bad := newStore(t, cfg)
 	if err := bad.List(ctx, "", func(store.ObjectInfo) error { return nil }); !errors.Is(err, store.ErrAccessDenied) {
 		t.Errorf("list with a wrong secret: %v, want ErrAccessDenied", err)
+	}
+}
+
+// With no credentials anywhere, a refusal names the sources tried. The
+// IAM provider is pointed at a closed loopback port, so that the test
+// sends nothing off this machine.
+func TestNoCredentialsNamed(t *testing.T) {
+	srv := miniotest.Shared(t)
+	for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", closedPort(t)+"/credentials")
+	cfg := config(t, srv, srv.NewBucket(t, miniotest.BucketOptions{}))
+	cfg.Credentials, cfg.MaxRetries = nil, 1
+	s := newStore(t, cfg)
+	err := s.List(context.Background(), "", func(store.ObjectInfo) error { return nil })
+	if !errors.Is(err, store.ErrAccessDenied) || !strings.Contains(err.Error(), "no credentials found: tried $AWS_ACCESS_KEY_ID") {
+		t.Fatalf("list without credentials: %v", err)
 	}
 }
