@@ -429,26 +429,13 @@ func cmdBackdate(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	days, err := strconv.Atoi(args[1])
 	ts.Check(err)
-	key, err := backup.LoadSigningKey(ts.MkAbs("signing.key"))
-	ts.Check(err)
-	st, err := storeurl.Open("file://"+ts.MkAbs("store"), storeurl.Options{})
-	ts.Check(err)
-	ctx := context.Background()
-	id := args[0]
-	cluster, err := backup.Find(ctx, backup.Repo{Store: st}, id)
-	ts.Check(err)
-	m, err := backup.Describe(ctx, backup.Repo{Store: st}, cluster, id)
-	ts.Check(err)
-	ts.Check(m.Verify(key.Public().(ed25519.PublicKey)))
-	shift := -time.Duration(days) * 24 * time.Hour
-	m.Created = m.Created.Add(shift)
-	if !m.DeletionRequested.IsZero() {
-		m.DeletionRequested = m.DeletionRequested.Add(shift)
-	}
-	ts.Check(m.Sign(key))
-	b, err := m.Marshal()
-	ts.Check(err)
-	ts.Check(st.Put(ctx, backup.Repo{}.ObjectKey(cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
+	resign(ts, args[0], func(m *backup.Manifest) {
+		shift := -time.Duration(days) * 24 * time.Hour
+		m.Created = m.Created.Add(shift)
+		if !m.DeletionRequested.IsZero() {
+			m.DeletionRequested = m.DeletionRequested.Add(shift)
+		}
+	})
 }
 
 // cmdNoInventory makes a backup's manifest as written before manifests
@@ -459,23 +446,31 @@ func cmdNoInventory(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: noinventory BACKUP-ID")
 	}
+	resign(ts, args[0], func(m *backup.Manifest) {
+		if m.Inventory == nil {
+			ts.Fatalf("backup %s has no inventory", m.ID)
+		}
+		m.Inventory = nil
+	})
+}
+
+// resign changes backup id's manifest in the store in store/ and signs it
+// again with signing.key, as only the backup service could.
+func resign(ts *testscript.TestScript, id string, change func(*backup.Manifest)) {
 	key, err := backup.LoadSigningKey(ts.MkAbs("signing.key"))
 	ts.Check(err)
 	st, err := storeurl.Open("file://"+ts.MkAbs("store"), storeurl.Options{})
 	ts.Check(err)
 	ctx := context.Background()
-	id := args[0]
-	cluster, err := backup.Find(ctx, backup.Repo{Store: st}, id)
+	repo := backup.Repo{Store: st}
+	cluster, err := backup.Find(ctx, repo, id)
 	ts.Check(err)
-	m, err := backup.Describe(ctx, backup.Repo{Store: st}, cluster, id)
+	m, err := backup.Describe(ctx, repo, cluster, id)
 	ts.Check(err)
 	ts.Check(m.Verify(key.Public().(ed25519.PublicKey)))
-	if m.Inventory == nil {
-		ts.Fatalf("backup %s has no inventory", id)
-	}
-	m.Inventory = nil
+	change(m)
 	ts.Check(m.Sign(key))
 	b, err := m.Marshal()
 	ts.Check(err)
-	ts.Check(st.Put(ctx, backup.Repo{}.ObjectKey(cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
+	ts.Check(st.Put(ctx, repo.ObjectKey(cluster, id, backup.ManifestObject), bytes.NewReader(b), store.PutOptions{}))
 }
