@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +12,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/hsmbackup/hsmbackup/scheduler"
 )
 
 // config is the YAML file given with --config. Every path in it is
@@ -40,8 +44,35 @@ type config struct {
 	OperatorRoot     string `yaml:"operator_root"`
 	// Retention is the default retention policy of every cluster.
 	Retention retentionConfig `yaml:"retention"`
+	// Scheduler is how the scheduler runs the clusters' schedules
+	// (docs/SCHEDULER.md); each setting unset takes its default.
+	Scheduler schedulerConfig `yaml:"scheduler"`
 	// Clusters are the clusters backed up, by id.
 	Clusters map[string]*clusterConfig `yaml:"clusters"`
+}
+
+// schedulerConfig is the scheduler: section. Zero values are unset.
+type schedulerConfig struct {
+	// Concurrency is how many clusters are backed up at once.
+	Concurrency int `yaml:"concurrency"`
+	// Jitter is the most a run is delayed past its slot, at random, so
+	// that clusters on one schedule do not start together.
+	Jitter time.Duration `yaml:"jitter"`
+	// LeaseDuration is how long the leader's lease lasts unrenewed.
+	LeaseDuration time.Duration `yaml:"lease_duration"`
+	// DrainTimeout is how long a stopping scheduler waits for its runs.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+// settings are the scheduler settings with the defaults filled in.
+func (s schedulerConfig) settings() scheduler.Settings {
+	d := scheduler.DefaultSettings
+	return scheduler.Settings{
+		Concurrency:   cmp.Or(s.Concurrency, d.Concurrency),
+		Jitter:        cmp.Or(s.Jitter, d.Jitter),
+		LeaseDuration: cmp.Or(s.LeaseDuration, d.LeaseDuration),
+		DrainTimeout:  cmp.Or(s.DrainTimeout, d.DrainTimeout),
+	}
 }
 
 type retentionConfig struct {
@@ -59,6 +90,9 @@ type clusterConfig struct {
 	PasswordFile string            `yaml:"password_file"`
 	Tags         map[string]string `yaml:"tags"`
 	Retention    *retentionConfig  `yaml:"retention"`
+	// Schedule is when the scheduler backs the cluster up: a cron spec
+	// (scheduler.ParseSchedule); "" for never.
+	Schedule string `yaml:"schedule"`
 }
 
 // hsmKeyConfig names a master key held by an HSM cluster: an AES key of a

@@ -7,10 +7,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/scheduler"
 )
 
 // configProblem is one fault of a config file: its line, the key path of
@@ -160,6 +162,13 @@ func (k *checker) walk(n *yaml.Node, path string, t reflect.Type) {
 			k.add(n, path, "want a single value, not %s", kindName(n))
 			return
 		}
+		if t == durationType {
+			// yaml decodes a bare number into a Duration as nanoseconds.
+			if _, err := time.ParseDuration(n.Value); err != nil || n.Tag != "!!str" {
+				k.add(n, path, "%q is not a duration (30s, 2m, 1h30m)", n.Value)
+			}
+			return
+		}
 		v := reflect.New(t)
 		if err := n.Decode(v.Interface()); err != nil {
 			k.add(n, path, "%q is not %s", n.Value, typeName(t))
@@ -209,11 +218,42 @@ func (k *checker) value(n *yaml.Node, path string) {
 				k.add(n, path, "%v", err)
 			}
 		}
+	case inCluster && len(parts) == 3 && last == "schedule":
+		if _, err := scheduler.ParseSchedule(n.Value); err != nil {
+			k.add(n, path, "%s", strings.TrimPrefix(err.Error(), scheduler.ErrSchedule.Error()+" "))
+		}
+	case path == "scheduler.concurrency":
+		var c int
+		if n.Decode(&c) == nil {
+			k.check(n, path, scheduler.CheckConcurrency(c))
+		}
+	case path == "scheduler.jitter":
+		k.checkDuration(n, path, scheduler.CheckJitter)
+	case path == "scheduler.lease_duration":
+		k.checkDuration(n, path, scheduler.CheckLeaseDuration)
+	case path == "scheduler.drain_timeout":
+		k.checkDuration(n, path, scheduler.CheckDrainTimeout)
 	case path == "hsm_key.handle":
 		var h uint64
 		if n.Decode(&h) == nil && h == 0 {
 			k.add(n, path, "want the handle of the key (from 'hsmbackup masterkey generate-hsm')")
 		}
+	}
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// check adds err, if any, as the fault of the setting at path.
+func (k *checker) check(n *yaml.Node, path string, err error) {
+	if err != nil {
+		k.add(n, path, "%v", err)
+	}
+}
+
+// checkDuration checks a well-formed duration setting with rule.
+func (k *checker) checkDuration(n *yaml.Node, path string, rule func(time.Duration) error) {
+	if d, err := time.ParseDuration(n.Value); err == nil && n.Tag == "!!str" {
+		k.check(n, path, rule(d))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const exampleConfig = `store: file://backups
@@ -132,5 +133,32 @@ func TestConfigProblemsAllReported(t *testing.T) {
 	want := []string{"1 stor", "2 retention.days", "5 clusters.a.members[0]"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("problems %q, want %q", got, want)
+	}
+}
+
+func TestConfigScheduler(t *testing.T) {
+	cfg, err := parseConfig([]byte("scheduler: {concurrency: 2, jitter: 10s}\nclusters:\n  c1: {members: [\"a:1\"], schedule: \"CRON_TZ=Europe/Paris @daily\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Scheduler.settings()
+	if s.Concurrency != 2 || s.Jitter != 10*time.Second || s.LeaseDuration != 2*time.Minute || s.DrainTimeout != time.Minute {
+		t.Errorf("settings %+v", s)
+	}
+	if cfg.Clusters["c1"].Schedule != "CRON_TZ=Europe/Paris @daily" {
+		t.Errorf("schedule %q", cfg.Clusters["c1"].Schedule)
+	}
+	_, err = parseConfig([]byte("scheduler:\n  concurrency: 0\n  jitter: 30\nclusters:\n  c1:\n    members: [\"a:1\"]\n    schedule: \"TZ=UTC 0 0 * * *\"\n  c2:\n    members: [\"a:1\"]\n    schedule: CRON_TZ=UTC\n  c3:\n    members: [\"a:1\"]\n    schedule: 0 0 31 2 *\n"))
+	got := fmt.Sprint(err)
+	for _, want := range []string{
+		"config:2: scheduler.concurrency: 0: want 1 to 64",
+		`config:3: scheduler.jitter: "30" is not a duration`,
+		"config:7: clusters.c1.schedule: \"TZ=UTC 0 0 * * *\": the TZ= prefix is not supported: use CRON_TZ=",
+		"config:10: clusters.c2.schedule: \"CRON_TZ=UTC\": CRON_TZ=ZONE must be followed by a space",
+		"config:13: clusters.c3.schedule: \"0 0 31 2 *\": never fires",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
 	}
 }
