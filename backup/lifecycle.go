@@ -267,13 +267,23 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 	}
 	pub := opts.SigningKey.Public().(ed25519.PublicKey)
 	now := opts.now()
-	all, err := List(ctx, repo, Filter{ClusterID: opts.ClusterID})
+	// Signatures are checked by plan, which reports a forged manifest
+	// with the state it claims; Scan reports those that do not parse or
+	// are misplaced.
+	l, err := Scan(ctx, repo, ListOptions{Filter: Filter{ClusterID: opts.ClusterID}})
 	if err != nil {
 		return nil, err
 	}
 	byCluster := map[string][]*Manifest{}
-	for _, m := range all {
+	for _, m := range l.Backups {
 		byCluster[m.ClusterID] = append(byCluster[m.ClusterID], m)
+	}
+	invalid := map[string][]Invalid{}
+	for _, inv := range l.Invalid {
+		invalid[inv.ClusterID] = append(invalid[inv.ClusterID], inv)
+		if _, ok := byCluster[inv.ClusterID]; !ok {
+			byCluster[inv.ClusterID] = nil
+		}
 	}
 	clusters := make([]string, 0, len(byCluster))
 	for c := range byCluster {
@@ -288,7 +298,11 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 		if err := pol.Validate(); err != nil {
 			return actions, fmt.Errorf("cluster %s: %w", c, err)
 		}
-		planned := plan(byCluster[c], pol, pub, now)
+		planned, kept := plan(ctx, repo, byCluster[c], pol, pub, now)
+		for _, inv := range invalid[c] {
+			planned = append(planned, PruneAction{ClusterID: c, BackupID: inv.BackupID, From: StateInvalid, To: StateInvalid, Reason: "left alone", Error: inv.Reason})
+		}
+		sort.SliceStable(planned, func(i, j int) bool { return planned[i].BackupID < planned[j].BackupID })
 		for _, m := range byCluster[c] {
 			// A DELETED backup whose image is still there: an earlier
 			// prune stopped between its two steps. One whose signature
@@ -307,7 +321,16 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 		}
 		for _, a := range planned {
 			if !opts.DryRun && a.Error == "" { // planned errors: left alone
-				if err := apply(ctx, repo, a, opts.LifecycleOptions); err != nil {
+				err := error(nil)
+				if a.From == StateReady && a.To == StatePendingDeletion {
+					// A concurrent delete may have taken the backup
+					// that made this one expendable: check again.
+					err = newerVerifiedRemains(ctx, repo, kept, pub)
+				}
+				if err == nil {
+					err = apply(ctx, repo, a, opts.LifecycleOptions)
+				}
+				if err != nil {
 					a.Error = err.Error()
 				}
 			}
@@ -336,8 +359,16 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 }
 
 // plan decides the actions for one cluster's backups, ms oldest first
-// (as List returns them); the actions are sorted by id.
-func plan(ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) []PruneAction {
+// (as List returns them); the actions are sorted by id. It also returns the
+// READY backups it counted towards KeepLast and checked, newest first.
+// When retention would expire a READY backup, the newer ones counted
+// towards KeepLast are first checked (CheckObject: the object's size and
+// SHA-256); one that fails is not counted and is reported ("corrupt: not
+// counted", with the error) and left alone, and the next one is counted
+// (and checked) in its place. A READY backup expires only past KeepLast
+// checked ones, so only if a newer checked one remains; if none passes,
+// none expires.
+func plan(ctx context.Context, repo Repo, ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) ([]PruneAction, []*Manifest) {
 	var actions []PruneAction
 	act := func(m *Manifest, to State, reason string) {
 		actions = append(actions, PruneAction{ClusterID: m.ClusterID, BackupID: m.ID, From: m.State, To: to, Reason: reason})
@@ -359,20 +390,92 @@ func plan(ms []*Manifest, pol Policy, pub ed25519.PublicKey, now time.Time) []Pr
 			}
 		}
 	}
-	keep := max(pol.KeepLast, 1) // the newest READY backup always stays
-	for i, m := range ready {
+	keep := max(pol.KeepLast, 1) // the newest checked READY backup always stays
+	// The backups counted are checked once retention would expire one
+	// (only then does the count decide anything): until then they are
+	// counted unchecked, in tentative.
+	var kept, tentative []*Manifest
+	count := func(m *Manifest) {
+		switch err := checkObject(ctx, repo, m); {
+		case err == nil:
+			kept = append(kept, m)
+		case errors.Is(err, ErrObjectHash) || errors.Is(err, store.ErrNotFound):
+			actions = append(actions, PruneAction{ClusterID: m.ClusterID, BackupID: m.ID, From: m.State, To: m.State, Reason: "corrupt: not counted", Error: err.Error()})
+		default:
+			actions = append(actions, PruneAction{ClusterID: m.ClusterID, BackupID: m.ID, From: m.State, To: m.State, Reason: "not checked: not counted", Error: err.Error()})
+		}
+	}
+	checked := false
+	for _, m := range ready {
+		if len(kept)+len(tentative) < keep {
+			if checked {
+				count(m)
+			} else {
+				tentative = append(tentative, m)
+			}
+			continue
+		}
 		retention := pol.RetentionDays
 		if m.RetentionDays != 0 {
 			retention = m.RetentionDays
 		}
 		age := now.Sub(m.Created)
-		if i < keep || m.NeverExpires || retention == 0 || age <= time.Duration(retention)*24*time.Hour {
+		if m.NeverExpires || retention == 0 || age <= time.Duration(retention)*24*time.Hour {
 			continue
+		}
+		if !checked {
+			checked = true
+			for _, t := range tentative {
+				count(t)
+			}
+			tentative = nil
+			if len(kept) < keep { // one failed: m is counted in its place
+				count(m)
+				continue
+			}
 		}
 		act(m, StatePendingDeletion, fmt.Sprintf("%s old, retention %d days", days(age), retention))
 	}
 	sort.Slice(actions, func(i, j int) bool { return actions[i].BackupID < actions[j].BackupID })
-	return actions
+	return actions, kept
+}
+
+// newerVerifiedRemains checks, just before a READY backup expires, that at
+// least one of kept (the backups plan counted, all newer than any it
+// expires) is still READY, with a manifest that verifies and describes the
+// object checked, and that its image object is still there at its size. A
+// concurrent delete of the kept backups between the two is not ruled out,
+// but the expired backup then stays restorable (RestoreDeleted) for
+// PendingDeletionPeriod.
+func newerVerifiedRemains(ctx context.Context, repo Repo, kept []*Manifest, pub ed25519.PublicKey) error {
+	var last error
+	for _, k := range kept {
+		d, err := describe(ctx, repo, k.ClusterID, k.ID)
+		if err == nil {
+			err = d.Verify(pub)
+		}
+		switch {
+		case err != nil:
+		case d.State != StateReady:
+			err = fmt.Errorf("it is %s", d.State)
+		case d.ObjectSHA256 != k.ObjectSHA256 || d.ObjectSize != k.ObjectSize:
+			err = fmt.Errorf("%w: it changed since it was checked", ErrManifest)
+		}
+		if err == nil {
+			var oi store.ObjectInfo
+			if oi, err = repo.Store.Stat(ctx, repo.ObjectKey(k.ClusterID, k.ID, ImageObject)); err == nil && oi.Size != k.ObjectSize {
+				err = ErrObjectHash
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		last = fmt.Errorf("backup %s: %w", k.ID, err)
+	}
+	if last == nil {
+		return errors.New("not expired: no newer checked READY backup")
+	}
+	return fmt.Errorf("not expired: no newer checked READY backup remains: %w", last)
 }
 
 func days(d time.Duration) string { return fmt.Sprintf("%d days", int(d/(24*time.Hour))) }

@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -33,13 +35,54 @@ func (f *Filter) match(m *Manifest) bool {
 	return true
 }
 
-// List returns the manifests of the backups in repo that f selects,
-// oldest first: by creation time (ids carry it only to the second), then
-// id, then cluster. Only manifests are listed: an image object without a manifest
-// is not a backup. A manifest that does not parse, or that is stored under
-// another backup's key, fails the listing with an error wrapping
-// ErrManifest. List does not check signatures; Verify does.
-func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
+// StateInvalid is the state a listing gives a manifest it skipped (see
+// Invalid). It is never stored: no manifest in that state parses.
+const StateInvalid State = "INVALID"
+
+// Invalid is a manifest that a listing skipped: it does not parse, it is
+// stored under another backup's key (misplaced), or, when the listing checks
+// signatures, its signature does not verify. Its claimed state and tags
+// cannot be trusted, so the listing reports it whatever the filter's State
+// and Tags (its ClusterID still applies, by key).
+type Invalid struct {
+	// ClusterID and BackupID are those of the manifest's key.
+	ClusterID string `json:"cluster_id"`
+	BackupID  string `json:"backup_id"`
+	Key       string `json:"key"`
+	// Reason is why it was skipped, without the key (Err names it).
+	Reason string `json:"reason"`
+	// Err is the error, naming the key; it wraps ErrManifest.
+	Err error `json:"-"`
+}
+
+// ListOptions are the options of Scan.
+type ListOptions struct {
+	Filter
+	// PublicKey, if set, checks every manifest's signature: one that does
+	// not verify is Invalid. Without it signatures are not checked.
+	PublicKey ed25519.PublicKey
+}
+
+// Listing is what Scan returns.
+type Listing struct {
+	// Backups are the valid manifests that the filter selects, in List's
+	// order.
+	Backups []*Manifest
+	// Invalid are the manifests skipped, in key order.
+	Invalid []Invalid
+	// SignaturesChecked: ListOptions.PublicKey was given.
+	SignaturesChecked bool
+}
+
+// Scan lists the backups in repo as List does, but a bad manifest does
+// not fail it: it is skipped and reported in Listing.Invalid, and every
+// other backup is listed. A manifest deleted while Scan runs is left out.
+// An error reading storage (other than a missing manifest) fails it.
+func Scan(ctx context.Context, repo Repo, opts ListOptions) (*Listing, error) {
+	if opts.PublicKey != nil && len(opts.PublicKey) != ed25519.PublicKeySize {
+		return nil, errors.New("public key is not an Ed25519 public key")
+	}
+	f := opts.Filter
 	st := repo.Store
 	prefix, err := repo.prefix()
 	if err != nil {
@@ -65,19 +108,32 @@ func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []*Manifest
+	sort.Strings(keys)
+	l := &Listing{SignaturesChecked: opts.PublicKey != nil}
 	for _, k := range keys {
 		parts := strings.Split(strings.TrimPrefix(k, prefix+"clusters/"), "/")
 		m, err := readManifest(ctx, st, k, parts[0], parts[2])
-		if err != nil {
+		if err == nil && opts.PublicKey != nil {
+			if verr := m.Verify(opts.PublicKey); verr != nil {
+				err = fmt.Errorf("%s: %w", k, verr)
+			}
+		}
+		switch {
+		case errors.Is(err, ErrManifest):
+			l.Invalid = append(l.Invalid, Invalid{ClusterID: parts[0], BackupID: parts[2], Key: k,
+				Reason: strings.TrimPrefix(err.Error(), k+": "), Err: err})
+			continue
+		case errors.Is(err, store.ErrNotFound):
+			continue // deleted since it was listed
+		case err != nil:
 			return nil, err
 		}
 		if f.match(m) {
-			out = append(out, m)
+			l.Backups = append(l.Backups, m)
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		a, b := out[i], out[j]
+	sort.SliceStable(l.Backups, func(i, j int) bool {
+		a, b := l.Backups[i], l.Backups[j]
 		if !a.Created.Equal(b.Created) {
 			return a.Created.Before(b.Created)
 		}
@@ -86,7 +142,25 @@ func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
 		}
 		return a.ClusterID < b.ClusterID
 	})
-	return out, nil
+	return l, nil
+}
+
+// List returns the manifests of the backups in repo that f selects,
+// oldest first: by creation time (ids carry it only to the second), then
+// id, then cluster. Only manifests are listed: an image object without a manifest
+// is not a backup. A manifest that does not parse, or that is stored under
+// another backup's key, fails the listing with an error wrapping
+// ErrManifest (Scan skips and reports it instead). List does not check
+// signatures; Verify does.
+func List(ctx context.Context, repo Repo, f Filter) ([]*Manifest, error) {
+	l, err := Scan(ctx, repo, ListOptions{Filter: f})
+	if err != nil {
+		return nil, err
+	}
+	if len(l.Invalid) > 0 {
+		return nil, l.Invalid[0].Err
+	}
+	return l.Backups, nil
 }
 
 // Describe returns the manifest of backup id of cluster, without checking

@@ -87,6 +87,36 @@ func verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptio
 	return layerErr
 }
 
+// CheckObject reads backup m's image object and checks its size and
+// SHA-256 against m, as Verify does without keys; it does not check m's
+// signature. A mismatch is an error wrapping ErrObjectHash; an error
+// reading storage wraps the store's error.
+func CheckObject(ctx context.Context, repo Repo, m *Manifest) error {
+	if err := checkObject(ctx, repo, m); err != nil {
+		return fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// checkObject is CheckObject without naming the backup.
+func checkObject(ctx context.Context, repo Repo, m *Manifest) error {
+	rc, err := repo.Store.Get(ctx, repo.ObjectKey(m.ClusterID, m.ID, ImageObject))
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	want, _ := hex.DecodeString(m.ObjectSHA256)
+	if n != m.ObjectSize || subtle.ConstantTimeCompare(h.Sum(nil), want) != 1 {
+		return ErrObjectHash
+	}
+	return nil
+}
+
 // checkEnvelope opens and authenticates the envelope read from r and, with
 // opts.Deep, checks the inner header.
 func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOptions) error {
