@@ -335,3 +335,38 @@ func TestCreateRejects(t *testing.T) {
 		t.Fatalf("left %v", keys)
 	}
 }
+
+// TestCreateBeforeCommit: a BeforeCommit that fails (a scheduler that
+// lost its lease) fails the backup after the image was stored, and
+// leaves nothing behind; one that passes is called once, with the image
+// stored and no manifest yet.
+func TestCreateBeforeCommit(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 20)
+	kr, _, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
+	repo := Repo{Store: st, Prefix: testPrefix}
+	lost := errors.New("lease lost")
+	calls := 0
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv, BeforeCommit: func(context.Context) error {
+		calls++
+		keys := allKeys(t, st)
+		if len(keys) != 1 || !strings.HasSuffix(keys[0], "/"+ImageObject) {
+			t.Errorf("at commit the store holds %v, want the image alone", keys)
+		}
+		return lost
+	}}
+	if _, err := Create(ctx, member, repo, opts); !errors.Is(err, lost) || calls != 1 {
+		t.Fatalf("Create = %v after %d calls, want the hook's error after 1", err, calls)
+	}
+	if keys := allKeys(t, st); len(keys) != 0 {
+		t.Fatalf("a refused commit left %v", keys)
+	}
+	opts.BeforeCommit = func(context.Context) error { calls++; return nil }
+	if _, err := Create(ctx, member, repo, opts); err != nil || calls != 2 {
+		t.Fatalf("Create = %v after %d calls", err, calls)
+	}
+	if ms, err := List(ctx, repo, Filter{}); err != nil || len(ms) != 1 {
+		t.Fatalf("List = %d, %v", len(ms), err)
+	}
+}

@@ -40,6 +40,11 @@ type CreateOptions struct {
 	ClusterCertificate, CustomerCA []byte
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// BeforeCommit, if set, is called after the image is stored and
+	// before the manifest makes the backup visible; an error fails the
+	// backup, which leaves nothing listed. The scheduler checks there that
+	// it still holds its lease.
+	BeforeCommit func(ctx context.Context) error
 }
 
 // Create backs up the member src to repo: it exports the image, wraps it in
@@ -112,6 +117,12 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 	if err := m.Sign(opts.SigningKey); err != nil {
 		cleanup(ctx, st, imageKey)
 		return nil, err
+	}
+	if opts.BeforeCommit != nil {
+		if err := opts.BeforeCommit(ctx); err != nil {
+			cleanup(ctx, st, imageKey)
+			return nil, fmt.Errorf("commit backup %s: %w", id, err)
+		}
 	}
 	b, err := m.Marshal()
 	if err == nil {

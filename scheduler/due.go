@@ -8,7 +8,7 @@ const maxGap = 9 * 366 * 24 * time.Hour
 
 // Next is the first slot of sched strictly after now, in sched's zone; the
 // zero time if there is none within robfig's five-year search window. Slots
-// are whole minutes.
+// are whole seconds.
 func Next(sched Schedule, now time.Time) time.Time {
 	if sched.s == nil {
 		return time.Time{}

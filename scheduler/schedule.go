@@ -38,9 +38,11 @@ func (s Schedule) Location() *time.Location { return s.loc }
 // IsZero reports whether s is the zero Schedule.
 func (s Schedule) IsZero() bool { return s.s == nil }
 
-// parser is robfig's standard parser: five fields (minute hour
-// day-of-month month day-of-week) and @descriptors.
-var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+// parser is robfig's standard parser, five fields (minute hour
+// day-of-month month day-of-week) and @descriptors, with an optional
+// leading seconds field: "*/5 * * * * *" fires every five seconds, for
+// trials and tests of the scheduler itself.
+var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // neverCheckFrom is the reference the never-fires check searches from: a
 // fixed time, so that the check does not depend on the clock. Every
@@ -48,8 +50,8 @@ var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cr
 // search window from any time.
 var neverCheckFrom = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// ParseSchedule parses a cron spec: five fields ("30 2 * * *"), or a
-// descriptor (@yearly, @monthly, @weekly, @daily, @midnight, @hourly),
+// ParseSchedule parses a cron spec: five fields ("30 2 * * *"), six with
+// a leading seconds field ("*/10 * * * * *"), or a descriptor (@yearly, @monthly, @weekly, @daily, @midnight, @hourly),
 // optionally after a "CRON_TZ=Zone " prefix naming an IANA zone. It
 // refuses, with an error wrapping ErrSchedule, what robfig/cron v3.0.1
 // would panic on or accept wrongly: the legacy TZ= prefix, a prefix with

@@ -19,6 +19,8 @@ func TestParseSchedule(t *testing.T) {
 		{"CRON_TZ=America/New_York 30 1 * * *", "America/New_York"},
 		{"CRON_TZ=Europe/Paris @daily", "Europe/Paris"},
 		{"CRON_TZ=UTC 0 0 * * *", "UTC"},
+		{"*/5 * * * * *", "UTC"},
+		{"CRON_TZ=Asia/Tokyo 30 0 0 * * *", "Asia/Tokyo"},
 	}
 	for _, g := range good {
 		s, err := ParseSchedule(g.spec)
@@ -44,9 +46,10 @@ func TestParseSchedule(t *testing.T) {
 		{"0 0 31 2 *", "never fires"},
 		{"0 0 30 2 *", "never fires"},
 		{"@every 1h", "@every"},
-		{"banana", "expected exactly 5 fields"},
+		{"banana", "expected 5 to 6 fields"},
 		{"0 0 * *", "found 4"},
-		{"0 0 * * * *", "found 6"},
+		{"0 0 * * * * *", "found 7"},
+		{"60 * * * * *", "above maximum"},
 		{"61 * * * *", "above maximum"},
 		{"@fortnightly", "unrecognized descriptor"},
 	}

@@ -24,7 +24,7 @@ var DefaultSettings = Settings{Concurrency: 4, Jitter: 30 * time.Second, LeaseDu
 const (
 	MaxConcurrency   = 64
 	MaxJitter        = time.Hour
-	MinLeaseDuration = 10 * time.Second
+	MinLeaseDuration = 3 * time.Second
 	MaxLeaseDuration = time.Hour
 	MaxDrainTimeout  = time.Hour
 )
