@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"maps"
 	"strings"
 
 	"github.com/hsmbackup/hsmbackup/backup"
+	"github.com/hsmbackup/hsmbackup/wrap"
 	"github.com/urfave/cli/v2"
 )
 
@@ -55,68 +57,100 @@ func createBackup(e *env, c *cli.Context) error {
 // cluster.PickMember chooses, or opts.member: if the members' states
 // differ, only a member named is backed up.
 func runCreate(ctx context.Context, e *env, opts createOptions) error {
-	id := opts.cluster
-	cc, err := e.cluster(id)
+	m, err := takeBackup(ctx, e, nil, opts, nil)
 	if err != nil {
 		return err
 	}
-	tags, err := parseTags(opts.tags)
-	if err != nil {
-		return err
-	}
-	if len(cc.Tags) > 0 { // the config's tags, then the flags'
-		merged := maps.Clone(cc.Tags)
-		maps.Copy(merged, tags)
-		if err := backup.ValidateTags(merged); err != nil {
-			return fmt.Errorf("cluster %s: tags: %w", id, err)
-		}
-		tags = merged
-	}
-	days := opts.retentionDays
-	if days != 0 {
-		if opts.neverExpires {
-			return errors.New("--never-expires and --retention-days exclude each other: a pinned backup has no retention")
-		}
-		if err := (backup.Policy{RetentionDays: days}).Validate(); err != nil {
-			return err
-		}
-	}
-	recipients, err := e.recipients(ctx)
-	if err != nil {
-		return err
-	}
-	key, err := e.signingKey()
-	if err != nil {
-		return err
-	}
-	t, err := e.clusterTarget(id, true)
-	if err != nil {
-		return err
-	}
-	e.removeStaleUploads(ctx)
-	member, health, err := t.pick(ctx, e.log, opts.member)
-	if err != nil {
-		return err
-	}
-	defer member.Close()
-	defer member.Logout(ctx) //nolint:errcheck // best effort: the session also ends with the connection
-	certs, err := member.Certificates(ctx)
-	if err != nil {
-		return fmt.Errorf("read cluster certificates: %w", err)
-	}
-	m, err := backup.Create(ctx, member, e.repo, backup.CreateOptions{
-		ClusterID: id, Recipients: recipients, SigningKey: key, Tags: tags,
-		NeverExpires: opts.neverExpires, RetentionDays: days,
-		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
-	})
-	if err != nil {
-		return err
-	}
-	e.log.Info("backup created", "backup", m.ID, "cluster", id, "serial", health.Serial, "bytes", m.ObjectSize)
 	if e.g.json {
 		return writeJSON(e.stdout, summarize(m))
 	}
 	_, err = fmt.Fprintf(e.stdout, "created %s: cluster %s, from HSM %s, %s stored, sha256 %s\n",
 		m.ID, m.ClusterID, m.Source.Serial, sizeText(m.ObjectSize), m.ObjectSHA256)
 	return err
+}
+
+// backupKeys are the keys a backup is made with: the master keys it is
+// wrapped to and the manifest signing key.
+type backupKeys struct {
+	recipients []wrap.Recipient
+	signing    ed25519.PrivateKey
+}
+
+// serviceKeys reads the keys backups are made with.
+func (e *env) serviceKeys(ctx context.Context) (backupKeys, error) {
+	recipients, err := e.recipients(ctx)
+	if err != nil {
+		return backupKeys{}, err
+	}
+	key, err := e.signingKey()
+	if err != nil {
+		return backupKeys{}, err
+	}
+	return backupKeys{recipients, key}, nil
+}
+
+// takeBackup is one backup of a configured cluster, as backup create and
+// the scheduler take it: with keys, or if nil the env's, read once the
+// options are checked. commit, if set, is called before the manifest is
+// written (backup.CreateOptions.BeforeCommit).
+func takeBackup(ctx context.Context, e *env, keys *backupKeys, opts createOptions, commit func(context.Context) error) (*backup.Manifest, error) {
+	id := opts.cluster
+	cc, err := e.cluster(id)
+	if err != nil {
+		return nil, err
+	}
+	tags, err := parseTags(opts.tags)
+	if err != nil {
+		return nil, err
+	}
+	if len(cc.Tags) > 0 { // the config's tags, then the flags'
+		merged := maps.Clone(cc.Tags)
+		maps.Copy(merged, tags)
+		if err := backup.ValidateTags(merged); err != nil {
+			return nil, fmt.Errorf("cluster %s: tags: %w", id, err)
+		}
+		tags = merged
+	}
+	days := opts.retentionDays
+	if days != 0 {
+		if opts.neverExpires {
+			return nil, errors.New("--never-expires and --retention-days exclude each other: a pinned backup has no retention")
+		}
+		if err := (backup.Policy{RetentionDays: days}).Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if keys == nil {
+		k, err := e.serviceKeys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		keys = &k
+	}
+	t, err := e.clusterTarget(id, true)
+	if err != nil {
+		return nil, err
+	}
+	e.removeStaleUploads(ctx)
+	member, health, err := t.pick(ctx, e.log, opts.member)
+	if err != nil {
+		return nil, err
+	}
+	defer member.Close()
+	defer member.Logout(ctx) //nolint:errcheck // best effort: the session also ends with the connection
+	certs, err := member.Certificates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read cluster certificates: %w", err)
+	}
+	m, err := backup.Create(ctx, member, e.repo, backup.CreateOptions{
+		ClusterID: id, Recipients: keys.recipients, SigningKey: keys.signing, Tags: tags,
+		NeverExpires: opts.neverExpires, RetentionDays: days,
+		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
+		BeforeCommit: commit,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.log.Info("backup created", "backup", m.ID, "cluster", id, "serial", health.Serial, "bytes", m.ObjectSize)
+	return m, nil
 }

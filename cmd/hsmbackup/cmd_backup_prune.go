@@ -41,11 +41,7 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 		return err
 	}
 	policy := func(cluster string) backup.Policy {
-		r := e.cfg.Retention
-		if cc := e.cfg.Clusters[cluster]; cc != nil && cc.Retention != nil {
-			r = *cc.Retention
-		}
-		p := backup.Policy{RetentionDays: r.Days, KeepLast: r.KeepLast}
+		p := e.retention(cluster)
 		if opts.retentionDays != nil {
 			p.RetentionDays = *opts.retentionDays
 		}
@@ -123,6 +119,16 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 		}
 	}
 	return perr
+}
+
+// retention is cluster's retention policy in the config: its own, else
+// the config's default.
+func (e *env) retention(cluster string) backup.Policy {
+	r := e.cfg.Retention
+	if cc := e.cfg.Clusters[cluster]; cc != nil && cc.Retention != nil {
+		r = *cc.Retention
+	}
+	return backup.Policy{RetentionDays: r.Days, KeepLast: r.KeepLast}
 }
 
 // pruneSummary is the summary line of backup prune --json.

@@ -42,11 +42,12 @@ func wantQuiet(c *cli.Context) bool {
 }
 
 // logSettings returns the log format and level of the flags: the format
-// defaults to JSON lines with --json, else text; the level to info, or
+// defaults to JSON lines with --json and for the scheduler daemon, whose
+// logs machines read, else text; the level to info, or
 // warn with --quiet (which never lowers a level given).
 func logSettings(c *cli.Context, json bool) (format, level string) {
 	format = flagValue(c, "log-format")
-	if format == "" && json {
+	if format == "" && (json || c.Command.HelpName == c.App.Name+" scheduler run") {
 		format = "json"
 	}
 	level = cmp.Or(flagValue(c, "log-level"), "info")
