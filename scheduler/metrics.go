@@ -85,6 +85,14 @@ func (m *Metrics) ran(kind, cluster string, ok bool, d time.Duration) {
 	}
 }
 
+// backedUp records a backup this replica took, until the next read of
+// the fleet's state from the store.
+func (m *Metrics) backedUp(cluster string, created time.Time) {
+	if m != nil {
+		m.lastSuccess.WithLabelValues(cluster).Set(float64(created.Unix()))
+	}
+}
+
 func (m *Metrics) restored(d time.Duration) {
 	if m != nil {
 		m.drillRestore.Observe(d.Seconds())

@@ -267,7 +267,13 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 	ctx := s.runCtx
 	log := cfg.Log.With("cluster", cluster, "job", kind)
 
+	// The check takes a concurrency token too, so that a thousand
+	// clusters starting at once do not all read the store at once.
+	if !s.take(ctx, sem) {
+		return
+	}
 	last, err := s.lastRun(ctx, cfg, kind, cluster)
+	<-sem
 	if err != nil {
 		log.Error("cannot tell if a run is due", "err", err)
 		return // the next slot (or restart) tries again
@@ -285,15 +291,7 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 	backoff := firstBackoff
 	poll := max(time.Second, cfg.Settings.LeaseDuration/8)
 	for {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return
-		case <-s.stop:
-			return
-		}
-		if s.isStopping() {
-			<-sem
+		if !s.take(ctx, sem) {
 			return
 		}
 		lease, err := lessor.Acquire(ctx, job, slot)
@@ -327,6 +325,23 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 			return
 		}
 	}
+}
+
+// take takes a concurrency token, unless ctx is done or the scheduler
+// stops first.
+func (s *Scheduler) take(ctx context.Context, sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	case <-s.stop:
+		return false
+	}
+	if s.isStopping() {
+		<-sem
+		return false
+	}
+	return true
 }
 
 func (s *Scheduler) isStopping() bool {
@@ -458,6 +473,7 @@ func (s *Scheduler) backup(ctx context.Context, cfg Config, log *slog.Logger, cl
 		return err
 	}
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	cfg.Metrics.backedUp(cluster, time.Now())
 	log.Info("backup done", "backup", res.BackupID, "bytes", res.Bytes)
 	if err := cfg.Jobs.Maintain(ctx, cluster); err != nil {
 		log.Warn("maintenance after the backup failed", "backup", res.BackupID, "err", err)
@@ -484,7 +500,7 @@ func (s *Scheduler) drill(ctx context.Context, cfg Config, log *slog.Logger, clu
 
 // refreshEvery is how often a replica re-reads the fleet's state from
 // the store for its status page, readiness and gauges.
-const refreshEvery = 10 * time.Second
+const refreshEvery = 30 * time.Second
 
 func (s *Scheduler) refreshLoop(ctx context.Context) {
 	for {
