@@ -400,6 +400,16 @@ func (s *Scheduler) lastRun(ctx context.Context, cfg Config, kind, cluster strin
 	return l.Backups[len(l.Backups)-1].Created, nil
 }
 
+type loggerKey struct{}
+
+// Logger is the logger of the run whose context ctx is, with the
+// cluster, job, slot and lease generation on every line (nil outside a
+// run), for the Jobs to log with.
+func Logger(ctx context.Context) *slog.Logger {
+	l, _ := ctx.Value(loggerKey{}).(*slog.Logger)
+	return l
+}
+
 // releaseTimeout bounds the writes after a run (its record, the lease's
 // release), which go on when the run's context is cancelled.
 const releaseTimeout = 15 * time.Second
@@ -409,7 +419,7 @@ const releaseTimeout = 15 * time.Second
 // records the result and releases the lease.
 func (s *Scheduler) held(ctx context.Context, cfg Config, log *slog.Logger, kind, cluster string, slot time.Time, lease *Lease) error {
 	log = log.With("generation", lease.Generation())
-	runCtx, cancel := context.WithCancelCause(ctx)
+	runCtx, cancel := context.WithCancelCause(context.WithValue(ctx, loggerKey{}, log))
 	defer cancel(nil)
 	go lease.Keep(runCtx, func(err error) {
 		log.Error("lease lost: aborting the run", "err", err)

@@ -58,8 +58,17 @@ type fleetJobs struct {
 	keys *backupKeys
 }
 
+// env is the jobs' env, logging with the run's logger.
+func (j *fleetJobs) env(ctx context.Context) *env {
+	e := *j.e
+	if l := scheduler.Logger(ctx); l != nil {
+		e.log = l
+	}
+	return &e
+}
+
 func (j *fleetJobs) Backup(ctx context.Context, cluster string, commit func(context.Context) error) (scheduler.BackupResult, error) {
-	m, err := takeBackup(ctx, j.e, j.keys, createOptions{cluster: cluster}, commit)
+	m, err := takeBackup(ctx, j.env(ctx), j.keys, createOptions{cluster: cluster}, commit)
 	if err != nil {
 		return scheduler.BackupResult{}, err
 	}
@@ -69,13 +78,14 @@ func (j *fleetJobs) Backup(ctx context.Context, cluster string, commit func(cont
 // Maintain applies the cluster's retention, purges its deletions past
 // their 7 days and removes stale uploads, as backup prune does.
 func (j *fleetJobs) Maintain(ctx context.Context, cluster string) error {
-	j.e.removeStaleUploads(ctx)
-	actions, err := backup.Prune(ctx, j.e.repo, backup.PruneOptions{
+	e := j.env(ctx)
+	e.removeStaleUploads(ctx)
+	actions, err := backup.Prune(ctx, e.repo, backup.PruneOptions{
 		LifecycleOptions: backup.LifecycleOptions{SigningKey: j.keys.signing},
-		ClusterID:        cluster, Policy: j.e.retention,
+		ClusterID:        cluster, Policy: e.retention,
 	})
 	for _, a := range actions {
-		j.e.log.Info("pruned", "cluster", a.ClusterID, "backup", a.BackupID, "from", a.From, "to", a.To,
+		e.log.Info("pruned", "cluster", a.ClusterID, "backup", a.BackupID, "from", a.From, "to", a.To,
 			"reason", a.Reason, "object", a.Object, "err", a.Error)
 	}
 	return err
@@ -127,12 +137,24 @@ func fleet(ctx context.Context, e *env, holder string) (scheduler.Config, error)
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
-		return scheduler.Config{}, fmt.Errorf("%w: %s", errUsage, strings.Join(problems, "; "))
+		return scheduler.Config{}, fleetProblems(problems)
 	}
 	return scheduler.Config{
 		Clusters: clusters, Settings: e.cfg.Scheduler.settings(), Repo: e.repo, PublicKey: pub,
 		Jobs: &fleetJobs{e: e, keys: &keys}, Holder: holder, Log: e.log.With("replica", holder),
 	}, nil
+}
+
+// fleetProblems are why a fleet cannot run, one a line; a usage error:
+// the config is wrong.
+type fleetProblems []string
+
+func (p fleetProblems) Error() string { return strings.Join(p.Lines(), "\n") }
+func (p fleetProblems) Unwrap() error { return errUsage }
+
+// Lines are a heading, then the problems.
+func (p fleetProblems) Lines() []string {
+	return append([]string{fmt.Sprintf("the fleet cannot run: %d problems:", len(p))}, p...)
 }
 
 // replicaName is a replica's default name: host, process and a random
