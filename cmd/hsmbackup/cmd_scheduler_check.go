@@ -27,8 +27,9 @@ func schedulerCheckCommand() *cli.Command {
 		Usage: "check the config and show each cluster's schedule and its next runs (no HSM, no store)",
 		Description: "Reads the config as every command does (a fault is reported with its line\n" +
 			"and exits 2), then prints the scheduler's settings, defaults marked, and\n" +
-			"for each cluster its schedule, its zone and its next three runs, in the\n" +
-			"schedule's zone and in UTC. Nothing else is read: no HSM, no store.",
+			"for each cluster its schedule (and its drill schedule, if any), its zone\n" +
+			"and its next three runs, in the schedule's zone and in UTC. Nothing else\n" +
+			"is read: no HSM, no store.",
 		Flags: []cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "now", Usage: "show the runs after `TIME` (RFC 3339, 2026-10-31T12:00:00Z) instead of now: to try out a schedule, across a DST change say"},
@@ -50,30 +51,27 @@ func schedulerCheckCommand() *cli.Command {
 }
 
 // runSchedulerCheck prints the scheduler settings of e's config and each
-// cluster's schedule with its next runs after opts.now. The config was
+// cluster's schedules with their next runs after opts.now. The config was
 // checked as it was read: every schedule in it parses.
 func runSchedulerCheck(e *env, opts schedulerCheckOptions) error {
 	if e.g.config == "" {
 		return usagef("no config: give --config FILE or set $%s", configEnv)
 	}
-	ids := e.cfg.clusterIDs()
-	schedules := make(map[string]scheduler.Schedule, len(ids))
-	for _, id := range ids {
-		if spec := e.cfg.Clusters[id].Schedule; spec != "" {
-			s, err := scheduler.ParseSchedule(spec)
-			if err != nil { // checked by loadConfig: a bug
-				return fmt.Errorf("cluster %s: %w", id, err)
-			}
-			schedules[id] = s
-		}
+	clusters, err := configuredClusters(e) // sorted by id
+	if err != nil {
+		return err
 	}
 	settings := settingsOf(e.cfg.Scheduler)
 	if e.g.json {
 		if err := writeJSONLine(e.stdout, msgSettings, settingsJSON(settings)); err != nil {
 			return err
 		}
-		for _, id := range ids {
-			line := clusterScheduleJSON{ClusterID: id, scheduleJSON: scheduleOf(schedules[id], opts.now)}
+		for _, cl := range clusters {
+			line := clusterScheduleJSON{ClusterID: cl.ID, scheduleJSON: scheduleOf(cl.Backup, opts.now)}
+			if !cl.Drill.IsZero() {
+				d := scheduleOf(cl.Drill, opts.now)
+				line.Drill = &d
+			}
 			if err := writeJSONLine(e.stdout, msgSchedule, line); err != nil {
 				return err
 			}
@@ -94,16 +92,21 @@ func runSchedulerCheck(e *env, opts schedulerCheckOptions) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(ids) == 0 {
-		_, err := fmt.Fprintln(w, "no clusters")
-		return err
-	}
 	fmt.Fprintf(w, "next runs after %s:\n", opts.now.UTC().Format(time.RFC3339))
-	for _, id := range ids {
-		fmt.Fprintln(w, id)
-		printSchedule(w, "backup", schedules[id], opts.now)
+	for _, cl := range clusters {
+		printCluster(w, cl, opts.now)
 	}
 	return nil
+}
+
+// printCluster prints a cluster's id, then its backup schedule and, if
+// it has one, its drill schedule.
+func printCluster(w io.Writer, cl scheduler.Cluster, now time.Time) {
+	fmt.Fprintln(w, cl.ID)
+	printSchedule(w, "backup", cl.Backup, now)
+	if !cl.Drill.IsZero() {
+		printSchedule(w, "drill", cl.Drill, now)
+	}
 }
 
 // printSchedule prints one schedule of a cluster, labelled (backup…): its
@@ -115,14 +118,14 @@ func printSchedule(w io.Writer, label string, s scheduler.Schedule, now time.Tim
 		return
 	}
 	fmt.Fprintf(w, "  %s: %s (zone %s)\n", label, s.Spec(), s.Location())
-	for _, t := range next(s, now) {
-		fmt.Fprintf(w, "    %s\n", runText(t))
+	for _, r := range runsText(upcoming(s, now)) {
+		fmt.Fprintf(w, "    %s\n", r)
 	}
 }
 
-// next returns the next nextRuns runs of s after now, in s's zone (fewer
+// upcoming returns the next nextRuns runs of s after now, in s's zone (fewer
 // if there are none within the scheduler's search window).
-func next(s scheduler.Schedule, now time.Time) []time.Time {
+func upcoming(s scheduler.Schedule, now time.Time) []time.Time {
 	out := []time.Time{}
 	for t := now; len(out) < nextRuns; {
 		if t = scheduler.Next(s, t); t.IsZero() {
@@ -133,16 +136,27 @@ func next(s scheduler.Schedule, now time.Time) []time.Time {
 	return out
 }
 
-// runText is a run in its zone with the zone's abbreviation, and the UTC
-// instant: "2026-12-04 02:30 CET (01:30Z)", with the UTC date too where it
-// is another day.
-func runText(t time.Time) string {
-	u := t.UTC()
-	utc := u.Format("15:04Z")
-	if u.Format(time.DateOnly) != t.Format(time.DateOnly) {
-		utc = u.Format("2006-01-02 15:04Z")
+// runsText are runs, each in its zone with the zone's abbreviation and
+// the UTC instant: "2026-12-04 02:30 CET (01:30Z)", with the UTC date too
+// where it is another day; with the seconds if a run has any (a schedule
+// with a seconds field).
+func runsText(ts []time.Time) []string {
+	clock := "15:04"
+	for _, t := range ts {
+		if t.Second() != 0 {
+			clock = "15:04:05"
+		}
 	}
-	return t.Format("2006-01-02 15:04 MST") + " (" + utc + ")"
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		u := t.UTC()
+		utc := u.Format(clock + "Z")
+		if u.Format(time.DateOnly) != t.Format(time.DateOnly) {
+			utc = u.Format(time.DateOnly + " " + clock + "Z")
+		}
+		out[i] = t.Format(time.DateOnly+" "+clock+" MST") + " (" + utc + ")"
+	}
+	return out
 }
 
 // schedulerSetting is one scheduler setting as scheduler check shows it.
@@ -214,11 +228,13 @@ func scheduleOf(s scheduler.Schedule, now time.Time) scheduleJSON {
 	if s.IsZero() {
 		return scheduleJSON{Next: []time.Time{}}
 	}
-	return scheduleJSON{Schedule: s.Spec(), Zone: s.Location().String(), Next: next(s, now)}
+	return scheduleJSON{Schedule: s.Spec(), Zone: s.Location().String(), Next: upcoming(s, now)}
 }
 
-// clusterScheduleJSON is a cluster's line of scheduler check --json.
+// clusterScheduleJSON is a cluster's line of scheduler check --json: its
+// backup schedule, and its drill schedule if it has one.
 type clusterScheduleJSON struct {
 	ClusterID string `json:"cluster_id"`
 	scheduleJSON
+	Drill *scheduleJSON `json:"drill,omitempty"`
 }
