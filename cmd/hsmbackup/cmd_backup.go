@@ -75,7 +75,7 @@ func backupCommand() *cli.Command {
 			}, argless(createBackup)),
 			sub("list", "list backups", "", []cli.Flag{
 				clusterFlag("list only cluster `ID`'s backups"),
-				&cli.StringFlag{Name: "state", Usage: "list only backups in `STATE` (READY, PENDING_DELETION, DELETED)"},
+				&cli.StringFlag{Name: "state", Usage: "list only backups in `STATE` (READY, PENDING_DELETION, DELETED; INVALID: only the manifests that do not parse, are misplaced or whose signature fails)"},
 				&cli.StringSliceFlag{Name: "tag", Usage: "list only backups with tag `KEY=VALUE` (repeatable: all must match)"},
 				&cli.BoolFlag{Name: "orphans", Usage: "list instead the stray objects in backup directories (image objects without a manifest…), which prune removes once older than --orphan-grace"},
 				orphanGraceFlag(),

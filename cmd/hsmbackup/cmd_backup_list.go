@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,7 +32,12 @@ func listBackups(e *env, c *cli.Context) error {
 	return runList(c.Context, e, listOptions{cluster: c.String("cluster"), state: c.String("state"), tags: c.StringSlice("tag")})
 }
 
-// runList prints the backups that match opts, oldest first.
+// runList prints the backups that match opts, oldest first, then each
+// manifest that could not be listed (backup.Scan: it does not parse, is
+// misplaced, or its signature does not verify) as state INVALID with the
+// reason. Invalid manifests do not fail the listing: they are shown and
+// counted in a warning. Signatures are checked when a public key (or a
+// signing key) is configured; else a warning says they were not.
 func runList(ctx context.Context, e *env, opts listOptions) error {
 	tags, err := parseTags(opts.tags)
 	if err != nil {
@@ -39,32 +45,76 @@ func runList(ctx context.Context, e *env, opts listOptions) error {
 	}
 	f := backup.Filter{ClusterID: opts.cluster, State: backup.State(strings.ToUpper(opts.state)), Tags: tags}
 	switch f.State {
-	case "", backup.StateReady, backup.StatePendingDeletion, backup.StateDeleted:
+	case "", backup.StateReady, backup.StatePendingDeletion, backup.StateDeleted, backup.StateInvalid:
 	default:
-		return fmt.Errorf("--state %q: want READY, PENDING_DELETION or DELETED", opts.state)
+		return fmt.Errorf("--state %q: want READY, PENDING_DELETION, DELETED or INVALID", opts.state)
 	}
-	ms, err := backup.List(ctx, e.repo, f)
+	pub, err := e.optionalPublicKey()
 	if err != nil {
 		return err
 	}
-	if e.g.json {
-		out := make([]backupSummary, len(ms))
-		for i, m := range ms {
-			out[i] = summarize(m)
-		}
-		return writeJSONList(e.stdout, out, countSummary{len(out)})
+	// No backup is in state INVALID: with that filter, Scan lists only
+	// the invalid manifests, which it reports whatever the filter.
+	l, err := backup.Scan(ctx, e.repo, backup.ListOptions{Filter: f, PublicKey: pub})
+	if err != nil {
+		return err
 	}
-	if len(ms) == 0 {
+	if !l.SignaturesChecked {
+		e.log.Warn("signatures not checked: no public key", "note",
+			"a manifest edited in the store could list as READY; give --public-key or set public_key or signing_key in --config")
+	}
+	if n := len(l.Invalid); n > 0 {
+		e.log.Warn("invalid manifests listed as INVALID", "count", n, "note",
+			"prune never acts on them; 'backup verify ID' checks one; an image left without its manifest is in 'backup list --orphans'")
+	}
+	if e.g.json {
+		return writeListJSON(e.stdout, l)
+	}
+	if len(l.Backups)+len(l.Invalid) == 0 {
 		_, err := fmt.Fprintln(e.stdout, "no backups")
 		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKUP\tCLUSTER\tSTATE\tCREATED\tSIZE\tSOURCE HSM\tEXPIRY\tTAGS")
-	for _, m := range ms {
+	for _, m := range l.Backups {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.ClusterID, m.State, m.Created.Format(time.DateTime),
 			sizeText(m.ObjectSize), m.Source.Serial, expiryText(m), tagsText(m.Tags))
 	}
+	// An invalid manifest's fields cannot be trusted: the reason takes
+	// their place. It is the row's last cell, so it widens no column.
+	for _, inv := range l.Invalid {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", inv.BackupID, inv.ClusterID, backup.StateInvalid, invalidText(inv))
+	}
 	return tw.Flush()
+}
+
+// invalidText is why a manifest is invalid, for the table: the reason
+// without the "invalid manifest: " its state already says.
+func invalidText(inv backup.Invalid) string {
+	return strings.TrimPrefix(inv.Reason, backup.ErrManifest.Error()+": ")
+}
+
+// listSummary is the summary line of backup list --json.
+type listSummary struct {
+	Count             int  `json:"count"`   // result lines: backups listed
+	Invalid           int  `json:"invalid"` // invalid lines: manifests skipped
+	SignaturesChecked bool `json:"signatures_checked"`
+}
+
+// writeListJSON writes a listing as JSON lines: a result line per backup,
+// an invalid line per manifest skipped, then the summary.
+func writeListJSON(w io.Writer, l *backup.Listing) error {
+	for _, m := range l.Backups {
+		if err := writeJSON(w, summarize(m)); err != nil {
+			return err
+		}
+	}
+	for _, inv := range l.Invalid {
+		if err := writeJSONLine(w, msgInvalid, inv); err != nil {
+			return err
+		}
+	}
+	return writeJSONLine(w, msgSummary, listSummary{Count: len(l.Backups), Invalid: len(l.Invalid), SignaturesChecked: l.SignaturesChecked})
 }
 
 func describeBackup(e *env, c *cli.Context, cluster, id string) error {

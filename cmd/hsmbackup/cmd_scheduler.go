@@ -9,6 +9,7 @@ func schedulerCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			schedulerRunCommand(),
 			schedulerStatusCommand(),
+			schedulerCheckCommand(),
 		},
 		Action:       groupAction,
 		OnUsageError: usageError,

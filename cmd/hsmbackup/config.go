@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -51,28 +50,37 @@ type config struct {
 	Clusters map[string]*clusterConfig `yaml:"clusters"`
 }
 
-// schedulerConfig is the scheduler: section. Zero values are unset.
+// schedulerConfig is the scheduler: section. A nil setting is unset: it
+// takes its default (0 is a value of its own for jitter and drain_timeout).
 type schedulerConfig struct {
 	// Concurrency is how many clusters are backed up at once.
-	Concurrency int `yaml:"concurrency"`
+	Concurrency *int `yaml:"concurrency"`
 	// Jitter is the most a run is delayed past its slot, at random, so
 	// that clusters on one schedule do not start together.
-	Jitter time.Duration `yaml:"jitter"`
+	Jitter *time.Duration `yaml:"jitter"`
 	// LeaseDuration is how long the leader's lease lasts unrenewed.
-	LeaseDuration time.Duration `yaml:"lease_duration"`
+	LeaseDuration *time.Duration `yaml:"lease_duration"`
 	// DrainTimeout is how long a stopping scheduler waits for its runs.
-	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	DrainTimeout *time.Duration `yaml:"drain_timeout"`
 }
 
 // settings are the scheduler settings with the defaults filled in.
 func (s schedulerConfig) settings() scheduler.Settings {
 	d := scheduler.DefaultSettings
 	return scheduler.Settings{
-		Concurrency:   cmp.Or(s.Concurrency, d.Concurrency),
-		Jitter:        cmp.Or(s.Jitter, d.Jitter),
-		LeaseDuration: cmp.Or(s.LeaseDuration, d.LeaseDuration),
-		DrainTimeout:  cmp.Or(s.DrainTimeout, d.DrainTimeout),
+		Concurrency:   orDefault(s.Concurrency, d.Concurrency),
+		Jitter:        orDefault(s.Jitter, d.Jitter),
+		LeaseDuration: orDefault(s.LeaseDuration, d.LeaseDuration),
+		DrainTimeout:  orDefault(s.DrainTimeout, d.DrainTimeout),
 	}
+}
+
+// orDefault is *p, or d if p is nil (unset).
+func orDefault[T any](p *T, d T) T {
+	if p == nil {
+		return d
+	}
+	return *p
 }
 
 type retentionConfig struct {

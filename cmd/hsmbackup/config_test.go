@@ -148,6 +148,14 @@ func TestConfigScheduler(t *testing.T) {
 	if cfg.Clusters["c1"].Schedule != "CRON_TZ=Europe/Paris @daily" {
 		t.Errorf("schedule %q", cfg.Clusters["c1"].Schedule)
 	}
+	// 0 is a value of its own, not unset: no jitter, no waiting.
+	cfg, err = parseConfig([]byte("scheduler: {jitter: 0s, drain_timeout: 0s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Scheduler.settings(); s.Jitter != 0 || s.DrainTimeout != 0 || s.Concurrency != 4 || s.LeaseDuration != 2*time.Minute {
+		t.Errorf("settings %+v, want jitter and drain timeout 0, the others their defaults", s)
+	}
 	_, err = parseConfig([]byte("scheduler:\n  concurrency: 0\n  jitter: 30\nclusters:\n  c1:\n    members: [\"a:1\"]\n    schedule: \"TZ=UTC 0 0 * * *\"\n  c2:\n    members: [\"a:1\"]\n    schedule: CRON_TZ=UTC\n  c3:\n    members: [\"a:1\"]\n    schedule: 0 0 31 2 *\n"))
 	got := fmt.Sprint(err)
 	for _, want := range []string{

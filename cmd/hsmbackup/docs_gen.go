@@ -110,6 +110,9 @@ var examples = map[string][]example{
 	"backup prune": {
 		{"what retention would change", "hsmbackup --config config.yaml backup prune --dry-run"},
 	},
+	"scheduler check": {
+		{"each cluster's next runs, from a time before a DST change", "hsmbackup scheduler check --config config.yaml --now 2026-10-31T12:00:00Z"},
+	},
 	"restore": {
 		{"check a restore into a new HSM without changing it", "hsmbackup --config config.yaml restore --backup backup-20261124T101500Z-abcdefghij --to 10.0.3.10:2225 --dry-run"},
 		{"restore a cluster of two new HSMs", "hsmbackup --config config.yaml restore --backup backup-20261124T101500Z-abcdefghij --to 10.0.3.10:2225 --to 10.0.3.11:2225"},

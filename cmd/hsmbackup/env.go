@@ -232,6 +232,15 @@ func (e *env) publicKey() (ed25519.PublicKey, error) {
 	return k.Public().(ed25519.PublicKey), nil
 }
 
+// optionalPublicKey is publicKey, or nil if neither a public key nor a
+// signing key is configured (by flag or config).
+func (e *env) optionalPublicKey() (ed25519.PublicKey, error) {
+	if cmp.Or(flagValue(e.c, "public-key"), e.cfg.PublicKey, flagValue(e.c, "signing-key"), e.cfg.SigningKey) == "" {
+		return nil, nil
+	}
+	return e.publicKey()
+}
+
 // roots returns the manufacturer and operator roots that attest HSMs.
 func (e *env) roots() (mfr, op *x509.CertPool, err error) {
 	mp, err := e.path("manufacturer-root", e.cfg.ManufacturerRoot, "manufacturer root")

@@ -114,12 +114,15 @@ func yesNo(b bool) string {
 //	         backup, key, prune action…
 //	summary  the end of a listing (backup list, backup prune, masterkey
 //	         list): counts, so that an empty listing still says so
+//	invalid  a manifest that backup list skipped (backup.Invalid): its
+//	         cluster_id, backup_id, key and reason
 //	error    a failure, with code, exit_code and message (main's report)
 //
 // A field names one concept across commands: backup_id, cluster_id…
 const (
 	msgResult  = "result"
 	msgSummary = "summary"
+	msgInvalid = "invalid"
 )
 
 // writeJSON writes v, which encodes as a JSON object, as a result line.
