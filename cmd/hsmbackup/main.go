@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	_ "time/tzdata" // CRON_TZ zones also where the system has no zoneinfo (a scratch container)
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
