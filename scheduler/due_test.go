@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-func mustParse(t *testing.T, spec string) Schedule {
+func mustParse(t testing.TB, spec string) Schedule {
 	t.Helper()
 	s, err := ParseSchedule(spec)
 	if err != nil {

@@ -36,7 +36,7 @@ type fleet struct {
 	members map[string]*client.Client
 }
 
-func newFleet(t *testing.T, st store.Store, ids ...string) *fleet {
+func newFleet(t testing.TB, st store.Store, ids ...string) *fleet {
 	t.Helper()
 	kr, pub, priv := backuptest.Keys(t)
 	f := &fleet{repo: backup.Repo{Store: st}, kr: kr, pub: pub, priv: priv, members: map[string]*client.Client{}}
