@@ -73,6 +73,10 @@ func Collect(ctx context.Context, repo backup.Repo, pub ed25519.PublicKey, clust
 	for _, m := range l.Backups { // oldest first
 		newest[m.ClusterID] = m
 	}
+	invalid := map[string][]backup.Invalid{}
+	for _, inv := range l.Invalid {
+		invalid[inv.ClusterID] = append(invalid[inv.ClusterID], inv)
+	}
 	prefix := repoPrefix(repo)
 	out := make([]ClusterStatus, 0, len(clusters))
 	for _, c := range clusters {
@@ -88,6 +92,14 @@ func Collect(ctx context.Context, repo backup.Repo, pub ed25519.PublicKey, clust
 		if !c.Backup.IsZero() {
 			cs.Schedule = c.Backup.Spec()
 			assess(&cs, c.Backup, s, now)
+		}
+		for _, inv := range invalid[c.ID] {
+			// Skipped by every listing and never pruned, but someone wrote
+			// it: worth a look.
+			if cs.Colour == Green {
+				cs.Colour = Amber
+			}
+			cs.Problems = append(cs.Problems, "INVALID manifest "+inv.BackupID+" (skipped): "+inv.Reason)
 		}
 		if !c.Drill.IsZero() {
 			d := &DrillStatus{Schedule: c.Drill.Spec(), NextRun: timePtr(Next(c.Drill, now))}
