@@ -90,14 +90,18 @@ type retentionConfig struct {
 
 // clusterConfig says how to reach and log in to one cluster.
 type clusterConfig struct {
-	Members      []string          `yaml:"members"`
-	CustomerCA   string            `yaml:"customer_ca"`
-	Cert         string            `yaml:"cert"`
-	Key          string            `yaml:"key"`
-	User         string            `yaml:"user"`
-	PasswordFile string            `yaml:"password_file"`
-	Tags         map[string]string `yaml:"tags"`
-	Retention    *retentionConfig  `yaml:"retention"`
+	Members      []string `yaml:"members"`
+	CustomerCA   string   `yaml:"customer_ca"`
+	Cert         string   `yaml:"cert"`
+	Key          string   `yaml:"key"`
+	User         string   `yaml:"user"`
+	PasswordFile string   `yaml:"password_file"`
+	// PasswordEnv names an environment variable holding the password,
+	// for a secret store that injects variables; with password_file
+	// unset.
+	PasswordEnv string            `yaml:"password_env"`
+	Tags        map[string]string `yaml:"tags"`
+	Retention   *retentionConfig  `yaml:"retention"`
 	// Schedule is when the scheduler backs the cluster up: a cron spec
 	// (scheduler.ParseSchedule); "" for never.
 	Schedule string `yaml:"schedule"`

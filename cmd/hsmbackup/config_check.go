@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -119,7 +120,9 @@ func (k *checker) walk(n *yaml.Node, path string, t reflect.Type) {
 			ft, ok := fields[key.Value]
 			if !ok {
 				msg := fmt.Sprintf("unknown setting %q", key.Value)
-				if s := nearest(key.Value, sortedKeys(fields)); s != "" {
+				if _, ok := fields["password_file"]; ok && key.Value == "password" {
+					msg += " (a password is never written in the config: name a file with password_file or a variable with password_env)"
+				} else if s := nearest(key.Value, sortedKeys(fields)); s != "" {
 					msg += fmt.Sprintf(" (did you mean %q?)", s)
 				}
 				k.add(key, p, "%s", msg)
@@ -203,6 +206,9 @@ func (k *checker) value(n *yaml.Node, path string) {
 		if n.Kind == yaml.MappingNode && !hasKey(n, "members") {
 			k.add(n, path, "no members")
 		}
+		if n.Kind == yaml.MappingNode && hasKey(n, "password_file") && hasKey(n, "password_env") {
+			k.add(n, path, "password_file and password_env exclude each other: give one")
+		}
 	case inCluster && strings.HasPrefix(last, "members["):
 		if _, port, err := net.SplitHostPort(n.Value); err != nil || port == "" {
 			k.add(n, path, "%q: want HOST:PORT", n.Value)
@@ -217,6 +223,10 @@ func (k *checker) value(n *yaml.Node, path string) {
 			if err := backup.ValidateTags(tags); err != nil {
 				k.add(n, path, "%v", err)
 			}
+		}
+	case inCluster && len(parts) == 3 && last == "password_env":
+		if !envName.MatchString(n.Value) {
+			k.add(n, path, "%q: want the name of an environment variable (A-Z, 0-9, _), not a password", n.Value)
 		}
 	case inCluster && len(parts) == 3 && last == "schedule":
 		if _, err := scheduler.ParseSchedule(n.Value); err != nil {
@@ -242,6 +252,9 @@ func (k *checker) value(n *yaml.Node, path string) {
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
+
+// envName is an environment variable's name as POSIX shells take it.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // check adds err, if any, as the fault of the setting at path.
 func (k *checker) check(n *yaml.Node, path string, err error) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 
 	"github.com/urfave/cli/v2"
@@ -160,9 +161,25 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 
 // passwordOf returns how the command reads its user's password:
 // --password-file, else $HSMBACKUP_PASSWORD_FILE, else the entry's
-// password_file, else $HSMBACKUP_PASSWORD.
+// password_file, else the variable its password_env names, else
+// $HSMBACKUP_PASSWORD.
 func passwordOf(c *cli.Context, cc *clusterConfig) func() (string, error) {
 	path, how := passwordSource(c, cc)
+	return passwordReader(path, how, cc)
+}
+
+// passwordReader reads the password from path, else cc's password_env,
+// else $HSMBACKUP_PASSWORD.
+func passwordReader(path, how string, cc *clusterConfig) func() (string, error) {
+	if path == "" && cc.PasswordEnv != "" {
+		return func() (string, error) {
+			pw, ok := os.LookupEnv(cc.PasswordEnv)
+			if !ok || pw == "" {
+				return "", fmt.Errorf("$%s (password_env in the config) is not set", cc.PasswordEnv)
+			}
+			return pw, nil
+		}
+	}
 	return func() (string, error) { return passwordFrom(path, how) }
 }
 
@@ -177,14 +194,14 @@ func passwordSource(c *cli.Context, cc *clusterConfig) (path, how string) {
 }
 
 // officerPassword is passwordOf for a command without --password-file:
-// $HSMBACKUP_PASSWORD_FILE, else the entry's password_file, else
-// $HSMBACKUP_PASSWORD.
+// $HSMBACKUP_PASSWORD_FILE, else the entry's password_file, else its
+// password_env, else $HSMBACKUP_PASSWORD.
 func officerPassword(c *cli.Context, cc *clusterConfig) func() (string, error) {
 	path, how := passwordFileOf(c)
 	if path == "" {
 		path, how = cc.PasswordFile, "password_file in the config"
 	}
-	return func() (string, error) { return passwordFrom(path, how) }
+	return passwordReader(path, how, cc)
 }
 
 // clientCertOf loads the command's client certificate: --cert and --key,
