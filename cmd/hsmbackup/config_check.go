@@ -226,7 +226,8 @@ func (k *checker) value(n *yaml.Node, path string) {
 		}
 	case inCluster && len(parts) == 3 && last == "password_env":
 		if !envName.MatchString(n.Value) {
-			k.add(n, path, "%q: want the name of an environment variable (A-Z, 0-9, _), not a password", n.Value)
+			// Not echoed: it may be the password itself.
+			k.add(n, path, "want the name of an environment variable (letters, digits, _), not a password (the value is not shown)")
 		}
 	case inCluster && len(parts) == 3 && last == "schedule":
 		if _, err := scheduler.ParseSchedule(n.Value); err != nil {
