@@ -252,12 +252,10 @@ const (
 	maxBackoff   = 5 * time.Minute
 )
 
-// run runs the slot of kind of cluster that is due, if one is: it waits
-// its jitter, takes a concurrency token and the slot's lease, and runs
-// the job; a failure is retried with capped exponential backoff until
-// the next slot begins. A lease held by another replica is waited on:
-// the slot is done when that replica succeeds, or taken over when its
-// lease expires.
+// run runs the slots of kind of cluster that are due: the latest, then,
+// if that run outlasted the next slot's start (a long backup, a slot
+// given up), the one that began meanwhile, which robfig's runner skipped
+// as still running. A slot already run or given up is not run again.
 func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 	cfg, lessor, sem, ok := s.begin()
 	if !ok {
@@ -266,40 +264,54 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 	defer s.runs.Done()
 	ctx := s.runCtx
 	log := cfg.Log.With("cluster", cluster, "job", kind)
+	var finished time.Time
+	for {
+		// The check takes a concurrency token too, so that a thousand
+		// clusters starting at once do not all read the store at once.
+		if !s.take(ctx, sem) {
+			return
+		}
+		last, err := s.lastRun(ctx, cfg, kind, cluster)
+		<-sem
+		if err != nil {
+			log.Error("cannot tell if a run is due", "err", err)
+			return // the next slot (or restart) tries again
+		}
+		slot, due := Due(sched, last, time.Now())
+		if !due || !slot.After(finished) {
+			return
+		}
+		if !s.runSlot(ctx, cfg, lessor, sem, log.With("slot", slot.UTC().Format(time.RFC3339)), kind, cluster, sched, slot) {
+			return
+		}
+		finished = slot
+	}
+}
 
-	// The check takes a concurrency token too, so that a thousand
-	// clusters starting at once do not all read the store at once.
-	if !s.take(ctx, sem) {
-		return
-	}
-	last, err := s.lastRun(ctx, cfg, kind, cluster)
-	<-sem
-	if err != nil {
-		log.Error("cannot tell if a run is due", "err", err)
-		return // the next slot (or restart) tries again
-	}
-	slot, due := Due(sched, last, time.Now())
-	if !due {
-		return
-	}
-	log = log.With("slot", slot.UTC().Format(time.RFC3339))
+// runSlot runs one slot: it waits its jitter, takes a concurrency token
+// and the slot's lease, and runs the job; a failure is retried with
+// capped exponential backoff until the next slot begins. A lease held by
+// another replica is waited on: the slot is done when that replica
+// succeeds, or taken over when its lease expires. It returns false if
+// the scheduler stopped.
+func (s *Scheduler) runSlot(ctx context.Context, cfg Config, lessor *Lessor, sem chan struct{}, log *slog.Logger, kind, cluster string, sched Schedule, slot time.Time) bool {
 	end := Next(sched, slot)
 	if !s.sleep(ctx, jitter(sched, slot, cfg.Settings.Jitter)) {
-		return
+		return false
 	}
 	job := kind + "/" + cluster
 	backoff := firstBackoff
 	poll := max(time.Second, cfg.Settings.LeaseDuration/8)
 	for {
 		if !s.take(ctx, sem) {
-			return
+			return false
 		}
 		lease, err := lessor.Acquire(ctx, job, slot)
 		wait := poll
 		switch {
 		case errors.Is(err, ErrSlotDone):
 			<-sem
-			return
+			return true
 		case errors.Is(err, ErrLeaseHeld), errors.Is(err, ErrLeaseLost):
 			log.Debug("slot held by another replica", "err", err)
 		case err != nil:
@@ -309,7 +321,7 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 			err = s.held(ctx, cfg, log, kind, cluster, slot, lease)
 			if err == nil || kind == KindDrill {
 				<-sem
-				return // a drill's failure is its result, not retried
+				return true // a drill's failure is its result, not retried
 			}
 			wait = backoff
 			backoff = min(2*backoff, maxBackoff)
@@ -319,10 +331,10 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 			if err != nil {
 				log.Warn("slot given up: the next slot begins", "err", err)
 			}
-			return
+			return true
 		}
 		if !s.sleep(ctx, wait) {
-			return
+			return false
 		}
 	}
 }
