@@ -230,6 +230,39 @@ func TestLongBackupNextSlot(t *testing.T) {
 	}
 }
 
+// TestFailuresRetriedInSlot: a failing backup is retried within its slot
+// with backoff (1 s, then 2 s), and each failure is recorded in the run
+// record until the backup succeeds.
+func TestFailuresRetriedInSlot(t *testing.T) {
+	f := newFleet(t, backuptest.FileStore(t), "c1")
+	var times []time.Time
+	j := &jobs{f: f, before: func(_ context.Context, _ string, n int32) error {
+		times = append(times, time.Now())
+		if n <= 2 {
+			return fmt.Errorf("injected failure %d", n)
+		}
+		return nil
+	}}
+	sc := schedulerFor(t, f, j, "r", "@hourly", fast)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sc.Run(ctx)
+	if len(times) != 3 {
+		t.Fatalf("%d attempts, want 3", len(times))
+	}
+	if d1, d2 := times[1].Sub(times[0]), times[2].Sub(times[1]); d1 < time.Second || d2 < 2*time.Second || d2 > 3*time.Second {
+		t.Errorf("retries after %s and %s, want 1 s then 2 s", d1, d2)
+	}
+	if ms, _ := backup.List(context.Background(), f.repo, backup.Filter{}); len(ms) != 1 {
+		t.Errorf("%d backups, want 1", len(ms))
+	}
+	rec, err := readRun(context.Background(), f.repo.Store, "", "c1", KindBackup)
+	if err != nil || rec == nil || !rec.OK || rec.LastSuccess == nil || len(rec.Failures) != 2 ||
+		!strings.Contains(rec.Failures[0].Error, "injected failure 2") {
+		t.Fatalf("run record %+v, %v", rec, err)
+	}
+}
+
 // TestPanickingBackupRunsAgain: a backup that panics is recovered and
 // the cluster's next slot runs (robfig's SkipIfStillRunning outside
 // Recover: the other order would never run it again).
