@@ -45,7 +45,7 @@ func runInit(ctx context.Context, e *env, createBucket bool) error {
 	if err != nil {
 		return err
 	}
-	st, created, err := storeurl.Init(ctx, url, storeurl.Options{}, createBucket)
+	st, created, err := storeurl.Init(ctx, url, storeurl.Options{}, storeurl.InitOptions{CreateBucket: createBucket})
 	if err != nil {
 		return err
 	}
