@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/urfave/cli/v2"
@@ -37,6 +38,7 @@ type createOptions struct {
 	tags          []string
 	neverExpires  bool
 	retentionDays int
+	lock          lockFlags // --lock-mode, --lock-days
 }
 
 func createBackup(e *env, c *cli.Context) error {
@@ -44,9 +46,16 @@ func createBackup(e *env, c *cli.Context) error {
 		return err
 	}
 	opts := createOptions{cluster: c.String("cluster"), member: c.String("member"), tags: c.StringSlice("tag"),
-		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days")}
+		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days"),
+		lock: lockFlags{mode: c.String("lock-mode"), days: c.Int("lock-days")}}
 	if opts.cluster == "" {
 		return fmt.Errorf("--cluster is required (run '%s --help')", c.Command.HelpName)
+	}
+	if c.IsSet("lock-mode") && opts.lock.mode == "" {
+		return usagef("--lock-mode is empty: want GOVERNANCE or COMPLIANCE (run '%s --help')", c.Command.HelpName)
+	}
+	if c.IsSet("lock-days") && (opts.lock.days < 1 || opts.lock.days > backup.MaxLockDays) {
+		return usagef("--lock-days %d: want 1 to %d (run '%s --help')", opts.lock.days, backup.MaxLockDays, c.Command.HelpName)
 	}
 	return runCreate(c.Context, e, opts)
 }
@@ -81,6 +90,16 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 			return err
 		}
 	}
+	lock, err := e.objectLock(id, opts.lock, days, opts.neverExpires)
+	if err != nil {
+		return err
+	}
+	if lock.Mode != "" {
+		// Before any HSM is reached: a store that cannot lock fails now.
+		if err := backup.CheckObjectLock(ctx, e.repo.Store); err != nil {
+			return err
+		}
+	}
 	recipients, err := e.recipients(ctx)
 	if err != nil {
 		return err
@@ -106,7 +125,7 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 	}
 	m, err := backup.Create(ctx, member, e.repo, backup.CreateOptions{
 		ClusterID: id, Recipients: recipients, SigningKey: key, Tags: tags,
-		NeverExpires: opts.neverExpires, RetentionDays: days,
+		NeverExpires: opts.neverExpires, RetentionDays: days, Lock: lock,
 		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
 	})
 	if err != nil {
@@ -118,5 +137,8 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 	}
 	_, err = fmt.Fprintf(e.stdout, "created %s: cluster %s, from HSM %s, %s stored, sha256 %s\n",
 		m.ID, m.ClusterID, m.Source.Serial, sizeText(m.ObjectSize), m.ObjectSHA256)
+	if err == nil && m.Lock != nil {
+		_, err = fmt.Fprintf(e.stdout, "locked %s: %s until %s\n", m.ID, m.Lock.Mode, m.Lock.Until.Format(time.RFC3339))
+	}
 	return err
 }
