@@ -101,6 +101,7 @@ func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts 
 	m.ID, m.Created, m.Signature = newID, maxTime(created, sm.Created), nil
 	m.SourceBackupID, m.SourceClusterID, m.SourceObjectSHA256 = sm.ID, sm.ClusterID, sm.ObjectSHA256
 	m.Tags = cloneTags(sm.Tags)
+	m.Lock = nil // the source's lock is the source's: the copy is stored without one
 
 	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
 	if err != nil {
@@ -108,7 +109,7 @@ func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts 
 	}
 	defer rc.Close()
 	imageKey := dst.ObjectKey(cluster, newID, ImageObject)
-	obj, err := putEnvelope(ctx, dst.Store, imageKey, func(w io.Writer) error {
+	obj, err := putEnvelope(ctx, dst.Store, imageKey, store.Retention{}, func(w io.Writer) error {
 		h := sha256.New()
 		in := &counter{h: h}
 		r := io.TeeReader(rc, in)

@@ -38,6 +38,12 @@ type CreateOptions struct {
 	// ClusterCertificate and CustomerCA (DER), if given, are stored in the
 	// manifest.
 	ClusterCertificate, CustomerCA []byte
+	// Lock, if its Mode is set, stores every object of the backup under
+	// S3 Object Lock retention until the creation time plus Lock.Days
+	// (recorded in the manifest). It must last at least RetentionDays
+	// (see ObjectLock.Covering), and the store must be able to lock
+	// (CheckObjectLock, checked before the member is asked for anything).
+	Lock ObjectLock
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// BeforeCommit, if set, is called after the image is stored and
@@ -50,7 +56,8 @@ type CreateOptions struct {
 // Create backs up the member src to repo: it exports the image, wraps it in
 // an outer envelope to opts.Recipients and stores it as one object,
 // hashing it on the way (memory stays flat whatever the image size), then
-// writes the signed manifest last, create-only. If src is an
+// writes the signed manifest last, create-only; with opts.Lock both under
+// that object lock. If src is an
 // InventorySource, the manifest records its inventory (users and keys),
 // unless the member's state changed while the image was exported. If any step fails the image
 // object is deleted (best effort) and the error names the step.
@@ -65,6 +72,13 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
+	}
+	if opts.Lock.Mode != "" {
+		// Before the HSM is asked for anything: a store that cannot lock
+		// would refuse only the first Put, after the export began.
+		if err := CheckObjectLock(ctx, st); err != nil {
+			return nil, err
+		}
 	}
 
 	health, err := src.Health(ctx)
@@ -94,6 +108,11 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 		Format: ManifestFormat, ID: id, ClusterID: cluster, State: StateReady, Created: created,
 		Tags: cloneTags(opts.Tags), NeverExpires: opts.NeverExpires, RetentionDays: opts.RetentionDays,
 		ClusterCertificate: bytes.Clone(opts.ClusterCertificate), CustomerCA: bytes.Clone(opts.CustomerCA),
+		Lock: opts.Lock.lockOf(created),
+	}
+	var lock store.Retention
+	if m.Lock != nil {
+		lock = store.Retention{Mode: m.Lock.Mode, Until: m.Lock.Until}
 	}
 	var inv *Inventory
 	if ls, ok := src.(InventorySource); ok {
@@ -101,9 +120,8 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 			return nil, err
 		}
 	}
-	if err := storeImage(ctx, src, st, imageKey, health, opts.Recipients, m); err != nil {
-		cleanup(ctx, st, imageKey)
-		return nil, err
+	if err := storeImage(ctx, src, st, imageKey, lock, health, opts.Recipients, m); err != nil {
+		return nil, cleanupAfter(ctx, st, imageKey, err)
 	}
 	// The inventory describes the image only if the member's state did not
 	// change from before it was listed to after the export. A member that
@@ -115,8 +133,7 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 		}
 	}
 	if err := m.Sign(opts.SigningKey); err != nil {
-		cleanup(ctx, st, imageKey)
-		return nil, err
+		return nil, cleanupAfter(ctx, st, imageKey, err)
 	}
 	if opts.BeforeCommit != nil {
 		if err := opts.BeforeCommit(ctx); err != nil {
@@ -126,11 +143,10 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 	}
 	b, err := m.Marshal()
 	if err == nil {
-		err = st.Put(ctx, manifestKey, bytes.NewReader(b), store.PutOptions{CreateOnly: true})
+		err = st.Put(ctx, manifestKey, bytes.NewReader(b), store.PutOptions{CreateOnly: true, Retention: lock})
 	}
 	if err != nil {
-		cleanup(ctx, st, imageKey)
-		return nil, fmt.Errorf("write manifest %s: %w", id, err)
+		return nil, cleanupAfter(ctx, st, imageKey, fmt.Errorf("write manifest %s: %w", id, err))
 	}
 	return m, nil
 }
@@ -166,6 +182,12 @@ func checkCreateOptions(o *CreateOptions) error {
 	if o.RetentionDays < 0 || (o.NeverExpires && o.RetentionDays != 0) {
 		return errors.New("bad retention")
 	}
+	if err := o.Lock.Validate(); err != nil {
+		return err
+	}
+	if o.Lock.Mode != "" && o.Lock.Days < o.RetentionDays {
+		return fmt.Errorf("object lock of %d days is shorter than the backup's retention of %d days", o.Lock.Days, o.RetentionDays)
+	}
 	return nil
 }
 
@@ -189,11 +211,21 @@ func cloneTags(t map[string]string) map[string]string {
 const CleanupTimeout = 4 * time.Second
 
 // cleanup deletes a backup's image object after a failure, even if ctx is
-// done, within CleanupTimeout.
-func cleanup(ctx context.Context, st store.Store, key string) {
+// done, within CleanupTimeout, and returns the store's error.
+func cleanup(ctx context.Context, st store.Store, key string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
 	defer cancel()
-	_ = st.Delete(ctx, key)
+	return st.Delete(ctx, key)
+}
+
+// cleanupAfter is cleanup after err, which it returns, saying so if the
+// image object stays because it is locked (object lock): a stray object
+// that Prune removes once the lock ends.
+func cleanupAfter(ctx context.Context, st store.Store, key string, err error) error {
+	if cerr := cleanup(ctx, st, key); errors.Is(cerr, store.ErrLocked) {
+		return fmt.Errorf("%w (the image object stored stays until its object lock ends; prune removes it then)", err)
+	}
+	return err
 }
 
 // storeImage runs the pipeline
@@ -201,7 +233,7 @@ func cleanup(ctx context.Context, st store.Store, key string) {
 //	member → inner header check → wrap.Encrypt → putEnvelope
 //
 // and fills in m's image fields.
-func storeImage(ctx context.Context, src ImageSource, st store.Store, key string, health api.Health, recipients []wrap.Recipient, m *Manifest) error {
+func storeImage(ctx context.Context, src ImageSource, st store.Store, key string, lock store.Retention, health api.Health, recipients []wrap.Recipient, m *Manifest) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rc, err := src.ExportImage(ctx)
@@ -212,7 +244,7 @@ func storeImage(ctx context.Context, src ImageSource, st store.Store, key string
 	var inner *hsmcore.ImageHeader
 	var innerSize int64
 	var statement *hsmcore.SignedImageStatement
-	obj, err := putEnvelope(ctx, st, key, func(w io.Writer) error {
+	obj, err := putEnvelope(ctx, st, key, lock, func(w io.Writer) error {
 		return produce(ctx, rc, w, health, recipients, &inner, &innerSize, &statement)
 	})
 	if err != nil {
@@ -246,12 +278,13 @@ func (e *storedEnvelope) fill(m *Manifest) {
 	m.OuterHeader = e.raw
 }
 
-// putEnvelope stores at key, create-only, the outer envelope that produce
-// writes, hashing it on the way through an io.Pipe (memory stays flat).
+// putEnvelope stores at key, create-only and under lock (if its Mode is
+// set), the outer envelope that produce writes, hashing it on the way
+// through an io.Pipe (memory stays flat).
 // The object is stored only if produce returns nil: its error reaches the
 // store's reader in place of the end of the stream. The error returned is
 // produce's if it failed, else the store's.
-func putEnvelope(ctx context.Context, st store.Store, key string, produce func(io.Writer) error) (*storedEnvelope, error) {
+func putEnvelope(ctx context.Context, st store.Store, key string, lock store.Retention, produce func(io.Writer) error) (*storedEnvelope, error) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
@@ -265,7 +298,7 @@ func putEnvelope(ctx context.Context, st store.Store, key string, produce func(i
 	tee := io.TeeReader(pr, cnt)
 	outer, raw, err := readOuterHeader(tee)
 	if err == nil {
-		err = st.Put(ctx, key, io.MultiReader(bytes.NewReader(raw), tee), store.PutOptions{CreateOnly: true})
+		err = st.Put(ctx, key, io.MultiReader(bytes.NewReader(raw), tee), store.PutOptions{CreateOnly: true, Retention: lock})
 		if err != nil {
 			err = fmt.Errorf("store image: %w", err)
 		}

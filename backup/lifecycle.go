@@ -106,7 +106,9 @@ func update(ctx context.Context, repo Repo, cluster, id string, opts LifecycleOp
 		if bytes.Equal(b, before) {
 			return m, nil // nothing changed
 		}
-		err = st.Put(ctx, key, bytes.NewReader(b), store.PutOptions{IfMatch: oi.ETag})
+		// In a bucket with object lock the Put adds a version: it is
+		// locked as the backup is, so the record cannot be stripped.
+		err = st.Put(ctx, key, bytes.NewReader(b), store.PutOptions{IfMatch: oi.ETag, Retention: manifestRetention(st, m)})
 		switch {
 		case err == nil:
 			return m, nil
@@ -250,6 +252,12 @@ type PruneAction struct {
 	// Object, for the removal of a stray object (see Orphans), is its
 	// key; From and To are empty.
 	Object string `json:"object,omitempty"`
+	// Locked: the change was not made because the objects it would
+	// delete are under object lock (or would be, in a dry run); it is
+	// not a failure. LockedUntil is when the lock ends, if known (zero
+	// for a legal hold, or a refusal that did not say).
+	Locked      bool      `json:"locked,omitempty"`
+	LockedUntil time.Time `json:"locked_until,omitzero"`
 }
 
 // Prune applies the lifecycle to the backups in repo: READY backups
@@ -261,6 +269,13 @@ type PruneAction struct {
 // did. Manifests whose signature does not verify are reported and left
 // alone. Stray objects in backup directories (Orphans) older than
 // opts.OrphanGrace are removed (an action each); younger ones are left.
+//
+// What is under object lock is left as it is and reported (Locked, not a
+// failure): an expired READY backup whose manifest records a lock still
+// in force stays READY; a PENDING_DELETION backup, or a stray object,
+// whose objects the store says are locked (or whose manifest does) is
+// not purged. Locks are judged by the real clock, by which the store
+// enforces them, not by opts.Now.
 func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize || opts.Policy == nil {
 		return nil, errors.New("signing key and policy are required")
@@ -299,6 +314,10 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 			return actions, fmt.Errorf("cluster %s: %w", c, err)
 		}
 		planned, kept := plan(ctx, repo, byCluster[c], pol, pub, now)
+		manifests := map[string]*Manifest{}
+		for _, m := range byCluster[c] {
+			manifests[m.ID] = m
+		}
 		for _, inv := range invalid[c] {
 			planned = append(planned, PruneAction{ClusterID: c, BackupID: inv.BackupID, From: StateInvalid, To: StateInvalid, Reason: "left alone", Error: inv.Reason})
 		}
@@ -320,7 +339,14 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 			}
 		}
 		for _, a := range planned {
-			if !opts.DryRun && a.Error == "" { // planned errors: left alone
+			if a.To == StateDeleted && a.Error == "" && !a.Locked {
+				// A purge deletes the image: not while it is locked.
+				key := repo.ObjectKey(c, a.BackupID, ImageObject)
+				if err := checkLock(ctx, repo.Store, key, manifests[a.BackupID], &a); err != nil {
+					a.Error = err.Error()
+				}
+			}
+			if !opts.DryRun && a.Error == "" && !a.Locked { // planned errors: left alone
 				err := error(nil)
 				if a.From == StateReady && a.To == StatePendingDeletion {
 					// A concurrent delete may have taken the backup
@@ -330,7 +356,10 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 				if err == nil {
 					err = apply(ctx, repo, a, opts.LifecycleOptions)
 				}
-				if err != nil {
+				switch {
+				case errors.Is(err, store.ErrLocked):
+					a.Locked = true // locked after all (a lock the checks did not see)
+				case err != nil:
 					a.Error = err.Error()
 				}
 			}
@@ -356,6 +385,15 @@ func Prune(ctx context.Context, repo Repo, opts PruneOptions) ([]PruneAction, er
 		return actions, fmt.Errorf("%d of %d actions failed", failed, len(actions))
 	}
 	return actions, nil
+}
+
+// LockText says why a Locked action was not taken, for listings:
+// "locked until 2027-01-02T10:00:00Z" (or "locked", the end unknown).
+func (a PruneAction) LockText() string {
+	if a.LockedUntil.IsZero() {
+		return "locked"
+	}
+	return "locked until " + a.LockedUntil.UTC().Format(time.RFC3339)
 }
 
 // plan decides the actions for one cluster's backups, ms oldest first
@@ -435,6 +473,10 @@ func plan(ctx context.Context, repo Repo, ms []*Manifest, pol Policy, pub ed2551
 			}
 		}
 		act(m, StatePendingDeletion, fmt.Sprintf("%s old, retention %d days", days(age), retention))
+		if m.LockedAt(time.Now()) { // expired, but locked: it stays READY
+			a := &actions[len(actions)-1]
+			a.Locked, a.LockedUntil = true, m.Lock.Until
+		}
 	}
 	sort.Slice(actions, func(i, j int) bool { return actions[i].BackupID < actions[j].BackupID })
 	return actions, kept
@@ -479,6 +521,34 @@ func newerVerifiedRemains(ctx context.Context, repo Repo, kept []*Manifest, pub 
 }
 
 func days(d time.Duration) string { return fmt.Sprintf("%d days", int(d/(24*time.Hour))) }
+
+// checkLock marks a as Locked if the object at key, which a would delete,
+// is under object lock by the real clock: by the lock m records (m may be
+// nil), or by the lock or legal hold the store reports for it. An error
+// is a failure to ask the store; a missing object is not locked.
+func checkLock(ctx context.Context, st store.Store, key string, m *Manifest, a *PruneAction) error {
+	now := time.Now()
+	if m != nil && m.LockedAt(now) {
+		a.Locked, a.LockedUntil = true, m.Lock.Until
+		return nil
+	}
+	l, ok := store.As[store.ObjectLocker](st)
+	if !ok {
+		return nil
+	}
+	r, hold, err := l.ObjectLock(ctx, key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case hold:
+		a.Locked = true
+	case r.Mode != "" && now.Before(r.Until):
+		a.Locked, a.LockedUntil = true, r.Until
+	}
+	return nil
+}
 
 // apply makes one planned change.
 func apply(ctx context.Context, repo Repo, a PruneAction, opts LifecycleOptions) error {

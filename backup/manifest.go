@@ -83,12 +83,15 @@ type Manifest struct {
 	// (wrap.Header.Recipients), for listings.
 	Recipients []string `json:"recipients"`
 	// OuterHeader is the envelope header, byte for byte (base64 in JSON).
-	OuterHeader     []byte            `json:"outer_header"`
-	Tags            map[string]string `json:"tags,omitempty"`
-	NeverExpires    bool              `json:"never_expires"`
-	RetentionDays   int               `json:"retention_days,omitempty"`
-	SourceBackupID  string            `json:"source_backup_id,omitempty"`
-	SourceClusterID string            `json:"source_cluster_id,omitempty"`
+	OuterHeader   []byte            `json:"outer_header"`
+	Tags          map[string]string `json:"tags,omitempty"`
+	NeverExpires  bool              `json:"never_expires"`
+	RetentionDays int               `json:"retention_days,omitempty"`
+	// Lock is the object-lock retention the backup's objects were stored
+	// under (the image and every version of the manifest), if any.
+	Lock            *Lock  `json:"object_lock,omitempty"`
+	SourceBackupID  string `json:"source_backup_id,omitempty"`
+	SourceClusterID string `json:"source_cluster_id,omitempty"`
 	// SourceObjectSHA256 is, in a copy, the source backup's object_sha256:
 	// with SourceBackupID it names the backup copied.
 	SourceObjectSHA256 string `json:"source_object_sha256,omitempty"`
@@ -103,6 +106,31 @@ type Manifest struct {
 	ImageStatement *hsmcore.SignedImageStatement `json:"image_statement,omitempty"`
 	// Signature is Ed25519 over SigningBytes.
 	Signature []byte `json:"signature,omitempty"`
+}
+
+// Lock is an object-lock retention as a manifest records it: S3 Object
+// Lock in Mode until Until, under which the store refuses to delete the
+// backup's objects.
+type Lock struct {
+	Mode  store.RetentionMode `json:"mode"`
+	Until time.Time           `json:"until"` // UTC, whole seconds
+}
+
+// LockedAt reports whether the manifest records a lock still in force at t.
+func (m *Manifest) LockedAt(t time.Time) bool {
+	return m.Lock != nil && t.Before(m.Lock.Until)
+}
+
+func (l *Lock) validate(created time.Time) error {
+	switch {
+	case l.Mode != store.Governance && l.Mode != store.Compliance:
+		return fmt.Errorf("object lock: unknown mode %q", l.Mode)
+	case l.Until.Location() != time.UTC || !l.Until.Equal(l.Until.Truncate(time.Second)):
+		return errors.New("object lock: date not in whole seconds of UTC")
+	case !l.Until.After(created) || l.Until.After(created.Add((MaxLockDays+1)*24*time.Hour)):
+		return fmt.Errorf("object lock: date not within %d days after creation", MaxLockDays+1)
+	}
+	return nil
 }
 
 // SigningBytes returns the bytes a manifest's signature covers: the
@@ -293,6 +321,11 @@ func (m *Manifest) validate() error {
 	}
 	if err := ValidateTags(m.Tags); err != nil {
 		return err
+	}
+	if m.Lock != nil {
+		if err := m.Lock.validate(m.Created); err != nil {
+			return err
+		}
 	}
 	if m.Tags != nil && len(m.Tags) == 0 {
 		return errors.New("empty tag map") // would not round-trip

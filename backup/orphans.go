@@ -134,11 +134,18 @@ func orphanActions(ctx context.Context, repo Repo, clusterID string, now time.Ti
 		}
 		a := PruneAction{ClusterID: o.ClusterID, BackupID: o.BackupID, Object: o.Key,
 			Reason: fmt.Sprintf("%s, %s old", o.Reason, AgeText(now.Sub(o.Modified)))}
-		if !dryRun {
-			if err := removeOrphan(ctx, repo, o); err != nil {
-				a.Error = err.Error()
-				failed++
+		// An image left by a backup whose manifest was never written may
+		// be locked: it stays until its lock ends.
+		err := checkLock(ctx, repo.Store, o.Key, nil, &a)
+		if err == nil && !dryRun && !a.Locked {
+			err = removeOrphan(ctx, repo, o)
+			if errors.Is(err, store.ErrLocked) {
+				a.Locked, err = true, nil
 			}
+		}
+		if err != nil {
+			a.Error = err.Error()
+			failed++
 		}
 		actions = append(actions, a)
 	}

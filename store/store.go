@@ -131,7 +131,8 @@ type PutOptions struct {
 	// Retention, if its Mode is set, locks the object against deletion
 	// until Retention.Until (a later Put of the key adds a newer version;
 	// the locked one stays). It needs a bucket made with object locking;
-	// backends without object lock return ErrUnsupported.
+	// backends without object lock, and buckets made without it, return
+	// ErrUnsupported (see ObjectLocker).
 	Retention Retention
 
 	// LegalHold puts the object under legal hold, which blocks deletion
@@ -285,6 +286,25 @@ type StaleUploadRemover interface {
 	// progress but idle since before olderThan is removed too and its Put
 	// will fail, so pass a time well in the past (a day, say).
 	RemoveStaleUploads(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// ObjectLocker is implemented by stores that can lock objects against
+// deletion (PutOptions.Retention and LegalHold): S3. A store without it
+// cannot lock, and its Put refuses a retention with ErrUnsupported.
+type ObjectLocker interface {
+	// CheckObjectLock reports whether Puts with a retention can succeed
+	// here, cheaply and without writing: nil if they can; an error
+	// wrapping ErrUnsupported if the store cannot lock (an S3 bucket made
+	// without object lock); any other error if it could not tell.
+	CheckObjectLock(ctx context.Context) error
+
+	// ObjectLock returns the lock of the object at key (its newest
+	// version): the retention, zero if none, and whether it is under
+	// legal hold; an error wrapping ErrNotFound if there is no object.
+	// A service may withhold the lock from a caller not permitted to read
+	// it (AWS without s3:GetObjectRetention), so a zero answer does not
+	// prove that Delete will succeed.
+	ObjectLock(ctx context.Context, key string) (Retention, bool, error)
 }
 
 // Wrapper is implemented by decorators: Unwrap returns the Store they wrap.

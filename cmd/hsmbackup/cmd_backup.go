@@ -72,6 +72,8 @@ func backupCommand() *cli.Command {
 				&cli.StringSliceFlag{Name: "tag", Usage: "`KEY=VALUE` tag (repeatable)"},
 				&cli.BoolFlag{Name: "never-expires", Usage: "pin the backup: retention never removes it"},
 				&cli.IntFlag{Name: "retention-days", Usage: "retention of this backup in `DAYS` (7-379), instead of the cluster's"},
+				&cli.StringFlag{Name: "lock-mode", Usage: "store the backup under S3 Object Lock in `MODE` GOVERNANCE or COMPLIANCE, instead of the cluster's object_lock mode (needs a bucket made with object lock)"},
+				&cli.IntFlag{Name: "lock-days", Usage: "lock the backup for `DAYS` (1-36500) from its creation, instead of the cluster's object_lock days; never shorter than its retention"},
 			}, argless(createBackup)),
 			sub("list", "list backups", "", []cli.Flag{
 				clusterFlag("list only cluster `ID`'s backups"),

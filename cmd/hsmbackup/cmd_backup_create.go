@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/wrap"
@@ -39,6 +40,7 @@ type createOptions struct {
 	tags          []string
 	neverExpires  bool
 	retentionDays int
+	lock          lockFlags // --lock-mode, --lock-days
 }
 
 func createBackup(e *env, c *cli.Context) error {
@@ -46,9 +48,16 @@ func createBackup(e *env, c *cli.Context) error {
 		return err
 	}
 	opts := createOptions{cluster: c.String("cluster"), member: c.String("member"), tags: c.StringSlice("tag"),
-		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days")}
+		neverExpires: c.Bool("never-expires"), retentionDays: c.Int("retention-days"),
+		lock: lockFlags{mode: c.String("lock-mode"), days: c.Int("lock-days")}}
 	if opts.cluster == "" {
 		return fmt.Errorf("--cluster is required (run '%s --help')", c.Command.HelpName)
+	}
+	if c.IsSet("lock-mode") && opts.lock.mode == "" {
+		return usagef("--lock-mode is empty: want GOVERNANCE or COMPLIANCE (run '%s --help')", c.Command.HelpName)
+	}
+	if c.IsSet("lock-days") && (opts.lock.days < 1 || opts.lock.days > backup.MaxLockDays) {
+		return usagef("--lock-days %d: want 1 to %d (run '%s --help')", opts.lock.days, backup.MaxLockDays, c.Command.HelpName)
 	}
 	return runCreate(c.Context, e, opts)
 }
@@ -66,6 +75,9 @@ func runCreate(ctx context.Context, e *env, opts createOptions) error {
 	}
 	_, err = fmt.Fprintf(e.stdout, "created %s: cluster %s, from HSM %s, %s stored, sha256 %s\n",
 		m.ID, m.ClusterID, m.Source.Serial, sizeText(m.ObjectSize), m.ObjectSHA256)
+	if err == nil && m.Lock != nil {
+		_, err = fmt.Fprintf(e.stdout, "locked %s: %s until %s\n", m.ID, m.Lock.Mode, m.Lock.Until.Format(time.RFC3339))
+	}
 	return err
 }
 
@@ -120,6 +132,16 @@ func takeBackup(ctx context.Context, e *env, keys *backupKeys, opts createOption
 			return nil, err
 		}
 	}
+	lock, err := e.objectLock(id, opts.lock, days, opts.neverExpires)
+	if err != nil {
+		return nil, err
+	}
+	if lock.Mode != "" {
+		// Before any HSM is reached: a store that cannot lock fails now.
+		if err := backup.CheckObjectLock(ctx, e.repo.Store); err != nil {
+			return nil, err
+		}
+	}
 	if keys == nil {
 		k, err := e.serviceKeys(ctx)
 		if err != nil {
@@ -144,7 +166,7 @@ func takeBackup(ctx context.Context, e *env, keys *backupKeys, opts createOption
 	}
 	m, err := backup.Create(ctx, member, e.repo, backup.CreateOptions{
 		ClusterID: id, Recipients: keys.recipients, SigningKey: keys.signing, Tags: tags,
-		NeverExpires: opts.neverExpires, RetentionDays: days,
+		NeverExpires: opts.neverExpires, RetentionDays: days, Lock: lock,
 		ClusterCertificate: certs.Cluster, CustomerCA: certs.CustomerCA,
 		BeforeCommit: commit,
 	})

@@ -150,6 +150,9 @@ func runDescribe(ctx context.Context, e *env, cluster, id string) error {
 	row("stored object", fmt.Sprintf("%s, sha256 %s", sizeText(m.ObjectSize), m.ObjectSHA256))
 	row("outer layer", strings.Join(m.Recipients, "; "))
 	row("expiry", expiryText(m))
+	if m.Lock != nil {
+		row("object lock", fmt.Sprintf("%s until %s", m.Lock.Mode, m.Lock.Until.Format(time.RFC3339)))
+	}
 	row("tags", tagsText(m.Tags))
 	if m.SourceBackupID != "" {
 		row("copied from", m.SourceBackupID+" of cluster "+m.SourceClusterID)

@@ -67,8 +67,11 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 	if e.g.json {
 		sum := pruneSummary{DryRun: opts.dryRun, Count: len(actions)}
 		for _, a := range actions {
-			if a.Error != "" {
+			switch {
+			case a.Error != "":
 				sum.Failed++
+			case a.Locked:
+				sum.Locked++
 			}
 		}
 		if err := writeJSONList(e.stdout, actions, sum); err != nil {
@@ -91,6 +94,10 @@ func runPrune(ctx context.Context, e *env, opts pruneOptions) error {
 			switch {
 			case a.Error != "":
 				result = "FAILED: " + a.Error
+			case a.Locked && a.Object != "":
+				result = a.LockText() + ", not removed"
+			case a.Locked:
+				result = a.LockText() + ", not deleted"
 			case opts.dryRun:
 				result = "would"
 			}
@@ -136,4 +143,5 @@ type pruneSummary struct {
 	DryRun bool `json:"dry_run"`
 	Count  int  `json:"count"`  // actions taken, or with dry_run that would be
 	Failed int  `json:"failed"` // actions that failed
+	Locked int  `json:"locked"` // actions not taken: their objects are under object lock
 }

@@ -105,6 +105,8 @@ type clusterConfig struct {
 	// Schedule is when the scheduler backs the cluster up: a cron spec
 	// (scheduler.ParseSchedule); "" for never.
 	Schedule string `yaml:"schedule"`
+	// ObjectLock, if set, locks every backup of the cluster (objectlock.go).
+	ObjectLock *objectLockConfig `yaml:"object_lock"`
 }
 
 // hsmKeyConfig names a master key held by an HSM cluster: an AES key of a

@@ -185,6 +185,9 @@ func (k *checker) value(n *yaml.Node, path string) {
 	parts := strings.Split(path, ".")
 	last := parts[len(parts)-1]
 	inCluster := len(parts) >= 2 && parts[0] == "clusters"
+	if k.objectLockValue(n, path, parts) { // objectlock.go
+		return
+	}
 	switch {
 	case path == "store":
 		if !strings.HasPrefix(n.Value, "file://") && !strings.HasPrefix(n.Value, "s3://") {

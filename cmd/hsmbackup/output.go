@@ -27,6 +27,7 @@ type backupSummary struct {
 	Recipients        []string          `json:"recipients"`
 	NeverExpires      bool              `json:"never_expires"`
 	RetentionDays     int               `json:"retention_days,omitempty"`
+	ObjectLock        *backup.Lock      `json:"object_lock,omitempty"`
 	Tags              map[string]string `json:"tags,omitempty"`
 	SourceBackupID    string            `json:"source_backup_id,omitempty"`
 	SourceClusterID   string            `json:"source_cluster_id,omitempty"`
@@ -36,7 +37,7 @@ func summarize(m *backup.Manifest) backupSummary {
 	s := backupSummary{
 		ID: m.ID, ClusterID: m.ClusterID, State: m.State, Created: m.Created, Source: m.Source,
 		ImageID: m.ImageID, ImageSize: m.ImageSize, ObjectSize: m.ObjectSize, ObjectSHA256: m.ObjectSHA256,
-		Recipients: m.Recipients, NeverExpires: m.NeverExpires, RetentionDays: m.RetentionDays, Tags: m.Tags,
+		Recipients: m.Recipients, NeverExpires: m.NeverExpires, RetentionDays: m.RetentionDays, ObjectLock: m.Lock, Tags: m.Tags,
 		SourceBackupID: m.SourceBackupID, SourceClusterID: m.SourceClusterID,
 	}
 	if !m.DeletionRequested.IsZero() {

@@ -180,6 +180,10 @@ type progressStore struct {
 	p *progress
 }
 
+// Unwrap implements store.Wrapper, so that store.As reaches the store's
+// optional interfaces (store.ObjectLocker…) through the bars.
+func (s *progressStore) Unwrap() store.Store { return s.Store }
+
 // bar returns the bar of key, labelled verb: a new one, or the one key
 // already has, started again, so that an object read twice has one bar.
 // It returns nil once the bars are finished.

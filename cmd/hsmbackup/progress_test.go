@@ -83,4 +83,9 @@ func TestProgressStore(t *testing.T) {
 	if strings.Contains(text, "manifest") {
 		t.Errorf("unexpected bars:\n%s", text)
 	}
+	// The bars hide no optional interface of the store (an S3 store's
+	// ObjectLocker, say): store.As reaches through them.
+	if got, ok := store.As[*file.Store](ps); !ok || got != st {
+		t.Errorf("store.As through the bars: %v, %t", got, ok)
+	}
 }

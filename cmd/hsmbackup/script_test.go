@@ -153,6 +153,7 @@ func TestScripts(t *testing.T) {
 			"jsonline":    cmdJSONLine,
 			"backdate":    cmdBackdate,
 			"noinventory": cmdNoInventory,
+			"lockrecord":  cmdLockRecord,
 		},
 	})
 }
@@ -451,6 +452,24 @@ func cmdNoInventory(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("backup %s has no inventory", m.ID)
 		}
 		m.Inventory = nil
+	})
+}
+
+// cmdLockRecord makes a backup's manifest record an object lock in MODE
+// until DAYS days from now, re-signed: the manifest of a backup made in a
+// bucket with object lock, in a file store that cannot lock, so that
+// prune's handling of locked backups shows in a script.
+//
+//	lockrecord BACKUP-ID MODE DAYS
+func cmdLockRecord(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: lockrecord BACKUP-ID MODE DAYS")
+	}
+	days, err := strconv.Atoi(args[2])
+	ts.Check(err)
+	resign(ts, args[0], func(m *backup.Manifest) {
+		until := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Second)
+		m.Lock = &backup.Lock{Mode: store.RetentionMode(args[1]), Until: until}
 	})
 }
 

@@ -279,25 +279,86 @@ func New(cfg Config) (*Store, error) {
 	}, nil
 }
 
+// BucketOptions are the options of InitBucket.
+type BucketOptions struct {
+	// Create makes a missing bucket (in the configured region).
+	Create bool
+	// ObjectLock requires a bucket with object lock: a bucket made is
+	// made with it (and so with versioning), and an existing one must
+	// have it.
+	ObjectLock bool
+}
+
 // InitBucket checks that the store's bucket exists and, if it does not
-// and create is set, creates it (in the configured region). It reports
-// whether it created it; a missing bucket it may not create is an error
-// wrapping store.ErrNoStore.
-func (s *Store) InitBucket(ctx context.Context, create bool) (bool, error) {
+// and opts.Create is set, creates it (in the configured region). It
+// reports whether it created it; a missing bucket it may not create is an
+// error wrapping store.ErrNoStore. With opts.ObjectLock a bucket it makes
+// has object lock, and an existing bucket without it is an error wrapping
+// store.ErrUnsupported: S3 turns object lock on only when a bucket is
+// made (or, on AWS, through its versioning and object-lock settings).
+func (s *Store) InitBucket(ctx context.Context, opts BucketOptions) (bool, error) {
 	ok, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
 		return false, fmt.Errorf("bucket %s: %w", s.bucket, s.classify(ctx, err, nil))
 	}
 	if ok {
+		if opts.ObjectLock {
+			if err := s.CheckObjectLock(ctx); err != nil {
+				return false, err
+			}
+		}
 		return false, nil
 	}
-	if !create {
+	if !opts.Create {
 		return false, fmt.Errorf("bucket %s: %w (create it, or give --create-bucket)", s.bucket, store.ErrNoStore)
 	}
-	if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region}); err != nil {
+	mo := minio.MakeBucketOptions{Region: s.region, ObjectLocking: opts.ObjectLock}
+	if err := s.client.MakeBucket(ctx, s.bucket, mo); err != nil {
 		return false, fmt.Errorf("create bucket %s: %w", s.bucket, s.classify(ctx, err, nil))
 	}
 	return true, nil
+}
+
+var _ store.ObjectLocker = (*Store)(nil)
+
+// CheckObjectLock implements store.ObjectLocker: it reads the bucket's
+// object-lock configuration (one GET, s3:GetBucketObjectLockConfiguration).
+func (s *Store) CheckObjectLock(ctx context.Context) error {
+	enabled, _, _, _, err := s.client.GetObjectLockConfig(ctx, s.bucket)
+	var resp minio.ErrorResponse
+	switch {
+	case err == nil && enabled == "Enabled":
+		return nil
+	case err == nil, errors.As(err, &resp) && resp.Code == "ObjectLockConfigurationNotFoundError":
+		return fmt.Errorf("bucket %s has no object lock (a bucket gets it when it is made): %w", s.bucket, store.ErrUnsupported)
+	}
+	return fmt.Errorf("bucket %s: object lock configuration: %w", s.bucket, s.classify(ctx, err, nil))
+}
+
+// ObjectLock implements store.ObjectLocker from the headers of a HEAD of
+// the object, which AWS sends only to callers allowed to read the
+// retention and legal hold.
+func (s *Store) ObjectLock(ctx context.Context, key string) (store.Retention, bool, error) {
+	if err := store.ValidKey(key); err != nil {
+		return store.Retention{}, false, fmt.Errorf("object lock: %w", err)
+	}
+	oi, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
+	if err != nil {
+		return store.Retention{}, false, fmt.Errorf("object lock %s: %w", key, s.classify(ctx, err, nil))
+	}
+	var r store.Retention
+	if mode := store.RetentionMode(strings.ToUpper(oi.Metadata.Get("X-Amz-Object-Lock-Mode"))); mode != "" {
+		until, err := time.Parse(time.RFC3339, oi.Metadata.Get("X-Amz-Object-Lock-Retain-Until-Date"))
+		if err != nil {
+			return store.Retention{}, false, fmt.Errorf("object lock %s: retain-until date: %w", key, err)
+		}
+		r = store.Retention{Mode: mode, Until: until.UTC()}
+		if err := r.Validate(); err != nil {
+			return store.Retention{}, false, fmt.Errorf("object lock %s: %w", key, err)
+		}
+	}
+	hold := strings.EqualFold(oi.Metadata.Get("X-Amz-Object-Lock-Legal-Hold"), "ON")
+	return r, hold, nil
 }
 
 // String returns the store's URL.
@@ -354,9 +415,27 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, opts store.Put
 		_, err = s.client.PutObject(ctx, s.bucket, s.prefix+key, r, size, po)
 	}
 	if err != nil {
+		if opts.Retention.Mode != "" || opts.LegalHold {
+			err = lockRefused(err)
+		}
 		return fmt.Errorf("put %s: %w", key, s.classify(ctx, err, condition(opts)))
 	}
 	return nil
+}
+
+// lockRefused marks as store.ErrUnsupported the refusal of a lock in a
+// bucket without object lock: MinIO and AWS answer 400 InvalidRequest,
+// "Bucket is missing ObjectLockConfiguration" (AWS: "Object Lock
+// Configuration").
+func lockRefused(err error) error {
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) && resp.Code == "InvalidRequest" {
+		msg := strings.ToLower(strings.ReplaceAll(resp.Message, " ", ""))
+		if strings.Contains(msg, "objectlockconfiguration") {
+			return fmt.Errorf("%w: %w", store.ErrUnsupported, err)
+		}
+	}
+	return err
 }
 
 // putStream uploads r, of unknown length, holding one part in memory: a

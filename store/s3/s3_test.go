@@ -243,6 +243,23 @@ func TestObjectLock(t *testing.T) {
 		}
 	}
 
+	if err := s.CheckObjectLock(ctx); err != nil {
+		t.Errorf("CheckObjectLock of a bucket with object lock: %v", err)
+	}
+	for key, want := range map[string]store.Retention{
+		"compliance": {Mode: store.Compliance, Until: until},
+		"governance": {Mode: store.Governance, Until: until},
+		"hold":       {},
+	} {
+		r, hold, err := s.ObjectLock(ctx, key)
+		if err != nil || r.Mode != want.Mode || !r.Until.Equal(want.Until) || hold != (key == "hold") {
+			t.Errorf("ObjectLock(%s) = %+v, hold %t, %v; want %+v, hold %t", key, r, hold, err, want, key == "hold")
+		}
+	}
+	if _, _, err := s.ObjectLock(ctx, "absent"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ObjectLock of a missing object: %v, want ErrNotFound", err)
+	}
+
 	// An unlocked object in the same bucket deletes for good: every
 	// version goes, so no older one comes back.
 	storetest.Put(t, s, "free", []byte("v1"), store.PutOptions{})
@@ -261,18 +278,108 @@ func TestObjectLock(t *testing.T) {
 	if n != 0 {
 		t.Errorf("%d versions of a deleted object left", n)
 	}
+	if r, hold, err := s.ObjectLock(ctx, "free"); err == nil || r.Mode != "" || hold {
+		t.Errorf("ObjectLock of a deleted object: %+v %t %v", r, hold, err)
+	}
+}
+
+// TestIfMatchLocked: in a bucket with object lock, a compare-and-swap Put
+// of a locked object (a manifest rewritten by a lifecycle change) adds a
+// new version, locked as asked; the old version stays locked under it,
+// and a Put with a stale ETag still loses.
+func TestIfMatchLocked(t *testing.T) {
+	srv := miniotest.Shared(t)
+	s := newStore(t, config(t, srv, srv.NewBucket(t, miniotest.BucketOptions{ObjectLocking: true})))
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour).Truncate(time.Second)
+	lock := store.Retention{Mode: store.Compliance, Until: until}
+	storetest.Put(t, s, "m", []byte("v1"), store.PutOptions{CreateOnly: true, Retention: lock})
+	oi, err := s.Stat(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.Put(t, s, "m", []byte("v2"), store.PutOptions{IfMatch: oi.ETag, Retention: lock})
+	if got := storetest.Read(t, s, "m"); string(got) != "v2" {
+		t.Fatalf("after the swap: %q", got)
+	}
+	if err := s.Put(ctx, "m", strings.NewReader("v3"), store.PutOptions{IfMatch: oi.ETag, Retention: lock}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("swap with a stale ETag: %v, want ErrConflict", err)
+	}
+	var versions int
+	for v := range s.Client().ListObjects(ctx, s.Bucket(), minio.ListObjectsOptions{Prefix: s.ObjectName("m"), WithVersions: true}) {
+		if v.Err != nil {
+			t.Fatal(v.Err)
+		}
+		versions++
+		mode, date, err := s.Client().GetObjectRetention(ctx, s.Bucket(), v.Key, v.VersionID)
+		if err != nil || mode == nil || *mode != minio.Compliance || date == nil || !date.Equal(until) {
+			t.Errorf("version %s (latest %t): retention %v %v, %v; want COMPLIANCE until %v", v.VersionID, v.IsLatest, mode, date, err, until)
+		}
+	}
+	if versions != 2 {
+		t.Errorf("%d versions, want 2", versions)
+	}
+	if err := s.Delete(ctx, "m"); !errors.Is(err, store.ErrLocked) {
+		t.Errorf("delete: %v, want ErrLocked", err)
+	}
+	if got := storetest.Read(t, s, "m"); string(got) != "v2" {
+		t.Errorf("after a refused delete: %q", got)
+	}
+}
+
+// TestInitBucketObjectLock: InitBucket with ObjectLock makes a bucket
+// that locks, accepts an existing one that does, and refuses one that
+// does not (ErrUnsupported) without changing it.
+func TestInitBucketObjectLock(t *testing.T) {
+	srv := miniotest.Shared(t)
+	ctx := context.Background()
+	s := newStore(t, config(t, srv, "lk-"+randomHex(4)))
+	if created, err := s.InitBucket(ctx, BucketOptions{ObjectLock: true}); created || !errors.Is(err, store.ErrNoStore) {
+		t.Errorf("InitBucket of a missing bucket without Create: %v, %v", created, err)
+	}
+	if created, err := s.InitBucket(ctx, BucketOptions{Create: true, ObjectLock: true}); !created || err != nil {
+		t.Fatalf("InitBucket: %v, %v", created, err)
+	}
+	if err := s.CheckObjectLock(ctx); err != nil {
+		t.Errorf("the bucket made: %v", err)
+	}
+	if created, err := s.InitBucket(ctx, BucketOptions{Create: true, ObjectLock: true}); created || err != nil {
+		t.Errorf("InitBucket of the existing locked bucket: %v, %v", created, err)
+	}
+	storetest.Put(t, s, "k", []byte("x"), store.PutOptions{Retention: store.Retention{Mode: store.Governance, Until: time.Now().Add(time.Minute)}})
+
+	plain := newStore(t, config(t, srv, srv.NewBucket(t, miniotest.BucketOptions{})))
+	if created, err := plain.InitBucket(ctx, BucketOptions{Create: true, ObjectLock: true}); created || !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("InitBucket with object lock of a bucket without: %v, %v; want ErrUnsupported", created, err)
+	}
+	if err := plain.CheckObjectLock(ctx); !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("after the refusal: %v", err)
+	}
 }
 
 func TestRetentionNeedsLockedBucket(t *testing.T) {
 	srv := miniotest.Shared(t)
 	s := newStore(t, config(t, srv, srv.NewBucket(t, miniotest.BucketOptions{})))
+	if err := s.CheckObjectLock(context.Background()); !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("CheckObjectLock of a bucket without object lock: %v, want ErrUnsupported", err)
+	}
 	err := s.Put(context.Background(), "r", strings.NewReader("x"), store.PutOptions{
 		Retention: store.Retention{Mode: store.Compliance, Until: time.Now().Add(time.Hour)},
 	})
-	if err == nil || store.IsTransient(err) {
-		t.Errorf("retention in a bucket without object lock: got %v, want a permanent error", err)
+	if !errors.Is(err, store.ErrUnsupported) || store.IsTransient(err) {
+		t.Errorf("retention in a bucket without object lock: got %v, want ErrUnsupported", err)
 	}
 	storetest.Absent(t, s, "r")
+	// A big body (a multipart upload) is refused as well, and leaves no
+	// upload behind.
+	err = s.Put(context.Background(), "big", struct{ io.Reader }{bytes.NewReader(storetest.Data(3, storetest.BigSize))}, store.PutOptions{
+		Retention: store.Retention{Mode: store.Compliance, Until: time.Now().Add(time.Hour)},
+	})
+	if !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("streamed retention put in a bucket without object lock: got %v, want ErrUnsupported", err)
+	}
+	storetest.Absent(t, s, "big")
+	noUploadsLeft(t, s, "big")
 	err = s.Put(context.Background(), "r", strings.NewReader("x"), store.PutOptions{Retention: store.Retention{Mode: store.Compliance}})
 	if err == nil {
 		t.Error("retention without a date accepted")
@@ -437,14 +544,14 @@ func TestMissingBucketAndAccessDenied(t *testing.T) {
 	if err := s.Put(ctx, "k", strings.NewReader("x"), store.PutOptions{}); !errors.Is(err, store.ErrNoStore) {
 		t.Errorf("put: %v, want ErrNoStore", err)
 	}
-	if created, err := s.InitBucket(ctx, false); created || !errors.Is(err, store.ErrNoStore) {
+	if created, err := s.InitBucket(ctx, BucketOptions{}); created || !errors.Is(err, store.ErrNoStore) {
 		t.Errorf("InitBucket(false): %v, %v", created, err)
 	}
-	if created, err := s.InitBucket(ctx, true); !created || err != nil {
+	if created, err := s.InitBucket(ctx, BucketOptions{Create: true}); !created || err != nil {
 		t.Fatalf("InitBucket(true): %v, %v", created, err)
 	}
 	t.Cleanup(func() { s.Client().RemoveBucket(context.Background(), cfg.Bucket) })
-	if created, err := s.InitBucket(ctx, false); created || err != nil {
+	if created, err := s.InitBucket(ctx, BucketOptions{}); created || err != nil {
 		t.Errorf("InitBucket of an existing bucket: %v, %v", created, err)
 	}
 	if err := s.List(ctx, "", func(store.ObjectInfo) error { return nil }); err != nil {

@@ -118,12 +118,27 @@ func s3Config(rawURL string, cfg s3.Config) (s3.Config, error) {
 	return cfg, nil
 }
 
+// InitOptions are the options of Init. The zero value checks that the
+// store exists, making only a file store's directory.
+type InitOptions struct {
+	// CreateBucket makes a missing S3 bucket (in the URL's or the
+	// environment's region).
+	CreateBucket bool
+	// ObjectLock requires a store that can lock objects: an S3 bucket
+	// with object lock. A bucket made is made with it; an existing bucket
+	// without it, and a file store, are errors wrapping
+	// store.ErrUnsupported.
+	ObjectLock bool
+}
+
 // Init makes the store rawURL names ready for backups and reports whether
 // it created it: a file store's directory is made if missing; an S3
-// bucket must exist, unless createBucket, when a missing one is made (in
-// the URL's or environment's region).
-func Init(ctx context.Context, rawURL string, opts Options, createBucket bool) (st store.Store, created bool, err error) {
+// bucket must exist, unless init.CreateBucket, when a missing one is made.
+func Init(ctx context.Context, rawURL string, opts Options, init InitOptions) (st store.Store, created bool, err error) {
 	if strings.HasPrefix(rawURL, "file://") {
+		if init.ObjectLock {
+			return nil, false, fmt.Errorf("store %s: the file store cannot lock objects (object lock needs an S3 bucket made with it): %w", rawURL, store.ErrUnsupported)
+		}
 		if st, err = Open(rawURL, opts); err == nil {
 			return st, false, nil
 		}
@@ -141,6 +156,6 @@ func Init(ctx context.Context, rawURL string, opts Options, createBucket bool) (
 	if !ok {
 		return st, false, nil
 	}
-	created, err = s3st.InitBucket(ctx, createBucket)
+	created, err = s3st.InitBucket(ctx, s3.BucketOptions{Create: init.CreateBucket, ObjectLock: init.ObjectLock})
 	return st, created, err
 }

@@ -79,14 +79,23 @@ func TestOpenRefuses(t *testing.T) {
 func TestInitFile(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "new")
 	ctx := context.Background()
-	if _, created, err := Init(ctx, "file://"+dir, Options{}, false); err != nil || !created {
+	if _, created, err := Init(ctx, "file://"+dir, Options{}, InitOptions{}); err != nil || !created {
 		t.Fatalf("Init: created %v, %v", created, err)
 	}
-	st, created, err := Init(ctx, "file://"+dir, Options{}, false)
+	st, created, err := Init(ctx, "file://"+dir, Options{}, InitOptions{})
 	if err != nil || created {
 		t.Fatalf("Init again: created %v, %v", created, err)
 	}
 	if st.(*file.Store).Root() != dir {
 		t.Errorf("root %s", st.(*file.Store).Root())
+	}
+	// A file store cannot lock objects: init with object lock is refused
+	// and makes no directory.
+	other := filepath.Join(t.TempDir(), "locked")
+	if _, created, err := Init(ctx, "file://"+other, Options{}, InitOptions{ObjectLock: true}); created || !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("Init with object lock: created %v, %v; want ErrUnsupported", created, err)
+	}
+	if _, err := os.Stat(other); !errors.Is(err, iofs.ErrNotExist) {
+		t.Errorf("Init with object lock made %s: %v", other, err)
 	}
 }
