@@ -139,7 +139,7 @@ type Lease struct {
 func (ls *Lease) Generation() uint64 { return ls.rec.Generation }
 
 // Acquire takes job's lease for slot. It fails with ErrSlotDone if the
-// record says slot (or a later slot) was done, with ErrLeaseHeld if
+// record says slot was done, with ErrLeaseHeld if
 // another replica holds it and has renewed it within the lease duration
 // as this replica observes, and with ErrLeaseLost if another replica won
 // a race for it.
@@ -152,7 +152,11 @@ func (l *Lessor) Acquire(ctx context.Context, job string, slot time.Time) (*Leas
 	if err != nil {
 		return nil, err
 	}
-	if rec != nil && rec.State == LeaseDone && !rec.Slot.Before(slot) {
+	// Done for this very slot only: a record claiming a later slot (a
+	// replica whose clock runs ahead, or a forged record) does not hold
+	// this slot off; the due check (signed manifests) already skips a slot
+	// a later backup covers.
+	if rec != nil && rec.State == LeaseDone && rec.Slot.Equal(slot) {
 		return nil, ErrSlotDone
 	}
 	if rec != nil && rec.State == LeaseHeld && !l.expired(job, etag) {

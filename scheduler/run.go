@@ -399,6 +399,11 @@ func (s *Scheduler) lastRun(ctx context.Context, cfg Config, kind, cluster strin
 		if err != nil || r == nil {
 			return time.Time{}, err
 		}
+		if r.Slot.After(time.Now()) {
+			// Run records are not signed: one dated ahead (a clock
+			// stepped back, or a forged record) must not hold drills off.
+			return time.Time{}, nil
+		}
 		return r.Slot, nil
 	}
 	l, err := backup.Scan(ctx, cfg.Repo, backup.ListOptions{

@@ -458,3 +458,29 @@ func get(t *testing.T, url string) string {
 	}
 	return string(b)
 }
+
+// TestForgedDrillRecord: a drill run record dated far ahead (run records
+// are not signed) does not hold the cluster's drills off.
+func TestForgedDrillRecord(t *testing.T) {
+	f := newFleet(t, backuptest.FileStore(t), "c1")
+	ahead := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := writeRun(context.Background(), f.repo.Store, "", &RunRecord{Cluster: "c1", Kind: KindDrill, Slot: ahead, Finished: ahead, OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	var drills atomic.Int32
+	j := &jobs{f: f, drill: func(context.Context, string) (DrillResult, error) {
+		drills.Add(1)
+		return DrillResult{BackupID: "b"}, nil
+	}}
+	sc, err := New(Config{Clusters: []Cluster{{ID: "c1", Drill: mustParse(t, "@daily")}}, Settings: fast, Repo: f.repo,
+		PublicKey: f.pub, Jobs: j, Holder: "r", Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	sc.Run(ctx)
+	if n := drills.Load(); n != 1 {
+		t.Fatalf("%d drills after a forged record, want the 1 due", n)
+	}
+}
