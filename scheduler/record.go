@@ -3,6 +3,7 @@ package scheduler
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +47,10 @@ type RunRecord struct {
 	LastSuccess *time.Time `json:"last_success,omitempty"`
 	// Failures are the latest failures, newest first.
 	Failures []Failure `json:"failures,omitempty"`
+	// Signature is an Ed25519 signature, by the manifest signing key, of
+	// the record without it (see recordSigningBytes): a record edited in
+	// the store, a drill marked passed, say, does not verify.
+	Signature []byte `json:"signature,omitempty"`
 }
 
 // Failure is one failed run.
@@ -61,13 +66,33 @@ const (
 	maxErrorText    = 500
 )
 
+// ErrRecordUnverified: a run record's signature is missing or does not
+// verify; its contents cannot be trusted.
+var ErrRecordUnverified = errors.New("run record does not verify (edited in the store?)")
+
+// recordDomain separates run-record signatures from manifest signatures
+// made with the same key.
+const recordDomain = "hsmbackup run record v1\n"
+
+func recordSigningBytes(r *RunRecord) ([]byte, error) {
+	c := *r
+	c.Signature = nil
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(recordDomain), b...), nil
+}
+
 func runKey(prefix, cluster, kind string) string {
 	return prefix + "scheduler/runs/" + cluster + "/" + kind + ".json"
 }
 
 // readRun reads a job's run record; nil if there is none or it does
-// not parse (it is then rewritten by the next run).
-func readRun(ctx context.Context, st store.Store, prefix, cluster, kind string) (*RunRecord, error) {
+// not parse (it is then rewritten by the next run). With pub, a record
+// whose signature does not verify is an error wrapping
+// ErrRecordUnverified.
+func readRun(ctx context.Context, st store.Store, prefix, cluster, kind string, pub ed25519.PublicKey) (*RunRecord, error) {
 	rc, err := st.Get(ctx, runKey(prefix, cluster, kind))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
@@ -85,13 +110,27 @@ func readRun(ctx context.Context, st store.Store, prefix, cluster, kind string) 
 		r.Cluster != cluster || r.Kind != kind {
 		return nil, nil
 	}
+	if pub != nil {
+		msg, err := recordSigningBytes(&r)
+		if err != nil || len(r.Signature) != ed25519.SignatureSize || !ed25519.Verify(pub, msg, r.Signature) {
+			return nil, fmt.Errorf("%s %s of cluster %s: %w", kind, "run record", cluster, ErrRecordUnverified)
+		}
+	}
 	return &r, nil
 }
 
-// writeRun stores r as its job's run record, carrying over the last
-// success and the failures of the record before it.
-func writeRun(ctx context.Context, st store.Store, prefix string, r *RunRecord) error {
-	prev, err := readRun(ctx, st, prefix, r.Cluster, r.Kind)
+// writeRun stores r as its job's run record, signed with priv (if set),
+// carrying over the last success and the failures of the record before
+// it if that one verifies.
+func writeRun(ctx context.Context, st store.Store, prefix string, r *RunRecord, priv ed25519.PrivateKey) error {
+	var pub ed25519.PublicKey
+	if priv != nil {
+		pub = priv.Public().(ed25519.PublicKey)
+	}
+	prev, err := readRun(ctx, st, prefix, r.Cluster, r.Kind, pub)
+	if errors.Is(err, ErrRecordUnverified) {
+		prev, err = nil, nil // its history is not carried over
+	}
 	if err != nil {
 		return err
 	}
@@ -110,6 +149,14 @@ func writeRun(ctx context.Context, st store.Store, prefix string, r *RunRecord) 
 		if len(r.Failures) > keptFailures {
 			r.Failures = r.Failures[:keptFailures]
 		}
+	}
+	r.Signature = nil
+	if priv != nil {
+		msg, err := recordSigningBytes(r)
+		if err != nil {
+			return err
+		}
+		r.Signature = ed25519.Sign(priv, msg)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -66,8 +67,12 @@ type Config struct {
 	// beside them, under scheduler/.
 	Repo backup.Repo
 	// PublicKey checks manifests when the scheduler decides what is
-	// due: a forged manifest does not hold a cluster's backups off.
+	// due: a forged manifest does not hold a cluster's backups off. It
+	// also checks the run records.
 	PublicKey ed25519.PublicKey
+	// SigningKey, the manifest signing key, signs the run records, so
+	// that a result edited in the store (a drill marked passed) is seen.
+	SigningKey ed25519.PrivateKey
 	Jobs      Jobs
 	// Holder names this replica in leases and records.
 	Holder string
@@ -179,14 +184,20 @@ func (c cronLogger) Error(err error, msg string, kv ...any) {
 	c.l.Error("cron: "+msg, append(kv, "err", err)...)
 }
 
-// startCron schedules every job in a new robfig runner, and starts one
-// catch-up run of each. The chain puts SkipIfStillRunning outside
-// Recover: the other order loses Skip's token when a job panics (robfig
-// v3.0.1), and that job never runs again. s.mu is held.
-func (s *Scheduler) startCron() {
-	l := cronLogger{s.cfg.Log}
-	c := cron.New(cron.WithLocation(time.UTC), cron.WithLogger(l),
+// newRunner is robfig's runner as the scheduler uses it: in UTC, with
+// every job wrapped in SkipIfStillRunning(Recover(job)). Skip goes
+// outside Recover: the other order loses Skip's token when a job panics
+// (robfig v3.0.1), and that job never runs again.
+func newRunner(log *slog.Logger) *cron.Cron {
+	l := cronLogger{log}
+	return cron.New(cron.WithLocation(time.UTC), cron.WithLogger(l),
 		cron.WithChain(cron.SkipIfStillRunning(l), cron.Recover(l)))
+}
+
+// startCron schedules every job in a new robfig runner, and starts one
+// catch-up run of each. s.mu is held.
+func (s *Scheduler) startCron() {
+	c := newRunner(s.cfg.Log)
 	var catchUp []cron.Job
 	for _, cl := range s.cfg.Clusters {
 		for _, kind := range []string{KindBackup, KindDrill} {
@@ -395,7 +406,10 @@ func jitter(sched Schedule, slot time.Time, most time.Duration) time.Duration {
 // verifies; for a drill, the slot of its last run.
 func (s *Scheduler) lastRun(ctx context.Context, cfg Config, kind, cluster string) (time.Time, error) {
 	if kind == KindDrill {
-		r, err := readRun(ctx, cfg.Repo.Store, repoPrefix(cfg.Repo), cluster, KindDrill)
+		r, err := readRun(ctx, cfg.Repo.Store, repoPrefix(cfg.Repo), cluster, KindDrill, cfg.PublicKey)
+		if errors.Is(err, ErrRecordUnverified) {
+			return time.Time{}, nil // a forged record holds no drill off
+		}
 		if err != nil || r == nil {
 			return time.Time{}, err
 		}
@@ -446,12 +460,7 @@ func (s *Scheduler) held(ctx context.Context, cfg Config, log *slog.Logger, kind
 	defer cfg.Metrics.held(kind, cluster, false)
 
 	rec := &RunRecord{Cluster: cluster, Kind: kind, Slot: slot.UTC(), Started: time.Now().UTC().Round(0), Holder: cfg.Holder}
-	var err error
-	if kind == KindBackup {
-		err = s.backup(runCtx, cfg, log, cluster, slot, lease, rec)
-	} else {
-		err = s.drill(runCtx, cfg, log, cluster, rec)
-	}
+	err := s.job(runCtx, cfg, log, kind, cluster, slot, lease, rec)
 	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w (%w)", err, cause)
 	}
@@ -465,7 +474,7 @@ func (s *Scheduler) held(ctx context.Context, cfg Config, log *slog.Logger, kind
 	after, cancelAfter := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancelAfter()
 	if !errors.Is(err, ErrLeaseLost) { // a lost slot is another replica's to record
-		if werr := writeRun(after, cfg.Repo.Store, repoPrefix(cfg.Repo), rec); werr != nil {
+		if werr := writeRun(after, cfg.Repo.Store, repoPrefix(cfg.Repo), rec, cfg.SigningKey); werr != nil {
 			log.Error("run not recorded", "err", werr)
 		}
 	}
@@ -475,6 +484,22 @@ func (s *Scheduler) held(ctx context.Context, cfg Config, log *slog.Logger, kind
 		log.Warn("lease not released: it expires", "err", rerr)
 	}
 	return err
+}
+
+// job runs the job, a panic in it turned into its error (logged with
+// its stack), so that the run still records its result, releases its
+// lease and gives back its concurrency token.
+func (s *Scheduler) job(ctx context.Context, cfg Config, log *slog.Logger, kind, cluster string, slot time.Time, lease *Lease, rec *RunRecord) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("job panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = fmt.Errorf("%s panicked: %v", kind, r)
+		}
+	}()
+	if kind == KindBackup {
+		return s.backup(ctx, cfg, log, cluster, slot, lease, rec)
+	}
+	return s.drill(ctx, cfg, log, cluster, rec)
 }
 
 // backup runs a backup for slot: after re-checking, under the lease,

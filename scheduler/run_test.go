@@ -121,7 +121,7 @@ func schedulerFor(t *testing.T, f *fleet, j Jobs, holder, spec string, s Setting
 	for id := range f.members {
 		cs = append(cs, Cluster{ID: id, Backup: mustParse(t, spec)})
 	}
-	sc, err := New(Config{Clusters: cs, Settings: s, Repo: f.repo, PublicKey: f.pub, Jobs: j, Holder: holder, Log: testLogger(t).With("replica", holder)})
+	sc, err := New(Config{Clusters: cs, Settings: s, Repo: f.repo, PublicKey: f.pub, SigningKey: f.priv, Jobs: j, Holder: holder, Log: testLogger(t).With("replica", holder)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,16 +256,16 @@ func TestFailuresRetriedInSlot(t *testing.T) {
 	if ms, _ := backup.List(context.Background(), f.repo, backup.Filter{}); len(ms) != 1 {
 		t.Errorf("%d backups, want 1", len(ms))
 	}
-	rec, err := readRun(context.Background(), f.repo.Store, "", "c1", KindBackup)
+	rec, err := readRun(context.Background(), f.repo.Store, "", "c1", KindBackup, f.pub)
 	if err != nil || rec == nil || !rec.OK || rec.LastSuccess == nil || len(rec.Failures) != 2 ||
 		!strings.Contains(rec.Failures[0].Error, "injected failure 2") {
 		t.Fatalf("run record %+v, %v", rec, err)
 	}
 }
 
-// TestPanickingBackupRunsAgain: a backup that panics is recovered and
-// the cluster's next slot runs (robfig's SkipIfStillRunning outside
-// Recover: the other order would never run it again).
+// TestPanickingBackupRunsAgain: a backup that panics fails its run like
+// an error (its lease released, its concurrency token given back) and
+// the cluster's next slots run.
 func TestPanickingBackupRunsAgain(t *testing.T) {
 	const spec = "* * * * * *"
 	f := newFleet(t, backuptest.FileStore(t), "c1")
@@ -284,6 +284,38 @@ func TestPanickingBackupRunsAgain(t *testing.T) {
 	}
 	if len(slotsOf(t, f, spec)["c1"]) == 0 {
 		t.Fatal("no backup after the panic")
+	}
+	// The panicking run's lease was released, not left to expire.
+	if n := j.calls.Load(); n < 3 {
+		t.Errorf("%d backup runs in 4 s of a 1 s schedule: the panic held the slot", n)
+	}
+}
+
+// TestRunnerRecoversPanics: robfig's runner as the scheduler builds it
+// runs a job that panicked again at its next slot (with the chain in the
+// other order, robfig v3.0.1 never runs it again), and never runs two of
+// its runs at once.
+func TestRunnerRecoversPanics(t *testing.T) {
+	c := newRunner(testLogger(t))
+	var runs, running, overlap atomic.Int32
+	c.Schedule(mustParse(t, "* * * * * *").s, cronFunc(func() {
+		if running.Add(1) > 1 {
+			overlap.Add(1)
+		}
+		defer running.Add(-1)
+		if runs.Add(1) == 1 {
+			panic("injected")
+		}
+		time.Sleep(1500 * time.Millisecond) // spans a slot: that one is skipped
+	}))
+	c.Start()
+	time.Sleep(4500 * time.Millisecond)
+	<-c.Stop().Done()
+	if n := runs.Load(); n < 2 {
+		t.Errorf("%d runs in 4.5 s of a job that panicked at its first", n)
+	}
+	if overlap.Load() != 0 {
+		t.Error("two runs of one job at once")
 	}
 }
 
@@ -330,7 +362,7 @@ func TestDrainCancels(t *testing.T) {
 	if ms, _ := backup.List(context.Background(), f.repo, backup.Filter{}); len(ms) != 0 {
 		t.Fatalf("%d backups listed after a cancelled run", len(ms))
 	}
-	rec, err := readRun(context.Background(), f.repo.Store, "", "c1", KindBackup)
+	rec, err := readRun(context.Background(), f.repo.Store, "", "c1", KindBackup, f.pub)
 	if err != nil || rec == nil || rec.OK || !strings.Contains(rec.Error, "canceled") {
 		t.Fatalf("run record = %+v, %v", rec, err)
 	}
@@ -356,7 +388,7 @@ func TestStatusAndMetrics(t *testing.T) {
 	for _, id := range []string{"bad", "good"} {
 		cs = append(cs, Cluster{ID: id, Backup: mustParse(t, "@hourly"), Drill: mustParse(t, "@daily")})
 	}
-	sc, err := New(Config{Clusters: cs, Settings: fast, Repo: f.repo, PublicKey: f.pub, Jobs: j, Holder: "r", Log: testLogger(t), Metrics: m})
+	sc, err := New(Config{Clusters: cs, Settings: fast, Repo: f.repo, PublicKey: f.pub, SigningKey: f.priv, Jobs: j, Holder: "r", Log: testLogger(t), Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,12 +491,13 @@ func get(t *testing.T, url string) string {
 	return string(b)
 }
 
-// TestForgedDrillRecord: a drill run record dated far ahead (run records
-// are not signed) does not hold the cluster's drills off.
+// TestForgedDrillRecord: a drill run record dated far ahead (a clock
+// stepped back when it was written) does not hold the cluster's drills
+// off.
 func TestForgedDrillRecord(t *testing.T) {
 	f := newFleet(t, backuptest.FileStore(t), "c1")
 	ahead := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := writeRun(context.Background(), f.repo.Store, "", &RunRecord{Cluster: "c1", Kind: KindDrill, Slot: ahead, Finished: ahead, OK: true}); err != nil {
+	if err := writeRun(context.Background(), f.repo.Store, "", &RunRecord{Cluster: "c1", Kind: KindDrill, Slot: ahead, Finished: ahead, OK: true}, f.priv); err != nil {
 		t.Fatal(err)
 	}
 	var drills atomic.Int32
@@ -473,7 +506,7 @@ func TestForgedDrillRecord(t *testing.T) {
 		return DrillResult{BackupID: "b"}, nil
 	}}
 	sc, err := New(Config{Clusters: []Cluster{{ID: "c1", Drill: mustParse(t, "@daily")}}, Settings: fast, Repo: f.repo,
-		PublicKey: f.pub, Jobs: j, Holder: "r", Log: testLogger(t)})
+		PublicKey: f.pub, SigningKey: f.priv, Jobs: j, Holder: "r", Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -484,3 +517,45 @@ func TestForgedDrillRecord(t *testing.T) {
 		t.Fatalf("%d drills after a forged record, want the 1 due", n)
 	}
 }
+
+// TestEditedDrillRecord: a failed drill's record edited in the store to
+// say it passed does not verify: the cluster is red, its last drill
+// unknown, and the next drill is due at once.
+func TestEditedDrillRecord(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t, backuptest.FileStore(t), "c1")
+	slot := time.Now().UTC().Truncate(time.Hour)
+	rec := &RunRecord{Cluster: "c1", Kind: KindDrill, Slot: slot, Finished: slot, OK: false, Error: "inventory mismatch"}
+	if err := writeRun(ctx, f.repo.Store, "", rec, f.priv); err != nil {
+		t.Fatal(err)
+	}
+	b := readAll(t, f.repo.Store, runKey("", "c1", KindDrill))
+	edited := strings.Replace(string(b), `"ok":false`, `"ok":true`, 1)
+	edited = strings.Replace(edited, `"error":"inventory mismatch",`, "", 1)
+	if edited == string(b) {
+		t.Fatal("the record was not edited")
+	}
+	if err := f.repo.Store.Put(ctx, runKey("", "c1", KindDrill), strings.NewReader(edited), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cs := []Cluster{{ID: "c1", Drill: mustParse(t, "@daily")}}
+	st, err := Collect(ctx, f.repo, f.pub, cs, fast, time.Now())
+	if err != nil || len(st) != 1 {
+		t.Fatal(err)
+	}
+	if st[0].Colour != Red || !strings.Contains(strings.Join(st[0].Problems, "; "), "does not verify") {
+		t.Errorf("an edited drill record: %s %q", st[0].Colour, st[0].Problems)
+	}
+	sc, err := New(Config{Clusters: cs, Settings: fast, Repo: f.repo, PublicKey: f.pub, SigningKey: f.priv, Jobs: &jobs{f: f},
+		Holder: "r", Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, err := sc.lastRun(ctx, sc.cfg, KindDrill, "c1"); err != nil || !last.IsZero() {
+		t.Errorf("lastRun of an edited record = %s, %v; want none (a drill due)", last, err)
+	}
+}
+
+type cronFunc func()
+
+func (f cronFunc) Run() { f() }

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"time"
 
@@ -86,12 +87,23 @@ func Collect(ctx context.Context, repo backup.Repo, pub ed25519.PublicKey, clust
 			cs.NewestReady, cs.NewestBackup = &t, m.ID
 			cs.RPOSeconds = now.Sub(t).Seconds()
 		}
-		if cs.LastRun, err = readRun(ctx, repo.Store, prefix, c.ID, KindBackup); err != nil {
+		var unverified []string
+		cs.LastRun, err = readRun(ctx, repo.Store, prefix, c.ID, KindBackup, pub)
+		if errors.Is(err, ErrRecordUnverified) {
+			unverified, err = append(unverified, "the backup run record does not verify (edited in the store?)"), nil
+		}
+		if err != nil {
 			return nil, err
 		}
 		if !c.Backup.IsZero() {
 			cs.Schedule = c.Backup.Spec()
 			assess(&cs, c.Backup, s, now)
+		}
+		for _, p := range unverified {
+			if cs.Colour == Green {
+				cs.Colour = Amber
+			}
+			cs.Problems = append(cs.Problems, p)
 		}
 		for _, inv := range invalid[c.ID] {
 			// Skipped by every listing and never pruned, but someone wrote
@@ -103,7 +115,13 @@ func Collect(ctx context.Context, repo backup.Repo, pub ed25519.PublicKey, clust
 		}
 		if !c.Drill.IsZero() {
 			d := &DrillStatus{Schedule: c.Drill.Spec(), NextRun: timePtr(Next(c.Drill, now))}
-			if d.Last, err = readRun(ctx, repo.Store, prefix, c.ID, KindDrill); err != nil {
+			d.Last, err = readRun(ctx, repo.Store, prefix, c.ID, KindDrill, pub)
+			if errors.Is(err, ErrRecordUnverified) {
+				// Whether the last drill passed is unknown: red.
+				cs.Colour, err = Red, nil
+				cs.Problems = append(cs.Problems, "the drill run record does not verify (edited in the store?): last drill unknown")
+			}
+			if err != nil {
 				return nil, err
 			}
 			if d.Last != nil && !d.Last.OK {

@@ -140,7 +140,7 @@ func fleet(ctx context.Context, e *env, holder string) (scheduler.Config, error)
 		return scheduler.Config{}, fleetProblems(problems)
 	}
 	return scheduler.Config{
-		Clusters: clusters, Settings: e.cfg.Scheduler.settings(), Repo: e.repo, PublicKey: pub,
+		Clusters: clusters, Settings: e.cfg.Scheduler.settings(), Repo: e.repo, PublicKey: pub, SigningKey: keys.signing,
 		Jobs: &fleetJobs{e: e, keys: &keys}, Holder: holder, Log: e.log.With("replica", holder),
 	}, nil
 }
