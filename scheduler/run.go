@@ -73,7 +73,7 @@ type Config struct {
 	// SigningKey, the manifest signing key, signs the run records, so
 	// that a result edited in the store (a drill marked passed) is seen.
 	SigningKey ed25519.PrivateKey
-	Jobs      Jobs
+	Jobs       Jobs
 	// Holder names this replica in leases and records.
 	Holder string
 	Log    *slog.Logger
