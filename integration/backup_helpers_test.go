@@ -150,9 +150,10 @@ func (s *service) create(t *testing.T, extra ...string) string {
 
 // summary is an entry of `backup list --json`.
 type summary struct {
-	ID        string `json:"backup_id"`
-	ClusterID string `json:"cluster_id"`
-	State     string `json:"state"`
+	ID        string    `json:"backup_id"`
+	ClusterID string    `json:"cluster_id"`
+	State     string    `json:"state"`
+	Created   time.Time `json:"created"`
 	Source    struct {
 		Serial string `json:"serial"`
 	} `json:"source"`

@@ -551,13 +551,20 @@ func (s *Scheduler) drill(ctx context.Context, cfg Config, log *slog.Logger, clu
 }
 
 // refreshEvery is how often a replica re-reads the fleet's state from
-// the store for its status page, readiness and gauges.
-const refreshEvery = 30 * time.Second
+// the store for its status page, readiness and gauges: every 5 s for a
+// small fleet, up to every 30 s for a thousand clusters (each read lists
+// every manifest).
+func refreshEvery(clusters int) time.Duration {
+	return min(30*time.Second, max(5*time.Second, time.Duration(clusters)*30*time.Millisecond))
+}
 
 func (s *Scheduler) refreshLoop(ctx context.Context) {
 	for {
 		s.Refresh(ctx)
-		if !s.sleep(ctx, refreshEvery) {
+		s.mu.Lock()
+		n := len(s.cfg.Clusters)
+		s.mu.Unlock()
+		if !s.sleep(ctx, refreshEvery(n)) {
 			return
 		}
 	}
