@@ -130,6 +130,11 @@ type Lease struct {
 	rec  leaseRecord
 	etag string
 
+	// wmu serializes the lease's writes: the renewer and a commit's
+	// renewal must not race each other's compare-and-swap (the loser
+	// would take the lease for lost).
+	wmu sync.Mutex
+
 	mu      sync.Mutex
 	renewed time.Time // monotonic, of the last write that succeeded
 	lost    bool
@@ -192,14 +197,22 @@ func (l *Lessor) read(ctx context.Context, key string) (*leaseRecord, string, er
 	if err != nil {
 		return nil, "", fmt.Errorf("read lease %s: %w", key, err)
 	}
+	changed := func(err error) error {
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			// Rewritten (or released and replaced) while read: another
+			// replica is at it; the caller waits and tries again.
+			return fmt.Errorf("%w: %s changed while read", ErrLeaseLost, key)
+		}
+		return fmt.Errorf("read lease %s: %w", key, err)
+	}
 	rc, err := l.st.Get(ctx, key)
 	if err != nil {
-		return nil, "", fmt.Errorf("read lease %s: %w", key, err)
+		return nil, "", changed(err)
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, maxLeaseSize+1))
 	if err != nil {
-		return nil, "", fmt.Errorf("read lease %s: %w", key, err)
+		return nil, "", changed(err)
 	}
 	// The ETag is the Stat's: if the object changed between Stat and
 	// Get, a compare-and-swap on it fails, as it should.
@@ -263,6 +276,12 @@ func (ls *Lease) put(ctx context.Context, etag string) error {
 // lease changed by another replica fails with ErrLeaseLost, and stays
 // lost.
 func (ls *Lease) Renew(ctx context.Context) error {
+	ls.wmu.Lock()
+	defer ls.wmu.Unlock()
+	return ls.renew(ctx)
+}
+
+func (ls *Lease) renew(ctx context.Context) error {
 	ls.mu.Lock()
 	lost := ls.lost
 	ls.mu.Unlock()
@@ -290,11 +309,13 @@ func (ls *Lease) Fresh() bool {
 // Release ends the lease, marking its slot done (ok) or failed, by a
 // compare-and-swap on this replica's version.
 func (ls *Lease) Release(ctx context.Context, ok bool) error {
+	ls.wmu.Lock()
+	defer ls.wmu.Unlock()
 	ls.rec.State = LeaseFailed
 	if ok {
 		ls.rec.State = LeaseDone
 	}
-	return ls.Renew(ctx)
+	return ls.renew(ctx)
 }
 
 // Keep renews the lease every third of its duration until ctx is done,

@@ -167,11 +167,11 @@ func (s *Scheduler) Reload(cfg Config) error {
 	if s.stopping {
 		return errors.New("scheduler: stopping")
 	}
-	if s.cron != nil {
-		s.cron.Stop()
-	}
 	s.apply(cfg)
-	s.startCron()
+	if s.cron != nil { // running: a runner on the new schedules
+		s.cron.Stop()
+		s.startCron()
+	}
 	s.cfg.Log.Info("scheduler configuration reloaded", "clusters", len(cfg.Clusters))
 	return nil
 }

@@ -586,15 +586,41 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	}
 	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, nil))
+		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, errReplaced))
 	}
 	// Stat sends the GET, so a missing object shows here, not on Read.
 	if _, err := obj.Stat(); err != nil {
 		obj.Close()
-		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, nil))
+		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, errReplaced))
 	}
-	return obj, nil
+	return &objectReader{obj: obj, s: s, ctx: ctx, key: key}, nil
 }
+
+// errReplaced is a GET's failed precondition: the object was replaced
+// while it was read. It is ErrConflict, but a missing object stays
+// ErrNotFound.
+var errReplaced = fmt.Errorf("replaced while read: %w", store.ErrConflict)
+
+// objectReader classifies a GET's later errors as Get's: minio-go reads
+// the rest of an object with If-Match on the ETag it first saw, so an
+// object replaced meanwhile fails the read with ErrConflict instead of
+// mixing two versions.
+type objectReader struct {
+	obj *minio.Object
+	s   *Store
+	ctx context.Context
+	key string
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	n, err := r.obj.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("get %s: %w", r.key, r.s.classify(r.ctx, err, errReplaced))
+	}
+	return n, err
+}
+
+func (r *objectReader) Close() error { return r.obj.Close() }
 
 // Stat implements store.Store.
 func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
