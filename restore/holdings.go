@@ -121,6 +121,20 @@ func (e *LossError) Error() string {
 
 func (e *LossError) Unwrap() error { return ErrWouldLose }
 
+// Checkable says why a restore cannot be checked against inventory inv
+// (CheckInventory), or returns nil if it can: a backup made before
+// manifests recorded an inventory (nil) has no record to check against,
+// and one that lists its keys by count only no check values.
+func Checkable(inv *backup.Inventory) error {
+	switch {
+	case inv == nil:
+		return errors.New("the backup records no inventory of its content (made before inventories were recorded): what it restores cannot be checked")
+	case !inv.KeysListed():
+		return fmt.Errorf("the backup lists its %d keys by count only (more than %d): their check values cannot be checked", inv.KeyCount, backup.MaxInventoryKeys)
+	}
+	return nil
+}
+
 // ErrInventoryMismatch: an HSM restored from a backup does not hold what
 // the backup's manifest records of its source (its inventory): a user or
 // key is missing, has another role or check value, or is not in the
@@ -180,15 +194,11 @@ func (e *MismatchError) Unwrap() error { return ErrInventoryMismatch }
 // holds, is what the backup's inventory inv records: every user with its
 // role and every token key with its handle and check value, and nothing
 // else. It returns a *MismatchError (ErrInventoryMismatch) listing the
-// differences, or nil. An inventory that is nil (a backup made before
-// manifests recorded one) or lists its keys by count only cannot be
-// checked: that is an error of its own, saying so, not a mismatch.
+// differences, or nil. An inventory that cannot be checked (Checkable) is
+// an error of its own, saying so, not a mismatch.
 func CheckInventory(inv *backup.Inventory, held *Holdings) error {
-	switch {
-	case inv == nil:
-		return errors.New("the backup records no inventory of its content (made before inventories were recorded): what it restores cannot be checked")
-	case !inv.KeysListed():
-		return fmt.Errorf("the backup lists its %d keys by count only (more than %d): their check values cannot be checked", inv.KeyCount, backup.MaxInventoryKeys)
+	if err := Checkable(inv); err != nil {
+		return err
 	}
 	if held == nil {
 		held = &Holdings{}

@@ -38,6 +38,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			signingKeyCommand(),
 			backupCommand(),
 			restoreCommand(),
+			schedulerCommand(),
 			completionCommand(),
 			manCommand(),
 		},

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 )
 
 func zeroizeCommand() *cli.Command {
@@ -66,7 +67,7 @@ func runZeroize(ctx context.Context, e *env, t *target) error {
 		return err
 	}
 	defer cl.Close()
-	res, err := zeroizeHSM(ctx, t, cl)
+	res, err := zeroizeHSM(ctx, t, cl, nil)
 	if err != nil {
 		return err
 	}
@@ -79,13 +80,19 @@ func runZeroize(ctx context.Context, e *env, t *target) error {
 	return err
 }
 
-// zeroizeHSM logs in to cl as t's user and zeroizes the HSM. The HSM
-// decides who may: a crypto officer of its cluster, with the quorum its
-// policy asks for. Errors name the HSM.
-func zeroizeHSM(ctx context.Context, t *target, cl *conn) (*zeroizeResult, error) {
+// zeroizeHSM logs in to cl as t's user and zeroizes the HSM, once its
+// health passes check (if not nil). The HSM decides who may: a crypto
+// officer of its cluster, with the quorum its policy asks for. Errors
+// name the HSM.
+func zeroizeHSM(ctx context.Context, t *target, cl *conn, check func(api.Health) error) (*zeroizeResult, error) {
 	h, err := cl.Health(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: health: %w", cl.addr, cl.explain(err))
+	}
+	if check != nil {
+		if err := check(h); err != nil {
+			return nil, fmt.Errorf("%s: %w", cl.addr, err)
+		}
 	}
 	if _, err := t.login(ctx, cl); err != nil {
 		return nil, fmt.Errorf("%s: %w", cl.addr, err)
