@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/hsmbackup/hsmbackup/backup"
@@ -119,3 +120,121 @@ func (e *LossError) Error() string {
 }
 
 func (e *LossError) Unwrap() error { return ErrWouldLose }
+
+// Checkable says why a restore cannot be checked against inventory inv
+// (CheckInventory), or returns nil if it can: a backup made before
+// manifests recorded an inventory (nil) has no record to check against,
+// and one that lists its keys by count only no check values.
+func Checkable(inv *backup.Inventory) error {
+	switch {
+	case inv == nil:
+		return errors.New("the backup records no inventory of its content (made before inventories were recorded): what it restores cannot be checked")
+	case !inv.KeysListed():
+		return fmt.Errorf("the backup lists its %d keys by count only (more than %d): their check values cannot be checked", inv.KeyCount, backup.MaxInventoryKeys)
+	}
+	return nil
+}
+
+// ErrInventoryMismatch: an HSM restored from a backup does not hold what
+// the backup's manifest records of its source (its inventory): a user or
+// key is missing, has another role or check value, or is not in the
+// inventory. The error is a *MismatchError.
+var ErrInventoryMismatch = errors.New("the restored HSM does not hold what the backup's inventory records")
+
+// Mismatch is how a restored HSM's holdings differ from the backup's
+// inventory. A user held with another role than the inventory's, or a key
+// with another check value, is both missing and extra.
+type Mismatch struct {
+	MissingUsers []hsmcore.UserInfo // in the inventory, not held
+	ExtraUsers   []hsmcore.UserInfo // held, not in the inventory
+	MissingKeys  []string           // inventory entries "<handle>:<kcv>" not held
+	ExtraKeys    []hsmcore.KeyInfo  // token keys held, not in the inventory
+}
+
+// MismatchError is ErrInventoryMismatch with the differences.
+type MismatchError struct {
+	Mismatch *Mismatch
+}
+
+func (e *MismatchError) Error() string {
+	m := e.Mismatch
+	var parts []string
+	users := func(what string, us []hsmcore.UserInfo) {
+		if n := len(us); n > 0 {
+			names := make([]string, 0, 3)
+			for _, u := range us[:min(n, 3)] {
+				names = append(names, fmt.Sprintf("%s (%s)", u.Name, u.Role))
+			}
+			parts = append(parts, fmt.Sprintf("%s %s: %s%s", plural(n, "user"), what, strings.Join(names, ", "), more(n, 3)))
+		}
+	}
+	users("missing", m.MissingUsers)
+	users("not in the inventory", m.ExtraUsers)
+	if n := len(m.MissingKeys); n > 0 {
+		names := make([]string, 0, 3)
+		for _, e := range m.MissingKeys[:min(n, 3)] {
+			h, kcv, _ := strings.Cut(e, ":")
+			names = append(names, fmt.Sprintf("handle %s kcv %s", h, kcv))
+		}
+		parts = append(parts, fmt.Sprintf("%s missing: %s%s", plural(n, "key"), strings.Join(names, ", "), more(n, 3)))
+	}
+	if n := len(m.ExtraKeys); n > 0 {
+		names := make([]string, 0, 3)
+		for _, k := range m.ExtraKeys[:min(n, 3)] {
+			names = append(names, fmt.Sprintf("handle %d kcv %s", k.Handle, k.KCV))
+		}
+		parts = append(parts, fmt.Sprintf("%s not in the inventory: %s%s", plural(n, "key"), strings.Join(names, ", "), more(n, 3)))
+	}
+	return fmt.Sprintf("%v: %s", ErrInventoryMismatch, strings.Join(parts, "; "))
+}
+
+func (e *MismatchError) Unwrap() error { return ErrInventoryMismatch }
+
+// CheckInventory checks that held, what an HSM restored from a backup
+// holds, is what the backup's inventory inv records: every user with its
+// role and every token key with its handle and check value, and nothing
+// else. It returns a *MismatchError (ErrInventoryMismatch) listing the
+// differences, or nil. An inventory that cannot be checked (Checkable) is
+// an error of its own, saying so, not a mismatch.
+func CheckInventory(inv *backup.Inventory, held *Holdings) error {
+	if err := Checkable(inv); err != nil {
+		return err
+	}
+	if held == nil {
+		held = &Holdings{}
+	}
+	m := &Mismatch{}
+	roles := map[string]hsmcore.Role{}
+	for _, u := range held.Users {
+		roles[u.Name] = u.Role
+		if !inv.HasUser(u) {
+			m.ExtraUsers = append(m.ExtraUsers, u)
+		}
+	}
+	for _, u := range inv.Users {
+		if r, ok := roles[u.Name]; !ok || r != u.Role {
+			m.MissingUsers = append(m.MissingUsers, u)
+		}
+	}
+	kcvs := map[uint64]string{}
+	for _, k := range held.Keys {
+		if !k.Token {
+			continue
+		}
+		kcvs[k.Handle] = k.KCV
+		if !inv.HasKey(k) {
+			m.ExtraKeys = append(m.ExtraKeys, k)
+		}
+	}
+	for _, e := range inv.Keys {
+		h, kcv, _ := strings.Cut(e, ":") // validated with the manifest
+		n, err := strconv.ParseUint(h, 10, 64)
+		if got, ok := kcvs[n]; err != nil || !ok || got != kcv {
+			m.MissingKeys = append(m.MissingKeys, e)
+		}
+	}
+	if len(m.MissingUsers)+len(m.ExtraUsers)+len(m.MissingKeys)+len(m.ExtraKeys) == 0 {
+		return nil
+	}
+	return &MismatchError{Mismatch: m}
+}

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -54,5 +55,68 @@ func TestLost(t *testing.T) {
 	err := error(&LossError{Loss: l})
 	if !errors.Is(err, ErrWouldLose) || !strings.HasPrefix(err.Error(), "holds users or keys the backup lacks: ") {
 		t.Fatalf("LossError %v", err)
+	}
+}
+
+// TestCheckInventory: a restored HSM matches the inventory only if it
+// holds every user (name and role) and token key (handle and check value)
+// the inventory records and nothing else; an inventory that cannot say
+// (none, or keys by count only) is no match either.
+func TestCheckInventory(t *testing.T) {
+	admin := hsmcore.UserInfo{Name: "admin", Role: hsmcore.CryptoOfficer}
+	alice := hsmcore.UserInfo{Name: "alice", Role: hsmcore.CryptoUser}
+	k1 := hsmcore.KeyInfo{Handle: 1, KCV: "aaaaaa", Token: true}
+	k2 := hsmcore.KeyInfo{Handle: 2, KCV: "bbbbbb", Token: true}
+	inv := backup.NewInventory([]hsmcore.UserInfo{admin, alice}, []hsmcore.KeyInfo{k1, k2})
+	session := hsmcore.KeyInfo{Handle: 1 << 62, KCV: "eeeeee"}
+
+	if err := CheckInventory(inv, &Holdings{Users: []hsmcore.UserInfo{alice, admin}, Keys: []hsmcore.KeyInfo{k2, k1, session}}); err != nil {
+		t.Fatalf("the backup's state (a session key aside): %v", err)
+	}
+	empty := backup.NewInventory(nil, nil)
+	if err := CheckInventory(empty, nil); err != nil {
+		t.Fatalf("nothing recorded, nothing held: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		held *Holdings
+		want *Mismatch
+		msg  string
+	}{
+		{"nothing held", nil, &Mismatch{MissingUsers: []hsmcore.UserInfo{admin, alice}, MissingKeys: []string{"1:aaaaaa", "2:bbbbbb"}},
+			"2 users missing: admin (CO), alice (CU); 2 keys missing: handle 1 kcv aaaaaa, handle 2 kcv bbbbbb"},
+		{"a key missing", &Holdings{Users: []hsmcore.UserInfo{admin, alice}, Keys: []hsmcore.KeyInfo{k1}}, &Mismatch{MissingKeys: []string{"2:bbbbbb"}},
+			"1 key missing: handle 2 kcv bbbbbb"},
+		{"another check value", &Holdings{Users: []hsmcore.UserInfo{admin, alice}, Keys: []hsmcore.KeyInfo{k1, {Handle: 2, KCV: "cccccc", Token: true}}},
+			&Mismatch{MissingKeys: []string{"2:bbbbbb"}, ExtraKeys: []hsmcore.KeyInfo{{Handle: 2, KCV: "cccccc", Token: true}}},
+			"1 key missing: handle 2 kcv bbbbbb; 1 key not in the inventory: handle 2 kcv cccccc"},
+		{"an extra key", &Holdings{Users: []hsmcore.UserInfo{admin, alice}, Keys: []hsmcore.KeyInfo{k1, k2, {Handle: 3, KCV: "dddddd", Token: true}}},
+			&Mismatch{ExtraKeys: []hsmcore.KeyInfo{{Handle: 3, KCV: "dddddd", Token: true}}}, "1 key not in the inventory: handle 3 kcv dddddd"},
+		{"an extra user", &Holdings{Users: []hsmcore.UserInfo{admin, alice, {Name: "mallory", Role: hsmcore.CryptoOfficer}}, Keys: []hsmcore.KeyInfo{k1, k2}},
+			&Mismatch{ExtraUsers: []hsmcore.UserInfo{{Name: "mallory", Role: hsmcore.CryptoOfficer}}}, "1 user not in the inventory: mallory (CO)"},
+		{"another role", &Holdings{Users: []hsmcore.UserInfo{admin, {Name: "alice", Role: hsmcore.CryptoOfficer}}, Keys: []hsmcore.KeyInfo{k1, k2}},
+			&Mismatch{MissingUsers: []hsmcore.UserInfo{alice}, ExtraUsers: []hsmcore.UserInfo{{Name: "alice", Role: hsmcore.CryptoOfficer}}},
+			"1 user missing: alice (CU); 1 user not in the inventory: alice (CO)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckInventory(inv, tc.held)
+			var me *MismatchError
+			if !errors.Is(err, ErrInventoryMismatch) || !errors.As(err, &me) {
+				t.Fatalf("got %v, want a *MismatchError", err)
+			}
+			if fmt.Sprint(*me.Mismatch) != fmt.Sprint(*tc.want) {
+				t.Fatalf("mismatch %+v, want %+v", *me.Mismatch, *tc.want)
+			}
+			if want := ErrInventoryMismatch.Error() + ": " + tc.msg; err.Error() != want {
+				t.Fatalf("message %q, want %q", err, want)
+			}
+		})
+	}
+	if err := CheckInventory(nil, &Holdings{Users: []hsmcore.UserInfo{admin}}); err == nil || errors.Is(err, ErrInventoryMismatch) || !strings.Contains(err.Error(), "records no inventory") {
+		t.Fatalf("no inventory: %v", err)
+	}
+	unlisted := &backup.Inventory{Format: backup.InventoryFormat, Users: []hsmcore.UserInfo{admin}, KeyCount: backup.MaxInventoryKeys + 1}
+	if err := CheckInventory(unlisted, &Holdings{Users: []hsmcore.UserInfo{admin}}); err == nil || errors.Is(err, ErrInventoryMismatch) || !strings.Contains(err.Error(), "by count only") {
+		t.Fatalf("keys unlisted: %v", err)
 	}
 }

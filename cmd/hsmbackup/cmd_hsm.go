@@ -26,6 +26,7 @@ func hsmCommand() *cli.Command {
 			manufactureCommand(),
 			serveCommand(),
 			statusCommand(),
+			zeroizeCommand(),
 			{
 				Name:         "audit",
 				Usage:        "check an HSM's audit log",

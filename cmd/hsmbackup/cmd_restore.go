@@ -83,20 +83,54 @@ func restoreAction(c *cli.Context) error {
 }
 
 // runRestore restores backup opts.backupID of cluster clusterID into the
-// target's members: the first by image, the others cloned from it.
+// target's members, the first by image, the others cloned from it, and
+// prints what it did.
 func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID string, t *target) error {
+	id := opts.backupID
+	results, err := restoreBackup(ctx, e, opts, clusterID, t)
+	if err != nil {
+		return err
+	}
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
+			BackupID string                 `json:"backup_id"`
+			Cluster  string                 `json:"cluster_id"`
+			DryRun   bool                   `json:"dry_run"`
+			Targets  []restore.TargetResult `json:"targets"`
+		}{id, clusterID, opts.dryRun, results})
+	}
+	verbs := map[restore.Action]string{restore.Checked: "would restore into", restore.Restored: "restored into", restore.Cloned: "cloned into"}
+	for _, r := range results {
+		replaced := ""
+		if r.Replaced != nil {
+			replaced = fmt.Sprintf(", replacing what the backup lacks: %s", r.Replaced)
+		}
+		fmt.Fprintf(e.stdout, "%s %s HSM %s at %s%s\n", id, verbs[r.Action], r.Serial, r.Addr, replaced)
+	}
+	if opts.dryRun {
+		_, err = fmt.Fprintln(e.stdout, "dry run: every check passed; no HSM was changed")
+	}
+	return err
+}
+
+// restoreBackup is the restore: backup opts.backupID of cluster clusterID
+// into the target's members, the first by image, the others cloned from
+// it (restore.Cluster), with its logs; it prints nothing. The restore
+// command and the drill (scheduler drill) restore through it. The target's
+// trust is set from the backup's manifest (trustBackup).
+func restoreBackup(ctx context.Context, e *env, opts restoreOptions, clusterID string, t *target) ([]restore.TargetResult, error) {
 	id := opts.backupID
 	pub, err := e.publicKey()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ids, err := e.identities(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mfr, op, err := e.roots()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The manifest names the cluster's certificate and customer CA: once
 	// restored, the targets present that certificate. It is trusted only
@@ -106,26 +140,26 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 		err = m.Verify(pub)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	switch m.State {
 	case backup.StateReady:
 	case backup.StatePendingDeletion:
-		return fmt.Errorf("backup %s is %s: only READY backups are restored (run 'hsmbackup backup restore-deleted %s' first)", id, m.State, id)
+		return nil, fmt.Errorf("backup %s is %s: only READY backups are restored (run 'hsmbackup backup restore-deleted %s' first)", id, m.State, id)
 	default:
-		return fmt.Errorf("backup %s is %s: its image was purged; it cannot be restored (its manifest stays as the record of it)", id, m.State)
+		return nil, fmt.Errorf("backup %s is %s: its image was purged; it cannot be restored (its manifest stays as the record of it)", id, m.State)
 	}
 	if err := t.trustBackup(m, mfr); err != nil {
-		return err
+		return nil, err
 	}
 	if len(t.members) > 1 && (t.tls.Certificate == nil || t.user == "") {
-		return errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
+		return nil, errors.New("cloning further targets needs a crypto officer of the backup (--user, and a password) and a client certificate from its customer CA (--cert, --key)")
 	}
 	targets := make([]restore.ClusterTarget, len(t.members))
 	for i, a := range t.members {
 		cl, err := t.dial(a)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer cl.Close()
 		cl.hasCert = true // a target is a new HSM or the backup's cluster's: only hints about reaching it apply
@@ -152,31 +186,9 @@ func runRestore(ctx context.Context, e *env, opts restoreOptions, clusterID stri
 		}
 	}
 	if errors.Is(err, restore.ErrWouldLose) {
-		return fmt.Errorf("%w (only this HSM would change: other members of its cluster keep their state; give --force to replace it)", err)
+		return nil, fmt.Errorf("%w (only this HSM would change: other members of its cluster keep their state; give --force to replace it)", err)
 	}
-	if err != nil {
-		return err
-	}
-	if e.g.json {
-		return writeJSON(e.stdout, struct {
-			BackupID string                 `json:"backup_id"`
-			Cluster  string                 `json:"cluster_id"`
-			DryRun   bool                   `json:"dry_run"`
-			Targets  []restore.TargetResult `json:"targets"`
-		}{id, clusterID, opts.dryRun, results})
-	}
-	verbs := map[restore.Action]string{restore.Checked: "would restore into", restore.Restored: "restored into", restore.Cloned: "cloned into"}
-	for _, r := range results {
-		replaced := ""
-		if r.Replaced != nil {
-			replaced = fmt.Sprintf(", replacing what the backup lacks: %s", r.Replaced)
-		}
-		fmt.Fprintf(e.stdout, "%s %s HSM %s at %s%s\n", id, verbs[r.Action], r.Serial, r.Addr, replaced)
-	}
-	if opts.dryRun {
-		_, err = fmt.Fprintln(e.stdout, "dry run: every check passed; no HSM was changed")
-	}
-	return err
+	return results, err
 }
 
 // restoreMember is a target HSM as the restore command reaches it (its

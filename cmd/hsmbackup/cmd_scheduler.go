@@ -2,6 +2,8 @@ package main
 
 import "github.com/urfave/cli/v2"
 
+// schedulerCommand groups the commands of the scheduler: the daemon, what
+// it reports, and each of its runs by hand.
 func schedulerCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "scheduler",
@@ -10,6 +12,7 @@ func schedulerCommand() *cli.Command {
 			schedulerRunCommand(),
 			schedulerStatusCommand(),
 			schedulerCheckCommand(),
+			drillCommand(),
 		},
 		Action:       groupAction,
 		OnUsageError: usageError,

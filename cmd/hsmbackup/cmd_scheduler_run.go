@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -91,8 +90,10 @@ func (j *fleetJobs) Maintain(ctx context.Context, cluster string) error {
 	return err
 }
 
+// Drill runs the cluster's restore drill, as scheduler drill does.
 func (j *fleetJobs) Drill(ctx context.Context, cluster string) (scheduler.DrillResult, error) {
-	return scheduler.DrillResult{}, errors.New("drills are not available in this build")
+	rep, err := runDrill(ctx, j.env(ctx), cluster)
+	return scheduler.DrillResult{BackupID: rep.BackupID, Restore: rep.Restore, Users: rep.Users, Keys: rep.Keys}, err
 }
 
 // fleet builds the scheduler's configuration from the env's config. It
@@ -102,16 +103,17 @@ func (j *fleetJobs) Drill(ctx context.Context, cluster string) (scheduler.DrillR
 func fleet(ctx context.Context, e *env, holder string) (scheduler.Config, error) {
 	var problems []string
 	var clusters []scheduler.Cluster
+	drills := false
 	for _, id := range e.cfg.clusterIDs() {
-		cc := e.cfg.Clusters[id]
-		if cc.Schedule == "" {
-			continue
-		}
-		sched, err := scheduler.ParseSchedule(cc.Schedule)
+		cl, err := clusterSchedules(id, e.cfg.Clusters[id])
 		if err != nil { // checked at load; kept for a config built otherwise
-			problems = append(problems, fmt.Sprintf("cluster %s: %v", id, err))
+			problems = append(problems, err.Error())
 			continue
 		}
+		if cl.Backup.IsZero() && cl.Drill.IsZero() {
+			continue
+		}
+		drills = drills || !cl.Drill.IsZero()
 		t, err := e.clusterTarget(id, true)
 		if err == nil {
 			_, err = t.password()
@@ -123,10 +125,15 @@ func fleet(ctx context.Context, e *env, holder string) (scheduler.Config, error)
 			problems = append(problems, err.Error())
 			continue
 		}
-		clusters = append(clusters, scheduler.Cluster{ID: id, Backup: sched})
+		clusters = append(clusters, cl)
+	}
+	if drills {
+		if _, _, err := e.roots(); err != nil { // a drill attests its scratch HSM against them
+			problems = append(problems, err.Error())
+		}
 	}
 	if len(clusters) == 0 && len(problems) == 0 {
-		problems = append(problems, "no cluster in the config has a schedule")
+		problems = append(problems, "no cluster in the config has a schedule (or a drill schedule)")
 	}
 	keys, err := e.serviceKeys(ctx)
 	if err != nil {

@@ -41,13 +41,9 @@ func schedulerStatusCommand() *cli.Command {
 func configuredClusters(e *env) ([]scheduler.Cluster, error) {
 	var out []scheduler.Cluster
 	for _, id := range e.cfg.clusterIDs() {
-		cl := scheduler.Cluster{ID: id}
-		if spec := e.cfg.Clusters[id].Schedule; spec != "" {
-			s, err := scheduler.ParseSchedule(spec)
-			if err != nil {
-				return nil, fmt.Errorf("cluster %s: %w", id, err)
-			}
-			cl.Backup = s
+		cl, err := clusterSchedules(id, e.cfg.Clusters[id])
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, cl)
 	}
@@ -55,6 +51,24 @@ func configuredClusters(e *env) ([]scheduler.Cluster, error) {
 		return nil, usagef("no clusters in the config")
 	}
 	return out, nil
+}
+
+// clusterSchedules is cluster id's schedules, parsed (checked when the
+// config was loaded): its backups' and its drill's.
+func clusterSchedules(id string, cc *clusterConfig) (scheduler.Cluster, error) {
+	cl := scheduler.Cluster{ID: id}
+	var err error
+	if cc.Schedule != "" {
+		if cl.Backup, err = scheduler.ParseSchedule(cc.Schedule); err != nil {
+			return cl, fmt.Errorf("cluster %s: %w", id, err)
+		}
+	}
+	if cc.Drill != nil && cc.Drill.Schedule != "" {
+		if cl.Drill, err = scheduler.ParseSchedule(cc.Drill.Schedule); err != nil {
+			return cl, fmt.Errorf("cluster %s: drill: %w", id, err)
+		}
+	}
+	return cl, nil
 }
 
 func runSchedulerStatus(ctx context.Context, e *env, now time.Time) error {

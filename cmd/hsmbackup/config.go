@@ -107,6 +107,21 @@ type clusterConfig struct {
 	Schedule string `yaml:"schedule"`
 	// ObjectLock, if set, locks every backup of the cluster (objectlock.go).
 	ObjectLock *objectLockConfig `yaml:"object_lock"`
+	// Drill is the cluster's restore drill, if it has one.
+	Drill *drillConfig `yaml:"drill"`
+}
+
+// drillConfig is a cluster's drill: section: where and when its newest
+// backup is proven restorable (scheduler drill).
+type drillConfig struct {
+	// Schedule is when the scheduler runs the drill: a cron spec
+	// (scheduler.ParseSchedule); "" for never (scheduler drill runs it
+	// by hand).
+	Schedule string `yaml:"schedule"`
+	// HSM is the scratch HSM's HOST:PORT: an uninitialized HSM of the
+	// cluster's class, manufacturer and operator, never a member of a
+	// cluster of the file (the config check refuses that).
+	HSM string `yaml:"hsm"`
 }
 
 // hsmKeyConfig names a master key held by an HSM cluster: an AES key of a

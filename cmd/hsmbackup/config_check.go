@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"reflect"
 	"regexp"
 	"sort"
@@ -232,9 +233,17 @@ func (k *checker) value(n *yaml.Node, path string) {
 			// Not echoed: it may be the password itself.
 			k.add(n, path, "want the name of an environment variable (letters, digits, _), not a password (the value is not shown)")
 		}
-	case inCluster && len(parts) == 3 && last == "schedule":
+	case inCluster && (len(parts) == 3 || len(parts) == 4 && parts[2] == "drill") && last == "schedule":
 		if _, err := scheduler.ParseSchedule(n.Value); err != nil {
 			k.add(n, path, "%s", strings.TrimPrefix(err.Error(), scheduler.ErrSchedule.Error()+" "))
+		}
+	case inCluster && len(parts) == 3 && last == "drill":
+		if n.Kind == yaml.MappingNode && !hasKey(n, "hsm") {
+			k.add(n, path, "no hsm (the scratch HSM's HOST:PORT the drill restores into)")
+		}
+	case inCluster && len(parts) == 4 && parts[2] == "drill" && last == "hsm":
+		if _, port, err := net.SplitHostPort(n.Value); err != nil || port == "" {
+			k.add(n, path, "%q: want HOST:PORT", n.Value)
 		}
 	case path == "scheduler.concurrency":
 		var c int
@@ -276,6 +285,7 @@ func (k *checker) checkDuration(n *yaml.Node, path string, rule func(time.Durati
 
 // crossChecks are the rules between settings, once each is well formed.
 func (k *checker) crossChecks(root *yaml.Node) {
+	k.drillChecks(root)
 	hk := child(root, "hsm_key")
 	if hk == nil {
 		return
@@ -291,6 +301,65 @@ func (k *checker) crossChecks(root *yaml.Node) {
 			k.add(c, "hsm_key.cluster", "cluster %q is not in clusters", c.Value)
 		}
 	}
+}
+
+// drillChecks refuses a drill whose scratch HSM is a member of a cluster
+// of the file: a drill restores into its scratch HSM and zeroizes it, so
+// it must never be a production HSM. Addresses are compared as
+// canonicalHostPort writes them.
+func (k *checker) drillChecks(root *yaml.Node) {
+	clusters := child(root, "clusters")
+	if clusters == nil || clusters.Kind != yaml.MappingNode {
+		return
+	}
+	memberOf := map[string]string{} // canonical address → cluster id
+	for i := 0; i+1 < len(clusters.Content); i += 2 {
+		id, members := clusters.Content[i].Value, child(clusters.Content[i+1], "members")
+		if members == nil || members.Kind != yaml.SequenceNode {
+			continue
+		}
+		for _, m := range members.Content {
+			if a, ok := canonicalHostPort(m.Value); ok {
+				if _, seen := memberOf[a]; !seen {
+					memberOf[a] = id
+				}
+			}
+		}
+	}
+	for i := 0; i+1 < len(clusters.Content); i += 2 {
+		id := clusters.Content[i].Value
+		hsm := child(child(clusters.Content[i+1], "drill"), "hsm")
+		if hsm == nil || hsm.Kind != yaml.ScalarNode {
+			continue
+		}
+		a, ok := canonicalHostPort(hsm.Value)
+		if !ok {
+			continue // reported as not HOST:PORT
+		}
+		if of, isMember := memberOf[a]; isMember {
+			k.add(hsm, "clusters."+id+".drill.hsm", "%q is a member of cluster %s: a drill restores into its scratch HSM and zeroizes it, so it must never be a production HSM", hsm.Value, of)
+		}
+	}
+}
+
+// canonicalHostPort writes an address so that two spellings of one are
+// equal: the host in lower case without a final dot, an IP address in its
+// canonical form (an IPv4-mapped IPv6 address as IPv4), the port as a
+// number. It does not resolve names.
+func canonicalHostPort(addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return "", false
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", false
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.Unmap().WithZone("").String()
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(p, 10)), true
 }
 
 // yamlFields maps a struct's yaml keys to their field types.

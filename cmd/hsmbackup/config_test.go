@@ -170,3 +170,68 @@ func TestConfigScheduler(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigDrill(t *testing.T) {
+	cfg, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {schedule: \"CRON_TZ=Europe/Paris 0 3 * * 0\", hsm: \"10.0.9.1:2225\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Clusters["c1"].Drill; d == nil || d.Schedule != "CRON_TZ=Europe/Paris 0 3 * * 0" || d.HSM != "10.0.9.1:2225" {
+		t.Fatalf("drill %+v", d)
+	}
+	_, err = parseConfig([]byte(`clusters:
+  c1:
+    members: ["10.0.0.1:2225"]
+    drill:
+      schedule: "0 0 31 2 *"
+      hsm: 10.0.9.1
+  c2:
+    members: ["10.0.0.2:2225"]
+    drill: {schedule: "@daily"}
+  c3:
+    members: ["10.0.0.3:2225"]
+    drill: {hsm: "10.0.9.3:2225", adress: x}
+`))
+	got := fmt.Sprint(err)
+	for _, want := range []string{
+		`config:5: clusters.c1.drill.schedule: "0 0 31 2 *": never fires`,
+		`config:6: clusters.c1.drill.hsm: "10.0.9.1": want HOST:PORT`,
+		"config:9: clusters.c2.drill: no hsm (the scratch HSM's HOST:PORT the drill restores into)",
+		`config:12: clusters.c3.drill.adress: unknown setting "adress"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+}
+
+// An attacker, or a slip, names a production member as a cluster's
+// scratch HSM, which the drill would restore into and zeroize: the
+// config is refused, however the address is spelt, naming the member's
+// cluster.
+func TestConfigDrillNeverAProductionMember(t *testing.T) {
+	for _, tc := range []struct{ name, member, hsm string }{
+		{"the same address", "10.0.0.2:2225", "10.0.0.2:2225"},
+		{"a port with a leading zero", "10.0.0.2:2225", "10.0.0.2:02225"},
+		{"an IPv4-mapped IPv6 address", "10.0.0.2:2225", "[::ffff:10.0.0.2]:2225"},
+		{"IPv6 spelt otherwise", "[2001:db8::1]:2225", "[2001:DB8:0:0::1]:2225"},
+		{"a name in other case, with a final dot", "hsm-b.example.net:2225", "HSM-B.Example.Net.:2225"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := fmt.Sprintf("clusters:\n  prod:\n    members: [%q, %q]\n  staging:\n    members: [\"10.0.5.1:2225\"]\n    drill: {hsm: %q}\n", "10.0.0.1:2225", tc.member, tc.hsm)
+			_, err := parseConfig([]byte(text))
+			want := fmt.Sprintf("config:6: clusters.staging.drill.hsm: %q is a member of cluster prod: a drill restores into its scratch HSM and zeroizes it, so it must never be a production HSM", tc.hsm)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("got %v, want %q", err, want)
+			}
+		})
+	}
+	// Its own cluster's member too.
+	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2225\"}\n")); err == nil || !strings.Contains(err.Error(), "is a member of cluster c1") {
+		t.Fatalf("own member as scratch HSM: %v", err)
+	}
+	// Another port of the same host is another HSM.
+	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2226\"}\n")); err != nil {
+		t.Fatalf("another port: %v", err)
+	}
+}

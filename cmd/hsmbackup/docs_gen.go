@@ -39,6 +39,9 @@ var examples = map[string][]example{
 		{"a new HSM, trusted through the manufacturer's root", "hsmbackup hsm status --addr 127.0.0.1:2225 --manufacturer-root roots/mfr/root.crt"},
 		{"a member of a configured cluster", "hsmbackup --config config.yaml hsm status --addr 10.0.1.10:2225"},
 	},
+	"hsm zeroize": {
+		{"return a member of a configured cluster to its factory state", "hsmbackup --config config.yaml hsm zeroize --addr 10.0.3.10:2225 --yes"},
+	},
 	"hsm audit verify": {
 		{"check the audit log of a member", "hsmbackup --config config.yaml hsm audit verify --addr 10.0.1.10:2225"},
 	},

@@ -162,3 +162,11 @@ func writeJSONLine(w io.Writer, typ string, v any) error {
 type countSummary struct {
 	Count int `json:"count"`
 }
+
+// plural is "1 key", "2 keys".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}

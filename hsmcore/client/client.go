@@ -464,6 +464,24 @@ func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResp
 	return out, nil
 }
 
+// Zeroize returns the HSM to its factory state: its users, keys, quorum
+// policy and cluster membership are erased; its device identity stays. It
+// is a crypto officer's call, with quorum approvals (Approve) for
+// operation "device.zeroize" on the HSM's serial if the HSM's policy asks.
+// The session ends with it, and the client's connections are closed: the
+// HSM now presents its device certificate, which only ManufacturerRoots
+// trust.
+func (c *Client) Zeroize(ctx context.Context) error {
+	if err := c.do(ctx, "POST", "/v1/zeroize", nil, nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.token = ""
+	c.mu.Unlock()
+	c.http.CloseIdleConnections()
+	return nil
+}
+
 // RegisterSigningKey sets the logged-in officer's quorum signing key.
 func (c *Client) RegisterSigningKey(ctx context.Context, pub ed25519.PublicKey) error {
 	return c.do(ctx, "POST", "/v1/quorum/key", api.SigningKeyRequest{PublicKey: pub}, nil)

@@ -93,6 +93,7 @@ type Device struct {
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
 	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
+	ep             *epoch          // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
 	auditW         *os.File
 	lock           *os.File // held while the device is open
@@ -178,6 +179,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		lock:      lock,
 		st:        newContents(),
 		tracker:   quorum.NewTracker(opts.Now, 0),
+		ep:        newEpoch(),
 		auditLog:  audit.New(audit.Head{}),
 	}
 	d.seal = newGCM(sealKey)
@@ -220,7 +222,7 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
-	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0)}
+	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0), ep: newEpoch()}
 	if err := d.readState(sealed); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}

@@ -27,7 +27,7 @@ import (
 //
 // Once the reader has returned io.EOF, its ImageStatement is the device's
 // signed statement of the image's id, length and SHA-256 (docs/FORMATS.md
-// 2.6).
+// 2.6). Zeroizing the device cuts an export in flight: its reader fails.
 func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcore.ImageStream, error) {
 	d := s.d
 	d.mu.Lock()
@@ -39,6 +39,7 @@ func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcor
 		return nil, nil, err
 	}
 	snap := d.st // immutable: later changes build new contents
+	ep := d.ep
 
 	ebk := make([]byte, 32)
 	rand.Read(ebk)
@@ -60,6 +61,8 @@ func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcor
 	out := &exportStream{PipeReader: pr, done: make(chan struct{})}
 	go func() {
 		defer clear(ebk)
+		// A zeroization cuts the export: the contents it sends are erased.
+		defer context.AfterFunc(ep.ctx, func() { pw.CloseWithError(errZeroized) })()
 		hw := &hashCounter{w: pw, h: sha256.New()}
 		err := writeImage(ctx, hw, raw, ebk, snap)
 		if err == nil {
@@ -159,9 +162,11 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 // (ErrTampered, ErrTruncated, ErrTrailingData); the contents parse and fit.
 // The new contents are staged in memory and committed, sealed to disk
 // atomically, only after all of that; on any error the device is
-// unchanged.
+// unchanged. An image still being staged when the device is zeroized is
+// discarded, never committed into the zeroized device.
 func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsmcore.ImageHeader, error) {
-	if err := d.authorizeImport(s); err != nil {
+	ep, err := d.authorizeImport(s)
+	if err != nil {
 		return nil, err
 	}
 	h, raw, err := hsmcore.ReadImageHeader(r)
@@ -170,7 +175,13 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 		return nil, fmt.Errorf("import image: %w", err)
 	}
 	id := fmt.Sprintf("%x", h.ImageID)
-	staged, err := d.stageImage(ctx, h, raw, r)
+	// A zeroization while the image is staged discards it.
+	sctx, stop := ep.bind(ctx)
+	defer stop()
+	staged, err := d.stageImage(sctx, h, raw, r)
+	if err != nil && ep.ended() {
+		err = errZeroized
+	}
 	if err != nil {
 		d.auditImport(s, id, "refused")
 		return nil, fmt.Errorf("import image %s: %w", id, err)
@@ -178,6 +189,10 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.ep != ep {
+		d.audit(sessionUser(s), "image.import", id, "refused")
+		return nil, fmt.Errorf("import image %s: %w", id, errZeroized)
+	}
 	if err := d.authorizeImportLocked(s); err != nil {
 		return nil, err
 	}
@@ -203,10 +218,12 @@ func sessionUser(s *Session) string {
 	return s.user
 }
 
-func (d *Device) authorizeImport(s *Session) error {
+// authorizeImport checks who imports and returns the epoch the import
+// begins in.
+func (d *Device) authorizeImport(s *Session) (*epoch, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.authorizeImportLocked(s)
+	return d.ep, d.authorizeImportLocked(s)
 }
 
 func (d *Device) authorizeImportLocked(s *Session) error {

@@ -22,6 +22,9 @@ var QuorumOps = []string{
 	"image.export", // object: ""
 	"image.import", // object: ""
 	"quorum.set",   // object: the operation whose quorum changes
+	// object: the device's serial. A zeroization needs at least as many
+	// approvals as any operation the policy protects (Session.Zeroize).
+	"device.zeroize",
 }
 
 // Quorum returns the device's quorum policy.
@@ -180,8 +183,12 @@ type approval struct {
 // op; the caller holds d.mu and has made every other check, so a refused
 // operation never spends a token.
 func (s *Session) requireQuorum(op, object string) error {
+	return s.requireQuorumOf(op, object, s.d.st.Quorum.Required(op))
+}
+
+// requireQuorumOf is requireQuorum with m approvals needed (none if 0).
+func (s *Session) requireQuorumOf(op, object string, m int) error {
 	d := s.d
-	m := d.st.Quorum.Required(op)
 	if m == 0 {
 		return nil
 	}

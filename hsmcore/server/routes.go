@@ -66,6 +66,7 @@ func (s *Server) routes() http.Handler {
 	route("PUT /v1/quorum/policy", loggedIn, s.setQuorum)
 	route("POST /v1/quorum/token", loggedIn, s.quorumToken)
 	route("POST /v1/quorum/adopt", loggedIn, s.adoptToken)
+	route("POST /v1/zeroize", loggedIn, s.zeroize)
 	mux.HandleFunc("GET /v1/image", s.exportImage)
 	mux.HandleFunc("PUT /v1/image", s.importImage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -551,4 +552,19 @@ func (s *Server) adoptToken(r *http.Request, hs *device.Session) (any, error) {
 		return nil, err
 	}
 	return hs.AdoptQuorumToken(req.Record)
+}
+
+// zeroize returns the device to its factory state: a crypto officer's
+// call, over the member channel, with the quorum's approvals if its
+// policy asks (device.Session.Zeroize). No body; 204. Every session ends:
+// their users are gone. The next handshake gets the device certificate.
+func (s *Server) zeroize(r *http.Request, hs *device.Session) (any, error) {
+	if err := hs.Zeroize(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	clear(s.sessions)
+	s.mu.Unlock()
+	s.log.Warn("zeroized", "user", hs.User().Name, "remote", r.RemoteAddr, "serial", s.dev.Identity().Serial)
+	return nil, nil
 }

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
+	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
@@ -334,5 +336,191 @@ func TestPreInitConnectionGainsNothing(t *testing.T) {
 	// Same client, same kept-alive connection, no certificate.
 	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("initialize over a pre-init connection: got %v, want ErrPermission", err)
+	}
+}
+
+// Zeroize over the wire: refused to everyone but a logged-in crypto
+// officer on the member channel (and its quorum, if the policy asks), a
+// refusal changing nothing; once done, the HSM serves as a new one, after
+// a restart too, and takes a restore as a new one does.
+func TestZeroizeOverTheWire(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	h := e.Serve(t, nil)
+	addr := h.Addr
+	cfg := e.InitCluster(t, addr, "cluster-1", "admin", password)
+	co := e.memberClient(t, addr, cfg.Certificate)
+	if _, err := co.Login(ctx, "admin", password); err != nil {
+		t.Fatal(err)
+	}
+	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
+		t.Fatal(err)
+	}
+	appCert := e.CA.Client(t, "app")
+	cu := e.memberClient(t, addr, &appCert)
+	if _, err := cu.Login(ctx, "alice", password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := co.ExportImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := io.Copy(&backup, img); err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	digest := h.Dev.StateDigest()
+
+	unchanged := func(t *testing.T) {
+		t.Helper()
+		if h.Dev.StateDigest() != digest || !h.Dev.Initialized() || !h.Dev.ClusterInitialized() {
+			t.Fatal("a refused zeroize changed the HSM")
+		}
+	}
+	t.Run("crypto user", func(t *testing.T) {
+		if err := cu.Zeroize(ctx); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("got %v, want ErrPermission", err)
+		}
+		unchanged(t)
+	})
+	t.Run("not logged in", func(t *testing.T) {
+		cert := e.CA.Client(t, "anon")
+		if err := e.memberClient(t, addr, &cert).Zeroize(ctx); !errors.Is(err, hsmcore.ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+		unchanged(t)
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		var remote *client.RemoteError
+		err := e.memberClient(t, addr, nil).Zeroize(ctx)
+		if err == nil || errors.As(err, &remote) {
+			t.Fatalf("got %v, want no answer (the handshake needs a client certificate)", err)
+		}
+		unchanged(t)
+	})
+	t.Run("certificate from another CA", func(t *testing.T) {
+		cert := testpki.NewCA(t, "mallory CA").Client(t, "mallory")
+		var remote *client.RemoteError
+		if err := e.memberClient(t, addr, &cert).Zeroize(ctx); err == nil || errors.As(err, &remote) {
+			t.Fatalf("got %v, want no answer", err)
+		}
+		unchanged(t)
+	})
+	t.Run("officer's token from another certificate", func(t *testing.T) {
+		owner, thief := e.CA.Client(t, "owner"), e.CA.Client(t, "thief")
+		req, _ := http.NewRequest("POST", "https://"+addr+"/v1/login", strings.NewReader(`{"user":"admin","password":"`+password+`"}`))
+		resp, err := rawClient(e, &owner).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var login struct{ Token string }
+		err = json.NewDecoder(resp.Body).Decode(&login)
+		resp.Body.Close()
+		if err != nil || login.Token == "" {
+			t.Fatalf("login: %v", err)
+		}
+		req, _ = http.NewRequest("POST", "https://"+addr+"/v1/zeroize", nil)
+		req.Header.Set("Authorization", "Bearer "+login.Token)
+		resp, err = rawClient(e, &thief).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401", resp.StatusCode)
+		}
+		unchanged(t)
+	})
+
+	// The officer zeroizes it.
+	if err := co.Zeroize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantNew := func(t *testing.T) {
+		t.Helper()
+		hl, err := e.preInitClient(t, addr).Health(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hl.Initialized || hl.ClusterInitialized || hl.ClusterID != "" || hl.KeyCount != 0 || hl.UserCount != 0 || hl.Serial != h.Dev.Identity().Serial {
+			t.Fatalf("health after zeroize: %+v", hl)
+		}
+	}
+	wantNew(t)
+	// Sessions and member connections opened before get nothing more.
+	if _, err := cu.Keys(ctx); err == nil {
+		t.Fatal("a crypto user's session outlived the zeroization")
+	}
+	if _, err := co.Users(ctx); !errors.Is(err, client.ErrUntrusted) {
+		t.Fatalf("the officer's client after zeroize: got %v, want ErrUntrusted (the HSM presents its device certificate)", err)
+	}
+	// A restart finds it zeroized.
+	h.Stop()
+	h.Start()
+	wantNew(t)
+	// It takes a restore as a new HSM does.
+	if _, err := e.preInitClient(t, addr).ImportImage(ctx, &backup); err != nil {
+		t.Fatalf("restore into the zeroized HSM: %v", err)
+	}
+	if h.Dev.StateDigest() != digest {
+		t.Fatal("the restored HSM differs from the backup's source")
+	}
+	again := e.memberClient(t, addr, cfg.Certificate)
+	if _, err := again.Login(ctx, "admin", password); err != nil {
+		t.Fatalf("login after the restore: %v", err)
+	}
+}
+
+// With a quorum policy, a zeroization over the wire needs the approvals,
+// carried as for any protected call.
+func TestZeroizeQuorumOverTheWire(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d, addr, co := e.initialized(t)
+	privs := map[string]ed25519.PrivateKey{}
+	for _, name := range []string{"admin", "co2"} {
+		c := co
+		if name != "admin" {
+			if err := co.CreateUser(ctx, name, hsmcore.CryptoOfficer, password); err != nil {
+				t.Fatal(err)
+			}
+			cert := e.CA.Client(t, name)
+			c = e.memberClient(t, addr, &cert)
+			if _, err := c.Login(ctx, name, password); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pub, priv, _ := ed25519.GenerateKey(nil)
+		if err := c.RegisterSigningKey(ctx, pub); err != nil {
+			t.Fatal(err)
+		}
+		privs[name] = priv
+	}
+	if err := co.SetQuorum(ctx, "image.import", 2); err != nil {
+		t.Fatal(err)
+	}
+	digest := d.StateDigest()
+	if err := co.Zeroize(ctx); !errors.Is(err, hsmcore.ErrQuorum) {
+		t.Fatalf("without approvals: got %v, want ErrQuorum", err)
+	}
+	if d.StateDigest() != digest {
+		t.Fatal("a refused zeroize changed the HSM")
+	}
+	tok, _, err := co.QuorumToken(ctx, "device.zeroize", d.Identity().Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := co.Approve(tok.ID, []quorum.Approval{quorum.Sign(privs["admin"], "admin", tok), quorum.Sign(privs["co2"], "co2", tok)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := co.Zeroize(ctx); err != nil {
+		t.Fatalf("with approvals: %v", err)
+	}
+	if d.Initialized() || d.ClusterInitialized() {
+		t.Fatal("not zeroized")
 	}
 }
