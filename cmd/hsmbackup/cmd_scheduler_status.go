@@ -137,7 +137,7 @@ func drillText(d *scheduler.DrillStatus) string {
 	case d.Last == nil:
 		return "not run yet"
 	case d.Last.OK:
-		return fmt.Sprintf("passed %s (restore %.1fs)", d.Last.Finished.UTC().Format(time.DateTime), d.Last.RestoreSeconds)
+		return fmt.Sprintf("passed %s (restore %.2fs)", d.Last.Finished.UTC().Format(time.DateTime), d.Last.RestoreSeconds)
 	default:
 		return "FAILED " + d.Last.Finished.UTC().Format(time.DateTime)
 	}

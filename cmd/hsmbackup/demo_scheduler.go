@@ -28,12 +28,12 @@ const (
 
 // runFleet runs the scheduler as an operator would, `hsmbackup scheduler
 // run` on a config file, in this process for a few seconds: the demo's
-// cluster and a second one (HSM E) backed up every two seconds, and one
+// cluster and a second one (HSM F) backed up every two seconds, and one
 // restore drill of the demo's cluster into a scratch HSM (S). Then it
 // prints `hsmbackup scheduler status`. It has a file store of its own in
 // the workspace.
 func (d *demo) runFleet(ctx context.Context) error {
-	e, err := d.serveHSM("E", d.op)
+	e, err := d.serveHSM("F", d.op)
 	if err != nil {
 		return err
 	}
@@ -50,16 +50,16 @@ func (d *demo) runFleet(ctx context.Context) error {
 			Expect: hsmcore.Expectation{Class: demoClass, Manufacturer: demoManufacturer, Operator: demoOperator, MinFirmware: demoFirmware}},
 		Sign: d.ca.SignCSR, Officer: demoOfficer, Password: officer2,
 	}); err != nil {
-		return fmt.Errorf("cluster %s on HSM E: %w", demoCluster2, err)
+		return fmt.Errorf("cluster %s on HSM F: %w", demoCluster2, err)
 	}
-	d.out.printf("  HSM E          cluster %s initialized on it (attested, certificate from the customer CA)\n", demoCluster2)
+	d.out.printf("  HSM F          cluster %s initialized on it (attested, certificate from the customer CA)\n", demoCluster2)
 	d.out.printf("  HSM S          scratch HSM for the drill: same class, manufacturer, operator; uninitialized\n")
 
 	path, err := d.writeFleetConfig(e, scratch, officer2)
 	if err != nil {
 		return err
 	}
-	d.out.printf("  config         %s: clusters %s (A, B) and %s (E), schedule %q,\n", filepath.Join(filepath.Base(filepath.Dir(path)), filepath.Base(path)), demoClusterID, demoCluster2, demoFleetSchedule)
+	d.out.printf("  config         %s: clusters %s (A, B) and %s (F), schedule %q,\n", filepath.Join(filepath.Base(filepath.Dir(path)), filepath.Base(path)), demoClusterID, demoCluster2, demoFleetSchedule)
 	d.out.printf("                 a daily drill of %s into S; `hsmbackup scheduler run` for %s\n", demoClusterID, demoFleetRun)
 
 	runCtx, cancel := context.WithTimeout(ctx, demoFleetRun)
@@ -73,8 +73,13 @@ func (d *demo) runFleet(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("scheduler run: %w\n%s", err, logs.String())
 	}
-	backups, drill := fleetLog(logs.Bytes())
-	d.out.printf("  ran            %d backups of %s, %d of %s, each slot once\n",
+	backups, slots, drill := fleetLog(logs.Bytes())
+	for _, id := range []string{demoClusterID, demoCluster2} {
+		if backups[id] < 2 || slots[id] != backups[id] {
+			return fmt.Errorf("cluster %s: %d backups for %d slots in %s:\n%s", id, backups[id], slots[id], demoFleetRun, logs.String())
+		}
+	}
+	d.out.printf("  ran            %d backups of %s, %d of %s, one a slot\n",
 		backups[demoClusterID], demoClusterID, backups[demoCluster2], demoCluster2)
 	if drill == "" {
 		return fmt.Errorf("no drill ran:\n%s", logs.String())
@@ -145,14 +150,16 @@ func (d *demo) writeFleetConfig(e, scratch *demoHSM, officer2 string) (string, e
 }
 
 // fleetLog reads the daemon's JSON log lines: the backups per cluster,
-// and a line about the drill ("" if none ran).
-func fleetLog(logs []byte) (map[string]int, string) {
-	backups := map[string]int{}
-	drill := ""
+// the distinct slots they were for, and a line about the drill ("" if
+// none ran).
+func fleetLog(logs []byte) (backups, slots map[string]int, drill string) {
+	backups, slots = map[string]int{}, map[string]int{}
+	seen := map[[2]string]bool{}
 	for _, line := range bytes.Split(logs, []byte("\n")) {
 		var l struct {
 			Msg     string  `json:"msg"`
 			Cluster string  `json:"cluster"`
+			Slot    string  `json:"slot"`
 			Backup  string  `json:"backup"`
 			Restore float64 `json:"restore_seconds"`
 			Users   int     `json:"users"`
@@ -165,6 +172,10 @@ func fleetLog(logs []byte) (map[string]int, string) {
 		switch l.Msg {
 		case "backup done":
 			backups[l.Cluster]++
+			if k := [2]string{l.Cluster, l.Slot}; !seen[k] {
+				seen[k] = true
+				slots[l.Cluster]++
+			}
 		case "drill passed":
 			drill = fmt.Sprintf("passed: %s restored into S in %.2f s (a measured RTO), %d users and %d keys as recorded, S zeroized",
 				l.Backup, l.Restore, l.Users, l.Keys)
@@ -172,5 +183,5 @@ func fleetLog(logs []byte) (map[string]int, string) {
 			drill = "FAILED: " + l.Err
 		}
 	}
-	return backups, drill
+	return backups, slots, drill
 }
