@@ -283,19 +283,39 @@ func (s *Scheduler) run(kind, cluster string, sched Schedule) {
 			return
 		}
 		last, err := s.lastRun(ctx, cfg, kind, cluster)
+		var newest time.Time
+		if err == nil && kind == KindDrill {
+			// Nothing to drill before the cluster's first backup: not
+			// due, and the first backup starts the drill (drillAfter).
+			newest, err = s.lastRun(ctx, cfg, KindBackup, cluster)
+		}
 		<-sem
 		if err != nil {
 			log.Error("cannot tell if a run is due", "err", err)
 			return // the next slot (or restart) tries again
 		}
 		slot, due := Due(sched, last, time.Now())
-		if !due || !slot.After(finished) {
+		if !due || !slot.After(finished) || kind == KindDrill && newest.IsZero() {
 			return
 		}
 		if !s.runSlot(ctx, cfg, lessor, sem, log.With("slot", slot.UTC().Format(time.RFC3339)), kind, cluster, sched, slot) {
 			return
 		}
 		finished = slot
+		if kind == KindBackup {
+			s.drillAfter(cfg, cluster)
+		}
+	}
+}
+
+// drillAfter starts a check of cluster's drill after a backup of it: a
+// drill that was due while the cluster had no backup (a new fleet) runs
+// now, not at its next slot. The check finds it not due otherwise.
+func (s *Scheduler) drillAfter(cfg Config, cluster string) {
+	for _, c := range cfg.Clusters {
+		if c.ID == cluster && !c.Drill.IsZero() {
+			go s.run(KindDrill, cluster, c.Drill)
+		}
 	}
 }
 

@@ -496,6 +496,10 @@ func get(t *testing.T, url string) string {
 // off.
 func TestForgedDrillRecord(t *testing.T) {
 	f := newFleet(t, backuptest.FileStore(t), "c1")
+	if _, err := backup.Create(context.Background(), f.members["c1"], f.repo, backup.CreateOptions{
+		ClusterID: "c1", Recipients: []wrap.Recipient{f.kr}, SigningKey: f.priv}); err != nil {
+		t.Fatal(err) // a backup to drill
+	}
 	ahead := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
 	if err := writeRun(context.Background(), f.repo.Store, "", &RunRecord{Cluster: "c1", Kind: KindDrill, Slot: ahead, Finished: ahead, OK: true}, f.priv); err != nil {
 		t.Fatal(err)
@@ -559,3 +563,32 @@ func TestEditedDrillRecord(t *testing.T) {
 type cronFunc func()
 
 func (f cronFunc) Run() { f() }
+
+// TestDrillWaitsForFirstBackup: on a new fleet the drill, due at once,
+// does not run before the cluster's first backup (it would fail with
+// nothing to restore); the first backup starts it.
+func TestDrillWaitsForFirstBackup(t *testing.T) {
+	f := newFleet(t, backuptest.FileStore(t), "c1")
+	var drills, early atomic.Int32
+	j := &jobs{f: f, drill: func(ctx context.Context, _ string) (DrillResult, error) {
+		drills.Add(1)
+		if ms, _ := backup.List(ctx, f.repo, backup.Filter{}); len(ms) == 0 {
+			early.Add(1)
+		}
+		return DrillResult{BackupID: "b"}, nil
+	}, before: func(context.Context, string, int32) error {
+		time.Sleep(300 * time.Millisecond) // the drill's check runs first
+		return nil
+	}}
+	sc, err := New(Config{Clusters: []Cluster{{ID: "c1", Backup: mustParse(t, "@hourly"), Drill: mustParse(t, "@daily")}},
+		Settings: fast, Repo: f.repo, PublicKey: f.pub, SigningKey: f.priv, Jobs: j, Holder: "r", Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	sc.Run(ctx)
+	if drills.Load() != 1 || early.Load() != 0 {
+		t.Fatalf("%d drills, %d before any backup; want 1, after the first backup", drills.Load(), early.Load())
+	}
+}
