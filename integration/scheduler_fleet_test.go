@@ -354,7 +354,7 @@ func TestSchedulerReplicas(t *testing.T) {
 // killed (SIGKILL) in the middle of the backup: nothing partial is
 // listed, and another replica completes the slot once the lease expires.
 func TestSchedulerKilledHolder(t *testing.T) {
-	const spec = "0 0 * * * *" // hourly: the slot of the start, no other
+	const spec = "0 0 1 1 *" // yearly: the slot of the start, no other during the test
 	f := newFleetEnv(t, 1, spec)
 	id := f.ids[0]
 	// A slow upload: each image PUT waits 4 s before it reaches MinIO (the
@@ -429,7 +429,7 @@ func newDelayProxy(t *testing.T, endpoint string, slow func(*http.Request) bool,
 // 130 (interrupted), nothing is listed, the lease is released as failed
 // (free for another replica at once) and no upload is left behind.
 func TestSchedulerDrainCancels(t *testing.T) {
-	f := newFleetEnv(t, 1, "0 0 * * * *")
+	f := newFleetEnv(t, 1, "0 0 1 1 *")
 	id := f.ids[0]
 	proxy := newDelayProxy(t, f.srv.Endpoint, func(r *http.Request) bool {
 		return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/image")
