@@ -304,8 +304,12 @@ func scratchIsNew(ctx context.Context, member *target, mfr *x509.CertPool) (stri
 		return "", fmt.Errorf("scratch HSM %s: health: %w", addr, cl.explain(err))
 	}
 	if !isNew(h) {
-		return "", fmt.Errorf("scratch HSM %s: %w: HSM %s is initialized (cluster %s, %s, %s): a drill restores only into an uninitialized HSM, and this one may be in production elsewhere: check it, and zeroize it by hand if it is the scratch HSM ('hsmbackup hsm zeroize --addr %s --yes'); it was not changed",
-			addr, restore.ErrNotNew, h.Serial, orNone(h.ClusterID), plural(h.UserCount, "user"), plural(h.KeyCount, "key"), addr)
+		how := fmt.Sprintf("'hsmbackup hsm zeroize --addr %s --yes' with its cluster's credentials", addr)
+		if h.ClusterID == t.clusterID {
+			how = fmt.Sprintf("'hsmbackup hsm zeroize --config CONFIG --cluster %s --addr %s --yes'", t.clusterID, addr)
+		}
+		return "", fmt.Errorf("scratch HSM %s: %w: HSM %s is initialized (cluster %s, %s, %s): a drill restores only into an uninitialized HSM, and this one may be in production elsewhere: check it, and zeroize it by hand if it is the scratch HSM (%s); it was not changed",
+			addr, restore.ErrNotNew, h.Serial, orNone(h.ClusterID), plural(h.UserCount, "user"), plural(h.KeyCount, "key"), how)
 	}
 	return h.Serial, nil
 }

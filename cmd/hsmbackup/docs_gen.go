@@ -120,6 +120,9 @@ var examples = map[string][]example{
 		{"check a restore into a new HSM without changing it", "hsmbackup --config config.yaml restore --backup backup-20261124T101500Z-abcdefghij --to 10.0.3.10:2225 --dry-run"},
 		{"restore a cluster of two new HSMs", "hsmbackup --config config.yaml restore --backup backup-20261124T101500Z-abcdefghij --to 10.0.3.10:2225 --to 10.0.3.11:2225"},
 	},
+	"scheduler drill": {
+		{"prove the newest backup of a cluster restorable, in its scratch HSM", "hsmbackup --config config.yaml scheduler drill --cluster cluster-1"},
+	},
 	"completion": {
 		{"complete in the running bash", "source <(hsmbackup completion bash)"},
 	},
