@@ -93,6 +93,16 @@ func runKey(prefix, cluster, kind string) string {
 // whose signature does not verify is an error wrapping
 // ErrRecordUnverified.
 func readRun(ctx context.Context, st store.Store, prefix, cluster, kind string, pub ed25519.PublicKey) (*RunRecord, error) {
+	r, err := readRunOnce(ctx, st, prefix, cluster, kind, pub)
+	for try := 0; try < 3 && errors.Is(err, store.ErrConflict); try++ {
+		// Rewritten while read (its replica finished a run): read the
+		// new one.
+		r, err = readRunOnce(ctx, st, prefix, cluster, kind, pub)
+	}
+	return r, err
+}
+
+func readRunOnce(ctx context.Context, st store.Store, prefix, cluster, kind string, pub ed25519.PublicKey) (*RunRecord, error) {
 	rc, err := st.Get(ctx, runKey(prefix, cluster, kind))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil

@@ -472,15 +472,22 @@ func (s *Scheduler) held(ctx context.Context, cfg Config, log *slog.Logger, kind
 	log = log.With("generation", lease.Generation())
 	runCtx, cancel := context.WithCancelCause(context.WithValue(ctx, loggerKey{}, log))
 	defer cancel(nil)
-	go lease.Keep(runCtx, func(err error) {
-		log.Error("lease lost: aborting the run", "err", err)
-		cancel(fmt.Errorf("%w: %w", ErrLeaseLost, err))
-	})
+	keepCtx, stopKeep := context.WithCancel(runCtx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		lease.Keep(keepCtx, func(err error) {
+			log.Error("lease lost: aborting the run", "err", err)
+			cancel(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+		})
+	}()
 	cfg.Metrics.held(kind, cluster, true)
 	defer cfg.Metrics.held(kind, cluster, false)
 
 	rec := &RunRecord{Cluster: cluster, Kind: kind, Slot: slot.UTC(), Started: time.Now().UTC().Round(0), Holder: cfg.Holder}
 	err := s.job(runCtx, cfg, log, kind, cluster, slot, lease, rec)
+	stopKeep() // no renewal after the run: the release is the last write
+	<-kept
 	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w (%w)", err, cause)
 	}
