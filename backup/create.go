@@ -127,9 +127,10 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 	// change from before it was listed to after the export. A member that
 	// cannot say any more (a daemon stopping after it let the export
 	// finish) leaves it out: the image itself is whole, as the HSM stated.
-	if inv != nil {
-		if after, err := src.Health(ctx); err == nil && after.StateDigest == health.StateDigest {
-			m.Inventory = inv
+	if after, err := src.Health(ctx); err == nil && after.StateDigest == health.StateDigest {
+		m.Inventory = inv
+		if len(health.StateVersion) > 0 {
+			m.StateVersion = health.StateVersion
 		}
 	}
 	if err := m.Sign(opts.SigningKey); err != nil {

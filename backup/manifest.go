@@ -101,6 +101,11 @@ type Manifest struct {
 	// Inventory is what the source HSM held (users, keys), if recorded:
 	// a restore compares it with what its target holds.
 	Inventory *Inventory `json:"inventory,omitempty"`
+	// StateVersion is the source HSM's state version (per member serial,
+	// the last change of that member the backed-up state holds), if the
+	// state did not change during the export; absent from manifests of
+	// HSMs that predate versions and from those written before.
+	StateVersion map[string]uint64 `json:"state_version,omitempty"`
 	// ImageStatement is the exporting HSM's signed statement of the inner
 	// image's id, length and SHA-256, with its device certificate.
 	ImageStatement *hsmcore.SignedImageStatement `json:"image_statement,omitempty"`
@@ -297,6 +302,8 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("%d recipients, want 1 to %d", len(m.Recipients), maxRecipients)
 	case len(m.OuterHeader) == 0 || int64(len(m.OuterHeader)) > m.ObjectSize:
 		return errors.New("outer header missing or longer than the object")
+	case len(m.StateVersion) > 1024:
+		return errors.New("state version names over 1024 members")
 	case m.RetentionDays < 0 || m.RetentionDays > 36500:
 		return fmt.Errorf("retention of %d days", m.RetentionDays)
 	case m.NeverExpires && m.RetentionDays != 0:

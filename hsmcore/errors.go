@@ -47,4 +47,9 @@ var (
 	// ErrAttestation: an attestation failed verification (chain, identity,
 	// nonce, freshness or signature).
 	ErrAttestation = errors.New("attestation rejected")
+	// ErrConflict: a change between cluster members does not follow what
+	// the member holds: replayed, older than its state, made concurrently
+	// with another change of the same object, or after changes the member
+	// missed. A member that refuses one is re-synced, never merged.
+	ErrConflict = errors.New("conflicting change")
 )

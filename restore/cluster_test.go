@@ -87,9 +87,14 @@ func TestCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, h := range healths(t, ts) {
-		if h.StateDigest != src.StateDigest || !h.ClusterInitialized || h.ClusterID != testCluster {
-			t.Fatalf("target %d: %+v; want the source's state %s", i, h, src.StateDigest)
+	// The targets hold the source's keys and users, and every change it
+	// held, and list one another as members: one state, which differs from
+	// the source's in that list.
+	hs := healths(t, ts)
+	for i, h := range hs {
+		if h.StateDigest != hs[0].StateDigest || h.KeyCount != src.KeyCount || h.UserCount != src.UserCount ||
+			!cluster.Version(h.StateVersion).Covers(src.StateVersion) || !h.ClusterInitialized || h.ClusterID != testCluster {
+			t.Fatalf("target %d: %+v; want the source's state %+v", i, h, src)
 		}
 	}
 	if calls != 1 {

@@ -68,6 +68,10 @@ type Health struct {
 	// a daemon that predates them sends neither (zero).
 	KeyCount  int `json:"key_count"`
 	UserCount int `json:"user_count"`
+	// StateVersion is, per member serial, the sequence number of the last
+	// change of that member the state holds (see docs/CLUSTER.md); it and
+	// StateDigest are read together. Absent from daemons that predate it.
+	StateVersion map[string]uint64 `json:"state_version,omitempty"`
 }
 
 // AttestRequest is POST /v1/attest; the answer is an hsmcore.Attestation.
@@ -181,15 +185,30 @@ type UnwrapRequest struct {
 	Spec       hsmcore.KeySpec `json:"spec"`
 }
 
-// RecordRequest is POST /v1/sync/export; the answer is a Record.
-type RecordRequest struct {
-	User   string `json:"user,omitempty"`
-	Handle uint64 `json:"handle,omitempty"`
+// ChangesRequest is POST /v1/sync/export: the changes the HSM made after
+// its sequence number Since, for the member with serial To.
+type ChangesRequest struct {
+	Since uint64 `json:"since"`
+	To    string `json:"to"`
 }
 
-// Record is a sealed sync record, and the body of POST /v1/sync/import.
+// Changes answers a ChangesRequest: at most 256 change records, in order,
+// and the sequence number of the last.
+type Changes struct {
+	Records [][]byte `json:"records"`
+	Upto    uint64   `json:"upto"`
+}
+
+// Record is a change record (the body of POST /v1/sync/import) or a
+// sealed quorum token (POST /v1/quorum/adopt).
 type Record struct {
 	Record []byte `json:"record"`
+}
+
+// MemberRequest is POST /v1/cluster/members: add the HSM whose
+// manufacturer-issued device certificate (DER) it carries.
+type MemberRequest struct {
+	Certificate []byte `json:"certificate"`
 }
 
 // AuditResponse is the answer to GET /v1/audit.
@@ -232,6 +251,7 @@ var codes = []struct {
 	{"truncated", hsmcore.ErrTruncated, 422},
 	{"trailing_data", hsmcore.ErrTrailingData, 422},
 	{"attestation", hsmcore.ErrAttestation, 422},
+	{"conflict", hsmcore.ErrConflict, 409},
 	{"full", hsmcore.ErrFull, 507},
 	{"quorum", hsmcore.ErrQuorum, 403},
 }

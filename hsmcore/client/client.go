@@ -404,21 +404,24 @@ func (c *Client) UnwrapKey(ctx context.Context, unwrapping uint64, wrapped []byt
 	return out, c.do(ctx, "POST", "/v1/unwrap", api.UnwrapRequest{Unwrapping: unwrapping, Wrapped: wrapped, Spec: spec}, &out)
 }
 
-// ExportUserRecord returns user name's sync record.
-func (c *Client) ExportUserRecord(ctx context.Context, name string) ([]byte, error) {
-	var out api.Record
-	return out.Record, c.do(ctx, "POST", "/v1/sync/export", api.RecordRequest{User: name}, &out)
+// ExportChanges returns the change records the HSM made after its
+// sequence number since, for the member with serial to (at most 256), and
+// the sequence number of the last.
+func (c *Client) ExportChanges(ctx context.Context, since uint64, to string) ([][]byte, uint64, error) {
+	var out api.Changes
+	err := c.do(ctx, "POST", "/v1/sync/export", api.ChangesRequest{Since: since, To: to}, &out)
+	return out.Records, out.Upto, err
 }
 
-// ExportKeyRecord returns key h's sync record.
-func (c *Client) ExportKeyRecord(ctx context.Context, h uint64) ([]byte, error) {
-	var out api.Record
-	return out.Record, c.do(ctx, "POST", "/v1/sync/export", api.RecordRequest{Handle: h}, &out)
-}
-
-// ImportRecord applies a sync record from another member.
-func (c *Client) ImportRecord(ctx context.Context, rec []byte) error {
+// ImportChange applies a change record another member made.
+func (c *Client) ImportChange(ctx context.Context, rec []byte) error {
 	return c.do(ctx, "POST", "/v1/sync/import", api.Record{Record: rec}, nil)
+}
+
+// AddMember adds the HSM with manufacturer-issued device certificate
+// certDER (DER) to the cluster's member list on this HSM.
+func (c *Client) AddMember(ctx context.Context, certDER []byte) error {
+	return c.do(ctx, "POST", "/v1/cluster/members", api.MemberRequest{Certificate: certDER}, nil)
 }
 
 // AuditLog returns the HSM's audit log and its signed head.

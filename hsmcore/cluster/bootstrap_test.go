@@ -174,9 +174,11 @@ func TestPickMember(t *testing.T) {
 	}
 }
 
-// TestPickMemberDiverged refuses to choose between members whose states
-// differ, listing each one's counts, unless the member is named; a member
-// that is not configured, or not usable, cannot be named.
+// TestPickMemberDiverged picks the member with the newest state, however
+// many members hold an older one; it refuses to choose between members
+// that each hold changes the other lacks (a split), listing each one's
+// version and counts, unless the member is named; a member that is not
+// configured, or not usable, cannot be named.
 func TestPickMemberDiverged(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
@@ -191,20 +193,37 @@ func TestPickMemberDiverged(t *testing.T) {
 	s.Logout()
 	// Two members agree on the older state: a majority is no proof of
 	// being current.
+	p, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Client.Close()
+	if p.Addr != hsms[2].Addr {
+		t.Fatalf("picked %s, want the newest, %s", p.Addr, hsms[2].Addr)
+	}
+	// A change on the other side too: no member holds every change.
+	s, err = hsms[0].Dev.Login("alice", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GenerateKeys([]hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Logout()
 	_, err = cluster.PickMember(ctx, cfg, cluster.PickOptions{})
 	var de *cluster.DivergedError
 	if !errors.Is(err, cluster.ErrDiverged) || !errors.As(err, &de) {
 		t.Fatalf("diverged members: %v", err)
 	}
-	if len(de.Members) != 3 || de.Members[0].Keys != 0 || de.Members[2].Keys != 2 || de.Members[2].Users != 2 || de.Members[2].Addr != hsms[2].Addr ||
+	if len(de.Members) != 3 || de.Members[0].Keys != 1 || de.Members[1].Keys != 0 || de.Members[2].Keys != 2 || de.Members[2].Users != 2 || de.Members[2].Addr != hsms[2].Addr ||
 		de.Members[2].StateDigest != hsms[2].Dev.StateDigest() || de.Members[0].StateDigest == de.Members[2].StateDigest {
 		t.Fatalf("diverged members: %+v", de.Members)
 	}
-	if want := hsms[2].Addr + ": 2 keys, 2 users, digest "; !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "cluster cluster-1: members hold different states (") {
+	if want := hsms[2].Addr + ": 2 keys, 2 users, version "; !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "cluster cluster-1: members hold different states (") {
 		t.Fatalf("error %q does not contain %q", err, want)
 	}
 
-	p, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{Member: hsms[2].Addr})
+	p, err = cluster.PickMember(ctx, cfg, cluster.PickOptions{Member: hsms[2].Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

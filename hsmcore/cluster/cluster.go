@@ -8,18 +8,23 @@
 // (RequestCSR, Install, Activate, Bootstrap), and picks the member a backup
 // reads from (PickMember).
 //
-// Keys made on one member reach the others as sync records sealed under
-// the cluster key (hsmcore/sync.go), so every member holds the same key
+// Every change is made on one member and reaches the others as change
+// records signed by that member and sealed to each receiving member
+// (hsmcore/device/change.go), so every member holds the same key
 // material, handles and attributes, and members in sync have equal state
-// digests.
+// digests; members that disagree are compared by state version, and the
+// newest wins, never the majority.
 package cluster
 
 import (
 	"context"
+	"slices"
+
 	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
 	"log/slog"
 	"sync"
 
@@ -65,16 +70,18 @@ type Cluster struct {
 type member struct {
 	addr   string
 	c      *client.Client
-	up     bool // reachable and logged in
-	inSync bool // holds every write this client made
+	serial string // from its health answer
+	up     bool   // reachable and logged in
+	inSync bool   // holds every write this client made
 }
 
 // MemberStatus reports one member.
 type MemberStatus struct {
-	Addr    string `json:"addr"`
-	Healthy bool   `json:"healthy"`
-	InSync  bool   `json:"in_sync"`
-	Digest  string `json:"state_digest,omitempty"`
+	Addr    string  `json:"addr"`
+	Healthy bool    `json:"healthy"`
+	InSync  bool    `json:"in_sync"`
+	Digest  string  `json:"state_digest,omitempty"`
+	Version Version `json:"state_version,omitempty"`
 }
 
 // ErrNoMember is returned when no member is healthy and in sync.
@@ -141,11 +148,15 @@ func isTransport(err error) bool {
 	return err != nil && !errors.As(err, &re) && !errors.Is(err, context.Canceled)
 }
 
-// Refresh checks every member: members that are down are marked so; members
-// that came back are logged in again; the digest held by most healthy
-// members (ties: the earliest in the configuration) is the reference, and
-// members that differ are re-synced from a member that holds it, or left
-// out of use if the session cannot re-sync.
+// Refresh checks every member: members that are down are marked so;
+// members that came back are logged in again. The reference is the state
+// whose version covers every other's (the newest, never the most held or
+// the first listed); members whose state it covers are re-synced from a
+// member that holds it (a crypto officer's session can; a crypto user's
+// leaves them out of use). If no state covers the others, changes were
+// made on both sides of a split: Refresh changes nothing and returns a
+// *DivergedError naming each member's version, and so does it when two
+// members hold different states of the same version.
 func (c *Cluster) Refresh(ctx context.Context) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
@@ -157,29 +168,50 @@ func (c *Cluster) refresh(ctx context.Context) error {
 	members := append([]*member(nil), c.members...)
 	c.mu.Unlock()
 
-	digests := make([]string, len(members))
+	states := make([]MemberState, len(members))
+	versions := make([]Version, len(members))
+	ok := make([]bool, len(members))
 	var errs []error
 	for i, m := range members {
-		d, err := c.check(ctx, m)
+		h, err := c.check(ctx, m)
 		if err != nil {
 			c.log.Warn("member unavailable", "addr", m.addr, "err", err)
 			errs = append(errs, err)
 			continue
 		}
-		digests[i] = d
+		states[i], versions[i], ok[i] = stateOf(m.addr, h), h.StateVersion, true
 	}
-	si := mostHeld(digests)
-	if si < 0 {
+	if !slices.Contains(ok, true) {
 		return fmt.Errorf("%w: %w", ErrNoMember, errors.Join(errs...))
 	}
-	source, ref := members[si], digests[si]
+	ri := newest(versions, ok)
+	if ri >= 0 {
+		for i := range members {
+			if ok[i] && states[i].StateDigest != states[ri].StateDigest && versions[i].Covers(versions[ri]) {
+				ri = -1 // the same version, another state
+				break
+			}
+		}
+	}
+	if ri < 0 {
+		div := &DivergedError{ClusterID: c.cfg.Client.ClusterID}
+		for i, m := range members {
+			c.setSync(m, false)
+			if ok[i] {
+				div.Members = append(div.Members, states[i])
+			}
+		}
+		c.log.Error("members hold states that no one member's covers: changes were made on both sides of a split", "members", div.Members)
+		return div
+	}
+	source, ref := members[ri], states[ri].StateDigest
 	for i, m := range members {
-		c.setSync(m, digests[i] == ref)
-		if digests[i] == "" || digests[i] == ref {
+		c.setSync(m, ok[i] && states[i].StateDigest == ref)
+		if !ok[i] || states[i].StateDigest == ref {
 			continue
 		}
 		if err := c.resync(ctx, source, m); err != nil {
-			c.log.Warn("member out of sync, left out of use", "addr", m.addr, "err", err)
+			c.log.Warn("member out of sync, left out of use", "addr", m.addr, "version", versions[i].String(), "newest", versions[ri].String(), "err", err)
 			continue
 		}
 		c.setSync(m, true)
@@ -187,28 +219,35 @@ func (c *Cluster) refresh(ctx context.Context) error {
 	return nil
 }
 
-// check makes sure m is reachable and logged in, and returns its digest.
-func (c *Cluster) check(ctx context.Context, m *member) (string, error) {
+func stateOf(addr string, h api.Health) MemberState {
+	return MemberState{Addr: addr, Serial: h.Serial, StateDigest: h.StateDigest, Version: h.StateVersion, Keys: h.KeyCount, Users: h.UserCount}
+}
+
+// check makes sure m is reachable and logged in, and returns its health.
+func (c *Cluster) check(ctx context.Context, m *member) (api.Health, error) {
 	h, err := m.c.Health(ctx)
 	if err != nil {
 		c.setUp(m, false)
-		return "", err
+		return api.Health{}, err
 	}
 	if cid := c.cfg.Client.ClusterID; cid != "" && h.ClusterID != cid {
 		c.setUp(m, false)
-		return "", fmt.Errorf("member %s is in cluster %q, not %q", m.addr, h.ClusterID, cid)
+		return api.Health{}, fmt.Errorf("member %s is in cluster %q, not %q", m.addr, h.ClusterID, cid)
 	}
+	c.mu.Lock()
+	m.serial = h.Serial
+	c.mu.Unlock()
 	if !c.isUp(m) {
 		role, err := m.c.Login(ctx, c.user, c.password)
 		if err != nil {
-			return "", fmt.Errorf("log in on %s: %w", m.addr, err)
+			return api.Health{}, fmt.Errorf("log in on %s: %w", m.addr, err)
 		}
 		c.mu.Lock()
 		c.role = role
 		c.mu.Unlock()
 		c.setUp(m, true)
 	}
-	return h.StateDigest, nil
+	return h, nil
 }
 
 func (c *Cluster) isUp(m *member) bool {
@@ -307,19 +346,31 @@ func read[T any](ctx context.Context, c *Cluster, fn func(*client.Client) (T, er
 	return zero, lastErr
 }
 
-// write runs first on one usable member (the primary); if that succeeds,
-// rest runs on every other usable member. A member that fails rest is
-// marked out of sync and skipped. It returns first's result.
-func write[T any](ctx context.Context, c *Cluster, first func(*client.Client) (T, error), rest func(*client.Client, T) error) (T, error) {
+// write runs op on one usable member (the primary) and, if it succeeds,
+// brings every other usable member up to date with the changes it made:
+// change records exported for each member and imported there in order,
+// as the same user. A member that refuses or misses one is marked out of
+// sync and skipped (Refresh re-syncs it). It returns op's result.
+func write[T any](ctx context.Context, c *Cluster, op func(*client.Client) (T, error)) (T, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	return writeLocked(ctx, c, op)
+}
+
+// writeLocked is write with c.writeMu held.
+func writeLocked[T any](ctx context.Context, c *Cluster, op func(*client.Client) (T, error)) (T, error) {
 	var zero T
 	members := c.usable()
 	var primary *member
+	var since uint64
 	var v T
 	var err error = ErrNoMember
 	for i, m := range members {
-		v, err = first(m.c)
+		var h api.Health
+		if h, err = m.c.Health(ctx); err == nil {
+			since = h.StateVersion[h.Serial]
+			v, err = op(m.c)
+		}
 		if isTransport(err) {
 			c.log.Warn("member failed a write; skipped", "addr", m.addr, "err", err)
 			c.setUp(m, false)
@@ -332,7 +383,7 @@ func write[T any](ctx context.Context, c *Cluster, first func(*client.Client) (T
 		return zero, err
 	}
 	for _, m := range members {
-		if err := rest(m.c, v); err != nil {
+		if err := c.replicate(ctx, primary, m, since); err != nil {
 			c.log.Warn("member missed a write; out of sync", "addr", m.addr, "err", err)
 			if isTransport(err) {
 				c.setUp(m, false)
@@ -343,11 +394,32 @@ func write[T any](ctx context.Context, c *Cluster, first func(*client.Client) (T
 	return v, nil
 }
 
-// each is a write whose every member runs the same call.
-func (c *Cluster) each(ctx context.Context, fn func(*client.Client) error) error {
-	_, err := write(ctx, c,
-		func(cl *client.Client) (struct{}, error) { return struct{}{}, fn(cl) },
-		func(cl *client.Client, _ struct{}) error { return fn(cl) })
+// replicate imports into dst the changes src made after its sequence
+// number since.
+func (c *Cluster) replicate(ctx context.Context, src, dst *member, since uint64) error {
+	c.mu.Lock()
+	to := dst.serial
+	c.mu.Unlock()
+	for {
+		recs, upto, err := src.c.ExportChanges(ctx, since, to)
+		if err != nil {
+			return fmt.Errorf("export changes from %s: %w", src.addr, err)
+		}
+		for _, rec := range recs {
+			if err := dst.c.ImportChange(ctx, rec); err != nil {
+				return err
+			}
+		}
+		if len(recs) == 0 || upto == since {
+			return nil
+		}
+		since = upto
+	}
+}
+
+// each is a write that returns nothing but op's error.
+func (c *Cluster) each(ctx context.Context, op func(*client.Client) error) error {
+	_, err := write(ctx, c, func(cl *client.Client) (struct{}, error) { return struct{}{}, op(cl) })
 	return err
 }
 
@@ -377,39 +449,15 @@ func (c *Cluster) Sign(ctx context.Context, h uint64, data []byte) ([]byte, erro
 }
 
 // GenerateKeys makes keys on one member and replicates them, material
-// included, to every other member as sealed sync records. Session keys
-// belong to one HSM and are refused here.
+// included, to every other member as change records only that member can
+// open. Session keys belong to one HSM and are refused here.
 func (c *Cluster) GenerateKeys(ctx context.Context, specs []hsmcore.KeySpec) ([]hsmcore.KeyInfo, error) {
 	for _, s := range specs {
 		if s.Session {
 			return nil, fmt.Errorf("cluster: session keys belong to one HSM: %w", hsmcore.ErrInvalid)
 		}
 	}
-	var records [][]byte
-	return write(ctx, c,
-		func(cl *client.Client) ([]hsmcore.KeyInfo, error) {
-			records = records[:0]
-			keys, err := cl.GenerateKeys(ctx, specs)
-			if err != nil {
-				return nil, err
-			}
-			for _, k := range keys {
-				rec, err := cl.ExportKeyRecord(ctx, k.Handle)
-				if err != nil {
-					return nil, fmt.Errorf("replicate key %d: %w", k.Handle, err)
-				}
-				records = append(records, rec)
-			}
-			return keys, nil
-		},
-		func(cl *client.Client, _ []hsmcore.KeyInfo) error {
-			for _, rec := range records {
-				if err := cl.ImportRecord(ctx, rec); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+	return write(ctx, c, func(cl *client.Client) ([]hsmcore.KeyInfo, error) { return cl.GenerateKeys(ctx, specs) })
 }
 
 // DeleteKey destroys key h on every member.
@@ -440,27 +488,15 @@ func (c *Cluster) DeleteUser(ctx context.Context, name string) error {
 // CreateUser adds a user on one member and replicates its record, so that
 // every member holds the same password hash.
 func (c *Cluster) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {
-	return c.replicateUser(ctx, name, func(cl *client.Client) error { return cl.CreateUser(ctx, name, role, password) })
+	return c.each(ctx, func(cl *client.Client) error { return cl.CreateUser(ctx, name, role, password) })
 }
 
 // ChangePassword sets the session user's password on every member.
 func (c *Cluster) ChangePassword(ctx context.Context, password string) error {
-	err := c.replicateUser(ctx, c.user, func(cl *client.Client) error { return cl.ChangePassword(ctx, password) })
+	err := c.each(ctx, func(cl *client.Client) error { return cl.ChangePassword(ctx, password) })
 	if err == nil {
 		c.password = password
 	}
-	return err
-}
-
-func (c *Cluster) replicateUser(ctx context.Context, name string, change func(*client.Client) error) error {
-	_, err := write(ctx, c,
-		func(cl *client.Client) ([]byte, error) {
-			if err := change(cl); err != nil {
-				return nil, err
-			}
-			return cl.ExportUserRecord(ctx, name)
-		},
-		func(cl *client.Client, rec []byte) error { return cl.ImportRecord(ctx, rec) })
 	return err
 }
 
@@ -509,7 +545,7 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	if h.Initialized || h.ClusterInitialized {
 		return fmt.Errorf("%s: HSM %s is not a new HSM: cluster %s is initialized on it: %w", addr, h.Serial, h.ClusterID, hsmcore.ErrPermission)
 	}
-	_, err = hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
+	st, err := hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
 		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots,
 		Expect: hsmcore.Expectation{Class: srcHealth.Class, Manufacturer: srcHealth.Manufacturer, Operator: srcHealth.Operator,
 			MinFirmware: srcHealth.Firmware, FIPS: srcHealth.FIPS, PBKFingerprint: srcHealth.PBKFingerprint},
@@ -520,6 +556,23 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("%s: attest: %w", addr, err)
 	}
+	// Every member lists the new HSM's device key before it gets the
+	// image, so that the image it receives names it a member.
+	certs, err := pre.Certificates(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: certificates: %w", addr, err)
+	}
+	if cert, err := x509.ParseCertificate(certs.Manufacturer); err != nil || cert.Subject.SerialNumber != st.Serial {
+		return fmt.Errorf("%s: device certificate does not name the attested HSM %s: %w", addr, st.Serial, hsmcore.ErrAttestation)
+	}
+	if _, err := writeLocked(ctx, c, func(cl *client.Client) (struct{}, error) { return struct{}{}, cl.AddMember(ctx, certs.Manufacturer) }); err != nil {
+		return fmt.Errorf("%s: add to the member list: %w", addr, err)
+	}
+	members = c.usable() // the source must hold the new member list
+	if len(members) == 0 {
+		return ErrNoMember
+	}
+	src = members[0]
 	img, err := src.c.ExportImage(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: export image from %s: %w", addr, src.addr, err)
@@ -546,7 +599,7 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 // RegisterSigningKey sets the officer's quorum signing key on every
 // member (as a replicated user record).
 func (c *Cluster) RegisterSigningKey(ctx context.Context, pub ed25519.PublicKey) error {
-	return c.replicateUser(ctx, c.user, func(cl *client.Client) error { return cl.RegisterSigningKey(ctx, pub) })
+	return c.each(ctx, func(cl *client.Client) error { return cl.RegisterSigningKey(ctx, pub) })
 }
 
 // SetQuorum makes op need m approvals on every member.
@@ -558,16 +611,28 @@ func (c *Cluster) SetQuorum(ctx context.Context, op string, m int) error {
 // other member adopt it, so one set of approvals serves the cluster.
 func (c *Cluster) QuorumToken(ctx context.Context, op, object string) (quorum.Token, error) {
 	var sealed []byte
-	return write(ctx, c,
-		func(cl *client.Client) (quorum.Token, error) {
-			tok, s, err := cl.QuorumToken(ctx, op, object)
-			sealed = s
-			return tok, err
-		},
-		func(cl *client.Client, _ quorum.Token) error {
-			_, err := cl.AdoptQuorumToken(ctx, sealed)
-			return err
-		})
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	members := c.usable()
+	var tok quorum.Token
+	var err error = ErrNoMember
+	for i, m := range members {
+		tok, sealed, err = m.c.QuorumToken(ctx, op, object)
+		if isTransport(err) {
+			c.setUp(m, false)
+			continue
+		}
+		if err != nil {
+			return quorum.Token{}, err
+		}
+		for _, o := range append(members[:i:i], members[i+1:]...) {
+			if _, err := o.c.AdoptQuorumToken(ctx, sealed); err != nil {
+				c.log.Warn("member did not adopt a quorum token", "addr", o.addr, "err", err)
+			}
+		}
+		return tok, nil
+	}
+	return quorum.Token{}, err
 }
 
 // Approve sends approvals of token id to every member with the following

@@ -19,22 +19,25 @@ type Picked struct {
 	Health api.Health
 }
 
-// ErrDiverged: the reachable members of a cluster hold different states
-// (their state digests differ), so no one of them is known to be current.
-// PickMember's error for it is a *DivergedError.
+// ErrDiverged: the reachable members of a cluster hold states of which
+// none is the newest: changes were made on both sides of a split (no
+// member's version covers every other's), or two members hold different
+// states of the same version. PickMember's and Refresh's error for it is
+// a *DivergedError.
 var ErrDiverged = errors.New("members hold different states")
 
 // MemberState is what one reachable member of the cluster reported.
 type MemberState struct {
-	Addr        string `json:"addr"`
-	Serial      string `json:"serial"`
-	StateDigest string `json:"state_digest"`
-	Keys        int    `json:"keys"`
-	Users       int    `json:"users"`
+	Addr        string  `json:"addr"`
+	Serial      string  `json:"serial"`
+	StateDigest string  `json:"state_digest"`
+	Version     Version `json:"state_version,omitempty"`
+	Keys        int     `json:"keys"`
+	Users       int     `json:"users"`
 }
 
 func (s MemberState) String() string {
-	return fmt.Sprintf("%s: %s, %s, digest %.12s", s.Addr, count(s.Keys, "key"), count(s.Users, "user"), s.StateDigest)
+	return fmt.Sprintf("%s: %s, %s, version %s, digest %.12s", s.Addr, count(s.Keys, "key"), count(s.Users, "user"), s.Version, s.StateDigest)
 }
 
 func count(n int, what string) string {
@@ -70,13 +73,14 @@ type PickOptions struct {
 }
 
 // PickMember connects to cfg's members and returns the one to read the
-// cluster from, as a backup does: healthy and initialized in cluster
-// cfg.Client.ClusterID. Every healthy member must hold the same state
-// (state digest); the first in configuration order is picked. If their
-// digests differ, none is known to be current and PickMember returns a
-// *DivergedError (wrapping ErrDiverged) listing each one's digest and key
-// and user counts, unless opts.Member names the member to pick. Members
-// that cannot be used are logged and named in the error when none can.
+// cluster from, as a backup does: healthy, initialized in cluster
+// cfg.Client.ClusterID, and holding the newest state: the first in
+// configuration order whose state version covers every other healthy
+// member's. Members with older states are logged. If no member's state
+// is the newest (a split, see ErrDiverged), PickMember returns a
+// *DivergedError listing each one's version, digest and key and user
+// counts, unless opts.Member names the member to pick. Members that
+// cannot be used are logged and named in the error when none can.
 func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, error) {
 	id := cfg.Client.ClusterID
 	log := cfg.Logger
@@ -121,18 +125,31 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 	if len(healthy) == 0 {
 		return nil, fmt.Errorf("cluster %s: no healthy member (%s)%.0w", id, strings.Join(problems, "; "), errors.Join(causes...))
 	}
-	var diverged *DivergedError
-	for _, p := range healthy {
-		if p.Health.StateDigest != healthy[0].Health.StateDigest {
-			diverged = &DivergedError{ClusterID: id}
-			for _, p := range healthy {
-				h := p.Health
-				diverged.Members = append(diverged.Members, MemberState{Addr: p.Addr, Serial: h.Serial, StateDigest: h.StateDigest, Keys: h.KeyCount, Users: h.UserCount})
-			}
-			break
+	versions := make([]Version, len(healthy))
+	ok := make([]bool, len(healthy))
+	for i, p := range healthy {
+		versions[i], ok[i] = p.Health.StateVersion, true
+	}
+	ni := newest(versions, ok)
+	for i, p := range healthy {
+		if ni >= 0 && p.Health.StateDigest != healthy[ni].Health.StateDigest && versions[i].Covers(versions[ni]) {
+			ni = -1 // the same version, another state
 		}
 	}
-	pick := healthy[0]
+	var diverged *DivergedError
+	if ni < 0 {
+		diverged = &DivergedError{ClusterID: id}
+		for _, p := range healthy {
+			diverged.Members = append(diverged.Members, stateOf(p.Addr, p.Health))
+		}
+		ni = 0
+	}
+	pick := healthy[ni]
+	for _, p := range healthy {
+		if p != pick && p.Health.StateDigest != pick.Health.StateDigest {
+			log.Warn("member holds an older state; backing up the newest", "cluster", id, "addr", p.Addr, "version", Version(p.Health.StateVersion).String(), "newest", pick.Addr)
+		}
+	}
 	if opts.Member != "" {
 		i := slices.IndexFunc(healthy, func(p *Picked) bool { return p.Addr == opts.Member })
 		if i < 0 {
@@ -155,22 +172,4 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 	}
 	closeAll(pick)
 	return pick, nil
-}
-
-// mostHeld returns the index of the first of digests ("" for a member
-// that is down) held by the most members, or -1 if every one is "".
-func mostHeld(digests []string) int {
-	count := map[string]int{}
-	for _, d := range digests {
-		if d != "" {
-			count[d]++
-		}
-	}
-	best := -1
-	for i, d := range digests {
-		if d != "" && (best < 0 || count[d] > count[digests[best]]) {
-			best = i
-		}
-	}
-	return best
 }

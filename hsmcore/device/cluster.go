@@ -182,6 +182,8 @@ func (d *Device) InitializeCluster(certDER, caDER []byte) error {
 	}
 	next := d.st.clone()
 	next.Cluster = &clusterRecord{ID: c.ID, Key: c.Key, Cert: bytes.Clone(certDER), CA: bytes.Clone(caDER)}
+	next.Members = []memberRecord{d.self()}
+	d.record(next, nil, "member.add", membersObject)
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
@@ -256,3 +258,104 @@ func (s signer) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte
 }
 
 var _ crypto.Signer = signer{}
+
+// self is the device's entry in a member list.
+func (d *Device) self() memberRecord {
+	der, err := x509.MarshalPKIXPublicKey(&d.deviceKey.PublicKey)
+	if err != nil {
+		panic("hsmcore: device key: " + err.Error())
+	}
+	return memberRecord{Serial: d.id.Serial, Key: der}
+}
+
+// Members returns the serials of the cluster's members, as this device
+// knows them.
+func (d *Device) Members() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, len(d.st.Members))
+	for i, m := range d.st.Members {
+		out[i] = m.Serial
+	}
+	return out
+}
+
+// AddMember adds the HSM whose manufacturer-issued device certificate is
+// certDER to the cluster's members: from then on its changes are accepted
+// and changes are sealed to it. The certificate must chain to the
+// manufacturer root this device was made under and name a device of the
+// same class and manufacturer. Crypto officers only; the caller attests
+// the new HSM first (cluster.AddMember does).
+func (s *Session) AddMember(certDER []byte) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("member.add", hsmcore.CryptoOfficer); err != nil {
+		return err
+	}
+	if !d.st.clusterInitialized() {
+		return fmt.Errorf("add member: device is not a member of an initialized cluster: %w", hsmcore.ErrPermission)
+	}
+	m, err := d.memberFromCert(certDER)
+	if err != nil {
+		d.audit(s.user, "member.add", "", "refused")
+		return fmt.Errorf("add member: %w", err)
+	}
+	if old := d.st.member(m.Serial); old != nil {
+		if bytes.Equal(old.Key, m.Key) {
+			return nil
+		}
+		return fmt.Errorf("add member: %s is a member with another device key: %w", m.Serial, hsmcore.ErrExists)
+	}
+	if len(d.st.Members)+2 > maxMembers {
+		return fmt.Errorf("add member: %w", hsmcore.ErrFull)
+	}
+	if err := s.requireQuorum("member.add", m.Serial); err != nil {
+		return err
+	}
+	next := d.st.clone()
+	// A device restored from a backup lists itself when it first adds a
+	// member (an image carries the member list of the HSM it was taken
+	// from).
+	if next.member(d.id.Serial) == nil {
+		next.Members = append(next.Members, d.self())
+	}
+	next.Members = append(next.Members, m)
+	d.record(next, s, "member.add", membersObject)
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("add member: %w", err)
+	}
+	return d.audit(s.user, "member.add", m.Serial, "ok")
+}
+
+// memberFromCert checks a device certificate against the device's own
+// manufacturer and returns the member it names.
+func (d *Device) memberFromCert(certDER []byte) (memberRecord, error) {
+	if len(d.mfrRoot) == 0 {
+		return memberRecord{}, fmt.Errorf("this device does not hold its manufacturer's root: %w", hsmcore.ErrUnsupportedVersion)
+	}
+	root, err := x509.ParseCertificate(d.mfrRoot)
+	if err != nil {
+		return memberRecord{}, fmt.Errorf("manufacturer root: %w", err)
+	}
+	cert, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return memberRecord{}, fmt.Errorf("device certificate: %v: %w", err, hsmcore.ErrMalformed)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return memberRecord{}, fmt.Errorf("device certificate: %v: %w", err, hsmcore.ErrAttestation)
+	}
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	subj := cert.Subject
+	if !ok || pub.Curve != elliptic.P384() || hsmcore.CheckName(subj.SerialNumber) != nil ||
+		len(subj.Organization) != 1 || subj.Organization[0] != d.id.Manufacturer || len(subj.OrganizationalUnit) != 1 || subj.OrganizationalUnit[0] != d.id.Class {
+		return memberRecord{}, fmt.Errorf("device certificate does not name a %s HSM of %s: %w", d.id.Class, d.id.Manufacturer, hsmcore.ErrHardwareMismatch)
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return memberRecord{}, err
+	}
+	return memberRecord{Serial: subj.SerialNumber, Key: der}, nil
+}

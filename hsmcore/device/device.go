@@ -83,6 +83,7 @@ type Device struct {
 	deviceKey *ecdsa.PrivateKey
 	mfrCert   []byte // DER, signed by the manufacturer root
 	opCert    []byte // DER, signed by the operator root
+	mfrRoot   []byte // DER, the manufacturer's root; nil in devices made before it was kept
 	mkbk      []byte
 	akbk      []byte
 	pbk       []byte
@@ -174,6 +175,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		deviceKey: key,
 		mfrCert:   mfrCert,
 		opCert:    opCert,
+		mfrRoot:   cfg.Manufacturer.Certificate().Raw,
 		mkbk:      cfg.Manufacturer.backupKey(cfg.Class),
 		akbk:      cfg.Operator.backupKey(cfg.Class),
 		lock:      lock,

@@ -3,7 +3,7 @@
 // device key certified by a manufacturer and an operator, hardware-bound
 // backup keys (MKBK, AKBK, and PBK derived from them by NIST SP 800-108),
 // crypto officers and users, a PKCS#11-style key store, image export and
-// import, sync records between members of a cluster, quorum, attestation
+// import, change records between members of a cluster, quorum, attestation
 // and a hash-chained audit log.
 //
 // Secret material (MKBK, AKBK, PBK, EBKs, the device and cluster keys, and

@@ -88,3 +88,27 @@ func FuzzImportImage(f *testing.F) {
 		}
 	})
 }
+
+// FuzzImportChange: any bytes offered as a change record are refused
+// cleanly or applied, never panic, and a refusal leaves the member as it
+// was; the parser accepts only records within its limits.
+func FuzzImportChange(f *testing.F) {
+	a, b, _, cuA, _, _ := twoMembers(f)
+	if _, err := cuA.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256}); err != nil {
+		f.Fatal(err)
+	}
+	rec := changesFor(f, a, b)[0]
+	f.Add(rec)
+	f.Add(rec[:len(rec)/2])
+	f.Add([]byte(`{"body":"e30=","signature":""}`))
+	cuB := login(f, b, "alice")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if body, _, err := parseChange(data); err == nil && len(data) > maxRecordLine {
+			t.Fatalf("a record of %d bytes parsed: %+v", len(data), body)
+		}
+		before := b.StateDigest()
+		if err := cuB.ImportChange(data); err != nil && b.StateDigest() != before {
+			t.Fatalf("a refused change (%v) changed the member", err)
+		}
+	})
+}

@@ -295,6 +295,9 @@ func (s *Session) addKeys(op string, recs []*keyRecord) ([]hsmcore.KeyInfo, erro
 		}
 		token = token || k.Token
 		next.Keys[k.Handle] = k
+		if k.Token {
+			d.record(next, s, op, keyObject(k.Handle))
+		}
 	}
 	if token {
 		if err := d.commit(next); err != nil {
@@ -426,6 +429,7 @@ func (s *Session) commitKey(op string, k *keyRecord, change func(k *keyRecord) (
 		next.Keys[k.Handle] = nk
 	}
 	if k.Token {
+		d.record(next, s, op, keyObject(k.Handle))
 		if err := d.commit(next); err != nil {
 			return fmt.Errorf("%s: key %d: %w", op, k.Handle, err)
 		}

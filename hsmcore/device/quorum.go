@@ -22,6 +22,7 @@ var QuorumOps = []string{
 	"image.export", // object: ""
 	"image.import", // object: ""
 	"quorum.set",   // object: the operation whose quorum changes
+	"member.add",   // object: the new member's serial
 	// object: the device's serial. A zeroization needs at least as many
 	// approvals as any operation the policy protects (Session.Zeroize).
 	"device.zeroize",
@@ -50,6 +51,7 @@ func (s *Session) RegisterSigningKey(pub ed25519.PublicKey) error {
 	u.SigningKey = bytes.Clone(pub)
 	next := d.st.clone()
 	next.Users[s.user] = &u
+	d.record(next, s, "quorum.key", userObject(s.user))
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("register signing key: %w", err)
 	}
@@ -92,6 +94,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	}
 	next := d.st.clone()
 	next.Quorum = p
+	d.record(next, s, "quorum.set", quorumObject)
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("set quorum: %w", err)
 	}
@@ -198,9 +201,11 @@ func (s *Session) requireQuorumOf(op, object string, m int) error {
 		d.audit(s.user, op, auditField(object), "quorum")
 		return fmt.Errorf("%s: needs %d approvals: %w", op, m, hsmcore.ErrQuorum)
 	}
+	tok, _ := d.tracker.Lookup(a.id)
 	if err := d.tracker.Consume(a.id, op, object, m, a.approvals, d.officerKeys()); err != nil {
 		d.audit(s.user, op, auditField(object), "quorum")
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
 	}
+	s.proof = &quorumProof{Token: tok, Approvals: a.approvals}
 	return nil
 }

@@ -114,22 +114,12 @@ func TestQuorumProtectsOperations(t *testing.T) {
 func TestQuorumAcrossClusterMembers(t *testing.T) {
 	a, b, coA, _, coB, _ := twoMembers(t)
 	keys := officers(t, a, coA)
-	// Replicate the officers to b, as the cluster client would.
-	for _, name := range []string{"admin", "co2", "co3"} {
-		rec, err := coA.ExportUserRecord(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := coB.ImportRecord(rec); err != nil {
-			t.Fatal(err)
-		}
+	reclone(t, coA, b, coB)
+	if err := coA.SetQuorum("image.export", 2); err != nil {
+		t.Fatal(err)
 	}
+	replicate(t, a, b)
 	coB = login(t, b, "admin")
-	for _, s := range []*Session{coA, coB} {
-		if err := s.SetQuorum("image.export", 2); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if a.StateDigest() != b.StateDigest() {
 		t.Fatal("members differ")
 	}

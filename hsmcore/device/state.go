@@ -30,21 +30,32 @@ type contents struct {
 	NextHandle uint64
 	Users      map[string]*userRecord
 	Keys       map[uint64]*keyRecord
+
+	// Replication (change.go): the cluster's members, the last change of
+	// every object (deleted ones included) and, per member, the last of its
+	// changes this state holds.
+	Members []memberRecord
+	Changes map[string]*changeMeta
+	Clock   map[string]uint64
 }
 
 func newContents() *contents {
-	return &contents{NextHandle: 1, Users: map[string]*userRecord{}, Keys: map[uint64]*keyRecord{}}
+	return &contents{NextHandle: 1, Users: map[string]*userRecord{}, Keys: map[uint64]*keyRecord{},
+		Changes: map[string]*changeMeta{}, Clock: map[string]uint64{}}
 }
 
 func (c *contents) clone() *contents {
-	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys)}
+	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys),
+		Members: slices.Clone(c.Members), Changes: maps.Clone(c.Changes), Clock: maps.Clone(c.Clock)}
 }
 
 // Limits of the state records; an image or sealed file that breaks them is
 // malformed.
 const (
-	maxRecordLine = 64 << 10 // one JSON line
-	maxImageKeys  = 1 << 20
+	maxRecordLine    = 64 << 10 // one JSON line
+	maxImageKeys     = 1 << 20
+	maxChangeRecords = 4 * maxImageKeys // the last change of every object, deleted ones included
+	maxClock         = 1024             // members that ever made a change
 )
 
 // contentsHeader is the first line of serialized contents.
@@ -55,12 +66,17 @@ type contentsHeader struct {
 	NextHandle uint64         `json:"next_handle"`
 	Users      int            `json:"users"`
 	Keys       int            `json:"keys"`
+	// Since replication by change records; absent in older contents.
+	Members []memberRecord    `json:"members,omitempty"`
+	Clock   map[string]uint64 `json:"clock,omitempty"`
+	Changes int               `json:"changes,omitempty"`
 }
 
 const contentsFormat = "hsmcore-contents/1"
 
 // writeContents serializes c as JSON lines: a header, then every user, then
-// every token key, in a stable order.
+// every token key, then the last change of every object, in a stable
+// order.
 func writeContents(w io.Writer, c *contents) error {
 	users := slices.Sorted(maps.Keys(c.Users))
 	var handles []uint64
@@ -71,7 +87,13 @@ func writeContents(w io.Writer, c *contents) error {
 	}
 	slices.Sort(handles)
 	enc := json.NewEncoder(w)
-	if err := enc.Encode(contentsHeader{Format: contentsFormat, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles)}); err != nil {
+	objects := slices.Sorted(maps.Keys(c.Changes))
+	h := contentsHeader{Format: contentsFormat, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles),
+		Members: c.Members, Changes: len(objects)}
+	if len(c.Clock) > 0 {
+		h.Clock = c.Clock
+	}
+	if err := enc.Encode(h); err != nil {
 		return err
 	}
 	for _, name := range users {
@@ -81,6 +103,11 @@ func writeContents(w io.Writer, c *contents) error {
 	}
 	for _, h := range handles {
 		if err := enc.Encode(c.Keys[h]); err != nil {
+			return err
+		}
+	}
+	for _, o := range objects {
+		if err := enc.Encode(c.Changes[o]); err != nil {
 			return err
 		}
 	}
@@ -117,8 +144,19 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	if h.NextHandle < 1 || h.NextHandle > 1<<62 {
 		return nil, fmt.Errorf("next handle %d: %w", h.NextHandle, hsmcore.ErrMalformed)
 	}
-	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys {
-		return nil, fmt.Errorf("contents holds %d users and %d keys; limits %d and %d: %w", h.Users, h.Keys, MaxUsers, maxKeys, hsmcore.ErrMalformed)
+	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys || h.Changes < 0 || h.Changes > maxChangeRecords {
+		return nil, fmt.Errorf("contents holds %d users, %d keys and %d changes; limits %d, %d and %d: %w", h.Users, h.Keys, h.Changes, MaxUsers, maxKeys, maxChangeRecords, hsmcore.ErrMalformed)
+	}
+	if err := checkMembers(h.Members); err != nil {
+		return nil, err
+	}
+	if len(h.Clock) > maxClock {
+		return nil, fmt.Errorf("state version names %d members: %w", len(h.Clock), hsmcore.ErrMalformed)
+	}
+	for m, seq := range h.Clock {
+		if hsmcore.CheckName(m) != nil || seq == 0 {
+			return nil, fmt.Errorf("state version: %w", hsmcore.ErrMalformed)
+		}
 	}
 	if h.Cluster != nil {
 		if err := h.Cluster.check(); err != nil {
@@ -157,6 +195,23 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 		}
 		c.Keys[k.Handle] = k
 	}
+	c.Members = h.Members
+	if h.Clock != nil {
+		c.Clock = h.Clock
+	}
+	for range h.Changes {
+		m := new(changeMeta)
+		if err := next(m); err != nil {
+			return nil, err
+		}
+		if err := m.check(); err != nil {
+			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+		}
+		if c.Changes[m.Object] != nil || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
+			return nil, fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", line, hsmcore.ErrMalformed)
+		}
+		c.Changes[m.Object] = m
+	}
 	if sc.Scan() {
 		return nil, fmt.Errorf("record %d: data after the last record: %w", line+1, hsmcore.ErrMalformed)
 	}
@@ -183,6 +238,9 @@ type deviceRecord struct {
 	OpCert    []byte           `json:"operator_cert"`
 	MKBK      []byte           `json:"mkbk"`
 	AKBK      []byte           `json:"akbk"`
+	// The manufacturer's root certificate, DER, which new members'
+	// device certificates must chain to; absent in devices made before.
+	MfrRoot []byte `json:"manufacturer_root,omitempty"`
 }
 
 // sealMagic starts the sealed state file; it is also the AEAD's
@@ -198,7 +256,7 @@ func (d *Device) writeState(c *contents) ([32]byte, error) {
 		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
 	var buf bytes.Buffer
-	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk}
+	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot}
 	if err := json.NewEncoder(&buf).Encode(rec); err != nil {
 		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
@@ -248,7 +306,7 @@ func (d *Device) readState(sealed []byte) error {
 		return fmt.Errorf("sealed state: %w", err)
 	}
 	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
-	d.mfrCert, d.opCert, d.mkbk, d.akbk = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK
+	d.mfrCert, d.opCert, d.mkbk, d.akbk, d.mfrRoot = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK, rec.MfrRoot
 	d.st = c
 	d.digest = sha256.Sum256(rest)
 	return nil

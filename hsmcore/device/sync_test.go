@@ -9,22 +9,70 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
 
-// twoMembers returns two HSMs of one initialized cluster, the second
-// cloned from the first by image, with officer and user sessions on each.
-func twoMembers(t *testing.T) (a, b *Device, coA, cuA, coB, cuB *Session) {
+// twoMembers returns two HSMs of one initialized cluster, the second added
+// to the member list and cloned from the first by image, as
+// cluster.AddMember does, with officer and user sessions on each.
+func twoMembers(t testing.TB) (a, b *Device, coA, cuA, coB, cuB *Session) {
 	t.Helper()
 	a = newDevice(t, stdHW)
 	coA, cuA = initDevice(t, a)
 	initCluster(t, a, "cluster-s")
 	b = newDevice(t, stdHW)
+	addMember(t, coA, b)
 	if _, err := b.ImportImage(context.Background(), nil, bytes.NewReader(exportImage(t, coA))); err != nil {
 		t.Fatal(err)
 	}
 	return a, b, coA, cuA, login(t, b, "admin"), login(t, b, "alice")
 }
 
-func TestSyncRecordsKeepMembersEqual(t *testing.T) {
-	a, b, coA, cuA, coB, cuB := twoMembers(t)
+// addMember lists d among the members of co's cluster.
+func addMember(t testing.TB, co *Session, d *Device) {
+	t.Helper()
+	if err := co.AddMember(d.mfrCert); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reclone re-syncs member dst by image from src's device, as the cluster
+// client does with a member that missed changes; co is an officer's
+// session on dst.
+func reclone(t testing.TB, src *Session, dst *Device, co *Session) {
+	t.Helper()
+	if _, err := dst.ImportImage(context.Background(), co, bytes.NewReader(exportImage(t, src))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// changesFor returns the changes src made that dst does not hold yet,
+// for dst.
+func changesFor(t testing.TB, src, dst *Device) [][]byte {
+	t.Helper()
+	_, v := dst.State()
+	recs, _, err := login(t, src, "admin").ExportChanges(v[src.id.Serial], dst.id.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// replicate brings dst up to date with the changes src made, each
+// imported in a session of the user who made it, as the cluster client
+// does.
+func replicate(t testing.TB, src, dst *Device) {
+	t.Helper()
+	for _, rec := range changesFor(t, src, dst) {
+		b, _, err := parseChange(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := login(t, dst, b.Meta.Actor).ImportChange(rec); err != nil {
+			t.Fatalf("import %s %s: %v", b.Meta.Op, b.Meta.Object, err)
+		}
+	}
+}
+
+func TestChangesKeepMembersEqual(t *testing.T) {
+	a, b, _, cuA, _, cuB := twoMembers(t)
 	if a.StateDigest() != b.StateDigest() {
 		t.Fatal("a member cloned by image differs")
 	}
@@ -32,40 +80,47 @@ func TestSyncRecordsKeepMembersEqual(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := coA.CreateUser("bob", hsmcore.CryptoUser, testPassword); err != nil {
-		t.Fatal(err)
-	}
 	if a.StateDigest() == b.StateDigest() {
 		t.Fatal("digests equal after a change on one member")
 	}
-	keyRec, err := cuA.ExportKeyRecord(k.Handle)
-	if err != nil {
+	replicate(t, a, b)
+	coA := login(t, a, "admin")
+	if err := coA.CreateUser("bob", hsmcore.CryptoUser, testPassword); err != nil {
 		t.Fatal(err)
 	}
-	userRec, err := coA.ExportUserRecord("bob")
-	if err != nil {
+	// A crypto user cannot import the officer's change.
+	if err := cuB.ImportChange(changesFor(t, a, b)[0]); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("crypto user importing an officer's change: got %v, want ErrPermission", err)
+	}
+	replicate(t, a, b)
+	if err := cuA.ShareKey(k.Handle, "bob", true); err != nil {
 		t.Fatal(err)
 	}
-	if err := cuB.ImportRecord(userRec); !errors.Is(err, hsmcore.ErrPermission) {
-		t.Fatalf("crypto user importing a user: got %v, want ErrPermission", err)
-	}
-	if err := cuB.ImportRecord(keyRec); err != nil {
-		t.Fatal(err)
-	}
-	if err := coB.ImportRecord(userRec); err != nil {
-		t.Fatal(err)
-	}
+	replicate(t, a, b)
 	if a.StateDigest() != b.StateDigest() {
 		t.Fatal("members differ after replicating every change")
+	}
+	_, va := a.State()
+	_, vb := b.State()
+	if va[a.id.Serial] != vb[a.id.Serial] || va[a.id.Serial] == 0 {
+		t.Fatalf("versions %v and %v", va, vb)
 	}
 	ct, err := cuA.Encrypt(k.Handle, []byte("hello"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := cuB.Decrypt(k.Handle, ct, nil); err != nil || string(pt) != "hello" {
+	if pt, err := login(t, b, "alice").Decrypt(k.Handle, ct, nil); err != nil || string(pt) != "hello" {
 		t.Fatalf("replicated key does not decrypt: %v", err)
 	}
-	// Session keys do not move the handle counter members agree on.
+	// Changes flow the other way too, and deletions leave tombstones.
+	if err := login(t, b, "alice").DeleteKey(k.Handle); err != nil {
+		t.Fatal(err)
+	}
+	replicate(t, b, a)
+	if a.StateDigest() != b.StateDigest() {
+		t.Fatal("members differ after a delete made on the second")
+	}
+	// Session keys do not move the state members agree on.
 	if _, err := cuA.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Session: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -74,38 +129,42 @@ func TestSyncRecordsKeepMembersEqual(t *testing.T) {
 	}
 }
 
-func TestSyncRecordRefusals(t *testing.T) {
-	_, b, _, cuA, coB, _ := twoMembers(t)
-	k, err := cuA.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256})
-	if err != nil {
+func TestChangeRefusals(t *testing.T) {
+	a, b, _, cuA, coB, _ := twoMembers(t)
+	if _, err := cuA.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256}); err != nil {
 		t.Fatal(err)
 	}
-	rec, err := cuA.ExportKeyRecord(k.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := changesFor(t, a, b)[0]
 	sealed, content := stateBytes(t, b), contentsBytes(t, b)
-	flipped := bytes.Clone(rec)
-	flipped[len(flipped)-3] ^= 1
-	if err := coB.ImportRecord(flipped); !errors.Is(err, hsmcore.ErrTampered) {
-		t.Fatalf("flipped record: got %v, want ErrTampered", err)
+	cuB := login(t, b, "alice")
+	for i := range rec {
+		flipped := bytes.Clone(rec)
+		flipped[i] ^= 1
+		if err := cuB.ImportChange(flipped); err == nil {
+			t.Fatalf("record with byte %d flipped imported", i)
+		}
 	}
-	// A member of another cluster cannot read it.
+	// A member of another cluster of the same name cannot use it.
 	c := newDevice(t, stdHW)
-	coC, _ := initDevice(t, c)
-	initCluster(t, c, "cluster-s") // same name, another cluster key
-	if err := coC.ImportRecord(rec); !errors.Is(err, hsmcore.ErrTampered) {
-		t.Fatalf("other cluster: got %v, want ErrTampered", err)
+	initDevice(t, c)
+	initCluster(t, c, "cluster-s")
+	if err := login(t, c, "alice").ImportChange(rec); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("other cluster: got %v, want ErrPermission", err)
+	}
+	// Nor an HSM that is not a current member, even with the cluster's
+	// image.
+	if _, _, err := login(t, a, "admin").ExportChanges(0, c.id.Serial); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("export for a non-member: got %v, want ErrPermission", err)
 	}
 	// A device outside any cluster neither exports nor imports.
 	d := newDevice(t, stdHW)
-	coD, cuD := initDevice(t, d)
-	kd, _ := cuD.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256})
-	if _, err := cuD.ExportKeyRecord(kd.Handle); !errors.Is(err, hsmcore.ErrPermission) {
+	_, cuD := initDevice(t, d)
+	if _, _, err := cuD.ExportChanges(0, b.id.Serial); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("export outside a cluster: got %v, want ErrPermission", err)
 	}
-	if err := coD.ImportRecord(rec); !errors.Is(err, hsmcore.ErrPermission) {
+	if err := cuD.ImportChange(rec); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("import outside a cluster: got %v, want ErrPermission", err)
 	}
+	_ = coB
 	assertUnchanged(t, b, sealed, content)
 }

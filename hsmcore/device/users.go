@@ -102,6 +102,7 @@ func (d *Device) Initialize(name, password string) error {
 	}
 	next := d.st.clone()
 	next.Users[name] = u
+	d.record(next, nil, "user.create", userObject(name))
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("initialize: %w", err)
 	}
@@ -139,7 +140,8 @@ type Session struct {
 	rec   *userRecord // the record logged in with; replaced when the user is
 	ended bool        // deleted, re-created, changes password or is imported over
 
-	approval *approval // quorum approvals for the next protected operation
+	approval *approval    // quorum approvals for the next protected operation
+	proof    *quorumProof // the approvals the operation being committed consumed
 }
 
 // Login checks a user's password and opens a session. Unknown user and
@@ -243,6 +245,7 @@ func (s *Session) CreateUser(name string, role hsmcore.Role, password string) er
 	}
 	next := d.st.clone()
 	next.Users[name] = u
+	d.record(next, s, "user.create", userObject(name))
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("create user %s: %w", name, err)
 	}
@@ -265,20 +268,13 @@ func (s *Session) DeleteUser(name string) error {
 		return fmt.Errorf("delete user %s: cannot delete yourself: %w", name, hsmcore.ErrInvalid)
 	}
 	next := d.st.clone()
-	for h, k := range d.st.Keys {
-		if k.Owner == name {
-			return fmt.Errorf("delete user %s: still owns key %d: %w", name, h, hsmcore.ErrInvalid)
-		}
-		if slices.Contains(k.SharedWith, name) {
-			nk := k.clone()
-			nk.SharedWith = slices.DeleteFunc(nk.SharedWith, func(u string) bool { return u == name })
-			next.Keys[h] = nk
-		}
+	if err := removeUser(next, name); err != nil {
+		return err
 	}
-	delete(next.Users, name)
 	if err := s.requireQuorum("user.delete", name); err != nil {
 		return err
 	}
+	d.record(next, s, "user.delete", userObject(name))
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("delete user %s: %w", name, err)
 	}
@@ -300,6 +296,7 @@ func (s *Session) ChangePassword(password string) error {
 	u.SigningKey = s.rec.SigningKey
 	next := d.st.clone()
 	next.Users[s.user] = u
+	d.record(next, s, "user.password", userObject(s.user))
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("change password: %w", err)
 	}

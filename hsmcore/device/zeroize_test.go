@@ -248,22 +248,7 @@ func TestZeroizeQuorum(t *testing.T) {
 
 	// Approvals to zeroize member a do not zeroize member b, although b
 	// adopts the cluster's tokens.
-	for _, name := range []string{"co2", "co3"} {
-		rec, err := coA.ExportUserRecord(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := coB.ImportRecord(rec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rec, err := coA.ExportUserRecord("admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := coB.ImportRecord(rec); err != nil {
-		t.Fatal(err)
-	}
+	reclone(t, coA, b, coB)
 	coB = login(t, b, "admin")
 	if err := coB.SetQuorum("user.delete", 2); err != nil {
 		t.Fatal(err)

@@ -142,6 +142,16 @@ func (t *Tracker) Consume(id [16]byte, op, object string, m int, approvals []App
 	return nil
 }
 
+// Lookup returns the outstanding token id, if this tracker holds it.
+func (t *Tracker) Lookup(id [16]byte) (Token, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.byID[id]; e != nil {
+		return e.Value.(*pending).tok, true
+	}
+	return Token{}, false
+}
+
 // Adopt holds a token that another HSM of the same cluster issued, so that
 // one set of approvals serves every member; the caller MUST have
 // authenticated tok as issued by a member (hsmcore seals it under the

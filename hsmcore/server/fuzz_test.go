@@ -26,7 +26,8 @@ func FuzzDecodeRequests(f *testing.F) {
 		func() any { return new(api.ShareRequest) },
 		func() any { return new(api.CryptoRequest) },
 		func() any { return new(api.UnwrapRequest) },
-		func() any { return new(api.RecordRequest) },
+		func() any { return new(api.ChangesRequest) },
+		func() any { return new(api.MemberRequest) },
 		func() any { return new(api.Record) },
 	}
 	f.Add(uint8(3), []byte(`{"user":"admin","password":"correct horse battery"}`))

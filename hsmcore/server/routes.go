@@ -60,6 +60,7 @@ func (s *Server) routes() http.Handler {
 	route("POST /v1/unwrap", loggedIn, s.unwrap)
 	route("POST /v1/sync/export", loggedIn, s.exportRecord)
 	route("POST /v1/sync/import", loggedIn, s.importRecord)
+	route("POST /v1/cluster/members", loggedIn, s.addMember)
 	route("GET /v1/audit", loggedIn, s.audit)
 	route("POST /v1/quorum/key", loggedIn, s.signingKey)
 	route("GET /v1/quorum/policy", loggedIn, s.quorumPolicy)
@@ -201,9 +202,10 @@ func handle(r *http.Request) (uint64, error) {
 func (s *Server) health(*http.Request, *device.Session) (any, error) {
 	fp := s.dev.PBKFingerprint()
 	keys, users := s.dev.Counts()
+	digest, version := s.dev.State()
 	return api.Health{Identity: s.dev.Identity(), ClusterID: s.dev.ClusterID(), ClusterInitialized: s.dev.ClusterInitialized(),
-		Initialized: s.dev.Initialized(), StateDigest: s.dev.StateDigest(), PBKFingerprint: fp[:],
-		KeyCount: keys, UserCount: users}, nil
+		Initialized: s.dev.Initialized(), StateDigest: digest, PBKFingerprint: fp[:],
+		KeyCount: keys, UserCount: users, StateVersion: version}, nil
 }
 
 func (s *Server) attest(r *http.Request, _ *device.Session) (any, error) {
@@ -423,21 +425,23 @@ func (s *Server) unwrap(r *http.Request, hs *device.Session) (any, error) {
 }
 
 func (s *Server) exportRecord(r *http.Request, hs *device.Session) (any, error) {
-	var req api.RecordRequest
+	var req api.ChangesRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	var rec []byte
-	var err error
-	if req.User != "" {
-		rec, err = hs.ExportUserRecord(req.User)
-	} else {
-		rec, err = hs.ExportKeyRecord(req.Handle)
-	}
+	recs, upto, err := hs.ExportChanges(req.Since, req.To)
 	if err != nil {
 		return nil, err
 	}
-	return api.Record{Record: rec}, nil
+	return api.Changes{Records: recs, Upto: upto}, nil
+}
+
+func (s *Server) addMember(r *http.Request, hs *device.Session) (any, error) {
+	var req api.MemberRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return nil, hs.AddMember(req.Certificate)
 }
 
 func (s *Server) importRecord(r *http.Request, hs *device.Session) (any, error) {
@@ -445,7 +449,7 @@ func (s *Server) importRecord(r *http.Request, hs *device.Session) (any, error) 
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	return nil, hs.ImportRecord(req.Record)
+	return nil, hs.ImportChange(req.Record)
 }
 
 func (s *Server) audit(_ *http.Request, hs *device.Session) (any, error) {

@@ -293,6 +293,11 @@ func TestCloneMemberOverTheWire(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	a, _, co := e.initialized(t)
+	b, addrB := e.serve(t)
+	mfr, _ := b.Certificates()
+	if err := co.AddMember(ctx, mfr.Raw); err != nil {
+		t.Fatal(err)
+	}
 	img, err := co.ExportImage(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +307,6 @@ func TestCloneMemberOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	img.Close()
-	b, addrB := e.serve(t)
 	if _, err := e.preInitClient(t, addrB).ImportImage(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
