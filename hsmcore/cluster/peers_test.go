@@ -103,7 +103,7 @@ func TestAddMemberThroughRelayRefused(t *testing.T) {
 	})
 	states := []hsmtest.State{first.State(t), target.State(t), decoy.State(t)}
 
-	err = co.AddMember(ctx, relay.Addr)
+	err = co.AddMember(ctx, relay.Addr, cluster.AddOptions{})
 	if !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Errorf("add member through a relay: got %v, want ErrAttestation", err)
 	}
@@ -138,7 +138,7 @@ func TestAddMemberPinsEveryConnection(t *testing.T) {
 	})
 	states := []hsmtest.State{first.State(t), target.State(t), decoy.State(t)}
 
-	err = co.AddMember(ctx, relay.Addr)
+	err = co.AddMember(ctx, relay.Addr, cluster.AddOptions{})
 	if !errors.Is(err, client.ErrUntrusted) {
 		t.Errorf("add member through a relay that switches connections: got %v, want ErrUntrusted", err)
 	}
