@@ -150,3 +150,33 @@ func TestAddMemberPinsEveryConnection(t *testing.T) {
 		h.AssertUnchanged(t, states[i])
 	}
 }
+
+// The operator expects HSM serial S at addr; another genuine, new HSM of
+// the same class, manufacturer and operator answers there. It is refused
+// and left unchanged; the HSM with serial S is accepted.
+func TestAddMemberSerialPinned(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first, cfg := e.oneMember(t)
+	co, err := cluster.Open(ctx, cfg, "admin", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer co.Close()
+	expected, other := e.Serve(t, nil), e.Serve(t, nil)
+	serial := expected.Dev.Identity().Serial
+	states := []hsmtest.State{first.State(t), other.State(t)}
+
+	err = co.AddMember(ctx, other.Addr, cluster.AddOptions{Serial: serial})
+	if !errors.Is(err, hsmcore.ErrAttestation) {
+		t.Fatalf("another HSM than the serial pinned: got %v, want ErrAttestation", err)
+	}
+	first.AssertUnchanged(t, states[0])
+	other.AssertUnchanged(t, states[1])
+	if err := co.AddMember(ctx, expected.Addr, cluster.AddOptions{Serial: serial}); err != nil {
+		t.Fatalf("the HSM of the serial pinned: %v", err)
+	}
+	if expected.Dev.StateDigest() != first.Dev.StateDigest() {
+		t.Fatal("the added member differs from the cluster")
+	}
+}
