@@ -206,7 +206,7 @@ func verifier(cfg Config, device bool) func(tls.ConnectionState) error {
 			}
 			errs = append(errs, fmt.Errorf("as device: %w", err))
 		case cfg.ManufacturerRoots != nil || cfg.DeviceKey != nil:
-			errs = append(errs, errors.New("as device: a device certificate is trusted with no password, session token or image (only the attested device, with an image)"))
+			errs = append(errs, fmt.Errorf("as device: %w", ErrDeviceOnly))
 		}
 		return fmt.Errorf("%w: %w", ErrUntrusted, errors.Join(errs...))
 	}
@@ -282,6 +282,12 @@ var (
 	// Config asks; or it is a device certificate and the call carries a
 	// password, a session token or an image it is not trusted with.
 	ErrUntrusted = errors.New("hsm certificate not trusted")
+	// ErrDeviceOnly, with ErrUntrusted: the call carries a password, a
+	// session token, quorum approvals or an image, and the daemon proved
+	// (or the Config can prove) only a device identity, which is not
+	// trusted with it: only the cluster certificate is (and, with an
+	// image, the attested device: Bind).
+	ErrDeviceOnly = errors.New("a device certificate is trusted with no password, session token or image (only the attested device, with an image)")
 	// ErrStalled: an image transfer made no progress for the client's
 	// Timeout: the HSM stopped sending (export) or reading or answering
 	// (import). Image transfers have no overall deadline, as an image's
@@ -400,7 +406,7 @@ func (c *Client) send(ctx context.Context, p peer, method, path, contentType str
 	hc := c.peers[p]
 	c.mu.Unlock()
 	if hc == nil {
-		return nil, fmt.Errorf("%w: %s", ErrUntrusted, refusal(p))
+		return nil, fmt.Errorf("%w: %w (%s)", ErrUntrusted, ErrDeviceOnly, refusal(p))
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -420,9 +426,9 @@ func (c *Client) send(ctx context.Context, p peer, method, path, contentType str
 // refusal says why a request of kind p has no peer to go to.
 func refusal(p peer) string {
 	if p == imagePeer {
-		return "no customer CA and no attested device: an image goes only to a member of the cluster or to the attested device (Bind)"
+		return "no customer CA, no attested device"
 	}
-	return "no customer CA: passwords, session tokens and quorum approvals go only to a member of the cluster"
+	return "no customer CA"
 }
 
 // Health returns the HSM's identity and state.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,14 +52,40 @@ func TestPasswordGoesOnlyToTheCluster(t *testing.T) {
 	if h, err := cl.Health(ctx); err != nil || h.ClusterID != "cluster-1" {
 		t.Fatalf("health: %+v, %v", h, err)
 	}
-	if _, err := cl.Login(ctx, "admin", "the officer's password"); !errors.Is(err, client.ErrUntrusted) {
-		t.Errorf("login: got %v, want ErrUntrusted", err)
+	if _, err := cl.Login(ctx, "admin", "the officer's password"); !errors.Is(err, client.ErrDeviceOnly) {
+		t.Errorf("login: got %v, want ErrDeviceOnly", err)
 	}
-	if err := cl.Initialize(ctx, "admin", "the officer's password"); !errors.Is(err, client.ErrUntrusted) {
-		t.Errorf("initialize: got %v, want ErrUntrusted", err)
+	if err := cl.Initialize(ctx, "admin", "the officer's password"); !errors.Is(err, client.ErrDeviceOnly) {
+		t.Errorf("initialize: got %v, want ErrDeviceOnly", err)
 	}
 	for _, c := range r.Calls() {
 		t.Errorf("the device received %s %s with %d body bytes", c.Method, c.Path, c.BodyBytes)
+	}
+	stranger.AssertUnchanged(t, before)
+}
+
+// A client that trusts devices only (no customer CA) sends no password
+// and no image without a pinned device, and opens no connection for them.
+func TestDeviceClientSendsNoSecret(t *testing.T) {
+	e := hsmtest.NewEnv(t)
+	ctx := context.Background()
+	r, stranger := rogue(t, e)
+	before := stranger.State(t)
+	mfr := x509.NewCertPool()
+	mfr.AddCert(e.Mfr.Certificate())
+	cl, err := client.New(client.Config{Addr: r.Addr, ManufacturerRoots: mfr, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.Login(ctx, "admin", "the officer's password"); !errors.Is(err, client.ErrDeviceOnly) || !errors.Is(err, client.ErrUntrusted) {
+		t.Errorf("login: got %v, want ErrUntrusted and ErrDeviceOnly", err)
+	}
+	if _, err := cl.ImportImage(ctx, strings.NewReader("an image")); !errors.Is(err, client.ErrDeviceOnly) {
+		t.Errorf("import image: got %v, want ErrDeviceOnly", err)
+	}
+	if n := r.Connections(); n != 0 {
+		t.Errorf("the device got %d connections", n)
 	}
 	stranger.AssertUnchanged(t, before)
 }
