@@ -205,7 +205,8 @@ func verifier(cfg Config, device bool) func(tls.ConnectionState) error {
 				return nil
 			}
 			errs = append(errs, fmt.Errorf("as device: %w", err))
-		case cfg.ManufacturerRoots != nil || cfg.DeviceKey != nil:
+		case (cfg.ManufacturerRoots != nil || cfg.DeviceKey != nil) && verifyDevice(leaf, opts, cfg) == nil:
+			// A genuine device, but this call is not for a device.
 			errs = append(errs, fmt.Errorf("as device: %w", ErrDeviceOnly))
 		}
 		return fmt.Errorf("%w: %w", ErrUntrusted, errors.Join(errs...))
