@@ -2,6 +2,7 @@ package hsmcore
 
 import (
 	"bytes"
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -185,6 +186,32 @@ func VerifyAttestation(a *Attestation, opts VerifyOptions) (*Statement, error) {
 	}
 	st.Certificate = mc
 	return &st, nil
+}
+
+// CheckPeer checks that peer, the certificate the TLS peer that delivered
+// the attestation st presented, is the attested HSM's: it certifies the
+// device key (an uninitialized HSM presents its device certificate), or
+// the cluster key st attests to (a member presents the cluster
+// certificate). A relay that forwards the attestation request to a genuine
+// HSM but answers TLS itself fails it with ErrAttestation.
+func CheckPeer(st *Statement, peer *x509.Certificate) error {
+	if st == nil || st.Certificate == nil || peer == nil {
+		return fmt.Errorf("attested peer: statement and peer certificate are required: %w", ErrAttestation)
+	}
+	dev, ok := st.Certificate.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("attested peer: device key is not ECDSA: %w", ErrAttestation)
+	}
+	if pk, ok := peer.PublicKey.(*ecdsa.PublicKey); ok && pk.Equal(dev) {
+		return nil
+	}
+	if len(st.ClusterKeyHash) > 0 {
+		if h, err := PublicKeyHash(peer.PublicKey); err == nil && bytes.Equal(h, st.ClusterKeyHash) {
+			return nil
+		}
+	}
+	return fmt.Errorf("attested peer: the TLS peer (%q) is not HSM %s, whose attestation it delivered: %w",
+		cmp.Or(peer.Subject.SerialNumber, peer.Subject.CommonName), st.Serial, ErrAttestation)
 }
 
 // PublicKeyHash is the SHA-256 of a public key's PKIX DER encoding.

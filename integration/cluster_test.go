@@ -44,7 +44,7 @@ func threeMembers(t *testing.T) (*cluster, hsmcluster.Config) {
 		c.run(t, "hsm", "manufacture", "--class", testClass, "--firmware", testFirmware,
 			"--manufacturer", filepath.Join(c.dir, "mfr"), "--operator", filepath.Join(c.dir, "op"), "--out", dir)
 		addr := StartDaemon(t, dir)
-		if err := admin.AddMember(ctx, addr); err != nil {
+		if err := admin.AddMember(ctx, addr, hsmcluster.AddOptions{}); err != nil {
 			t.Fatalf("add %s: %v", name, err)
 		}
 		cfg.Members = append(cfg.Members, addr)

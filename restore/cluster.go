@@ -7,6 +7,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 )
 
 // Member is an HSM to restore into that also reports its health.
@@ -20,7 +21,7 @@ type Member interface {
 // *hsmcore/cluster.Cluster, opened on the restored HSM, is one (its
 // AddMember attests the new HSM again, then copies the image).
 type Cloner interface {
-	AddMember(ctx context.Context, addr string) error
+	AddMember(ctx context.Context, addr string, opts cluster.AddOptions) error
 	Close()
 }
 
@@ -28,6 +29,9 @@ type Cloner interface {
 type ClusterTarget struct {
 	Addr   string
 	Member Member
+	// Serial, if set, is the serial the HSM must attest to, when checked
+	// and when cloned.
+	Serial string
 }
 
 // Action says what Cluster did with a target.
@@ -109,6 +113,7 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 				return nil, fmt.Errorf("target %s: %w: it has users; restore into it on its own", t.Addr, ErrNotNew)
 			}
 		}
+		dry.Serial = t.Serial
 		res, err := b.into(ctx, t.Member, dry)
 		if err != nil {
 			return nil, fmt.Errorf("target %s: %w", t.Addr, err)
@@ -120,6 +125,7 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 	}
 
 	first := targets[0]
+	opts.Serial = first.Serial
 	res, err := b.into(ctx, first.Member, opts)
 	if err != nil {
 		return results, fmt.Errorf("target %s: %w", first.Addr, err)
@@ -134,7 +140,7 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 	}
 	defer cl.Close()
 	for i, t := range targets[1:] {
-		if err := cl.AddMember(ctx, t.Addr); err != nil {
+		if err := cl.AddMember(ctx, t.Addr, cluster.AddOptions{Serial: t.Serial}); err != nil {
 			return results, err // names the member and the step
 		}
 		results[i+1].Action = Cloned

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -20,12 +21,15 @@ import (
 var _ Member = (*client.Client)(nil)
 var _ Cloner = (*cluster.Cluster)(nil)
 
-// clusterTargets serves n fresh HSMs matching the fixture's source.
+// clusterTargets serves n fresh HSMs matching the fixture's source, each
+// with a client that trusts it as a device and, once restored, as a
+// member of the source's cluster (with its client certificate).
 func clusterTargets(t *testing.T, f *fixture, n int) []ClusterTarget {
 	t.Helper()
 	ts := make([]ClusterTarget, n)
 	for i := range ts {
-		cl, addr := newTarget(t, f.a, device.ManufactureConfig{})
+		_, addr := newTarget(t, f.a, device.ManufactureConfig{})
+		cl := newClient(t, client.Config{Addr: addr, ManufacturerRoots: f.a.mfrRoots, CustomerCA: f.src.cfg.CustomerCA, ClusterID: testCluster, Certificate: f.src.cfg.Certificate, Timeout: 10 * time.Second})
 		ts[i] = ClusterTarget{Addr: addr, Member: cl}
 	}
 	return ts

@@ -41,6 +41,11 @@ import (
 type Target interface {
 	// Attest returns the target's attestation bound to a nonce.
 	hsmcore.Attester
+	// Bind pins the target to the HSM whose verified attestation st is:
+	// it fails (hsmcore.ErrAttestation) unless the attestation came over a
+	// connection to that HSM, and from then on the image goes only to it
+	// (see client.Client.Bind).
+	Bind(st *hsmcore.Statement) error
 	// ImportImage streams an inner image into the target, which commits it
 	// only if it authenticates in full.
 	ImportImage(ctx context.Context, r io.Reader) (api.ImportResponse, error)
@@ -55,6 +60,10 @@ type Options struct {
 	Identities []wrap.Identity
 	// ManufacturerRoots and OperatorRoots verify the target's attestation.
 	ManufacturerRoots, OperatorRoots *x509.CertPool
+	// Serial, if set, is the serial the target must attest to: another
+	// genuine HSM at its address is refused (hsmcore.ErrAttestation).
+	// Cluster sets it for each target from its ClusterTarget.
+	Serial string
 	// DryRun makes every check and stops before the import.
 	DryRun bool
 	// Force restores into a target that holds users or keys the backup
@@ -81,8 +90,10 @@ type Result struct {
 // target. In order: backup.Verify with Deep (signature,
 // object hash, outer layer, inner header); the target attests
 // to a fresh nonce and must be of the source's class, manufacturer and
-// operator, firmware no older, FIPS mode if the source was, and the same
-// PBK fingerprint (hsmcore.ErrAttestation); a target that is a Holder and
+// operator, firmware no older, FIPS mode if the source was, the same PBK
+// fingerprint and opts.Serial if set (hsmcore.ErrAttestation), and is
+// bound to (target.Bind): the attestation came over a connection to the
+// attested HSM, and the image goes to it only; a target that is a Holder and
 // holds users or keys the backup's inventory lacks is refused with a
 // *LossError (ErrWouldLose) unless opts.Force; with opts.DryRun it stops
 // there. Errors name the backup ("backup <id>: …") or the step on the
@@ -146,6 +157,9 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	// 2. The target.
 	stmt, err := attest(ctx, target, m, opts, now())
 	if err != nil {
+		return nil, err
+	}
+	if err := target.Bind(stmt); err != nil {
 		return nil, err
 	}
 	res := &Result{BackupID: m.ID, TargetSerial: stmt.Serial, ImageID: m.ImageID, DryRun: opts.DryRun}
@@ -237,7 +251,7 @@ func attest(ctx context.Context, target Target, m *backup.Manifest, opts Options
 		OperatorRoots:     opts.OperatorRoots,
 		Now:               now,
 		Expect: hsmcore.Expectation{
-			Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator,
+			Serial: opts.Serial, Class: s.Class, Manufacturer: s.Manufacturer, Operator: s.Operator,
 			MinFirmware: s.Firmware, FIPS: s.FIPS, PBKFingerprint: fp,
 		},
 	})

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 )
 
 func clusterAddMemberCommand() *cli.Command {
@@ -14,13 +16,17 @@ func clusterAddMemberCommand() *cli.Command {
 		Description: "Logs in to the members of --cluster (from --config: members, customer CA,\n" +
 			"client certificate, crypto officer and password) as its crypto officer,\n" +
 			"has the new HSM at --addr attest to a fresh nonce (both roots; the same\n" +
-			"class, manufacturer, operator and PBK as the cluster, firmware no older),\n" +
-			"and clones it from a member by image, as CloudHSM adds an HSM to a\n" +
-			"cluster. An HSM whose cluster is initialized is refused and left\n" +
-			"unchanged. Then add --addr to the cluster's members in the config.",
+			"class, manufacturer, operator and PBK as the cluster, firmware no older,\n" +
+			"the serial --serial names), and clones it from a member by image, as\n" +
+			"CloudHSM adds an HSM to a cluster. The image goes only to the attested\n" +
+			"HSM: the TLS peer that answered the attestation, and every connection\n" +
+			"the image takes, must present its device key. An HSM whose cluster is\n" +
+			"initialized is refused and left unchanged. Then add --addr to the\n" +
+			"cluster's members in the config.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cluster", Usage: "`ID` of the cluster in --config (required)"},
 			&cli.StringFlag{Name: "addr", Usage: "`HOST:PORT` of the new, uninitialized HSM (required)"},
+			&cli.StringFlag{Name: "serial", Usage: "require the new HSM's `SERIAL`: another genuine HSM at --addr is refused"},
 			manufacturerRootFlag(),
 			operatorRootFlag(),
 			configFlag(),
@@ -33,13 +39,14 @@ func clusterAddMemberCommand() *cli.Command {
 // addMemberOptions are the flags of cluster add-member.
 type addMemberOptions struct {
 	cluster, addr string
+	serial        string // "" accepts any serial
 }
 
 func clusterAddMember(c *cli.Context, e *env) error {
 	if err := requireFlags(c, "cluster", "addr"); err != nil {
 		return err
 	}
-	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr")})
+	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr"), serial: c.String("serial")})
 }
 
 // runAddMember logs in to the cluster as its officer and has it attest
@@ -58,7 +65,7 @@ func runAddMember(ctx context.Context, e *env, opts addMemberOptions) error {
 		return err
 	}
 	defer co.Close()
-	if err := co.AddMember(ctx, opts.addr); err != nil {
+	if err := co.AddMember(ctx, opts.addr, cluster.AddOptions{Serial: opts.serial}); err != nil {
 		return (&conn{addr: opts.addr, device: true}).explain(err)
 	}
 	cl, err := t.dial(opts.addr)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,6 +24,7 @@ func restoreCommand() *cli.Command {
 		&cli.StringFlag{Name: "backup", Usage: "`ID` of the backup to restore, a unique prefix of it, or latest (required)"},
 		&cli.StringFlag{Name: "cluster", Usage: "`ID` of the backup's cluster (default: found in the store)"},
 		&cli.StringSliceFlag{Name: "to", Usage: "target: `HOST:PORT` of an HSM, or the id of a cluster in --config (repeatable; required)"},
+		&cli.StringSliceFlag{Name: "serial", Usage: "`HOST:PORT=SERIAL`: the target at HOST:PORT must attest to serial SERIAL; another genuine HSM there is refused (repeatable)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "make every check, including the targets' attestation, and stop before any HSM changes"},
 		&cli.BoolFlag{Name: "force", Usage: "restore into an initialized HSM even if it holds users or keys the backup lacks, replacing them"},
 		manufacturerRootFlag(),
@@ -37,12 +40,15 @@ func restoreCommand() *cli.Command {
 		Description: "Verifies the backup in full (signature, object hash, outer layer, inner\n" +
 			"header), has every target attest to a fresh nonce against the trusted\n" +
 			"roots (class, manufacturer and operator equal to the backup's, firmware no\n" +
-			"older, FIPS into FIPS only, same PBK), and only then streams the image into\n" +
-			"the first target, which checks it again and commits atomically. Further\n" +
-			"targets (new, uninitialized HSMs) are cloned from the first, as CloudHSM\n" +
-			"adds HSMs to a cluster. An initialized HSM that holds users or keys the\n" +
-			"backup lacks is refused, with what would be lost, unless --force. A refused\n" +
-			"restore leaves every target unchanged.",
+			"older, FIPS into FIPS only, same PBK, the serial --serial names), and only\n" +
+			"then streams the image into the first target, which checks it again and\n" +
+			"commits atomically. The image goes only to the attested HSM: the TLS peer\n" +
+			"that answered the attestation, and every connection the image takes, must\n" +
+			"present its device key (or, initialized, the backup's cluster certificate).\n" +
+			"Further targets (new, uninitialized HSMs) are cloned from the first, as\n" +
+			"CloudHSM adds HSMs to a cluster. An initialized HSM that holds users or\n" +
+			"keys the backup lacks is refused, with what would be lost, unless --force.\n" +
+			"A refused restore leaves every target unchanged.",
 		Flags:        append(flags, serviceFlags()...),
 		OnUsageError: usageError,
 		Action:       action("restore", restoreAction),
@@ -55,6 +61,7 @@ type restoreOptions struct {
 	backupID string
 	dryRun   bool
 	force    bool
+	serials  map[string]string // the serial a target must attest to, by address
 }
 
 func restoreAction(c *cli.Context) error {
@@ -79,7 +86,31 @@ func restoreAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if opts.serials, err = targetSerials(c.StringSlice("serial"), t.members); err != nil {
+		return err
+	}
 	return runRestore(c.Context, e, opts, clusterID, t)
+}
+
+// targetSerials parses the --serial flags, HOST:PORT=SERIAL each, for
+// the targets members.
+func targetSerials(flags, members []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, f := range flags {
+		i := strings.LastIndexByte(f, '=')
+		if i < 0 || f[i+1:] == "" {
+			return nil, usagef("--serial %q: want HOST:PORT=SERIAL", f)
+		}
+		addr, serial := f[:i], f[i+1:]
+		if !slices.Contains(members, addr) {
+			return nil, usagef("--serial %q: %s is not a target (--to)", f, addr)
+		}
+		if prev, ok := out[addr]; ok && prev != serial {
+			return nil, usagef("--serial: two serials for %s", addr)
+		}
+		out[addr] = serial
+	}
+	return out, nil
 }
 
 // runRestore restores backup opts.backupID of cluster clusterID into the
@@ -168,7 +199,7 @@ func restoreBackup(ctx context.Context, e *env, opts restoreOptions, clusterID s
 			member.login = t
 			defer member.logout(ctx)
 		}
-		targets[i] = restore.ClusterTarget{Addr: a, Member: member}
+		targets[i] = restore.ClusterTarget{Addr: a, Member: member, Serial: opts.serials[a]}
 	}
 	// Clones are added through the restored HSM, trusted as the backup's
 	// cluster, logged in as one of its crypto officers.

@@ -49,6 +49,8 @@ func (cl *conn) explain(err error) error {
 		hint = timeoutHint(cl.timeout)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		hint = "nothing listens there: is 'hsmbackup hsm serve' running?"
+	case errors.Is(err, client.ErrDeviceOnly):
+		hint = "the HSM proved only a device identity: passwords and session tokens go only to a member of the cluster, which presents the cluster certificate from --customer-ca"
 	case errors.Is(err, client.ErrUntrusted) && cl.device:
 		hint = "the HSM does not present a device certificate from the manufacturer root; if its cluster is initialized already, it presents the cluster certificate instead"
 	case errors.Is(err, client.ErrUntrusted):

@@ -166,7 +166,7 @@ func (d *demo) initCluster(ctx context.Context) error {
 	d.closers = append(d.closers, d.officer.Close)
 	d.out.printf("  crypto officer %q created and logged in over mutual TLS (random password, not shown)\n", demoOfficer)
 
-	if err := d.officer.AddMember(ctx, d.b.addr); err != nil {
+	if err := d.officer.AddMember(ctx, d.b.addr, cluster.AddOptions{}); err != nil {
 		return err
 	}
 	d.out.printf("  member added   HSM B: attested (same class, manufacturer, operator), cloned from A by image\n")

@@ -7,6 +7,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
@@ -29,6 +30,17 @@ import (
 )
 
 // Config says how to reach and trust one HSM.
+//
+// A daemon proves one of two identities: the cluster's (the cluster
+// certificate, from the customer CA) once its cluster is initialized, or
+// a device's (the device certificate, from the manufacturer) before. The
+// client trusts them for different things. The cluster identity is
+// trusted with everything. A device identity is trusted only with what
+// carries no secret (health, attestation, certificates, the cluster CSR,
+// installing the cluster certificate), and, once pinned (DeviceKey,
+// Bind), with an image for that one device. Passwords, session tokens and
+// quorum approvals go only to the cluster identity: a client that holds
+// none of its trust (no CustomerCA) refuses to send them.
 type Config struct {
 	// Addr is the daemon's host:port.
 	Addr string
@@ -40,52 +52,126 @@ type Config struct {
 	CustomerCA *x509.Certificate
 	ClusterID  string
 	// ManufacturerRoots verify the device certificate a daemon presents
-	// before its cluster is initialized. One of CustomerCA and
-	// ManufacturerRoots is required; with both, either identity is
-	// accepted.
+	// before its cluster is initialized. One of CustomerCA,
+	// ManufacturerRoots and DeviceKey is required; with more than one,
+	// either identity is accepted, each for what it is trusted with.
 	ManufacturerRoots *x509.CertPool
+	// DeviceKey pins the device: a daemon that presents a device
+	// certificate must present one for this public key (the attested
+	// device key), on every connection, and then is trusted with an image
+	// sent without a session (ImportImage into a new HSM). Bind sets it
+	// from a verified attestation.
+	DeviceKey crypto.PublicKey
 	// Timeout bounds each call, and how long an image transfer may make
 	// no progress (ErrStalled); 0 means 30 seconds.
 	Timeout time.Duration
+}
+
+// peer is what a request's TLS peer must have proven to be.
+type peer int
+
+const (
+	// anyPeer: the cluster, or a device the manufacturer roots certify
+	// (the pinned device, if DeviceKey is set). Calls that carry no
+	// secret.
+	anyPeer peer = iota
+	// imagePeer: the cluster, or the pinned device. An image sent
+	// without a session.
+	imagePeer
+	// memberPeer: the cluster only. Passwords, and every request with a
+	// session token or quorum approvals.
+	memberPeer
+	numPeers
+)
+
+// trustsDevice reports whether cfg lets a peer verified as a device
+// receive requests of kind p.
+func (cfg *Config) trustsDevice(p peer) bool {
+	switch p {
+	case anyPeer:
+		return cfg.ManufacturerRoots != nil || cfg.DeviceKey != nil
+	case imagePeer:
+		return cfg.DeviceKey != nil
+	}
+	return false
 }
 
 // Client is a connection to one HSM daemon. It is safe for concurrent use;
 // Login sets the session all later calls use.
 type Client struct {
 	base    string
-	http    *http.Client
 	timeout time.Duration
 
 	mu       sync.Mutex
+	cfg      Config
+	peers    [numPeers]*http.Client // nil: no peer may receive that kind
 	token    string
-	approval string // the quorum header, while set
+	approval string         // the quorum header, while set
+	attested []attestedPeer // the peers of the latest attestations
 }
+
+// attestedPeer is the certificate the peer that answered an attestation
+// request presented, by the request's nonce.
+type attestedPeer struct {
+	nonce string
+	cert  *x509.Certificate
+}
+
+// maxAttested bounds how many attestations' peers a client remembers.
+const maxAttested = 8
 
 // New returns a client for cfg.
 func New(cfg Config) (*Client, error) {
-	if cfg.CustomerCA == nil && cfg.ManufacturerRoots == nil {
+	if cfg.CustomerCA == nil && cfg.ManufacturerRoots == nil && cfg.DeviceKey == nil {
 		return nil, errors.New("client: a customer CA or manufacturer roots are required to trust the HSM")
 	}
-	tc := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{"h2"},
-		// The daemon's certificate names a cluster or a device, not a host:
-		// VerifyConnection checks it instead of the host name check.
-		InsecureSkipVerify: true,
-		VerifyConnection:   verifier(cfg),
-	}
-	if cfg.Certificate != nil {
-		tc.Certificates = []tls.Certificate{*cfg.Certificate}
-	}
-	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}
-	c := &Client{base: "https://" + cfg.Addr, http: &http.Client{Transport: tr}, timeout: cfg.Timeout}
+	c := &Client{base: "https://" + cfg.Addr, timeout: cfg.Timeout, cfg: cfg}
 	if c.timeout == 0 {
 		c.timeout = 30 * time.Second
 	}
+	c.peers = transports(cfg)
 	return c, nil
 }
 
-func verifier(cfg Config) func(tls.ConnectionState) error {
+// transports returns an HTTP client for each kind of request, whose TLS
+// verification accepts exactly the peers that kind may go to; kinds that
+// accept the same peers share one, and a kind no peer may receive has
+// none.
+func transports(cfg Config) [numPeers]*http.Client {
+	var out [numPeers]*http.Client
+	byTrust := map[bool]*http.Client{}
+	for p := range numPeers {
+		device := cfg.trustsDevice(p)
+		if cfg.CustomerCA == nil && !device {
+			continue
+		}
+		if hc := byTrust[device]; hc != nil {
+			out[p] = hc
+			continue
+		}
+		tc := &tls.Config{
+			MinVersion: tls.VersionTLS13,
+			NextProtos: []string{"h2"},
+			// The daemon's certificate names a cluster or a device, not a
+			// host: VerifyConnection checks it instead of the host name
+			// check, on every connection.
+			InsecureSkipVerify: true,
+			VerifyConnection:   verifier(cfg, device),
+		}
+		if cfg.Certificate != nil {
+			tc.Certificates = []tls.Certificate{*cfg.Certificate}
+		}
+		tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}
+		out[p] = &http.Client{Transport: tr}
+		byTrust[device] = out[p]
+	}
+	return out
+}
+
+// verifier accepts the cluster identity, if cfg has a customer CA, and,
+// if device, a device identity: a certificate chaining to cfg's
+// manufacturer roots (if set) for cfg's DeviceKey (if set).
+func verifier(cfg Config, device bool) func(tls.ConnectionState) error {
 	var clusterRoots *x509.CertPool
 	if cfg.CustomerCA != nil {
 		clusterRoots = x509.NewCertPool()
@@ -112,15 +198,80 @@ func verifier(cfg Config) func(tls.ConnectionState) error {
 			}
 			errs = append(errs, fmt.Errorf("as cluster: %w", err))
 		}
-		if cfg.ManufacturerRoots != nil {
-			opts.Roots = cfg.ManufacturerRoots
-			_, err := leaf.Verify(opts)
+		switch {
+		case device:
+			err := verifyDevice(leaf, opts, cfg)
 			if err == nil {
 				return nil
 			}
 			errs = append(errs, fmt.Errorf("as device: %w", err))
+		case (cfg.ManufacturerRoots != nil || cfg.DeviceKey != nil) && verifyDevice(leaf, opts, cfg) == nil:
+			// A genuine device, but this call is not for a device.
+			errs = append(errs, fmt.Errorf("as device: %w", ErrDeviceOnly))
 		}
 		return fmt.Errorf("%w: %w", ErrUntrusted, errors.Join(errs...))
+	}
+}
+
+// verifyDevice checks a device certificate: it chains to cfg's
+// manufacturer roots, if set, and certifies cfg's DeviceKey, if set.
+func verifyDevice(leaf *x509.Certificate, opts x509.VerifyOptions, cfg Config) error {
+	if cfg.ManufacturerRoots != nil {
+		opts.Roots = cfg.ManufacturerRoots
+		if _, err := leaf.Verify(opts); err != nil {
+			return err
+		}
+	}
+	if cfg.DeviceKey != nil {
+		k, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+		if !ok || !k.Equal(cfg.DeviceKey) {
+			return fmt.Errorf("device %q is not the attested device", leaf.Subject.SerialNumber)
+		}
+	}
+	return nil
+}
+
+// Bind pins the client to the HSM that made st, an attestation that
+// hsmcore.Challenge verified and that came over this client (Attest):
+// the connection that delivered it must have been to that HSM (its peer
+// presented the device certificate of the attested device key, or a
+// cluster certificate for the cluster key it attests to), else Bind fails
+// with hsmcore.ErrAttestation. From then on the client is as if made with
+// DeviceKey set to the attested key: every connection to a daemon that
+// presents a device certificate must present that device's, and an image
+// may be sent to it. Connections opened before are closed.
+func (c *Client) Bind(st *hsmcore.Statement) error {
+	if st == nil || st.Certificate == nil {
+		return fmt.Errorf("bind: a verified statement is required: %w", hsmcore.ErrInvalid)
+	}
+	c.mu.Lock()
+	var peerCert *x509.Certificate
+	for _, a := range c.attested {
+		if a.nonce == string(st.Nonce) {
+			peerCert = a.cert
+		}
+	}
+	c.mu.Unlock()
+	if peerCert == nil {
+		return fmt.Errorf("bind: the attestation did not come over this client: %w", hsmcore.ErrAttestation)
+	}
+	if err := hsmcore.CheckPeer(st, peerCert); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	c.mu.Lock()
+	old := c.peers
+	c.cfg.DeviceKey = st.Certificate.PublicKey
+	c.peers = transports(c.cfg)
+	c.mu.Unlock()
+	closeAll(old)
+	return nil
+}
+
+func closeAll(hcs [numPeers]*http.Client) {
+	for _, hc := range hcs {
+		if hc != nil {
+			hc.CloseIdleConnections()
+		}
 	}
 }
 
@@ -128,8 +279,16 @@ func verifier(cfg Config) func(tls.ConnectionState) error {
 var (
 	// ErrUntrusted: the daemon's certificate is neither a cluster
 	// certificate from the customer CA (naming the cluster) nor a device
-	// certificate from the manufacturer roots, as the Config asks.
+	// certificate from the manufacturer roots (for the pinned key), as the
+	// Config asks; or it is a device certificate and the call carries a
+	// password, a session token or an image it is not trusted with.
 	ErrUntrusted = errors.New("hsm certificate not trusted")
+	// ErrDeviceOnly, with ErrUntrusted: the call carries a password, a
+	// session token, quorum approvals or an image, and the daemon proved
+	// (or the Config can prove) only a device identity, which is not
+	// trusted with it: only the cluster certificate is (and, with an
+	// image, the attested device: Bind).
+	ErrDeviceOnly = errors.New("a device certificate is trusted with no password, session token or image (only the attested device, with an image)")
 	// ErrStalled: an image transfer made no progress for the client's
 	// Timeout: the HSM stopped sending (export) or reading or answering
 	// (import). Image transfers have no overall deadline, as an image's
@@ -183,36 +342,52 @@ func bare(err error) error {
 }
 
 // Close releases idle connections.
-func (c *Client) Close() { c.http.CloseIdleConnections() }
+func (c *Client) Close() {
+	c.mu.Lock()
+	hcs := c.peers
+	c.mu.Unlock()
+	closeAll(hcs)
+}
 
+// do is a call that carries no secret (but a session token, if set).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	_, err := c.call(ctx, anyPeer, method, path, in, out)
+	return err
+}
+
+// call makes a JSON call whose peer must be as p says, and returns the TLS
+// state of the connection that answered.
+func (c *Client) call(ctx context.Context, p peer, method, path string, in, out any) (*tls.ConnectionState, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("%s %s: %w", method, path, err)
+			return nil, fmt.Errorf("%s %s: %w", method, path, err)
 		}
 		body = bytes.NewReader(b)
 	}
-	resp, err := c.send(ctx, method, path, "application/json", body)
+	resp, err := c.send(ctx, p, method, path, "application/json", body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if out == nil {
-		return nil
+		return resp.TLS, nil
 	}
 	dec := json.NewDecoder(io.LimitReader(resp.Body, 64<<20))
 	if err := dec.Decode(out); err != nil {
-		return fmt.Errorf("%s %s: answer: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: answer: %w", method, path, err)
 	}
-	return nil
+	return resp.TLS, nil
 }
 
-// send makes a request and turns a non-2xx answer into a *RemoteError.
-func (c *Client) send(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
+// send makes a request over a connection whose peer is as p says (as
+// memberPeer if a session token or approvals go with it) and turns a
+// non-2xx answer into a *RemoteError. A request no configured peer may
+// receive fails with ErrUntrusted before any connection.
+func (c *Client) send(ctx context.Context, p peer, method, path, contentType string, body io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
@@ -223,12 +398,18 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, bod
 	c.mu.Lock()
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+		p = memberPeer
 	}
 	if c.approval != "" {
 		req.Header.Set(api.QuorumHeader, c.approval)
+		p = memberPeer
 	}
+	hc := c.peers[p]
 	c.mu.Unlock()
-	resp, err := c.http.Do(req)
+	if hc == nil {
+		return nil, fmt.Errorf("%w: %w (%s)", ErrUntrusted, ErrDeviceOnly, refusal(p))
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, bare(err)
 	}
@@ -243,6 +424,14 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, bod
 	return nil, &RemoteError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
 }
 
+// refusal says why a request of kind p has no peer to go to.
+func refusal(p peer) string {
+	if p == imagePeer {
+		return "no customer CA, no attested device"
+	}
+	return "no customer CA"
+}
+
 // Health returns the HSM's identity and state.
 func (c *Client) Health(ctx context.Context) (api.Health, error) {
 	var h api.Health
@@ -250,10 +439,24 @@ func (c *Client) Health(ctx context.Context) (api.Health, error) {
 }
 
 // Attest asks the HSM for an attestation bound to nonce. Verify it with
-// hsmcore.VerifyAttestation.
+// hsmcore.VerifyAttestation (hsmcore.Challenge); Bind then checks that it
+// came from the attested HSM, and pins it. The client remembers the
+// certificate the answering peer presented, for Bind.
 func (c *Client) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
 	var a hsmcore.Attestation
-	return &a, c.do(ctx, "POST", "/v1/attest", api.AttestRequest{Nonce: nonce}, &a)
+	cs, err := c.call(ctx, anyPeer, "POST", "/v1/attest", api.AttestRequest{Nonce: nonce}, &a)
+	if err != nil {
+		return &a, err
+	}
+	if cs != nil && len(cs.PeerCertificates) > 0 {
+		c.mu.Lock()
+		c.attested = append(c.attested, attestedPeer{nonce: string(nonce), cert: cs.PeerCertificates[0]})
+		if len(c.attested) > maxAttested {
+			c.attested = c.attested[1:]
+		}
+		c.mu.Unlock()
+	}
+	return &a, nil
 }
 
 // Certificates returns the HSM's certificates.
@@ -274,15 +477,25 @@ func (c *Client) InitializeCluster(ctx context.Context, cert, ca []byte) error {
 	return c.do(ctx, "POST", "/v1/cluster/initialize", api.ClusterInitRequest{Certificate: cert, CustomerCA: ca}, nil)
 }
 
-// Initialize creates the first crypto officer.
-func (c *Client) Initialize(ctx context.Context, user, password string) error {
-	return c.do(ctx, "POST", "/v1/initialize", api.Credentials{User: user, Password: password}, nil)
+// secret is a call that carries a password or needs a session: it goes
+// only to a member of the cluster.
+func (c *Client) secret(ctx context.Context, method, path string, in, out any) error {
+	_, err := c.call(ctx, memberPeer, method, path, in, out)
+	return err
 }
 
-// Login opens a session that later calls use.
+// Initialize creates the first crypto officer. The password goes only to
+// a member of the cluster.
+func (c *Client) Initialize(ctx context.Context, user, password string) error {
+	return c.secret(ctx, "POST", "/v1/initialize", api.Credentials{User: user, Password: password}, nil)
+}
+
+// Login opens a session that later calls use. The password goes only to a
+// member of the cluster: a daemon that proves only a device identity gets
+// nothing (ErrUntrusted).
 func (c *Client) Login(ctx context.Context, user, password string) (hsmcore.Role, error) {
 	var out api.LoginResponse
-	if err := c.do(ctx, "POST", "/v1/login", api.Credentials{User: user, Password: password}, &out); err != nil {
+	if err := c.secret(ctx, "POST", "/v1/login", api.Credentials{User: user, Password: password}, &out); err != nil {
 		return "", err
 	}
 	c.mu.Lock()
@@ -302,7 +515,7 @@ func (c *Client) Logout(ctx context.Context) error {
 
 // ChangePassword sets the logged-in user's password.
 func (c *Client) ChangePassword(ctx context.Context, password string) error {
-	return c.do(ctx, "PUT", "/v1/password", api.PasswordRequest{Password: password}, nil)
+	return c.secret(ctx, "PUT", "/v1/password", api.PasswordRequest{Password: password}, nil)
 }
 
 // Users lists the users.
@@ -313,7 +526,7 @@ func (c *Client) Users(ctx context.Context) ([]hsmcore.UserInfo, error) {
 
 // CreateUser adds a user.
 func (c *Client) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {
-	return c.do(ctx, "POST", "/v1/users", api.CreateUserRequest{Name: name, Role: role, Password: password}, nil)
+	return c.secret(ctx, "POST", "/v1/users", api.CreateUserRequest{Name: name, Role: role, Password: password}, nil)
 }
 
 // DeleteUser removes a user.
@@ -439,7 +652,7 @@ func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
 // not verified).
 func (c *Client) ExportImage(ctx context.Context) (hsmcore.ImageStream, error) {
 	w := newWatchdog(ctx, c.timeout)
-	resp, err := c.send(w.ctx, "GET", "/v1/image", "", nil)
+	resp, err := c.send(w.ctx, memberPeer, "GET", "/v1/image", "", nil)
 	if err != nil {
 		w.stop()
 		return nil, w.explain(err)
@@ -456,7 +669,7 @@ func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResp
 	var out api.ImportResponse
 	w := newWatchdog(ctx, c.timeout)
 	defer w.stop()
-	resp, err := c.send(w.ctx, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(&importBody{img, w}))
+	resp, err := c.send(w.ctx, imagePeer, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(&importBody{img, w}))
 	if err != nil {
 		return out, w.explain(err)
 	}
@@ -480,8 +693,9 @@ func (c *Client) Zeroize(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.token = ""
+	hcs := c.peers
 	c.mu.Unlock()
-	c.http.CloseIdleConnections()
+	closeAll(hcs)
 	return nil
 }
 

@@ -56,14 +56,14 @@ func TestBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer co.Close()
-	if err := co.AddMember(ctx, b.Addr); err != nil {
+	if err := co.AddMember(ctx, b.Addr, cluster.AddOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if a.Dev.StateDigest() != b.Dev.StateDigest() {
 		t.Fatal("the new member differs")
 	}
 	before := a.Dev.StateDigest()
-	if err := co.AddMember(ctx, a.Addr); !errors.Is(err, hsmcore.ErrPermission) || !strings.Contains(err.Error(), "is not a new HSM") {
+	if err := co.AddMember(ctx, a.Addr, cluster.AddOptions{}); !errors.Is(err, hsmcore.ErrPermission) || !strings.Contains(err.Error(), "is not a new HSM") {
 		t.Fatalf("adding an initialized HSM: %v", err)
 	}
 	if a.Dev.StateDigest() != before {
@@ -153,7 +153,9 @@ func TestInitSteps(t *testing.T) {
 }
 
 // TestPickMember picks the first healthy member in the cluster, and names
-// every one it could not use when none will do.
+// every one it could not use when none will do: an HSM that presents a
+// device certificate is no member, even to a configuration that trusts
+// the manufacturer root.
 func TestPickMember(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
@@ -169,7 +171,7 @@ func TestPickMember(t *testing.T) {
 		t.Fatalf("picked %s, want %s", p.Addr, hsms[1].Addr)
 	}
 	cfg.Members = []string{"127.0.0.1:1", fresh.Addr}
-	if _, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{}); err == nil || !strings.Contains(err.Error(), "cluster cluster-1: no healthy member (127.0.0.1:1: ") || !strings.Contains(err.Error(), fresh.Addr+": not a member of cluster cluster-1") {
+	if _, err := cluster.PickMember(ctx, cfg, cluster.PickOptions{}); err == nil || !strings.Contains(err.Error(), "cluster cluster-1: no healthy member (127.0.0.1:1: ") || !strings.Contains(err.Error(), fresh.Addr+": health: hsm certificate not trusted") {
 		t.Fatalf("no usable member: %v", err)
 	}
 }

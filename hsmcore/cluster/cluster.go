@@ -43,7 +43,9 @@ type Config struct {
 	// Client holds the TLS settings shared by every member: the client
 	// certificate, the customer CA and the cluster id. Its Addr is ignored.
 	// ManufacturerRoots and OperatorRoots are needed only to add members
-	// (the new HSM is attested before it is cloned).
+	// (the new HSM is attested before it is cloned): member clients never
+	// trust a device certificate, so a genuine HSM that is not a member
+	// gets no password, session token or image.
 	Client        client.Config
 	OperatorRoots *x509.CertPool
 	// Logger receives member state changes; nil discards.
@@ -113,13 +115,20 @@ func Open(ctx context.Context, cfg Config, user, password string) (*Cluster, err
 }
 
 func (c *Cluster) newMember(addr string) (*member, error) {
-	cc := c.cfg.Client
-	cc.Addr = addr
-	cl, err := client.New(cc)
+	cl, err := client.New(memberConfig(c.cfg.Client, addr))
 	if err != nil {
 		return nil, fmt.Errorf("cluster: member %s: %w", addr, err)
 	}
 	return &member{addr: addr, c: cl}, nil
+}
+
+// memberConfig is cfg for the member at addr: it trusts the cluster's
+// certificate only (customer CA, cluster id), never a device certificate,
+// as the member receives passwords, session tokens and images.
+func memberConfig(cfg client.Config, addr string) client.Config {
+	cfg.Addr = addr
+	cfg.ManufacturerRoots, cfg.DeviceKey = nil, nil
+	return cfg
 }
 
 // Close logs out of every member.
@@ -500,12 +509,24 @@ func (c *Cluster) ChangePassword(ctx context.Context, password string) error {
 	return err
 }
 
+// AddOptions are what AddMember requires of the new HSM beyond what the
+// cluster's members are.
+type AddOptions struct {
+	// Serial, if set, is the serial the new HSM must attest to: another
+	// genuine HSM at addr is refused (hsmcore.ErrAttestation).
+	Serial string
+}
+
 // AddMember clones a new, uninitialized HSM at addr from a member of the
 // cluster and adds it. An HSM whose cluster is initialized is refused and
 // left unchanged. The new HSM is attested first (fresh nonce, both
-// chains, same class, manufacturer and operator as the cluster); its own
-// import checks the hardware again. Crypto officers only.
-func (c *Cluster) AddMember(ctx context.Context, addr string) error {
+// chains, same class, manufacturer and operator as the cluster, the
+// serial opts name); the image goes only to the attested device: the
+// attestation must come over a connection to it, and every connection
+// that carries the image must present its device key (client.Bind), so a
+// relay that forwards the attestation to a genuine HSM gets nothing. Its
+// own import checks the hardware again. Crypto officers only.
+func (c *Cluster) AddMember(ctx context.Context, addr string, opts AddOptions) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if c.Role() != hsmcore.CryptoOfficer {
@@ -529,8 +550,10 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("%s: health: %w", src.addr, err)
 	}
-	// The new HSM is trusted as a device; as a member of the cluster too,
-	// so that one initialized already is refused by name.
+	// The new HSM is trusted as a device, for what carries no secret; as
+	// a member of the cluster too, so that one initialized already is
+	// refused by name. The image goes to it once bound to the attested
+	// device.
 	pcfg := c.cfg.Client
 	pcfg.Addr = addr
 	pre, err := client.New(pcfg)
@@ -547,7 +570,7 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	}
 	st, err := hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{
 		ManufacturerRoots: c.cfg.Client.ManufacturerRoots, OperatorRoots: c.cfg.OperatorRoots,
-		Expect: hsmcore.Expectation{Class: srcHealth.Class, Manufacturer: srcHealth.Manufacturer, Operator: srcHealth.Operator,
+		Expect: hsmcore.Expectation{Serial: opts.Serial, Class: srcHealth.Class, Manufacturer: srcHealth.Manufacturer, Operator: srcHealth.Operator,
 			MinFirmware: srcHealth.Firmware, FIPS: srcHealth.FIPS, PBKFingerprint: srcHealth.PBKFingerprint},
 	})
 	if errors.Is(err, hsmcore.ErrAttestation) {
@@ -555,6 +578,9 @@ func (c *Cluster) AddMember(ctx context.Context, addr string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%s: attest: %w", addr, err)
+	}
+	if err := pre.Bind(st); err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
 	}
 	// Every member lists the new HSM's device key before it gets the
 	// image, so that the image it receives names it a member.

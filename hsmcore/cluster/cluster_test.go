@@ -57,7 +57,7 @@ func (e *env) threeMembers(t *testing.T) ([]*hsmtest.Daemon, cluster.Config) {
 	hsms := []*hsmtest.Daemon{first}
 	for range 2 {
 		h := e.Serve(t, nil)
-		if err := co.AddMember(ctx, h.Addr); err != nil {
+		if err := co.AddMember(ctx, h.Addr, cluster.AddOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		hsms = append(hsms, h)
@@ -211,7 +211,7 @@ func TestAddMemberRefusesOtherHardware(t *testing.T) {
 	}
 	stranger := e.Serve(t, other)
 	before := stranger.Dev.StateDigest()
-	if err := co.AddMember(ctx, stranger.Addr); !errors.Is(err, hsmcore.ErrAttestation) {
+	if err := co.AddMember(ctx, stranger.Addr, cluster.AddOptions{}); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("got %v, want ErrAttestation", err)
 	}
 	if stranger.Dev.StateDigest() != before || stranger.Dev.Initialized() {

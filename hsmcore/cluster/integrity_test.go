@@ -93,6 +93,15 @@ func (e *env) spare(t *testing.T, co *client.Client) (*hsmtest.Daemon, *client.C
 		t.Fatal(err)
 	}
 	defer pre.Close()
+	op := x509.NewCertPool()
+	op.AddCert(e.Op.Certificate())
+	st, err := hsmcore.Challenge(ctx, pre, hsmcore.ChallengeOptions{ManufacturerRoots: roots, OperatorRoots: op, Certified: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pre.Bind(st); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := pre.ImportImage(ctx, bytes.NewReader(raw)); err != nil {
 		t.Fatal(err)
 	}

@@ -101,9 +101,7 @@ func PickMember(ctx context.Context, cfg Config, opts PickOptions) (*Picked, err
 		}
 	}
 	for _, addr := range cfg.Members {
-		cc := cfg.Client
-		cc.Addr = addr
-		cl, err := client.New(cc)
+		cl, err := client.New(memberConfig(cfg.Client, addr))
 		if err != nil {
 			closeAll(nil)
 			return nil, err

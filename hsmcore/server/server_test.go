@@ -52,6 +52,23 @@ func (e *env) preInitClient(t *testing.T, addr string) *client.Client {
 }
 
 // memberClient presents cert and trusts the cluster certificate.
+// boundClient is a preInitClient bound to the new HSM at addr once it
+// attested (client.Bind): the client that may send it an image.
+func (e *env) boundClient(t *testing.T, addr string) *client.Client {
+	t.Helper()
+	c := e.preInitClient(t, addr)
+	op := x509.NewCertPool()
+	op.AddCert(e.Op.Certificate())
+	st, err := hsmcore.Challenge(context.Background(), c, hsmcore.ChallengeOptions{ManufacturerRoots: e.roots(), OperatorRoots: op, Certified: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Bind(st); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func (e *env) memberClient(t *testing.T, addr string, cert *tls.Certificate) *client.Client {
 	t.Helper()
 	c, err := client.New(client.Config{Addr: addr, Certificate: cert, CustomerCA: e.CA.Cert, ClusterID: "cluster-1", Timeout: 5 * time.Second})
@@ -307,7 +324,11 @@ func TestCloneMemberOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	img.Close()
-	if _, err := e.preInitClient(t, addrB).ImportImage(ctx, &buf); err != nil {
+	// A client that trusts devices sends an image only to the one bound.
+	if _, err := e.preInitClient(t, addrB).ImportImage(ctx, bytes.NewReader(buf.Bytes())); !errors.Is(err, client.ErrDeviceOnly) {
+		t.Fatalf("image to an unbound device: got %v, want ErrDeviceOnly", err)
+	}
+	if _, err := e.boundClient(t, addrB).ImportImage(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
 	if a.StateDigest() != b.StateDigest() || !b.ClusterInitialized() {
@@ -331,15 +352,30 @@ func TestPreInitConnectionGainsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
-		t.Fatalf("initialize before cluster init: got %v, want ErrPermission", err)
+	// The client sends no password to a device; a raw client does, and
+	// the daemon refuses it.
+	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, client.ErrDeviceOnly) {
+		t.Fatalf("initialize before cluster init: got %v, want the client's ErrDeviceOnly", err)
+	}
+	raw := rawClient(e, nil)
+	initialize := func() int {
+		req, _ := http.NewRequest("POST", "https://"+addr+"/v1/initialize", strings.NewReader(`{"user":"admin","password":"`+password+`"}`))
+		resp, err := raw.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := initialize(); st != http.StatusForbidden {
+		t.Fatalf("initialize before cluster init: status %d, want 403", st)
 	}
 	if err := pre.InitializeCluster(ctx, e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	// Same client, same kept-alive connection, no certificate.
-	if err := pre.Initialize(ctx, "admin", password); !errors.Is(err, hsmcore.ErrPermission) {
-		t.Fatalf("initialize over a pre-init connection: got %v, want ErrPermission", err)
+	if st := initialize(); st != http.StatusForbidden {
+		t.Fatalf("initialize over a pre-init connection: status %d, want 403", st)
 	}
 }
 
@@ -467,7 +503,7 @@ func TestZeroizeOverTheWire(t *testing.T) {
 	h.Start()
 	wantNew(t)
 	// It takes a restore as a new HSM does.
-	if _, err := e.preInitClient(t, addr).ImportImage(ctx, &backup); err != nil {
+	if _, err := e.boundClient(t, addr).ImportImage(ctx, &backup); err != nil {
 		t.Fatalf("restore into the zeroized HSM: %v", err)
 	}
 	if h.Dev.StateDigest() != digest {
