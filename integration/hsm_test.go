@@ -146,12 +146,15 @@ func DaemonLogIfRunning(addr string) string {
 
 // status is `hsm status --json` of the cluster's HSM.
 type status struct {
-	Serial             string `json:"serial"`
-	ClusterID          string `json:"cluster_id"`
-	ClusterInitialized bool   `json:"cluster_initialized"`
-	Initialized        bool   `json:"initialized"`
-	StateDigest        string `json:"state_digest"`
-	PBKFingerprint     string `json:"pbk_fingerprint"`
+	Serial             string            `json:"serial"`
+	ClusterID          string            `json:"cluster_id"`
+	ClusterInitialized bool              `json:"cluster_initialized"`
+	Initialized        bool              `json:"initialized"`
+	StateDigest        string            `json:"state_digest"`
+	PBKFingerprint     string            `json:"pbk_fingerprint"`
+	KeyCount           int               `json:"key_count"`
+	UserCount          int               `json:"user_count"`
+	StateVersion       map[string]uint64 `json:"state_version"`
 }
 
 func (c *cluster) status(t *testing.T) status {

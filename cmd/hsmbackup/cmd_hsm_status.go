@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/urfave/cli/v2"
 )
 
@@ -50,14 +51,15 @@ func runStatus(ctx context.Context, e *env, t *target) error {
 	if e.g.json {
 		return writeJSON(e.stdout, struct {
 			hsmcore.Identity
-			ClusterID          string `json:"cluster_id"`
-			ClusterInitialized bool   `json:"cluster_initialized"`
-			Initialized        bool   `json:"initialized"`
-			StateDigest        string `json:"state_digest"`
-			PBKFingerprint     string `json:"pbk_fingerprint"`
-			KeyCount           int    `json:"key_count"`
-			UserCount          int    `json:"user_count"`
-		}{h.Identity, h.ClusterID, h.ClusterInitialized, h.Initialized, h.StateDigest, fp, h.KeyCount, h.UserCount})
+			ClusterID          string            `json:"cluster_id"`
+			ClusterInitialized bool              `json:"cluster_initialized"`
+			Initialized        bool              `json:"initialized"`
+			StateDigest        string            `json:"state_digest"`
+			PBKFingerprint     string            `json:"pbk_fingerprint"`
+			KeyCount           int               `json:"key_count"`
+			UserCount          int               `json:"user_count"`
+			StateVersion       map[string]uint64 `json:"state_version,omitempty"`
+		}{h.Identity, h.ClusterID, h.ClusterInitialized, h.Initialized, h.StateDigest, fp, h.KeyCount, h.UserCount, h.StateVersion})
 	}
 	p := &printer{w: e.stdout}
 	p.printf("%-20s %s\n", "serial", h.Serial)
@@ -70,6 +72,7 @@ func runStatus(ctx context.Context, e *env, t *target) error {
 	p.printf("%-20s %s\n", "users initialized", yesNo(h.Initialized))
 	p.printf("%-20s %s\n", "PBK fingerprint", fp)
 	p.printf("%-20s %s\n", "state digest", h.StateDigest)
+	p.printf("%-20s %s\n", "state version", cluster.Version(h.StateVersion))
 	p.printf("%-20s %d keys, %d users\n", "holds", h.KeyCount, h.UserCount)
 	return p.err
 }
