@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 )
 
@@ -102,6 +103,16 @@ func TestImageTransferStalls(t *testing.T) {
 		defer fresh.Close()
 		before, err := fresh.Health(ctx)
 		if err != nil {
+			t.Fatal(err)
+		}
+		// An image goes only to the device that attested (client.Bind).
+		ops := x509.NewCertPool()
+		ops.AddCert(loadCert(t, c.opRoot))
+		st, err := hsmcore.Challenge(ctx, fresh, hsmcore.ChallengeOptions{ManufacturerRoots: roots, OperatorRoots: ops, Certified: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fresh.Bind(st); err != nil {
 			t.Fatal(err)
 		}
 		Signal(t, addr, syscall.SIGSTOP)
