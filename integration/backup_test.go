@@ -19,6 +19,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	hsmcluster "github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 )
 
@@ -679,10 +680,6 @@ func waitFor(t *testing.T, what string, exited <-chan struct{}, out *syncBuffer,
 // into more than one HSM lists those in its member list, so its digest is
 // src's only when one HSM was restored.
 func restoredFrom(h api.Health, src status, first api.Health) bool {
-	for m, n := range src.StateVersion {
-		if h.StateVersion[m] < n {
-			return false
-		}
-	}
-	return h.StateDigest == first.StateDigest && h.KeyCount == src.KeyCount && h.UserCount == src.UserCount
+	return h.StateDigest == first.StateDigest && h.KeyCount == src.KeyCount && h.UserCount == src.UserCount &&
+		hsmcluster.Version(h.StateVersion).Covers(src.StateVersion)
 }

@@ -41,8 +41,7 @@ func (e *env) member(t *testing.T, cfg cluster.Config, addr, user string) *clien
 }
 
 // snapshot is what an attack must leave as it was: every member's state
-// digest and the length of its verified audit chain... which may grow by
-// the refusal entries, but must still verify.
+// digest. Its audit chain grows by the refusals, and must still verify.
 type snapshot map[string]string
 
 func snap(hsms ...*hsmtest.Daemon) snapshot {
@@ -73,7 +72,7 @@ func serial(h *hsmtest.Daemon) string { return h.Dev.Identity().Serial }
 
 // spare is a new HSM into which an officer restored an image of the
 // cluster: it holds the cluster key and the officer's account.
-func (e *env) spare(t *testing.T, co *client.Client) (*hsmtest.Daemon, *client.Client, cluster.Config) {
+func (e *env) spare(t *testing.T, co *client.Client) (*hsmtest.Daemon, *client.Client) {
 	t.Helper()
 	ctx := context.Background()
 	img, err := co.ExportImage(ctx)
@@ -105,8 +104,7 @@ func (e *env) spare(t *testing.T, co *client.Client) (*hsmtest.Daemon, *client.C
 	if _, err := pre.ImportImage(ctx, bytes.NewReader(raw)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := cluster.Config{Client: e.clientConfig(t)}
-	return s, e.member(t, cfg, s.Addr, "admin"), cfg
+	return s, e.member(t, cluster.Config{Client: e.clientConfig(t)}, s.Addr, "admin")
 }
 
 // exportAll returns the changes the HSM behind cl made (all of them) for
@@ -232,7 +230,7 @@ func TestAttackSpareChangesIntoProduction(t *testing.T) {
 			e := newEnv(t)
 			hsms, cfg, co, keys, handle := e.prepared(t)
 			prod := e.member(t, cfg, hsms[0].Addr, "admin")
-			sp, spc, _ := e.spare(t, prod)
+			sp, spc := e.spare(t, prod)
 			guard(t, co)
 			if err := tc.do(spc, handle); err != nil {
 				t.Fatalf("on the spare: %v", err)
@@ -550,7 +548,7 @@ func TestAttackKeyToAClone(t *testing.T) {
 	e := newEnv(t)
 	hsms, cfg := e.threeMembers(t)
 	prod := e.member(t, cfg, hsms[0].Addr, "admin")
-	clone, cloneCo, _ := e.spare(t, prod)
+	clone, cloneCo := e.spare(t, prod)
 	cu := e.member(t, cfg, hsms[0].Addr, "alice")
 	ks, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true, Extractable: true}})
 	if err != nil {

@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/hkdf"
@@ -92,7 +93,7 @@ const (
 	membersObject = "members"
 )
 
-// checkObject validates an object name as stored or received.
+// checkObjectName validates an object name as stored or received.
 func checkObjectName(o string) error {
 	switch {
 	case o == quorumObject || o == membersObject:
@@ -137,7 +138,7 @@ var changeOps = []string{
 
 // record stamps a change of object made in next by the session's user
 // (s nil: by the device itself), with the quorum approvals the session
-// consumed for it. The caller holds d.mu.
+// consumed for op, if it did. The caller holds d.mu.
 func (d *Device) record(next *contents, s *Session, op, object string) {
 	seq := next.Clock[d.id.Serial] + 1
 	next.Clock[d.id.Serial] = seq
@@ -148,7 +149,10 @@ func (d *Device) record(next *contents, s *Session, op, object string) {
 	}
 	if s != nil {
 		m.Actor = s.user
-		m.Proof, s.proof = s.proof, nil
+		if s.proof != nil && s.proof.Token.Op == op {
+			m.Proof = s.proof
+		}
+		s.proof = nil // approvals of an operation that is not replicated (image export) go nowhere
 	}
 	next.Changes[object] = m
 }
@@ -214,7 +218,7 @@ func (s *Session) ExportChanges(since uint64, to string) ([][]byte, uint64, erro
 			metas = append(metas, m)
 		}
 	}
-	slices.SortFunc(metas, func(a, b *changeMeta) int { return int(a.Stamp.Seq - b.Stamp.Seq) })
+	slices.SortFunc(metas, func(a, b *changeMeta) int { return cmp.Compare(a.Stamp.Seq, b.Stamp.Seq) })
 	last := d.st.Clock[d.id.Serial]
 	if since > last {
 		return nil, 0, fmt.Errorf("export changes: since %d, but the last change is %d: %w", since, last, hsmcore.ErrInvalid)
@@ -390,9 +394,8 @@ func parseChange(rec []byte) (*changeBody, *changeEnvelope, error) {
 	if err := b.Meta.check(); err != nil {
 		return nil, nil, fmt.Errorf("change record: %v: %w", err, hsmcore.ErrMalformed)
 	}
-	deleted := strings.HasSuffix(b.Meta.Op, ".delete")
-	if deleted != (len(b.Sealed) == 0) {
-		return nil, nil, fmt.Errorf("change record: %s with%s a record: %w", b.Meta.Op, map[bool]string{true: "", false: "out"}[!deleted], hsmcore.ErrMalformed)
+	if deleted := strings.HasSuffix(b.Meta.Op, ".delete"); deleted != (len(b.Sealed) == 0) {
+		return nil, nil, fmt.Errorf("change record: a %s must carry a record exactly when it is not a delete: %w", b.Meta.Op, hsmcore.ErrMalformed)
 	}
 	return &b, &env, nil
 }

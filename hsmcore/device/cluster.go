@@ -268,18 +268,6 @@ func (d *Device) self() memberRecord {
 	return memberRecord{Serial: d.id.Serial, Key: der}
 }
 
-// Members returns the serials of the cluster's members, as this device
-// knows them.
-func (d *Device) Members() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]string, len(d.st.Members))
-	for i, m := range d.st.Members {
-		out[i] = m.Serial
-	}
-	return out
-}
-
 // AddMember adds the HSM whose manufacturer-issued device certificate is
 // certDER to the cluster's members: from then on its changes are accepted
 // and changes are sealed to it. The certificate must chain to the

@@ -200,7 +200,6 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 		if err := s.requireQuorum("image.import", ""); err != nil {
 			return nil, err
 		}
-		s.proof = nil
 	}
 	if err := d.commit(staged); err != nil {
 		d.audit(sessionUser(s), "image.import", id, "error")
