@@ -47,9 +47,11 @@ const (
 	MaxFieldLen = 1024
 	// MaxLineLen bounds one encoded entry, in bytes, not counting "\n".
 	MaxLineLen = 4096
-	// MaxEntries bounds the number of entries Decode reads.
-	MaxEntries = 1 << 20
 )
+
+// MaxEntries bounds the number of entries Decode reads from one file. It is
+// a variable only so that tests can lower it.
+var MaxEntries = 1 << 20
 
 // domain separates entry hashes from every other use of SHA-256.
 const domain = "hsmbackup audit v1\x00"

@@ -163,10 +163,10 @@ func TestDecodeRejects(t *testing.T) {
 func TestDecodeTooMany(t *testing.T) {
 	entries, _ := testLog(t, 4)
 	data := encode(t, entries...)
-	if es, err := decode(bytes.NewReader(data), 4); err != nil || len(es) != 4 {
+	if es, _, _, err := decode(bytes.NewReader(data), 4, false); err != nil || len(es) != 4 {
 		t.Fatalf("4 entries with limit 4: %d entries, %v", len(es), err)
 	}
-	_, err := decode(bytes.NewReader(data), 3)
+	_, _, _, err := decode(bytes.NewReader(data), 3, false)
 	want := "audit: line 4: more than 3 entries"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
