@@ -253,9 +253,7 @@ func (d *Device) recoverTornAudit(torn int) error {
 
 // auditSegments lists the closed segments, which must be numbered from 1
 // with no gap, each with its head file, and returns how many there are.
-// It first repairs an interrupted rotation: a staged next segment is
-// removed if the active one is still there, or else takes its place, and
-// a head file written for a segment that was never closed is removed.
+// It first repairs an interrupted rotation (repairRotation).
 func (d *Device) auditSegments() (int, error) {
 	ents, err := os.ReadDir(d.dir)
 	if err != nil {
@@ -280,27 +278,15 @@ func (d *Device) auditSegments() (int, error) {
 		}
 	}
 	n := len(segs)
-	repaired := false
 	if next {
-		if active {
-			err = os.Remove(filepath.Join(d.dir, auditNextFile))
-		} else {
-			err = os.Rename(filepath.Join(d.dir, auditNextFile), filepath.Join(d.dir, auditFile))
-			active = true
-		}
-		if err != nil {
+		stray := active && heads[n+1] && !segs[n+1]
+		if err := d.repairRotation(active, stray, n+1); err != nil {
 			return 0, err
 		}
-		repaired = true
-	}
-	if heads[n+1] && !segs[n+1] {
-		if err := os.Remove(filepath.Join(d.dir, segmentName(n+1)+auditHeadExt)); err != nil {
-			return 0, err
+		if stray {
+			delete(heads, n+1)
 		}
-		delete(heads, n+1)
-		repaired = true
-	}
-	if repaired {
+		active = true
 		if err := atomicfile.SyncDir(d.dir); err != nil {
 			return 0, err
 		}
@@ -317,6 +303,30 @@ func (d *Device) auditSegments() (int, error) {
 		return 0, fmt.Errorf("a segment head without its segment: %w", hsmcore.ErrTampered)
 	}
 	return n, nil
+}
+
+// repairRotation finishes or undoes a rotation cut short: the staged next
+// segment, which is empty until it is in place, takes the active one's
+// place if that was closed already, or else is removed, with the head
+// file written for segment k if the active segment was not closed.
+func (d *Device) repairRotation(active, strayHead bool, k int) error {
+	// Only a staged segment can be repaired: one with an entry in it
+	// was written to, which no rotation does.
+	next := filepath.Join(d.dir, auditNextFile)
+	if fi, err := os.Stat(next); err != nil {
+		return err
+	} else if fi.Size() != 0 {
+		return fmt.Errorf("%s not empty: %w", auditNextFile, hsmcore.ErrTampered)
+	}
+	if !active {
+		return os.Rename(next, filepath.Join(d.dir, auditFile))
+	}
+	if strayHead {
+		if err := os.Remove(filepath.Join(d.dir, segmentName(k)+auditHeadExt)); err != nil {
+			return err
+		}
+	}
+	return os.Remove(next)
 }
 
 // readSegments reads and verifies the closed segments 1 to n in order,
