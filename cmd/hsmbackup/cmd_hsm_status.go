@@ -83,7 +83,8 @@ func auditVerifyCommand() *cli.Command {
 		Usage: "verify an HSM's audit log: hash chain and signed head, from an attested HSM",
 		Description: "Logs in as a crypto officer, fetches the audit log and its head signed\n" +
 			"by the device key, then has the HSM attest to a fresh nonce and verifies\n" +
-			"the attestation against the manufacturer and operator roots. The log\n" +
+			"the attestation against the manufacturer and operator roots. The log,\n" +
+			"whole from its first entry across every segment the HSM rotated it into,\n" +
 			"must be an intact hash chain ending at the head the attested device\n" +
 			"signed. The password comes from --password-file or $" + passwordEnv + ".",
 		Flags: append(append(append(connectionFlags(), loginFlags("crypto officer")...), manufacturerRootFlag(), operatorRootFlag()),

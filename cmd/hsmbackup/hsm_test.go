@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/internal/testpki"
 )
 
@@ -111,6 +113,9 @@ func writePEM(t *testing.T, path, typ string, der []byte, perm os.FileMode) {
 // daemon served by the app itself, with a Go customer CA (the integration
 // tests use OpenSSL's).
 func TestClusterCommands(t *testing.T) {
+	// Segments of 2 entries: hsm audit verify checks the chain across them.
+	defer func(n int) { audit.MaxEntries = n }(audit.MaxEntries)
+	audit.MaxEntries = 2
 	dir := t.TempDir()
 	p := func(name string) string { return filepath.Join(dir, name) }
 	mustRun(t, "hsm", "authority", "create", "--kind", "manufacturer", "--name", "acme", "--out", p("mfr"))
@@ -186,8 +191,15 @@ func TestClusterCommands(t *testing.T) {
 	t.Setenv(passwordEnv, "correct horse battery")
 	out = mustRun(t, append(append([]string{"hsm", "audit", "verify"}, member...), "--user", "admin",
 		"--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"))...)
-	if !regexp.MustCompile(`(?m)^audit log of HSM-TEST-1: \d+ entries, chain intact, head signed$`).MatchString(out) {
+	m := regexp.MustCompile(`(?m)^audit log of HSM-TEST-1: (\d+) entries, chain intact, head signed$`).FindStringSubmatch(out)
+	if m == nil {
 		t.Fatalf("audit verify:\n%s", out)
+	}
+	if n, _ := strconv.Atoi(m[1]); n <= 2*audit.MaxEntries {
+		t.Fatalf("audit verify checked %d entries, want the whole log, more than 2 segments of %d", n, audit.MaxEntries)
+	}
+	if _, err := os.Stat(p("hsm/audit.log.000002")); err != nil {
+		t.Fatalf("the log did not rotate: %v", err)
 	}
 	// A password never reaches the output.
 	if strings.Contains(out, "correct horse") {

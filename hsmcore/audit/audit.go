@@ -30,6 +30,12 @@
 // each line ending in "\n" and at most MaxLineLen bytes long without it.
 // Hashes are 64 lower-case hex digits; Time is RFC 3339 in UTC ("Z") with up
 // to nine fractional digits. Decode rejects anything else; see Decode.
+// DecodeTorn also takes a torn last line, what a write cut short leaves,
+// so that a writer can truncate it and go on.
+//
+// A writer may split a long log into files (segments, as the HSM does):
+// each file holds at most MaxEntries entries, and VerifyFrom checks each
+// one as the continuation of the one before.
 package audit
 
 import (
@@ -47,9 +53,11 @@ const (
 	MaxFieldLen = 1024
 	// MaxLineLen bounds one encoded entry, in bytes, not counting "\n".
 	MaxLineLen = 4096
-	// MaxEntries bounds the number of entries Decode reads.
-	MaxEntries = 1 << 20
 )
+
+// MaxEntries bounds the number of entries Decode reads from one file. It is
+// a variable only so that tests can lower it.
+var MaxEntries = 1 << 20
 
 // domain separates entry hashes from every other use of SHA-256.
 const domain = "hsmbackup audit v1\x00"
@@ -103,7 +111,7 @@ type Head struct {
 type Entry struct {
 	Seq    uint64    `json:"seq"`              // 1, 2, 3, … with no gaps
 	Time   time.Time `json:"time"`             // UTC, with nanoseconds
-	Actor  string    `json:"actor"`            // user name, or "" for the device itself
+	Actor  string    `json:"actor"`            // the logged-in user, "(unauthenticated)" for a call without a session, or "" for the device itself
 	Op     string    `json:"op"`               // e.g. "login", "user.create", "key.create", "key.delete", "key.attr", "image.export", "image.import", "key.wrap", "key.unwrap"
 	Object string    `json:"object,omitempty"` // e.g. key handle or user name
 	Result string    `json:"result"`           // "ok", or a short failure class such as "denied"

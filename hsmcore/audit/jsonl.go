@@ -65,33 +65,51 @@ func marshalLine(e *Entry) ([]byte, error) {
 //
 // Decode holds every entry in memory: at most MaxEntries of them.
 func Decode(r io.Reader) ([]Entry, error) {
-	return decode(r, MaxEntries)
+	entries, _, _, err := decode(r, MaxEntries, false)
+	return entries, err
 }
 
-// decode is Decode with the entry limit as a parameter, for tests.
-func decode(r io.Reader, maxEntries int) ([]Entry, error) {
+// DecodeTorn reads a log as Decode does, but takes a torn last line: bytes
+// after the last "\n" (or the only bytes, if there is none), at most
+// MaxLineLen of them, are what a write cut short leaves (a crash, a full
+// disk) and are returned as a count rather than refused. Complete is the
+// length of the whole lines before them, where a writer truncates the log
+// to resume; torn is the number of bytes after. Every other defect, a
+// longer tail included, is refused as Decode refuses it: only the very end
+// of a log can be torn.
+func DecodeTorn(r io.Reader) (entries []Entry, complete int64, torn int, err error) {
+	return decode(r, MaxEntries, true)
+}
+
+// decode is Decode and DecodeTorn with the entry limit as a parameter, for
+// tests.
+func decode(r io.Reader, maxEntries int, tornOK bool) ([]Entry, int64, int, error) {
 	br := bufio.NewReaderSize(r, MaxLineLen+1)
 	var entries []Entry
+	var off int64
 	for n := 1; ; n++ {
 		line, err := br.ReadSlice('\n')
 		switch {
 		case err == io.EOF && len(line) == 0:
-			return entries, nil
+			return entries, off, 0, nil
+		case err == io.EOF && tornOK && len(line) <= MaxLineLen:
+			return entries, off, len(line), nil
 		case err == io.EOF:
-			return nil, fmt.Errorf("audit: line %d: missing newline (truncated)", n)
+			return nil, 0, 0, fmt.Errorf("audit: line %d: missing newline (truncated)", n)
 		case err == bufio.ErrBufferFull:
-			return nil, fmt.Errorf("audit: line %d: longer than %d bytes", n, MaxLineLen)
+			return nil, 0, 0, fmt.Errorf("audit: line %d: longer than %d bytes", n, MaxLineLen)
 		case err != nil:
-			return nil, fmt.Errorf("audit: line %d: %w", n, err)
+			return nil, 0, 0, fmt.Errorf("audit: line %d: %w", n, err)
 		}
 		if len(entries) == maxEntries {
-			return nil, fmt.Errorf("audit: line %d: more than %d entries", n, maxEntries)
+			return nil, 0, 0, fmt.Errorf("audit: line %d: more than %d entries", n, maxEntries)
 		}
 		e, err := parseLine(line[:len(line)-1])
 		if err != nil {
-			return nil, fmt.Errorf("audit: line %d: %w", n, err)
+			return nil, 0, 0, fmt.Errorf("audit: line %d: %w", n, err)
 		}
 		entries = append(entries, e)
+		off += int64(len(line))
 	}
 }
 

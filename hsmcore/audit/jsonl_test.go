@@ -163,10 +163,10 @@ func TestDecodeRejects(t *testing.T) {
 func TestDecodeTooMany(t *testing.T) {
 	entries, _ := testLog(t, 4)
 	data := encode(t, entries...)
-	if es, err := decode(bytes.NewReader(data), 4); err != nil || len(es) != 4 {
+	if es, _, _, err := decode(bytes.NewReader(data), 4, false); err != nil || len(es) != 4 {
 		t.Fatalf("4 entries with limit 4: %d entries, %v", len(es), err)
 	}
-	_, err := decode(bytes.NewReader(data), 3)
+	_, _, _, err := decode(bytes.NewReader(data), 3, false)
 	want := "audit: line 4: more than 3 entries"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
@@ -180,5 +180,45 @@ func TestDecodeReadError(t *testing.T) {
 	es, err := Decode(r)
 	if !errors.Is(err, rerr) || !strings.HasPrefix(err.Error(), "audit: line 2: ") || es != nil {
 		t.Fatalf("Decode = %d entries, %v; want line 2 and the read error", len(es), err)
+	}
+}
+
+// DecodeTorn takes bytes after the last newline, at most a line's worth,
+// as a torn last entry, and refuses whatever Decode refuses elsewhere.
+func TestDecodeTorn(t *testing.T) {
+	entries, _ := testLog(t, 3)
+	data := encode(t, entries...)
+	whole := int64(len(data))
+	for _, tt := range []struct {
+		name string
+		tail string
+	}{
+		{"none", ""},
+		{"half an entry", string(data[:len(data)/6])},
+		{"an entry without its newline", strings.TrimSuffix(string(encode(t, entries[0])), "\n")},
+		{"zeros", strings.Repeat("\x00", 100)},
+		{"a line's worth", strings.Repeat("x", MaxLineLen)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			es, complete, torn, err := DecodeTorn(strings.NewReader(string(data) + tt.tail))
+			if err != nil || len(es) != 3 || complete != whole || torn != len(tt.tail) {
+				t.Fatalf("DecodeTorn = %d entries, complete %d, torn %d, %v; want 3, %d, %d", len(es), complete, torn, err, whole, len(tt.tail))
+			}
+			if _, err := Decode(strings.NewReader(string(data) + tt.tail)); (err == nil) != (tt.tail == "") {
+				t.Fatalf("Decode with the tail: %v", err)
+			}
+		})
+	}
+	for _, tt := range []struct{ name, input, want string }{
+		{"more than a line", string(data) + strings.Repeat("x", MaxLineLen+1), "audit: line 4: longer than"},
+		{"torn in the middle", string(data[:len(data)-10]) + "\n" + string(encode(t, entries[0])), "audit: line 3: "},
+		{"empty line at the end", string(data) + "\n", "audit: line 4: empty line"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			es, _, _, err := DecodeTorn(strings.NewReader(tt.input))
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || es != nil {
+				t.Fatalf("DecodeTorn = %d entries, %v; want an error starting %q", len(es), err, tt.want)
+			}
+		})
 	}
 }

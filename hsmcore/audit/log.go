@@ -31,7 +31,7 @@ func (l *Log) Head() Head {
 }
 
 // Append adds an entry for one operation at time now (stored in UTC) and
-// returns it with Seq, Prev and Hash filled in.
+// returns it with Seq, Prev and Hash filled in: Next, then Advance.
 //
 // The strings are built by the caller, so Append panics, as for any
 // programmer error, if one is longer than MaxFieldLen or not valid UTF-8, if
@@ -39,6 +39,37 @@ func (l *Log) Head() Head {
 // outside the years 1678 to 2262. Callers must bound and check any part that
 // comes from a client, such as a user name, before calling Append.
 func (l *Log) Append(now time.Time, actor, op, object, result string) Entry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.next(now, actor, op, object, result)
+	l.head = Head{Seq: e.Seq, Hash: e.Hash}
+	return e
+}
+
+// Next returns the entry Append would add, without adding it: the Head
+// stays where it is until Advance. A writer that must store an entry
+// before it counts (write, then sync) calls Next, stores the entry, and
+// calls Advance only once it is stored, so that a failed write consumes
+// no sequence number. It panics as Append does.
+func (l *Log) Next(now time.Time, actor, op, object, result string) Entry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.next(now, actor, op, object, result)
+}
+
+// Advance moves the Head to e, an entry from Next that is now stored. It
+// panics, as for any programmer error, if e does not continue the Head.
+func (l *Log) Advance(e Entry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e.Seq != l.head.Seq+1 || e.Prev != l.head.Hash || e.Hash != e.ComputeHash() {
+		panic("audit: Advance with an entry that does not continue the head")
+	}
+	l.head = Head{Seq: e.Seq, Hash: e.Hash}
+}
+
+// next builds the entry after the Head; l.mu is held.
+func (l *Log) next(now time.Time, actor, op, object, result string) Entry {
 	for _, s := range [...]string{actor, op, object, result} {
 		if len(s) > MaxFieldLen {
 			panic("audit: field longer than 1024 bytes")
@@ -51,9 +82,6 @@ func (l *Log) Append(now time.Time, actor, op, object, result string) Entry {
 	if !timeInRange(now) {
 		panic("audit: time out of range")
 	}
-
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.head.Seq == math.MaxUint64 {
 		panic("audit: sequence number overflow")
 	}
@@ -70,6 +98,5 @@ func (l *Log) Append(now time.Time, actor, op, object, result string) Entry {
 	if _, err := marshalLine(&e); err != nil {
 		panic("audit: " + err.Error())
 	}
-	l.head = Head{Seq: e.Seq, Hash: e.Hash}
 	return e
 }

@@ -130,3 +130,33 @@ func TestLogConcurrent(t *testing.T) {
 	}
 	checkErr(t, Verify(all, &head), "")
 }
+
+// Next does not move the Head: a writer whose write fails consumes no
+// sequence number. Advance moves it, only to an entry that continues it.
+func TestLogNextAdvance(t *testing.T) {
+	_, head := testLog(t, 4)
+	l := New(head)
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	failed := l.Next(now, "alice", "login", "", "ok")
+	if l.Head() != head {
+		t.Fatal("Next moved the head")
+	}
+	e := l.Next(now.Add(time.Second), "alice", "login", "", "ok")
+	if e.Seq != failed.Seq || e.Prev != head.Hash {
+		t.Fatalf("after an unused Next: seq %d prev %s, want %d %s", e.Seq, e.Prev, failed.Seq, head.Hash)
+	}
+	l.Advance(e)
+	if l.Head() != (Head{Seq: e.Seq, Hash: e.Hash}) {
+		t.Fatal("Advance did not move the head")
+	}
+	for name, bad := range map[string]Entry{"stale": failed, "replayed": e} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Advance with a %s entry did not panic", name)
+				}
+			}()
+			l.Advance(bad)
+		}()
+	}
+}

@@ -125,6 +125,9 @@ func (d *Device) ClusterCSR(id string) ([]byte, error) {
 	}
 	c := d.st.Cluster
 	if c == nil || c.ID != id {
+		if err := d.limitUnauth("cluster.csr"); err != nil {
+			return nil, fmt.Errorf("cluster csr: %w", err)
+		}
 		key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 		if err != nil {
 			return nil, fmt.Errorf("cluster csr: %w", err)
@@ -139,7 +142,7 @@ func (d *Device) ClusterCSR(id string) ([]byte, error) {
 		if err := d.commit(next); err != nil {
 			return nil, fmt.Errorf("cluster csr: %w", err)
 		}
-		if err := d.audit("", "cluster.csr", id, "ok"); err != nil {
+		if err := d.auditUnauth("cluster.csr", id, "ok"); err != nil {
 			return nil, err
 		}
 	}
@@ -169,7 +172,7 @@ func (d *Device) InitializeCluster(certDER, caDER []byte) error {
 		return fmt.Errorf("initialize cluster: no cluster CSR was made: %w", hsmcore.ErrInvalid)
 	}
 	if d.st.clusterInitialized() {
-		d.audit("", "cluster.init", c.ID, "denied")
+		d.auditUnauth("cluster.init", c.ID, "denied")
 		return fmt.Errorf("initialize cluster: cluster %s is already initialized: %w", c.ID, hsmcore.ErrPermission)
 	}
 	key, err := c.key()
@@ -177,7 +180,7 @@ func (d *Device) InitializeCluster(certDER, caDER []byte) error {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
 	if _, err := verifyClusterCert(certDER, caDER, &key.PublicKey, c.ID); err != nil {
-		d.audit("", "cluster.init", c.ID, "refused")
+		d.auditUnauth("cluster.init", c.ID, "refused")
 		return fmt.Errorf("initialize cluster: %v: %w", err, hsmcore.ErrInvalid)
 	}
 	next := d.st.clone()
@@ -187,7 +190,7 @@ func (d *Device) InitializeCluster(certDER, caDER []byte) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
-	return d.audit("", "cluster.init", c.ID, "ok")
+	return d.auditUnauth("cluster.init", c.ID, "ok")
 }
 
 // TLSIdentity is what a daemon serving the device presents and trusts.

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -96,8 +95,9 @@ type Device struct {
 	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
 	ep             *epoch          // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
-	auditW         *os.File
-	lock           *os.File // held while the device is open
+	alog           auditFiles    // the audit log's files
+	unauth         unauthLimiter // audit entries of unauthenticated calls
+	lock           *os.File      // held while the device is open
 }
 
 // Manufacture creates a new HSM in the empty or missing directory dir.
@@ -190,10 +190,12 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		lock.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
-	if d.auditW, err = os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+	f, err := os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
 	}
+	d.alog = auditFiles{f: f}
 	if err := d.audit("", "device.manufacture", id.Serial, "ok"); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("manufacture: %w", err)
@@ -202,7 +204,9 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 }
 
 // Open loads the HSM kept in dir. Its seal key and sealed state must be
-// files of mode 0600, and its audit log must verify.
+// files of mode 0600, and its audit log must verify, every segment of it;
+// only a torn last entry, what a write cut short leaves, is repaired: it
+// is truncated and the truncation recorded ("audit.recovered").
 func Open(dir string, opts Options) (d *Device, err error) {
 	sealKey, err := atomicfile.ReadPrivate(filepath.Join(dir, sealKeyFile))
 	if err != nil {
@@ -230,24 +234,9 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	}
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 
-	f, err := os.OpenFile(filepath.Join(dir, auditFile), os.O_RDWR|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open device: %w", err)
+	if err := d.openAudit(); err != nil {
+		return nil, fmt.Errorf("open device %s: audit log: %w", dir, err)
 	}
-	entries, err := audit.Decode(f)
-	if err == nil {
-		err = audit.Verify(entries, nil)
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open device %s: audit log: %w: %w", dir, err, hsmcore.ErrTampered)
-	}
-	head := audit.Head{}
-	if n := len(entries); n > 0 {
-		head = audit.Head{Seq: entries[n-1].Seq, Hash: entries[n-1].Hash}
-	}
-	d.auditLog = audit.New(head)
-	d.auditW = f
 	return d, nil
 }
 
@@ -282,11 +271,12 @@ func newGCM(key []byte) cipher.AEAD {
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.auditW == nil {
+	if d.alog.f == nil {
 		return nil
 	}
-	err := d.auditW.Close()
-	d.auditW = nil
+	d.flushSuppressed() // best effort: counts not recorded are lost
+	err := d.alog.f.Close()
+	d.alog.f = nil
 	d.lock.Close()
 	return err
 }
@@ -315,22 +305,6 @@ func (d *Device) Certificates() (manufacturer, operator *x509.Certificate) {
 	return m, o
 }
 
-// audit appends one entry to the audit log and syncs it. The caller holds
-// d.mu or owns d exclusively.
-func (d *Device) audit(actor, op, object, result string) error {
-	if d.auditW == nil {
-		return errors.New("device closed")
-	}
-	e := d.auditLog.Append(d.opts.now(), auditField(actor), op, auditField(object), result)
-	if err := audit.Encode(d.auditW, e); err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	if err := d.auditW.Sync(); err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	return nil
-}
-
 // auditField keeps a field that may come from a caller within the audit
 // format's limits: printable UTF-8 of at most 256 bytes, or a placeholder.
 func auditField(s string) string {
@@ -338,25 +312,4 @@ func auditField(s string) string {
 		return "(unprintable)"
 	}
 	return s
-}
-
-// AuditLog returns the device's audit log entries and their head, signed by
-// the device key so that a verifier also detects a removed tail.
-func (d *Device) AuditLog() ([]audit.Entry, hsmcore.SignedHead, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.auditW == nil {
-		return nil, hsmcore.SignedHead{}, errors.New("audit log: device closed")
-	}
-	f, err := os.Open(filepath.Join(d.dir, auditFile))
-	if err != nil {
-		return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: %w", err)
-	}
-	defer f.Close()
-	entries, err := audit.Decode(f)
-	if err != nil {
-		return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: %w", err)
-	}
-	sh, err := d.signHead(d.auditLog.Head())
-	return entries, sh, err
 }

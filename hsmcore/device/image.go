@@ -190,7 +190,7 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ep != ep {
-		d.audit(sessionUser(s), "image.import", id, "refused")
+		d.auditImportLocked(s, id, "refused")
 		return nil, fmt.Errorf("import image %s: %w", id, errZeroized)
 	}
 	if err := d.authorizeImportLocked(s); err != nil {
@@ -202,20 +202,13 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 		}
 	}
 	if err := d.commit(staged); err != nil {
-		d.audit(sessionUser(s), "image.import", id, "error")
+		d.auditImportLocked(s, id, "error")
 		return nil, fmt.Errorf("import image %s: %w", id, err)
 	}
-	if err := d.audit(sessionUser(s), "image.import", id, "ok"); err != nil {
+	if err := d.auditImportLocked(s, id, "ok"); err != nil {
 		return nil, err
 	}
 	return h, nil
-}
-
-func sessionUser(s *Session) string {
-	if s == nil {
-		return ""
-	}
-	return s.user
 }
 
 // authorizeImport checks who imports and returns the epoch the import
@@ -223,13 +216,21 @@ func sessionUser(s *Session) string {
 func (d *Device) authorizeImport(s *Session) (*epoch, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ep, d.authorizeImportLocked(s)
+	if err := d.authorizeImportLocked(s); err != nil {
+		return nil, err
+	}
+	if s == nil {
+		if err := d.limitUnauth("image.import"); err != nil {
+			return nil, fmt.Errorf("import image: %w", err)
+		}
+	}
+	return d.ep, nil
 }
 
 func (d *Device) authorizeImportLocked(s *Session) error {
 	if s == nil {
 		if len(d.st.Users) > 0 {
-			d.audit("", "image.import", "", "denied")
+			d.auditUnauth("image.import", "", "denied")
 			return fmt.Errorf("import image: device is initialized: a crypto officer must import: %w", hsmcore.ErrPermission)
 		}
 		return nil
@@ -243,7 +244,16 @@ func (d *Device) authorizeImportLocked(s *Session) error {
 func (d *Device) auditImport(s *Session, id, result string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.audit(sessionUser(s), "image.import", id, result)
+	d.auditImportLocked(s, id, result)
+}
+
+// auditImportLocked records an import by s, or, without a session, as an
+// unauthenticated call. The caller holds d.mu.
+func (d *Device) auditImportLocked(s *Session, id, result string) error {
+	if s == nil {
+		return d.auditUnauth("image.import", id, result)
+	}
+	return d.audit(s.user, "image.import", id, result)
 }
 
 // stageImage runs every check on an image and returns its contents,

@@ -178,8 +178,8 @@ func TestAuditLogRecordsAndVerifies(t *testing.T) {
 		ops = append(ops, e.Actor+":"+e.Op+":"+e.Result)
 	}
 	got := strings.Join(ops, " ")
-	for _, want := range []string{":device.manufacture:ok", "admin:device.initialize:ok", "admin:login:ok", "admin:user.create:ok",
-		"alice:key.create:ok", "alice:key.wrap:ok", "alice:login:denied", "admin:image.export:ok"} {
+	for _, want := range []string{":device.manufacture:ok", "(unauthenticated):device.initialize:ok", "admin:login:ok", "admin:user.create:ok",
+		"alice:key.create:ok", "alice:key.wrap:ok", "(unauthenticated):login:denied", "admin:image.export:ok"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("audit log lacks %q: %s", want, got)
 		}

@@ -93,7 +93,7 @@ func (d *Device) Initialize(name, password string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.st.Users) > 0 {
-		d.audit(auditName(name), "device.initialize", auditName(name), "denied")
+		d.auditUnauth("device.initialize", auditName(name), "denied")
 		return fmt.Errorf("initialize: device already has users: %w", hsmcore.ErrPermission)
 	}
 	u, err := d.newUser(name, hsmcore.CryptoOfficer, password)
@@ -106,7 +106,7 @@ func (d *Device) Initialize(name, password string) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("initialize: %w", err)
 	}
-	return d.audit(name, "device.initialize", name, "ok")
+	return d.auditUnauth("device.initialize", name, "ok")
 }
 
 // Initialized reports whether the device has any user.
@@ -160,7 +160,7 @@ func (d *Device) Login(name, password string) (*Session, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !ok {
-		d.audit(auditName(name), "login", "", "denied")
+		d.auditUnauth("login", auditName(name), "denied")
 		return nil, fmt.Errorf("login %s: %w", auditName(name), hsmcore.ErrAuth)
 	}
 	if err := d.audit(name, "login", "", "ok"); err != nil {

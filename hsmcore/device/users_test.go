@@ -236,15 +236,17 @@ func TestLoginIsAudited(t *testing.T) {
 	}
 	start := len(entries)
 
+	// A failed login is unauthenticated: its actor is never the claimed
+	// name, which is only its object, sanitized.
 	attempts := []struct {
 		name, password      string
 		wantActor, wantRslt string
 	}{
-		{"alice", testPassword, "alice", "ok"},
-		{"alice", "wrong password", "alice", "denied"},
-		{"nobody", testPassword, "nobody", "denied"},
-		{"bad\nname", testPassword, "(invalid name)", "denied"},
-		{"admin", testPassword, "admin", "ok"},
+		{"alice", testPassword, "alice/", "ok"},
+		{"alice", "wrong password", Unauthenticated + "/alice", "denied"},
+		{"nobody", testPassword, Unauthenticated + "/nobody", "denied"},
+		{"bad\nname", testPassword, Unauthenticated + "/(invalid name)", "denied"},
+		{"admin", testPassword, "admin/", "ok"},
 	}
 	for _, a := range attempts {
 		d.Login(a.name, a.password)
@@ -256,7 +258,7 @@ func TestLoginIsAudited(t *testing.T) {
 	var logins []string
 	for _, e := range entries[start:] {
 		if e.Op == "login" {
-			logins = append(logins, e.Actor+" "+e.Result)
+			logins = append(logins, e.Actor+"/"+e.Object+" "+e.Result)
 		}
 	}
 	var want []string
