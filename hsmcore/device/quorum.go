@@ -202,5 +202,11 @@ func (s *Session) requireQuorumOf(op, object string, m int) error {
 		d.audit(s.user, op, auditField(object), "quorum")
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
 	}
+	// On disk before the operation commits: a restart, even a crash
+	// right after, does not let the token's sealed copy be adopted again.
+	if err := d.saveSpent(); err != nil {
+		d.audit(s.user, op, auditField(object), "error")
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	return nil
 }

@@ -120,6 +120,8 @@ const (
 	MaxApprovals = 64
 	// MaxOutstanding bounds the tokens a Tracker holds.
 	MaxOutstanding = 1024
+	// MaxSpent bounds the consumed, unexpired tokens a Tracker remembers.
+	MaxSpent = 4 * MaxOutstanding
 	// DefaultTTL is how long a token stays valid unless configured.
 	DefaultTTL = 10 * time.Minute
 )
