@@ -7,23 +7,24 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
-// QuorumOps are the operations a quorum policy can protect, with the
-// object each is bound to.
+// QuorumOps are the operations a quorum policy can protect. A token's
+// object names every parameter of the call it approves, built by the
+// hsmcore function named with each.
 var QuorumOps = []string{
-	"user.create",  // object: the new user's name
-	"user.delete",  // object: the user's name
-	"key.trust",    // object: the key handle
-	"image.export", // object: ""
-	"image.import", // object: ""
-	"quorum.set",   // object: the operation whose quorum changes
-	// object: the device's serial. A zeroization needs at least as many
-	// approvals as any operation the policy protects (Session.Zeroize).
+	"user.create",  // hsmcore.UserCreateObject: name and role
+	"user.delete",  // hsmcore.UserDeleteObject: name and current role
+	"key.trust",    // hsmcore.KeyTrustObject: handle and value
+	"image.export", // hsmcore.ImageExportObject: cluster id (or serial)
+	"image.import", // hsmcore.ImageImportObject: SHA-256 of the image
+	"quorum.set",   // hsmcore.QuorumSetObject: operation and new M
+	// hsmcore.ZeroizeObject: the device's serial. A zeroization needs at
+	// least as many approvals as any operation the policy protects
+	// (Session.Zeroize).
 	"device.zeroize",
 }
 
@@ -87,7 +88,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	if n := len(d.officerKeys()); m > n {
 		return fmt.Errorf("set quorum: %d approvals needed but %d officers have signing keys: %w", m, n, hsmcore.ErrInvalid)
 	}
-	if err := s.requireQuorum("quorum.set", op); err != nil {
+	if err := s.requireQuorum("quorum.set", hsmcore.QuorumSetObject(op, m)); err != nil {
 		return err
 	}
 	next := d.st.clone()
@@ -95,7 +96,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("set quorum: %w", err)
 	}
-	return d.audit(s.user, "quorum.set", op+"="+strconv.Itoa(m), "ok")
+	return d.audit(s.user, "quorum.set", hsmcore.QuorumSetObject(op, m), "ok")
 }
 
 // officerKeys returns the crypto officers' registered signing keys. The

@@ -30,7 +30,7 @@ func spentSetup(t *testing.T) (d *Device, co *Session, sealed []byte) {
 }
 
 // deleteAliceObject is the object of an approval to delete alice.
-const deleteAliceObject = "alice"
+const deleteAliceObject = "alice role=CU"
 
 // reopen closes d and opens its directory again, as a restart does.
 func reopen(t *testing.T, d *Device) *Device {

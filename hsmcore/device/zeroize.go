@@ -77,7 +77,7 @@ func (s *Session) Zeroize() error {
 	}
 	serial := d.id.Serial
 	if m := d.zeroizeQuorum(); m > 0 {
-		if err := s.requireQuorumOf(op, serial, m); err != nil {
+		if err := s.requireQuorumOf(op, hsmcore.ZeroizeObject(serial), m); err != nil {
 			return err
 		}
 	}

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
+	"strconv"
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -149,7 +152,7 @@ func TestSpentTokenSurvivesRestart(t *testing.T) {
 	ctx := context.Background()
 	q := newQuorumHSM(t)
 	q.policy(t, 2, "image.export")
-	tok, sealed, err := q.co.QuorumToken(ctx, "image.export", "")
+	tok, sealed, err := q.co.QuorumToken(ctx, "image.export", "cluster=cluster-1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,5 +206,154 @@ func TestZeroizeApprovalsNotReplayedAfterRestore(t *testing.T) {
 	q.refused(t, "zeroize with replayed approvals", err, digest)
 	if !q.h.Dev.Initialized() {
 		t.Fatal("zeroized again")
+	}
+}
+
+// Approvals gathered to raise a quorum do not remove it: a quorum.set
+// approval names the new M.
+func TestQuorumSetApprovalBindsM(t *testing.T) {
+	ctx := context.Background()
+	q := newQuorumHSM(t)
+	q.policy(t, 2, "user.create", "quorum.set")
+	before := q.h.Dev.StateDigest()
+	// An approval that names only the operation, as before approvals
+	// bound M, removes nothing.
+	q.approved(t, "quorum.set", "user.create")
+	q.refused(t, "approval naming only the operation", q.co.SetQuorum(ctx, "user.create", 0), before)
+	// Approvals to raise user.create to 3 neither remove its quorum nor
+	// set it to 2.
+	q.approved(t, "quorum.set", "user.create=3")
+	q.refused(t, "approvals for 3 used for 0", q.co.SetQuorum(ctx, "user.create", 0), before)
+	q.refused(t, "approvals for 3 used for 2", q.co.SetQuorum(ctx, "user.create", 2), before)
+	if err := q.co.SetQuorum(ctx, "user.create", 3); err != nil {
+		t.Fatalf("the approved change: %v", err)
+	}
+	if m := q.h.Dev.Quorum().Ops["user.create"]; m != 3 {
+		t.Fatalf("user.create needs %d approvals, want 3", m)
+	}
+}
+
+// Approvals to create a crypto user do not create a crypto officer: a
+// user.create approval names the role.
+func TestUserCreateApprovalBindsRole(t *testing.T) {
+	ctx := context.Background()
+	q := newQuorumHSM(t)
+	q.policy(t, 2, "user.create")
+	before := q.h.Dev.StateDigest()
+	q.approved(t, "user.create", "bob")
+	q.refused(t, "approval naming only the user", q.co.CreateUser(ctx, "bob", hsmcore.CryptoOfficer, password), before)
+	q.approved(t, "user.create", "bob role=CU")
+	q.refused(t, "crypto-user approvals creating an officer", q.co.CreateUser(ctx, "bob", hsmcore.CryptoOfficer, password), before)
+	if err := q.co.CreateUser(ctx, "bob", hsmcore.CryptoUser, password); err != nil {
+		t.Fatalf("the approved creation: %v", err)
+	}
+}
+
+// Approvals to delete a crypto user do not delete an officer of the same
+// name created since: a user.delete approval names the role.
+func TestUserDeleteApprovalBindsRole(t *testing.T) {
+	ctx := context.Background()
+	q := newQuorumHSM(t)
+	if err := q.co.CreateUser(ctx, "bob", hsmcore.CryptoUser, password); err != nil {
+		t.Fatal(err)
+	}
+	// Approvals to delete bob, given while bob is a crypto user.
+	old, _ := q.approved(t, "user.delete", "bob")
+	oldRole, _ := q.approved(t, "user.delete", "bob role=CU")
+	q.co.ClearApproval()
+	// bob is deleted (no quorum yet) and comes back as a crypto officer.
+	if err := q.co.DeleteUser(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.co.CreateUser(ctx, "bob", hsmcore.CryptoOfficer, password); err != nil {
+		t.Fatal(err)
+	}
+	q.policy(t, 2, "user.delete")
+	before := q.h.Dev.StateDigest()
+	q.attach(t, old)
+	q.refused(t, "approval naming only the user", q.co.DeleteUser(ctx, "bob"), before)
+	q.attach(t, oldRole)
+	q.refused(t, "crypto-user approvals deleting an officer", q.co.DeleteUser(ctx, "bob"), before)
+	q.approved(t, "user.delete", "bob role=CO")
+	if err := q.co.DeleteUser(ctx, "bob"); err != nil {
+		t.Fatalf("the approved deletion: %v", err)
+	}
+}
+
+// Approvals to revoke a key's trust do not mark it trusted: a key.trust
+// approval names the value.
+func TestKeyTrustApprovalBindsValue(t *testing.T) {
+	ctx := context.Background()
+	q := newQuorumHSM(t)
+	cu := q.login(t, "alice")
+	keys, err := cu.GenerateKeys(ctx, []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := keys[0].Handle
+	hs := strconv.FormatUint(h, 10)
+	q.policy(t, 2, "key.trust")
+	before := q.h.Dev.StateDigest()
+	q.approved(t, "key.trust", hs)
+	q.refused(t, "approval naming only the key", q.co.SetTrusted(ctx, h, true), before)
+	q.approved(t, "key.trust", hs+" trusted=false")
+	q.refused(t, "revocation approvals marking trusted", q.co.SetTrusted(ctx, h, true), before)
+	if err := q.co.SetTrusted(ctx, h, false); err != nil {
+		t.Fatalf("the approved revocation: %v", err)
+	}
+	q.approved(t, "key.trust", hs+" trusted=true")
+	if err := q.co.SetTrusted(ctx, h, true); err != nil {
+		t.Fatalf("the approved trust: %v", err)
+	}
+	if k, err := q.co.Key(ctx, h); err != nil || !k.Trusted {
+		t.Fatalf("key after approved trust: %+v, %v", k, err)
+	}
+}
+
+// Approvals to import one image do not import another, such as an old
+// image from before the quorum policy (a rollback): an image.import
+// approval names the SHA-256 of the image's bytes.
+func TestImageImportApprovalBindsDigest(t *testing.T) {
+	ctx := context.Background()
+	q := newQuorumHSM(t)
+	old, err := export(t, q.co) // no quorum policy in it
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.policy(t, 2, "image.import")
+	current, err := export(t, q.co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := q.h.Dev.StateDigest()
+	q.approved(t, "image.import", "")
+	_, err = q.co.ImportImage(ctx, bytes.NewReader(old))
+	q.refused(t, "approval naming no image", err, before)
+	sum := sha256.Sum256(current)
+	q.approved(t, "image.import", "sha256:"+hex.EncodeToString(sum[:]))
+	_, err = q.co.ImportImage(ctx, bytes.NewReader(old))
+	q.refused(t, "approvals for one image importing another", err, before)
+	if _, err := q.co.ImportImage(ctx, bytes.NewReader(current)); err != nil {
+		t.Fatalf("the approved import: %v", err)
+	}
+	if q.h.Dev.Quorum().Ops["image.import"] != 2 {
+		t.Fatal("the import rolled the quorum policy back")
+	}
+}
+
+// An image.export approval names the cluster whose image it lets out.
+func TestImageExportApprovalNamesCluster(t *testing.T) {
+	q := newQuorumHSM(t)
+	q.policy(t, 2, "image.export")
+	before := q.h.Dev.StateDigest()
+	q.approved(t, "image.export", "")
+	_, err := export(t, q.co)
+	q.refused(t, "approval naming no cluster", err, before)
+	q.approved(t, "image.export", "cluster=cluster-2")
+	_, err = export(t, q.co)
+	q.refused(t, "approval for another cluster", err, before)
+	q.approved(t, "image.export", "cluster=cluster-1")
+	if _, err := export(t, q.co); err != nil {
+		t.Fatalf("the approved export: %v", err)
 	}
 }
