@@ -13,8 +13,9 @@ import (
 )
 
 // Tracker issues tokens and consumes them against approvals. It holds the
-// outstanding tokens in memory, at most MaxOutstanding of them. It is safe
-// for concurrent use.
+// outstanding tokens in memory, at most MaxOutstanding of them, and the
+// consumed ones until they expire, at most MaxSpent (Spent, MarkSpent). It
+// is safe for concurrent use.
 //
 // A token's life is measured on the Tracker's clock from the moment of
 // issue. With time.Now that is Go's monotonic clock, so setting the wall
@@ -117,7 +118,9 @@ func (t *Tracker) remove(e *list.Element) {
 // Consume approves one run of op on object, which needs m approvals, with
 // the token id. It makes the checks listed in the package documentation, in
 // that order, taking the officers' registered keys from keys. On success
-// it removes the token, so that it cannot be used again.
+// it removes the token and remembers it as spent until it expires, so that
+// it cannot be used again; with MaxSpent tokens remembered it fails with
+// ErrUnknownToken instead, leaving the token outstanding.
 //
 // Every error wraps exactly one of the sentinel errors. On ErrExpired the
 // token is removed; on ErrMismatch, ErrBadSignature and
@@ -227,8 +230,9 @@ func (t *Tracker) MarkSpent(spent []Spent) error {
 // one set of approvals serves every member; the caller MUST have
 // authenticated tok as issued by a member (hsmcore seals it under the
 // cluster key). The token keeps its own expiry, which may not be further
-// than the TTL from its issue; a token this tracker already consumed is
-// refused, so each member still runs the operation at most once.
+// than the TTL from its issue; a token this tracker already consumed (or
+// MarkSpent recorded) is refused, so each member still runs the operation
+// at most once.
 func (t *Tracker) Adopt(tok Token) error {
 	if err := checkOp(tok.Op); err != nil {
 		return fmt.Errorf("quorum: adopt: %w", err)
