@@ -48,11 +48,7 @@ type spentEntry struct {
 // between the two the token is spent and the operation not done, never
 // the reverse.
 func (d *Device) saveSpent() error {
-	doc := spentDoc{Format: spentFormat, Tokens: []spentEntry{}}
-	for _, s := range d.tracker.Spent() {
-		doc.Tokens = append(doc.Tokens, spentEntry{ID: hex.EncodeToString(s.ID[:]), Expires: s.Expires.UTC()})
-	}
-	plain, err := json.Marshal(doc)
+	plain, err := encodeSpent(d.tracker.Spent())
 	if err != nil {
 		return fmt.Errorf("save spent tokens: %w", err)
 	}
@@ -96,6 +92,20 @@ func (d *Device) openSpent(sealed []byte) ([]quorum.Spent, error) {
 	if err != nil {
 		return nil, hsmcore.ErrTampered
 	}
+	return parseSpent(plain)
+}
+
+// encodeSpent is the plaintext of the spent-token file.
+func encodeSpent(spent []quorum.Spent) ([]byte, error) {
+	doc := spentDoc{Format: spentFormat, Tokens: []spentEntry{}}
+	for _, s := range spent {
+		doc.Tokens = append(doc.Tokens, spentEntry{ID: hex.EncodeToString(s.ID[:]), Expires: s.Expires.UTC()})
+	}
+	return json.Marshal(doc)
+}
+
+// parseSpent parses what encodeSpent wrote.
+func parseSpent(plain []byte) ([]quorum.Spent, error) {
 	var doc spentDoc
 	if err := strictjson.Unmarshal(plain, &doc); err != nil {
 		return nil, fmt.Errorf("%v: %w", err, hsmcore.ErrMalformed)
