@@ -55,7 +55,7 @@ func TestQuorumAcrossTheCluster(t *testing.T) {
 	if err := admin.DeleteUser(ctx, "alice"); !errors.Is(err, hsmcore.ErrQuorum) {
 		t.Fatalf("unapproved: got %v, want ErrQuorum", err)
 	}
-	tok, err := admin.QuorumToken(ctx, "user.delete", "alice")
+	tok, err := admin.QuorumToken(ctx, "user.delete", hsmcore.UserDeleteObject("alice", hsmcore.CryptoUser))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -457,9 +457,8 @@ func TestAttackReplayOldRecords(t *testing.T) {
 	}
 
 	t.Run("restore a revoked trust", func(t *testing.T) {
-		obj := fmt.Sprint(handle)
-		trusted := approved(t, "key.trust", obj, func(c *client.Client) error { return c.SetTrusted(ctx, handle, true) })
-		approved(t, "key.trust", obj, func(c *client.Client) error { return c.SetTrusted(ctx, handle, false) })
+		trusted := approved(t, "key.trust", hsmcore.KeyTrustObject(handle, true), func(c *client.Client) error { return c.SetTrusted(ctx, handle, true) })
+		approved(t, "key.trust", hsmcore.KeyTrustObject(handle, false), func(c *client.Client) error { return c.SetTrusted(ctx, handle, false) })
 		assertInSync(t, pair)
 		before := snap(pair...)
 		o1 := on(1, "admin")
@@ -473,8 +472,8 @@ func TestAttackReplayOldRecords(t *testing.T) {
 	})
 
 	t.Run("bring back a user a quorum deleted", func(t *testing.T) {
-		created := approved(t, "user.create", "carol", func(c *client.Client) error { return c.CreateUser(ctx, "carol", hsmcore.CryptoUser, password) })
-		approved(t, "user.delete", "carol", func(c *client.Client) error { return c.DeleteUser(ctx, "carol") })
+		created := approved(t, "user.create", hsmcore.UserCreateObject("carol", hsmcore.CryptoUser), func(c *client.Client) error { return c.CreateUser(ctx, "carol", hsmcore.CryptoUser, password) })
+		approved(t, "user.delete", hsmcore.UserDeleteObject("carol", hsmcore.CryptoUser), func(c *client.Client) error { return c.DeleteUser(ctx, "carol") })
 		assertInSync(t, pair)
 		before := snap(pair...)
 		o1 := on(1, "admin")

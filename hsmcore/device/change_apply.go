@@ -58,6 +58,11 @@ func (s *Session) importQuorum(op, object string, proof *quorumProof) error {
 	if err := d.tracker.Consume(proof.Token.ID, op, object, m, proof.Approvals, d.officerKeys()); err != nil {
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
 	}
+	// Spent here too, across restarts: the token cannot be used again on
+	// this member, by a change or directly.
+	if err := d.saveSpent(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	return nil
 }
 
@@ -73,7 +78,7 @@ func (s *Session) applyUser(next *contents, m *changeMeta, name string, plain []
 		if err := removeUser(next, name); err != nil {
 			return err
 		}
-		return s.importQuorum("user.delete", name, m.Proof)
+		return s.importQuorum("user.delete", hsmcore.UserDeleteObject(name, old.Role), m.Proof)
 	}
 	u := new(userRecord)
 	if err := strictjson.Unmarshal(plain, u); err != nil {
@@ -96,7 +101,7 @@ func (s *Session) applyUser(next *contents, m *changeMeta, name string, plain []
 		if len(next.Users) >= MaxUsers {
 			return fmt.Errorf("create user %s: %w", name, hsmcore.ErrFull)
 		}
-		if err := s.importQuorum("user.create", name, m.Proof); err != nil {
+		if err := s.importQuorum("user.create", hsmcore.UserCreateObject(name, u.Role), m.Proof); err != nil {
 			return err
 		}
 	case "user.password", "quorum.key":
@@ -189,7 +194,7 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 			return fmt.Errorf("key %d: wrap-with-trusted cannot be cleared once set: %w", h, hsmcore.ErrPermission)
 		}
 		if m.Op == "key.trust" {
-			if err := s.importQuorum("key.trust", strconv.FormatUint(h, 10), m.Proof); err != nil {
+			if err := s.importQuorum("key.trust", hsmcore.KeyTrustObject(h, k.Trusted), m.Proof); err != nil {
 				return err
 			}
 		}
@@ -246,7 +251,7 @@ func (s *Session) applyQuorum(next *contents, m *changeMeta, plain []byte) error
 		return fmt.Errorf("quorum policy: a change sets one operation: %w", hsmcore.ErrInvalid)
 	}
 	if len(changed) == 1 {
-		if err := s.importQuorum("quorum.set", changed[0], m.Proof); err != nil {
+		if err := s.importQuorum("quorum.set", hsmcore.QuorumSetObject(changed[0], p.Required(changed[0])), m.Proof); err != nil {
 			return err
 		}
 	}

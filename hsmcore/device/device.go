@@ -92,7 +92,7 @@ type Device struct {
 	st             *contents
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
-	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
+	tracker        *quorum.Tracker // quorum tokens: outstanding ones in memory only, spent ones also in spentFile
 	ep             *epoch          // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
 	alog           auditFiles    // the audit log's files
@@ -233,6 +233,9 @@ func Open(dir string, opts Options) (d *Device, err error) {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
+	if err := d.loadSpent(); err != nil {
+		return nil, fmt.Errorf("open device %s: %w", dir, err)
+	}
 
 	if err := d.openAudit(); err != nil {
 		return nil, fmt.Errorf("open device %s: audit log: %w", dir, err)

@@ -35,7 +35,7 @@ func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcor
 	if err := s.check("image.export", hsmcore.CryptoOfficer); err != nil {
 		return nil, nil, err
 	}
-	if err := s.requireQuorum("image.export", ""); err != nil {
+	if err := s.requireQuorum("image.export", hsmcore.ImageExportObject(d.st.clusterID(), d.id.Serial)); err != nil {
 		return nil, nil, err
 	}
 	snap := d.st // immutable: later changes build new contents
@@ -164,12 +164,18 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 // atomically, only after all of that; on any error the device is
 // unchanged. An image still being staged when the device is zeroized is
 // discarded, never committed into the zeroized device.
+//
+// If the quorum policy protects "image.import", the approvals must be of
+// a token for hsmcore.ImageImportObject of the SHA-256 of the bytes read
+// from r, which must end right after the image. They are checked, and
+// the token spent, only once the whole image has been read and verified.
 func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsmcore.ImageHeader, error) {
 	ep, err := d.authorizeImport(s)
 	if err != nil {
 		return nil, err
 	}
-	h, raw, err := hsmcore.ReadImageHeader(r)
+	hr := &hashReader{r: r, h: sha256.New()}
+	h, raw, err := hsmcore.ReadImageHeader(hr)
 	if err != nil {
 		d.auditImport(s, "", "malformed")
 		return nil, fmt.Errorf("import image: %w", err)
@@ -178,7 +184,11 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 	// A zeroization while the image is staged discards it.
 	sctx, stop := ep.bind(ctx)
 	defer stop()
-	staged, err := d.stageImage(sctx, h, raw, r)
+	staged, err := d.stageImage(sctx, h, raw, hr)
+	var sum [32]byte
+	if err == nil {
+		sum, err = hr.sumToEnd()
+	}
 	if err != nil && ep.ended() {
 		err = errZeroized
 	}
@@ -197,7 +207,7 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 		return nil, err
 	}
 	if s != nil {
-		if err := s.requireQuorum("image.import", ""); err != nil {
+		if err := s.requireQuorum("image.import", hsmcore.ImageImportObject(sum)); err != nil {
 			return nil, err
 		}
 	}
@@ -325,6 +335,39 @@ func classifyStreamErr(err error) error {
 		return fmt.Errorf("%w: %w", err, hsmcore.ErrTampered)
 	}
 	return err
+}
+
+// hashReader hashes what it reads from r.
+type hashReader struct {
+	r io.Reader
+	h hash.Hash
+}
+
+func (h *hashReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	return n, err
+}
+
+// sumToEnd requires r to have ended and returns the SHA-256 of all it
+// gave: the digest an image.import approval names.
+func (h *hashReader) sumToEnd() ([32]byte, error) {
+	var b [1]byte
+	for {
+		n, err := h.r.Read(b[:])
+		if n > 0 {
+			return [32]byte{}, fmt.Errorf("data after the image: %w", hsmcore.ErrTrailingData)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return [32]byte{}, err
+		}
+	}
+	var sum [32]byte
+	h.h.Sum(sum[:0])
+	return sum, nil
 }
 
 // errRecorder remembers the first error other than io.EOF its reader

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"slices"
-	"strconv"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
@@ -503,7 +502,7 @@ func (s *Session) SetTrusted(h uint64, trusted bool) error {
 	if k == nil || !k.Token {
 		return fmt.Errorf("key.trust: key %d: %w", h, hsmcore.ErrNotFound)
 	}
-	if err := s.requireQuorum("key.trust", strconv.FormatUint(h, 10)); err != nil {
+	if err := s.requireQuorum("key.trust", hsmcore.KeyTrustObject(h, trusted)); err != nil {
 		return err
 	}
 	return s.commitKey("key.trust", k, func(k *keyRecord) (*keyRecord, error) {

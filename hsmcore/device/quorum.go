@@ -7,24 +7,25 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
-// QuorumOps are the operations a quorum policy can protect, with the
-// object each is bound to.
+// QuorumOps are the operations a quorum policy can protect. A token's
+// object names every parameter of the call it approves, built by the
+// hsmcore function named with each.
 var QuorumOps = []string{
-	"user.create",  // object: the new user's name
-	"user.delete",  // object: the user's name
-	"key.trust",    // object: the key handle
-	"image.export", // object: ""
-	"image.import", // object: ""
-	"quorum.set",   // object: the operation whose quorum changes
-	"member.add",   // object: the new member's serial
-	// object: the device's serial. A zeroization needs at least as many
-	// approvals as any operation the policy protects (Session.Zeroize).
+	"user.create",  // hsmcore.UserCreateObject: name and role
+	"user.delete",  // hsmcore.UserDeleteObject: name and current role
+	"key.trust",    // hsmcore.KeyTrustObject: handle and value
+	"image.export", // hsmcore.ImageExportObject: cluster id (or serial)
+	"image.import", // hsmcore.ImageImportObject: SHA-256 of the image
+	"quorum.set",   // hsmcore.QuorumSetObject: operation and new M
+	"member.add",   // the new member's serial (its certificate is bound to it)
+	// hsmcore.ZeroizeObject: the device's serial. A zeroization needs at
+	// least as many approvals as any operation the policy protects
+	// (Session.Zeroize).
 	"device.zeroize",
 }
 
@@ -89,7 +90,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	if n := len(d.officerKeys()); m > n {
 		return fmt.Errorf("set quorum: %d approvals needed but %d officers have signing keys: %w", m, n, hsmcore.ErrInvalid)
 	}
-	if err := s.requireQuorum("quorum.set", op); err != nil {
+	if err := s.requireQuorum("quorum.set", hsmcore.QuorumSetObject(op, m)); err != nil {
 		return err
 	}
 	next := d.st.clone()
@@ -98,7 +99,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("set quorum: %w", err)
 	}
-	return d.audit(s.user, "quorum.set", op+"="+strconv.Itoa(m), "ok")
+	return d.audit(s.user, "quorum.set", hsmcore.QuorumSetObject(op, m), "ok")
 }
 
 // officerKeys returns the crypto officers' registered signing keys. The
@@ -205,6 +206,12 @@ func (s *Session) requireQuorumOf(op, object string, m int) error {
 	if err := d.tracker.Consume(a.id, op, object, m, a.approvals, d.officerKeys()); err != nil {
 		d.audit(s.user, op, auditField(object), "quorum")
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
+	}
+	// On disk before the operation commits: a restart, even a crash
+	// right after, does not let the token's sealed copy be adopted again.
+	if err := d.saveSpent(); err != nil {
+		d.audit(s.user, op, auditField(object), "error")
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	s.proof = &quorumProof{Token: tok, Approvals: a.approvals}
 	return nil

@@ -71,7 +71,7 @@ func TestQuorumProtectsOperations(t *testing.T) {
 		assertUnchanged(t, d, sealed, content)
 	}
 	refuse("no approvals", func() {})
-	tok, _, err := co.QuorumToken("user.delete", "alice")
+	tok, _, err := co.QuorumToken("user.delete", hsmcore.UserDeleteObject("alice", hsmcore.CryptoUser))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestQuorumProtectsOperations(t *testing.T) {
 	forged := approvals(keys, tok, "co2", "co3")
 	forged[1].Signature[0] ^= 1
 	refuse("a forged signature", func() { co.Approve(tok.ID, forged) })
-	other, _, _ := co.QuorumToken("user.delete", "bob")
+	other, _, _ := co.QuorumToken("user.delete", hsmcore.UserDeleteObject("bob", hsmcore.CryptoUser))
 	refuse("a token for another user", func() { co.Approve(other.ID, approvals(keys, other, "co2", "co3")) })
 
 	co.Approve(tok.ID, approvals(keys, tok, "co2", "co3"))
@@ -92,7 +92,7 @@ func TestQuorumProtectsOperations(t *testing.T) {
 	}
 	refuse("a replayed token", func() { co.Approve(tok.ID, approvals(keys, tok, "co2", "co3")) })
 
-	late, _, _ := co.QuorumToken("user.delete", "alice")
+	late, _, _ := co.QuorumToken("user.delete", hsmcore.UserDeleteObject("alice", hsmcore.CryptoUser))
 	clock = clock.Add(quorum.DefaultTTL + time.Second)
 	refuse("an expired token", func() { co.Approve(late.ID, approvals(keys, late, "admin", "co3")) })
 
@@ -103,7 +103,7 @@ func TestQuorumProtectsOperations(t *testing.T) {
 	if err := co.SetQuorum("user.delete", 0); !errors.Is(err, hsmcore.ErrQuorum) {
 		t.Fatalf("lowering without approval: got %v, want ErrQuorum", err)
 	}
-	q, _, _ := co.QuorumToken("quorum.set", "user.delete")
+	q, _, _ := co.QuorumToken("quorum.set", hsmcore.QuorumSetObject("user.delete", 0))
 	co.Approve(q.ID, approvals(keys, q, "admin", "co2"))
 	if err := co.SetQuorum("user.delete", 0); err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func TestQuorumAcrossClusterMembers(t *testing.T) {
 	if a.StateDigest() != b.StateDigest() {
 		t.Fatal("members differ")
 	}
-	tok, sealed, err := coA.QuorumToken("image.export", "")
+	tok, sealed, err := coA.QuorumToken("image.export", hsmcore.ImageExportObject("cluster-s", ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -240,7 +240,7 @@ func (s *Session) CreateUser(name string, role hsmcore.Role, password string) er
 	if err != nil {
 		return fmt.Errorf("create user: %w", err)
 	}
-	if err := s.requireQuorum("user.create", name); err != nil {
+	if err := s.requireQuorum("user.create", hsmcore.UserCreateObject(name, role)); err != nil {
 		return err
 	}
 	next := d.st.clone()
@@ -261,7 +261,8 @@ func (s *Session) DeleteUser(name string) error {
 	if err := s.check("user.delete", hsmcore.CryptoOfficer); err != nil {
 		return err
 	}
-	if d.st.Users[name] == nil {
+	victim := d.st.Users[name]
+	if victim == nil {
 		return fmt.Errorf("delete user %s: %w", auditName(name), hsmcore.ErrNotFound)
 	}
 	if name == s.user {
@@ -271,7 +272,7 @@ func (s *Session) DeleteUser(name string) error {
 	if err := removeUser(next, name); err != nil {
 		return err
 	}
-	if err := s.requireQuorum("user.delete", name); err != nil {
+	if err := s.requireQuorum("user.delete", hsmcore.UserDeleteObject(name, victim.Role)); err != nil {
 		return err
 	}
 	d.record(next, s, "user.delete", userObject(name))

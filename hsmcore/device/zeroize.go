@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
 // errZeroized: an image transfer began before the device was zeroized;
@@ -78,7 +77,7 @@ func (s *Session) Zeroize() error {
 	}
 	serial := d.id.Serial
 	if m := d.zeroizeQuorum(); m > 0 {
-		if err := s.requireQuorumOf(op, serial, m); err != nil {
+		if err := s.requireQuorumOf(op, hsmcore.ZeroizeObject(serial), m); err != nil {
 			return err
 		}
 	}
@@ -93,7 +92,9 @@ func (s *Session) Zeroize() error {
 	}
 	d.ep.cancel()
 	d.ep = newEpoch()
-	d.tracker = quorum.NewTracker(d.opts.Now, 0) // outstanding tokens were for the erased users
+	// Outstanding tokens were for the erased users; the spent ones stay
+	// spent, so that a restore into the same cluster cannot replay them.
+	d.tracker.Void()
 	s.ended = true
 	return d.audit(s.user, op, serial, "ok")
 }

@@ -13,6 +13,17 @@
 // HSM decides which officers' keys count (the keys map passed to Consume).
 // The requester may approve their own token, if they are an officer.
 //
+// The HSM also decides what a token's object says. It must name every
+// parameter of the call it approves (package hsmcore builds the objects,
+// e.g. "alice role=CU" for user.create, "user.create=3" for quorum.set),
+// since an approval permits exactly the operation and object signed.
+//
+// A Tracker remembers the tokens it consumed until they expire, so that a
+// token adopted by several HSMs (Adopt) serves each once. That memory must
+// outlive the process: the HSM persists Tracker.Spent after each Consume,
+// before the approved operation takes effect, and restores it with
+// MarkSpent when it starts.
+//
 // # Quorum tokens, version 1
 //
 // This section is written to be copied into docs/FORMATS.md.
@@ -21,7 +32,8 @@
 //
 //	ID       16 bytes from a cryptographically secure random source
 //	Op       the operation: 1 to 64 bytes, each one of a-z 0-9 . _ -
-//	Object   what the operation acts on (a user name, a key handle…):
+//	Object   what the operation acts on, with every parameter of the
+//	         call (a user name and role, a key handle and value…):
 //	         0 to 256 bytes of UTF-8 with no control (Cc) or format
 //	         (Cf) characters
 //	Issued   the HSM's time of issue, in UTC, with nanoseconds
@@ -72,7 +84,10 @@
 //  7. remove the token, then allow the operation.
 //
 // Failures at steps 3 to 6 MUST leave the token outstanding. A token MUST
-// NOT be consumed twice. The HSM MUST hold at most 1024 outstanding
+// NOT be consumed twice: an HSM that adopts tokens MUST remember each
+// token it consumed until its Expires, across restarts, and MUST record
+// that on stable storage before the operation the token approves takes
+// effect. The HSM MUST hold at most 1024 outstanding
 // tokens: when full, it removes the expired ones and, if none has expired,
 // the one issued first.
 //
@@ -120,6 +135,8 @@ const (
 	MaxApprovals = 64
 	// MaxOutstanding bounds the tokens a Tracker holds.
 	MaxOutstanding = 1024
+	// MaxSpent bounds the consumed, unexpired tokens a Tracker remembers.
+	MaxSpent = 4 * MaxOutstanding
 	// DefaultTTL is how long a token stays valid unless configured.
 	DefaultTTL = 10 * time.Minute
 )

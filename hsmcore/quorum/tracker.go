@@ -1,18 +1,21 @@
 package quorum
 
 import (
+	"bytes"
 	"container/list"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
 
 // Tracker issues tokens and consumes them against approvals. It holds the
-// outstanding tokens in memory, at most MaxOutstanding of them. It is safe
-// for concurrent use.
+// outstanding tokens in memory, at most MaxOutstanding of them, and the
+// consumed ones until they expire, at most MaxSpent (Spent, MarkSpent). It
+// is safe for concurrent use.
 //
 // A token's life is measured on the Tracker's clock from the moment of
 // issue. With time.Now that is Go's monotonic clock, so setting the wall
@@ -25,7 +28,15 @@ type Tracker struct {
 	mu    sync.Mutex
 	byID  map[[16]byte]*list.Element // values *pending
 	order list.List                  // of *pending, oldest issue first
-	spent map[[16]byte]time.Time     // consumed tokens, until they expire
+	spent map[[16]byte]time.Time     // consumed tokens, until their Expires (wall clock)
+}
+
+// Spent is a token a Tracker consumed, remembered until it expires so that
+// its sealed copy cannot be adopted again. An HSM persists its Tracker's
+// Spent list and restores it with MarkSpent after a restart.
+type Spent struct {
+	ID      [16]byte
+	Expires time.Time // the token's Expires field
 }
 
 // pending is an outstanding token.
@@ -107,7 +118,9 @@ func (t *Tracker) remove(e *list.Element) {
 // Consume approves one run of op on object, which needs m approvals, with
 // the token id. It makes the checks listed in the package documentation, in
 // that order, taking the officers' registered keys from keys. On success
-// it removes the token, so that it cannot be used again.
+// it removes the token and remembers it as spent until it expires, so that
+// it cannot be used again; with MaxSpent tokens remembered it fails with
+// ErrUnknownToken instead, leaving the token outstanding.
 //
 // Every error wraps exactly one of the sentinel errors. On ErrExpired the
 // token is removed; on ErrMismatch, ErrBadSignature and
@@ -137,8 +150,79 @@ func (t *Tracker) Consume(id [16]byte, op, object string, m int, approvals []App
 	if err := checkApprovals(&p.tok, m, approvals, keys); err != nil {
 		return err
 	}
+	if t.pruneSpent(t.now()) >= MaxSpent {
+		return fmt.Errorf("%w: too many tokens in use", ErrUnknownToken)
+	}
 	t.remove(e)
-	t.spent[id] = p.deadline
+	t.spent[id] = p.tok.Expires
+	return nil
+}
+
+// pruneSpent forgets the consumed tokens that have expired by the wall
+// clock, as Adopt judges expiry, and returns how many remain. t.mu must be
+// held.
+func (t *Tracker) pruneSpent(now time.Time) int {
+	now = now.Round(0) // compare wall clocks, as Adopt does with Expires
+	for id, until := range t.spent {
+		if !now.Before(until) {
+			delete(t.spent, id)
+		}
+	}
+	return len(t.spent)
+}
+
+// Spent returns the consumed tokens that have not expired, ordered by ID,
+// for the caller to persist. A token is in the list from the moment
+// Consume accepts it.
+func (t *Tracker) Spent() []Spent {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pruneSpent(t.now())
+	out := make([]Spent, 0, len(t.spent))
+	for id, until := range t.spent {
+		out = append(out, Spent{ID: id, Expires: until})
+	}
+	slices.SortFunc(out, func(a, b Spent) int { return bytes.Compare(a.ID[:], b.ID[:]) })
+	return out
+}
+
+// Void drops every outstanding token, as a restart does; the consumed
+// tokens stay remembered.
+func (t *Tracker) Void() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(t.byID)
+	t.order.Init()
+}
+
+// MarkSpent records tokens as consumed, as if this Tracker had consumed
+// them: Adopt refuses them until they expire, and an outstanding token of
+// the same ID is removed. Expired entries are ignored. It fails, recording
+// nothing, if the unexpired ones would exceed MaxSpent.
+func (t *Tracker) MarkSpent(spent []Spent) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now().Round(0)
+	n := t.pruneSpent(now)
+	for _, s := range spent {
+		if _, ok := t.spent[s.ID]; !ok && now.Before(s.Expires) {
+			n++
+		}
+	}
+	if n > MaxSpent {
+		return fmt.Errorf("quorum: mark spent: more than %d tokens", MaxSpent)
+	}
+	for _, s := range spent {
+		if !now.Before(s.Expires) {
+			continue
+		}
+		if until, ok := t.spent[s.ID]; !ok || until.Before(s.Expires) {
+			t.spent[s.ID] = s.Expires.Round(0)
+		}
+		if e := t.byID[s.ID]; e != nil {
+			t.remove(e)
+		}
+	}
 	return nil
 }
 
@@ -156,8 +240,9 @@ func (t *Tracker) Lookup(id [16]byte) (Token, bool) {
 // one set of approvals serves every member; the caller MUST have
 // authenticated tok as issued by a member (hsmcore seals it under the
 // cluster key). The token keeps its own expiry, which may not be further
-// than the TTL from its issue; a token this tracker already consumed is
-// refused, so each member still runs the operation at most once.
+// than the TTL from its issue; a token this tracker already consumed (or
+// MarkSpent recorded) is refused, so each member still runs the operation
+// at most once.
 func (t *Tracker) Adopt(tok Token) error {
 	if err := checkOp(tok.Op); err != nil {
 		return fmt.Errorf("quorum: adopt: %w", err)
@@ -174,15 +259,11 @@ func (t *Tracker) Adopt(tok Token) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for id, until := range t.spent {
-		if !now.Before(until) {
-			delete(t.spent, id)
-		}
-	}
+	n := t.pruneSpent(now)
 	if _, ok := t.spent[tok.ID]; ok {
 		return fmt.Errorf("%w: %x already used", ErrUnknownToken, tok.ID)
 	}
-	if len(t.spent) >= 4*MaxOutstanding {
+	if n >= MaxSpent {
 		return fmt.Errorf("%w: too many tokens in use", ErrUnknownToken)
 	}
 	if t.byID[tok.ID] != nil {

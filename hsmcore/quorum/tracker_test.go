@@ -602,3 +602,95 @@ func TestAdoptServesOnceAcrossMembers(t *testing.T) {
 		t.Fatalf("expired token: got %v, want ErrExpired", err)
 	}
 }
+
+// A new Tracker given another's Spent list (an HSM after a restart)
+// refuses to adopt the tokens that one consumed, until they expire, and
+// forgets them after.
+func TestSpentCarriesOverToANewTracker(t *testing.T) {
+	clock := newFakeClock(t)
+	o := newOfficers(t)
+	old := NewTracker(clock.Now, 0)
+	tok, err := old.Issue("image.export", "cluster=c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := old.Spent(); len(got) != 0 {
+		t.Fatalf("spent before any consumption: %v", got)
+	}
+	if err := old.Consume(tok.ID, "image.export", "cluster=c1", 2, o.approve(t, tok, 0, 1), o.keys); err != nil {
+		t.Fatal(err)
+	}
+	spent := old.Spent()
+	if len(spent) != 1 || spent[0].ID != tok.ID || !spent[0].Expires.Equal(tok.Expires) {
+		t.Fatalf("Spent() = %v, want the consumed token until %v", spent, tok.Expires)
+	}
+
+	restarted := NewTracker(clock.Now, 0)
+	if err := restarted.MarkSpent(spent); err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.Adopt(tok); !errors.Is(err, ErrUnknownToken) {
+		t.Fatalf("adopting a spent token after a restart: got %v, want ErrUnknownToken", err)
+	}
+	// An outstanding token of that ID is removed too.
+	fresh := NewTracker(clock.Now, 0)
+	if err := fresh.Adopt(tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.MarkSpent(spent); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Consume(tok.ID, "image.export", "cluster=c1", 2, o.approve(t, tok, 0, 1), o.keys); !errors.Is(err, ErrUnknownToken) {
+		t.Fatalf("consuming a token marked spent: got %v, want ErrUnknownToken", err)
+	}
+	clock.Advance(DefaultTTL)
+	if got := restarted.Spent(); len(got) != 0 {
+		t.Fatalf("an expired token is still remembered: %v", got)
+	}
+	if err := restarted.MarkSpent(spent); err != nil || len(restarted.Spent()) != 0 {
+		t.Fatalf("marking an expired token spent: %v, %v", err, restarted.Spent())
+	}
+}
+
+// A Tracker remembers at most MaxSpent unexpired tokens: MarkSpent
+// refuses more, recording none.
+func TestMarkSpentBounded(t *testing.T) {
+	clock := newFakeClock(t)
+	tr := NewTracker(clock.Now, 0)
+	list := make([]Spent, MaxSpent+1)
+	for i := range list {
+		list[i] = Spent{Expires: clock.Now().Add(time.Minute)}
+		list[i].ID[0], list[i].ID[1], list[i].ID[2] = 1, byte(i>>8), byte(i)
+	}
+	if err := tr.MarkSpent(list); err == nil {
+		t.Fatal("MarkSpent took more than MaxSpent tokens")
+	}
+	if n := len(tr.Spent()); n != 0 {
+		t.Fatalf("a refused MarkSpent recorded %d tokens", n)
+	}
+	if err := tr.MarkSpent(list[:MaxSpent]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Void drops the outstanding tokens and keeps the consumed ones.
+func TestVoidKeepsSpent(t *testing.T) {
+	clock := newFakeClock(t)
+	o := newOfficers(t)
+	tr := NewTracker(clock.Now, 0)
+	used, _ := tr.Issue("user.delete", "bob role=CU")
+	open, _ := tr.Issue("user.delete", "carol role=CU")
+	if err := tr.Consume(used.ID, used.Op, used.Object, 2, o.approve(t, used, 0, 1), o.keys); err != nil {
+		t.Fatal(err)
+	}
+	tr.Void()
+	if err := tr.Consume(open.ID, open.Op, open.Object, 2, o.approve(t, open, 0, 1), o.keys); !errors.Is(err, ErrUnknownToken) {
+		t.Fatalf("an outstanding token after Void: got %v, want ErrUnknownToken", err)
+	}
+	if err := tr.Adopt(used); !errors.Is(err, ErrUnknownToken) {
+		t.Fatalf("adopting a consumed token after Void: got %v, want ErrUnknownToken", err)
+	}
+	if err := tr.Adopt(open); err != nil {
+		t.Fatalf("adopting a voided, unused token: %v", err)
+	}
+}
