@@ -437,6 +437,12 @@ func (c *Cluster) DeleteUser(ctx context.Context, name string) error {
 	return c.each(ctx, func(cl *client.Client) error { return cl.DeleteUser(ctx, name) })
 }
 
+// UnlockUser lifts a user's lockout after failed logins on every member
+// (each counts its own failures).
+func (c *Cluster) UnlockUser(ctx context.Context, name string) error {
+	return c.each(ctx, func(cl *client.Client) error { return cl.UnlockUser(ctx, name) })
+}
+
 // CreateUser adds a user on one member and replicates its record, so that
 // every member holds the same password hash.
 func (c *Cluster) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {

@@ -50,6 +50,10 @@ type Options struct {
 	// passwords set from now on; 0 means DefaultPasswordIterations. Tests
 	// lower it with TestOptions.
 	PasswordIterations int
+	// MaxLoginFailures is how many wrong passwords in a row lock a user
+	// (see Session.UnlockUser); 0 means DefaultMaxLoginFailures, a
+	// negative value never locks.
+	MaxLoginFailures int
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
@@ -92,8 +96,9 @@ type Device struct {
 	st             *contents
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
-	tracker        *quorum.Tracker // outstanding quorum tokens; not persisted
-	ep             *epoch          // ended by Zeroize, with the transfers begun in it
+	tracker        *quorum.Tracker     // outstanding quorum tokens; not persisted
+	failures       map[string]*failure // failed logins by user; device-local, in failuresFile
+	ep             *epoch              // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
 	auditW         *os.File
 	lock           *os.File // held while the device is open
@@ -178,6 +183,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		akbk:      cfg.Operator.backupKey(cfg.Class),
 		lock:      lock,
 		st:        newContents(),
+		failures:  map[string]*failure{},
 		tracker:   quorum.NewTracker(opts.Now, 0),
 		ep:        newEpoch(),
 		auditLog:  audit.New(audit.Head{}),
@@ -227,6 +233,9 @@ func Open(dir string, opts Options) (d *Device, err error) {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
+	if err := d.readFailures(); err != nil {
+		return nil, fmt.Errorf("open device %s: %w", dir, err)
+	}
 
 	f, err := os.OpenFile(filepath.Join(dir, auditFile), os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
