@@ -99,6 +99,7 @@ func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts 
 	}
 	m := *sm
 	m.ID, m.Created, m.Signature = newID, maxTime(created, sm.Created), nil
+	m.Location = location(dst, cluster, newID) // the copy's own: bound even if its source is not
 	m.SourceBackupID, m.SourceClusterID, m.SourceObjectSHA256 = sm.ID, sm.ClusterID, sm.ObjectSHA256
 	m.Tags = cloneTags(sm.Tags)
 	m.Lock = nil // the source's lock is the source's: the copy is stored without one

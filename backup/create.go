@@ -105,7 +105,7 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 	manifestKey := repo.ObjectKey(cluster, id, ManifestObject)
 
 	m := &Manifest{
-		Format: ManifestFormat, ID: id, ClusterID: cluster, State: StateReady, Created: created,
+		Format: ManifestFormat, ID: id, ClusterID: cluster, Location: location(repo, cluster, id), State: StateReady, Created: created,
 		Tags: cloneTags(opts.Tags), NeverExpires: opts.NeverExpires, RetentionDays: opts.RetentionDays,
 		ClusterCertificate: bytes.Clone(opts.ClusterCertificate), CustomerCA: bytes.Clone(opts.CustomerCA),
 		Lock: opts.Lock.lockOf(created),

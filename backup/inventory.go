@@ -82,12 +82,18 @@ func (inv *Inventory) HasUser(u hsmcore.UserInfo) bool {
 }
 
 // HasKey reports whether the inventory lists key k (the same handle and
-// check value). It is false for every key if the keys are not listed.
+// check value). It is false for every key if the keys are not listed. A
+// generic secret of under 128 bits has no check value (HSMs withhold it,
+// as it would reveal the secret): the handle alone matches it, whatever
+// check value an inventory written before recorded.
 func (inv *Inventory) HasKey(k hsmcore.KeyInfo) bool {
 	i, ok := slices.BinarySearchFunc(inv.Keys, k.Handle, func(e string, h uint64) int {
 		eh, _ := strconv.ParseUint(e[:strings.IndexByte(e, ':')], 10, 64)
 		return cmp.Compare(eh, h)
 	})
+	if ok && k.KCV == "" && k.Type == hsmcore.GenericSecret && k.Bits < 128 {
+		return true
+	}
 	return ok && inv.Keys[i] == keyEntry(k.Handle, k.KCV)
 }
 

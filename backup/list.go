@@ -207,6 +207,9 @@ func readManifest(ctx context.Context, st store.Store, key, cluster, id string) 
 	if m.ID != id || m.ClusterID != cluster {
 		return nil, fmt.Errorf("%s: %w: it describes backup %s of cluster %s", key, ErrManifest, m.ID, m.ClusterID)
 	}
+	if here := store.KeyPrefix(st) + strings.TrimSuffix(key, ManifestObject); m.Bound() && m.Location != here {
+		return nil, fmt.Errorf("%s: %w: it was written for %s", key, ErrManifest, m.Location)
+	}
 	return m, nil
 }
 

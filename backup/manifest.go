@@ -62,9 +62,16 @@ type Manifest struct {
 	Format    string `json:"format"` // ManifestFormat
 	ID        string `json:"id"`     // backup-<yyyymmddThhmmssZ>-<10 base32 chars>
 	ClusterID string `json:"cluster_id"`
-	Source    Source `json:"source"`
-	ImageID   string `json:"image_id"` // 16 bytes, lower-case hex
-	State     State  `json:"state"`
+	// Location is where the manifest was written: the full name of the
+	// backup's directory in its store's namespace (the store's own key
+	// prefix, then the repo's, then clusters/<cluster_id>/backups/<id>/).
+	// A manifest read from anywhere else is refused. Manifests written
+	// before it existed have none: they are unbound (Bound), and verify
+	// wherever they are (docs/FORMATS.md 9.1).
+	Location string `json:"location,omitempty"`
+	Source   Source `json:"source"`
+	ImageID  string `json:"image_id"` // 16 bytes, lower-case hex
+	State    State  `json:"state"`
 	// DeletionRequested is when the backup was deleted (UTC): set in
 	// states PENDING_DELETION and DELETED, zero (and absent) in READY.
 	DeletionRequested time.Time `json:"deletion_requested,omitzero"`
@@ -111,6 +118,32 @@ type Manifest struct {
 	ImageStatement *hsmcore.SignedImageStatement `json:"image_statement,omitempty"`
 	// Signature is Ed25519 over SigningBytes.
 	Signature []byte `json:"signature,omitempty"`
+}
+
+// Bound reports whether the manifest names its location, so that it
+// verifies only there; an unbound manifest was written before manifests
+// named it.
+func (m *Manifest) Bound() bool { return m.Location != "" }
+
+// location is the Location of backup id of cluster written through repo.
+func location(repo Repo, cluster, id string) string {
+	return store.KeyPrefix(repo.Store) + repo.ObjectKey(cluster, id, "")
+}
+
+// checkLocation checks, for a bound manifest, that its location names its
+// own cluster and id under a valid prefix.
+func (m *Manifest) checkLocation() error {
+	if m.Location == "" {
+		return nil
+	}
+	p, ok := strings.CutSuffix(m.Location, clusterDir("", m.ClusterID)+m.ID+"/")
+	if !ok {
+		return fmt.Errorf("location %q is not that of backup %s of cluster %s", m.Location, m.ID, m.ClusterID)
+	}
+	if n, err := normPrefix(p); err != nil || n != p {
+		return fmt.Errorf("location %q: bad prefix", m.Location)
+	}
+	return nil
 }
 
 // Lock is an object-lock retention as a manifest records it: S3 Object
@@ -276,6 +309,9 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("bad backup id %q", m.ID)
 	}
 	if err := validClusterID(m.ClusterID); err != nil {
+		return err
+	}
+	if err := m.checkLocation(); err != nil {
 		return err
 	}
 	if err := m.Source.validate(); err != nil {

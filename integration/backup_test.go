@@ -339,7 +339,9 @@ func (s *service) aged(t *testing.T, id string, days int) string {
 		t.Fatal(err)
 	}
 	m.Created = m.Created.Add(-time.Duration(days) * 24 * time.Hour)
+	oldID := m.ID
 	m.ID = "backup-" + m.Created.Format("20060102T150405Z") + "-agedcopyaa"
+	m.Location = strings.Replace(m.Location, oldID, m.ID, 1) // written there, as if by backup create
 	m.NeverExpires, m.RetentionDays, m.Tags = false, 0, nil
 	key, err := backup.LoadSigningKey(s.signingKey)
 	if err != nil {

@@ -216,20 +216,20 @@ func CheckInventory(inv *backup.Inventory, held *Holdings) error {
 			m.MissingUsers = append(m.MissingUsers, u)
 		}
 	}
-	kcvs := map[uint64]string{}
+	keys := map[uint64]hsmcore.KeyInfo{}
 	for _, k := range held.Keys {
 		if !k.Token {
 			continue
 		}
-		kcvs[k.Handle] = k.KCV
+		keys[k.Handle] = k
 		if !inv.HasKey(k) {
 			m.ExtraKeys = append(m.ExtraKeys, k)
 		}
 	}
 	for _, e := range inv.Keys {
-		h, kcv, _ := strings.Cut(e, ":") // validated with the manifest
+		h, _, _ := strings.Cut(e, ":") // validated with the manifest
 		n, err := strconv.ParseUint(h, 10, 64)
-		if got, ok := kcvs[n]; err != nil || !ok || got != kcv {
+		if k, ok := keys[n]; err != nil || !ok || !inv.HasKey(k) {
 			m.MissingKeys = append(m.MissingKeys, e)
 		}
 	}

@@ -45,6 +45,19 @@ func TestLost(t *testing.T) {
 	if l == nil || !l.Unknown || l.UserCount != 1 || l.KeyCount != 1 || !strings.Contains(l.String(), "records no inventory") {
 		t.Fatalf("no inventory: %+v", l)
 	}
+	// A backup made before short generic secrets lost their check value
+	// records one; restored, the secret has none, and still matches.
+	pin := hsmcore.KeyInfo{Handle: 3, Type: hsmcore.GenericSecret, Bits: 16, KCV: "123abc", Token: true}
+	legacy := backup.NewInventory([]hsmcore.UserInfo{admin}, []hsmcore.KeyInfo{k1, pin})
+	pin.KCV = ""
+	if err := CheckInventory(legacy, &Holdings{Users: []hsmcore.UserInfo{admin}, Keys: []hsmcore.KeyInfo{k1, pin}}); err != nil {
+		t.Fatalf("a short secret without check value against an old inventory: %v", err)
+	}
+	noKCV := k1
+	noKCV.KCV = ""
+	if err := CheckInventory(legacy, &Holdings{Users: []hsmcore.UserInfo{admin}, Keys: []hsmcore.KeyInfo{noKCV, pin}}); !errors.Is(err, ErrInventoryMismatch) {
+		t.Fatalf("another key without its check value: got %v, want ErrInventoryMismatch", err)
+	}
 	unlisted := &backup.Inventory{Format: backup.InventoryFormat, Users: []hsmcore.UserInfo{admin}, KeyCount: backup.MaxInventoryKeys + 1}
 	if l := lost(unlisted, &Holdings{Users: []hsmcore.UserInfo{admin}}); l != nil {
 		t.Fatalf("keys unlisted, target without keys: %+v", l)

@@ -307,6 +307,25 @@ type ObjectLocker interface {
 	ObjectLock(ctx context.Context, key string) (Retention, bool, error)
 }
 
+// Prefixed is implemented by a store whose keys are names under a prefix
+// of a larger namespace: an S3 store opened at s3://BUCKET/PREFIX stores
+// key k as object PREFIX/k of its bucket. A file store has none: its
+// directory is the namespace, as a bucket is.
+type Prefixed interface {
+	// KeyPrefix returns what the store puts before every key: "" or a
+	// string ending in a slash.
+	KeyPrefix() string
+}
+
+// KeyPrefix returns the key prefix of s (Prefixed, found through
+// decorators), or "" if it has none.
+func KeyPrefix(s Store) string {
+	if p, ok := As[Prefixed](s); ok {
+		return p.KeyPrefix()
+	}
+	return ""
+}
+
 // Wrapper is implemented by decorators: Unwrap returns the Store they wrap.
 type Wrapper interface {
 	Unwrap() Store

@@ -138,6 +138,7 @@ func runDescribe(ctx context.Context, e *env, cluster, id string) error {
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("backup", m.ID)
 	row("cluster", m.ClusterID)
+	row("location", locationText(m))
 	row("state", string(m.State))
 	row("created", m.Created.Format(time.RFC3339))
 	if !m.DeletionRequested.IsZero() {
@@ -158,6 +159,15 @@ func runDescribe(ctx context.Context, e *env, cluster, id string) error {
 		row("copied from", m.SourceBackupID+" of cluster "+m.SourceClusterID)
 	}
 	return tw.Flush()
+}
+
+// locationText says where m verifies: the location it signs, or that it
+// signs none.
+func locationText(m *backup.Manifest) string {
+	if m.Bound() {
+		return m.Location
+	}
+	return "unbound (written before manifests named their location: it verifies wherever it is copied)"
 }
 
 // runOrphans prints the stray objects in backup directories (see

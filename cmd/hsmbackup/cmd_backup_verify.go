@@ -41,6 +41,10 @@ func runVerify(ctx context.Context, e *env, cluster, id string, vopts verifyOpti
 	if err := backup.Verify(ctx, e.repo, cluster, id, opts); err != nil {
 		return err
 	}
+	if m, err := backup.Describe(ctx, e.repo, cluster, id); err == nil && !m.Bound() {
+		e.log.Warn("manifest unbound: it names no location, so it would verify wherever it is copied", "backup", id,
+			"note", "written before manifests named their location; 'backup copy' makes a bound copy")
+	}
 	if e.g.json {
 		return writeJSON(e.stdout, struct {
 			ID      string   `json:"backup_id"`

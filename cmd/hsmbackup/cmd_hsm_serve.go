@@ -28,6 +28,11 @@ func serveCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "device", Usage: "directory `DIR` of the HSM, as made by 'hsm manufacture'"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2225", Usage: "`ADDR` to listen on"},
+			&cli.IntFlag{
+				Name:  "max-login-failures",
+				Value: device.DefaultMaxLoginFailures,
+				Usage: "wrong passwords in a row `N` that lock a user until a crypto officer unlocks it (0: never lock)",
+			},
 			logFormatFlag(), // also global (logging.go)
 			logLevelFlag(),
 			&cli.IntFlag{
@@ -54,12 +59,19 @@ func serve(c *cli.Context) (err error) {
 	if iter != 0 && (iter < minTestIterations || iter > 10_000_000) {
 		return fmt.Errorf("--password-iterations %d: want 0 or %d to 10000000", iter, minTestIterations)
 	}
+	maxFailures := c.Int("max-login-failures")
+	if maxFailures < 0 || maxFailures > 1000 {
+		return fmt.Errorf("--max-login-failures %d: want 0 to 1000", maxFailures)
+	}
+	if maxFailures == 0 {
+		maxFailures = -1 // device.Options: never lock
+	}
 	format, level := logSettings(c, false)
 	log, err := newLogger(c.App.ErrWriter, format, level)
 	if err != nil {
 		return err
 	}
-	dev, err := device.Open(c.String("device"), device.Options{PasswordIterations: iter})
+	dev, err := device.Open(c.String("device"), device.Options{PasswordIterations: iter, MaxLoginFailures: maxFailures})
 	if err != nil {
 		return err
 	}

@@ -534,6 +534,12 @@ func (c *Client) DeleteUser(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/users/"+name, nil, nil)
 }
 
+// UnlockUser lifts a user's lockout after failed logins on this HSM
+// (crypto officers only).
+func (c *Client) UnlockUser(ctx context.Context, name string) error {
+	return c.do(ctx, "POST", "/v1/users/"+url.PathEscape(name)+"/unlock", nil, nil)
+}
+
 // Keys lists the keys the session may see.
 func (c *Client) Keys(ctx context.Context) ([]hsmcore.KeyInfo, error) {
 	var out api.KeysResponse

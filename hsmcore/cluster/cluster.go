@@ -494,6 +494,23 @@ func (c *Cluster) DeleteUser(ctx context.Context, name string) error {
 	return c.each(ctx, func(cl *client.Client) error { return cl.DeleteUser(ctx, name) })
 }
 
+// UnlockUser lifts a user's lockout after failed logins on every member
+// (each counts its own failures).
+func (c *Cluster) UnlockUser(ctx context.Context, name string) error {
+	// Failed-login counts are each member's own, not replicated state:
+	// the unlock runs on every member that is up.
+	ms := c.usable()
+	if len(ms) == 0 {
+		return ErrNoMember
+	}
+	for _, m := range ms {
+		if err := m.c.UnlockUser(ctx, name); err != nil {
+			return fmt.Errorf("unlock user %s on %s: %w", name, m.addr, err)
+		}
+	}
+	return nil
+}
+
 // CreateUser adds a user on one member and replicates its record, so that
 // every member holds the same password hash.
 func (c *Cluster) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {

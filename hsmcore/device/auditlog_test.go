@@ -347,6 +347,7 @@ func TestUnauthenticatedEntriesBoundedPerWindow(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	opts := TestOptions()
 	opts.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	opts.MaxLoginFailures = -1 // the worst case: guesses never lock
 	d, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{Class: stdHW.class, Firmware: stdHW.firmware,
 		Manufacturer: authority(t, "acme"), Operator: authority(t, "cloud")}, opts)
 	if err != nil {

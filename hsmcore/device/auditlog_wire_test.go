@@ -130,19 +130,27 @@ func TestWireUnauthenticatedRefusalsDoNotGrowAuditLog(t *testing.T) {
 
 	after, _ := w.auditLog(t)
 	grown := len(after) - len(before)
-	bound := 2 * (device.UnauthAuditBurst + 1) // per operation: the burst, and one summary
+	// Per operation the burst and a summary per result; for logins, admin's
+	// lockout (DefaultMaxLoginFailures guesses) adds a user.lock entry and
+	// a summary of the guesses refused as locked.
+	bound := 2*(device.UnauthAuditBurst+1) + 2
 	if grown > bound {
 		t.Fatalf("%d unauthenticated refusals grew the audit log by %d entries, want at most %d", logins+inits, grown, bound)
 	}
 	newEntries := after[len(before):]
-	if r, s := refusals(newEntries, "login", "denied"); r+s != logins {
-		t.Errorf("login refusals accounted for: %d recorded + %d suppressed, want %d", r, s, logins)
+	r, s := refusals(newEntries, "login", "denied")
+	lr, ls := refusals(newEntries, "login", "locked")
+	if r+s+lr+ls != logins {
+		t.Errorf("login refusals accounted for: %d+%d denied, %d+%d locked (recorded+suppressed), want %d in all", r, s, lr, ls, logins)
 	}
 	if r, s := refusals(newEntries, "device.initialize", "denied"); r+s != inits {
 		t.Errorf("initialize refusals accounted for: %d recorded + %d suppressed, want %d", r, s, inits)
 	}
 	if w.h.Dev.StateDigest() != digest {
 		t.Fatal("refused calls changed the device's state")
+	}
+	if err := w.co.UnlockUser(ctx, "admin"); err != nil {
+		t.Fatal(err)
 	}
 	w.restart(t)
 	w.auditLog(t)
@@ -166,10 +174,15 @@ func TestWireAuditHardLimitUnreachableByFailedLogins(t *testing.T) {
 			t.Fatalf("login %d: %v, want ErrAuth", i, err)
 		}
 	}
+	if err := w.co.UnlockUser(ctx, "admin"); err != nil {
+		t.Fatal(err)
+	}
 	w.restart(t) // fails the test if the device does not open
 	entries, _ := w.auditLog(t)
-	if r, s := refusals(entries, "login", "denied"); r+s != 5*audit.MaxEntries {
-		t.Errorf("login refusals accounted for: %d recorded + %d suppressed, want %d", r, s, 5*audit.MaxEntries)
+	r, s := refusals(entries, "login", "denied")
+	lr, ls := refusals(entries, "login", "locked")
+	if r+s+lr+ls != 5*audit.MaxEntries {
+		t.Errorf("login refusals accounted for: %d+%d denied, %d+%d locked (recorded+suppressed), want %d in all", r, s, lr, ls, 5*audit.MaxEntries)
 	}
 	checkAuditFiles(t, w.h.Dir)
 	if w.h.Dev.StateDigest() != digest {

@@ -49,6 +49,10 @@ type Options struct {
 	// passwords set from now on; 0 means DefaultPasswordIterations. Tests
 	// lower it with TestOptions.
 	PasswordIterations int
+	// MaxLoginFailures is how many wrong passwords in a row lock a user
+	// (see Session.UnlockUser); 0 means DefaultMaxLoginFailures, a
+	// negative value never locks.
+	MaxLoginFailures int
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
@@ -92,8 +96,9 @@ type Device struct {
 	st             *contents
 	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
 	sessionHandles uint64
-	tracker        *quorum.Tracker // quorum tokens: outstanding ones in memory only, spent ones also in spentFile
-	ep             *epoch          // ended by Zeroize, with the transfers begun in it
+	tracker        *quorum.Tracker     // quorum tokens: outstanding ones in memory only, spent ones also in spentFile
+	failures       map[string]*failure // failed logins by user; device-local, in failuresFile
+	ep             *epoch              // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
 	alog           auditFiles    // the audit log's files
 	unauth         unauthLimiter // audit entries of unauthenticated calls
@@ -180,6 +185,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		akbk:      cfg.Operator.backupKey(cfg.Class),
 		lock:      lock,
 		st:        newContents(),
+		failures:  map[string]*failure{},
 		tracker:   quorum.NewTracker(opts.Now, 0),
 		ep:        newEpoch(),
 		auditLog:  audit.New(audit.Head{}),
@@ -234,6 +240,9 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	}
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.loadSpent(); err != nil {
+		return nil, fmt.Errorf("open device %s: %w", dir, err)
+	}
+	if err := d.readFailures(); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
 

@@ -32,18 +32,6 @@ func spentSetup(t *testing.T) (d *Device, co *Session, sealed []byte) {
 // deleteAliceObject is the object of an approval to delete alice.
 const deleteAliceObject = "alice role=CU"
 
-// reopen closes d and opens its directory again, as a restart does.
-func reopen(t *testing.T, d *Device) *Device {
-	t.Helper()
-	d.Close()
-	d2, err := Open(d.dir, TestOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d2.Close() })
-	return d2
-}
-
 // The spent-token file outlives a restart; a device without one (made
 // before it existed) opens, and one damaged does not.
 func TestSpentTokensSurviveReopen(t *testing.T) {
@@ -51,7 +39,7 @@ func TestSpentTokensSurviveReopen(t *testing.T) {
 	if err := co.DeleteUser("alice"); err != nil {
 		t.Fatalf("approved delete: %v", err)
 	}
-	d = reopen(t, d)
+	d = reopen(t, d, TestOptions())
 	if _, err := login(t, d, "admin").AdoptQuorumToken(sealed); !errors.Is(err, hsmcore.ErrQuorum) {
 		t.Fatalf("adopting a spent token after a restart: got %v, want ErrQuorum", err)
 	}
@@ -69,7 +57,7 @@ func TestSpentTokensSurviveReopen(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	d = reopen(t, d)
+	d = reopen(t, d, TestOptions())
 	if n := len(d.tracker.Spent()); n != 0 {
 		t.Fatalf("a device without the file remembers %d tokens", n)
 	}
@@ -101,7 +89,7 @@ func TestTokenSpentBeforeCommit(t *testing.T) {
 	if err := os.WriteFile(statePath, state, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d = reopen(t, d)
+	d = reopen(t, d, TestOptions())
 	if _, err := login(t, d, "alice").Keys(); err != nil {
 		t.Fatalf("alice after the failed delete: %v", err)
 	}

@@ -144,8 +144,11 @@ type Session struct {
 	proof    *quorumProof // the approvals the operation being committed consumed
 }
 
-// Login checks a user's password and opens a session. Unknown user and
-// wrong password give the same error, ErrAuth, after the same work.
+// Login checks a user's password and opens a session. Unknown user, wrong
+// password and locked user give the same error, ErrAuth, after the same
+// work. MaxLoginFailures wrong passwords in a row lock a user, on this
+// device, until a crypto officer unlocks it; a successful login clears
+// the count.
 func (d *Device) Login(name, password string) (*Session, error) {
 	d.mu.Lock()
 	u := d.st.Users[name]
@@ -159,9 +162,19 @@ func (d *Device) Login(name, password string) (*Session, error) {
 	ok := subtle.ConstantTimeCompare(got, ref.Hash) == 1 && u != nil
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if u != nil && d.lockedOut(u) {
+		// Locked: refused whatever the password; counted within the bound
+		// of unauthenticated entries, so guessing stays visible.
+		d.auditUnauth("login", name, "locked")
+		return nil, fmt.Errorf("login %s: %w", name, hsmcore.ErrAuth)
+	}
 	if !ok {
-		d.auditUnauth("login", auditName(name), "denied")
+		d.loginFailed(name, u)
 		return nil, fmt.Errorf("login %s: %w", auditName(name), hsmcore.ErrAuth)
+	}
+	if err := d.loginSucceeded(u); err != nil {
+		d.audit(name, "login", "", "error")
+		return nil, fmt.Errorf("login %s: %w", name, err)
 	}
 	if err := d.audit(name, "login", "", "ok"); err != nil {
 		return nil, fmt.Errorf("login: %w", err)

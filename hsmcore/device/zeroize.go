@@ -90,6 +90,11 @@ func (s *Session) Zeroize() error {
 		d.audit(s.user, op, serial, "error")
 		return fmt.Errorf("zeroize: %w", err)
 	}
+	if err := d.removeFailures(); err != nil {
+		// Harmless: a count holds only for the user record it was made
+		// against, and those are gone.
+		d.audit(s.user, op, serial, "failed-login counts not erased")
+	}
 	d.ep.cancel()
 	d.ep = newEpoch()
 	// Outstanding tokens were for the erased users; the spent ones stay

@@ -48,6 +48,7 @@ func (s *Server) routes() http.Handler {
 	route("GET /v1/users", loggedIn, s.users)
 	route("POST /v1/users", loggedIn, s.createUser)
 	route("DELETE /v1/users/{name}", loggedIn, s.deleteUser)
+	route("POST /v1/users/{name}/unlock", loggedIn, s.unlockUser)
 	route("GET /v1/keys", loggedIn, s.keys)
 	route("POST /v1/keys", loggedIn, s.generateKeys)
 	route("GET /v1/keys/{handle}", loggedIn, s.key)
@@ -308,6 +309,10 @@ func (s *Server) createUser(r *http.Request, hs *device.Session) (any, error) {
 
 func (s *Server) deleteUser(r *http.Request, hs *device.Session) (any, error) {
 	return nil, hs.DeleteUser(r.PathValue("name"))
+}
+
+func (s *Server) unlockUser(r *http.Request, hs *device.Session) (any, error) {
+	return nil, hs.UnlockUser(r.PathValue("name"))
 }
 
 func (s *Server) keys(_ *http.Request, hs *device.Session) (any, error) {

@@ -138,6 +138,7 @@ type Store struct {
 var (
 	_ store.Store              = (*Store)(nil)
 	_ store.StaleUploadRemover = (*Store)(nil)
+	_ store.Prefixed           = (*Store)(nil)
 )
 
 // endpoint is Config's resolved address.
@@ -369,6 +370,10 @@ func (s *Store) Client() *minio.Client { return s.client }
 
 // Bucket returns the bucket's name.
 func (s *Store) Bucket() string { return s.bucket }
+
+// KeyPrefix implements store.Prefixed: the configured prefix, "" or
+// ending in a slash.
+func (s *Store) KeyPrefix() string { return s.prefix }
 
 // ObjectName returns the object name that key is stored under.
 func (s *Store) ObjectName(key string) string { return s.prefix + key }
