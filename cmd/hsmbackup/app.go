@@ -34,6 +34,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			hsmCommand(),
 			clusterCommand(),
+			keysCommand(),
+			usersCommand(),
 			masterkeyCommand(),
 			signingKeyCommand(),
 			backupCommand(),
