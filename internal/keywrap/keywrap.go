@@ -1,5 +1,6 @@
 // Package keywrap wraps keys under a key-encryption key (KEK) with the AES
-// key wrap with padding algorithm: KWP-AE and KWP-AD of NIST SP 800-38F §6.3,
+// key wrap algorithms: without padding (WrapKW, RFC 3394, kw.go) and with
+// padding (Wrap, the default here): KWP-AE and KWP-AD of NIST SP 800-38F §6.3,
 // which is the same algorithm as RFC 5649 (alternative initial value
 // A65959A6 || [len(key)]_32). It is a thin layer over tink's implementation,
 // github.com/tink-crypto/tink-go/v2/kwp/subtle, and inherits its limits:
