@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,19 +60,38 @@ func keysCommand() *cli.Command {
 					"encrypt, decrypt, sign, verify, wrap and unwrap (comma-separated).\n" +
 					"--extractable lets it leave the HSM wrapped (fixed at creation);\n" +
 					"--wrap-with-trusted lets it leave only under a trusted wrapping key.",
-				Flags: conn(
-					&cli.StringFlag{Name: "type", Usage: "`TYPE` of key: aes, rsa, ec or generic-secret (required)"},
-					&cli.IntFlag{Name: "bits", Usage: "key size in `BITS`: AES 128/192/256, RSA 2048/3072/4096, generic secret 8 to 4096 (multiple of 8); default 256 for AES and generic secrets, 3072 for RSA"},
-					&cli.StringFlag{Name: "curve", Usage: "EC `CURVE`: P-256 or P-384", Value: "P-256"},
-					&cli.StringFlag{Name: "label", Usage: "`LABEL` of the keys"},
-					&cli.StringFlag{Name: "id", Usage: "key `ID` in hex (PKCS#11 CKA_ID)"},
-					&cli.StringFlag{Name: "usage", Usage: "what the keys may do: `LIST` of encrypt, decrypt, sign, verify, wrap, unwrap"},
-					&cli.BoolFlag{Name: "extractable", Usage: "the keys may leave the HSM wrapped"},
-					&cli.BoolFlag{Name: "wrap-with-trusted", Usage: "the keys may leave only under a wrapping key a crypto officer marked trusted"},
-					&cli.IntFlag{Name: "count", Usage: "how many keys to make, in one batch", Value: 1},
-				),
+				Flags: conn(append(specFlags(),
+					&cli.IntFlag{Name: "count", Usage: "how many keys to make, in one batch", Value: 1})...),
 				OnUsageError: usageError,
 				Action:       envAction("keys generate", keysGenerate),
+			},
+			{
+				Name:  "wrap",
+				Usage: "export a key wrapped under another key of the HSM",
+				Description: "Wraps key --handle under key --wrapping-key with --mechanism, inside the\n" +
+					"HSM, and writes the wrapped bytes to --out (a new file, mode 0600). The key\n" +
+					"must be extractable, and if it has wrap-with-trusted set the wrapping key\n" +
+					"must be trusted. Mechanisms: " + mechanismList() + " (docs/FORMATS.md).",
+				Flags: conn(handleFlag(),
+					&cli.Uint64Flag{Name: "wrapping-key", Usage: "`HANDLE` of the wrapping key: AES for aes-*, RSA for rsa-* (required)"},
+					mechanismFlag(),
+					&cli.StringFlag{Name: "out", Usage: "new `FILE` to write the wrapped key to (required)"}),
+				OnUsageError: usageError,
+				Action:       envAction("keys wrap", keysWrap),
+			},
+			{
+				Name:  "unwrap",
+				Usage: "import a wrapped key under a key of the HSM",
+				Description: "Unwraps the bytes of --in under key --unwrapping-key with --mechanism,\n" +
+					"inside the HSM, as a new key owned by the user with the attributes the\n" +
+					"flags give (as for 'keys generate'); --type and its size must be the\n" +
+					"wrapped key's. The new key is not local, and replicates to every member.",
+				Flags: conn(append(specFlags(),
+					&cli.Uint64Flag{Name: "unwrapping-key", Usage: "`HANDLE` of the unwrapping key (required)"},
+					mechanismFlag(),
+					&cli.StringFlag{Name: "in", Usage: "`FILE` of the wrapped key (required)"})...),
+				OnUsageError: usageError,
+				Action:       envAction("keys unwrap", keysUnwrap),
 			},
 			{
 				Name:  "delete",
@@ -305,21 +326,60 @@ func keysShow(c *cli.Context, e *env) error {
 	return p.err
 }
 
-// generateSpec builds the key spec of keys generate's flags.
+// specFlags describe a key to make or unwrap.
+func specFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "type", Usage: "`TYPE` of key: aes, rsa, ec or generic-secret (required)"},
+		&cli.IntFlag{Name: "bits", Usage: "key size in `BITS`: AES 128/192/256, RSA 2048/3072/4096, generic secret 8 to 4096 (multiple of 8); default 256 for AES and generic secrets, 3072 for RSA"},
+		&cli.StringFlag{Name: "curve", Usage: "EC `CURVE`: P-256 or P-384", Value: "P-256"},
+		&cli.StringFlag{Name: "label", Usage: "`LABEL` of the keys"},
+		&cli.StringFlag{Name: "id", Usage: "key `ID` in hex (PKCS#11 CKA_ID)"},
+		&cli.StringFlag{Name: "usage", Usage: "what the keys may do: `LIST` of encrypt, decrypt, sign, verify, wrap, unwrap"},
+		&cli.BoolFlag{Name: "extractable", Usage: "the keys may leave the HSM wrapped"},
+		&cli.BoolFlag{Name: "wrap-with-trusted", Usage: "the keys may leave only under a wrapping key a crypto officer marked trusted"},
+	}
+}
+
+func mechanismFlag() cli.Flag {
+	return &cli.StringFlag{Name: "mechanism", Usage: "wrap `MECHANISM`: " + mechanismList(), Value: string(hsmcore.AESKWP)}
+}
+
+func mechanismList() string {
+	var ms []string
+	for _, m := range hsmcore.Mechanisms {
+		ms = append(ms, string(m))
+	}
+	return strings.Join(ms, ", ")
+}
+
+// generateSpec builds the key spec of keys generate's flags, and --count.
 func generateSpec(c *cli.Context) (hsmcore.KeySpec, int, error) {
+	s, err := specOf(c)
+	if err != nil {
+		return s, 0, err
+	}
+	n := c.Int("count")
+	if n < 1 || n > maxGenerate {
+		return s, 0, usagef("--count %d: from 1 to %d", n, maxGenerate)
+	}
+	return s, n, nil
+}
+
+// specOf builds the key spec of specFlags.
+func specOf(c *cli.Context) (hsmcore.KeySpec, error) {
 	if c.String("type") == "" {
-		return hsmcore.KeySpec{}, 0, usagef("--type is required (run '%s --help')", c.Command.HelpName)
+		return hsmcore.KeySpec{}, usagef("--type is required (run '%s --help')", c.Command.HelpName)
 	}
 	typ, err := parseKeyType(c.String("type"))
 	if err != nil {
-		return hsmcore.KeySpec{}, 0, err
+		return hsmcore.KeySpec{}, err
 	}
 	s := hsmcore.KeySpec{Type: typ, Bits: c.Int("bits"), Label: c.String("label"),
 		Extractable: c.Bool("extractable"), WrapWithTrusted: c.Bool("wrap-with-trusted")}
 	switch typ {
 	case hsmcore.EC:
 		if c.IsSet("bits") {
-			return s, 0, usagef("--bits is not for EC keys: give --curve")
+			return s, usagef("--bits is not for EC keys: give --curve")
 		}
 		s.Curve = c.String("curve")
 	case hsmcore.RSA:
@@ -333,7 +393,7 @@ func generateSpec(c *cli.Context) (hsmcore.KeySpec, int, error) {
 	}
 	if id := c.String("id"); id != "" {
 		if s.ID, err = hex.DecodeString(id); err != nil {
-			return s, 0, usagef("--id %s: not hex", id)
+			return s, usagef("--id %s: not hex", id)
 		}
 	}
 	for _, u := range strings.Split(c.String("usage"), ",") {
@@ -352,14 +412,10 @@ func generateSpec(c *cli.Context) (hsmcore.KeySpec, int, error) {
 		case "unwrap":
 			s.Unwrap = true
 		default:
-			return s, 0, usagef("--usage %s: not a usage (encrypt, decrypt, sign, verify, wrap, unwrap)", u)
+			return s, usagef("--usage %s: not a usage (encrypt, decrypt, sign, verify, wrap, unwrap)", u)
 		}
 	}
-	n := c.Int("count")
-	if n < 1 || n > maxGenerate {
-		return s, 0, usagef("--count %d: from 1 to %d", n, maxGenerate)
-	}
-	return s, n, nil
+	return s, nil
 }
 
 func keysGenerate(c *cli.Context, e *env) error {
@@ -417,4 +473,142 @@ func keysDelete(c *cli.Context, e *env) error {
 	}
 	_, err = fmt.Fprintf(e.stdout, "deleted %s\n", what)
 	return err
+}
+
+// requireUint returns the uint64 flag name, which the command requires.
+func requireUint(c *cli.Context, name string) (uint64, error) {
+	if !c.IsSet(name) {
+		return 0, usagef("--%s is required (run '%s --help')", name, c.Command.HelpName)
+	}
+	return c.Uint64(name), nil
+}
+
+func keysWrap(c *cli.Context, e *env) error {
+	h, err := requireHandle(c)
+	if err != nil {
+		return err
+	}
+	wk, err := requireUint(c, "wrapping-key")
+	if err != nil {
+		return err
+	}
+	mech, err := hsmcore.ParseMechanism(c.String("mechanism"))
+	if err != nil {
+		return usagef("--mechanism %s: not a wrap mechanism (%s)", c.String("mechanism"), mechanismList())
+	}
+	out := c.String("out")
+	if out == "" {
+		return usagef("--out is required (run '%s --help')", c.Command.HelpName)
+	}
+	if _, err := os.Lstat(out); err == nil {
+		return fmt.Errorf("%s already exists: not overwritten", out)
+	}
+	cl, err := openAs(c, e)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	k, err := findKey(c.Context, cl, h)
+	if err != nil {
+		return err
+	}
+	wrapped, err := cl.WrapKey(c.Context, wk, h, mech)
+	if err != nil {
+		return err
+	}
+	if err := writeNewFile(out, wrapped); err != nil {
+		return err
+	}
+	e.log.Info("key wrapped", "handle", h, "wrapping_key", wk, "mechanism", mech, "kcv", k.KCV)
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
+			Handle      uint64            `json:"handle"`
+			WrappingKey uint64            `json:"wrapping_key"`
+			Mechanism   hsmcore.Mechanism `json:"mechanism"`
+			KCV         string            `json:"kcv"`
+			File        string            `json:"file"`
+			Size        int               `json:"size"`
+		}{h, wk, mech, k.KCV, out, len(wrapped)})
+	}
+	_, err = fmt.Fprintf(e.stdout, "wrapped key %d (%s %s, check value %s) under key %d with %s: %d bytes written to %s\n",
+		h, k.Type, keySize(k), orDash(k.KCV), wk, mech, len(wrapped), out)
+	return err
+}
+
+// writeNewFile writes data to a new file of mode 0600, never over one.
+func writeNewFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
+
+// maxWrappedFile bounds the file keys unwrap reads.
+const maxWrappedFile = 16 << 10
+
+func keysUnwrap(c *cli.Context, e *env) error {
+	spec, err := specOf(c)
+	if err != nil {
+		return err
+	}
+	wk, err := requireUint(c, "unwrapping-key")
+	if err != nil {
+		return err
+	}
+	mech, err := hsmcore.ParseMechanism(c.String("mechanism"))
+	if err != nil {
+		return usagef("--mechanism %s: not a wrap mechanism (%s)", c.String("mechanism"), mechanismList())
+	}
+	in := c.String("in")
+	if in == "" {
+		return usagef("--in is required (run '%s --help')", c.Command.HelpName)
+	}
+	wrapped, err := readBounded(in, maxWrappedFile)
+	if err != nil {
+		return err
+	}
+	cl, err := openAs(c, e)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	k, err := cl.UnwrapKey(c.Context, wk, mech, wrapped, spec)
+	if err != nil {
+		return err
+	}
+	e.log.Info("key unwrapped", "handle", k.Handle, "unwrapping_key", wk, "mechanism", mech, "kcv", k.KCV)
+	if e.g.json {
+		return writeJSON(e.stdout, k)
+	}
+	_, err = fmt.Fprintf(e.stdout, "unwrapped key %d: %s %s, label %s, check value %s, under key %d with %s\n",
+		k.Handle, k.Type, keySize(k), orDash(k.Label), orDash(k.KCV), wk, mech)
+	return err
+}
+
+// readBounded reads a file of at most limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes: not a wrapped key", path, limit)
+	}
+	return b, nil
 }

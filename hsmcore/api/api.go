@@ -171,6 +171,9 @@ type CryptoResponse struct {
 type WrapRequest struct {
 	Wrapping uint64 `json:"wrapping"`
 	Target   uint64 `json:"target"`
+	// Mechanism is an hsmcore.Mechanism; absent, aes-kwp (what daemons
+	// before it always did).
+	Mechanism string `json:"mechanism,omitempty"`
 }
 
 // WrapResponse carries a wrapped key.
@@ -181,6 +184,7 @@ type WrapResponse struct {
 // UnwrapRequest is POST /v1/unwrap; the answer is an hsmcore.KeyInfo.
 type UnwrapRequest struct {
 	Unwrapping uint64          `json:"unwrapping"`
+	Mechanism  string          `json:"mechanism,omitempty"` // as in WrapRequest
 	Wrapped    []byte          `json:"wrapped"`
 	Spec       hsmcore.KeySpec `json:"spec"`
 }

@@ -611,16 +611,22 @@ func (c *Client) Verify(ctx context.Context, h uint64, data, sig []byte) error {
 	return c.do(ctx, "POST", keyPath(h, "verify"), api.CryptoRequest{Data: data, Signature: sig}, nil)
 }
 
-// WrapKey wraps key target under key wrapping.
-func (c *Client) WrapKey(ctx context.Context, wrapping, target uint64) ([]byte, error) {
+// WrapKey wraps key target under key wrapping with mech.
+func (c *Client) WrapKey(ctx context.Context, wrapping, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
 	var out api.WrapResponse
-	return out.Wrapped, c.do(ctx, "POST", "/v1/wrap", api.WrapRequest{Wrapping: wrapping, Target: target}, &out)
+	if err := c.do(ctx, "POST", "/v1/wrap", api.WrapRequest{Wrapping: wrapping, Target: target, Mechanism: string(mech)}, &out); err != nil {
+		return nil, err
+	}
+	return out.Wrapped, nil
 }
 
-// UnwrapKey imports a wrapped key under key unwrapping.
-func (c *Client) UnwrapKey(ctx context.Context, unwrapping uint64, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
+// UnwrapKey imports a key wrapped with mech under key unwrapping.
+func (c *Client) UnwrapKey(ctx context.Context, unwrapping uint64, mech hsmcore.Mechanism, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
 	var out hsmcore.KeyInfo
-	return out, c.do(ctx, "POST", "/v1/unwrap", api.UnwrapRequest{Unwrapping: unwrapping, Wrapped: wrapped, Spec: spec}, &out)
+	if err := c.do(ctx, "POST", "/v1/unwrap", api.UnwrapRequest{Unwrapping: unwrapping, Mechanism: string(mech), Wrapped: wrapped, Spec: spec}, &out); err != nil {
+		return hsmcore.KeyInfo{}, err
+	}
+	return out, nil
 }
 
 // ExportChanges returns the change records the HSM made after its

@@ -457,6 +457,23 @@ func (c *Cluster) Sign(ctx context.Context, h uint64, data []byte) ([]byte, erro
 	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.Sign(ctx, h, data) })
 }
 
+// WrapKey wraps key target under key wrapping with mech, on one member.
+func (c *Cluster) WrapKey(ctx context.Context, wrapping, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
+	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.WrapKey(ctx, wrapping, target, mech) })
+}
+
+// UnwrapKey imports a key wrapped with mech under key unwrapping on one
+// member and replicates it: its material travels only in change records
+// sealed to each member.
+func (c *Cluster) UnwrapKey(ctx context.Context, unwrapping uint64, mech hsmcore.Mechanism, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
+	if spec.Session {
+		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: a session key belongs to one HSM, not the cluster: %w", hsmcore.ErrInvalid)
+	}
+	return write(ctx, c, func(cl *client.Client) (hsmcore.KeyInfo, error) {
+		return cl.UnwrapKey(ctx, unwrapping, mech, wrapped, spec)
+	})
+}
+
 // GenerateKeys makes keys on one member and replicates them, material
 // included, to every other member as change records only that member can
 // open. Session keys belong to one HSM and are refused here.

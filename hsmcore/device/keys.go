@@ -73,8 +73,8 @@ func checkSpec(s hsmcore.KeySpec) error {
 		if s.Bits != 2048 && s.Bits != 3072 && s.Bits != 4096 {
 			return fmt.Errorf("rsa key of %d bits: %w", s.Bits, hsmcore.ErrInvalid)
 		}
-		if s.Encrypt || s.Decrypt || s.Wrap || s.Unwrap {
-			return fmt.Errorf("rsa key can only sign and verify here: %w", hsmcore.ErrInvalid)
+		if s.Encrypt || s.Decrypt {
+			return fmt.Errorf("rsa key can only sign, verify, wrap and unwrap here: %w", hsmcore.ErrInvalid)
 		}
 	default:
 		return fmt.Errorf("key type %q: %w", s.Type, hsmcore.ErrInvalid)
@@ -285,12 +285,12 @@ func (s *Session) GenerateKeys(specs []hsmcore.KeySpec) ([]hsmcore.KeyInfo, erro
 			return nil, fmt.Errorf("generate key %d: %w", i, err)
 		}
 	}
-	return s.addKeys("key.create", recs)
+	return s.addKeys("key.create", recs, "")
 }
 
 // addKeys gives recs handles and commits them; token keys are sealed to
 // disk, session keys only kept in memory.
-func (s *Session) addKeys(op string, recs []*keyRecord) ([]hsmcore.KeyInfo, error) {
+func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcore.KeyInfo, error) {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -331,7 +331,11 @@ func (s *Session) addKeys(op string, recs []*keyRecord) ([]hsmcore.KeyInfo, erro
 	for i, k := range recs {
 		out[i] = k.info()
 	}
-	if err := d.audit(s.user, op, handleRange(recs), "ok"); err != nil {
+	object := handleRange(recs)
+	if detail != "" {
+		object += " " + detail
+	}
+	if err := d.audit(s.user, op, object, "ok"); err != nil {
 		return nil, err
 	}
 	return out, nil

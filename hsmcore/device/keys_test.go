@@ -623,7 +623,7 @@ func TestSetTrustedAndWrapWithTrusted(t *testing.T) {
 	}
 
 	sealed, contents = snapshot(t, d)
-	if _, err := cu.WrapKey(wk.Handle, target.Handle); !errors.Is(err, hsmcore.ErrPermission) {
+	if _, err := cu.WrapKey(wk.Handle, target.Handle, hsmcore.AESKWP); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("wrapping a wrap-with-trusted key with an untrusted key = %v, want ErrPermission", err)
 	}
 	assertUnchanged(t, d, sealed, contents)
@@ -634,11 +634,11 @@ func TestSetTrustedAndWrapWithTrusted(t *testing.T) {
 	if info, _ := cu.Key(wk.Handle); !info.Trusted {
 		t.Fatal("key not trusted after SetTrusted")
 	}
-	wrapped, err := cu.WrapKey(wk.Handle, target.Handle)
+	wrapped, err := cu.WrapKey(wk.Handle, target.Handle, hsmcore.AESKWP)
 	if err != nil {
 		t.Fatalf("wrapping a wrap-with-trusted key with a trusted key: %v", err)
 	}
-	u, err := cu.UnwrapKey(wk.Handle, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true})
+	u, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,7 +649,7 @@ func TestSetTrustedAndWrapWithTrusted(t *testing.T) {
 	if err := co.SetTrusted(wk.Handle, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cu.WrapKey(wk.Handle, target.Handle); !errors.Is(err, hsmcore.ErrPermission) {
+	if _, err := cu.WrapKey(wk.Handle, target.Handle, hsmcore.AESKWP); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("wrapping with a key no longer trusted = %v, want ErrPermission", err)
 	}
 }
@@ -666,14 +666,14 @@ func TestWrapUnwrap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wrapped, err := cu.WrapKey(wk.Handle, aesKey.Handle)
+		wrapped, err := cu.WrapKey(wk.Handle, aesKey.Handle, hsmcore.AESKWP)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if bytes.Contains(wrapped, keyMaterial(t, d, aesKey.Handle)) {
 			t.Fatal("wrapped key contains the key material")
 		}
-		u, err := cu.UnwrapKey(wk.Handle, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Decrypt: true, Label: "copy"})
+		u, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Decrypt: true, Label: "copy"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -690,11 +690,11 @@ func TestWrapUnwrap(t *testing.T) {
 	})
 
 	t.Run("ec", func(t *testing.T) {
-		wrapped, err := cu.WrapKey(wk.Handle, ecKey.Handle)
+		wrapped, err := cu.WrapKey(wk.Handle, ecKey.Handle, hsmcore.AESKWP)
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, err := cu.UnwrapKey(wk.Handle, wrapped, hsmcore.KeySpec{Type: hsmcore.EC, Curve: "P-256", Sign: true, Extractable: true})
+		u, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, wrapped, hsmcore.KeySpec{Type: hsmcore.EC, Curve: "P-256", Sign: true, Extractable: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -718,7 +718,7 @@ func TestWrapUnwrap(t *testing.T) {
 	})
 
 	t.Run("spec must match the material", func(t *testing.T) {
-		wrapped, err := cu.WrapKey(wk.Handle, aesKey.Handle)
+		wrapped, err := cu.WrapKey(wk.Handle, aesKey.Handle, hsmcore.AESKWP)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -728,7 +728,7 @@ func TestWrapUnwrap(t *testing.T) {
 			{Type: hsmcore.AES, Bits: 128, Sign: true},
 		} {
 			sealed, contents := snapshot(t, d)
-			if _, err := cu.UnwrapKey(wk.Handle, wrapped, spec); !errors.Is(err, hsmcore.ErrInvalid) {
+			if _, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, wrapped, spec); !errors.Is(err, hsmcore.ErrInvalid) {
 				t.Fatalf("unwrap as %+v = %v, want ErrInvalid", spec, err)
 			}
 			assertUnchanged(t, d, sealed, contents)
@@ -757,7 +757,7 @@ func TestWrapKeyRefusals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sealed, contents := snapshot(t, d)
-			if w, err := cu.WrapKey(tt.wrapping, tt.target); !errors.Is(err, hsmcore.ErrPermission) || w != nil {
+			if w, err := cu.WrapKey(tt.wrapping, tt.target, hsmcore.AESKWP); !errors.Is(err, hsmcore.ErrPermission) || w != nil {
 				t.Fatalf("WrapKey = %x, %v; want nil, ErrPermission", w, err)
 			}
 			assertUnchanged(t, d, sealed, contents)
@@ -765,7 +765,7 @@ func TestWrapKeyRefusals(t *testing.T) {
 	}
 
 	t.Run("tampered wrapped key", func(t *testing.T) {
-		wrapped, err := cu.WrapKey(wk.Handle, target.Handle)
+		wrapped, err := cu.WrapKey(wk.Handle, target.Handle, hsmcore.AESKWP)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -773,7 +773,7 @@ func TestWrapKeyRefusals(t *testing.T) {
 			bad := slices.Clone(wrapped)
 			bad[i] ^= 0x80
 			sealed, contents := snapshot(t, d)
-			if _, err := cu.UnwrapKey(wk.Handle, bad, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true}); !errors.Is(err, hsmcore.ErrTampered) {
+			if _, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, bad, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true}); !errors.Is(err, hsmcore.ErrTampered) {
 				t.Fatalf("unwrap with byte %d flipped = %v, want ErrTampered", i, err)
 			}
 			assertUnchanged(t, d, sealed, contents)
@@ -781,7 +781,7 @@ func TestWrapKeyRefusals(t *testing.T) {
 		// Under the wrong unwrapping key, too.
 		other := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Unwrap: true})
 		sealed, contents := snapshot(t, d)
-		if _, err := cu.UnwrapKey(other.Handle, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true}); !errors.Is(err, hsmcore.ErrTampered) {
+		if _, err := cu.UnwrapKey(other.Handle, hsmcore.AESKWP, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true}); !errors.Is(err, hsmcore.ErrTampered) {
 			t.Fatalf("unwrap under another key = %v, want ErrTampered", err)
 		}
 		assertUnchanged(t, d, sealed, contents)
@@ -974,11 +974,11 @@ func TestKeysSurviveRestart(t *testing.T) {
 	if err := co.SetTrusted(wk.Handle, true); err != nil {
 		t.Fatal(err)
 	}
-	wrapped, err := alice.WrapKey(wk.Handle, gen.Handle)
+	wrapped, err := alice.WrapKey(wk.Handle, gen.Handle, hsmcore.AESKWP)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unwrapped, err := alice.UnwrapKey(wk.Handle, wrapped, hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 512})
+	unwrapped, err := alice.UnwrapKey(wk.Handle, hsmcore.AESKWP, wrapped, hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 512})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1042,7 +1042,7 @@ func TestKeysSurviveRestart(t *testing.T) {
 	if err := hsmcore.VerifySignature(ecKey, msg, sig2); err != nil {
 		t.Fatalf("signature made after restart: %v", err)
 	}
-	if _, err := alice2.WrapKey(wk.Handle, gen.Handle); err != nil {
+	if _, err := alice2.WrapKey(wk.Handle, gen.Handle, hsmcore.AESKWP); err != nil {
 		t.Fatalf("trusted wrapping key after restart: %v", err)
 	}
 	// New handles continue after the old ones.

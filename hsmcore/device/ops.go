@@ -5,11 +5,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"errors"
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
-	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
 // Limits on data passed to crypto operations.
@@ -109,12 +107,12 @@ func (s *Session) Verify(h uint64, message, sig []byte) error {
 	return hsmcore.VerifySignature(k.info(), message, sig)
 }
 
-// WrapKey exports key target wrapped with AES-KWP (RFC 5649) under the AES
-// key wrapping. The session's crypto user must be able to use both; target
-// must be extractable; wrapping must have wrap set; and if target has
-// wrap-with-trusted set, wrapping must be trusted. Only 128- and 256-bit
-// wrapping keys are supported.
-func (s *Session) WrapKey(wrapping, target uint64) ([]byte, error) {
+// WrapKey exports key target wrapped under key wrapping with mech. The
+// session's crypto user must be able to use both (own or share them);
+// target must be extractable; wrapping must be of mech's type with wrap
+// set; and if target has wrap-with-trusted set, wrapping must be trusted.
+// The audit entry names the mechanism and the target's check value.
+func (s *Session) WrapKey(wrapping, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -129,58 +127,65 @@ func (s *Session) WrapKey(wrapping, target uint64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var why string
+	object := wrapObject(mech, wrapping, target, t.KCV)
+	why := checkWrapping(mech, w, false)
 	switch {
-	case w.Type != hsmcore.AES || !w.Wrap:
-		why = "wrapping key is not an AES key with wrap set"
-	case w.Bits == 192:
-		why = "wrapping with AES-192 is not supported"
+	case why != "":
 	case !t.Extractable:
 		why = "key is not extractable"
 	case t.WrapWithTrusted && !w.Trusted:
 		why = "key may only be wrapped by a trusted key"
 	}
 	if why != "" {
-		d.audit(s.user, "key.wrap", fmt.Sprintf("%d/%d", wrapping, target), "denied")
-		return nil, fmt.Errorf("wrap key %d with %d: %s: %w", target, wrapping, why, hsmcore.ErrPermission)
+		d.audit(s.user, "key.wrap", object, "denied")
+		return nil, fmt.Errorf("wrap key %d with %d (%s): %s: %w", target, wrapping, mech, why, hsmcore.ErrPermission)
 	}
-	out, err := keywrap.Wrap(w.Material, t.Material)
+	out, err := wrapMaterial(mech, w, t.Material)
 	if err != nil {
-		return nil, fmt.Errorf("wrap key %d: %w", target, err)
+		d.audit(s.user, "key.wrap", object, "error")
+		return nil, fmt.Errorf("wrap key %d (%s): %v: %w", target, mech, err, hsmcore.ErrInvalid)
 	}
-	if err := d.audit(s.user, "key.wrap", fmt.Sprintf("%d/%d", wrapping, target), "ok"); err != nil {
+	if err := d.audit(s.user, "key.wrap", object, "ok"); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// UnwrapKey imports a key wrapped by WrapKey (or any RFC 5649 wrap of raw
-// secret bytes or PKCS#8 DER) under the AES key unwrapping, with the
-// attributes spec gives; the new key is not local.
-func (s *Session) UnwrapKey(unwrapping uint64, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
+// wrapObject is the audit object of a wrap or unwrap: the mechanism, the
+// wrapping key's handle, the wrapped key's (0 before an unwrap) and its
+// check value.
+func wrapObject(mech hsmcore.Mechanism, wrapping, target uint64, kcv string) string {
+	return fmt.Sprintf("%s %d/%d kcv=%s", mech, wrapping, target, kcv)
+}
+
+// UnwrapKey imports a key wrapped with mech under key unwrapping (by
+// WrapKey, or by any implementation of the mechanism, of raw secret bytes
+// or PKCS#8 DER), with the attributes spec gives; the new key is not
+// local and was extractable before.
+func (s *Session) UnwrapKey(unwrapping uint64, mech hsmcore.Mechanism, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
 	if err := checkSpec(spec); err != nil {
 		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: %w", err)
 	}
-	if len(wrapped) > 16<<10 {
+	if len(wrapped) > maxWrapped {
 		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: wrapped key too large: %w", hsmcore.ErrInvalid)
 	}
-	w, err := s.useKey("key.unwrap", unwrapping, func(k *keyRecord) bool { return k.Type == hsmcore.AES && k.Unwrap && k.Bits != 192 })
+	w, err := s.useKey("key.unwrap", unwrapping, func(k *keyRecord) bool { return checkWrapping(mech, k, true) == "" })
 	if err != nil {
 		return hsmcore.KeyInfo{}, err
 	}
-	material, err := keywrap.Unwrap(w.Material, wrapped)
+	material, err := unwrapMaterial(mech, w, wrapped)
 	if err != nil {
-		if errors.Is(err, keywrap.ErrUnwrap) {
-			err = hsmcore.ErrTampered
-		}
-		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key with %d: %w", unwrapping, err)
+		s.d.mu.Lock()
+		s.d.audit(s.user, "key.unwrap", wrapObject(mech, unwrapping, 0, ""), "refused")
+		s.d.mu.Unlock()
+		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key with %d (%s): %w", unwrapping, mech, err)
 	}
 	rec, err := newKeyRecord(spec, material, s.user, false)
 	if err != nil {
 		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: %v: %w", err, hsmcore.ErrInvalid)
 	}
 	rec.NeverExtractable = false
-	infos, err := s.addKeys("key.unwrap", []*keyRecord{rec})
+	infos, err := s.addKeys("key.unwrap", []*keyRecord{rec}, fmt.Sprintf("%s from %d kcv=%s", mech, unwrapping, rec.KCV))
 	if err != nil {
 		return hsmcore.KeyInfo{}, err
 	}

@@ -160,7 +160,7 @@ func TestAuditLogRecordsAndVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cu.WrapKey(k.Handle, k.Handle); err != nil {
+	if _, err := cu.WrapKey(k.Handle, k.Handle, hsmcore.AESKWP); err != nil {
 		t.Fatal(err)
 	}
 	d.Login("alice", "wrong password!")
@@ -228,7 +228,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 	out.Write(m.Raw)
 	out.Write(o.Raw)
 	for _, k := range keys {
-		_, err := cu.WrapKey(k.Handle, k.Handle)
+		_, err := cu.WrapKey(k.Handle, k.Handle, hsmcore.AESKWP)
 		if err != nil {
 			out.WriteString(err.Error())
 		}

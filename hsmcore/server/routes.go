@@ -414,7 +414,11 @@ func (s *Server) wrap(r *http.Request, hs *device.Session) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	w, err := hs.WrapKey(req.Wrapping, req.Target)
+	mech, err := hsmcore.ParseMechanism(req.Mechanism)
+	if err != nil {
+		return nil, err
+	}
+	w, err := hs.WrapKey(req.Wrapping, req.Target, mech)
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +430,11 @@ func (s *Server) unwrap(r *http.Request, hs *device.Session) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	return hs.UnwrapKey(req.Unwrapping, req.Wrapped, req.Spec)
+	mech, err := hsmcore.ParseMechanism(req.Mechanism)
+	if err != nil {
+		return nil, err
+	}
+	return hs.UnwrapKey(req.Unwrapping, mech, req.Wrapped, req.Spec)
 }
 
 func (s *Server) exportRecord(r *http.Request, hs *device.Session) (any, error) {

@@ -1,0 +1,333 @@
+package device
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/internal/testenv"
+)
+
+// mechWrappingKey is the wrapping key each mechanism uses in these tests.
+func mechWrappingKey(mech hsmcore.Mechanism) hsmcore.KeySpec {
+	if mech.WrappingKeyType() == hsmcore.RSA {
+		return hsmcore.KeySpec{Type: hsmcore.RSA, Bits: 2048, Wrap: true, Unwrap: true}
+	}
+	return hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true}
+}
+
+// Each mechanism round-trips each kind of key it can carry, and the key
+// unwrapped still works with what the original made: it decrypts the
+// original's ciphertext, or its signature verifies under the original.
+func TestMechanismsRoundTrip(t *testing.T) {
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	targets := map[string]hsmcore.KeySpec{
+		"aes-256":    {Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true, Extractable: true},
+		"aes-128":    {Type: hsmcore.AES, Bits: 128, Encrypt: true, Decrypt: true, Extractable: true},
+		"ec-p256":    {Type: hsmcore.EC, Curve: "P-256", Sign: true, Verify: true, Extractable: true},
+		"rsa-2048":   {Type: hsmcore.RSA, Bits: 2048, Sign: true, Verify: true, Extractable: true},
+		"secret-192": {Type: hsmcore.GenericSecret, Bits: 192, Extractable: true},
+	}
+	// What does not fit: direct OAEP carries no private key, and AES-KW
+	// only multiples of 8 bytes (every PKCS#8 DER here is not one, or is by
+	// chance: it is left to the layout test).
+	fits := func(mech hsmcore.Mechanism, spec hsmcore.KeySpec) bool {
+		switch mech {
+		case hsmcore.RSAOAEP, hsmcore.RSAOAEPSHA1:
+			return spec.Type == hsmcore.AES || spec.Type == hsmcore.GenericSecret
+		case hsmcore.AESKW:
+			return spec.Type == hsmcore.AES || spec.Type == hsmcore.GenericSecret
+		}
+		return true
+	}
+	for _, mech := range hsmcore.Mechanisms {
+		wk := mustGenerateKey(t, cu, mechWrappingKey(mech))
+		for name, spec := range targets {
+			if !fits(mech, spec) {
+				continue
+			}
+			t.Run(fmt.Sprintf("%s/%s", mech, name), func(t *testing.T) {
+				orig := mustGenerateKey(t, cu, spec)
+				wrapped, err := cu.WrapKey(wk.Handle, orig.Handle, mech)
+				if err != nil {
+					t.Fatal(err)
+				}
+				back := spec
+				back.Label = "unwrapped"
+				u, err := cu.UnwrapKey(wk.Handle, mech, wrapped, back)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if u.KCV != orig.KCV || u.Local || u.NeverExtractable {
+					t.Fatalf("unwrapped %+v, want the check value %s, not local, not never-extractable", u, orig.KCV)
+				}
+				assertSameKey(t, cu, orig, u)
+			})
+		}
+	}
+}
+
+// assertSameKey shows that b works as a: it opens a's ciphertext, or its
+// signature verifies with a.
+func assertSameKey(t *testing.T, s *Session, a, b hsmcore.KeyInfo) {
+	t.Helper()
+	msg := []byte("moved without ever being exposed")
+	switch a.Type {
+	case hsmcore.AES:
+		ct, err := s.Encrypt(a.Handle, msg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := s.Decrypt(b.Handle, ct, nil)
+		if err != nil || !bytes.Equal(pt, msg) {
+			t.Fatalf("the unwrapped key does not decrypt the original's ciphertext: %v", err)
+		}
+	case hsmcore.EC, hsmcore.RSA:
+		sig, err := s.Sign(b.Handle, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Verify(a.Handle, msg, sig); err != nil {
+			t.Fatalf("the original does not verify the unwrapped key's signature: %v", err)
+		}
+	}
+}
+
+// Every refusal leaves the HSM as it was: a key that is not extractable,
+// a wrap-with-trusted key under an untrusted key, a wrapping key of the
+// wrong type or without wrap, a crypto user that neither owns nor shares
+// the key, and tampered or truncated wrapped bytes.
+func TestMechanismRefusals(t *testing.T) {
+	d := newDevice(t, stdHW)
+	co, cu := initDevice(t, d)
+	if err := co.CreateUser("bob", hsmcore.CryptoUser, testPassword); err != nil {
+		t.Fatal(err)
+	}
+	bob := login(t, d, "bob")
+	aes := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true})
+	rsaKey := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.RSA, Bits: 2048, Wrap: true, Unwrap: true})
+	noWrap := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true})
+	fixed := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true})
+	wwt := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true, WrapWithTrusted: true})
+	movable := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	bobs := mustGenerateKey(t, bob, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+
+	for _, tc := range []struct {
+		name             string
+		s                *Session
+		wrapping, target uint64
+		mech             hsmcore.Mechanism
+		want             error
+	}{
+		{"not extractable", cu, aes.Handle, fixed.Handle, hsmcore.AESKWP, hsmcore.ErrPermission},
+		{"wrap-with-trusted under an untrusted key", cu, aes.Handle, wwt.Handle, hsmcore.RSAAES, hsmcore.ErrPermission},
+		{"wrap-with-trusted under an untrusted RSA key", cu, rsaKey.Handle, wwt.Handle, hsmcore.RSAAES, hsmcore.ErrPermission},
+		{"an AES mechanism with an RSA key", cu, rsaKey.Handle, movable.Handle, hsmcore.AESGCM, hsmcore.ErrPermission},
+		{"an RSA mechanism with an AES key", cu, aes.Handle, movable.Handle, hsmcore.RSAOAEP, hsmcore.ErrPermission},
+		{"a wrapping key without wrap", cu, noWrap.Handle, movable.Handle, hsmcore.AESKWP, hsmcore.ErrPermission},
+		{"another user's key", cu, aes.Handle, bobs.Handle, hsmcore.AESKWP, hsmcore.ErrNotFound},
+		{"with another user's wrapping key", bob, aes.Handle, bobs.Handle, hsmcore.AESKWP, hsmcore.ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sealed, contents := snapshot(t, d)
+			w, err := tc.s.WrapKey(tc.wrapping, tc.target, tc.mech)
+			if !errors.Is(err, tc.want) || w != nil {
+				t.Fatalf("got %x, %v; want %v", w, err, tc.want)
+			}
+			assertUnchanged(t, d, sealed, contents)
+		})
+	}
+
+	spec := hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true}
+	for _, mech := range hsmcore.Mechanisms {
+		wk := aes
+		if mech.WrappingKeyType() == hsmcore.RSA {
+			wk = rsaKey
+		}
+		good, err := cu.WrapKey(wk.Handle, movable.Handle, mech)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range [][]byte{
+			flip(good, 0), flip(good, len(good)/2), flip(good, len(good)-1),
+			good[:len(good)-1], append(bytes.Clone(good), 0), {}, nil,
+		} {
+			sealed, contents := snapshot(t, d)
+			if _, err := cu.UnwrapKey(wk.Handle, mech, bad, spec); !errors.Is(err, hsmcore.ErrTampered) && !errors.Is(err, hsmcore.ErrInvalid) {
+				t.Fatalf("%s: damaged wrapped key (%d bytes): got %v, want ErrTampered", mech, len(bad), err)
+			}
+			assertUnchanged(t, d, sealed, contents)
+		}
+		if _, err := bob.UnwrapKey(wk.Handle, mech, good, spec); !errors.Is(err, hsmcore.ErrNotFound) {
+			t.Fatalf("%s: unwrap with another user's key: got %v, want ErrNotFound", mech, err)
+		}
+	}
+}
+
+func flip(b []byte, i int) []byte {
+	c := bytes.Clone(b)
+	c[i] ^= 0x01
+	return c
+}
+
+// Each wrap is audited with its mechanism and the key's check value.
+func TestWrapAudited(t *testing.T) {
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	wk := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true})
+	k := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true, Extractable: true})
+	w, err := cu.WrapKey(wk.Handle, k.Handle, hsmcore.AESGCM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := cu.UnwrapKey(wk.Handle, hsmcore.AESGCM, w, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _, err := d.AuditLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"key.wrap":   fmt.Sprintf("aes-gcm %d/%d kcv=%s", wk.Handle, k.Handle, k.KCV),
+		"key.unwrap": fmt.Sprintf("%d aes-gcm from %d kcv=%s", u.Handle, wk.Handle, k.KCV),
+	}
+	for _, e := range entries {
+		if obj, ok := want[e.Op]; ok && e.Object == obj && e.Actor == "alice" && e.Result == "ok" {
+			delete(want, e.Op)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("no audit entries %v", want)
+	}
+}
+
+// The layouts are the ones outside tools read: OpenSSL unwraps aes-kwp
+// and aes-kw exports with -id-aes256-wrap-pad and -id-aes256-wrap, opens
+// the two parts of an rsa-aes export (pkeyutl -decrypt with the OAEP
+// options, then the KWP unwrap) and decrypts an rsa-oaep export, each
+// giving the key's bytes: the raw AES key, or its PKCS#8 DER. The RSA
+// wrapping key's private half is read out of the device here only to hand
+// it to OpenSSL, as the destination's HSM would hold it.
+func TestMechanismsOpenSSL(t *testing.T) {
+	openssl := testenv.LookPath(t, "openssl")
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	dir := t.TempDir()
+	material := func(h uint64) []byte {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return bytes.Clone(d.st.Keys[h].Material)
+	}
+	run := func(in []byte, args ...string) []byte {
+		t.Helper()
+		cmd := exec.Command(openssl, args...)
+		cmd.Stdin = bytes.NewReader(in)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("openssl %s: %v: %s", strings.Join(args, " "), err, stderr.Bytes())
+		}
+		return out
+	}
+	aesWK := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true})
+	rsaWK := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.RSA, Bits: 3072, Wrap: true})
+	kek := hex.EncodeToString(material(aesWK.Handle))
+	rsaPEM := filepath.Join(dir, "kek.pem")
+	if err := os.WriteFile(rsaPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: material(rsaWK.Handle)}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	oaep := func(hash string) []string {
+		return []string{"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:" + hash, "-pkeyopt", "rsa_mgf1_md:" + hash}
+	}
+	aesKey := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	ecKey := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.EC, Curve: "P-256", Sign: true, Extractable: true})
+	for _, tc := range []struct {
+		mech   hsmcore.Mechanism
+		target hsmcore.KeyInfo
+		open   func(wrapped []byte) []byte
+	}{
+		{hsmcore.AESKWP, ecKey, func(w []byte) []byte {
+			return run(w, "enc", "-d", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", kek)
+		}},
+		{hsmcore.AESKW, aesKey, func(w []byte) []byte {
+			return run(w, "enc", "-d", "-id-aes256-wrap", "-iv", "A6A6A6A6A6A6A6A6", "-K", kek)
+		}},
+		{hsmcore.RSAOAEP, aesKey, func(w []byte) []byte {
+			return run(w, append([]string{"pkeyutl", "-decrypt", "-inkey", rsaPEM}, oaep("sha256")...)...)
+		}},
+		{hsmcore.RSAOAEPSHA1, aesKey, func(w []byte) []byte {
+			return run(w, append([]string{"pkeyutl", "-decrypt", "-inkey", rsaPEM}, oaep("sha1")...)...)
+		}},
+		{hsmcore.RSAAES, ecKey, func(w []byte) []byte { return openRSAAES(t, run, rsaPEM, oaep("sha256"), w) }},
+		{hsmcore.RSAAESSHA1, ecKey, func(w []byte) []byte { return openRSAAES(t, run, rsaPEM, oaep("sha1"), w) }},
+	} {
+		t.Run(string(tc.mech), func(t *testing.T) {
+			w, err := cu.WrapKey(map[bool]uint64{true: rsaWK.Handle, false: aesWK.Handle}[tc.mech.WrappingKeyType() == hsmcore.RSA], tc.target.Handle, tc.mech)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := tc.open(w), material(tc.target.Handle); !bytes.Equal(got, want) {
+				t.Fatalf("OpenSSL opened %x, want the key's bytes %x", got, want)
+			}
+		})
+	}
+}
+
+// openRSAAES splits an rsa-aes export (a 3072-bit key's 384-byte OAEP
+// part, then the KWP part) and opens it with OpenSSL.
+func openRSAAES(t *testing.T, run func([]byte, ...string) []byte, kek string, oaep []string, w []byte) []byte {
+	t.Helper()
+	const n = 384
+	if len(w) <= n {
+		t.Fatalf("rsa-aes export of %d bytes", len(w))
+	}
+	k := run(w[:n], append([]string{"pkeyutl", "-decrypt", "-inkey", kek}, oaep...)...)
+	if len(k) != 32 {
+		t.Fatalf("the OAEP part holds %d bytes, want an AES-256 key", len(k))
+	}
+	return run(w[n:], "enc", "-d", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", hex.EncodeToString(k))
+}
+
+// FuzzUnwrap: any bytes offered as a wrapped key, under any mechanism, are
+// refused cleanly or imported, never panic, and a refusal leaves the HSM
+// as it was.
+func FuzzUnwrap(f *testing.F) {
+	d := newDevice(f, stdHW)
+	_, cu := initDevice(f, d)
+	aes := mustGenerateKey(f, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true})
+	rsaKey := mustGenerateKey(f, cu, hsmcore.KeySpec{Type: hsmcore.RSA, Bits: 2048, Wrap: true, Unwrap: true})
+	k := mustGenerateKey(f, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	for i, mech := range hsmcore.Mechanisms {
+		wk := aes
+		if mech.WrappingKeyType() == hsmcore.RSA {
+			wk = rsaKey
+		}
+		w, err := cu.WrapKey(wk.Handle, k.Handle, mech)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint8(i), w)
+	}
+	f.Fuzz(func(t *testing.T, m uint8, wrapped []byte) {
+		mech := hsmcore.Mechanisms[int(m)%len(hsmcore.Mechanisms)]
+		wk := aes
+		if mech.WrappingKeyType() == hsmcore.RSA {
+			wk = rsaKey
+		}
+		before := d.StateDigest()
+		if _, err := cu.UnwrapKey(wk.Handle, mech, wrapped, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Session: true}); err != nil && d.StateDigest() != before {
+			t.Fatalf("a refused unwrap (%v) changed the HSM", err)
+		}
+	})
+}
