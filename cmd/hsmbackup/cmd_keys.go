@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/kmsimport"
 )
 
 // The keys commands work on a whole cluster as one user: what the user may
@@ -92,6 +94,28 @@ func keysCommand() *cli.Command {
 					&cli.StringFlag{Name: "in", Usage: "`FILE` of the wrapped key (required)"})...),
 				OnUsageError: usageError,
 				Action:       envAction("keys unwrap", keysUnwrap),
+			},
+			{
+				Name:  "export",
+				Usage: "export a key wrapped for a cloud KMS's import: aws-kms, gcp-kms or azure-byok",
+				Description: "Wraps key --handle inside the HSM under the cloud's wrapping public key\n" +
+					"(--wrapping-key: PEM, DER or base64 of DER, RSA 2048 to 4096) and writes\n" +
+					"the files the cloud's import step takes into the new directory --out:\n" +
+					"aws-kms EncryptedKeyMaterial.bin beside ImportToken.bin (--import-token,\n" +
+					"the token issued with the wrapping key), gcp-kms wrapped-key.bin,\n" +
+					"azure-byok key.byok (--kid, the key-exchange key's URL). The mechanism is\n" +
+					"the cloud's default unless --mechanism names another it takes. A key with\n" +
+					"wrap-with-trusted never leaves under an outside key. docs/MIGRATION.md\n" +
+					"shows the cloud-side commands.",
+				Flags: conn(handleFlag(),
+					&cli.StringFlag{Name: "to", Usage: "`CLOUD`: aws-kms, gcp-kms or azure-byok (required)"},
+					&cli.StringFlag{Name: "wrapping-key", Usage: "`FILE` of the cloud's wrapping public key (required)"},
+					&cli.StringFlag{Name: "mechanism", Usage: "wrap `MECHANISM` the cloud takes (default: the cloud's; see docs/MIGRATION.md)"},
+					&cli.StringFlag{Name: "import-token", Usage: "`FILE` of the AWS import token issued with the wrapping key (aws-kms)"},
+					&cli.StringFlag{Name: "kid", Usage: "`URL` of the Azure key-exchange key, with its version (azure-byok)"},
+					&cli.StringFlag{Name: "out", Usage: "new `DIR` to write the files into (required)"}),
+				OnUsageError: usageError,
+				Action:       envAction("keys export", keysExport),
 			},
 			{
 				Name:  "delete",
@@ -611,4 +635,86 @@ func readBounded(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes: not a wrapped key", path, limit)
 	}
 	return b, nil
+}
+
+func keysExport(c *cli.Context, e *env) error {
+	h, err := requireHandle(c)
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"to", "wrapping-key", "out"} {
+		if c.String(f) == "" {
+			return usagef("--%s is required (run '%s --help')", f, c.Command.HelpName)
+		}
+	}
+	svc, err := kmsimport.ParseService(c.String("to"))
+	if err != nil {
+		return usagef("--to: %v", err)
+	}
+	keyFile, err := readBounded(c.String("wrapping-key"), 64<<10)
+	if err != nil {
+		return err
+	}
+	pub, err := kmsimport.ParseWrappingKey(keyFile)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.String("wrapping-key"), err)
+	}
+	opts := kmsimport.Options{KID: c.String("kid"), Generator: "hsmbackup " + version}
+	if p := c.String("import-token"); p != "" {
+		if opts.ImportToken, err = readBounded(p, 64<<10); err != nil {
+			return err
+		}
+	}
+	// Before any connection: a missing token or kid fails here.
+	if err := svc.Check(opts); err != nil {
+		return usagef("%v", err)
+	}
+	out := c.String("out")
+	if _, err := os.Lstat(out); err == nil {
+		return fmt.Errorf("%s already exists: not overwritten", out)
+	}
+	cl, err := openAs(c, e)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	k, err := findKey(c.Context, cl, h)
+	if err != nil {
+		return err
+	}
+	mech, err := svc.Mechanism(hsmcore.Mechanism(c.String("mechanism")), k.Type)
+	if err != nil {
+		return usagef("--mechanism: %v", err)
+	}
+	wrapped, err := cl.WrapKeyToPublic(c.Context, pub, h, mech)
+	if err != nil {
+		return err
+	}
+	files, err := svc.Files(wrapped, opts)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(out, 0o700); err != nil {
+		return err
+	}
+	var names []string
+	for _, f := range files {
+		if err := writeNewFile(filepath.Join(out, f.Name), f.Data); err != nil {
+			return err
+		}
+		names = append(names, filepath.Join(out, f.Name))
+	}
+	e.log.Info("key exported", "handle", h, "to", svc, "mechanism", mech, "kcv", k.KCV)
+	if e.g.json {
+		return writeJSON(e.stdout, struct {
+			Handle    uint64            `json:"handle"`
+			To        kmsimport.Service `json:"to"`
+			Mechanism hsmcore.Mechanism `json:"mechanism"`
+			KCV       string            `json:"kcv"`
+			Files     []string          `json:"files"`
+		}{h, svc, mech, k.KCV, names})
+	}
+	_, err = fmt.Fprintf(e.stdout, "exported key %d (%s %s, check value %s) for %s with %s: %s\n",
+		h, k.Type, keySize(k), orDash(k.KCV), svc, mech, strings.Join(names, ", "))
+	return err
 }

@@ -174,6 +174,9 @@ type WrapRequest struct {
 	// Mechanism is an hsmcore.Mechanism; absent, aes-kwp (what daemons
 	// before it always did).
 	Mechanism string `json:"mechanism,omitempty"`
+	// PublicKey, if set, is an outside RSA public key (PKIX DER) to wrap
+	// under instead of key Wrapping, which must then be 0.
+	PublicKey []byte `json:"public_key,omitempty"`
 }
 
 // WrapResponse carries a wrapped key.

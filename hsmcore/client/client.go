@@ -620,6 +620,16 @@ func (c *Client) WrapKey(ctx context.Context, wrapping, target uint64, mech hsmc
 	return out.Wrapped, nil
 }
 
+// WrapKeyToPublic wraps key target with mech under pub, an outside RSA
+// public key (PKIX DER).
+func (c *Client) WrapKeyToPublic(ctx context.Context, pub []byte, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
+	var out api.WrapResponse
+	if err := c.do(ctx, "POST", "/v1/wrap", api.WrapRequest{PublicKey: pub, Target: target, Mechanism: string(mech)}, &out); err != nil {
+		return nil, err
+	}
+	return out.Wrapped, nil
+}
+
 // UnwrapKey imports a key wrapped with mech under key unwrapping.
 func (c *Client) UnwrapKey(ctx context.Context, unwrapping uint64, mech hsmcore.Mechanism, wrapped []byte, spec hsmcore.KeySpec) (hsmcore.KeyInfo, error) {
 	var out hsmcore.KeyInfo

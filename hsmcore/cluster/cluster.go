@@ -462,6 +462,12 @@ func (c *Cluster) WrapKey(ctx context.Context, wrapping, target uint64, mech hsm
 	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.WrapKey(ctx, wrapping, target, mech) })
 }
 
+// WrapKeyToPublic wraps key target with mech under pub, an outside RSA
+// public key (PKIX DER), on one member.
+func (c *Cluster) WrapKeyToPublic(ctx context.Context, pub []byte, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
+	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.WrapKeyToPublic(ctx, pub, target, mech) })
+}
+
 // UnwrapKey imports a key wrapped with mech under key unwrapping on one
 // member and replicates it: its material travels only in change records
 // sealed to each member.

@@ -2,6 +2,12 @@ package device
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -13,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 	"github.com/hsmbackup/hsmbackup/internal/testenv"
 )
 
@@ -330,4 +337,53 @@ func FuzzUnwrap(f *testing.F) {
 			t.Fatalf("a refused unwrap (%v) changed the HSM", err)
 		}
 	})
+}
+
+// An outside public key wraps only what may leave to an untrusted key:
+// extractable keys without wrap-with-trusted, with an RSA mechanism; the
+// wrap opens with the outside private key; refusals change nothing.
+func TestWrapKeyToPublic(t *testing.T) {
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	outside, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(&outside.PublicKey)
+	movable := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	w, err := cu.WrapKeyToPublic(pub, movable.Handle, hsmcore.RSAAES)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := rsa.DecryptOAEP(sha256.New(), nil, outside, w[:256], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := keywrap.Unwrap(k, w[256:])
+	if err != nil || kcv(hsmcore.AES, got, nil) != movable.KCV {
+		t.Fatalf("the outside key opens %x (%v), not the key", got, err)
+	}
+
+	wwt := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true, WrapWithTrusted: true})
+	fixed := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true})
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecPub, _ := x509.MarshalPKIXPublicKey(&ec.PublicKey)
+	for _, tc := range []struct {
+		name   string
+		pub    []byte
+		target uint64
+		mech   hsmcore.Mechanism
+	}{
+		{"wrap-with-trusted", pub, wwt.Handle, hsmcore.RSAAES},
+		{"not extractable", pub, fixed.Handle, hsmcore.RSAAES},
+		{"an AES mechanism", pub, movable.Handle, hsmcore.AESKWP},
+		{"an EC public key", ecPub, movable.Handle, hsmcore.RSAAES},
+		{"no key", []byte("nothing"), movable.Handle, hsmcore.RSAAES},
+	} {
+		sealed, contents := snapshot(t, d)
+		if w, err := cu.WrapKeyToPublic(tc.pub, tc.target, tc.mech); !errors.Is(err, hsmcore.ErrPermission) || w != nil {
+			t.Errorf("%s: got %x, %v; want ErrPermission", tc.name, w, err)
+		}
+		assertUnchanged(t, d, sealed, contents)
+	}
 }

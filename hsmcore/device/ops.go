@@ -4,7 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -149,6 +151,66 @@ func (s *Session) WrapKey(wrapping, target uint64, mech hsmcore.Mechanism) ([]by
 		return nil, err
 	}
 	return out, nil
+}
+
+// WrapKeyToPublic exports key target wrapped with an RSA mechanism under
+// pub, a public key from outside the HSM (PKIX DER, RSA 2048 to 4096
+// bits): a cloud KMS's import wrapping key. The HSM trusts no outside key,
+// so a key with wrap-with-trusted set never leaves this way; otherwise the
+// rules are WrapKey's. The audit entry names the mechanism, the SHA-256 of
+// pub's DER and the key's check value.
+func (s *Session) WrapKeyToPublic(pub []byte, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("key.wrap", hsmcore.CryptoUser); err != nil {
+		return nil, err
+	}
+	t, err := s.usableKey("key.wrap", target)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(pub)
+	object := fmt.Sprintf("%s pub:%x/%d kcv=%s", mech, sum[:8], target, t.KCV)
+	w, err := outsideWrappingKey(pub)
+	var why string
+	switch {
+	case err != nil:
+		why = err.Error()
+	case mech.WrappingKeyType() != hsmcore.RSA:
+		why = fmt.Sprintf("%s does not wrap under a public key", mech)
+	case !t.Extractable:
+		why = "key is not extractable"
+	case t.WrapWithTrusted:
+		why = "key may only be wrapped by a trusted key, and no outside key is trusted"
+	}
+	if why != "" {
+		d.audit(s.user, "key.wrap", object, "denied")
+		return nil, fmt.Errorf("wrap key %d under an outside public key (%s): %s: %w", target, mech, why, hsmcore.ErrPermission)
+	}
+	out, err := wrapMaterial(mech, w, t.Material)
+	if err != nil {
+		d.audit(s.user, "key.wrap", object, "error")
+		return nil, fmt.Errorf("wrap key %d (%s): %v: %w", target, mech, err, hsmcore.ErrInvalid)
+	}
+	if err := d.audit(s.user, "key.wrap", object, "ok"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// outsideWrappingKey is pub as a wrapping key record: its public half
+// only, never stored.
+func outsideWrappingKey(pub []byte) (*keyRecord, error) {
+	k, err := x509.ParsePKIXPublicKey(pub)
+	if err != nil {
+		return nil, errors.New("wrapping key is not a PKIX public key")
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok || rk.N.BitLen() < 2048 || rk.N.BitLen() > 4096 {
+		return nil, errors.New("wrapping key is not an RSA key of 2048 to 4096 bits")
+	}
+	return &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.RSA, Bits: rk.N.BitLen(), Wrap: true, PublicKey: pub}}, nil
 }
 
 // wrapObject is the audit object of a wrap or unwrap: the mechanism, the

@@ -418,7 +418,15 @@ func (s *Server) wrap(r *http.Request, hs *device.Session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := hs.WrapKey(req.Wrapping, req.Target, mech)
+	var w []byte
+	switch {
+	case req.PublicKey == nil:
+		w, err = hs.WrapKey(req.Wrapping, req.Target, mech)
+	case req.Wrapping != 0:
+		return nil, fmt.Errorf("wrap: a wrapping key handle and a public key: %w", hsmcore.ErrInvalid)
+	default:
+		w, err = hs.WrapKeyToPublic(req.PublicKey, req.Target, mech)
+	}
 	if err != nil {
 		return nil, err
 	}
