@@ -43,6 +43,13 @@ type KeyInfo struct {
 	Trusted         bool `json:"trusted"`           // set by a crypto officer only
 	WrapWithTrusted bool `json:"wrap_with_trusted"` // may be wrapped only by a trusted key; once true, read-only
 
+	// UnwrapTemplate, on a key with unwrap set, bounds every key it
+	// unwraps (PKCS#11 CKA_UNWRAP_TEMPLATE); fixed at creation.
+	UnwrapTemplate *UnwrapTemplate `json:"unwrap_template,omitempty"`
+	// Bound is the unwrap template of the key this key was unwrapped
+	// under: its attributes never exceed it, whatever changes later.
+	Bound *UnwrapTemplate `json:"bound,omitempty"`
+
 	KCV        string   `json:"kcv"` // key check value, 3 bytes in hex
 	Owner      string   `json:"owner"`
 	SharedWith []string `json:"shared_with,omitempty"`
@@ -68,6 +75,45 @@ type KeySpec struct {
 	Wrap            bool `json:"wrap,omitempty"`
 	Unwrap          bool `json:"unwrap,omitempty"`
 	WrapWithTrusted bool `json:"wrap_with_trusted,omitempty"`
+
+	// UnwrapTemplate bounds the keys this key unwraps (it must have unwrap
+	// set); nil: no bound beyond the HSM's rules.
+	UnwrapTemplate *UnwrapTemplate `json:"unwrap_template,omitempty"`
+}
+
+// UnwrapTemplate is what a key unwrapped under a key may be, set when the
+// unwrapping key is made and never changed: an unwrap that asks for more
+// is refused, and WrapWithTrusted is forced on.
+type UnwrapTemplate struct {
+	// The usages an unwrapped key may have.
+	Encrypt bool `json:"encrypt,omitempty"`
+	Decrypt bool `json:"decrypt,omitempty"`
+	Sign    bool `json:"sign,omitempty"`
+	Verify  bool `json:"verify,omitempty"`
+	Wrap    bool `json:"wrap,omitempty"`
+	Unwrap  bool `json:"unwrap,omitempty"`
+	// Extractable: whether an unwrapped key may be extractable.
+	Extractable bool `json:"extractable,omitempty"`
+	// WrapWithTrusted is set on every key unwrapped.
+	WrapWithTrusted bool `json:"wrap_with_trusted,omitempty"`
+}
+
+// Exceeds names what spec asks for beyond t, or returns "".
+func (t *UnwrapTemplate) Exceeds(spec KeySpec) string {
+	for _, a := range []struct {
+		name       string
+		asked, may bool
+	}{
+		{"encrypt", spec.Encrypt, t.Encrypt}, {"decrypt", spec.Decrypt, t.Decrypt},
+		{"sign", spec.Sign, t.Sign}, {"verify", spec.Verify, t.Verify},
+		{"wrap", spec.Wrap, t.Wrap}, {"unwrap", spec.Unwrap, t.Unwrap},
+		{"extractable", spec.Extractable, t.Extractable},
+	} {
+		if a.asked && !a.may {
+			return a.name
+		}
+	}
+	return ""
 }
 
 // AttributeChange lists attributes to change; nil fields stay as they

@@ -63,6 +63,7 @@ func keysCommand() *cli.Command {
 					"--extractable lets it leave the HSM wrapped (fixed at creation);\n" +
 					"--wrap-with-trusted lets it leave only under a trusted wrapping key.",
 				Flags: conn(append(specFlags(),
+					&cli.StringFlag{Name: "unwrap-template", Usage: "bound every key this key unwraps to `LIST`: usages, extractable, wrap-with-trusted (forced on)"},
 					&cli.IntFlag{Name: "count", Usage: "how many keys to make, in one batch", Value: 1})...),
 				OnUsageError: usageError,
 				Action:       envAction("keys generate", keysGenerate),
@@ -381,6 +382,13 @@ func generateSpec(c *cli.Context) (hsmcore.KeySpec, int, error) {
 	s, err := specOf(c)
 	if err != nil {
 		return s, 0, err
+	}
+	if l := c.String("unwrap-template"); l != "" {
+		t, err := parseTemplate(l)
+		if err != nil {
+			return s, 0, err
+		}
+		s.UnwrapTemplate = t
 	}
 	n := c.Int("count")
 	if n < 1 || n > maxGenerate {
@@ -717,4 +725,34 @@ func keysExport(c *cli.Context, e *env) error {
 	_, err = fmt.Fprintf(e.stdout, "exported key %d (%s %s, check value %s) for %s with %s: %s\n",
 		h, k.Type, keySize(k), orDash(k.KCV), svc, mech, strings.Join(names, ", "))
 	return err
+}
+
+// parseTemplate reads --unwrap-template: a comma-separated list of
+// usages, extractable and wrap-with-trusted.
+func parseTemplate(l string) (*hsmcore.UnwrapTemplate, error) {
+	t := new(hsmcore.UnwrapTemplate)
+	for _, a := range strings.Split(l, ",") {
+		switch strings.TrimSpace(a) {
+		case "encrypt":
+			t.Encrypt = true
+		case "decrypt":
+			t.Decrypt = true
+		case "sign":
+			t.Sign = true
+		case "verify":
+			t.Verify = true
+		case "wrap":
+			t.Wrap = true
+		case "unwrap":
+			t.Unwrap = true
+		case "extractable":
+			t.Extractable = true
+		case "wrap-with-trusted":
+			t.WrapWithTrusted = true
+		case "none", "":
+		default:
+			return nil, usagef("--unwrap-template %s: not an attribute (encrypt, decrypt, sign, verify, wrap, unwrap, extractable, wrap-with-trusted, none)", a)
+		}
+	}
+	return t, nil
 }

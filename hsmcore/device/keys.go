@@ -28,7 +28,31 @@ func (k *keyRecord) clone() *keyRecord {
 	c.ID = slices.Clone(k.ID)
 	c.SharedWith = slices.Clone(k.SharedWith)
 	c.PublicKey = slices.Clone(k.PublicKey)
+	c.UnwrapTemplate = cloneTemplate(k.UnwrapTemplate)
+	c.Bound = cloneTemplate(k.Bound)
 	return &c
+}
+
+func cloneTemplate(t *hsmcore.UnwrapTemplate) *hsmcore.UnwrapTemplate {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
+}
+
+// withinBound reports what of k exceeds the unwrap template it was
+// unwrapped under, or "".
+func (k *keyRecord) withinBound() string {
+	b := k.Bound
+	if b == nil {
+		return ""
+	}
+	if b.WrapWithTrusted && !k.WrapWithTrusted {
+		return "wrap-with-trusted unset"
+	}
+	return b.Exceeds(hsmcore.KeySpec{Encrypt: k.Encrypt, Decrypt: k.Decrypt, Sign: k.Sign, Verify: k.Verify,
+		Wrap: k.Wrap, Unwrap: k.Unwrap, Extractable: k.Extractable})
 }
 
 func (k *keyRecord) info() hsmcore.KeyInfo { return k.clone().KeyInfo }
@@ -122,6 +146,7 @@ func newKeyRecord(s hsmcore.KeySpec, material []byte, owner string, local bool) 
 		},
 		Material: material,
 	}
+	k.UnwrapTemplate = cloneTemplate(s.UnwrapTemplate)
 	if err := k.derive(); err != nil {
 		return nil, err
 	}
@@ -240,6 +265,9 @@ func (k *keyRecord) check(c *contents) error {
 	if !k.Sensitive || (k.NeverExtractable && k.Extractable) {
 		return fmt.Errorf("key %d: inconsistent attributes", k.Handle)
 	}
+	if what := k.withinBound(); what != "" {
+		return fmt.Errorf("key %d: %s, beyond the unwrap template it was unwrapped under", k.Handle, what)
+	}
 	want := k.KCV
 	if err := k.derive(); err != nil {
 		return fmt.Errorf("key %d: %w", k.Handle, err)
@@ -276,6 +304,9 @@ func (s *Session) GenerateKeys(specs []hsmcore.KeySpec) ([]hsmcore.KeyInfo, erro
 	for i, spec := range specs {
 		if err := checkSpec(spec); err != nil {
 			return nil, fmt.Errorf("generate key %d: %w", i, err)
+		}
+		if spec.UnwrapTemplate != nil && !spec.Unwrap {
+			return nil, fmt.Errorf("generate key %d: an unwrap template on a key without unwrap: %w", i, hsmcore.ErrInvalid)
 		}
 		m, err := generateMaterial(spec)
 		if err != nil {
@@ -495,6 +526,9 @@ func (s *Session) SetAttributes(h uint64, c hsmcore.AttributeChange) error {
 			Encrypt: k.Encrypt, Decrypt: k.Decrypt, Sign: k.Sign, Verify: k.Verify, Wrap: k.Wrap, Unwrap: k.Unwrap}
 		if err := checkSpec(spec); err != nil {
 			return nil, err
+		}
+		if what := k.withinBound(); what != "" {
+			return nil, fmt.Errorf("%s: beyond the unwrap template the key was unwrapped under: %w", what, hsmcore.ErrPermission)
 		}
 		return k, nil
 	})

@@ -387,3 +387,51 @@ func TestWrapKeyToPublic(t *testing.T) {
 		assertUnchanged(t, d, sealed, contents)
 	}
 }
+
+// An unwrap template on the unwrapping key bounds every key it unwraps:
+// an unwrap asking for more is refused with nothing changed, wrap-with-
+// trusted is forced on, and the key can never be widened afterwards (the
+// record check refuses such a key in a change record or an image too); a
+// key unwrapped there that unwraps in turn is bound as tightly.
+func TestUnwrapTemplate(t *testing.T) {
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	tpl := &hsmcore.UnwrapTemplate{Encrypt: true, Decrypt: true, Unwrap: true, WrapWithTrusted: true}
+	wk := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true, UnwrapTemplate: tpl})
+	if wk.UnwrapTemplate == nil || *wk.UnwrapTemplate != *tpl {
+		t.Fatalf("template %+v, want %+v", wk.UnwrapTemplate, tpl)
+	}
+	k := mustGenerateKey(t, cu, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	w, err := cu.WrapKey(wk.Handle, k.Handle, hsmcore.AESKWP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, spec := range map[string]hsmcore.KeySpec{
+		"wrap":        {Type: hsmcore.AES, Bits: 256, Wrap: true},
+		"extractable": {Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true},
+		"wider template": {Type: hsmcore.AES, Bits: 256, Unwrap: true,
+			UnwrapTemplate: &hsmcore.UnwrapTemplate{Encrypt: true, Sign: true, WrapWithTrusted: true}},
+	} {
+		sealed, contents := snapshot(t, d)
+		if _, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, w, spec); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Errorf("%s: got %v, want ErrPermission", name, err)
+		}
+		assertUnchanged(t, d, sealed, contents)
+	}
+	u, err := cu.UnwrapKey(wk.Handle, hsmcore.AESKWP, w, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Decrypt: true, Unwrap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !u.WrapWithTrusted || u.Bound == nil || *u.Bound != *tpl || u.UnwrapTemplate == nil || *u.UnwrapTemplate != *tpl {
+		t.Fatalf("unwrapped %+v: want wrap-with-trusted forced, bound and template %+v", u, tpl)
+	}
+	yes := true
+	sealed, contents := snapshot(t, d)
+	if err := cu.SetAttributes(u.Handle, hsmcore.AttributeChange{Wrap: &yes}); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("widening an unwrapped key: got %v, want ErrPermission", err)
+	}
+	assertUnchanged(t, d, sealed, contents)
+	if err := cu.SetAttributes(u.Handle, hsmcore.AttributeChange{Encrypt: &yes}); err != nil {
+		t.Fatalf("a usage the template allows: %v", err)
+	}
+}

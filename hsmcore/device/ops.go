@@ -213,6 +213,13 @@ func outsideWrappingKey(pub []byte) (*keyRecord, error) {
 	return &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.RSA, Bits: rk.N.BitLen(), Wrap: true, PublicKey: pub}}, nil
 }
 
+// widerThan reports whether template a allows anything b does not.
+func widerThan(a, b *hsmcore.UnwrapTemplate) bool {
+	return b.WrapWithTrusted && !a.WrapWithTrusted ||
+		b.Exceeds(hsmcore.KeySpec{Encrypt: a.Encrypt, Decrypt: a.Decrypt, Sign: a.Sign, Verify: a.Verify,
+			Wrap: a.Wrap, Unwrap: a.Unwrap, Extractable: a.Extractable}) != ""
+}
+
 // wrapObject is the audit object of a wrap or unwrap: the mechanism, the
 // wrapping key's handle, the wrapped key's (0 before an unwrap) and its
 // check value.
@@ -235,6 +242,25 @@ func (s *Session) UnwrapKey(unwrapping uint64, mech hsmcore.Mechanism, wrapped [
 	if err != nil {
 		return hsmcore.KeyInfo{}, err
 	}
+	if t := w.UnwrapTemplate; t != nil {
+		if what := t.Exceeds(spec); what != "" {
+			s.d.mu.Lock()
+			s.d.audit(s.user, "key.unwrap", wrapObject(mech, unwrapping, 0, ""), "denied")
+			s.d.mu.Unlock()
+			return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key with %d: its unwrap template does not allow %s: %w", unwrapping, what, hsmcore.ErrPermission)
+		}
+		spec.WrapWithTrusted = spec.WrapWithTrusted || t.WrapWithTrusted
+		// A key unwrapped here that unwraps in turn is bound as tightly.
+		switch {
+		case spec.Unwrap && spec.UnwrapTemplate == nil:
+			spec.UnwrapTemplate = cloneTemplate(t)
+		case spec.UnwrapTemplate != nil && widerThan(spec.UnwrapTemplate, t):
+			return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key with %d: an unwrap template wider than its own: %w", unwrapping, hsmcore.ErrPermission)
+		}
+	}
+	if spec.UnwrapTemplate != nil && !spec.Unwrap {
+		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: an unwrap template on a key without unwrap: %w", hsmcore.ErrInvalid)
+	}
 	material, err := unwrapMaterial(mech, w, wrapped)
 	if err != nil {
 		s.d.mu.Lock()
@@ -247,6 +273,7 @@ func (s *Session) UnwrapKey(unwrapping uint64, mech hsmcore.Mechanism, wrapped [
 		return hsmcore.KeyInfo{}, fmt.Errorf("unwrap key: %v: %w", err, hsmcore.ErrInvalid)
 	}
 	rec.NeverExtractable = false
+	rec.Bound = cloneTemplate(w.UnwrapTemplate)
 	infos, err := s.addKeys("key.unwrap", []*keyRecord{rec}, fmt.Sprintf("%s from %d kcv=%s", mech, unwrapping, rec.KCV))
 	if err != nil {
 		return hsmcore.KeyInfo{}, err
