@@ -17,6 +17,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 	"github.com/hsmbackup/hsmbackup/kmsimport"
 )
 
@@ -369,6 +370,15 @@ func mechanismFlag() cli.Flag {
 	return &cli.StringFlag{Name: "mechanism", Usage: "wrap `MECHANISM`: " + mechanismList(), Value: string(hsmcore.AESKWP)}
 }
 
+// mechanismOf reads --mechanism.
+func mechanismOf(c *cli.Context) (hsmcore.Mechanism, error) {
+	mech, err := hsmcore.ParseMechanism(c.String("mechanism"))
+	if err != nil {
+		return "", usagef("--mechanism %s: not a wrap mechanism (%s)", c.String("mechanism"), mechanismList())
+	}
+	return mech, nil
+}
+
 func mechanismList() string {
 	var ms []string
 	for _, m := range hsmcore.Mechanisms {
@@ -524,9 +534,9 @@ func keysWrap(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	mech, err := hsmcore.ParseMechanism(c.String("mechanism"))
+	mech, err := mechanismOf(c)
 	if err != nil {
-		return usagef("--mechanism %s: not a wrap mechanism (%s)", c.String("mechanism"), mechanismList())
+		return err
 	}
 	out := c.String("out")
 	if out == "" {
@@ -548,7 +558,7 @@ func keysWrap(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if err := writeNewFile(out, wrapped); err != nil {
+	if err := atomicfile.WriteNew(out, wrapped, 0o600); err != nil {
 		return err
 	}
 	e.log.Info("key wrapped", "handle", h, "wrapping_key", wk, "mechanism", mech, "kcv", k.KCV)
@@ -567,25 +577,6 @@ func keysWrap(c *cli.Context, e *env) error {
 	return err
 }
 
-// writeNewFile writes data to a new file of mode 0600, never over one.
-func writeNewFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return err
-	}
-	return f.Close()
-}
-
 // maxWrappedFile bounds the file keys unwrap reads.
 const maxWrappedFile = 16 << 10
 
@@ -598,9 +589,9 @@ func keysUnwrap(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	mech, err := hsmcore.ParseMechanism(c.String("mechanism"))
+	mech, err := mechanismOf(c)
 	if err != nil {
-		return usagef("--mechanism %s: not a wrap mechanism (%s)", c.String("mechanism"), mechanismList())
+		return err
 	}
 	in := c.String("in")
 	if in == "" {
@@ -707,7 +698,7 @@ func keysExport(c *cli.Context, e *env) error {
 	}
 	var names []string
 	for _, f := range files {
-		if err := writeNewFile(filepath.Join(out, f.Name), f.Data); err != nil {
+		if err := atomicfile.WriteNew(filepath.Join(out, f.Name), f.Data, 0o600); err != nil {
 			return err
 		}
 		names = append(names, filepath.Join(out, f.Name))

@@ -138,14 +138,22 @@ func (s *Session) WrapKey(wrapping, target uint64, mech hsmcore.Mechanism) ([]by
 	case t.WrapWithTrusted && !w.Trusted:
 		why = "key may only be wrapped by a trusted key"
 	}
+	return s.finishWrap(mech, w, t, object, fmt.Sprintf("with %d", wrapping), why)
+}
+
+// finishWrap finishes a wrap of t under w whose checks gave why ("" to go
+// ahead): refused, or made; audited either way under object. under names
+// the wrapping key in errors. The caller holds d.mu.
+func (s *Session) finishWrap(mech hsmcore.Mechanism, w, t *keyRecord, object, under, why string) ([]byte, error) {
+	d := s.d
 	if why != "" {
 		d.audit(s.user, "key.wrap", object, "denied")
-		return nil, fmt.Errorf("wrap key %d with %d (%s): %s: %w", target, wrapping, mech, why, hsmcore.ErrPermission)
+		return nil, fmt.Errorf("wrap key %d %s (%s): %s: %w", t.Handle, under, mech, why, hsmcore.ErrPermission)
 	}
 	out, err := wrapMaterial(mech, w, t.Material)
 	if err != nil {
 		d.audit(s.user, "key.wrap", object, "error")
-		return nil, fmt.Errorf("wrap key %d (%s): %v: %w", target, mech, err, hsmcore.ErrInvalid)
+		return nil, fmt.Errorf("wrap key %d (%s): %v: %w", t.Handle, mech, err, hsmcore.ErrInvalid)
 	}
 	if err := d.audit(s.user, "key.wrap", object, "ok"); err != nil {
 		return nil, err
@@ -184,19 +192,7 @@ func (s *Session) WrapKeyToPublic(pub []byte, target uint64, mech hsmcore.Mechan
 	case t.WrapWithTrusted:
 		why = "key may only be wrapped by a trusted key, and no outside key is trusted"
 	}
-	if why != "" {
-		d.audit(s.user, "key.wrap", object, "denied")
-		return nil, fmt.Errorf("wrap key %d under an outside public key (%s): %s: %w", target, mech, why, hsmcore.ErrPermission)
-	}
-	out, err := wrapMaterial(mech, w, t.Material)
-	if err != nil {
-		d.audit(s.user, "key.wrap", object, "error")
-		return nil, fmt.Errorf("wrap key %d (%s): %v: %w", target, mech, err, hsmcore.ErrInvalid)
-	}
-	if err := d.audit(s.user, "key.wrap", object, "ok"); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return s.finishWrap(mech, w, t, object, "under an outside public key", why)
 }
 
 // outsideWrappingKey is pub as a wrapping key record: its public half

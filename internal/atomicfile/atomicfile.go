@@ -89,3 +89,23 @@ func ReadPrivate(path string) ([]byte, error) {
 	}
 	return io.ReadAll(f)
 }
+
+// WriteNew writes data to path, which must not exist, with perm, and
+// syncs it; on a failure the file is removed.
+func WriteNew(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
