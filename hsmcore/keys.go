@@ -138,6 +138,11 @@ const (
 	EC            KeyType = "ec"
 	RSA           KeyType = "rsa"
 	GenericSecret KeyType = "generic-secret"
+	// HPKE is an ML-KEM-768 + X25519 key pair (HPKE KEM 0x647a, X-Wing):
+	// it wraps (with its public half) and unwraps keys with the hpke
+	// mechanism, safe against a future quantum computer. Bits is 768; the
+	// public half is RFC 9180's SerializePublicKey (1216 bytes).
+	HPKE KeyType = "hpke"
 )
 
 const (

@@ -32,10 +32,15 @@ const (
 	// RSAAESSHA1 is RSAAES with SHA-1 and MGF1-SHA-1: Azure BYOK's
 	// CKM_RSA_AES_KEY_WRAP, AWS KMS's RSA_AES_KEY_WRAP_SHA_1.
 	RSAAESSHA1 Mechanism = "rsa-aes-sha1"
+	// HPKEWrap is HPKE (RFC 9180, base mode) under an hpke key: KEM
+	// ML-KEM-768 + X25519, KDF HKDF-SHA256, AEAD AES-256-GCM, info
+	// "hsmbackup hpke key wrap v1"; the encapsulated key (1120 bytes) then
+	// the sealed target. The default between two hsmbackup HSMs.
+	HPKEWrap Mechanism = "hpke"
 )
 
 // Mechanisms lists every mechanism, the default first.
-var Mechanisms = []Mechanism{AESKWP, AESKW, AESGCM, RSAOAEP, RSAOAEPSHA1, RSAAES, RSAAESSHA1}
+var Mechanisms = []Mechanism{AESKWP, AESKW, AESGCM, RSAOAEP, RSAOAEPSHA1, RSAAES, RSAAESSHA1, HPKEWrap}
 
 // ParseMechanism checks a mechanism's name; "" is AESKWP.
 func ParseMechanism(s string) (Mechanism, error) {
@@ -50,11 +55,13 @@ func ParseMechanism(s string) (Mechanism, error) {
 	return "", fmt.Errorf("wrap mechanism %q: %w", s, ErrInvalid)
 }
 
-// WrappingKeyType is the type of key m wraps with: AES or RSA.
+// WrappingKeyType is the type of key m wraps with: AES, RSA or HPKE.
 func (m Mechanism) WrappingKeyType() KeyType {
 	switch m {
 	case RSAOAEP, RSAOAEPSHA1, RSAAES, RSAAESSHA1:
 		return RSA
+	case HPKEWrap:
+		return HPKE
 	}
 	return AES
 }

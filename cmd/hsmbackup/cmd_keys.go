@@ -224,12 +224,12 @@ func (f keyFilter) keep(k hsmcore.KeyInfo) bool {
 
 func parseKeyType(s string) (hsmcore.KeyType, error) {
 	switch t := hsmcore.KeyType(strings.ToLower(s)); t {
-	case hsmcore.AES, hsmcore.RSA, hsmcore.EC, hsmcore.GenericSecret:
+	case hsmcore.AES, hsmcore.RSA, hsmcore.EC, hsmcore.GenericSecret, hsmcore.HPKE:
 		return t, nil
 	case "generic":
 		return hsmcore.GenericSecret, nil
 	}
-	return "", usagef("--type %s: not a key type (aes, rsa, ec or generic-secret)", s)
+	return "", usagef("--type %s: not a key type (aes, rsa, ec, generic-secret or hpke)", s)
 }
 
 func keysList(c *cli.Context, e *env) error {
@@ -355,8 +355,8 @@ func keysShow(c *cli.Context, e *env) error {
 // specFlags describe a key to make or unwrap.
 func specFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "type", Usage: "`TYPE` of key: aes, rsa, ec or generic-secret (required)"},
-		&cli.IntFlag{Name: "bits", Usage: "key size in `BITS`: AES 128/192/256, RSA 2048/3072/4096, generic secret 8 to 4096 (multiple of 8); default 256 for AES and generic secrets, 3072 for RSA"},
+		&cli.StringFlag{Name: "type", Usage: "`TYPE` of key: aes, rsa, ec, generic-secret or hpke (an ML-KEM-768+X25519 wrapping key pair; required)"},
+		&cli.IntFlag{Name: "bits", Usage: "key size in `BITS`: AES 128/192/256, RSA 2048/3072/4096, generic secret 8 to 4096 (multiple of 8), HPKE 768; default 256 for AES and generic secrets, 3072 for RSA, 768 for HPKE"},
 		&cli.StringFlag{Name: "curve", Usage: "EC `CURVE`: P-256 or P-384", Value: "P-256"},
 		&cli.StringFlag{Name: "label", Usage: "`LABEL` of the keys"},
 		&cli.StringFlag{Name: "id", Usage: "key `ID` in hex (PKCS#11 CKA_ID)"},
@@ -427,6 +427,10 @@ func specOf(c *cli.Context) (hsmcore.KeySpec, error) {
 	case hsmcore.RSA:
 		if s.Bits == 0 {
 			s.Bits = 3072
+		}
+	case hsmcore.HPKE:
+		if s.Bits == 0 {
+			s.Bits = 768
 		}
 	default:
 		if s.Bits == 0 {

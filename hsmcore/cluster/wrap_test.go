@@ -23,16 +23,15 @@ func TestUnwrapReplicates(t *testing.T) {
 		{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true},
 		{Type: hsmcore.RSA, Bits: 2048, Wrap: true, Unwrap: true},
 		{Type: hsmcore.AES, Bits: 128, Encrypt: true, Decrypt: true, Extractable: true},
+		{Type: hsmcore.HPKE, Bits: 768, Wrap: true, Unwrap: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	aes, rsa, target := ks[0], ks[1], ks[2]
+	aes, target := ks[0], ks[2]
+	wks := map[hsmcore.KeyType]hsmcore.KeyInfo{hsmcore.AES: ks[0], hsmcore.RSA: ks[1], hsmcore.HPKE: ks[3]}
 	for _, mech := range hsmcore.Mechanisms {
-		wk := aes
-		if mech.WrappingKeyType() == hsmcore.RSA {
-			wk = rsa
-		}
+		wk := wks[mech.WrappingKeyType()]
 		w, err := cu.WrapKey(ctx, wk.Handle, target.Handle, mech)
 		if err != nil {
 			t.Fatalf("%s: %v", mech, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hpke"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
@@ -100,6 +101,13 @@ func checkSpec(s hsmcore.KeySpec) error {
 		if s.Encrypt || s.Decrypt {
 			return fmt.Errorf("rsa key can only sign, verify, wrap and unwrap here: %w", hsmcore.ErrInvalid)
 		}
+	case hsmcore.HPKE:
+		if s.Bits != 768 {
+			return fmt.Errorf("hpke key of %d bits (768: ML-KEM-768 + X25519): %w", s.Bits, hsmcore.ErrInvalid)
+		}
+		if s.Encrypt || s.Decrypt || s.Sign || s.Verify {
+			return fmt.Errorf("hpke key can only wrap and unwrap: %w", hsmcore.ErrInvalid)
+		}
 	default:
 		return fmt.Errorf("key type %q: %w", s.Type, hsmcore.ErrInvalid)
 	}
@@ -129,6 +137,12 @@ func generateMaterial(s hsmcore.KeySpec) ([]byte, error) {
 			return nil, err
 		}
 		return x509.MarshalPKCS8PrivateKey(k)
+	case hsmcore.HPKE:
+		k, err := hpke.MLKEM768X25519().GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		return k.Bytes()
 	}
 	panic("hsmcore: unchecked key spec")
 }
@@ -164,6 +178,15 @@ func (k *keyRecord) derive() error {
 		k.Class = hsmcore.SecretKey
 		k.PublicKey = nil
 		k.KCV = kcv(k.Type, k.Material, nil)
+		return nil
+	case hsmcore.HPKE:
+		priv, err := hpke.MLKEM768X25519().NewPrivateKey(k.Material)
+		if err != nil || k.Bits != 768 {
+			return fmt.Errorf("hpke private key: not an ML-KEM-768 + X25519 key")
+		}
+		k.Class = hsmcore.PrivateKey
+		k.PublicKey = priv.PublicKey().Bytes()
+		k.KCV = kcv(k.Type, nil, k.PublicKey)
 		return nil
 	case hsmcore.EC, hsmcore.RSA:
 		priv, err := x509.ParsePKCS8PrivateKey(k.Material)

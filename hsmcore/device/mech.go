@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hpke"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -13,6 +14,9 @@ import (
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
+
+// hpkeInfo is the HPKE info string of the hpke mechanism.
+const hpkeInfo = "hsmbackup hpke key wrap v1"
 
 // maxWrapped bounds a wrapped key an unwrap takes: a PKCS#8 RSA-4096 key
 // (about 2.4 KB) under any mechanism, with room to spare.
@@ -63,6 +67,13 @@ func wrapMaterial(mech hsmcore.Mechanism, w *keyRecord, target []byte) ([]byte, 
 		rand.Read(iv)
 		return aead.Seal(iv, iv, target, nil), nil
 	}
+	if mech == hsmcore.HPKEWrap {
+		pk, err := hpke.MLKEM768X25519().NewPublicKey(w.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("hpke key: %w", err)
+		}
+		return hpke.Seal(pk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(hpkeInfo), target)
+	}
 	pub, err := rsaPublic(w)
 	if err != nil {
 		return nil, err
@@ -111,6 +122,17 @@ func unwrapMaterial(mech hsmcore.Mechanism, w *keyRecord, wrapped []byte) ([]byt
 			return nil, errUnwrap
 		}
 		m, err := aead.Open(nil, wrapped[:aead.NonceSize()], wrapped[aead.NonceSize():], nil)
+		if err != nil {
+			return nil, errUnwrap
+		}
+		return m, nil
+	}
+	if mech == hsmcore.HPKEWrap {
+		sk, err := hpke.MLKEM768X25519().NewPrivateKey(w.Material)
+		if err != nil {
+			return nil, fmt.Errorf("hpke key: %w", err)
+		}
+		m, err := hpke.Open(sk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(hpkeInfo), wrapped)
 		if err != nil {
 			return nil, errUnwrap
 		}
