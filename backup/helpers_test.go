@@ -26,7 +26,7 @@ func newMember(tb testing.TB, keys int) *client.Client {
 	tb.Helper()
 	ctx := context.Background()
 	e := hsmtest.NewEnv(tb)
-	cfg := e.InitCluster(tb, e.Serve(tb, nil).Addr, testCluster, "admin", testPassword)
+	cfg := e.InitCluster(tb, e.Serve(tb, nil), testCluster, "admin", testPassword)
 	co, err := client.New(cfg)
 	if err != nil {
 		tb.Fatal(err)

@@ -42,7 +42,7 @@ func newAuthority(tb testing.TB, kind device.AuthorityKind, name string) *device
 
 func manufacture(tb testing.TB, mfr, op *device.Authority) *device.Device {
 	tb.Helper()
-	d, err := device.Manufacture(filepath.Join(tb.TempDir(), "hsm"), device.ManufactureConfig{
+	d, _, err := device.Manufacture(filepath.Join(tb.TempDir(), "hsm"), device.ManufactureConfig{
 		Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: mfr, Operator: op,
 	}, device.TestOptions())
 	if err != nil {

@@ -198,19 +198,36 @@ func (s *service) object(id, name string) string {
 
 // newHSM manufactures a new HSM of the cluster's class and manufacturer
 // with the CLI, for the operator authority in opDir, at firmware, serves
-// it and returns its address.
+// it and returns its address. Its claim file (DIR.claim, as hsm
+// manufacture wrote it) is c.claims[addr].
 func (c *cluster) newHSM(t *testing.T, name, opDir, firmware string) string {
 	t.Helper()
 	dir := filepath.Join(c.dir, name)
 	c.run(t, "hsm", "manufacture", "--class", testClass, "--firmware", firmware,
 		"--manufacturer", filepath.Join(c.dir, "mfr"), "--operator", opDir, "--out", dir)
 	addr := StartDaemon(t, dir)
+	if c.claims == nil {
+		c.claims = map[string]string{}
+	}
+	c.claims[addr] = dir + ".claim"
 	t.Cleanup(func() { // before the daemon's cleanup, which forgets its log
 		if log := DaemonLogIfRunning(addr); strings.Contains(log, c.password) {
 			t.Errorf("the officer's password appears in the log of the HSM on %s:\n%s", addr, log)
 		}
 	})
 	return addr
+}
+
+// claimArgs are the --claim flags an operator gives to set up the new
+// HSMs on addrs, those newHSM made; the others need none.
+func (c *cluster) claimArgs(addrs ...string) []string {
+	var args []string
+	for _, a := range addrs {
+		if f, ok := c.claims[a]; ok {
+			args = append(args, "--claim", f)
+		}
+	}
+	return args
 }
 
 // health returns what the HSM on addr reports of itself, trusting it as a

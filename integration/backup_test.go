@@ -23,13 +23,15 @@ import (
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 )
 
-// restoreArgs are the arguments of `restore` of backup id into targets.
-func restoreArgs(id string, targets ...string) []string {
+// restoreArgs are the arguments of `restore` of backup id into targets,
+// with the claim file of each new HSM among them (newHSM made it), as an
+// operator gives them.
+func (c *cluster) restoreArgs(id string, targets ...string) []string {
 	args := []string{"restore", "--backup", id}
 	for _, t := range targets {
 		args = append(args, "--to", t)
 	}
-	return args
+	return append(args, c.claimArgs(targets...)...)
 }
 
 // TestBackupRestoreFileStore is a backup's whole life with the embedded
@@ -90,21 +92,26 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		t.Fatalf("a new HSM is initialized: %+v", beforeA)
 	}
 
-	out = s.cli(t, append(restoreArgs(id, a), "--dry-run")...)
+	// A dry run changes nothing, and so needs no claim file.
+	out = s.cli(t, "restore", "--backup", id, "--to", a, "--dry-run")
 	wantLines(t, out, id+" would restore into HSM "+beforeA.Serial+" at "+a, "dry run: every check passed; no HSM was changed")
+	c.wantUnchanged(t, a, beforeA)
+	// A restore does, and without the new HSM's claim file it is refused.
+	wantFailure(t, s.cliRes(t, "restore", "--backup", id, "--to", a),
+		"HSM "+beforeA.Serial+" is not claimed yet: a claim proof is required (the claim file hsm manufacture wrote for it): permission denied")
 	c.wantUnchanged(t, a, beforeA)
 
 	t.Run("another operator", func(t *testing.T) {
 		c.run(t, "hsm", "authority", "create", "--kind", "operator", "--name", "other-cloud", "--out", filepath.Join(c.dir, "op2"))
 		x := c.newHSM(t, "other-operator", filepath.Join(c.dir, "op2"), testFirmware)
 		before := c.health(t, x)
-		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "attestation rejected", "operator")
+		wantFailure(t, s.cliRes(t, c.restoreArgs(id, x)...), "target "+x, "attestation rejected", "operator")
 		c.wantUnchanged(t, x, before)
 	})
 	t.Run("older firmware", func(t *testing.T) {
 		x := c.newHSM(t, "old-firmware", op, "2.0.9")
 		before := c.health(t, x)
-		wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "target "+x, "attestation rejected", "firmware")
+		wantFailure(t, s.cliRes(t, c.restoreArgs(id, x)...), "target "+x, "attestation rejected", "firmware")
 		c.wantUnchanged(t, x, before)
 	})
 	t.Run("flipped byte in image", func(t *testing.T) {
@@ -124,7 +131,7 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		// first byte, middle, last tag and last byte.
 		tamper(t, s.object(id, backup.ImageObject), []int{0, 1, h / 2, h - 1, h, h + (n-h)/2, n - 17, n - 1}, func(t *testing.T) {
 			wantFailure(t, s.cliRes(t, "backup", "verify", "--deep", id), "backup "+id, "image object does not match its manifest")
-			wantFailure(t, s.cliRes(t, restoreArgs(id, a)...), "backup "+id, "image object does not match its manifest")
+			wantFailure(t, s.cliRes(t, c.restoreArgs(id, a)...), "backup "+id, "image object does not match its manifest")
 			c.wantUnchanged(t, a, beforeA)
 		})
 	})
@@ -141,7 +148,7 @@ func TestBackupRestoreFileStore(t *testing.T) {
 		}
 		tamper(t, path, offsets, func(t *testing.T) {
 			wantFailure(t, s.cliRes(t, "backup", "verify", "--deep", id), "invalid manifest")
-			wantFailure(t, s.cliRes(t, restoreArgs(id, a)...), "invalid manifest")
+			wantFailure(t, s.cliRes(t, c.restoreArgs(id, a)...), "invalid manifest")
 			c.wantUnchanged(t, a, beforeA)
 		})
 	})
@@ -152,7 +159,7 @@ func TestBackupRestoreFileStore(t *testing.T) {
 	wantLines(t, out, id+" of cluster "+testCluster+": OK")
 
 	// The restore: into A, then B cloned from A.
-	out = s.cli(t, append(restoreArgs(id, a, b), "--user", testOfficer, "--password-file", c.passwordFile, "--cert", c.cert, "--key", c.key)...)
+	out = s.cli(t, append(c.restoreArgs(id, a, b), "--user", testOfficer, "--password-file", c.passwordFile, "--cert", c.cert, "--key", c.key)...)
 	wantLines(t, out, id+" restored into HSM "+beforeA.Serial+" at "+a, id+" cloned into HSM "+beforeB.Serial+" at "+b)
 	for _, addr := range []string{a, b} {
 		h := c.health(t, addr)
@@ -235,7 +242,7 @@ func TestBackupLifecycle(t *testing.T) {
 	// A backup pending deletion is not restored, nor copied.
 	x := c.newHSM(t, "target", filepath.Join(c.dir, "op"), testFirmware)
 	before := c.health(t, x)
-	wantFailure(t, s.cliRes(t, restoreArgs(id, x)...), "is PENDING_DELETION", "restore-deleted")
+	wantFailure(t, s.cliRes(t, c.restoreArgs(id, x)...), "is PENDING_DELETION", "restore-deleted")
 	c.wantUnchanged(t, x, before)
 	wantFailure(t, s.cliRes(t, "backup", "copy", id, "--to", "file://"+filepath.Join(c.dir, "nowhere")), "PENDING_DELETION")
 
@@ -421,7 +428,7 @@ func TestBackupMinIO(t *testing.T) {
 
 	a := c.newHSM(t, "target", filepath.Join(c.dir, "op"), testFirmware)
 	before := c.health(t, a)
-	out := s.cli(t, restoreArgs(id, a)...)
+	out := s.cli(t, c.restoreArgs(id, a)...)
 	wantLines(t, out, id+" restored into HSM "+before.Serial+" at "+a)
 	if h := c.health(t, a); h.StateDigest != src.StateDigest {
 		t.Fatalf("restored HSM: state digest %s, want %s", h.StateDigest, src.StateDigest)
@@ -438,7 +445,7 @@ func TestBackupMinIO(t *testing.T) {
 		dr := *s
 		dr.config = s.writeConfig(t, "dr.yaml", s.store, members...)
 		dr.source = c.health(t, members[0]).Serial // the first in the config, all being equal
-		out := dr.cli(t, restoreArgs(id, testCluster)...)
+		out := dr.cli(t, append(c.restoreArgs(id, testCluster), c.claimArgs(members...)...)...)
 		wantLines(t, out, id+" restored into HSM ", id+" cloned into HSM ")
 		for _, m := range members {
 			if h := c.health(t, m); !restoredFrom(h, src, c.health(t, members[0])) {
@@ -469,9 +476,9 @@ func TestBackupMinIO(t *testing.T) {
 			t.Fatal("deleting a key left the state digest unchanged")
 		}
 		before := c.health(t, c.addr)
-		wantFailure(t, s.cliRes(t, append(restoreArgs(id, c.addr), "--user", "nobody")...), "login nobody: login failed")
+		wantFailure(t, s.cliRes(t, append(c.restoreArgs(id, c.addr), "--user", "nobody")...), "login nobody: login failed")
 		c.wantUnchanged(t, c.addr, before)
-		out := s.cli(t, append(restoreArgs(id, c.addr), "--user", testOfficer, "--password-file", c.passwordFile)...)
+		out := s.cli(t, append(c.restoreArgs(id, c.addr), "--user", testOfficer, "--password-file", c.passwordFile)...)
 		wantLines(t, out, id+" restored into HSM "+c.serial+" at "+c.addr)
 		if got := c.status(t).StateDigest; got != src.StateDigest {
 			t.Fatalf("state digest after the rollback %s, want %s", got, src.StateDigest)

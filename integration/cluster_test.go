@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 
 // threeMembers grows the CLI-made cluster to three HSM daemon processes:
 // two more HSMs are manufactured with the CLI, served, attested and cloned
-// from the first by the cluster client.
+// from the first by the cluster client, which holds their claim secrets.
 func threeMembers(t *testing.T) (*cluster, hsmcluster.Config) {
 	t.Helper()
 	c := newCluster(t)
@@ -33,23 +34,42 @@ func threeMembers(t *testing.T) (*cluster, hsmcluster.Config) {
 			ManufacturerRoots: mfr, Timeout: 10 * time.Second},
 		OperatorRoots: op,
 	}
+	var added []string
+	claims := hsmcore.Claims{}
+	for _, name := range []string{"hsm-b", "hsm-c"} {
+		addr := c.newHSM(t, name, filepath.Join(c.dir, "op"), testFirmware)
+		claims.Add(readClaim(t, c.claims[addr]))
+		added = append(added, addr)
+	}
 	ctx := context.Background()
-	admin, err := hsmcluster.Open(ctx, cfg, testOfficer, c.password)
+	withClaims := cfg
+	withClaims.Client.Claims = claims
+	admin, err := hsmcluster.Open(ctx, withClaims, testOfficer, c.password)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	for _, name := range []string{"hsm-b", "hsm-c"} {
-		dir := filepath.Join(c.dir, name)
-		c.run(t, "hsm", "manufacture", "--class", testClass, "--firmware", testFirmware,
-			"--manufacturer", filepath.Join(c.dir, "mfr"), "--operator", filepath.Join(c.dir, "op"), "--out", dir)
-		addr := StartDaemon(t, dir)
+	for _, addr := range added {
 		if err := admin.AddMember(ctx, addr, hsmcluster.AddOptions{}); err != nil {
-			t.Fatalf("add %s: %v", name, err)
+			t.Fatalf("add %s: %v", addr, err)
 		}
 		cfg.Members = append(cfg.Members, addr)
 	}
 	return c, cfg
+}
+
+// readClaim reads the claim file hsm manufacture wrote.
+func readClaim(t *testing.T, path string) hsmcore.Claim {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim, err := hsmcore.ParseClaim(data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return claim
 }
 
 // digests reads every member's state digest over the wire.

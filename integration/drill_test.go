@@ -38,7 +38,9 @@ type drillReport struct {
 }
 
 // drillConfig writes the service's config with a drill: section for the
-// cluster, whose scratch HSM is hsm, as name, and returns its path.
+// cluster, whose scratch HSM is hsm, as name, and returns its path. If
+// newHSM made hsm, the section names its claim file, relative to the
+// config's directory, as an operator would write it.
 func (s *service) drillConfig(t *testing.T, name, hsm string) string {
 	t.Helper()
 	data, err := os.ReadFile(s.config)
@@ -49,7 +51,15 @@ func (s *service) drillConfig(t *testing.T, name, hsm string) string {
 	if err := yaml.Unmarshal(data, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	cfg["clusters"].(map[string]any)[testCluster].(map[string]any)["drill"] = map[string]string{"schedule": "0 3 * * 0", "hsm": hsm}
+	drill := map[string]string{"schedule": "0 3 * * 0", "hsm": hsm}
+	if claim, ok := s.c.claims[hsm]; ok {
+		rel, err := filepath.Rel(s.dir, claim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		drill["claim"] = rel
+	}
+	cfg["clusters"].(map[string]any)[testCluster].(map[string]any)["drill"] = drill
 	if data, err = yaml.Marshal(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +319,7 @@ func TestDrillFailures(t *testing.T) {
 	// the zeroization by hand the error suggests clears it.
 	t.Run("initialized scratch HSM", func(t *testing.T) {
 		id := s.create(t)
-		s.cli(t, restoreArgs(id, scratch)...)
+		s.cli(t, c.restoreArgs(id, scratch)...)
 		before := sealed(t, scratchDir)
 		code, rep, stderr := s.drill(t, cfg)
 		if code != 5 || rep.OK || rep.Scratch != "unchanged" ||
@@ -346,15 +356,17 @@ func TestDrillFailures(t *testing.T) {
 	}
 }
 
-// initOther initializes the new HSM on addr as the one member of cluster
-// id, with a customer CA of its own, as its owner would.
+// initOther initializes the new HSM on addr (newHSM made it) as the one
+// member of cluster id, with a customer CA of its own and its claim file,
+// as its owner would.
 func (c *cluster) initOther(t *testing.T, addr, id string) {
 	t.Helper()
 	csr, crt := filepath.Join(c.dir, id+".csr"), filepath.Join(c.dir, id+".crt")
-	c.run(t, "cluster", "init", "--addr", addr, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot, "--cluster-id", id, "--csr-out", csr)
+	claim := c.claims[addr] // newHSM made it
+	c.run(t, "cluster", "init", "--addr", addr, "--claim", claim, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot, "--cluster-id", id, "--csr-out", csr)
 	ca := newOpenSSLCA(t, c.dir, id+" CA")
 	ca.Sign(t, csr, crt)
-	c.run(t, "cluster", "init", "--addr", addr, "--manufacturer-root", c.mfrRoot, "--cert", crt, "--customer-ca", ca.Cert)
+	c.run(t, "cluster", "init", "--addr", addr, "--claim", claim, "--manufacturer-root", c.mfrRoot, "--cert", crt, "--customer-ca", ca.Cert)
 	cert, key := ca.Client(t, id+"-officer")
 	c.run(t, "cluster", "activate", "--addr", addr, "--customer-ca", ca.Cert, "--cert", cert, "--key", key, "--cluster-id", id,
 		"--user", "owner", "--password-file", c.passwordFile)

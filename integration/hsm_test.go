@@ -39,6 +39,7 @@ type cluster struct {
 	dir              string
 	mfrRoot, opRoot  string // root.crt files
 	device           string // device directory
+	claim            string // its claim file, as hsm manufacture wrote it
 	addr             string
 	serial           string
 	ca               *opensslCA
@@ -47,6 +48,8 @@ type cluster struct {
 	passwordFile     string
 	outputs          []string // every output of the set-up, to search for secrets
 	csrFile, certPEM string
+	// claims are the claim files of the new HSMs newHSM made, by address.
+	claims map[string]string
 }
 
 // member returns the flags of a cluster client with the officer's
@@ -86,13 +89,41 @@ func newCluster(t *testing.T, manufacture ...string) *cluster {
 	if !regexp.MustCompile(`(?m)^PBK fingerprint\s+[0-9a-f]{16}$`).MatchString(out) || field(t, out, "class") != testClass {
 		t.Fatalf("manufacture output lacks class or a 16-digit PBK fingerprint:\n%s", out)
 	}
+	// The claim secret, shown once and written beside the device
+	// directory, for its owner's eyes only.
+	c.claim = c.device + ".claim"
+	if !regexp.MustCompile(`(?m)^claim secret\s+[0-9a-f]{32,}$`).MatchString(out) {
+		t.Fatalf("manufacture output lacks the claim secret:\n%s", out)
+	}
+	wantLines(t, out, "the claim secret is shown only now and written to "+c.claim+" (mode 0600)")
+	fi, err := os.Stat(c.claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := fi.Mode().Perm(); m != 0o600 {
+		t.Fatalf("claim file %s has mode %04o, want 0600", c.claim, m)
+	}
 
 	c.addr = StartDaemon(t, c.device)
 
-	// Step 1: attest, then the CSR.
+	// Without the claim file, nobody sets the new HSM up, and the refused
+	// call leaves it as it was.
 	c.csrFile = filepath.Join(dir, "cluster.csr")
-	out = c.run(t, "cluster", "init", "--addr", c.addr, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot,
-		"--cluster-id", testCluster, "--csr-out", c.csrFile)
+	initCSR := []string{"cluster", "init", "--addr", c.addr, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot,
+		"--cluster-id", testCluster, "--csr-out", c.csrFile}
+	fresh := c.newStatus(t, c.addr)
+	res := Run(t, initCSR...)
+	c.outputs = append(c.outputs, res.Stdout, res.Stderr)
+	wantRefusal(t, res, "hsmbackup: cluster init: cluster csr: HSM "+c.serial+" is not claimed yet: a claim proof is required (the claim file hsm manufacture wrote for it): permission denied")
+	if st := c.newStatus(t, c.addr); st.ClusterID != "" || st.ClusterInitialized || st.Initialized || st.StateDigest != fresh.StateDigest {
+		t.Fatalf("hsm status after cluster init without --claim: %+v, was %+v", st, fresh)
+	}
+	if _, err := os.Stat(c.csrFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cluster init without --claim left %s: %v", c.csrFile, err)
+	}
+
+	// Step 1: attest, then the CSR.
+	out = c.run(t, append(initCSR, "--claim", c.claim)...)
 	wantLines(t, out,
 		fmt.Sprintf("attestation verified: serial %s, class %s, manufacturer %s, operator %s, firmware %s", c.serial, testClass, testMfr, testOperator, testFirmware),
 		"cluster CSR for "+testCluster+" from HSM "+c.serial+" written to "+c.csrFile)
@@ -110,7 +141,7 @@ func newCluster(t *testing.T, manufacture ...string) *cluster {
 	c.ca.Sign(t, c.csrFile, c.certPEM)
 
 	// Step 2: install it.
-	out = c.run(t, "cluster", "init", "--addr", c.addr, "--manufacturer-root", c.mfrRoot,
+	out = c.run(t, "cluster", "init", "--addr", c.addr, "--claim", c.claim, "--manufacturer-root", c.mfrRoot,
 		"--cert", c.certPEM, "--customer-ca", c.ca.Cert)
 	wantLines(t, out, "cluster "+testCluster+" initialized on HSM "+c.serial)
 
@@ -165,6 +196,21 @@ func (c *cluster) status(t *testing.T) status {
 		t.Fatalf("hsm status --json: %v\n%s", err, out)
 	}
 	if s.StateDigest == "" || s.Serial != c.serial {
+		t.Fatalf("hsm status --json: %+v", s)
+	}
+	return s
+}
+
+// newStatus is `hsm status --json` of the new HSM on addr, trusted as a
+// device of the manufacturer.
+func (c *cluster) newStatus(t *testing.T, addr string) status {
+	t.Helper()
+	out := c.run(t, "--json", "hsm", "status", "--addr", addr, "--manufacturer-root", c.mfrRoot)
+	var s status
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("hsm status --json: %v\n%s", err, out)
+	}
+	if s.StateDigest == "" || s.Serial == "" {
 		t.Fatalf("hsm status --json: %+v", s)
 	}
 	return s
@@ -377,7 +423,8 @@ func TestRefusals(t *testing.T) {
 			"--user", "app", "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot), "fetch audit log", "permission denied")
 	})
 	t.Run("cluster init again", func(t *testing.T) {
-		wantRefusal(t, Run(t, "cluster", "init", "--addr", c.addr, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot,
+		// Not even with its claim file: the claim sets up a new HSM only.
+		wantRefusal(t, Run(t, "cluster", "init", "--addr", c.addr, "--claim", c.claim, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot,
 			"--cluster-id", "cluster-2", "--csr-out", filepath.Join(c.dir, "again.csr")), "hsm certificate not trusted")
 		wantRefusal(t, Run(t, append(append([]string{"cluster", "activate"}, c.member()...), "--user", "mallory", "--password-file", c.passwordFile)...),
 			"device already has users", "permission denied")

@@ -107,7 +107,7 @@ func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
 		go func() {
 			defer wg.Done()
 			devDir := filepath.Join(dir, "hsm-"+id)
-			d, err := device.Manufacture(devDir, device.ManufactureConfig{Manufacturer: mfr, Operator: op, Class: testClass, Firmware: testFirmware},
+			d, claim, err := device.Manufacture(devDir, device.ManufactureConfig{Manufacturer: mfr, Operator: op, Class: testClass, Firmware: testFirmware},
 				device.Options{PasswordIterations: TestPasswordIterations})
 			if err != nil {
 				t.Error(err)
@@ -115,7 +115,7 @@ func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
 			}
 			d.Close()
 			addr := StartDaemon(t, devDir)
-			hsmtest.InitCluster(t, addr, mfrRoots, opRoots, ca, id, testOfficer, fleetPassword)
+			hsmtest.InitCluster(t, addr, claim, mfrRoots, opRoots, ca, id, testOfficer, fleetPassword)
 			mu.Lock()
 			clusters[id] = map[string]any{
 				"members": []string{addr}, "customer_ca": "customer-ca.pem", "cert": "client.pem", "key": "client.key",

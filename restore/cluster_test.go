@@ -29,7 +29,7 @@ func clusterTargets(t *testing.T, f *fixture, n int) []ClusterTarget {
 	ts := make([]ClusterTarget, n)
 	for i := range ts {
 		_, addr := newTarget(t, f.a, device.ManufactureConfig{})
-		cl := newClient(t, client.Config{Addr: addr, ManufacturerRoots: f.a.mfrRoots, CustomerCA: f.src.cfg.CustomerCA, ClusterID: testCluster, Certificate: f.src.cfg.Certificate, Timeout: 10 * time.Second})
+		cl := newClient(t, client.Config{Addr: addr, ManufacturerRoots: f.a.mfrRoots, CustomerCA: f.src.cfg.CustomerCA, ClusterID: testCluster, Certificate: f.src.cfg.Certificate, Timeout: 10 * time.Second, Claims: f.a.claims})
 		ts[i] = ClusterTarget{Addr: addr, Member: cl}
 	}
 	return ts
@@ -41,7 +41,7 @@ func opener(f *fixture, first string, calls *int) func(context.Context) (Cloner,
 	return func(ctx context.Context) (Cloner, error) {
 		*calls++
 		cfg := f.src.cfg
-		cfg.ManufacturerRoots = f.a.mfrRoots
+		cfg.ManufacturerRoots, cfg.Claims = f.a.mfrRoots, f.a.claims
 		return cluster.Open(ctx, cluster.Config{Members: []string{first}, Client: cfg, OperatorRoots: f.a.opRoots}, "admin", testPassword)
 	}
 }

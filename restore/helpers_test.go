@@ -30,6 +30,7 @@ const (
 type authorities struct {
 	mfr, op           *device.Authority
 	mfrRoots, opRoots *x509.CertPool
+	claims            hsmcore.Claims // of the HSMs newTarget served
 }
 
 func newAuthorities(tb testing.TB) *authorities {
@@ -47,7 +48,7 @@ func newNamedAuthorities(tb testing.TB, mfrName, opName string) *authorities {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	a := &authorities{mfr: mfr, op: op, mfrRoots: x509.NewCertPool(), opRoots: x509.NewCertPool()}
+	a := &authorities{mfr: mfr, op: op, mfrRoots: x509.NewCertPool(), opRoots: x509.NewCertPool(), claims: hsmcore.Claims{}}
 	a.mfrRoots.AddCert(mfr.Certificate())
 	a.opRoots.AddCert(op.Certificate())
 	return a
@@ -69,7 +70,7 @@ func newSource(tb testing.TB, a *authorities, fips bool) *source {
 	ctx := context.Background()
 	ca := testpki.NewCA(tb, "customer root CA")
 	d := hsmtest.Serve(tb, device.ManufactureConfig{FIPS: fips, Manufacturer: a.mfr, Operator: a.op})
-	cfg := hsmtest.InitCluster(tb, d.Addr, a.mfrRoots, a.opRoots, ca, testCluster, "admin", testPassword)
+	cfg := hsmtest.InitCluster(tb, d.Addr, d.Claim, a.mfrRoots, a.opRoots, ca, testCluster, "admin", testPassword)
 	co := newClient(tb, cfg)
 	if _, err := co.Login(ctx, "admin", testPassword); err != nil {
 		tb.Fatal(err)
@@ -104,14 +105,15 @@ func newClient(tb testing.TB, cfg client.Config) *client.Client {
 }
 
 // newTarget serves a fresh, uninitialized HSM and returns a client that
-// trusts it as a device, and its address.
+// trusts it as a device and holds its claim secret, and its address.
 func newTarget(tb testing.TB, a *authorities, cfg device.ManufactureConfig) (*client.Client, string) {
 	tb.Helper()
 	if cfg.Manufacturer == nil {
 		cfg.Manufacturer, cfg.Operator = a.mfr, a.op
 	}
-	addr := hsmtest.Serve(tb, cfg).Addr
-	return newClient(tb, client.Config{Addr: addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second}), addr
+	h := hsmtest.Serve(tb, cfg)
+	a.claims.Add(h.Claim)
+	return newClient(tb, client.Config{Addr: h.Addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second, Claims: a.claims}), h.Addr
 }
 
 // swapStore wraps a Store; from the second Get of key on, it returns the

@@ -20,11 +20,11 @@ func TestRestoreThroughRelayRefused(t *testing.T) {
 	f := newFixture(t, false)
 	mc := device.ManufactureConfig{Manufacturer: f.a.mfr, Operator: f.a.op}
 	genuine, decoy := hsmtest.Serve(t, mc), hsmtest.Serve(t, mc)
-	up := newClient(t, client.Config{Addr: genuine.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second})
+	up := newClient(t, client.Config{Addr: genuine.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second, Claims: f.a.claims})
 	relay := hsmtest.NewRelay(t, hsmtest.RelayConfig{Certificate: hsmtest.ImpersonateDevice(t, decoy), Upstream: up})
 	before := []hsmtest.State{genuine.State(t), decoy.State(t)}
 
-	target := newClient(t, client.Config{Addr: relay.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second})
+	target := newClient(t, client.Config{Addr: relay.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second, Claims: f.a.claims})
 	if _, err := f.restore(target, f.opts); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Errorf("restore through a relay: got %v, want ErrAttestation", err)
 	}
@@ -48,7 +48,7 @@ func TestRestoreSerialPinned(t *testing.T) {
 
 	opts := f.opts
 	opts.Serial = serial
-	target := newClient(t, client.Config{Addr: other.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second})
+	target := newClient(t, client.Config{Addr: other.Addr, ManufacturerRoots: f.a.mfrRoots, Timeout: 10 * time.Second, Claims: f.a.claims})
 	if _, err := f.restore(target, opts); !errors.Is(err, hsmcore.ErrAttestation) {
 		t.Fatalf("restore into another HSM than the serial pinned: got %v, want ErrAttestation", err)
 	}

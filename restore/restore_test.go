@@ -239,7 +239,7 @@ func TestRefused(t *testing.T) {
 				// attestation's business.
 				pool := f.a.mfrRoots.Clone()
 				pool.AddCert(tt.target.Manufacturer.Certificate())
-				target = newClient(t, client.Config{Addr: addr, ManufacturerRoots: pool})
+				target = newClient(t, client.Config{Addr: addr, ManufacturerRoots: pool, Claims: f.a.claims})
 			}
 			if tt.trust {
 				f.opts.ManufacturerRoots = f.a.mfrRoots.Clone()

@@ -42,7 +42,7 @@ func newFleet(t testing.TB, st store.Store, ids ...string) *fleet {
 	f := &fleet{repo: backup.Repo{Store: st}, kr: kr, pub: pub, priv: priv, members: map[string]*client.Client{}}
 	e := hsmtest.NewEnv(t)
 	for _, id := range ids {
-		cfg := e.InitCluster(t, e.Serve(t, nil).Addr, id, "admin", "correct horse battery")
+		cfg := e.InitCluster(t, e.Serve(t, nil), id, "admin", "correct horse battery")
 		co, err := client.New(cfg)
 		if err != nil {
 			t.Fatal(err)

@@ -31,8 +31,10 @@ func clusterInitCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "init",
 		Usage:     "initialize a cluster on a new HSM, in two steps as in CloudHSM",
-		UsageText: "hsmbackup cluster init --addr ADDR --manufacturer-root FILE --operator-root FILE --cluster-id ID --csr-out FILE\n" + "hsmbackup cluster init --addr ADDR --manufacturer-root FILE --cert FILE --customer-ca FILE",
-		Description: "Step 1 (--csr-out): connects to the HSM trusting only the manufacturer\n" +
+		UsageText: "hsmbackup cluster init --addr ADDR --claim FILE --manufacturer-root FILE --operator-root FILE --cluster-id ID --csr-out FILE\n" + "hsmbackup cluster init --addr ADDR --claim FILE --manufacturer-root FILE --cert FILE --customer-ca FILE",
+		Description: "Both steps prove, with the claim file 'hsm manufacture' wrote (--claim),\n" +
+			"that you hold the new HSM's claim secret: nobody else can set it up.\n" +
+			"Step 1 (--csr-out): connects to the HSM trusting only the manufacturer\n" +
 			"root, has it attest to a fresh nonce and verifies the attestation (both\n" +
 			"certificate chains, signature, nonce, freshness and the --expect-* flags),\n" +
 			"then has it make the cluster key and writes its certificate signing\n" +
@@ -53,6 +55,7 @@ func clusterInitCommand() *cli.Command {
 			&cli.StringFlag{Name: "csr-out", Usage: "step 1: `FILE` to write the cluster CSR to (PEM)"},
 			&cli.StringFlag{Name: "cert", Usage: "step 2: PEM `FILE` of the cluster certificate your CA signed"},
 			&cli.StringFlag{Name: "customer-ca", Usage: "step 2: PEM `FILE` of your CA certificate"},
+			claimFlag(),
 		}, expectFlags()...),
 		OnUsageError: usageError,
 		Action:       envAction("cluster init", clusterInit),

@@ -27,6 +27,7 @@ func clusterAddMemberCommand() *cli.Command {
 			&cli.StringFlag{Name: "cluster", Usage: "`ID` of the cluster in --config (required)"},
 			&cli.StringFlag{Name: "addr", Usage: "`HOST:PORT` of the new, uninitialized HSM (required)"},
 			&cli.StringFlag{Name: "serial", Usage: "require the new HSM's `SERIAL`: another genuine HSM at --addr is refused"},
+			claimFlag(),
 			manufacturerRootFlag(),
 			operatorRootFlag(),
 			configFlag(),
@@ -39,14 +40,15 @@ func clusterAddMemberCommand() *cli.Command {
 // addMemberOptions are the flags of cluster add-member.
 type addMemberOptions struct {
 	cluster, addr string
-	serial        string // "" accepts any serial
+	serial        string   // "" accepts any serial
+	claims        []string // claim files
 }
 
 func clusterAddMember(c *cli.Context, e *env) error {
 	if err := requireFlags(c, "cluster", "addr"); err != nil {
 		return err
 	}
-	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr"), serial: c.String("serial")})
+	return runAddMember(c.Context, e, addMemberOptions{cluster: c.String("cluster"), addr: c.String("addr"), serial: c.String("serial"), claims: c.StringSlice("claim")})
 }
 
 // runAddMember logs in to the cluster as its officer and has it attest
@@ -54,6 +56,9 @@ func clusterAddMember(c *cli.Context, e *env) error {
 func runAddMember(ctx context.Context, e *env, opts addMemberOptions) error {
 	t, err := e.clusterTarget(opts.cluster, true)
 	if err != nil {
+		return err
+	}
+	if t.tls.Claims, err = loadClaims(opts.claims...); err != nil {
 		return err
 	}
 	mfr, op, err := e.roots()

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 )
 
 func hsmCommand() *cli.Command {
@@ -89,7 +92,11 @@ func manufactureCommand() *cli.Command {
 		Description: "Creates a software HSM in an empty directory: a device key certified by\n" +
 			"both authorities, and the hardware-bound backup keys of its class (from\n" +
 			"the manufacturer) and operator. Prints its serial, class and PBK\n" +
-			"fingerprint; HSMs with equal fingerprints accept each other's images.",
+			"fingerprint; HSMs with equal fingerprints accept each other's images.\n" +
+			"Issues the HSM's claim secret, once: it is printed and written to\n" +
+			"--claim-out (mode 0600, never over a file), and only its holder can set\n" +
+			"the new HSM up (cluster init, cluster add-member, restore into it: give\n" +
+			"the file with --claim). Keep it: a zeroized HSM is claimed with it again.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "class", Usage: "hardware `CLASS`, e.g. hsm2m.medium"},
 			&cli.StringFlag{Name: "manufacturer", Usage: "`DIR` of the manufacturer authority"},
@@ -99,6 +106,7 @@ func manufactureCommand() *cli.Command {
 			&cli.StringFlag{Name: "serial", Usage: "`SERIAL` number (default: random)"},
 			&cli.IntFlag{Name: "capacity", Usage: "maximum number of keys `N`", DefaultText: fmt.Sprint(device.DefaultCapacity)},
 			&cli.StringFlag{Name: "out", Usage: "empty or missing `DIR` to hold the HSM"},
+			&cli.StringFlag{Name: "claim-out", Usage: "new `FILE` for the HSM's claim secret", DefaultText: "DIR.claim, beside --out"},
 			jsonFlag(),
 		},
 		OnUsageError: usageError,
@@ -121,7 +129,11 @@ func manufacture(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("operator: %w", err)
 	}
-	dev, err := device.Manufacture(c.String("out"), device.ManufactureConfig{
+	claimOut := cmp.Or(c.String("claim-out"), filepath.Clean(c.String("out"))+".claim")
+	if _, err := os.Lstat(claimOut); err == nil {
+		return fmt.Errorf("claim file %s already exists: not overwritten", claimOut)
+	}
+	dev, claim, err := device.Manufacture(c.String("out"), device.ManufactureConfig{
 		Class:        c.String("class"),
 		Firmware:     c.String("firmware"),
 		FIPS:         c.Bool("fips"),
@@ -137,13 +149,17 @@ func manufacture(c *cli.Context) error {
 	if err := dev.Close(); err != nil {
 		return err
 	}
+	if err := atomicfile.WriteNew(claimOut, claim.Marshal(), 0o600); err != nil {
+		return fmt.Errorf("claim file: %w (nobody can claim the HSM in %s: remove it and manufacture again)", err, c.String("out"))
+	}
 	if wantJSON(c) {
 		return writeJSON(c.App.Writer, struct {
 			hsmcore.Identity
 			Capacity       int    `json:"capacity"`
 			PBKFingerprint string `json:"pbk_fingerprint"`
 			Dir            string `json:"dir"`
-		}{id, capacity, hex.EncodeToString(fp[:8]), c.String("out")})
+			ClaimFile      string `json:"claim_file"`
+		}{id, capacity, hex.EncodeToString(fp[:8]), c.String("out"), claimOut})
 	}
 	p := &printer{w: c.App.Writer}
 	p.printf("manufactured HSM %s in %s\n", id.Serial, c.String("out"))
@@ -154,5 +170,7 @@ func manufacture(c *cli.Context) error {
 	p.printf("%-16s %s\n", "operator", id.Operator)
 	p.printf("%-16s %d keys\n", "capacity", capacity)
 	p.printf("%-16s %s\n", "PBK fingerprint", hex.EncodeToString(fp[:8]))
+	p.printf("%-16s %x\n", "claim secret", claim.Secret)
+	p.printf("the claim secret is shown only now and written to %s (mode 0600): only its holder sets this HSM up (--claim %s)\n", claimOut, claimOut)
 	return p.err
 }

@@ -33,6 +33,7 @@ func restoreCommand() *cli.Command {
 		passwordFileFlag(),
 		&cli.StringFlag{Name: "cert", Usage: "client certificate `FILE` from the backup's customer CA, to reach targets once restored"},
 		&cli.StringFlag{Name: "key", Usage: "its private key `FILE` (mode 0600)"},
+		claimFlag(),
 	}
 	return &cli.Command{
 		Name:  "restore",
@@ -48,6 +49,8 @@ func restoreCommand() *cli.Command {
 			"Further targets (new, uninitialized HSMs) are cloned from the first, as\n" +
 			"CloudHSM adds HSMs to a cluster. An initialized HSM that holds users or\n" +
 			"keys the backup lacks is refused, with what would be lost, unless --force.\n" +
+			"A new HSM is set up only by the holder of its claim secret: give the\n" +
+			"claim file 'hsm manufacture' wrote for each new target with --claim.\n" +
 			"A refused restore leaves every target unchanged.",
 		Flags:        append(flags, serviceFlags()...),
 		OnUsageError: usageError,
@@ -342,6 +345,9 @@ func (e *env) restoreTarget(c *cli.Context, backupCluster string) (*target, erro
 		return nil, err
 	}
 	t.tls.Certificate = cert
+	if t.tls.Claims, err = loadClaims(c.StringSlice("claim")...); err != nil {
+		return nil, err
+	}
 	if t.user != "" {
 		pw, err := passwordOf(c, cc)()
 		if err != nil {

@@ -223,6 +223,9 @@ func runDrill(ctx context.Context, e *env, clusterID string) (rep *drillReport, 
 	// login: it imports only into an HSM without users.
 	t := &target{members: []string{scratch}}
 	t.tls.Timeout = e.g.timeout
+	if t.tls.Claims, err = loadClaims(e.cfg.Clusters[clusterID].Drill.Claim); err != nil {
+		return rep, fmt.Errorf("cluster %s: drill: %w", clusterID, err)
+	}
 	start := time.Now()
 	results, err := restoreBackup(ctx, e, restoreOptions{backupID: id}, clusterID, t)
 	rep.Restore = time.Since(start)
@@ -260,7 +263,7 @@ func (e *env) drillHSM(id string) (string, error) {
 		return "", err
 	}
 	if cc.Drill == nil || cc.Drill.HSM == "" {
-		return "", usagef("cluster %s has no drill: give it a scratch HSM in the config (drill: {hsm: HOST:PORT})", id)
+		return "", usagef("cluster %s has no drill: give it a scratch HSM in the config (drill: {hsm: HOST:PORT, claim: FILE})", id)
 	}
 	scratch := cc.Drill.HSM
 	a, ok := canonicalHostPort(scratch)

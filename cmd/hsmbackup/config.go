@@ -122,6 +122,10 @@ type drillConfig struct {
 	// cluster's class, manufacturer and operator, never a member of a
 	// cluster of the file (the config check refuses that).
 	HSM string `yaml:"hsm"`
+	// Claim is the scratch HSM's claim file (hsm manufacture wrote it,
+	// mode 0600): the drill claims it anew for each restore, as the drill
+	// zeroizes it after.
+	Claim string `yaml:"claim"`
 }
 
 // hsmKeyConfig names a master key held by an HSM cluster: an AES key of a
@@ -221,6 +225,9 @@ func (c *config) resolve(dir string) {
 	for _, cl := range c.Clusters {
 		for _, p := range []*string{&cl.CustomerCA, &cl.Cert, &cl.Key, &cl.PasswordFile} {
 			abs(p)
+		}
+		if cl.Drill != nil {
+			abs(&cl.Drill.Claim)
 		}
 	}
 	if rest, ok := strings.CutPrefix(c.Store, "file://"); ok && rest != "" && !filepath.IsAbs(rest) {

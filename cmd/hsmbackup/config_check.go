@@ -241,6 +241,9 @@ func (k *checker) value(n *yaml.Node, path string) {
 		if n.Kind == yaml.MappingNode && !hasKey(n, "hsm") {
 			k.add(n, path, "no hsm (the scratch HSM's HOST:PORT the drill restores into)")
 		}
+		if n.Kind == yaml.MappingNode && !hasKey(n, "claim") {
+			k.add(n, path, "no claim (the scratch HSM's claim file, which hsm manufacture wrote: each drill claims the HSM anew)")
+		}
 	case inCluster && len(parts) == 4 && parts[2] == "drill" && last == "hsm":
 		if _, port, err := net.SplitHostPort(n.Value); err != nil || port == "" {
 			k.add(n, path, "%q: want HOST:PORT", n.Value)

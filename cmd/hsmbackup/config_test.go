@@ -172,7 +172,7 @@ func TestConfigScheduler(t *testing.T) {
 }
 
 func TestConfigDrill(t *testing.T) {
-	cfg, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {schedule: \"CRON_TZ=Europe/Paris 0 3 * * 0\", hsm: \"10.0.9.1:2225\"}\n"))
+	cfg, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {schedule: \"CRON_TZ=Europe/Paris 0 3 * * 0\", hsm: \"10.0.9.1:2225\", claim: scratch.claim}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +197,7 @@ func TestConfigDrill(t *testing.T) {
 		`config:5: clusters.c1.drill.schedule: "0 0 31 2 *": never fires`,
 		`config:6: clusters.c1.drill.hsm: "10.0.9.1": want HOST:PORT`,
 		"config:9: clusters.c2.drill: no hsm (the scratch HSM's HOST:PORT the drill restores into)",
+		"config:9: clusters.c2.drill: no claim (the scratch HSM's claim file, which hsm manufacture wrote: each drill claims the HSM anew)",
 		`config:12: clusters.c3.drill.adress: unknown setting "adress"`,
 	} {
 		if !strings.Contains(got, want) {
@@ -218,7 +219,7 @@ func TestConfigDrillNeverAProductionMember(t *testing.T) {
 		{"a name in other case, with a final dot", "hsm-b.example.net:2225", "HSM-B.Example.Net.:2225"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			text := fmt.Sprintf("clusters:\n  prod:\n    members: [%q, %q]\n  staging:\n    members: [\"10.0.5.1:2225\"]\n    drill: {hsm: %q}\n", "10.0.0.1:2225", tc.member, tc.hsm)
+			text := fmt.Sprintf("clusters:\n  prod:\n    members: [%q, %q]\n  staging:\n    members: [\"10.0.5.1:2225\"]\n    drill: {hsm: %q, claim: s.claim}\n", "10.0.0.1:2225", tc.member, tc.hsm)
 			_, err := parseConfig([]byte(text))
 			want := fmt.Sprintf("config:6: clusters.staging.drill.hsm: %q is a member of cluster prod: a drill restores into its scratch HSM and zeroizes it, so it must never be a production HSM", tc.hsm)
 			if err == nil || !strings.Contains(err.Error(), want) {
@@ -227,11 +228,11 @@ func TestConfigDrillNeverAProductionMember(t *testing.T) {
 		})
 	}
 	// Its own cluster's member too.
-	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2225\"}\n")); err == nil || !strings.Contains(err.Error(), "is a member of cluster c1") {
+	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2225\", claim: s.claim}\n")); err == nil || !strings.Contains(err.Error(), "is a member of cluster c1") {
 		t.Fatalf("own member as scratch HSM: %v", err)
 	}
 	// Another port of the same host is another HSM.
-	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2226\"}\n")); err != nil {
+	if _, err := parseConfig([]byte("clusters:\n  c1:\n    members: [\"10.0.0.1:2225\"]\n    drill: {hsm: \"10.0.0.1:2226\", claim: s.claim}\n")); err != nil {
 		t.Fatalf("another port: %v", err)
 	}
 }

@@ -112,7 +112,8 @@ type demo struct {
 	opRoots          *x509.CertPool // both operators' roots
 	ca               *pki.CA        // the customer's CA; its key only in memory
 	clientCert       tls.Certificate
-	clusterCert      []byte // DER, signed by ca
+	clusterCert      []byte         // DER, signed by ca
+	claims           hsmcore.Claims // the claim secrets of its HSMs
 
 	keyring    *wrap.Keyring
 	signingKey ed25519.PrivateKey
@@ -167,7 +168,7 @@ func init() {
 // workspace, the last two unless opts.Keep is set. Cancelling ctx stops it
 // before the next step and fails the step under way.
 func runDemo(ctx context.Context, out io.Writer, opts demoOptions) (err error) {
-	d := &demo{opts: opts, out: &printer{w: out}}
+	d := &demo{opts: opts, out: &printer{w: out}, claims: hsmcore.Claims{}}
 	defer func() {
 		if cerr := d.cleanUp(); err == nil {
 			err = cerr

@@ -34,7 +34,7 @@ type demoHSM struct {
 // its own. The HSM is stopped by cleanUp.
 func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 	dir := filepath.Join(d.ws, "hsm-"+strings.ToLower(name))
-	dev, err := device.Manufacture(dir, device.ManufactureConfig{
+	dev, claim, err := device.Manufacture(dir, device.ManufactureConfig{
 		Class:        demoClass,
 		Firmware:     demoFirmware,
 		Manufacturer: d.mfr,
@@ -43,6 +43,7 @@ func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manufacture HSM %s: %w", name, err)
 	}
+	d.claims.Add(claim)
 	addr, stop, err := server.ServeLoopback(server.Config{Device: dev}, "")
 	if err != nil {
 		dev.Close()
@@ -56,9 +57,10 @@ func (d *demo) serveHSM(name string, op *device.Authority) (*demoHSM, error) {
 
 // deviceTarget reaches HSMs whose cluster is not yet initialized, as
 // 'hsmbackup cluster init' does: it trusts the device certificate through
-// the manufacturer's root and presents no certificate of its own.
+// the manufacturer's root, presents no certificate of its own, and holds
+// the claim secrets of the demo's HSMs.
 func (d *demo) deviceTarget() *target {
-	return &target{tls: client.Config{ManufacturerRoots: d.mfrRoots}, device: true}
+	return &target{tls: client.Config{ManufacturerRoots: d.mfrRoots, Claims: d.claims}, device: true}
 }
 
 // memberTarget reaches members of the cluster as the commands do with the
@@ -69,7 +71,7 @@ func (d *demo) memberTarget(user, password string, members ...*demoHSM) *target 
 	cert := d.clientCert
 	t := &target{
 		clusterID: demoClusterID,
-		tls:       client.Config{Certificate: &cert, CustomerCA: d.ca.Cert, ClusterID: demoClusterID},
+		tls:       client.Config{Certificate: &cert, CustomerCA: d.ca.Cert, ClusterID: demoClusterID, Claims: d.claims},
 		user:      user,
 		password:  func() (string, error) { return password, nil },
 	}

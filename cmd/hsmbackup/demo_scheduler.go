@@ -125,6 +125,13 @@ func (d *demo) writeFleetConfig(e, scratch *demoHSM, officer2 string) (string, e
 			return "", err
 		}
 	}
+	claim, err := d.claims.For(scratch.id.Serial)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "scratch.claim"), claim.Marshal(), 0o600); err != nil {
+		return "", err
+	}
 	if _, err := backup.GenerateSigningKey(filepath.Join(dir, "signing.key"), filepath.Join(dir, "signing.pub")); err != nil {
 		return "", err
 	}
@@ -133,7 +140,7 @@ func (d *demo) writeFleetConfig(e, scratch *demoHSM, officer2 string) (string, e
 			"user": demoOfficer, "password_file": password, "schedule": demoFleetSchedule}
 	}
 	c1 := entry([]string{d.a.addr, d.b.addr}, "officer.pw")
-	c1["drill"] = map[string]any{"schedule": "@daily", "hsm": scratch.addr}
+	c1["drill"] = map[string]any{"schedule": "@daily", "hsm": scratch.addr, "claim": "scratch.claim"}
 	cfg := map[string]any{
 		"store": "file://store", "keyring": filepath.Join(d.ws, "master.keyring"),
 		"signing_key": "signing.key", "public_key": "signing.pub",

@@ -42,7 +42,7 @@ func TestDrillCancelledStillZeroizes(t *testing.T) {
 	env := hsmtest.NewEnv(t)
 	member, scratch := env.Serve(t, nil), env.Serve(t, nil)
 	const clusterID, officer, password = "cluster-d", "admin", "correct horse battery staple"
-	env.InitCluster(t, member.Addr, clusterID, officer, password)
+	env.InitCluster(t, member, clusterID, officer, password)
 
 	dir := t.TempDir()
 	p := func(name string) string { return filepath.Join(dir, name) }
@@ -78,8 +78,11 @@ clusters:
     key: officer.key
     user: %s
     password_file: password
-    drill: {hsm: %q}
+    drill: {hsm: %q, claim: scratch.claim}
 `, clusterID, member.Addr, officer, scratch.Addr)
+	if err := os.WriteFile(p("scratch.claim"), scratch.Claim.Marshal(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(p("config.yaml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

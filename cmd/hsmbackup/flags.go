@@ -77,3 +77,8 @@ func storeFlag() cli.Flag {
 func timeoutFlag() cli.Flag {
 	return &cli.DurationFlag{Name: "timeout", Usage: "`DURATION` each call to an HSM may take, and an image transfer may go without progress (default 30s)"}
 }
+
+// claimFlag is --claim: the claim files of the new HSMs a command sets up.
+func claimFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "claim", Usage: "claim `FILE` of a new HSM, as 'hsm manufacture' wrote it (mode 0600; repeatable): only its holder sets the HSM up"}
+}

@@ -140,7 +140,7 @@ func TestClusterCommands(t *testing.T) {
 	if !strings.Contains(out, "cluster initialized  no") || !strings.Contains(out, "firmware             2.1.0 (FIPS mode)") {
 		t.Fatalf("status:\n%s", out)
 	}
-	out = mustRun(t, "cluster", "init", "--addr", addr, "--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"),
+	out = mustRun(t, "cluster", "init", "--addr", addr, "--claim", p("hsm.claim"), "--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"),
 		"--cluster-id", "c1", "--csr-out", p("c1.csr"), "--expect-serial", "HSM-TEST-1", "--min-firmware", "2.0.0")
 	if !strings.Contains(out, "attestation verified: serial HSM-TEST-1, class hsm2m.medium, manufacturer acme, operator cloud, firmware 2.1.0, FIPS mode\n") {
 		t.Fatalf("init step 1:\n%s", out)
@@ -155,11 +155,11 @@ func TestClusterCommands(t *testing.T) {
 	writePEM(t, p("ca.crt"), "CERTIFICATE", ca.Cert.Raw, 0o644)
 
 	// A certificate for another cluster id is refused before anything is sent.
-	if _, _, err := run(context.Background(), "cluster", "init", "--addr", addr, "--manufacturer-root", p("mfr/root.crt"),
+	if _, _, err := run(context.Background(), "cluster", "init", "--addr", addr, "--claim", p("hsm.claim"), "--manufacturer-root", p("mfr/root.crt"),
 		"--cert", p("c1.crt"), "--customer-ca", p("ca.crt"), "--cluster-id", "c2"); err == nil || !strings.Contains(err.Error(), `names "c1", not cluster "c2"`) {
 		t.Fatalf("step 2 with another cluster id: %v", err)
 	}
-	out = mustRun(t, "cluster", "init", "--addr", addr, "--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"),
+	out = mustRun(t, "cluster", "init", "--addr", addr, "--claim", p("hsm.claim"), "--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"),
 		"--cert", p("c1.crt"), "--customer-ca", p("ca.crt"))
 	if !strings.Contains(out, "cluster c1 initialized on HSM HSM-TEST-1\n") {
 		t.Fatalf("init step 2:\n%s", out)

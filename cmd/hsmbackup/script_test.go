@@ -57,10 +57,12 @@ func TestMain(m *testing.M) {
 //
 //	CLUSTER     the id of the cluster (configured, initialized, one member)
 //	HSM_ADDR    its member
+//	            (member.claim: its claim file)
 //	FRESH_ADDR  a new, uninitialized HSM of the same class, manufacturer
-//	            and operator: a restore target
-//	SPARE_ADDR  another such HSM
+//	            and operator: a restore target (claim file fresh.claim)
+//	SPARE_ADDR  another such HSM (spare.claim)
 //	OTHER_ADDR  a new HSM of another operator: a restore into it is refused
+//	            (other.claim)
 //	FROZEN_ADDR an address that accepts connections and never answers
 //
 // The config also names cluster "cluster-down", whose one member does not
@@ -138,7 +140,7 @@ func TestScripts(t *testing.T) {
 	// its lock still held by the child, until the child execs.
 	for range scripts {
 		h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), spare: env.Serve(t, nil), other: env.Serve(t, other)}
-		env.InitCluster(t, h.member.Addr, scriptCluster, scriptOfficer, scriptPassword)
+		env.InitCluster(t, h.member, scriptCluster, scriptOfficer, scriptPassword)
 		p.createKeyUser(t, h.member.Addr)
 		p.hsms <- h
 	}
@@ -185,6 +187,10 @@ func (p *scriptPKI) setup(e *testscript.Env) error {
 		{"password", []byte(scriptPassword + "\n"), 0o600},
 		{"keyuser.pw", []byte(scriptKeyPass + "\n"), 0o600},
 		{"config.yaml", fmt.Appendf(nil, scriptConfig, scriptCluster, h.member.Addr, scriptOfficer), 0o644},
+		{"member.claim", h.member.Claim.Marshal(), 0o600},
+		{"fresh.claim", h.fresh.Claim.Marshal(), 0o600},
+		{"spare.claim", h.spare.Claim.Marshal(), 0o600},
+		{"other.claim", h.other.Claim.Marshal(), 0o600},
 	} {
 		if err := os.WriteFile(path(f.name), f.data, f.perm); err != nil {
 			return err

@@ -142,6 +142,9 @@ func (e *env) target(c *cli.Context, how trust, need needs) (*target, error) {
 			return nil, fmt.Errorf("manufacturer root: %w", err)
 		}
 	}
+	if t.tls.Claims, err = loadClaims(c.StringSlice("claim")...); err != nil {
+		return nil, err
+	}
 	if how == trustDevice {
 		t.device = true
 		return t, nil

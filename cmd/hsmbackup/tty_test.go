@@ -106,7 +106,7 @@ func TestTerminalOutput(t *testing.T) {
 	env := hsmtest.NewEnv(t)
 	p := &scriptPKI{env: env, other: other, cert: env.CA.Client(t, "backup-officer"), hsms: make(chan scriptHSMs, 1)}
 	h := scriptHSMs{member: env.Serve(t, nil), fresh: env.Serve(t, nil), spare: env.Serve(t, nil), other: env.Serve(t, other)}
-	env.InitCluster(t, h.member.Addr, scriptCluster, scriptOfficer, scriptPassword)
+	env.InitCluster(t, h.member, scriptCluster, scriptOfficer, scriptPassword)
 	p.hsms <- h
 	dir := t.TempDir()
 	if err := p.setup(&testscript.Env{WorkDir: dir}); err != nil {
@@ -142,7 +142,7 @@ func TestTerminalOutput(t *testing.T) {
 		t.Errorf("no OK line after the bars' last frame:\n%q", lastFrame(out))
 	}
 
-	out = runOnTTY(t, dir, "restore", "--config", cfg, "--backup", id, "--to", h.fresh.Addr)
+	out = runOnTTY(t, dir, "restore", "--config", cfg, "--backup", id, "--to", h.fresh.Addr, "--claim", "fresh.claim")
 	t.Logf("restore on a terminal:\n%q", out)
 	if got := regexp.MustCompile(`(?m)re(ad|read) `+id).FindAllString(lastFrame(out), -1); len(got) > 1 {
 		t.Errorf("restore's last frame has %d bars, want one:\n%q", len(got), lastFrame(out))

@@ -21,7 +21,18 @@ const (
 	QuorumHeader = "Hsm-Quorum"
 	// MaxQuorumHeader bounds that header.
 	MaxQuorumHeader = 16 << 10
+	// ClaimHeader carries a claim proof (hsmcore.ClaimProof in its
+	// header form) on the calls that set up a new HSM: the cluster CSR,
+	// the cluster initialization and an image import without a session.
+	ClaimHeader = "Hsm-Claim"
 )
+
+// ClaimNonceResponse answers POST /v1/claim/nonce: a nonce for one claim
+// proof to the HSM Serial.
+type ClaimNonceResponse struct {
+	Serial string `json:"serial"`
+	Nonce  []byte `json:"nonce"`
+}
 
 // Approvals are officers' approvals of a quorum token.
 type Approvals struct {

@@ -65,6 +65,12 @@ type Config struct {
 	// Timeout bounds each call, and how long an image transfer may make
 	// no progress (ErrStalled); 0 means 30 seconds.
 	Timeout time.Duration
+	// Claims are the claim secrets of new HSMs, by serial: with them the
+	// client proves, on each call that sets up a new HSM (ClusterCSR,
+	// InitializeCluster, ImportImage without a session), that it holds
+	// the secret of the HSM that answers (hsmcore.Claim). The secret
+	// itself is never sent.
+	Claims hsmcore.Claims
 }
 
 // peer is what a request's TLS peer must have proven to be.
@@ -351,13 +357,13 @@ func (c *Client) Close() {
 
 // do is a call that carries no secret (but a session token, if set).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	_, err := c.call(ctx, anyPeer, method, path, in, out)
+	_, err := c.call(ctx, anyPeer, method, path, in, out, nil)
 	return err
 }
 
-// call makes a JSON call whose peer must be as p says, and returns the TLS
-// state of the connection that answered.
-func (c *Client) call(ctx context.Context, p peer, method, path string, in, out any) (*tls.ConnectionState, error) {
+// call makes a JSON call whose peer must be as p says, with the extra
+// header hdr, and returns the TLS state of the connection that answered.
+func (c *Client) call(ctx context.Context, p peer, method, path string, in, out any, hdr http.Header) (*tls.ConnectionState, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var body io.Reader
@@ -368,7 +374,7 @@ func (c *Client) call(ctx context.Context, p peer, method, path string, in, out 
 		}
 		body = bytes.NewReader(b)
 	}
-	resp, err := c.send(ctx, p, method, path, "application/json", body)
+	resp, err := c.send(ctx, p, method, path, "application/json", body, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -387,10 +393,13 @@ func (c *Client) call(ctx context.Context, p peer, method, path string, in, out 
 // memberPeer if a session token or approvals go with it) and turns a
 // non-2xx answer into a *RemoteError. A request no configured peer may
 // receive fails with ErrUntrusted before any connection.
-func (c *Client) send(ctx context.Context, p peer, method, path, contentType string, body io.Reader) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, p peer, method, path, contentType string, body io.Reader, hdr http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", contentType)
@@ -444,7 +453,7 @@ func (c *Client) Health(ctx context.Context) (api.Health, error) {
 // certificate the answering peer presented, for Bind.
 func (c *Client) Attest(ctx context.Context, nonce []byte) (*hsmcore.Attestation, error) {
 	var a hsmcore.Attestation
-	cs, err := c.call(ctx, anyPeer, "POST", "/v1/attest", api.AttestRequest{Nonce: nonce}, &a)
+	cs, err := c.call(ctx, anyPeer, "POST", "/v1/attest", api.AttestRequest{Nonce: nonce}, &a, nil)
 	if err != nil {
 		return &a, err
 	}
@@ -465,22 +474,61 @@ func (c *Client) Certificates(ctx context.Context) (api.Certificates, error) {
 	return out, c.do(ctx, "GET", "/v1/certificates", nil, &out)
 }
 
-// ClusterCSR asks an uninitialized HSM for its cluster CSR (DER).
+// ClusterCSR asks an uninitialized HSM for its cluster CSR (DER), with a
+// claim proof.
 func (c *Client) ClusterCSR(ctx context.Context, clusterID string) ([]byte, error) {
+	hdr, err := c.claim(ctx, hsmcore.ClaimCSR, clusterID)
+	if err != nil {
+		return nil, err
+	}
 	var out api.CSRResponse
-	return out.CSR, c.do(ctx, "POST", "/v1/cluster/csr", api.CSRRequest{ClusterID: clusterID}, &out)
+	if _, err := c.call(ctx, anyPeer, "POST", "/v1/cluster/csr", api.CSRRequest{ClusterID: clusterID}, &out, hdr); err != nil {
+		return nil, err
+	}
+	return out.CSR, nil
 }
 
 // InitializeCluster installs the signed cluster certificate and the
-// customer CA (both DER).
+// customer CA (both DER), with a claim proof.
 func (c *Client) InitializeCluster(ctx context.Context, cert, ca []byte) error {
-	return c.do(ctx, "POST", "/v1/cluster/initialize", api.ClusterInitRequest{Certificate: cert, CustomerCA: ca}, nil)
+	hdr, err := c.claim(ctx, hsmcore.ClaimInit, hsmcore.ClusterInitObject(cert, ca))
+	if err != nil {
+		return err
+	}
+	_, err = c.call(ctx, anyPeer, "POST", "/v1/cluster/initialize", api.ClusterInitRequest{Certificate: cert, CustomerCA: ca}, nil, hdr)
+	return err
+}
+
+// claim returns the header that proves, for op on object, that the client
+// holds the claim secret of the HSM that answers; nil if the client holds
+// none (the HSM then refuses, naming what is missing). The nonce comes
+// from the HSM and is good for this one call.
+func (c *Client) claim(ctx context.Context, op, object string) (http.Header, error) {
+	if len(c.cfg.Claims) == 0 {
+		return nil, nil
+	}
+	var n api.ClaimNonceResponse
+	if err := c.do(ctx, "POST", "/v1/claim/nonce", nil, &n); err != nil {
+		return nil, fmt.Errorf("claim nonce: %w", err)
+	}
+	cl, err := c.cfg.Claims.For(n.Serial)
+	if err != nil {
+		return nil, err
+	}
+	return http.Header{api.ClaimHeader: {cl.Prove(n.Nonce, op, object).String()}}, nil
+}
+
+// sessionless reports whether the client is not logged in.
+func (c *Client) sessionless() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token == ""
 }
 
 // secret is a call that carries a password or needs a session: it goes
 // only to a member of the cluster.
 func (c *Client) secret(ctx context.Context, method, path string, in, out any) error {
-	_, err := c.call(ctx, memberPeer, method, path, in, out)
+	_, err := c.call(ctx, memberPeer, method, path, in, out, nil)
 	return err
 }
 
@@ -674,7 +722,7 @@ func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
 // not verified).
 func (c *Client) ExportImage(ctx context.Context) (hsmcore.ImageStream, error) {
 	w := newWatchdog(ctx, c.timeout)
-	resp, err := c.send(w.ctx, memberPeer, "GET", "/v1/image", "", nil)
+	resp, err := c.send(w.ctx, memberPeer, "GET", "/v1/image", "", nil, nil)
 	if err != nil {
 		w.stop()
 		return nil, w.explain(err)
@@ -689,9 +737,16 @@ func (c *Client) ExportImage(ctx context.Context) (hsmcore.ImageStream, error) {
 // wrapping ErrStalled.
 func (c *Client) ImportImage(ctx context.Context, img io.Reader) (api.ImportResponse, error) {
 	var out api.ImportResponse
+	var hdr http.Header
+	if c.sessionless() {
+		var err error
+		if hdr, err = c.claim(ctx, hsmcore.ClaimImport, ""); err != nil {
+			return out, err
+		}
+	}
 	w := newWatchdog(ctx, c.timeout)
 	defer w.stop()
-	resp, err := c.send(w.ctx, imagePeer, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(&importBody{img, w}))
+	resp, err := c.send(w.ctx, imagePeer, "PUT", "/v1/image", "application/octet-stream", io.NopCloser(&importBody{img, w}), hdr)
 	if err != nil {
 		return out, w.explain(err)
 	}

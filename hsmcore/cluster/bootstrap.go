@@ -22,6 +22,9 @@ import (
 // device certificate. *hsmcore/client.Client satisfies it.
 type NewHSM interface {
 	hsmcore.Attester
+	// Bind pins the connection to the HSM of a verified attestation
+	// (client.Client.Bind).
+	Bind(st *hsmcore.Statement) error
 	Health(ctx context.Context) (api.Health, error)
 	ClusterCSR(ctx context.Context, clusterID string) ([]byte, error)
 	InitializeCluster(ctx context.Context, cert, ca []byte) error
@@ -36,25 +39,33 @@ func challenge(ctx context.Context, a hsmcore.Attester, opts hsmcore.ChallengeOp
 	return st, err
 }
 
-// RequestCSR is step 1: it challenges hsm as opts say, has it make the
+// RequestCSR is step 1: it challenges hsm as opts say, pins hsm to the
+// attested HSM (so that the claim proof goes to it alone), has it make the
 // cluster key and a CSR for cluster clusterID, checks the CSR (self-signed,
 // naming clusterID), and challenges hsm again, which binds the CSR's key to
 // the attested HSM. It returns the CSR (DER) and the second statement.
 func RequestCSR(ctx context.Context, hsm NewHSM, clusterID string, opts hsmcore.ChallengeOptions) ([]byte, *hsmcore.Statement, error) {
-	if _, err := challenge(ctx, hsm, opts); err != nil {
+	st, err := challenge(ctx, hsm, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := hsm.Bind(st); err != nil {
 		return nil, nil, err
 	}
 	der, err := hsm.ClusterCSR(ctx, clusterID)
+	if re := (*client.RemoteError)(nil); err != nil && !errors.As(err, &re) {
+		err = fmt.Errorf("cluster csr: %w", err) // the HSM's own errors name it
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("cluster csr: %w", err)
+		return nil, nil, err
 	}
 	csr, err := ParseCSR(der, clusterID)
 	if err != nil {
 		return nil, nil, err
 	}
-	// The CSR came over a channel the device certificate authenticates;
-	// a second attestation also binds its key to the attested HSM.
-	st, err := challenge(ctx, hsm, opts)
+	// The CSR came over a channel to the attested device; a second
+	// attestation also binds its key to that HSM.
+	st, err = challenge(ctx, hsm, opts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,7 +175,8 @@ func Activate(ctx context.Context, m Officer, user, password string) error {
 type BootstrapConfig struct {
 	// Client reaches the new HSM once initialized: its Addr, a client
 	// Certificate from CustomerCA, the CustomerCA that signs the cluster
-	// certificate, and ClusterID, the new cluster's id.
+	// certificate, ClusterID, the new cluster's id, and Claims, which hold
+	// the new HSM's claim secret.
 	Client client.Config
 	// Challenge attests the new HSM; its ManufacturerRoots also trust the
 	// HSM's device certificate before the cluster is initialized.
@@ -184,7 +196,7 @@ func Bootstrap(ctx context.Context, cfg BootstrapConfig) (*hsmcore.Statement, *x
 	if id == "" || ca == nil || cfg.Client.Certificate == nil || cfg.Sign == nil || cfg.Challenge.ManufacturerRoots == nil {
 		return nil, nil, errors.New("bootstrap: cluster id, customer CA, client certificate, signer and manufacturer roots are required")
 	}
-	pre, err := client.New(client.Config{Addr: cfg.Client.Addr, ManufacturerRoots: cfg.Challenge.ManufacturerRoots, Timeout: cfg.Client.Timeout})
+	pre, err := client.New(client.Config{Addr: cfg.Client.Addr, ManufacturerRoots: cfg.Challenge.ManufacturerRoots, Timeout: cfg.Client.Timeout, Claims: cfg.Client.Claims})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -25,7 +25,7 @@ func (e *env) challenge() hsmcore.ChallengeOptions {
 
 func (e *env) deviceClient(t *testing.T, addr string) *client.Client {
 	t.Helper()
-	cl, err := client.New(client.Config{Addr: addr, ManufacturerRoots: e.challenge().ManufacturerRoots, Timeout: 5 * time.Second})
+	cl, err := client.New(client.Config{Addr: addr, ManufacturerRoots: e.challenge().ManufacturerRoots, Timeout: 5 * time.Second, Claims: e.Claims})
 	if err != nil {
 		t.Fatal(err)
 	}

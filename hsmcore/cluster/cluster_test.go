@@ -24,7 +24,7 @@ func (e *env) clientConfig(t *testing.T) client.Config {
 	cert := e.CA.Client(t, "app")
 	roots := x509.NewCertPool()
 	roots.AddCert(e.Mfr.Certificate())
-	return client.Config{Certificate: &cert, CustomerCA: e.CA.Cert, ClusterID: "cluster-1", ManufacturerRoots: roots, Timeout: 5 * time.Second}
+	return client.Config{Certificate: &cert, CustomerCA: e.CA.Cert, ClusterID: "cluster-1", ManufacturerRoots: roots, Timeout: 5 * time.Second, Claims: e.Claims}
 }
 
 // threeMembers initializes a cluster on one HSM (officer "admin", crypto
@@ -33,13 +33,7 @@ func (e *env) threeMembers(t *testing.T) ([]*hsmtest.Daemon, cluster.Config) {
 	t.Helper()
 	ctx := context.Background()
 	first := e.Serve(t, nil)
-	csr, err := first.Dev.ClusterCSR("cluster-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Dev.InitializeCluster(e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
-		t.Fatal(err)
-	}
+	first.InstallCluster(e.CA, "cluster-1")
 	if err := first.Dev.Initialize("admin", password); err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func (e *env) spare(t *testing.T, co *client.Client) (*hsmtest.Daemon, *client.C
 	s := e.Serve(t, nil)
 	roots := x509.NewCertPool()
 	roots.AddCert(e.Mfr.Certificate())
-	pre, err := client.New(client.Config{Addr: s.Addr, ManufacturerRoots: roots})
+	pre, err := client.New(client.Config{Addr: s.Addr, ManufacturerRoots: roots, Claims: e.Claims})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,13 +25,7 @@ import (
 func (e *env) oneMember(t *testing.T) (*hsmtest.Daemon, cluster.Config) {
 	t.Helper()
 	first := e.Serve(t, nil)
-	csr, err := first.Dev.ClusterCSR("cluster-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Dev.InitializeCluster(e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
-		t.Fatal(err)
-	}
+	first.InstallCluster(e.CA, "cluster-1")
 	if err := first.Dev.Initialize("admin", password); err != nil {
 		t.Fatal(err)
 	}
@@ -178,5 +172,30 @@ func TestAddMemberSerialPinned(t *testing.T) {
 	}
 	if expected.Dev.StateDigest() != first.Dev.StateDigest() {
 		t.Fatal("the added member differs from the cluster")
+	}
+}
+
+// The operator sets up a new HSM through a relay that forwards the
+// attestation to the genuine HSM but terminates TLS itself, with another
+// genuine device's certificate: the client binds to the attested HSM
+// before it asks for a claim nonce, so the relay receives no request, no
+// proof is made for it, and neither HSM changes.
+func TestClaimProofNotMadeThroughRelay(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	target, decoy := e.Serve(t, nil), e.Serve(t, nil)
+	relay := hsmtest.NewRelay(t, hsmtest.RelayConfig{
+		Certificate: hsmtest.ImpersonateDevice(t, decoy),
+		Upstream:    e.deviceClient(t, target.Addr),
+	})
+	states := []hsmtest.State{target.State(t), decoy.State(t)}
+	pre := e.deviceClient(t, relay.Addr) // holds the claims of both
+	_, _, err := cluster.RequestCSR(ctx, pre, "cluster-1", e.challenge())
+	if !errors.Is(err, hsmcore.ErrAttestation) {
+		t.Fatalf("cluster CSR through a relay: %v, want ErrAttestation", err)
+	}
+	noCalls(t, relay, "the relay")
+	for i, h := range []*hsmtest.Daemon{target, decoy} {
+		h.AssertUnchanged(t, states[i])
 	}
 }

@@ -148,7 +148,7 @@ func TestAttestationNamesClusterKey(t *testing.T) {
 	if err != nil || st.ClusterKeyHash != nil {
 		t.Fatalf("before a CSR: %v, hash %x", err, st.ClusterKeyHash)
 	}
-	der, err := d.ClusterCSR("cluster-1")
+	der, err := d.claimCSR("cluster-1")
 	if err != nil {
 		t.Fatal(err)
 	}

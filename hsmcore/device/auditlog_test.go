@@ -348,33 +348,32 @@ func TestUnauthenticatedEntriesBoundedPerWindow(t *testing.T) {
 	opts := TestOptions()
 	opts.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	opts.MaxLoginFailures = -1 // the worst case: guesses never lock
-	d, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{Class: stdHW.class, Firmware: stdHW.firmware,
+	d, _, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{Class: stdHW.class, Firmware: stdHW.firmware,
 		Manufacturer: authority(t, "acme"), Operator: authority(t, "cloud")}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 
-	// Cluster CSRs, each with a new id, would each make a key: refused
-	// beyond the bound, changing nothing.
-	for i := range UnauthAuditBurst {
-		if _, err := d.ClusterCSR(fmt.Sprintf("c%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Cluster CSRs without a claim proof, from anyone: refused, changing
+	// nothing, and beyond the bound counted, not written.
 	digest := d.StateDigest()
-	for i := range 5 {
-		if _, err := d.ClusterCSR(fmt.Sprintf("x%d", i)); !errors.Is(err, hsmcore.ErrFull) {
-			t.Fatalf("CSR over the bound: %v, want ErrFull", err)
+	start := d.auditLog.Head().Seq
+	for i := range 3 * UnauthAuditBurst {
+		if _, err := d.ClusterCSR(fmt.Sprintf("c%d", i), nil); !errors.Is(err, hsmcore.ErrPermission) {
+			t.Fatalf("CSR without a claim proof: %v, want ErrPermission", err)
 		}
 	}
 	if d.StateDigest() != digest {
 		t.Fatal("a refused CSR changed the state")
 	}
+	if grown := d.auditLog.Head().Seq - start; grown != uint64(UnauthAuditBurst) {
+		t.Fatalf("%d refused CSRs wrote %d entries, want %d", 3*UnauthAuditBurst, grown, UnauthAuditBurst)
+	}
 	if err := d.Initialize("admin", testPassword); err != nil {
 		t.Fatal(err)
 	}
-	start := d.auditLog.Head().Seq
+	start = d.auditLog.Head().Seq
 	for range 3 * UnauthAuditBurst {
 		d.Login("admin", "wrong password")
 	}
@@ -396,7 +395,7 @@ func TestUnauthenticatedEntriesBoundedPerWindow(t *testing.T) {
 		}
 	}
 	want := []string{
-		Unauthenticated + " audit.suppressed cluster.csr limited x5",
+		Unauthenticated + " audit.suppressed cluster.csr denied x32",
 		Unauthenticated + " audit.suppressed login denied x32",
 	}
 	if !slices.Equal(got, want) {

@@ -36,7 +36,7 @@ func serveInitialized(t *testing.T) *wireHSM {
 	t.Helper()
 	env := hsmtest.NewEnv(t)
 	h := env.Serve(t, nil)
-	cfg := env.InitCluster(t, h.Addr, "cluster-1", "admin", wirePassword)
+	cfg := env.InitCluster(t, h, "cluster-1", "admin", wirePassword)
 	w := &wireHSM{env: env, h: h, cfg: cfg}
 	w.co = w.client(t)
 	if _, err := w.co.Login(context.Background(), "admin", wirePassword); err != nil {
@@ -308,7 +308,8 @@ func TestWireFailedAuditAppendLeavesNoGap(t *testing.T) {
 
 // (e) The actor of an unauthenticated call's entry is never a name the
 // caller chose: a failed login and a refused initialize name the claimed
-// user only as the object; the cluster set-up calls have an actor too.
+// user only as the object; the cluster set-up calls name the holder of the
+// claim secret that proved them.
 func TestWireUnauthenticatedActorIsNotClaimedName(t *testing.T) {
 	ctx := context.Background()
 	w := serveInitialized(t)
@@ -323,10 +324,15 @@ func TestWireUnauthenticatedActorIsNotClaimedName(t *testing.T) {
 	seen := map[string]bool{}
 	for _, e := range entries {
 		switch {
-		case e.Op == "login" && e.Result == "denied", e.Op == "device.initialize", e.Op == "cluster.csr", e.Op == "cluster.init":
+		case e.Op == "login" && e.Result == "denied", e.Op == "device.initialize":
 			seen[e.Op+" "+e.Result] = true
 			if e.Actor != device.Unauthenticated {
 				t.Errorf("entry %d (%s %s): actor %q, want %q", e.Seq, e.Op, e.Result, e.Actor, device.Unauthenticated)
+			}
+		case e.Op == "cluster.csr", e.Op == "cluster.init":
+			seen[e.Op+" "+e.Result] = true
+			if e.Actor != hsmcore.ClaimHolder {
+				t.Errorf("entry %d (%s %s): actor %q, want %q", e.Seq, e.Op, e.Result, e.Actor, hsmcore.ClaimHolder)
 			}
 		case e.Op == "login" && e.Result == "ok" && e.Actor != "admin":
 			t.Errorf("entry %d: successful login by %q, want admin", e.Seq, e.Actor)

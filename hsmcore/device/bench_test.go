@@ -36,7 +36,7 @@ func BenchmarkImage(b *testing.B) {
 			dst.st = newContents() // empty again, so no login is needed
 			dst.mu.Unlock()
 			b.StartTimer()
-			if _, err := dst.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+			if _, err := dst.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -112,9 +112,10 @@ func (d *Device) ClusterInitialized() bool {
 
 // ClusterCSR returns a PEM-free DER certificate signing request for the
 // cluster key of cluster id, making the key on first use (or when id
-// changes). It is refused once the cluster is initialized. No login is
-// needed, as no user exists before initialization.
-func (d *Device) ClusterCSR(id string) ([]byte, error) {
+// changes). It is refused once the cluster is initialized. No user exists
+// before initialization: the caller proves it holds the HSM's claim secret
+// instead (p, for hsmcore.ClaimCSR on id).
+func (d *Device) ClusterCSR(id string, p *hsmcore.ClaimProof) ([]byte, error) {
 	if err := hsmcore.CheckName(id); err != nil {
 		return nil, fmt.Errorf("cluster csr: %w", err)
 	}
@@ -123,11 +124,11 @@ func (d *Device) ClusterCSR(id string) ([]byte, error) {
 	if d.st.clusterInitialized() {
 		return nil, fmt.Errorf("cluster csr: cluster %s is initialized: %w", d.st.clusterID(), hsmcore.ErrPermission)
 	}
+	if err := d.proveClaim(p, hsmcore.ClaimCSR, id); err != nil {
+		return nil, fmt.Errorf("cluster csr: %w", err)
+	}
 	c := d.st.Cluster
 	if c == nil || c.ID != id {
-		if err := d.limitUnauth("cluster.csr"); err != nil {
-			return nil, fmt.Errorf("cluster csr: %w", err)
-		}
 		key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 		if err != nil {
 			return nil, fmt.Errorf("cluster csr: %w", err)
@@ -142,7 +143,7 @@ func (d *Device) ClusterCSR(id string) ([]byte, error) {
 		if err := d.commit(next); err != nil {
 			return nil, fmt.Errorf("cluster csr: %w", err)
 		}
-		if err := d.auditUnauth("cluster.csr", id, "ok"); err != nil {
+		if err := d.appendAudit(hsmcore.ClaimHolder, "cluster.csr", id, "ok"); err != nil {
 			return nil, err
 		}
 	}
@@ -161,26 +162,31 @@ func (d *Device) ClusterCSR(id string) ([]byte, error) {
 }
 
 // InitializeCluster installs the cluster certificate, signed by the
-// customer's CA from the CSR of ClusterCSR, and that CA. From then on the
-// device's TLS identity is the cluster certificate and clients need
-// certificates from that CA.
-func (d *Device) InitializeCluster(certDER, caDER []byte) error {
+// customer's CA from the CSR of ClusterCSR, and that CA, for the holder of
+// the claim secret (p, for hsmcore.ClaimInit on
+// hsmcore.ClusterInitObject(certDER, caDER)). From then on the device's
+// TLS identity is the cluster certificate, clients need certificates from
+// that CA, and the claim is over.
+func (d *Device) InitializeCluster(certDER, caDER []byte, p *hsmcore.ClaimProof) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := d.st.Cluster
-	if c == nil {
-		return fmt.Errorf("initialize cluster: no cluster CSR was made: %w", hsmcore.ErrInvalid)
-	}
 	if d.st.clusterInitialized() {
 		d.auditUnauth("cluster.init", c.ID, "denied")
 		return fmt.Errorf("initialize cluster: cluster %s is already initialized: %w", c.ID, hsmcore.ErrPermission)
+	}
+	if err := d.proveClaim(p, hsmcore.ClaimInit, hsmcore.ClusterInitObject(certDER, caDER)); err != nil {
+		return fmt.Errorf("initialize cluster: %w", err)
+	}
+	if c == nil {
+		return fmt.Errorf("initialize cluster: no cluster CSR was made: %w", hsmcore.ErrInvalid)
 	}
 	key, err := c.key()
 	if err != nil {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
 	if _, err := verifyClusterCert(certDER, caDER, &key.PublicKey, c.ID); err != nil {
-		d.auditUnauth("cluster.init", c.ID, "refused")
+		d.appendAudit(hsmcore.ClaimHolder, "cluster.init", c.ID, "refused")
 		return fmt.Errorf("initialize cluster: %v: %w", err, hsmcore.ErrInvalid)
 	}
 	next := d.st.clone()
@@ -190,7 +196,8 @@ func (d *Device) InitializeCluster(certDER, caDER []byte) error {
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
-	return d.auditUnauth("cluster.init", c.ID, "ok")
+	d.claims.issued = nil
+	return d.appendAudit(hsmcore.ClaimHolder, "cluster.init", c.ID, "ok")
 }
 
 // TLSIdentity is what a daemon serving the device presents and trusts.

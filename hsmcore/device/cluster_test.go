@@ -21,12 +21,12 @@ func TestClusterInitialization(t *testing.T) {
 		t.Fatal("a new device already has a cluster identity")
 	}
 	ca := testpki.NewCA(t, "customer root CA")
-	csr, err := d.ClusterCSR("cluster-1")
+	csr, err := d.claimCSR("cluster-1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A second CSR for the same cluster is for the same key.
-	csr2, err := d.ClusterCSR("cluster-1")
+	csr2, err := d.claimCSR("cluster-1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +38,8 @@ func TestClusterInitialization(t *testing.T) {
 
 	other := testpki.NewCA(t, "customer root CA")
 	otherDev := newDevice(t, stdHW)
-	otherCSR, _ := otherDev.ClusterCSR("cluster-1")
-	otherNameCSR, _ := newDevice(t, stdHW).ClusterCSR("cluster-2")
+	otherCSR, _ := otherDev.claimCSR("cluster-1")
+	otherNameCSR, _ := newDevice(t, stdHW).claimCSR("cluster-2")
 	refusals := []struct {
 		name     string
 		cert, ca []byte
@@ -52,23 +52,23 @@ func TestClusterInitialization(t *testing.T) {
 	}
 	for _, r := range refusals {
 		sealed, content := stateBytes(t, d), contentsBytes(t, d)
-		if err := d.InitializeCluster(r.cert, r.ca); !errors.Is(err, hsmcore.ErrInvalid) {
+		if err := d.claimInit(r.cert, r.ca); !errors.Is(err, hsmcore.ErrInvalid) {
 			t.Fatalf("%s: got %v, want ErrInvalid", r.name, err)
 		}
 		assertUnchanged(t, d, sealed, content)
 	}
 
-	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
+	if err := d.claimInit(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	id, err := d.TLSIdentity()
 	if err != nil || id.ClientCAs == nil || id.ClusterID != "cluster-1" {
 		t.Fatalf("identity after init: %+v, %v", id, err)
 	}
-	if _, err := d.ClusterCSR("cluster-1"); !errors.Is(err, hsmcore.ErrPermission) {
+	if _, err := d.claimCSR("cluster-1"); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("CSR after init: got %v, want ErrPermission", err)
 	}
-	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); !errors.Is(err, hsmcore.ErrPermission) {
+	if err := d.claimInit(ca.SignCSR(t, csr), ca.Cert.Raw); !errors.Is(err, hsmcore.ErrPermission) {
 		t.Fatalf("second init: got %v, want ErrPermission", err)
 	}
 }
@@ -89,7 +89,7 @@ func TestClusterInitWithOpenSSLCA(t *testing.T) {
 	run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
 		"-keyout", p("ca.key"), "-out", p("ca.crt"), "-days", "30", "-subj", "/CN=customer root CA")
 	d := newDevice(t, stdHW)
-	csr, err := d.ClusterCSR("cluster-ossl")
+	csr, err := d.claimCSR("cluster-ossl")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestClusterInitWithOpenSSLCA(t *testing.T) {
 	if cb == nil || ab == nil {
 		t.Fatal("openssl wrote no PEM")
 	}
-	if err := d.InitializeCluster(cb.Bytes, ab.Bytes); err != nil {
+	if err := d.claimInit(cb.Bytes, ab.Bytes); err != nil {
 		t.Fatal(err)
 	}
 	if !d.ClusterInitialized() {

@@ -87,6 +87,7 @@ type Device struct {
 	mfrCert   []byte // DER, signed by the manufacturer root
 	opCert    []byte // DER, signed by the operator root
 	mfrRoot   []byte // DER, the manufacturer's root; nil in devices made before it was kept
+	claim     []byte // the claim secret; nil in devices made before claims
 	mkbk      []byte
 	akbk      []byte
 	pbk       []byte
@@ -102,22 +103,26 @@ type Device struct {
 	auditLog       *audit.Log
 	alog           auditFiles    // the audit log's files
 	unauth         unauthLimiter // audit entries of unauthenticated calls
+	claims         claimNonces   // nonces issued for claim proofs, failed proofs
 	lock           *os.File      // held while the device is open
 }
 
-// Manufacture creates a new HSM in the empty or missing directory dir.
-func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, error) {
+// Manufacture creates a new HSM in the empty or missing directory dir. It
+// returns the HSM's claim secret, the one time it is given out: only its
+// holder sets the new HSM up (hsmcore.Claim), and after a zeroization
+// sets it up again.
+func Manufacture(dir string, cfg ManufactureConfig, opts Options) (_ *Device, claim hsmcore.Claim, err error) {
 	if cfg.Manufacturer == nil || cfg.Manufacturer.kind != Manufacturer {
-		return nil, fmt.Errorf("manufacture: a manufacturer authority is required: %w", hsmcore.ErrInvalid)
+		return nil, claim, fmt.Errorf("manufacture: a manufacturer authority is required: %w", hsmcore.ErrInvalid)
 	}
 	if cfg.Operator == nil || cfg.Operator.kind != Operator {
-		return nil, fmt.Errorf("manufacture: an operator authority is required: %w", hsmcore.ErrInvalid)
+		return nil, claim, fmt.Errorf("manufacture: an operator authority is required: %w", hsmcore.ErrInvalid)
 	}
 	if err := hsmcore.CheckName(cfg.Class); err != nil {
-		return nil, fmt.Errorf("manufacture: class: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: class: %w", err)
 	}
 	if _, err := hsmcore.ParseFirmware(cfg.Firmware); err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	if cfg.Serial == "" {
 		var b [6]byte
@@ -125,21 +130,21 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		cfg.Serial = "HSM-" + strings.ToUpper(hex.EncodeToString(b[:]))
 	}
 	if err := hsmcore.CheckName(cfg.Serial); err != nil {
-		return nil, fmt.Errorf("manufacture: serial: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: serial: %w", err)
 	}
 	if cfg.Capacity == 0 {
 		cfg.Capacity = DefaultCapacity
 	}
 	if cfg.Capacity < 0 || cfg.Capacity > maxImageKeys {
-		return nil, fmt.Errorf("manufacture: capacity %d out of range 1..%d: %w", cfg.Capacity, maxImageKeys, hsmcore.ErrInvalid)
+		return nil, claim, fmt.Errorf("manufacture: capacity %d out of range 1..%d: %w", cfg.Capacity, maxImageKeys, hsmcore.ErrInvalid)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	if ents, err := os.ReadDir(dir); err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	} else if len(ents) > 0 {
-		return nil, fmt.Errorf("manufacture: directory %s is not empty: %w", dir, hsmcore.ErrExists)
+		return nil, claim, fmt.Errorf("manufacture: directory %s is not empty: %w", dir, hsmcore.ErrExists)
 	}
 
 	id := hsmcore.Identity{
@@ -150,27 +155,28 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		Firmware:     cfg.Firmware,
 		FIPS:         cfg.FIPS,
 	}
+	claim = hsmcore.NewClaim(id.Serial)
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("manufacture: device key: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: device key: %w", err)
 	}
 	mfrCert, err := cfg.Manufacturer.issueDeviceCert(&key.PublicKey, id)
 	if err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	opCert, err := cfg.Operator.issueDeviceCert(&key.PublicKey, id)
 	if err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	lock, err := lockDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	sealKey := make([]byte, 32)
 	rand.Read(sealKey)
 	if err := atomicfile.WriteFile(filepath.Join(dir, sealKeyFile), sealKey, 0o600); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	d := &Device{
 		dir:       dir,
@@ -181,6 +187,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 		mfrCert:   mfrCert,
 		opCert:    opCert,
 		mfrRoot:   cfg.Manufacturer.Certificate().Raw,
+		claim:     claim.Secret,
 		mkbk:      cfg.Manufacturer.backupKey(cfg.Class),
 		akbk:      cfg.Operator.backupKey(cfg.Class),
 		lock:      lock,
@@ -194,19 +201,19 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (*Device, erro
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.commit(d.st); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, auditFile), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
 	d.alog = auditFiles{f: f}
 	if err := d.audit("", "device.manufacture", id.Serial, "ok"); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("manufacture: %w", err)
+		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
-	return d, nil
+	return d, claim, nil
 }
 
 // Open loads the HSM kept in dir. Its seal key and sealed state must be

@@ -76,7 +76,7 @@ func FuzzImportImage(f *testing.F) {
 	f.Add(img)
 	f.Add(img[:len(img)/2])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := target.ImportImage(context.Background(), nil, bytes.NewReader(data))
+		_, err := target.claimImport(context.Background(), bytes.NewReader(data))
 		if err == nil {
 			if !bytes.Equal(data, img) {
 				t.Fatal("a modified image was accepted")

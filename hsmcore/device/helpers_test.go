@@ -50,7 +50,7 @@ var stdHW = hw{class: "hsm2m.medium", mfr: "acme", op: "cloud", firmware: "2.1.0
 
 func newDevice(t testing.TB, h hw) *Device {
 	t.Helper()
-	d, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
+	d, _, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
 		Class: h.class, Firmware: h.firmware, FIPS: h.fips,
 		Manufacturer: authority(t, h.mfr), Operator: authority(t, h.op),
 	}, TestOptions())
@@ -140,12 +140,38 @@ func contentsBytes(t testing.TB, d *Device) []byte {
 func initCluster(t testing.TB, d *Device, id string) *testpki.CA {
 	t.Helper()
 	ca := testpki.NewCA(t, "customer root CA")
-	csr, err := d.ClusterCSR(id)
+	csr, err := d.claimCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.InitializeCluster(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
+	if err := d.claimInit(ca.SignCSR(t, csr), ca.Cert.Raw); err != nil {
 		t.Fatal(err)
 	}
 	return ca
+}
+
+// testClaim returns a proof for op on object on d, made as the holder of
+// its claim secret; a device that issues no nonce gets one without, for
+// the call to refuse.
+func (d *Device) testClaim(op, object string) *hsmcore.ClaimProof {
+	nonce, err := d.ClaimNonce()
+	if err != nil {
+		return &hsmcore.ClaimProof{Serial: d.id.Serial}
+	}
+	p := hsmcore.Claim{Serial: d.id.Serial, Secret: d.claim}.Prove(nonce, op, object)
+	return &p
+}
+
+// claimCSR, claimInit and claimImport are ClusterCSR, InitializeCluster
+// and ClaimImage by the claim holder.
+func (d *Device) claimCSR(id string) ([]byte, error) {
+	return d.ClusterCSR(id, d.testClaim(hsmcore.ClaimCSR, id))
+}
+
+func (d *Device) claimInit(cert, ca []byte) error {
+	return d.InitializeCluster(cert, ca, d.testClaim(hsmcore.ClaimInit, hsmcore.ClusterInitObject(cert, ca)))
+}
+
+func (d *Device) claimImport(ctx context.Context, r io.Reader) (*hsmcore.ImageHeader, error) {
+	return d.ClaimImage(ctx, d.testClaim(hsmcore.ClaimImport, ""), r)
 }

@@ -150,9 +150,10 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 }
 
 // ImportImage restores an image into the device, replacing its users, keys
-// and cluster membership. A device without users accepts an image without
-// a session (restoring into a new HSM); otherwise s must be a crypto
-// officer's session on this device.
+// and cluster membership, as the crypto officer of session s on this
+// device, or, with s nil, into a device without users whose cluster is
+// initialized (its daemon has checked the caller's client certificate).
+// ClaimImage imports into a new HSM.
 //
 // The checks, in order (docs/FORMATS.md numbers them): the header parses;
 // class, manufacturer and operator equal the device's, and so does the PBK
@@ -170,14 +171,32 @@ func writeImage(ctx context.Context, w io.Writer, header, ebk []byte, c *content
 // from r, which must end right after the image. They are checked, and
 // the token spent, only once the whole image has been read and verified.
 func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsmcore.ImageHeader, error) {
-	ep, err := d.authorizeImport(s)
+	return d.importImage(ctx, importer{s: s}, r)
+}
+
+// ClaimImage imports an image into a new HSM (no cluster, no users) for
+// the holder of its claim secret: p is a proof for hsmcore.ClaimImport
+// with an empty object. This is how a new member is cloned.
+func (d *Device) ClaimImage(ctx context.Context, p *hsmcore.ClaimProof, r io.Reader) (*hsmcore.ImageHeader, error) {
+	return d.importImage(ctx, importer{claim: p}, r)
+}
+
+// importer is who imports: an officer's session, the holder of a claim,
+// or neither (a device whose cluster is initialized and has no users).
+type importer struct {
+	s     *Session
+	claim *hsmcore.ClaimProof
+}
+
+func (d *Device) importImage(ctx context.Context, by importer, r io.Reader) (*hsmcore.ImageHeader, error) {
+	ep, err := d.authorizeImport(by)
 	if err != nil {
 		return nil, err
 	}
 	hr := &hashReader{r: r, h: sha256.New()}
 	h, raw, err := hsmcore.ReadImageHeader(hr)
 	if err != nil {
-		d.auditImport(s, "", "malformed")
+		d.auditImport(by, "", "malformed")
 		return nil, fmt.Errorf("import image: %w", err)
 	}
 	id := fmt.Sprintf("%x", h.ImageID)
@@ -193,43 +212,51 @@ func (d *Device) ImportImage(ctx context.Context, s *Session, r io.Reader) (*hsm
 		err = errZeroized
 	}
 	if err != nil {
-		d.auditImport(s, id, "refused")
+		d.auditImport(by, id, "refused")
 		return nil, fmt.Errorf("import image %s: %w", id, err)
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ep != ep {
-		d.auditImportLocked(s, id, "refused")
+		d.auditImportLocked(by, id, "refused")
 		return nil, fmt.Errorf("import image %s: %w", id, errZeroized)
 	}
-	if err := d.authorizeImportLocked(s); err != nil {
+	if err := d.authorizeImportLocked(by); err != nil {
 		return nil, err
 	}
-	if s != nil {
-		if err := s.requireQuorum("image.import", hsmcore.ImageImportObject(sum)); err != nil {
+	if by.s != nil {
+		if err := by.s.requireQuorum("image.import", hsmcore.ImageImportObject(sum)); err != nil {
 			return nil, err
 		}
 	}
 	if err := d.commit(staged); err != nil {
-		d.auditImportLocked(s, id, "error")
+		d.auditImportLocked(by, id, "error")
 		return nil, fmt.Errorf("import image %s: %w", id, err)
 	}
-	if err := d.auditImportLocked(s, id, "ok"); err != nil {
+	if by.claim != nil {
+		d.claims.issued = nil // claimed: no nonce outlives it
+	}
+	if err := d.auditImportLocked(by, id, "ok"); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
 
-// authorizeImport checks who imports and returns the epoch the import
-// begins in.
-func (d *Device) authorizeImport(s *Session) (*epoch, error) {
+// authorizeImport checks who imports, spends a claim proof, and returns
+// the epoch the import begins in.
+func (d *Device) authorizeImport(by importer) (*epoch, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.authorizeImportLocked(s); err != nil {
+	if err := d.authorizeImportLocked(by); err != nil {
 		return nil, err
 	}
-	if s == nil {
+	if by.claim != nil {
+		if err := d.proveClaim(by.claim, hsmcore.ClaimImport, ""); err != nil {
+			return nil, fmt.Errorf("import image: %w", err)
+		}
+	}
+	if by.s == nil {
 		if err := d.limitUnauth("image.import"); err != nil {
 			return nil, fmt.Errorf("import image: %w", err)
 		}
@@ -237,33 +264,49 @@ func (d *Device) authorizeImport(s *Session) (*epoch, error) {
 	return d.ep, nil
 }
 
-func (d *Device) authorizeImportLocked(s *Session) error {
-	if s == nil {
-		if len(d.st.Users) > 0 {
-			d.auditUnauth("image.import", "", "denied")
-			return fmt.Errorf("import image: device is initialized: a crypto officer must import: %w", hsmcore.ErrPermission)
+// authorizeImportLocked checks, at the start of an import and again before
+// it commits, that by may import into the device as it is now. The caller
+// holds d.mu.
+func (d *Device) authorizeImportLocked(by importer) error {
+	if s := by.s; s != nil {
+		if s.d != d {
+			return fmt.Errorf("import image: session belongs to another device: %w", hsmcore.ErrPermission)
 		}
-		return nil
+		return s.check("image.import", hsmcore.CryptoOfficer)
 	}
-	if s.d != d {
-		return fmt.Errorf("import image: session belongs to another device: %w", hsmcore.ErrPermission)
+	switch {
+	case len(d.st.Users) > 0:
+		d.auditUnauth("image.import", "", "denied")
+		return fmt.Errorf("import image: device is initialized: a crypto officer must import: %w", hsmcore.ErrPermission)
+	case by.claim == nil && !d.st.clusterInitialized():
+		if d.claim == nil {
+			return fmt.Errorf("import image: %w", hsmcore.ErrNoClaim)
+		}
+		d.auditUnauth("image.import", "", "denied")
+		return fmt.Errorf("import image: HSM %s is not claimed yet: a claim proof is required (the claim file hsm manufacture wrote for it): %w", d.id.Serial, hsmcore.ErrPermission)
+	case by.claim != nil && d.st.clusterInitialized():
+		d.auditUnauth("image.import", "", "denied")
+		return fmt.Errorf("import image: HSM %s is set up already: its cluster is initialized: %w", d.id.Serial, hsmcore.ErrPermission)
 	}
-	return s.check("image.import", hsmcore.CryptoOfficer)
+	return nil
 }
 
-func (d *Device) auditImport(s *Session, id, result string) {
+func (d *Device) auditImport(by importer, id, result string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.auditImportLocked(s, id, result)
+	d.auditImportLocked(by, id, result)
 }
 
-// auditImportLocked records an import by s, or, without a session, as an
-// unauthenticated call. The caller holds d.mu.
-func (d *Device) auditImportLocked(s *Session, id, result string) error {
-	if s == nil {
-		return d.auditUnauth("image.import", id, result)
+// auditImportLocked records an import by an officer, by the claim holder,
+// or as an unauthenticated call. The caller holds d.mu.
+func (d *Device) auditImportLocked(by importer, id, result string) error {
+	switch {
+	case by.s != nil:
+		return d.audit(by.s.user, "image.import", id, result)
+	case by.claim != nil:
+		return d.appendAudit(hsmcore.ClaimHolder, "image.import", id, result)
 	}
-	return d.audit(s.user, "image.import", id, result)
+	return d.auditUnauth("image.import", id, result)
 }
 
 // stageImage runs every check on an image and returns its contents,

@@ -53,7 +53,7 @@ func TestImageRoundTripFullHSM(t *testing.T) {
 	img := exportImage(t, co)
 
 	dst := newDevice(t, stdHW)
-	h, err := dst.ImportImage(context.Background(), nil, bytes.NewReader(img))
+	h, err := dst.claimImport(context.Background(), bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestImportRefusesDamagedImages(t *testing.T) {
 		// On a throwaway copy of the target's hardware, so the fixture's
 		// target stays as it was for the other cases.
 		d := newDevice(t, stdHW)
-		if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(f.img)); err != nil {
+		if _, err := d.claimImport(context.Background(), bytes.NewReader(f.img)); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -266,14 +266,14 @@ func TestImportRefusesOtherHardware(t *testing.T) {
 			if op == nil {
 				op = authority(t, c.hw.op)
 			}
-			d, err := Manufacture(t.TempDir()+"/hsm", ManufactureConfig{Class: c.hw.class, Firmware: c.hw.firmware,
+			d, _, err := Manufacture(t.TempDir()+"/hsm", ManufactureConfig{Class: c.hw.class, Firmware: c.hw.firmware,
 				Manufacturer: authority(t, c.hw.mfr), Operator: op}, TestOptions())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
 			sealed, content := stateBytes(t, d), contentsBytes(t, d)
-			if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(img)); !errors.Is(err, c.want) {
+			if _, err := d.claimImport(context.Background(), bytes.NewReader(img)); !errors.Is(err, c.want) {
 				t.Fatalf("got %v, want %v", err, c.want)
 			}
 			assertUnchanged(t, d, sealed, content)
@@ -281,7 +281,7 @@ func TestImportRefusesOtherHardware(t *testing.T) {
 	}
 	t.Run("newer firmware accepts", func(t *testing.T) {
 		d := newDevice(t, hw{"hsm2m.medium", "acme", "cloud", "2.10.0", false})
-		if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+		if _, err := d.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -296,17 +296,17 @@ func TestImportFIPSMode(t *testing.T) {
 
 	plain := newDevice(t, stdHW)
 	sealed, content := stateBytes(t, plain), contentsBytes(t, plain)
-	if _, err := plain.ImportImage(context.Background(), nil, bytes.NewReader(img)); !errors.Is(err, hsmcore.ErrFIPSMode) {
+	if _, err := plain.claimImport(context.Background(), bytes.NewReader(img)); !errors.Is(err, hsmcore.ErrFIPSMode) {
 		t.Fatalf("FIPS image into non-FIPS HSM: got %v, want ErrFIPSMode", err)
 	}
 	assertUnchanged(t, plain, sealed, content)
 
-	if _, err := newDevice(t, fipsHW).ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+	if _, err := newDevice(t, fipsHW).claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatalf("FIPS into FIPS: %v", err)
 	}
 	// Non-FIPS into FIPS is allowed, as in CloudHSM.
 	co2, _ := initDevice(t, plain)
-	if _, err := newDevice(t, fipsHW).ImportImage(context.Background(), nil, bytes.NewReader(exportImage(t, co2))); err != nil {
+	if _, err := newDevice(t, fipsHW).claimImport(context.Background(), bytes.NewReader(exportImage(t, co2))); err != nil {
 		t.Fatalf("non-FIPS into FIPS: %v", err)
 	}
 }

@@ -66,7 +66,7 @@ func TestLegacyShortSecretCheckValueImports(t *testing.T) {
 		}
 	}
 	dst := newDevice(t, stdHW)
-	if _, err := dst.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+	if _, err := dst.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatalf("import of an image with old check values: %v", err)
 	}
 	check("imported", dst)

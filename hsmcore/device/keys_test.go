@@ -864,7 +864,7 @@ func TestSessionKeys(t *testing.T) {
 // newDeviceWithCapacity is newDevice with a key capacity.
 func newDeviceWithCapacity(t testing.TB, capacity int) *Device {
 	t.Helper()
-	d, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
+	d, _, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
 		Class: stdHW.class, Firmware: stdHW.firmware, Capacity: capacity,
 		Manufacturer: authority(t, stdHW.mfr), Operator: authority(t, stdHW.op),
 	}, TestOptions())

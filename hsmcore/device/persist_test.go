@@ -206,7 +206,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secrets := [][]byte{d.mkbk, d.akbk, d.pbk, sealKey, d.deviceKey.D.Bytes()}
+	secrets := [][]byte{d.mkbk, d.akbk, d.pbk, sealKey, d.deviceKey.D.Bytes(), d.claim}
 	d.mu.Lock()
 	for _, k := range d.st.Keys {
 		secrets = append(secrets, k.Material)
@@ -239,7 +239,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 	}
 	_, err = d.Login("admin", "wrong password")
 	out.WriteString(err.Error())
-	_, err = newDevice(t, hw{"hsm2m.medium", "acme", "other", "2.1.0", false}).ImportImage(context.Background(), nil, bytes.NewReader(exportImage(t, co)))
+	_, err = newDevice(t, hw{"hsm2m.medium", "acme", "other", "2.1.0", false}).claimImport(context.Background(), bytes.NewReader(exportImage(t, co)))
 	out.WriteString(err.Error())
 
 	for i, s := range secrets {

@@ -46,7 +46,7 @@ func TestQuorumProtectsOperations(t *testing.T) {
 	clock := time.Now()
 	opts := TestOptions()
 	opts.Now = func() time.Time { return clock }
-	d, err := Manufacture(t.TempDir()+"/hsm", ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0",
+	d, _, err := Manufacture(t.TempDir()+"/hsm", ManufactureConfig{Class: "hsm2m.medium", Firmware: "2.1.0",
 		Manufacturer: authority(t, "acme"), Operator: authority(t, "cloud")}, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -241,6 +241,8 @@ type deviceRecord struct {
 	// The manufacturer's root certificate, DER, which new members'
 	// device certificates must chain to; absent in devices made before.
 	MfrRoot []byte `json:"manufacturer_root,omitempty"`
+	// The claim secret (hsmcore.Claim); absent in devices made before.
+	Claim []byte `json:"claim_secret,omitempty"`
 }
 
 // sealMagic starts the sealed state file; it is also the AEAD's
@@ -256,7 +258,7 @@ func (d *Device) writeState(c *contents) ([32]byte, error) {
 		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
 	var buf bytes.Buffer
-	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot}
+	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
 	if err := json.NewEncoder(&buf).Encode(rec); err != nil {
 		return [32]byte{}, fmt.Errorf("seal state: %w", err)
 	}
@@ -298,7 +300,7 @@ func (d *Device) readState(sealed []byte) error {
 	}
 	k, err := x509.ParsePKCS8PrivateKey(rec.DeviceKey)
 	key, ok := k.(*ecdsa.PrivateKey)
-	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 {
+	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 || (rec.Claim != nil && len(rec.Claim) != hsmcore.ClaimSecretSize) {
 		return fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
 	}
 	c, err := readContents(bytes.NewReader(rest), rec.Capacity)
@@ -306,7 +308,7 @@ func (d *Device) readState(sealed []byte) error {
 		return fmt.Errorf("sealed state: %w", err)
 	}
 	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
-	d.mfrCert, d.opCert, d.mkbk, d.akbk, d.mfrRoot = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK, rec.MfrRoot
+	d.mfrCert, d.opCert, d.mkbk, d.akbk, d.mfrRoot, d.claim = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK, rec.MfrRoot, rec.Claim
 	d.st = c
 	d.digest = sha256.Sum256(rest)
 	return nil

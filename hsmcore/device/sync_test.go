@@ -19,7 +19,7 @@ func twoMembers(t testing.TB) (a, b *Device, coA, cuA, coB, cuB *Session) {
 	initCluster(t, a, "cluster-s")
 	b = newDevice(t, stdHW)
 	addMember(t, coA, b)
-	if _, err := b.ImportImage(context.Background(), nil, bytes.NewReader(exportImage(t, coA))); err != nil {
+	if _, err := b.claimImport(context.Background(), bytes.NewReader(exportImage(t, coA))); err != nil {
 		t.Fatal(err)
 	}
 	return a, b, coA, cuA, login(t, b, "admin"), login(t, b, "alice")

@@ -51,7 +51,7 @@ func vectorDevice(t *testing.T, mfrSecret, opSecret []byte, target hw) *Device {
 	mfr, op := *authority(t, "acme"), *authority(t, "cloud")
 	mfr.name, op.name = target.mfr, target.op
 	mfr.secret, op.secret = mfrSecret, opSecret
-	d, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
+	d, _, err := Manufacture(filepath.Join(t.TempDir(), "hsm"), ManufactureConfig{
 		Class: target.class, Firmware: target.firmware, FIPS: target.fips, Serial: "VECTOR-TARGET",
 		Manufacturer: &mfr, Operator: &op,
 	}, TestOptions())
@@ -97,7 +97,7 @@ func TestImageVectors(t *testing.T) {
 			if v.PBK != "" && hex.EncodeToString(d.pbk) != v.PBK {
 				t.Fatalf("target derives PBK %x, vector says %s", d.pbk, v.PBK)
 			}
-			_, err = d.ImportImage(context.Background(), nil, bytes.NewReader(mustHex(t, v.Image)))
+			_, err = d.claimImport(context.Background(), bytes.NewReader(mustHex(t, v.Image)))
 			if v.Expect == "ok" {
 				if err != nil {
 					t.Fatalf("%s: %v", v.Description, err)

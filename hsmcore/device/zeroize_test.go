@@ -133,7 +133,7 @@ func TestZeroizeThenRestoreOrInitialize(t *testing.T) {
 	if err := co.Zeroize(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+	if _, err := d.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatalf("restore into the zeroized device: %v", err)
 	}
 	if d.StateDigest() != before || d.ClusterID() != "cluster-z" || !d.ClusterInitialized() {
@@ -319,11 +319,11 @@ func TestZeroizeCutsTransfers(t *testing.T) {
 	br := &blockingReader{r: bytes.NewReader(img), n: len(img) / 2, reached: reached, release: release}
 	done := make(chan error, 1)
 	go func() {
-		_, err := d.ImportImage(context.Background(), nil, br)
+		_, err := d.claimImport(context.Background(), br)
 		done <- err
 	}()
 	<-reached
-	if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+	if _, err := d.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatal(err)
 	}
 	co := login(t, d, "admin")
@@ -340,7 +340,7 @@ func TestZeroizeCutsTransfers(t *testing.T) {
 	}
 
 	// An export begun before a zeroization fails after it.
-	if _, err := d.ImportImage(context.Background(), nil, bytes.NewReader(img)); err != nil {
+	if _, err := d.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatal(err)
 	}
 	co = login(t, d, "admin")

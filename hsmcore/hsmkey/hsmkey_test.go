@@ -24,13 +24,7 @@ func TestEnvelopeUnderAnHSMHeldKey(t *testing.T) {
 	ctx := context.Background()
 	e := hsmtest.NewEnv(t)
 	d := e.Serve(t, nil)
-	csr, err := d.Dev.ClusterCSR("cluster-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Dev.InitializeCluster(e.CA.SignCSR(t, csr), e.CA.Cert.Raw); err != nil {
-		t.Fatal(err)
-	}
+	d.InstallCluster(e.CA, "cluster-1")
 	if err := d.Dev.Initialize("admin", password); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,10 @@ import (
 type Env struct {
 	Mfr, Op *device.Authority
 	CA      *testpki.CA
+	// Claims are the claim secrets of the HSMs e.Serve made, for the
+	// client configurations that set new HSMs up (not safe for Serve and
+	// a client's use at the same time).
+	Claims hsmcore.Claims
 }
 
 // NewEnv makes the authorities and the customer CA.
@@ -36,26 +40,30 @@ func NewEnv(tb testing.TB) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Env{Mfr: mfr, Op: op, CA: testpki.NewCA(tb, "customer root CA")}
+	return &Env{Mfr: mfr, Op: op, CA: testpki.NewCA(tb, "customer root CA"), Claims: hsmcore.Claims{}}
 }
 
 // Daemon is an HSM served on a loopback address.
 type Daemon struct {
-	tb   testing.TB
-	Dir  string
-	Addr string
-	Dev  *device.Device // nil while stopped
-	stop func() error   // nil while stopped
+	tb    testing.TB
+	Dir   string
+	Addr  string
+	Claim hsmcore.Claim  // the HSM's claim secret, from its manufacture
+	Dev   *device.Device // nil while stopped
+	stop  func() error   // nil while stopped
 }
 
 // Serve manufactures an hsm2m.medium HSM of e's manufacturer and the given
-// operator (nil: e's), serves it, and stops it when the test ends.
+// operator (nil: e's), serves it, and stops it when the test ends. Its
+// claim secret joins e.Claims.
 func (e *Env) Serve(tb testing.TB, op *device.Authority) *Daemon {
 	tb.Helper()
 	if op == nil {
 		op = e.Op
 	}
-	return Serve(tb, device.ManufactureConfig{Manufacturer: e.Mfr, Operator: op})
+	h := Serve(tb, device.ManufactureConfig{Manufacturer: e.Mfr, Operator: op})
+	e.Claims.Add(h.Claim)
+	return h
 }
 
 // Serve manufactures an HSM as cfg says (zero Class and Firmware:
@@ -69,12 +77,12 @@ func Serve(tb testing.TB, cfg device.ManufactureConfig) *Daemon {
 		cfg.Firmware = "2.1.0"
 	}
 	dir := filepath.Join(tb.TempDir(), "hsm")
-	d, err := device.Manufacture(dir, cfg, device.TestOptions())
+	d, claim, err := device.Manufacture(dir, cfg, device.TestOptions())
 	if err != nil {
 		tb.Fatal(err)
 	}
 	d.Close()
-	h := &Daemon{tb: tb, Dir: dir}
+	h := &Daemon{tb: tb, Dir: dir, Claim: claim}
 	h.Start()
 	tb.Cleanup(h.Stop)
 	return h
@@ -108,19 +116,23 @@ func (h *Daemon) Stop() {
 	h.stop, h.Dev = nil, nil
 }
 
-// InitCluster initializes the cluster of the uninitialized HSM at addr as
-// a customer would, with cluster.Bootstrap: over the wire it trusts the
-// device through mfrRoots, attests it against mfrRoots and opRoots (any
-// identity they certify), gets the cluster CSR for clusterID, has ca sign
-// it and installs it. Then it creates the first crypto officer, officer,
-// with password. It returns a client configuration for the cluster, with a
-// client certificate from ca.
-func InitCluster(tb testing.TB, addr string, mfrRoots, opRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
+// InitCluster initializes the cluster of the uninitialized HSM at addr,
+// whose claim secret is claim, as a customer would, with
+// cluster.Bootstrap: over the wire it trusts the device through mfrRoots,
+// attests it against mfrRoots and opRoots (any identity they certify),
+// gets the cluster CSR for clusterID, has ca sign it and installs it. Then
+// it creates the first crypto officer, officer, with password. It returns
+// a client configuration for the cluster, with a client certificate from
+// ca.
+func InitCluster(tb testing.TB, addr string, claim hsmcore.Claim, mfrRoots, opRoots *x509.CertPool, ca *testpki.CA, clusterID, officer, password string) client.Config {
 	tb.Helper()
 	cert := ca.Client(tb, "test-client")
 	cfg := client.Config{Addr: addr, Certificate: &cert, CustomerCA: ca.Cert, ClusterID: clusterID, Timeout: 10 * time.Second}
+	bc := cfg
+	bc.Claims = hsmcore.Claims{}
+	bc.Claims.Add(claim)
 	_, _, err := cluster.Bootstrap(context.Background(), cluster.BootstrapConfig{
-		Client:    cfg,
+		Client:    bc,
 		Challenge: hsmcore.ChallengeOptions{ManufacturerRoots: mfrRoots, OperatorRoots: opRoots, Certified: true},
 		Sign:      ca.CA.SignCSR,
 		Officer:   officer,
@@ -132,15 +144,41 @@ func InitCluster(tb testing.TB, addr string, mfrRoots, opRoots *x509.CertPool, c
 	return cfg
 }
 
-// InitCluster initializes the cluster of the uninitialized HSM at addr
-// (see the function InitCluster), trusting e's manufacturer and operator.
-func (e *Env) InitCluster(tb testing.TB, addr, clusterID, officer, password string) client.Config {
+// InitCluster initializes the cluster of the uninitialized HSM h (see
+// the function InitCluster), trusting e's manufacturer and operator.
+func (e *Env) InitCluster(tb testing.TB, h *Daemon, clusterID, officer, password string) client.Config {
 	tb.Helper()
-	return InitCluster(tb, addr, pool(e.Mfr), pool(e.Op), e.CA, clusterID, officer, password)
+	return InitCluster(tb, h.Addr, h.Claim, pool(e.Mfr), pool(e.Op), e.CA, clusterID, officer, password)
 }
 
 func pool(a *device.Authority) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(a.Certificate())
 	return p
+}
+
+// Proof returns a claim proof for op on object, made as the holder of h's
+// claim secret with a nonce from its device, for calls made in-process.
+func (h *Daemon) Proof(op, object string) *hsmcore.ClaimProof {
+	h.tb.Helper()
+	nonce, err := h.Dev.ClaimNonce()
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	p := h.Claim.Prove(nonce, op, object)
+	return &p
+}
+
+// InstallCluster makes h's device the first member of cluster id, in
+// process: its cluster CSR, signed by ca, installed, as the claim holder.
+func (h *Daemon) InstallCluster(ca *testpki.CA, id string) {
+	h.tb.Helper()
+	csr, err := h.Dev.ClusterCSR(id, h.Proof(hsmcore.ClaimCSR, id))
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	cert := ca.SignCSR(h.tb, csr)
+	if err := h.Dev.InitializeCluster(cert, ca.Cert.Raw, h.Proof(hsmcore.ClaimInit, hsmcore.ClusterInitObject(cert, ca.Cert.Raw))); err != nil {
+		h.tb.Fatal(err)
+	}
 }

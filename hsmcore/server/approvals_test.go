@@ -32,7 +32,7 @@ func newQuorumHSM(t *testing.T) *quorumHSM {
 	ctx := context.Background()
 	e := newEnv(t)
 	h := e.Serve(t, nil)
-	cfg := e.InitCluster(t, h.Addr, "cluster-1", "admin", password)
+	cfg := e.InitCluster(t, h, "cluster-1", "admin", password)
 	q := &quorumHSM{e: e, h: h, cfg: cfg, privs: map[string]ed25519.PrivateKey{}}
 	q.co = q.login(t, "admin")
 	if err := q.co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {

@@ -24,7 +24,7 @@ func newLockoutEnv(t *testing.T) *lockoutEnv {
 	t.Helper()
 	e := newEnv(t)
 	h := e.Serve(t, nil)
-	cfg := e.InitCluster(t, h.Addr, "cluster-1", "admin", password)
+	cfg := e.InitCluster(t, h, "cluster-1", "admin", password)
 	co := e.memberClient(t, h.Addr, cfg.Certificate)
 	ctx := context.Background()
 	if _, err := co.Login(ctx, "admin", password); err != nil {

@@ -14,7 +14,7 @@ import (
 
 func TestServeLoopback(t *testing.T) {
 	e := newEnv(t)
-	d, err := device.Manufacture(filepath.Join(t.TempDir(), "hsm"), device.ManufactureConfig{
+	d, _, err := device.Manufacture(filepath.Join(t.TempDir(), "hsm"), device.ManufactureConfig{
 		Class: "hsm2m.medium", Firmware: "2.1.0", Manufacturer: e.Mfr, Operator: e.Op,
 	}, device.TestOptions())
 	if err != nil {

@@ -39,6 +39,7 @@ func (s *Server) routes() http.Handler {
 	route("GET /v1/health", public, s.health)
 	route("POST /v1/attest", public, s.attest)
 	route("GET /v1/certificates", public, s.certificates)
+	route("POST /v1/claim/nonce", preInit, s.claimNonce)
 	route("POST /v1/cluster/csr", preInit, s.clusterCSR)
 	route("POST /v1/cluster/initialize", preInit, s.clusterInit)
 	route("POST /v1/initialize", member, s.initialize)
@@ -230,12 +231,37 @@ func (s *Server) certificates(*http.Request, *device.Session) (any, error) {
 	return out, nil
 }
 
+func (s *Server) claimNonce(*http.Request, *device.Session) (any, error) {
+	n, err := s.dev.ClaimNonce()
+	if err != nil {
+		return nil, err
+	}
+	return api.ClaimNonceResponse{Serial: s.dev.Identity().Serial, Nonce: n}, nil
+}
+
+// claimProof is the request's claim proof, nil if it has none.
+func claimProof(r *http.Request) (*hsmcore.ClaimProof, error) {
+	h := r.Header.Get(api.ClaimHeader)
+	if h == "" {
+		return nil, nil
+	}
+	p, err := hsmcore.ParseClaimProof(h)
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
 func (s *Server) clusterCSR(r *http.Request, _ *device.Session) (any, error) {
 	var req api.CSRRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	csr, err := s.dev.ClusterCSR(req.ClusterID)
+	p, err := claimProof(r)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := s.dev.ClusterCSR(req.ClusterID, p)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +273,11 @@ func (s *Server) clusterInit(r *http.Request, _ *device.Session) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	return nil, s.dev.InitializeCluster(req.Certificate, req.CustomerCA)
+	p, err := claimProof(r)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.dev.InitializeCluster(req.Certificate, req.CustomerCA, p)
 }
 
 func (s *Server) initialize(r *http.Request, _ *device.Session) (any, error) {
@@ -514,9 +544,11 @@ func (s *Server) exportImage(w http.ResponseWriter, r *http.Request) {
 	api.SetImageStatement(w.Header(), st)
 }
 
-// importImage streams an image from the client into the device. A device
-// without users takes it without a session (a new cluster member being
-// cloned); otherwise a crypto officer's session is needed.
+// importImage streams an image from the client into the device. A new HSM
+// takes it from the holder of its claim secret (a new cluster member being
+// cloned), a device with an initialized cluster and no users from a
+// client with a certificate from the customer CA; otherwise a crypto
+// officer's session is needed.
 func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	var hs *device.Session
 	if r.Header.Get("Authorization") != "" {
@@ -529,7 +561,16 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("a client certificate from the customer CA is required: %w", hsmcore.ErrPermission))
 		return
 	}
-	h, err := s.dev.ImportImage(r.Context(), hs, bufio.NewReaderSize(r.Body, 64<<10))
+	body := bufio.NewReaderSize(r.Body, 64<<10)
+	var h *hsmcore.ImageHeader
+	p, err := claimProof(r)
+	switch {
+	case err != nil:
+	case hs == nil && p != nil:
+		h, err = s.dev.ClaimImage(r.Context(), p, body)
+	default:
+		h, err = s.dev.ImportImage(r.Context(), hs, body)
+	}
 	if err != nil {
 		s.log.Info("image import refused", "remote", r.RemoteAddr, "err", err)
 		writeError(w, err)

@@ -43,7 +43,7 @@ func (e *env) roots() *x509.CertPool {
 // preInitClient trusts the device certificate and presents none.
 func (e *env) preInitClient(t *testing.T, addr string) *client.Client {
 	t.Helper()
-	c, err := client.New(client.Config{Addr: addr, ManufacturerRoots: e.roots()})
+	c, err := client.New(client.Config{Addr: addr, ManufacturerRoots: e.roots(), Claims: e.Claims})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +84,9 @@ func (e *env) memberClient(t *testing.T, addr string, cert *tls.Certificate) *cl
 func (e *env) initialized(t *testing.T) (*device.Device, string, *client.Client) {
 	t.Helper()
 	ctx := context.Background()
-	d, addr := e.serve(t)
-	cfg := e.InitCluster(t, addr, "cluster-1", "admin", password)
+	h := e.Serve(t, nil)
+	d, addr := h.Dev, h.Addr
+	cfg := e.InitCluster(t, h, "cluster-1", "admin", password)
 	co := e.memberClient(t, addr, cfg.Certificate)
 	if _, err := co.Login(ctx, "admin", password); err != nil {
 		t.Fatal(err)
@@ -388,7 +389,7 @@ func TestZeroizeOverTheWire(t *testing.T) {
 	ctx := context.Background()
 	h := e.Serve(t, nil)
 	addr := h.Addr
-	cfg := e.InitCluster(t, addr, "cluster-1", "admin", password)
+	cfg := e.InitCluster(t, h, "cluster-1", "admin", password)
 	co := e.memberClient(t, addr, cfg.Certificate)
 	if _, err := co.Login(ctx, "admin", password); err != nil {
 		t.Fatal(err)
