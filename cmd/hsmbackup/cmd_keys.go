@@ -119,6 +119,7 @@ func keysCommand() *cli.Command {
 				OnUsageError: usageError,
 				Action:       envAction("keys export", keysExport),
 			},
+			keysMigrateCommand(),
 			{
 				Name:  "delete",
 				Usage: "delete a key from every member (its owner only)",

@@ -203,6 +203,41 @@ type UnwrapRequest struct {
 	Spec       hsmcore.KeySpec `json:"spec"`
 }
 
+// TransportKeyRequest is POST /v1/migrate/transport-key: the answer is
+// an hsmcore.TransportOffer attested over the verifier's Nonce.
+type TransportKeyRequest struct {
+	Nonce []byte `json:"nonce"`
+}
+
+// ExportBundleRequest is POST /v1/migrate/export: the keys Handles, in a
+// bundle under Offer's transport key, checked against OperatorRoots (DER
+// certificates) for the destination's operator. The answer is an
+// ExportBundleResponse.
+type ExportBundleRequest struct {
+	Offer         hsmcore.TransportOffer `json:"offer"`
+	OperatorRoots [][]byte               `json:"operator_roots"`
+	Handles       []uint64               `json:"handles"`
+	DryRun        bool                   `json:"dry_run,omitempty"`
+}
+
+// ExportBundleResponse is the bundle (absent in a dry run, or if every key
+// was refused) and what became of each key.
+type ExportBundleResponse struct {
+	Bundle  *hsmcore.Bundle    `json:"bundle,omitempty"`
+	Results []hsmcore.Migrated `json:"results"`
+}
+
+// ImportBundleRequest is POST /v1/migrate/import; the answer is an
+// ImportBundleResponse.
+type ImportBundleRequest struct {
+	Bundle *hsmcore.Bundle `json:"bundle"`
+}
+
+// ImportBundleResponse is what became of each key of the bundle.
+type ImportBundleResponse struct {
+	Results []hsmcore.Migrated `json:"results"`
+}
+
 // ChangesRequest is POST /v1/sync/export: the changes the HSM made after
 // its sequence number Since, for the member with serial To.
 type ChangesRequest struct {

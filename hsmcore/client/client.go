@@ -659,6 +659,30 @@ func (c *Client) Verify(ctx context.Context, h uint64, data, sig []byte) error {
 	return c.do(ctx, "POST", keyPath(h, "verify"), api.CryptoRequest{Data: data, Signature: sig}, nil)
 }
 
+// NewTransportKey has the HSM make a transport key for the logged-in
+// crypto user and attest to it over nonce (hsmcore.TransportOffer).
+func (c *Client) NewTransportKey(ctx context.Context, nonce []byte) (hsmcore.TransportOffer, error) {
+	var out hsmcore.TransportOffer
+	err := c.do(ctx, "POST", "/v1/migrate/transport-key", api.TransportKeyRequest{Nonce: nonce}, &out)
+	return out, err
+}
+
+// ExportBundle has the HSM write keys handles in a bundle under offer's
+// transport key, once it has checked offer against opRoots (DER).
+func (c *Client) ExportBundle(ctx context.Context, offer hsmcore.TransportOffer, opRoots [][]byte, handles []uint64, dryRun bool) (api.ExportBundleResponse, error) {
+	var out api.ExportBundleResponse
+	err := c.do(ctx, "POST", "/v1/migrate/export", api.ExportBundleRequest{Offer: offer, OperatorRoots: opRoots, Handles: handles, DryRun: dryRun}, &out)
+	return out, err
+}
+
+// ImportBundle has the HSM import a bundle made for one of its transport
+// keys.
+func (c *Client) ImportBundle(ctx context.Context, b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
+	var out api.ImportBundleResponse
+	err := c.do(ctx, "POST", "/v1/migrate/import", api.ImportBundleRequest{Bundle: b}, &out)
+	return out.Results, err
+}
+
 // WrapKey wraps key target under key wrapping with mech.
 func (c *Client) WrapKey(ctx context.Context, wrapping, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
 	var out api.WrapResponse

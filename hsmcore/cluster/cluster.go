@@ -368,8 +368,13 @@ func write[T any](ctx context.Context, c *Cluster, op func(*client.Client) (T, e
 
 // writeLocked is write with c.writeMu held.
 func writeLocked[T any](ctx context.Context, c *Cluster, op func(*client.Client) (T, error)) (T, error) {
+	return writeAmong(ctx, c, c.usable(), op)
+}
+
+// writeAmong is writeLocked with the primary the first of members that
+// answers; the other usable members are brought up to date.
+func writeAmong[T any](ctx context.Context, c *Cluster, members []*member, op func(*client.Client) (T, error)) (T, error) {
 	var zero T
-	members := c.usable()
 	var primary *member
 	var since uint64
 	var v T
@@ -391,6 +396,7 @@ func writeLocked[T any](ctx context.Context, c *Cluster, op func(*client.Client)
 	if primary == nil || err != nil {
 		return zero, err
 	}
+	members = slices.DeleteFunc(c.usable(), func(m *member) bool { return m == primary })
 	for _, m := range members {
 		if err := c.replicate(ctx, primary, m, since); err != nil {
 			c.log.Warn("member missed a write; out of sync", "addr", m.addr, "err", err)
@@ -466,6 +472,54 @@ func (c *Cluster) WrapKey(ctx context.Context, wrapping, target uint64, mech hsm
 // public key (PKIX DER), on one member.
 func (c *Cluster) WrapKeyToPublic(ctx context.Context, pub []byte, target uint64, mech hsmcore.Mechanism) ([]byte, error) {
 	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.WrapKeyToPublic(ctx, pub, target, mech) })
+}
+
+// NewTransportKey has one member make a transport key for the session's
+// crypto user and attest to it over nonce. It returns the offer and the
+// member's address, where ImportBundle must take the bundle.
+func (c *Cluster) NewTransportKey(ctx context.Context, nonce []byte) (hsmcore.TransportOffer, string, error) {
+	var addr string
+	o, err := read(ctx, c, func(cl *client.Client) (hsmcore.TransportOffer, error) {
+		o, err := cl.NewTransportKey(ctx, nonce)
+		if err == nil {
+			addr = c.addrOf(cl)
+		}
+		return o, err
+	})
+	return o, addr, err
+}
+
+// ExportBundle writes keys handles into a bundle under offer's transport
+// key on one member (the source's side of a migration).
+func (c *Cluster) ExportBundle(ctx context.Context, offer hsmcore.TransportOffer, opRoots [][]byte, handles []uint64, dryRun bool) (api.ExportBundleResponse, error) {
+	return read(ctx, c, func(cl *client.Client) (api.ExportBundleResponse, error) {
+		return cl.ExportBundle(ctx, offer, opRoots, handles, dryRun)
+	})
+}
+
+// ImportBundle imports a bundle on the member at addr, which made its
+// transport key, and replicates the new keys to every other member as
+// change records, as any write.
+func (c *Cluster) ImportBundle(ctx context.Context, addr string, b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	at := slices.DeleteFunc(c.usable(), func(m *member) bool { return m.addr != addr })
+	if len(at) == 0 {
+		return nil, fmt.Errorf("import bundle: member %s, which holds its transport key, is not usable: %w", addr, ErrNoMember)
+	}
+	return writeAmong(ctx, c, at, func(cl *client.Client) ([]hsmcore.Migrated, error) { return cl.ImportBundle(ctx, b) })
+}
+
+// addrOf is the address of the member whose client cl is.
+func (c *Cluster) addrOf(cl *client.Client) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if m.c == cl {
+			return m.addr
+		}
+	}
+	return ""
 }
 
 // UnwrapKey imports a key wrapped with mech under key unwrapping on one

@@ -101,10 +101,11 @@ type Device struct {
 	failures       map[string]*failure // failed logins by user; device-local, in failuresFile
 	ep             *epoch              // ended by Zeroize, with the transfers begun in it
 	auditLog       *audit.Log
-	alog           auditFiles    // the audit log's files
-	unauth         unauthLimiter // audit entries of unauthenticated calls
-	claims         claimNonces   // nonces issued for claim proofs, failed proofs
-	lock           *os.File      // held while the device is open
+	alog           auditFiles      // the audit log's files
+	unauth         unauthLimiter   // audit entries of unauthenticated calls
+	claims         claimNonces     // nonces issued for claim proofs, failed proofs
+	transports     []*transportKey // outstanding transport keys, oldest first
+	lock           *os.File        // held while the device is open
 }
 
 // Manufacture creates a new HSM in the empty or missing directory dir. It

@@ -182,3 +182,35 @@ func (h *Daemon) InstallCluster(ca *testpki.CA, id string) {
 		h.tb.Fatal(err)
 	}
 }
+
+// NewCluster serves n HSMs of e's and makes them cluster id, as a
+// customer would over the wire: the first initialized (officer "admin"),
+// crypto user "alice" created, the others added by the cluster client.
+// Both users have password. It returns the HSMs and a configuration whose
+// client trusts the customer CA and e's roots and holds e's claims.
+func (e *Env) NewCluster(tb testing.TB, id string, n int, password string) ([]*Daemon, cluster.Config) {
+	tb.Helper()
+	ctx := context.Background()
+	first := e.Serve(tb, nil)
+	cc := e.InitCluster(tb, first, id, "admin", password)
+	cc.ManufacturerRoots, cc.Claims = pool(e.Mfr), e.Claims
+	cfg := cluster.Config{Members: []string{first.Addr}, Client: cc, OperatorRoots: pool(e.Op)}
+	co, err := cluster.Open(ctx, cfg, "admin", password)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer co.Close()
+	if err := co.CreateUser(ctx, "alice", hsmcore.CryptoUser, password); err != nil {
+		tb.Fatal(err)
+	}
+	hsms := []*Daemon{first}
+	for range n - 1 {
+		h := e.Serve(tb, nil)
+		if err := co.AddMember(ctx, h.Addr, cluster.AddOptions{}); err != nil {
+			tb.Fatal(err)
+		}
+		hsms = append(hsms, h)
+		cfg.Members = append(cfg.Members, h.Addr)
+	}
+	return hsms, cfg
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -60,6 +61,9 @@ func (s *Server) routes() http.Handler {
 	route("POST /v1/keys/{handle}/{op}", loggedIn, s.crypto)
 	route("POST /v1/wrap", loggedIn, s.wrap)
 	route("POST /v1/unwrap", loggedIn, s.unwrap)
+	route("POST /v1/migrate/transport-key", loggedIn, s.transportKey)
+	route("POST /v1/migrate/export", loggedIn, s.exportBundle)
+	route("POST /v1/migrate/import", loggedIn, s.importBundle)
 	route("POST /v1/sync/export", loggedIn, s.exportRecord)
 	route("POST /v1/sync/import", loggedIn, s.importRecord)
 	route("POST /v1/cluster/members", loggedIn, s.addMember)
@@ -437,6 +441,46 @@ func (s *Server) crypto(r *http.Request, hs *device.Session) (any, error) {
 		return nil, err
 	}
 	return api.CryptoResponse{Data: out}, nil
+}
+
+func (s *Server) transportKey(r *http.Request, hs *device.Session) (any, error) {
+	var req api.TransportKeyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return hs.NewTransportKey(req.Nonce)
+}
+
+func (s *Server) exportBundle(r *http.Request, hs *device.Session) (any, error) {
+	var req api.ExportBundleRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	for _, der := range req.OperatorRoots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("operator root: %v: %w", err, hsmcore.ErrInvalid)
+		}
+		roots.AddCert(c)
+	}
+	b, res, err := hs.ExportBundle(req.Offer, roots, req.Handles, req.DryRun)
+	if err != nil {
+		return nil, err
+	}
+	return api.ExportBundleResponse{Bundle: b, Results: res}, nil
+}
+
+func (s *Server) importBundle(r *http.Request, hs *device.Session) (any, error) {
+	var req api.ImportBundleRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	res, err := hs.ImportBundle(req.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	return api.ImportBundleResponse{Results: res}, nil
 }
 
 func (s *Server) wrap(r *http.Request, hs *device.Session) (any, error) {

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
+	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
+	"github.com/hsmbackup/hsmbackup/migrate"
+)
+
+func keysMigrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "migrate",
+		Usage: "move a crypto user's keys from one cluster to another, wrapped from HSM to HSM",
+		Description: "Moves the keys --user owns in cluster --from (those the filters select)\n" +
+			"to cluster --to, both of --config, as that user on both (the same name and\n" +
+			"--password-file). The destination HSM makes a single-use ML-KEM-768 +\n" +
+			"X25519 transport key and attests to it; this command and then the source\n" +
+			"HSM check that attestation (manufacturer and operator roots, a fresh\n" +
+			"nonce, the destination cluster's key as its customer CA certifies it);\n" +
+			"the source HSM writes a signed bundle of the keys under it (their\n" +
+			"attributes, shares and check values); the destination HSM checks the\n" +
+			"bundle, unwraps inside, checks every check value, and the cluster\n" +
+			"replicates the keys to its members. Only extractable keys without\n" +
+			"wrap-with-trusted leave. A key the destination holds already (same label\n" +
+			"and check value) is skipped: run it again after an interruption to\n" +
+			"finish. --dry-run makes every check and moves nothing. The report lists\n" +
+			"each key moved, skipped or refused, with why (--report FILE: as JSON).",
+		Flags: append(append([]cli.Flag{configFlag(),
+			&cli.StringFlag{Name: "from", Usage: "`ID` of the source cluster in --config (required)"},
+			&cli.StringFlag{Name: "to", Usage: "`ID` of the destination cluster in --config (required)"},
+			&cli.StringFlag{Name: "label", Usage: "only keys labelled `LABEL`"},
+			&cli.StringFlag{Name: "type", Usage: "only keys of `TYPE`"},
+			&cli.StringSliceFlag{Name: "attr", Usage: "only keys with attribute `NAME` set (NAME=false: not set); repeatable"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "make every check and move nothing"},
+			&cli.StringFlag{Name: "report", Usage: "new `FILE` for the report, as JSON"},
+		}, loginFlags("crypto user whose keys move (on both clusters)")...), jsonFlag()),
+		OnUsageError: usageError,
+		Action:       envAction("keys migrate", keysMigrate),
+	}
+}
+
+func keysMigrate(c *cli.Context, e *env) error {
+	if err := requireFlags(c, "from", "to", "user"); err != nil {
+		return err
+	}
+	from, to, user := c.String("from"), c.String("to"), c.String("user")
+	if from == to {
+		return usagef("--from and --to name the same cluster %s", from)
+	}
+	f, err := parseKeyFilter(c)
+	if err != nil {
+		return err
+	}
+	mfr, _, err := e.roots()
+	if err != nil {
+		return err
+	}
+	opPath, err := e.path("operator-root", e.cfg.OperatorRoot, "operator root")
+	if err != nil {
+		return err
+	}
+	opCerts, err := loadCertificates(opPath)
+	if err != nil {
+		return fmt.Errorf("operator root: %w", err)
+	}
+	if p := c.String("report"); p != "" {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("--report %s already exists: not overwritten", p)
+		}
+	}
+	srcTarget, err := e.userTarget(c, from, user)
+	if err != nil {
+		return err
+	}
+	src, err := srcTarget.open(c.Context, e.log, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dstTarget, err := e.userTarget(c, to, user)
+	if err != nil {
+		return err
+	}
+	keyHash, err := clusterKeyHash(c.Context, dstTarget)
+	if err != nil {
+		return err
+	}
+	dst, err := dstTarget.open(c.Context, e.log, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	rep, err := migrate.Run(c.Context, src, dst, migrate.Options{User: user, Select: f.keep, DryRun: c.Bool("dry-run"),
+		ManufacturerRoots: mfr, OperatorRoots: opCerts, Cluster: to, ClusterKeyHash: keyHash,
+		Progress: func(done, total int) { e.log.Info("bundle moved", "from", from, "to", to, "done", done, "of", total) }})
+	if rep != nil {
+		if werr := writeMigrationReport(c, e, from, to, rep); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%s to %s: %w (what moved stays: run it again to finish)", from, to, err)
+	}
+	if rep.Refused > 0 {
+		return fmt.Errorf("%d of %d keys refused: %w", rep.Refused, len(rep.Keys), hsmcore.ErrPermission)
+	}
+	return nil
+}
+
+// userTarget is the target of cluster id of the config, as user, whose
+// password comes from --password-file or the variables, never from the
+// entry (whose password is its officer's).
+func (e *env) userTarget(c *cli.Context, id, user string) (*target, error) {
+	t, err := e.clusterTarget(id, false)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := passwordOf(c, &clusterConfig{})() // not the entry's: its password is the officer's
+	if err != nil {
+		return nil, err
+	}
+	t.user = user
+	return t.withPassword(pw), nil
+}
+
+// clusterKeyHash is the SHA-256 of the public key of the cluster
+// certificate t's members present, checked against t's customer CA and
+// cluster id: a transport key must come from an HSM holding that key.
+func clusterKeyHash(ctx context.Context, t *target) ([]byte, error) {
+	var certs api.Certificates
+	var err error = errors.New("no members")
+	for _, addr := range t.members { // the first that answers
+		var cl *conn
+		if cl, err = t.dial(addr); err != nil {
+			continue
+		}
+		certs, err = cl.Certificates(ctx)
+		err = cl.explain(err)
+		cl.Close()
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: certificates: %w", t.clusterID, err)
+	}
+	cert, err := x509.ParseCertificate(certs.Cluster)
+	if err == nil {
+		err = cluster.CheckCertificate(cert, t.tls.CustomerCA)
+	}
+	if err == nil && cert.Subject.CommonName != t.clusterID {
+		err = fmt.Errorf("it names cluster %q", cert.Subject.CommonName)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: cluster certificate: %w", t.clusterID, err)
+	}
+	return hsmcore.PublicKeyHash(cert.PublicKey)
+}
+
+// writeMigrationReport prints rep (a table, or --json) and writes it to
+// --report, if set.
+func writeMigrationReport(c *cli.Context, e *env, from, to string, rep *migrate.Report) error {
+	out := struct {
+		From string `json:"from"`
+		To   string `json:"to"`
+		*migrate.Report
+	}{from, to, rep}
+	if p := c.String("report"); p != "" {
+		b, err := json.MarshalIndent(out, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := atomicfile.WriteNew(p, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+	}
+	if e.g.json {
+		return writeJSON(e.stdout, out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "SOURCE\tLABEL\tKCV\tRESULT\tHANDLE\tREASON\n")
+	for _, k := range rep.Keys {
+		h := "-"
+		if k.Handle != 0 {
+			h = fmt.Sprint(k.Handle)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", k.Source, orDash(k.Label), orDash(k.KCV), k.Result, h, orDash(k.Reason))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	verb := "moved"
+	if rep.DryRun {
+		verb = "would move (dry run: nothing moved)"
+	}
+	_, err := fmt.Fprintf(e.stdout, "%s to %s: %d %s, %d skipped (present), %d refused\n", from, to, rep.Moved, verb, rep.Skipped, rep.Refused)
+	return err
+}

@@ -1,0 +1,439 @@
+package device
+
+import (
+	"crypto/ecdsa"
+	"crypto/hpke"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/internal/strictjson"
+)
+
+// Key migration (hsmcore.TransportKey, hsmcore.Bundle): the destination
+// makes a transport key (NewTransportKey), the source writes a bundle
+// under it (ExportBundle), the destination imports it (ImportBundle).
+
+// transportKey is an outstanding transport key. It lives in memory only:
+// a restart forgets it, and the migration asks for a new one.
+type transportKey struct {
+	hsmcore.TransportKey
+	priv  hpke.PrivateKey
+	owner string // the user it was made for
+	used  bool
+}
+
+// maxTransportKeys bounds the outstanding transport keys (the oldest goes
+// first); maxBundle bounds a bundle's body.
+const (
+	maxTransportKeys = 16
+	maxBundle        = hsmcore.MaxBundleKeys * (maxWrapped + 2048)
+)
+
+// bundleInfo is the HPKE info of a bundle's key K.
+func bundleInfo(tkID string) []byte { return []byte("hsmbackup bundle v1 " + tkID) }
+
+// NewTransportKey makes a transport key for the session's crypto user:
+// an hpke key pair of this HSM, for one bundle to it within
+// hsmcore.TransportKeyTTL, and attests to it (over
+// hsmcore.TransportNonce(nonce, key)). The cluster must be initialized.
+func (s *Session) NewTransportKey(nonce []byte) (hsmcore.TransportOffer, error) {
+	d := s.d
+	if len(nonce) != hsmcore.NonceSize {
+		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: nonce must be %d bytes: %w", hsmcore.NonceSize, hsmcore.ErrInvalid)
+	}
+	priv, err := hpke.MLKEM768X25519().GenerateKey()
+	if err != nil {
+		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: %w", err)
+	}
+	var id [16]byte
+	rand.Read(id[:])
+	d.mu.Lock()
+	if err := s.check("key.migrate", hsmcore.CryptoUser); err != nil {
+		d.mu.Unlock()
+		return hsmcore.TransportOffer{}, err
+	}
+	if !d.st.clusterInitialized() {
+		d.mu.Unlock()
+		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: the cluster is not initialized: %w", hsmcore.ErrPermission)
+	}
+	now := d.opts.now()
+	tk := &transportKey{TransportKey: hsmcore.TransportKey{ID: hex.EncodeToString(id[:]), Mechanism: hsmcore.HPKEWrap,
+		PublicKey: priv.PublicKey().Bytes(), Serial: d.id.Serial, Cluster: d.st.clusterID(),
+		Expires: now.Add(hsmcore.TransportKeyTTL).Truncate(time.Second)}, priv: priv, owner: s.user}
+	d.transports = slices.DeleteFunc(d.transports, func(k *transportKey) bool { return k.used || !now.Before(k.Expires) })
+	if len(d.transports) >= maxTransportKeys {
+		d.transports = d.transports[1:]
+	}
+	d.transports = append(d.transports, tk)
+	err = d.audit(s.user, "transport.create", tk.ID, "ok")
+	d.mu.Unlock()
+	if err != nil {
+		return hsmcore.TransportOffer{}, err
+	}
+	att, err := d.Attest(hsmcore.TransportNonce(nonce, tk.TransportKey))
+	if err != nil {
+		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: %w", err)
+	}
+	return hsmcore.TransportOffer{Key: tk.TransportKey, Nonce: nonce, Attestation: att}, nil
+}
+
+// checkOffer verifies a transport offer: the attestation chains to this
+// HSM's manufacturer root (and to opRoots for the operator), is fresh,
+// covers the key, and comes from an HSM of an initialized cluster, the
+// one the key names; the key is hpke, for another HSM, unexpired and
+// issued for at most hsmcore.TransportKeyTTL.
+func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) error {
+	if d.mfrRoot == nil {
+		return errors.New("this HSM does not hold its manufacturer's root (made before it was kept): it cannot check a transport key")
+	}
+	root, err := x509.ParseCertificate(d.mfrRoot)
+	if err != nil {
+		return err
+	}
+	mfr := x509.NewCertPool()
+	mfr.AddCert(root)
+	k := o.Key
+	now := d.opts.now()
+	switch {
+	case opRoots == nil:
+		return errors.New("no operator roots to check the destination's attestation")
+	case k.Mechanism != hsmcore.HPKEWrap:
+		return fmt.Errorf("transport key of mechanism %q, want hpke", k.Mechanism)
+	case k.Serial == d.id.Serial:
+		return errors.New("the transport key is this HSM's own")
+	case !now.Before(k.Expires):
+		return fmt.Errorf("the transport key expired at %s", k.Expires.Format(time.RFC3339))
+	case k.Expires.After(now.Add(hsmcore.TransportKeyTTL + time.Minute)):
+		return fmt.Errorf("the transport key claims to last until %s, beyond %s", k.Expires.Format(time.RFC3339), hsmcore.TransportKeyTTL)
+	case len(o.Nonce) != hsmcore.NonceSize:
+		return errors.New("no verifier nonce")
+	}
+	if _, err := hpke.MLKEM768X25519().NewPublicKey(k.PublicKey); err != nil {
+		return fmt.Errorf("transport key: %w", err)
+	}
+	// Any class and operator the roots certify: keys move between
+	// clusters of any hardware; the manufacturer is this HSM's.
+	want := hsmcore.Expectation{Serial: k.Serial, Manufacturer: d.id.Manufacturer}
+	if o.Attestation != nil {
+		var claimed hsmcore.Statement
+		if json.Unmarshal(o.Attestation.Statement, &claimed) == nil {
+			want.Class, want.Operator = claimed.Class, claimed.Operator
+		}
+	}
+	st, err := hsmcore.VerifyAttestation(o.Attestation, hsmcore.VerifyOptions{ManufacturerRoots: mfr, OperatorRoots: opRoots,
+		Nonce: hsmcore.TransportNonce(o.Nonce, k), Expect: want, Now: now})
+	if err != nil {
+		return err
+	}
+	if st.ClusterID == "" || st.ClusterID != k.Cluster || len(st.ClusterKeyHash) == 0 {
+		return fmt.Errorf("the destination attests to cluster %q, the transport key names %q", st.ClusterID, k.Cluster)
+	}
+	return nil
+}
+
+// ExportBundle writes the session's crypto user's keys handles into a
+// bundle under the transport key of offer, once the offer checks out
+// (checkOffer, against opRoots for the destination's operator). Only a
+// key's owner moves it, and only an extractable token key without
+// wrap-with-trusted (such a key leaves only under a trusted key of this
+// HSM, and a transport key is not one): the others are returned refused,
+// with the reason, and left out. With dryRun it makes every check and
+// writes nothing (the bundle is nil). Every key wrapped, or refused, is
+// audited with its check value.
+func (s *Session) ExportBundle(offer hsmcore.TransportOffer, opRoots *x509.CertPool, handles []uint64, dryRun bool) (*hsmcore.Bundle, []hsmcore.Migrated, error) {
+	d := s.d
+	if len(handles) == 0 || len(handles) > hsmcore.MaxBundleKeys {
+		return nil, nil, fmt.Errorf("export bundle: %d keys, want 1 to %d: %w", len(handles), hsmcore.MaxBundleKeys, hsmcore.ErrInvalid)
+	}
+	if err := d.checkOffer(offer, opRoots); err != nil {
+		d.mu.Lock()
+		d.audit(s.user, "key.migrate", "to "+offer.Key.Serial, "refused")
+		d.mu.Unlock()
+		if !errors.Is(err, hsmcore.ErrAttestation) {
+			err = fmt.Errorf("%v: %w", err, hsmcore.ErrAttestation)
+		}
+		return nil, nil, fmt.Errorf("export bundle: transport key: %w", err)
+	}
+	tk := offer.Key
+	pub, _ := hpke.MLKEM768X25519().NewPublicKey(tk.PublicKey)
+	bundleKey := make([]byte, 32)
+	defer clear(bundleKey)
+	rand.Read(bundleKey)
+	aead, err := gcm(bundleKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	body := hsmcore.BundleBody{Format: hsmcore.BundleFormat, Serial: tk.Serial, Cluster: tk.Cluster, TransportKey: tk.ID}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("key.migrate", hsmcore.CryptoUser); err != nil {
+		return nil, nil, err
+	}
+	body.SourceSerial, body.SourceCluster, body.Created = d.id.Serial, d.st.clusterID(), d.opts.now()
+	results := make([]hsmcore.Migrated, 0, len(handles))
+	seen := map[uint64]bool{}
+	for _, h := range handles {
+		r := hsmcore.Migrated{Source: h, Result: hsmcore.Moved}
+		k := d.st.Keys[h]
+		switch {
+		case seen[h]:
+			return nil, nil, fmt.Errorf("export bundle: key %d listed twice: %w", h, hsmcore.ErrInvalid)
+		case k == nil || !k.Token || (k.Owner != s.user && !slices.Contains(k.SharedWith, s.user)):
+			r.Result, r.Reason = hsmcore.Refused, "no such key of this user"
+		case k.Owner != s.user:
+			r.Result, r.Reason = hsmcore.Refused, "only its owner, "+k.Owner+", moves it"
+		case !k.Extractable:
+			r.Result, r.Reason = hsmcore.Refused, "not extractable"
+		case k.WrapWithTrusted:
+			r.Result, r.Reason = hsmcore.Refused, "wrap-with-trusted: it leaves only under a trusted key of this HSM"
+		}
+		seen[h] = true
+		if k != nil {
+			r.Label, r.KCV = k.Label, k.KCV
+		}
+		results = append(results, r)
+		object := fmt.Sprintf("hpke transport %s@%s/%d kcv=%s", tk.ID[:8], tk.Serial, h, r.KCV)
+		if r.Result == hsmcore.Refused {
+			d.audit(s.user, "key.wrap", object, "denied")
+			continue
+		}
+		if dryRun {
+			continue
+		}
+		info := k.info()
+		aad, err := json.Marshal(info)
+		if err != nil {
+			return nil, nil, err
+		}
+		nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(k.Material)+aead.Overhead())
+		rand.Read(nonce)
+		body.Keys = append(body.Keys, hsmcore.BundleKey{Info: info, Wrapped: aead.Seal(nonce, nonce, k.Material, aad)})
+		if err := d.audit(s.user, "key.wrap", object, "ok"); err != nil {
+			return nil, nil, err
+		}
+	}
+	if dryRun || len(body.Keys) == 0 {
+		return nil, results, nil
+	}
+	if body.Enc, err = hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(tk.ID), bundleKey); err != nil {
+		return nil, nil, fmt.Errorf("export bundle: %w", err)
+	}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	sig, err := d.sign(hsmcore.BundleFormat, raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("export bundle: %w", err)
+	}
+	return &hsmcore.Bundle{Body: raw, Signature: sig, Certificate: d.mfrCert}, results, nil
+}
+
+// ImportBundle imports a bundle written for one of this HSM's transport
+// keys by a genuine HSM (its device certificate from this HSM's
+// manufacturer, its signature), as the crypto user the transport key was
+// made for; the transport key is spent at once, so a bundle imports once.
+// Inside the HSM each key is unwrapped, given the attributes it had at the
+// source (not local; trust, which an officer grants per HSM, does not
+// travel), and must have the check value the bundle records. A key of the
+// same label and check value the user holds already is skipped, so a
+// migration run again creates no duplicate; a key another user owned at
+// the source, or whose check does not hold, is refused. The keys are added
+// in one change, which the cluster replicates as any other.
+func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
+	d := s.d
+	body, err := d.checkBundle(b)
+	if err != nil {
+		d.mu.Lock()
+		d.audit(s.user, "key.migrate", "", "refused")
+		d.mu.Unlock()
+		return nil, fmt.Errorf("import bundle: %w", err)
+	}
+	tk, err := s.spendTransportKey(body.TransportKey)
+	if err != nil {
+		return nil, fmt.Errorf("import bundle: %w", err)
+	}
+	bundleKey, err := hpke.Open(tk.priv, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(tk.ID), body.Enc)
+	if err != nil {
+		return nil, fmt.Errorf("import bundle: its bundle key does not open under the transport key: %w", hsmcore.ErrTampered)
+	}
+	defer clear(bundleKey)
+	aead, err := gcm(bundleKey)
+	if err != nil {
+		return nil, fmt.Errorf("import bundle: %w", hsmcore.ErrTampered)
+	}
+
+	d.mu.Lock()
+	held := map[[2]string]uint64{}
+	for h, k := range d.st.Keys {
+		if k.Token && k.Owner == s.user {
+			held[[2]string{k.Label, k.KCV}] = h
+		}
+	}
+	users := d.st.Users
+	d.mu.Unlock()
+
+	results := make([]hsmcore.Migrated, len(body.Keys))
+	var recs []*keyRecord
+	var at []int
+	for i, bk := range body.Keys {
+		in := bk.Info
+		r := hsmcore.Migrated{Source: in.Handle, Label: in.Label, KCV: in.KCV, Result: hsmcore.Moved}
+		if h, ok := held[[2]string{in.Label, in.KCV}]; ok && in.KCV != "" {
+			r.Result, r.Handle, r.Reason = hsmcore.Skipped, h, "present: same label and check value"
+			results[i] = r
+			continue
+		}
+		rec, why := s.bundledKey(aead, bk, users)
+		if why != "" {
+			r.Result, r.Reason = hsmcore.Refused, why
+		} else {
+			recs, at = append(recs, rec), append(at, i)
+			held[[2]string{in.Label, in.KCV}] = 0 // one of a label and value per bundle
+		}
+		results[i] = r
+	}
+	if len(recs) > 0 {
+		infos, err := s.addKeys("key.unwrap", recs, fmt.Sprintf("hpke bundle %s from %s", tk.ID[:8], body.SourceSerial))
+		if err != nil {
+			return nil, fmt.Errorf("import bundle: %w", err)
+		}
+		for j, i := range at {
+			results[i].Handle = infos[j].Handle
+		}
+	}
+	return results, nil
+}
+
+// checkBundle checks a bundle's signature and certificate, parses its
+// body, and checks that it is for this HSM.
+func (d *Device) checkBundle(b *hsmcore.Bundle) (*hsmcore.BundleBody, error) {
+	if b == nil || len(b.Body) > maxBundle {
+		return nil, fmt.Errorf("bundle over %d bytes: %w", maxBundle, hsmcore.ErrInvalid)
+	}
+	if d.mfrRoot == nil {
+		return nil, errors.New("this HSM does not hold its manufacturer's root: it cannot check a bundle")
+	}
+	root, err := x509.ParseCertificate(d.mfrRoot)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(b.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("bundle certificate: %v: %w", err, hsmcore.ErrAttestation)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: d.opts.now()}); err != nil {
+		return nil, fmt.Errorf("bundle certificate: %v: %w", err, hsmcore.ErrAttestation)
+	}
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !ecdsa.VerifyASN1(pub, hsmcore.DomainDigest(hsmcore.BundleFormat, b.Body), b.Signature) {
+		return nil, fmt.Errorf("bundle signature: %w", hsmcore.ErrTampered)
+	}
+	var body hsmcore.BundleBody
+	if err := strictjson.Unmarshal(b.Body, &body); err != nil {
+		return nil, fmt.Errorf("bundle: %v: %w", err, hsmcore.ErrMalformed)
+	}
+	d.mu.Lock()
+	cluster := d.st.clusterID()
+	d.mu.Unlock()
+	switch {
+	case body.Format != hsmcore.BundleFormat:
+		return nil, fmt.Errorf("bundle format %q: %w", body.Format, hsmcore.ErrMalformed)
+	case body.SourceSerial != cert.Subject.SerialNumber:
+		return nil, fmt.Errorf("bundle names source %s, its certificate %s: %w", body.SourceSerial, cert.Subject.SerialNumber, hsmcore.ErrTampered)
+	case body.Serial != d.id.Serial || body.Cluster != cluster:
+		return nil, fmt.Errorf("bundle for HSM %s of cluster %s, not this one: %w", body.Serial, body.Cluster, hsmcore.ErrPermission)
+	case len(body.Keys) == 0 || len(body.Keys) > hsmcore.MaxBundleKeys:
+		return nil, fmt.Errorf("bundle of %d keys, want 1 to %d: %w", len(body.Keys), hsmcore.MaxBundleKeys, hsmcore.ErrMalformed)
+	}
+	return &body, nil
+}
+
+// spendTransportKey marks the session's transport key id used and
+// returns it: unknown (made on another HSM, or before a restart), used,
+// expired, or another user's is refused.
+func (s *Session) spendTransportKey(id string) (*transportKey, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("key.migrate", hsmcore.CryptoUser); err != nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(d.transports, func(k *transportKey) bool { return k.ID == id })
+	var why string
+	switch {
+	case i < 0:
+		why = "unknown transport key (made on another HSM, or before this HSM restarted)"
+	case d.transports[i].used:
+		why = "transport key used already: a bundle imports once"
+	case !d.opts.now().Before(d.transports[i].Expires):
+		why = "transport key expired"
+	case d.transports[i].owner != s.user:
+		why = "transport key made for another user"
+	}
+	if why != "" {
+		d.audit(s.user, "key.migrate", id, "refused")
+		return nil, fmt.Errorf("%s: %w", why, hsmcore.ErrPermission)
+	}
+	tk := d.transports[i]
+	tk.used = true
+	if err := d.audit(s.user, "key.migrate", id, "ok"); err != nil {
+		return nil, err
+	}
+	return tk, nil
+}
+
+// bundledKey opens one key of a bundle as a key record of the session's
+// user, or says why not.
+func (s *Session) bundledKey(aead interface {
+	NonceSize() int
+	Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, error)
+}, bk hsmcore.BundleKey, users map[string]*userRecord) (*keyRecord, string) {
+	in := bk.Info
+	if in.Owner != s.user {
+		return nil, "owned by " + in.Owner + " at the source: only its owner imports it"
+	}
+	aad, err := json.Marshal(in)
+	if err != nil || len(bk.Wrapped) < aead.NonceSize() || len(bk.Wrapped) > maxWrapped {
+		return nil, "wrapped key malformed"
+	}
+	material, err := aead.Open(nil, bk.Wrapped[:aead.NonceSize()], bk.Wrapped[aead.NonceSize():], aad)
+	if err != nil {
+		return nil, "wrapped key does not open: tampered"
+	}
+	spec := hsmcore.KeySpec{Type: in.Type, Bits: in.Bits, Curve: in.Curve, Label: in.Label, ID: in.ID, Extractable: in.Extractable,
+		Encrypt: in.Encrypt, Decrypt: in.Decrypt, Sign: in.Sign, Verify: in.Verify, Wrap: in.Wrap, Unwrap: in.Unwrap,
+		WrapWithTrusted: in.WrapWithTrusted, UnwrapTemplate: in.UnwrapTemplate}
+	if err := checkSpec(spec); err != nil {
+		clear(material)
+		return nil, err.Error()
+	}
+	rec, err := newKeyRecord(spec, material, s.user, false)
+	if err != nil {
+		clear(material)
+		return nil, err.Error()
+	}
+	if rec.KCV != in.KCV {
+		return nil, "check value " + rec.KCV + " is not the source's " + in.KCV
+	}
+	rec.NeverExtractable, rec.Bound = false, cloneTemplate(in.Bound)
+	if what := rec.withinBound(); what != "" {
+		return nil, "beyond the unwrap template it was bound by at the source: " + what
+	}
+	for _, u := range in.SharedWith {
+		if ur := users[u]; ur != nil && ur.Role == hsmcore.CryptoUser && u != s.user {
+			rec.SharedWith = append(rec.SharedWith, u)
+		}
+	}
+	return rec, ""
+}
