@@ -24,13 +24,25 @@ demo: build
 # checks for it. MinIO, the S3 server the store tests start, is built once
 # into $(TOOLS_DIR)/bin (2-3 minutes cold, ~1.5 GB RAM) and reused after.
 # MinIO is AGPLv3: it is a test binary only, never imported or shipped.
+# SoftHSMv2, the PKCS#11 HSM the interop/softhsm tests move keys to and
+# from, is Debian's softhsm2: installed with apt-get when its module is
+# missing and we are root, else named.
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+SOFTHSM2_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
 tools:
 	@command -v openssl >/dev/null || { echo "openssl is required (apt-get install openssl)"; exit 1; }
 	@test -x $(TOOLS_DIR)/bin/minio || { \
 	  echo "building minio $(MINIO_VERSION) into $(TOOLS_DIR)/bin (takes a few minutes once)"; \
 	  GOBIN=$(TOOLS_DIR)/bin $(GO) install github.com/minio/minio@$(MINIO_VERSION); }
+	@test -f $(SOFTHSM2_MODULE) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing softhsm2 with apt-get (SoftHSMv2, for interop/softhsm)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq softhsm2 >/dev/null || \
+	      { apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; } || exit 1; \
+	  fi; \
+	  test -f $(SOFTHSM2_MODULE) || { echo "SoftHSMv2 is required ($(SOFTHSM2_MODULE)): install the Debian package softhsm2 (apt-get install softhsm2) or point SOFTHSM2_MODULE at its module"; exit 1; }; }
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
