@@ -158,6 +158,7 @@ func init() {
 		{"restore into HSM C", "HSM C (fresh, same class and operator): restore, use the keys", (*demo).restoreIntoC},
 		{"refuse HSM D", "HSM D (operator other-cloud): restore refused", (*demo).refuseMismatch},
 		{"refuse tampered backup", "tampered image: verify and restore refuse it", (*demo).refuseTampered},
+		{"migrate keys", "keys migrate: extractable keys into another cluster, attested, wrapped HSM to HSM", (*demo).migrateKeys},
 		{"run the scheduler", "scheduler: two clusters on a schedule, a restore drill, the fleet's status", (*demo).runFleet},
 	}
 }
@@ -188,7 +189,8 @@ func runDemo(ctx context.Context, out io.Writer, opts demoOptions) (err error) {
 		}
 	}
 	d.out.printf("\ndemo complete: the backup restored only into attested hardware of the same class\n" +
-		"and operator; the mismatched HSM and the tampered image were refused, unchanged; the\n" +
+		"and operator; the mismatched HSM and the tampered image were refused, unchanged; keys\n" +
+		"moved to another cluster only wrapped, the non-extractable one refused; the\n" +
 		"scheduler backed two clusters up on their slots and proved the newest backup restorable.\n")
 	return d.out.err
 }
