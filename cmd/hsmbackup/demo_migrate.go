@@ -79,7 +79,9 @@ func (d *demo) migrateKeys(ctx context.Context) error {
 	}
 	opts := migrate.Options{User: demoUser, ManufacturerRoots: d.mfrRoots, OperatorRoots: []*x509.Certificate{d.op.Certificate()},
 		Cluster: demoClusterDR, ClusterKeyHash: dstHash,
-		Select: func(k hsmcore.KeyInfo) bool { return k.Label == keys[0].Label || k.Label == keys[1].Label || k.Label == d.aesKey.Label }}
+		Select: func(k hsmcore.KeyInfo) bool {
+			return k.Label == keys[0].Label || k.Label == keys[1].Label || k.Label == d.aesKey.Label
+		}}
 	rep, err := migrate.Run(ctx, src, dst, opts)
 	if err != nil {
 		return fmt.Errorf("keys migrate: %w", err)
