@@ -255,7 +255,10 @@ type Changes struct {
 // Record is a change record (the body of POST /v1/sync/import) or a
 // sealed quorum token (POST /v1/quorum/adopt).
 type Record struct {
-	Record []byte `json:"record"`
+	Record []byte `json:"record,omitempty"`
+	// Records, on POST /v1/sync/import, are change records applied in
+	// order and committed once (instead of Record).
+	Records [][]byte `json:"records,omitempty"`
 }
 
 // MemberRequest is POST /v1/cluster/members: add the HSM whose

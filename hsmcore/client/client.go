@@ -725,6 +725,12 @@ func (c *Client) ImportChange(ctx context.Context, rec []byte) error {
 	return c.do(ctx, "POST", "/v1/sync/import", api.Record{Record: rec}, nil)
 }
 
+// ImportChanges applies change records in order with one commit of the
+// HSM's state; at the first refused it stops, keeping those before it.
+func (c *Client) ImportChanges(ctx context.Context, recs [][]byte) error {
+	return c.do(ctx, "POST", "/v1/sync/import", api.Record{Records: recs}, nil)
+}
+
 // AddMember adds the HSM with manufacturer-issued device certificate
 // certDER (DER) to the cluster's member list on this HSM.
 func (c *Client) AddMember(ctx context.Context, certDER []byte) error {

@@ -420,8 +420,8 @@ func (c *Cluster) replicate(ctx context.Context, src, dst *member, since uint64)
 		if err != nil {
 			return fmt.Errorf("export changes from %s: %w", src.addr, err)
 		}
-		for _, rec := range recs {
-			if err := dst.c.ImportChange(ctx, rec); err != nil {
+		if len(recs) > 0 {
+			if err := dst.c.ImportChanges(ctx, recs); err != nil {
 				return err
 			}
 		}

@@ -405,26 +405,76 @@ func parseChange(rec []byte) (*changeBody, *changeEnvelope, error) {
 // change's actor: a member applies a change only as the user who made it,
 // under its own rules.
 func (s *Session) ImportChange(rec []byte) error {
+	_, err := s.ImportChanges([][]byte{rec})
+	return err
+}
+
+// maxImportChanges bounds the records of one ImportChanges.
+const maxImportChanges = maxChanges
+
+// ImportChanges applies change records in order, each as ImportChange
+// would on the state the ones before it left, and commits them once: a
+// replica catches up on a batch of changes with one write of its sealed
+// state. At the first record refused it stops, commits the ones before
+// it, and returns how many were applied with the refusal.
+func (s *Session) ImportChanges(recs [][]byte) (int, error) {
+	if len(recs) > maxImportChanges {
+		return 0, fmt.Errorf("import changes: %d records, at most %d at once: %w", len(recs), maxImportChanges, hsmcore.ErrInvalid)
+	}
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := s.check("sync.import"); err != nil {
-		return err
+		return 0, err
 	}
+	next := d.st.clone()
+	var done []string // audit objects of the applied records
+	var refusal error
+	for _, rec := range recs {
+		object, err := s.importChange(next, rec)
+		if err != nil {
+			refusal = err
+			break
+		}
+		done = append(done, object)
+	}
+	if len(done) == 0 {
+		return 0, refusal
+	}
+	if err := d.commit(next); err != nil {
+		return 0, fmt.Errorf("import change: %w", err)
+	}
+	if u := next.Users[s.user]; u != nil {
+		s.rec = u // its own new password or key: this session goes on
+	}
+	for _, object := range done {
+		if err := d.audit(s.user, "sync.import", object, "ok"); err != nil {
+			return len(done), err
+		}
+	}
+	return len(done), refusal
+}
+
+// importChange checks change record rec against next, the state the
+// records before it left, and applies it there. It returns the audit
+// object of the applied change; a refusal is audited here. The caller
+// holds d.mu.
+func (s *Session) importChange(next *contents, rec []byte) (string, error) {
+	d := s.d
 	b, env, err := parseChange(rec)
 	if err != nil {
 		d.audit(s.user, "sync.import", "", "malformed")
-		return fmt.Errorf("import change: %w", err)
+		return "", fmt.Errorf("import change: %w", err)
 	}
 	object := b.Meta.Object
-	refuse := func(result string, err error) error {
+	refuse := func(result string, err error) (string, error) {
 		d.audit(s.user, "sync.import", object+" from "+b.Meta.Stamp.Origin, result)
-		return fmt.Errorf("import change %s %s from %s: %w", b.Meta.Op, object, b.Meta.Stamp.Origin, err)
+		return "", fmt.Errorf("import change %s %s from %s: %w", b.Meta.Op, object, b.Meta.Stamp.Origin, err)
 	}
-	if !d.st.clusterInitialized() || b.Cluster != d.st.clusterID() || b.To != d.id.Serial {
+	if !next.clusterInitialized() || b.Cluster != next.clusterID() || b.To != d.id.Serial {
 		return refuse("refused", fmt.Errorf("made for %s in cluster %s: %w", b.To, b.Cluster, hsmcore.ErrPermission))
 	}
-	origin := d.st.member(b.Meta.Stamp.Origin)
+	origin := next.member(b.Meta.Stamp.Origin)
 	if origin == nil || origin.Serial == d.id.Serial {
 		return refuse("refused", fmt.Errorf("not made by another current member: %w", hsmcore.ErrPermission))
 	}
@@ -432,11 +482,11 @@ func (s *Session) ImportChange(rec []byte) error {
 	if err != nil || !ecdsa.VerifyASN1(pub, changeDigest(env.Body), env.Signature) {
 		return refuse("refused", fmt.Errorf("signature: %w", hsmcore.ErrTampered))
 	}
-	if want := d.st.Clock[origin.Serial] + 1; b.Meta.Stamp.Seq != want {
+	if want := next.Clock[origin.Serial] + 1; b.Meta.Stamp.Seq != want {
 		return refuse("stale", fmt.Errorf("change %d, but the next from %s is %d (replayed, or changes were missed): %w", b.Meta.Stamp.Seq, origin.Serial, want, hsmcore.ErrConflict))
 	}
 	var held *stamp
-	if m := d.st.Changes[object]; m != nil {
+	if m := next.Changes[object]; m != nil {
 		held = &m.Stamp
 	}
 	if !equalStamp(held, b.Meta.Prev) {
@@ -452,20 +502,13 @@ func (s *Session) ImportChange(rec []byte) error {
 		}
 		defer clear(plain)
 	}
-	next := d.st.clone()
 	if err := s.applyChange(next, &b.Meta, plain); err != nil {
 		return refuse("denied", err)
 	}
 	meta := b.Meta
 	next.Changes[object] = &meta
 	next.Clock[origin.Serial] = meta.Stamp.Seq
-	if err := d.commit(next); err != nil {
-		return fmt.Errorf("import change: %w", err)
-	}
-	if u := next.Users[s.user]; u != nil && object == userObject(s.user) {
-		s.rec = u // its own new password or key: this session goes on
-	}
-	return d.audit(s.user, "sync.import", fmt.Sprintf("%s %s from %s/%d", meta.Op, object, meta.Stamp.Origin, meta.Stamp.Seq), "ok")
+	return fmt.Sprintf("%s %s from %s/%d", meta.Op, object, meta.Stamp.Origin, meta.Stamp.Seq), nil
 }
 
 func equalStamp(a, b *stamp) bool {

@@ -42,10 +42,11 @@ func (s *Session) requireRole(op string, role hsmcore.Role) error {
 }
 
 // importQuorum checks the approvals a change carries against this
-// member's policy and officers' keys, and spends them here too.
-func (s *Session) importQuorum(op, object string, proof *quorumProof) error {
+// member's policy and officers' keys in c (the state the changes before
+// it left), and spends them here too.
+func (s *Session) importQuorum(c *contents, op, object string, proof *quorumProof) error {
 	d := s.d
-	m := d.st.Quorum.Required(op)
+	m := c.Quorum.Required(op)
 	if m == 0 {
 		return nil
 	}
@@ -55,7 +56,7 @@ func (s *Session) importQuorum(op, object string, proof *quorumProof) error {
 	if err := d.tracker.Adopt(proof.Token); err != nil {
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
 	}
-	if err := d.tracker.Consume(proof.Token.ID, op, object, m, proof.Approvals, d.officerKeys()); err != nil {
+	if err := d.tracker.Consume(proof.Token.ID, op, object, m, proof.Approvals, c.officerKeys()); err != nil {
 		return fmt.Errorf("%s: %v: %w", op, err, hsmcore.ErrQuorum)
 	}
 	// Spent here too, across restarts: the token cannot be used again on
@@ -78,7 +79,7 @@ func (s *Session) applyUser(next *contents, m *changeMeta, name string, plain []
 		if err := removeUser(next, name); err != nil {
 			return err
 		}
-		return s.importQuorum("user.delete", hsmcore.UserDeleteObject(name, old.Role), m.Proof)
+		return s.importQuorum(next, "user.delete", hsmcore.UserDeleteObject(name, old.Role), m.Proof)
 	}
 	u := new(userRecord)
 	if err := strictjson.Unmarshal(plain, u); err != nil {
@@ -101,7 +102,7 @@ func (s *Session) applyUser(next *contents, m *changeMeta, name string, plain []
 		if len(next.Users) >= MaxUsers {
 			return fmt.Errorf("create user %s: %w", name, hsmcore.ErrFull)
 		}
-		if err := s.importQuorum("user.create", hsmcore.UserCreateObject(name, u.Role), m.Proof); err != nil {
+		if err := s.importQuorum(next, "user.create", hsmcore.UserCreateObject(name, u.Role), m.Proof); err != nil {
 			return err
 		}
 	case "user.password", "quorum.key":
@@ -194,7 +195,7 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 			return fmt.Errorf("key %d: wrap-with-trusted cannot be cleared once set: %w", h, hsmcore.ErrPermission)
 		}
 		if m.Op == "key.trust" {
-			if err := s.importQuorum("key.trust", hsmcore.KeyTrustObject(h, k.Trusted), m.Proof); err != nil {
+			if err := s.importQuorum(next, "key.trust", hsmcore.KeyTrustObject(h, k.Trusted), m.Proof); err != nil {
 				return err
 			}
 		}
@@ -243,7 +244,7 @@ func (s *Session) applyQuorum(next *contents, m *changeMeta, plain []byte) error
 		if p.Required(op) != next.Quorum.Required(op) {
 			changed = append(changed, op)
 		}
-		if p.Required(op) > len(s.d.officerKeys()) {
+		if p.Required(op) > len(next.officerKeys()) {
 			return fmt.Errorf("quorum policy: %s needs more approvals than officers have keys: %w", op, hsmcore.ErrInvalid)
 		}
 	}
@@ -251,7 +252,7 @@ func (s *Session) applyQuorum(next *contents, m *changeMeta, plain []byte) error
 		return fmt.Errorf("quorum policy: a change sets one operation: %w", hsmcore.ErrInvalid)
 	}
 	if len(changed) == 1 {
-		if err := s.importQuorum("quorum.set", hsmcore.QuorumSetObject(changed[0], p.Required(changed[0])), m.Proof); err != nil {
+		if err := s.importQuorum(next, "quorum.set", hsmcore.QuorumSetObject(changed[0], p.Required(changed[0])), m.Proof); err != nil {
 			return err
 		}
 	}
@@ -281,7 +282,7 @@ func (s *Session) applyMembers(next *contents, m *changeMeta, plain []byte) erro
 			return fmt.Errorf("member list: a change adds one member and keeps the others: %w", hsmcore.ErrInvalid)
 		}
 	}
-	if err := s.importQuorum("member.add", added, m.Proof); err != nil {
+	if err := s.importQuorum(next, "member.add", added, m.Proof); err != nil {
 		return err
 	}
 	next.Members = ms

@@ -104,9 +104,12 @@ func (s *Session) SetQuorum(op string, m int) error {
 
 // officerKeys returns the crypto officers' registered signing keys. The
 // caller holds d.mu.
-func (d *Device) officerKeys() map[string]ed25519.PublicKey {
+func (d *Device) officerKeys() map[string]ed25519.PublicKey { return d.st.officerKeys() }
+
+// officerKeys are the quorum signing keys of c's crypto officers.
+func (c *contents) officerKeys() map[string]ed25519.PublicKey {
 	keys := map[string]ed25519.PublicKey{}
-	for name, u := range d.st.Users {
+	for name, u := range c.Users {
 		if u.Role == hsmcore.CryptoOfficer && len(u.SigningKey) == ed25519.PublicKeySize {
 			keys[name] = ed25519.PublicKey(u.SigningKey)
 		}

@@ -167,3 +167,37 @@ func TestChangeRefusals(t *testing.T) {
 	}
 	assertUnchanged(t, b, sealed, content)
 }
+
+// A batch of change records applies in order with one commit; at the
+// first refused record it stops and keeps the ones before it, each
+// checked against the state the ones before it left.
+func TestImportChangesBatch(t *testing.T) {
+	a, b, _, cuA, _, cuB := twoMembers(t)
+	var made []hsmcore.KeyInfo
+	for range 3 {
+		made = append(made, mustGenerateKey(t, cuA, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true}))
+	}
+	recs := changesFor(t, a, b)
+	if len(recs) != 3 {
+		t.Fatalf("%d records, want 3", len(recs))
+	}
+	// The second missing: the first applies, the third is refused as
+	// out of order, and the first stays applied.
+	n, err := cuB.ImportChanges([][]byte{recs[0], recs[2]})
+	if n != 1 || !errors.Is(err, hsmcore.ErrConflict) {
+		t.Fatalf("a gap in the batch: %d applied, %v", n, err)
+	}
+	if _, err := cuB.Key(made[0].Handle); err != nil {
+		t.Fatalf("the record before the gap: %v", err)
+	}
+	// The rest, and a replay of the first within the same batch.
+	if n, err := cuB.ImportChanges([][]byte{recs[1], recs[2], recs[0]}); n != 2 || !errors.Is(err, hsmcore.ErrConflict) {
+		t.Fatalf("the rest, then a replay: %d applied, %v", n, err)
+	}
+	if a.StateDigest() != b.StateDigest() {
+		t.Fatal("the members differ after the batches")
+	}
+	if _, err := cuB.ImportChanges(make([][]byte, maxImportChanges+1)); !errors.Is(err, hsmcore.ErrInvalid) {
+		t.Fatalf("an oversized batch: %v", err)
+	}
+}

@@ -544,6 +544,13 @@ func (s *Server) importRecord(r *http.Request, hs *device.Session) (any, error) 
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
+	if req.Records != nil {
+		if req.Record != nil {
+			return nil, fmt.Errorf("import changes: a record and records: %w", hsmcore.ErrInvalid)
+		}
+		_, err := hs.ImportChanges(req.Records)
+		return nil, err
+	}
 	return nil, hs.ImportChange(req.Record)
 }
 
