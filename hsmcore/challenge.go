@@ -46,15 +46,8 @@ func Challenge(ctx context.Context, a Attester, opts ChallengeOptions) (*Stateme
 		return nil, err
 	}
 	want := opts.Expect
-	if opts.Certified && att != nil {
-		// A statement that does not parse leaves want as it is, and
-		// VerifyAttestation names the fault.
-		var claimed Statement
-		if json.Unmarshal(att.Statement, &claimed) == nil {
-			want.Class = cmp.Or(want.Class, claimed.Class)
-			want.Manufacturer = cmp.Or(want.Manufacturer, claimed.Manufacturer)
-			want.Operator = cmp.Or(want.Operator, claimed.Operator)
-		}
+	if opts.Certified {
+		want = want.Certified(att)
 	}
 	return VerifyAttestation(att, VerifyOptions{
 		ManufacturerRoots: opts.ManufacturerRoots,
@@ -64,4 +57,23 @@ func Challenge(ctx context.Context, a Attester, opts ChallengeOptions) (*Stateme
 		Now:               opts.Now,
 		MaxAge:            opts.MaxAge,
 	})
+}
+
+// Certified returns e with its empty Class, Manufacturer and Operator
+// filled with what a's statement claims, so that any HSM the roots
+// certify is accepted: VerifyAttestation still checks those claims
+// against the names in the certificates that chain to the roots. A
+// statement that does not parse leaves e as it is, and VerifyAttestation
+// names the fault.
+func (e Expectation) Certified(a *Attestation) Expectation {
+	if a == nil {
+		return e
+	}
+	var claimed Statement
+	if json.Unmarshal(a.Statement, &claimed) == nil {
+		e.Class = cmp.Or(e.Class, claimed.Class)
+		e.Manufacturer = cmp.Or(e.Manufacturer, claimed.Manufacturer)
+		e.Operator = cmp.Or(e.Operator, claimed.Operator)
+	}
+	return e
 }

@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -205,13 +204,7 @@ func transportKey(ctx context.Context, dst Destination, opts Options) (hsmcore.T
 	for _, c := range opts.OperatorRoots {
 		op.AddCert(c)
 	}
-	want := hsmcore.Expectation{Serial: offer.Key.Serial}
-	if offer.Attestation != nil {
-		var claimed hsmcore.Statement
-		if json.Unmarshal(offer.Attestation.Statement, &claimed) == nil {
-			want.Class, want.Manufacturer, want.Operator = claimed.Class, claimed.Manufacturer, claimed.Operator
-		}
-	}
+	want := hsmcore.Expectation{Serial: offer.Key.Serial}.Certified(offer.Attestation)
 	st, err := hsmcore.VerifyAttestation(offer.Attestation, hsmcore.VerifyOptions{ManufacturerRoots: opts.ManufacturerRoots, OperatorRoots: op,
 		Nonce: hsmcore.TransportNonce(nonce, offer.Key), Expect: want})
 	if err != nil {

@@ -120,13 +120,7 @@ func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) er
 	}
 	// Any class and operator the roots certify: keys move between
 	// clusters of any hardware; the manufacturer is this HSM's.
-	want := hsmcore.Expectation{Serial: k.Serial, Manufacturer: d.id.Manufacturer}
-	if o.Attestation != nil {
-		var claimed hsmcore.Statement
-		if json.Unmarshal(o.Attestation.Statement, &claimed) == nil {
-			want.Class, want.Operator = claimed.Class, claimed.Operator
-		}
-	}
+	want := hsmcore.Expectation{Serial: k.Serial, Manufacturer: d.id.Manufacturer}.Certified(o.Attestation)
 	st, err := hsmcore.VerifyAttestation(o.Attestation, hsmcore.VerifyOptions{ManufacturerRoots: mfr, OperatorRoots: opRoots,
 		Nonce: hsmcore.TransportNonce(o.Nonce, k), Expect: want, Now: now})
 	if err != nil {
