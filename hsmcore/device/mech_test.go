@@ -508,3 +508,21 @@ func TestHPKEWrapOpensWithStandardHPKE(t *testing.T) {
 		t.Fatalf("sealed with another info: %v, want tampered", err)
 	}
 }
+
+// The aes-gcm layout, pinned by a published vector: Test Case 14 of "The
+// Galois/Counter Mode of Operation" (McGrew and Viega, the vectors NIST's
+// GCM specification points to): key 0^256, IV 0^96, plaintext 0^128,
+// empty aad. Laid out as FORMATS.md §10 says, IV ‖ ciphertext ‖ tag, it
+// unwraps to the 16 zero bytes of an AES-128 key.
+func TestAESGCMLayoutKnownAnswer(t *testing.T) {
+	wrapped, _ := hex.DecodeString("000000000000000000000000" + "cea7403d4d606b6e074ec5d3baf39d18" + "d0d1c8a799996bf0265b98b5d48ab919")
+	w := &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.AES, Bits: 256}, Material: make([]byte, 32)}
+	got, err := unwrapMaterial(hsmcore.AESGCM, w, wrapped)
+	if err != nil || !bytes.Equal(got, make([]byte, 16)) {
+		t.Fatalf("unwrap of the published vector: %x, %v", got, err)
+	}
+	wrapped[20] ^= 1
+	if _, err := unwrapMaterial(hsmcore.AESGCM, w, wrapped); !errors.Is(err, errUnwrap) {
+		t.Fatalf("a flipped byte: %v", err)
+	}
+}
