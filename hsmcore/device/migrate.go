@@ -300,8 +300,14 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 		if err != nil {
 			return nil, fmt.Errorf("import bundle: %w", err)
 		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
 		for j, i := range at {
 			results[i].Handle = infos[j].Handle
+			// As every unwrap: the mechanism and the key's check value.
+			if err := d.audit(s.user, "key.unwrap", fmt.Sprintf("hpke bundle %s/%d kcv=%s", tk.ID[:8], infos[j].Handle, infos[j].KCV), "ok"); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return results, nil

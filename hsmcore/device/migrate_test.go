@@ -97,6 +97,18 @@ func TestMigrateMovesKeysWithAttributes(t *testing.T) {
 			t.Fatalf("moved key %+v, source %+v", k, s)
 		}
 	}
+	entries, _, _ := m.dst.AuditLog()
+	audited := map[string]bool{}
+	for _, e := range entries {
+		if e.Op == "key.unwrap" && strings.HasPrefix(e.Object, "hpke bundle ") {
+			audited[e.Object[strings.LastIndex(e.Object, "kcv=")+4:]] = true
+		}
+	}
+	for _, k := range src {
+		if !audited[k.KCV] {
+			t.Fatalf("the unwrap of %s (kcv %s) is not audited with its check value", k.Label, k.KCV)
+		}
+	}
 	pt, err := m.dstCU.Decrypt(got[0].Handle, ct, nil)
 	if err != nil || string(pt) != "secret message" {
 		t.Fatalf("the moved AES key decrypts the source's ciphertext: %q, %v", pt, err)
