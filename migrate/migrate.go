@@ -15,6 +15,7 @@ package migrate
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -36,7 +37,7 @@ type Source interface {
 // satisfies it.
 type Destination interface {
 	Keys(ctx context.Context) ([]hsmcore.KeyInfo, error)
-	NewTransportKey(ctx context.Context, nonce []byte) (hsmcore.TransportOffer, string, error)
+	NewTransportKey(ctx context.Context, nonce []byte, mech hsmcore.Mechanism) (hsmcore.TransportOffer, string, error)
 	ImportBundle(ctx context.Context, addr string, b *hsmcore.Bundle) ([]hsmcore.Migrated, error)
 }
 
@@ -47,6 +48,9 @@ type Options struct {
 	User string
 	// Select chooses the source keys to move; nil: every key of User.
 	Select func(hsmcore.KeyInfo) bool
+	// Mechanism is the transport key's: hpke (ML-KEM-768 + X25519, the
+	// default) or rsa-aes (RSA-3072, for destinations without ML-KEM).
+	Mechanism hsmcore.Mechanism
 	// DryRun makes every check (the destination's attestation, the policy
 	// of every selected key) and moves nothing.
 	DryRun bool
@@ -196,7 +200,7 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 // certifies).
 func transportKey(ctx context.Context, dst Destination, opts Options) (hsmcore.TransportOffer, string, error) {
 	nonce := hsmcore.NewNonce()
-	offer, at, err := dst.NewTransportKey(ctx, nonce)
+	offer, at, err := dst.NewTransportKey(ctx, nonce, cmp.Or(opts.Mechanism, hsmcore.HPKEWrap))
 	if err != nil {
 		return offer, "", fmt.Errorf("destination: transport key: %w", err)
 	}
@@ -209,6 +213,9 @@ func transportKey(ctx context.Context, dst Destination, opts Options) (hsmcore.T
 		Nonce: hsmcore.TransportNonce(nonce, offer.Key), Expect: want})
 	if err != nil {
 		return offer, "", fmt.Errorf("destination %s: transport key: %w", at, err)
+	}
+	if offer.Key.Mechanism != cmp.Or(opts.Mechanism, hsmcore.HPKEWrap) {
+		return offer, "", fmt.Errorf("destination %s: a transport key of %s, not the %s asked: %w", at, offer.Key.Mechanism, cmp.Or(opts.Mechanism, hsmcore.HPKEWrap), hsmcore.ErrAttestation)
 	}
 	if !bytes.Equal(offer.Nonce, nonce) || st.ClusterID != opts.Cluster || offer.Key.Cluster != opts.Cluster || !bytes.Equal(st.ClusterKeyHash, opts.ClusterKeyHash) {
 		return offer, "", fmt.Errorf("destination %s: the transport key is not from an HSM of cluster %s: %w", at, opts.Cluster, hsmcore.ErrAttestation)

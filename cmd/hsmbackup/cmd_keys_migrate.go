@@ -42,6 +42,7 @@ func keysMigrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "label", Usage: "only keys labelled `LABEL`"},
 			&cli.StringFlag{Name: "type", Usage: "only keys of `TYPE`"},
 			&cli.StringSliceFlag{Name: "attr", Usage: "only keys with attribute `NAME` set (NAME=false: not set); repeatable"},
+			&cli.StringFlag{Name: "mechanism", Usage: "transport key `MECHANISM`: hpke (ML-KEM-768 + X25519) or rsa-aes (RSA-3072, for destinations without ML-KEM)", Value: "hpke"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "make every check and move nothing"},
 			&cli.StringFlag{Name: "report", Usage: "new `FILE` for the report, as JSON"},
 		}, loginFlags("crypto user whose keys move (on both clusters)")...), jsonFlag()),
@@ -61,6 +62,10 @@ func keysMigrate(c *cli.Context, e *env) error {
 	f, err := parseKeyFilter(c)
 	if err != nil {
 		return err
+	}
+	mech := hsmcore.Mechanism(c.String("mechanism"))
+	if mech != hsmcore.HPKEWrap && mech != hsmcore.RSAAES {
+		return usagef("--mechanism %s: a transport key is hpke or rsa-aes", mech)
 	}
 	mfr, _, err := e.roots()
 	if err != nil {
@@ -101,7 +106,7 @@ func keysMigrate(c *cli.Context, e *env) error {
 		return err
 	}
 	defer dst.Close()
-	rep, err := migrate.Run(c.Context, src, dst, migrate.Options{User: user, Select: f.keep, DryRun: c.Bool("dry-run"),
+	rep, err := migrate.Run(c.Context, src, dst, migrate.Options{User: user, Select: f.keep, DryRun: c.Bool("dry-run"), Mechanism: mech,
 		ManufacturerRoots: mfr, OperatorRoots: opCerts, Cluster: to, ClusterKeyHash: keyHash,
 		Progress: func(done, total int) { e.log.Info("bundle moved", "from", from, "to", to, "done", done, "of", total) }})
 	if rep != nil {

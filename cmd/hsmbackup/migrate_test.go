@@ -91,14 +91,23 @@ func TestKeysMigrate(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &again); err != nil || again.Moved != 0 || again.Skipped != 1 {
 		t.Fatalf("again, --label payments --json: %v %+v\n%s", err, again, out)
 	}
+	// Under an rsa-aes transport key (RSA-3072), for destinations without
+	// ML-KEM.
+	if _, err := src.GenerateKeys(context.Background(), []hsmcore.KeySpec{{Type: hsmcore.AES, Bits: 128, Label: "legacy", Encrypt: true, Extractable: true}}); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = run(context.Background(), migrateArgs("--label", "legacy", "--mechanism", "rsa-aes")...)
+	if !strings.Contains(out, "prod to dr: 1 moved, 0 skipped (present), 0 refused\n") {
+		t.Fatalf("--mechanism rsa-aes:\n%s", out)
+	}
 	dst, err := cluster.Open(context.Background(), dstCfg, "alice", password)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dst.Close()
 	keys, err := dst.Keys(context.Background())
-	if err != nil || len(keys) != 2 {
-		t.Fatalf("the destination holds %d keys (%v), want 2", len(keys), err)
+	if err != nil || len(keys) != 3 {
+		t.Fatalf("the destination holds %d keys (%v), want 3", len(keys), err)
 	}
 
 	for _, c := range []struct {
@@ -109,6 +118,7 @@ func TestKeysMigrate(t *testing.T) {
 		{[]string{"--config", p("config.yaml"), "keys", "migrate", "--from", "prod", "--to", "prod", "--user", "alice"}, "--from and --to name the same cluster prod"},
 		{[]string{"--config", p("config.yaml"), "keys", "migrate", "--from", "prod", "--to", "nope", "--user", "alice", "--password-file", p("alice.pw")}, `cluster "nope" is not configured`},
 		{migrateArgs("--report", p("report.json")), "report.json already exists: not overwritten"},
+		{migrateArgs("--mechanism", "aes-kwp"), "--mechanism aes-kwp: a transport key is hpke or rsa-aes"},
 	} {
 		if _, _, err := run(context.Background(), c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want %q", c.args[3:], err, c.want)

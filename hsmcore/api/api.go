@@ -207,6 +207,8 @@ type UnwrapRequest struct {
 // an hsmcore.TransportOffer attested over the verifier's Nonce.
 type TransportKeyRequest struct {
 	Nonce []byte `json:"nonce"`
+	// Mechanism is hpke (absent: hpke) or rsa-aes.
+	Mechanism string `json:"mechanism,omitempty"`
 }
 
 // ExportBundleRequest is POST /v1/migrate/export: the keys Handles, in a

@@ -659,11 +659,12 @@ func (c *Client) Verify(ctx context.Context, h uint64, data, sig []byte) error {
 	return c.do(ctx, "POST", keyPath(h, "verify"), api.CryptoRequest{Data: data, Signature: sig}, nil)
 }
 
-// NewTransportKey has the HSM make a transport key for the logged-in
-// crypto user and attest to it over nonce (hsmcore.TransportOffer).
-func (c *Client) NewTransportKey(ctx context.Context, nonce []byte) (hsmcore.TransportOffer, error) {
+// NewTransportKey has the HSM make a transport key of mech (hpke or
+// rsa-aes) for the logged-in crypto user and attest to it over nonce
+// (hsmcore.TransportOffer).
+func (c *Client) NewTransportKey(ctx context.Context, nonce []byte, mech hsmcore.Mechanism) (hsmcore.TransportOffer, error) {
 	var out hsmcore.TransportOffer
-	err := c.do(ctx, "POST", "/v1/migrate/transport-key", api.TransportKeyRequest{Nonce: nonce}, &out)
+	err := c.do(ctx, "POST", "/v1/migrate/transport-key", api.TransportKeyRequest{Nonce: nonce, Mechanism: string(mech)}, &out)
 	return out, err
 }
 

@@ -474,13 +474,13 @@ func (c *Cluster) WrapKeyToPublic(ctx context.Context, pub []byte, target uint64
 	return read(ctx, c, func(cl *client.Client) ([]byte, error) { return cl.WrapKeyToPublic(ctx, pub, target, mech) })
 }
 
-// NewTransportKey has one member make a transport key for the session's
-// crypto user and attest to it over nonce. It returns the offer and the
-// member's address, where ImportBundle must take the bundle.
-func (c *Cluster) NewTransportKey(ctx context.Context, nonce []byte) (hsmcore.TransportOffer, string, error) {
+// NewTransportKey has one member make a transport key of mech for the
+// session's crypto user and attest to it over nonce. It returns the offer
+// and the member's address, where ImportBundle must take the bundle.
+func (c *Cluster) NewTransportKey(ctx context.Context, nonce []byte, mech hsmcore.Mechanism) (hsmcore.TransportOffer, string, error) {
 	var addr string
 	o, err := read(ctx, c, func(cl *client.Client) (hsmcore.TransportOffer, error) {
-		o, err := cl.NewTransportKey(ctx, nonce)
+		o, err := cl.NewTransportKey(ctx, nonce, mech)
 		if err == nil {
 			addr = c.addrOf(cl)
 		}

@@ -4,6 +4,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/hpke"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -24,9 +26,75 @@ import (
 // a restart forgets it, and the migration asks for a new one.
 type transportKey struct {
 	hsmcore.TransportKey
-	priv  hpke.PrivateKey
-	owner string // the user it was made for
-	used  bool
+	hpkeKey hpke.PrivateKey // for hpke
+	rsaKey  *rsa.PrivateKey // for rsa-aes
+	owner   string          // the user it was made for
+	used    bool
+}
+
+// transportBits is the modulus size of an rsa-aes transport key.
+const transportBits = 3072
+
+// newTransportPair makes the key pair of a transport key of mech.
+func newTransportPair(mech hsmcore.Mechanism) (*transportKey, error) {
+	switch mech {
+	case hsmcore.HPKEWrap:
+		k, err := hpke.MLKEM768X25519().GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		return &transportKey{TransportKey: hsmcore.TransportKey{PublicKey: k.PublicKey().Bytes()}, hpkeKey: k}, nil
+	case hsmcore.RSAAES:
+		k, err := rsa.GenerateKey(rand.Reader, transportBits)
+		if err != nil {
+			return nil, err
+		}
+		der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		return &transportKey{TransportKey: hsmcore.TransportKey{PublicKey: der}, rsaKey: k}, nil
+	}
+	return nil, fmt.Errorf("transport key of mechanism %q: hpke or rsa-aes: %w", mech, hsmcore.ErrInvalid)
+}
+
+// sealBundleKey seals a bundle key to the transport key k: HPKE (info
+// bundleInfo) for hpke; RSA-OAEP with SHA-256 and MGF1-SHA-256 (label
+// bundleInfo) for rsa-aes, for destinations without ML-KEM.
+func sealBundleKey(k hsmcore.TransportKey, bundleKey []byte) ([]byte, error) {
+	switch k.Mechanism {
+	case hsmcore.HPKEWrap:
+		pub, err := hpke.MLKEM768X25519().NewPublicKey(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		return hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(k.ID), bundleKey)
+	case hsmcore.RSAAES:
+		pub, err := transportRSA(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		return rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, bundleKey, bundleInfo(k.ID))
+	}
+	return nil, fmt.Errorf("transport key of mechanism %q, want hpke or rsa-aes", k.Mechanism)
+}
+
+// openBundleKey opens what sealBundleKey sealed to k.
+func (k *transportKey) openBundleKey(enc []byte) ([]byte, error) {
+	if k.rsaKey != nil {
+		return rsa.DecryptOAEP(sha256.New(), nil, k.rsaKey, enc, bundleInfo(k.ID))
+	}
+	return hpke.Open(k.hpkeKey, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(k.ID), enc)
+}
+
+// transportRSA parses an rsa-aes transport public key: RSA 3072 or 4096.
+func transportRSA(der []byte) (*rsa.PublicKey, error) {
+	k, err := x509.ParsePKIXPublicKey(der)
+	pub, ok := k.(*rsa.PublicKey)
+	if err != nil || !ok || (pub.N.BitLen() != 3072 && pub.N.BitLen() != 4096) {
+		return nil, errors.New("not an RSA-3072 or RSA-4096 public key")
+	}
+	return pub, nil
 }
 
 // maxTransportKeys bounds the outstanding transport keys (the oldest goes
@@ -36,19 +104,21 @@ const (
 	maxBundle        = hsmcore.MaxBundleKeys * (maxWrapped + 2048)
 )
 
-// bundleInfo is the HPKE info of a bundle's key K.
+// bundleInfo is the HPKE info (hpke) or the OAEP label (rsa-aes) of a
+// bundle's key K.
 func bundleInfo(tkID string) []byte { return []byte("hsmbackup bundle v1 " + tkID) }
 
 // NewTransportKey makes a transport key for the session's crypto user:
-// an hpke key pair of this HSM, for one bundle to it within
-// hsmcore.TransportKeyTTL, and attests to it (over
-// hsmcore.TransportNonce(nonce, key)). The cluster must be initialized.
-func (s *Session) NewTransportKey(nonce []byte) (hsmcore.TransportOffer, error) {
+// a key pair of this HSM of mech (hpke: ML-KEM-768 + X25519; rsa-aes:
+// RSA-3072), for one bundle to it within hsmcore.TransportKeyTTL, and
+// attests to it (over hsmcore.TransportNonce(nonce, key)). The cluster
+// must be initialized.
+func (s *Session) NewTransportKey(nonce []byte, mech hsmcore.Mechanism) (hsmcore.TransportOffer, error) {
 	d := s.d
 	if len(nonce) != hsmcore.NonceSize {
 		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: nonce must be %d bytes: %w", hsmcore.NonceSize, hsmcore.ErrInvalid)
 	}
-	priv, err := hpke.MLKEM768X25519().GenerateKey()
+	tk, err := newTransportPair(mech)
 	if err != nil {
 		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: %w", err)
 	}
@@ -64,9 +134,8 @@ func (s *Session) NewTransportKey(nonce []byte) (hsmcore.TransportOffer, error) 
 		return hsmcore.TransportOffer{}, fmt.Errorf("transport key: the cluster is not initialized: %w", hsmcore.ErrPermission)
 	}
 	now := d.opts.now()
-	tk := &transportKey{TransportKey: hsmcore.TransportKey{ID: hex.EncodeToString(id[:]), Mechanism: hsmcore.HPKEWrap,
-		PublicKey: priv.PublicKey().Bytes(), Serial: d.id.Serial, Cluster: d.st.clusterID(),
-		Expires: now.Add(hsmcore.TransportKeyTTL).Truncate(time.Second)}, priv: priv, owner: s.user}
+	tk.ID, tk.Mechanism, tk.Serial, tk.Cluster = hex.EncodeToString(id[:]), mech, d.id.Serial, d.st.clusterID()
+	tk.Expires, tk.owner = now.Add(hsmcore.TransportKeyTTL).Truncate(time.Second), s.user
 	d.transports = slices.DeleteFunc(d.transports, func(k *transportKey) bool { return k.used || !now.Before(k.Expires) })
 	if len(d.transports) >= maxTransportKeys {
 		d.transports = d.transports[1:]
@@ -104,8 +173,8 @@ func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) er
 	switch {
 	case opRoots == nil:
 		return errors.New("no operator roots to check the destination's attestation")
-	case k.Mechanism != hsmcore.HPKEWrap:
-		return fmt.Errorf("transport key of mechanism %q, want hpke", k.Mechanism)
+	case k.Mechanism != hsmcore.HPKEWrap && k.Mechanism != hsmcore.RSAAES:
+		return fmt.Errorf("transport key of mechanism %q, want hpke or rsa-aes", k.Mechanism)
 	case k.Serial == d.id.Serial:
 		return errors.New("the transport key is this HSM's own")
 	case !now.Before(k.Expires):
@@ -115,7 +184,7 @@ func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) er
 	case len(o.Nonce) != hsmcore.NonceSize:
 		return errors.New("no verifier nonce")
 	}
-	if _, err := hpke.MLKEM768X25519().NewPublicKey(k.PublicKey); err != nil {
+	if _, err := sealBundleKey(k, make([]byte, 32)); err != nil { // its public key parses
 		return fmt.Errorf("transport key: %w", err)
 	}
 	// Any class and operator the roots certify: keys move between
@@ -156,7 +225,6 @@ func (s *Session) ExportBundle(offer hsmcore.TransportOffer, opRoots *x509.CertP
 		return nil, nil, fmt.Errorf("export bundle: transport key: %w", err)
 	}
 	tk := offer.Key
-	pub, _ := hpke.MLKEM768X25519().NewPublicKey(tk.PublicKey)
 	bundleKey := make([]byte, 32)
 	defer clear(bundleKey)
 	rand.Read(bundleKey)
@@ -217,7 +285,7 @@ func (s *Session) ExportBundle(offer hsmcore.TransportOffer, opRoots *x509.CertP
 	if dryRun || len(body.Keys) == 0 {
 		return nil, results, nil
 	}
-	if body.Enc, err = hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(tk.ID), bundleKey); err != nil {
+	if body.Enc, err = sealBundleKey(tk, bundleKey); err != nil {
 		return nil, nil, fmt.Errorf("export bundle: %w", err)
 	}
 	raw, err := json.Marshal(body)
@@ -255,7 +323,7 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import bundle: %w", err)
 	}
-	bundleKey, err := hpke.Open(tk.priv, hpke.HKDFSHA256(), hpke.AES256GCM(), bundleInfo(tk.ID), body.Enc)
+	bundleKey, err := tk.openBundleKey(body.Enc)
 	if err != nil {
 		return nil, fmt.Errorf("import bundle: its bundle key does not open under the transport key: %w", hsmcore.ErrTampered)
 	}

@@ -33,7 +33,7 @@ func newMigration(t testing.TB) *migration {
 
 func (m *migration) offer(t testing.TB) hsmcore.TransportOffer {
 	t.Helper()
-	o, err := m.dstCU.NewTransportKey(hsmcore.NewNonce())
+	o, err := m.dstCU.NewTransportKey(hsmcore.NewNonce(), hsmcore.HPKEWrap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +233,7 @@ func TestMigrateOfferChecked(t *testing.T) {
 			o.Attestation = &a
 		},
 		"rsa-aes, not hpke":    func(o *hsmcore.TransportOffer) { o.Key.Mechanism = hsmcore.RSAAES },
+		"aes-kwp":              func(o *hsmcore.TransportOffer) { o.Key.Mechanism = hsmcore.AESKWP },
 		"the source's own key": func(o *hsmcore.TransportOffer) { o.Key.Serial = m.src.Identity().Serial },
 	}
 	for name, mutate := range cases {
@@ -248,7 +249,7 @@ func TestMigrateOfferChecked(t *testing.T) {
 	zeta := newDevice(t, hw{"hsm2m.medium", "zeta", "cloud", "2.1.0", false})
 	_, zcu := initDevice(t, zeta)
 	initCluster(t, zeta, "destination")
-	zo, err := zcu.NewTransportKey(hsmcore.NewNonce())
+	zo, err := zcu.NewTransportKey(hsmcore.NewNonce(), hsmcore.HPKEWrap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,4 +344,29 @@ func FuzzImportBundle(f *testing.F) {
 			t.Fatalf("a refused bundle (%v) changed the HSM", err)
 		}
 	})
+}
+
+// An rsa-aes transport key (RSA-3072, for destinations without ML-KEM)
+// moves keys the same way: the bundle key under RSA-OAEP-SHA256.
+func TestMigrateRSAAESTransportKey(t *testing.T) {
+	m := newMigration(t)
+	k := mustGenerateKey(t, m.srcCU, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	o, err := m.dstCU.NewTransportKey(hsmcore.NewNonce(), hsmcore.RSAAES)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Key.Mechanism != hsmcore.RSAAES {
+		t.Fatalf("mechanism %s", o.Key.Mechanism)
+	}
+	b, _, err := m.srcCU.ExportBundle(o, m.opRoots, []uint64{k.Handle}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.dstCU.ImportBundle(b)
+	if err != nil || res[0].Result != hsmcore.Moved || res[0].KCV != k.KCV {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	if _, err := m.dstCU.NewTransportKey(hsmcore.NewNonce(), hsmcore.AESKWP); !errors.Is(err, hsmcore.ErrInvalid) {
+		t.Fatalf("an aes-kwp transport key: %v", err)
+	}
 }

@@ -448,7 +448,11 @@ func (s *Server) transportKey(r *http.Request, hs *device.Session) (any, error) 
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	return hs.NewTransportKey(req.Nonce)
+	mech := hsmcore.HPKEWrap
+	if req.Mechanism != "" {
+		mech = hsmcore.Mechanism(req.Mechanism)
+	}
+	return hs.NewTransportKey(req.Nonce, mech)
 }
 
 func (s *Server) exportBundle(r *http.Request, hs *device.Session) (any, error) {
