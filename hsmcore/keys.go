@@ -54,6 +54,11 @@ type KeyInfo struct {
 	Owner      string   `json:"owner"`
 	SharedWith []string `json:"shared_with,omitempty"`
 	PublicKey  []byte   `json:"public_key,omitempty"` // PKIX DER, for EC and RSA
+	// Origin, on a key a migration brought in, is where it came from:
+	// the source cluster and the key's handle there ("prod/42"). A
+	// migration run again skips a key whose origin and check value the
+	// destination holds.
+	Origin string `json:"origin,omitempty"`
 }
 
 // KeySpec asks for a key. Its zero value is not valid: Type is required.

@@ -3,6 +3,7 @@ package hsmcore
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"time"
 )
 
@@ -104,6 +105,10 @@ type Migrated struct {
 	Handle uint64 `json:"handle,omitempty"` // at the destination
 	Reason string `json:"reason,omitempty"`
 }
+
+// KeyOrigin is the Origin a migration gives the key of handle h of
+// cluster c.
+func KeyOrigin(c string, h uint64) string { return fmt.Sprintf("%s/%d", c, h) }
 
 // Results of Migrated.
 const (

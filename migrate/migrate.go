@@ -7,7 +7,8 @@
 // is ever in this process.
 //
 // A migration is resumable and idempotent: a key the destination holds
-// already (same label and check value, same owner) is skipped, so a run
+// already (moved before: the same origin, the source cluster and handle,
+// and check value, the same owner) is skipped, so a run
 // cut short (the process killed, a member down) is finished by running it
 // again, and never makes a duplicate. Keys move in bundles of at most
 // hsmcore.MaxBundleKeys, each committed at the destination as it comes.
@@ -59,6 +60,9 @@ type Options struct {
 	// it again.
 	ManufacturerRoots *x509.CertPool
 	OperatorRoots     []*x509.Certificate
+	// SourceCluster is the source's cluster id: a key moved before carries
+	// it in its Origin at the destination.
+	SourceCluster string
 	// Cluster is the destination's cluster id and ClusterKeyHash the
 	// SHA-256 of its cluster certificate's public key
 	// (hsmcore.PublicKeyHash), as the client verified it against the
@@ -66,9 +70,8 @@ type Options struct {
 	// of that cluster.
 	Cluster        string
 	ClusterKeyHash []byte
-	// Capacity is how many keys the destination holds at most; 0: not
-	// checked.
-	Capacity int
+	// Room, if set, says how many more keys the destination can hold.
+	Room func(ctx context.Context) (int, error)
 	// Progress, if set, is called after each bundle with the keys done.
 	Progress func(done, total int)
 }
@@ -102,8 +105,8 @@ var ErrCapacity = errors.New("the destination cannot hold the keys to move")
 // a dry run, "moved" means it would move. An error stops the run: what
 // moved before it stays moved (run again to finish).
 func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Report, error) {
-	if opts.User == "" || opts.ManufacturerRoots == nil || len(opts.OperatorRoots) == 0 || opts.Cluster == "" || len(opts.ClusterKeyHash) == 0 {
-		return nil, errors.New("migrate: user, roots and the destination's cluster and cluster key are required")
+	if opts.User == "" || opts.ManufacturerRoots == nil || len(opts.OperatorRoots) == 0 || opts.SourceCluster == "" || opts.Cluster == "" || len(opts.ClusterKeyHash) == 0 {
+		return nil, errors.New("migrate: user, roots, the source's cluster and the destination's cluster and cluster key are required")
 	}
 	srcKeys, err := src.Keys(ctx)
 	if err != nil {
@@ -113,10 +116,10 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 	if err != nil {
 		return nil, fmt.Errorf("destination keys: %w", err)
 	}
-	held := map[[2]string]uint64{}
+	held := map[[2]string]uint64{} // by origin and check value
 	for _, k := range dstKeys {
-		if k.Token && k.Owner == opts.User && k.KCV != "" {
-			held[[2]string{k.Label, k.KCV}] = k.Handle
+		if k.Token && k.Owner == opts.User && k.Origin != "" {
+			held[[2]string{k.Origin, k.KCV}] = k.Handle
 		}
 	}
 	rep := &Report{DryRun: opts.DryRun}
@@ -126,10 +129,10 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 			continue
 		}
 		m := hsmcore.Migrated{Source: k.Handle, Label: k.Label, KCV: k.KCV}
-		h, present := held[[2]string{k.Label, k.KCV}]
+		h, present := held[[2]string{hsmcore.KeyOrigin(opts.SourceCluster, k.Handle), k.KCV}]
 		switch {
-		case present && k.KCV != "":
-			m.Result, m.Handle, m.Reason = hsmcore.Skipped, h, "present: same label and check value"
+		case present:
+			m.Result, m.Handle, m.Reason = hsmcore.Skipped, h, "present: moved before (same origin and check value)"
 		// What the source HSM would refuse anyway (it checks again):
 		case !k.Extractable:
 			m.Result, m.Reason = hsmcore.Refused, "not extractable"
@@ -141,8 +144,14 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 		}
 		rep.add(m)
 	}
-	if opts.Capacity > 0 && len(dstKeys)+len(todo) > opts.Capacity {
-		return rep, fmt.Errorf("%w: it holds %d keys of %d, and %d would move", ErrCapacity, len(dstKeys), opts.Capacity, len(todo))
+	if opts.Room != nil {
+		room, err := opts.Room(ctx)
+		if err != nil {
+			return rep, fmt.Errorf("destination: %w", err)
+		}
+		if len(todo) > room {
+			return rep, fmt.Errorf("%w: it has room for %d more, and %d would move", ErrCapacity, room, len(todo))
+		}
 	}
 	var opDER [][]byte
 	for _, c := range opts.OperatorRoots {

@@ -33,7 +33,7 @@ func newFixture(t testing.TB) *fixture {
 	f.src, f.dst = f.open(t, f.srcCfg), f.open(t, f.dstCfg)
 	mfr := x509.NewCertPool()
 	mfr.AddCert(f.e.Mfr.Certificate())
-	f.opts = migrate.Options{User: "alice", ManufacturerRoots: mfr, OperatorRoots: []*x509.Certificate{f.e.Op.Certificate()},
+	f.opts = migrate.Options{User: "alice", ManufacturerRoots: mfr, OperatorRoots: []*x509.Certificate{f.e.Op.Certificate()}, SourceCluster: "source",
 		Cluster: "destination", ClusterKeyHash: clusterKeyHash(t, f.dstHSMs[0])}
 	return f
 }
@@ -206,9 +206,9 @@ func TestMigrateDryRunAndRefusals(t *testing.T) {
 		}
 	}
 	opts = f.opts
-	opts.Capacity = 3
+	opts.Room = func(context.Context) (int, error) { return 0, nil }
 	if _, err := migrate.Run(context.Background(), f.src, f.dst, opts); err != nil {
-		t.Fatalf("nothing left to move, capacity 3: %v", err)
+		t.Fatalf("nothing left to move, no room: %v", err)
 	}
 	f.generate(t, 1, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Label: "more", Encrypt: true, Extractable: true})
 	if _, err := migrate.Run(context.Background(), f.src, f.dst, opts); !errors.Is(err, migrate.ErrCapacity) {

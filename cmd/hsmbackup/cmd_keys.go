@@ -350,6 +350,9 @@ func keysShow(c *cli.Context, e *env) error {
 	if len(k.PublicKey) > 0 {
 		p.printf("%-18s %d bytes of PKIX DER (--json has it)\n", "public key", len(k.PublicKey))
 	}
+	if k.Origin != "" {
+		p.printf("%-18s %s (moved here by keys migrate)\n", "origin", k.Origin)
+	}
 	return p.err
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -32,10 +33,12 @@ func keysMigrateCommand() *cli.Command {
 			"attributes, shares and check values); the destination HSM checks the\n" +
 			"bundle, unwraps inside, checks every check value, and the cluster\n" +
 			"replicates the keys to its members. Only extractable keys without\n" +
-			"wrap-with-trusted leave. A key the destination holds already (same label\n" +
-			"and check value) is skipped: run it again after an interruption to\n" +
-			"finish. --dry-run makes every check and moves nothing. The report lists\n" +
-			"each key moved, skipped or refused, with why (--report FILE: as JSON).",
+			"wrap-with-trusted leave. A key the destination holds from an earlier run\n" +
+			"(same origin, the source cluster and handle, and check value) is skipped:\n" +
+			"run it again after an interruption to finish. --dry-run makes every\n" +
+			"check and moves nothing. The report lists each key moved, skipped or\n" +
+			"refused, with why (--report FILE: as JSON). Destination members left\n" +
+			"behind are named, with exit status 1: an officer's open re-syncs them.",
 		Flags: append(append([]cli.Flag{configFlag(),
 			&cli.StringFlag{Name: "from", Usage: "`ID` of the source cluster in --config (required)"},
 			&cli.StringFlag{Name: "to", Usage: "`ID` of the destination cluster in --config (required)"},
@@ -101,13 +104,14 @@ func keysMigrate(c *cli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	room := func(ctx context.Context) (int, error) { return destinationRoom(ctx, dstTarget) }
 	dst, err := dstTarget.open(c.Context, e.log, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
 	rep, err := migrate.Run(c.Context, src, dst, migrate.Options{User: user, Select: f.keep, DryRun: c.Bool("dry-run"), Mechanism: mech,
-		ManufacturerRoots: mfr, OperatorRoots: opCerts, Cluster: to, ClusterKeyHash: keyHash,
+		ManufacturerRoots: mfr, OperatorRoots: opCerts, SourceCluster: from, Cluster: to, ClusterKeyHash: keyHash, Room: room,
 		Progress: func(done, total int) { e.log.Info("bundle moved", "from", from, "to", to, "done", done, "of", total) }})
 	if rep != nil {
 		if werr := writeMigrationReport(c, e, from, to, rep); werr != nil && err == nil {
@@ -116,6 +120,15 @@ func keysMigrate(c *cli.Context, e *env) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%s to %s: %w (what moved stays: run it again to finish)", from, to, err)
+	}
+	var behind []string
+	for _, m := range dst.Members(c.Context) {
+		if !m.Healthy || !m.InSync {
+			behind = append(behind, m.Addr)
+		}
+	}
+	if len(behind) > 0 {
+		return fmt.Errorf("%s: destination members %s are down or out of sync, so what moved is not on them yet: have the officer of %s open the cluster (e.g. 'hsmbackup users list --cluster %s') to re-sync them", to, strings.Join(behind, ", "), to, to)
 	}
 	if rep.Refused > 0 {
 		return fmt.Errorf("%d of %d keys refused: %w", rep.Refused, len(rep.Keys), hsmcore.ErrPermission)
@@ -171,6 +184,30 @@ func clusterKeyHash(ctx context.Context, t *target) ([]byte, error) {
 		return nil, fmt.Errorf("cluster %s: cluster certificate: %w", t.clusterID, err)
 	}
 	return hsmcore.PublicKeyHash(cert.PublicKey)
+}
+
+// destinationRoom is how many more keys the HSMs of t can hold: the
+// capacity less the keys of the fullest member that answers.
+func destinationRoom(ctx context.Context, t *target) (int, error) {
+	room := -1
+	for _, addr := range t.members {
+		cl, err := t.dial(addr)
+		if err != nil {
+			continue
+		}
+		h, err := cl.Health(ctx)
+		cl.Close()
+		if err != nil || h.Capacity == 0 {
+			continue // down, or a daemon that does not say
+		}
+		if r := h.Capacity - h.KeyCount; room < 0 || r < room {
+			room = r
+		}
+	}
+	if room < 0 {
+		return 1 << 30, nil // unknown: the HSMs refuse what does not fit
+	}
+	return room, nil
 }
 
 // writeMigrationReport prints rep (a table, or --json) and writes it to

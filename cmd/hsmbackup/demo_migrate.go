@@ -78,7 +78,7 @@ func (d *demo) migrateKeys(ctx context.Context) error {
 		return err
 	}
 	opts := migrate.Options{User: demoUser, ManufacturerRoots: d.mfrRoots, OperatorRoots: []*x509.Certificate{d.op.Certificate()},
-		Cluster: demoClusterDR, ClusterKeyHash: dstHash,
+		SourceCluster: demoClusterID, Cluster: demoClusterDR, ClusterKeyHash: dstHash,
 		Select: func(k hsmcore.KeyInfo) bool {
 			return k.Label == keys[0].Label || k.Label == keys[1].Label || k.Label == d.aesKey.Label
 		}}

@@ -72,8 +72,11 @@ type Health struct {
 	ClusterID          string `json:"cluster_id"`
 	ClusterInitialized bool   `json:"cluster_initialized"`
 	Initialized        bool   `json:"initialized"` // has users
-	StateDigest        string `json:"state_digest"`
-	PBKFingerprint     []byte `json:"pbk_fingerprint"`
+	// Capacity is how many keys the HSM holds at most (0 from daemons
+	// before it was sent).
+	Capacity       int    `json:"capacity,omitempty"`
+	StateDigest    string `json:"state_digest"`
+	PBKFingerprint []byte `json:"pbk_fingerprint"`
 	// KeyCount and UserCount are how many token keys and users the HSM
 	// holds: counts only, no names. Added after version 1 of the answer;
 	// a daemon that predates them sends neither (zero).

@@ -305,8 +305,9 @@ func (s *Session) ExportBundle(offer hsmcore.TransportOffer, opRoots *x509.CertP
 // made for; the transport key is spent at once, so a bundle imports once.
 // Inside the HSM each key is unwrapped, given the attributes it had at the
 // source (not local; trust, which an officer grants per HSM, does not
-// travel), and must have the check value the bundle records. A key of the
-// same label and check value the user holds already is skipped, so a
+// travel), and must have the check value the bundle records; it records
+// where it came from (Origin: the source cluster and handle). A key whose
+// origin and check value the user holds already is skipped, so a
 // migration run again creates no duplicate; a key another user owned at
 // the source, or whose check does not hold, is refused. The keys are added
 // in one change, which the cluster replicates as any other.
@@ -334,10 +335,10 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 	}
 
 	d.mu.Lock()
-	held := map[[2]string]uint64{}
+	held := map[[2]string]uint64{} // by origin and check value
 	for h, k := range d.st.Keys {
-		if k.Token && k.Owner == s.user {
-			held[[2]string{k.Label, k.KCV}] = h
+		if k.Token && k.Owner == s.user && k.Origin != "" {
+			held[[2]string{k.Origin, k.KCV}] = h
 		}
 	}
 	users := d.st.Users
@@ -346,20 +347,26 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 	results := make([]hsmcore.Migrated, len(body.Keys))
 	var recs []*keyRecord
 	var at []int
+	inBundle := map[string]bool{}
 	for i, bk := range body.Keys {
 		in := bk.Info
 		r := hsmcore.Migrated{Source: in.Handle, Label: in.Label, KCV: in.KCV, Result: hsmcore.Moved}
-		if h, ok := held[[2]string{in.Label, in.KCV}]; ok && in.KCV != "" {
-			r.Result, r.Handle, r.Reason = hsmcore.Skipped, h, "present: same label and check value"
+		origin := hsmcore.KeyOrigin(body.SourceCluster, in.Handle)
+		if h, ok := held[[2]string{origin, in.KCV}]; ok {
+			r.Result, r.Handle, r.Reason = hsmcore.Skipped, h, "present: moved before (same origin and check value)"
 			results[i] = r
 			continue
 		}
 		rec, why := s.bundledKey(aead, bk, users)
+		if inBundle[origin] {
+			rec, why = nil, "listed twice in the bundle"
+		}
+		inBundle[origin] = true
 		if why != "" {
 			r.Result, r.Reason = hsmcore.Refused, why
 		} else {
+			rec.Origin = origin
 			recs, at = append(recs, rec), append(at, i)
-			held[[2]string{in.Label, in.KCV}] = 0 // one of a label and value per bundle
 		}
 		results[i] = r
 	}

@@ -370,3 +370,39 @@ func TestMigrateRSAAESTransportKey(t *testing.T) {
 		t.Fatalf("an aes-kwp transport key: %v", err)
 	}
 }
+
+// Two keys of the same label and check value (here the same key unwrapped
+// twice; with 3-byte check values, also two different keys one time in
+// 2^24) are two keys: both move, and a second run skips both, by their
+// origin (source cluster and handle), not by label and check value.
+func TestMigrateSameLabelAndCheckValue(t *testing.T) {
+	m := newMigration(t)
+	kek := mustGenerateKey(t, m.srcCU, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Wrap: true, Unwrap: true})
+	k := mustGenerateKey(t, m.srcCU, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	w, err := m.srcCU.WrapKey(kek.Handle, k.Handle, hsmcore.AESKWP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var twins []uint64
+	for range 2 {
+		u, err := m.srcCU.UnwrapKey(kek.Handle, hsmcore.AESKWP, w, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Label: "twin", Encrypt: true, Extractable: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		twins = append(twins, u.Handle)
+	}
+	b, _ := m.bundle(t, twins...)
+	res, err := m.dstCU.ImportBundle(b)
+	if err != nil || res[0].Result != hsmcore.Moved || res[1].Result != hsmcore.Moved || res[0].Handle == res[1].Handle {
+		t.Fatalf("twins: %+v, %v", res, err)
+	}
+	b, _ = m.bundle(t, twins...)
+	again, err := m.dstCU.ImportBundle(b)
+	if err != nil || again[0].Result != hsmcore.Skipped || again[1].Result != hsmcore.Skipped || again[0].Handle != res[0].Handle || again[1].Handle != res[1].Handle {
+		t.Fatalf("twins again: %+v, %v", again, err)
+	}
+	got, _ := m.dstCU.Key(res[1].Handle)
+	if got.Origin != hsmcore.KeyOrigin("source", twins[1]) {
+		t.Fatalf("origin %q", got.Origin)
+	}
+}

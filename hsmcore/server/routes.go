@@ -211,7 +211,7 @@ func (s *Server) health(*http.Request, *device.Session) (any, error) {
 	digest, version := s.dev.State()
 	return api.Health{Identity: s.dev.Identity(), ClusterID: s.dev.ClusterID(), ClusterInitialized: s.dev.ClusterInitialized(),
 		Initialized: s.dev.Initialized(), StateDigest: digest, PBKFingerprint: fp[:],
-		KeyCount: keys, UserCount: users, StateVersion: version}, nil
+		KeyCount: keys, UserCount: users, StateVersion: version, Capacity: s.dev.Capacity()}, nil
 }
 
 func (s *Server) attest(r *http.Request, _ *device.Session) (any, error) {
