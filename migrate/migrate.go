@@ -122,28 +122,7 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 			held[[2]string{k.Origin, k.KCV}] = k.Handle
 		}
 	}
-	rep := &Report{DryRun: opts.DryRun}
-	var todo []hsmcore.KeyInfo
-	for _, k := range srcKeys {
-		if !k.Token || k.Owner != opts.User || (opts.Select != nil && !opts.Select(k)) {
-			continue
-		}
-		m := hsmcore.Migrated{Source: k.Handle, Label: k.Label, KCV: k.KCV}
-		h, present := held[[2]string{hsmcore.KeyOrigin(opts.SourceCluster, k.Handle), k.KCV}]
-		switch {
-		case present:
-			m.Result, m.Handle, m.Reason = hsmcore.Skipped, h, "present: moved before (same origin and check value)"
-		// What the source HSM would refuse anyway (it checks again):
-		case !k.Extractable:
-			m.Result, m.Reason = hsmcore.Refused, "not extractable"
-		case k.WrapWithTrusted:
-			m.Result, m.Reason = hsmcore.Refused, "wrap-with-trusted: it leaves only under a trusted key of this HSM"
-		default:
-			todo = append(todo, k)
-			continue
-		}
-		rep.add(m)
-	}
+	rep, todo := plan(srcKeys, held, opts)
 	if opts.Room != nil {
 		room, err := opts.Room(ctx)
 		if err != nil {
@@ -202,6 +181,35 @@ func Run(ctx context.Context, src Source, dst Destination, opts Options) (*Repor
 	return rep, nil
 }
 
+// plan sorts the keys of opts.User that opts.Select chooses among srcKeys:
+// those held (by origin and check value, as the destination holds them)
+// are skipped, those the source HSM would refuse are refused (it checks
+// again), in rep; the rest are to move.
+func plan(srcKeys []hsmcore.KeyInfo, held map[[2]string]uint64, opts Options) (rep *Report, todo []hsmcore.KeyInfo) {
+	rep = &Report{DryRun: opts.DryRun}
+	for _, k := range srcKeys {
+		if !k.Token || k.Owner != opts.User || (opts.Select != nil && !opts.Select(k)) {
+			continue
+		}
+		m := hsmcore.Migrated{Source: k.Handle, Label: k.Label, KCV: k.KCV}
+		h, present := held[[2]string{hsmcore.KeyOrigin(opts.SourceCluster, k.Handle), k.KCV}]
+		switch {
+		case present:
+			m.Result, m.Handle, m.Reason = hsmcore.Skipped, h, "present: moved before (same origin and check value)"
+		// What the source HSM would refuse anyway (it checks again):
+		case !k.Extractable:
+			m.Result, m.Reason = hsmcore.Refused, "not extractable"
+		case k.WrapWithTrusted:
+			m.Result, m.Reason = hsmcore.Refused, "wrap-with-trusted: it leaves only under a trusted key of this HSM"
+		default:
+			todo = append(todo, k)
+			continue
+		}
+		rep.add(m)
+	}
+	return rep, todo
+}
+
 // transportKey gets a transport key from dst and checks its attestation
 // as the client sees it: genuine (the manufacturer's and operator's
 // roots), fresh (a nonce of its own), covering the key, from an HSM of
@@ -213,21 +221,36 @@ func transportKey(ctx context.Context, dst Destination, opts Options) (hsmcore.T
 	if err != nil {
 		return offer, "", fmt.Errorf("destination: transport key: %w", err)
 	}
+	if err := checkOffer(offer, nonce, opts); err != nil {
+		return offer, "", fmt.Errorf("destination %s: transport key: %w", at, err)
+	}
+	return offer, at, nil
+}
+
+// checkOffer checks offer as a client sees it, asked with nonce: an
+// attestation from a genuine HSM (the manufacturer's and operator's
+// roots), fresh (over nonce), covering the transport key, of the mechanism
+// asked, from an HSM of the destination cluster (its cluster key).
+func checkOffer(offer hsmcore.TransportOffer, nonce []byte, opts Options) error {
 	op := x509.NewCertPool()
 	for _, c := range opts.OperatorRoots {
 		op.AddCert(c)
+	}
+	mech := cmp.Or(opts.Mechanism, hsmcore.HPKEWrap)
+	if offer.Attestation == nil {
+		return fmt.Errorf("no attestation: %w", hsmcore.ErrAttestation)
 	}
 	want := hsmcore.Expectation{Serial: offer.Key.Serial}.Certified(offer.Attestation)
 	st, err := hsmcore.VerifyAttestation(offer.Attestation, hsmcore.VerifyOptions{ManufacturerRoots: opts.ManufacturerRoots, OperatorRoots: op,
 		Nonce: hsmcore.TransportNonce(nonce, offer.Key), Expect: want})
 	if err != nil {
-		return offer, "", fmt.Errorf("destination %s: transport key: %w", at, err)
+		return err
 	}
-	if offer.Key.Mechanism != cmp.Or(opts.Mechanism, hsmcore.HPKEWrap) {
-		return offer, "", fmt.Errorf("destination %s: a transport key of %s, not the %s asked: %w", at, offer.Key.Mechanism, cmp.Or(opts.Mechanism, hsmcore.HPKEWrap), hsmcore.ErrAttestation)
+	if offer.Key.Mechanism != mech {
+		return fmt.Errorf("a transport key of %s, not the %s asked: %w", offer.Key.Mechanism, mech, hsmcore.ErrAttestation)
 	}
 	if !bytes.Equal(offer.Nonce, nonce) || st.ClusterID != opts.Cluster || offer.Key.Cluster != opts.Cluster || !bytes.Equal(st.ClusterKeyHash, opts.ClusterKeyHash) {
-		return offer, "", fmt.Errorf("destination %s: the transport key is not from an HSM of cluster %s: %w", at, opts.Cluster, hsmcore.ErrAttestation)
+		return fmt.Errorf("the transport key is not from an HSM of cluster %s: %w", opts.Cluster, hsmcore.ErrAttestation)
 	}
-	return offer, at, nil
+	return nil
 }

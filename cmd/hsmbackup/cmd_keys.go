@@ -99,7 +99,7 @@ func keysCommand() *cli.Command {
 			},
 			{
 				Name:  "export",
-				Usage: "export a key wrapped for a cloud KMS's import: aws-kms, gcp-kms or azure-byok",
+				Usage: "export a key wrapped for a cloud KMS's import (aws-kms, gcp-kms, azure-byok), or keys for an hsmbackup offer",
 				Description: "Wraps key --handle inside the HSM under the cloud's wrapping public key\n" +
 					"(--wrapping-key: PEM, DER or base64 of DER, RSA 2048 to 4096) and writes\n" +
 					"the files the cloud's import step takes into the new directory --out:\n" +
@@ -108,17 +108,31 @@ func keysCommand() *cli.Command {
 					"azure-byok key.byok (--kid, the key-exchange key's URL). The mechanism is\n" +
 					"the cloud's default unless --mechanism names another it takes. A key with\n" +
 					"wrap-with-trusted never leaves under an outside key. docs/MIGRATION.md\n" +
-					"shows the cloud-side commands.",
+					"shows the cloud-side commands.\n\n" +
+					"--to hsmbackup: --wrapping-key is an offer 'keys import --prepare' wrote\n" +
+					"at a cluster out of reach. This command checks its attestation (the\n" +
+					"manufacturer and operator roots of --config, and its cluster certificate\n" +
+					"against --destination-ca, else the customer_ca of that cluster in\n" +
+					"--config), and the HSM, checking it again, writes the keys of --user that\n" +
+					"--handle or the filters select (up to 100) into --out/package.json, for\n" +
+					"'keys import --in' there. Only extractable keys without wrap-with-trusted\n" +
+					"leave; --dry-run makes every check and writes nothing.",
 				Flags: conn(handleFlag(),
-					&cli.StringFlag{Name: "to", Usage: "`CLOUD`: aws-kms, gcp-kms or azure-byok (required)"},
+					&cli.StringFlag{Name: "to", Usage: "`CLOUD`: aws-kms, gcp-kms or azure-byok; or hsmbackup, for an offer (required)"},
 					&cli.StringFlag{Name: "wrapping-key", Usage: "`FILE` of the cloud's wrapping public key (required)"},
 					&cli.StringFlag{Name: "mechanism", Usage: "wrap `MECHANISM` the cloud takes (default: the cloud's; see docs/MIGRATION.md)"},
 					&cli.StringFlag{Name: "import-token", Usage: "`FILE` of the AWS import token issued with the wrapping key (aws-kms)"},
 					&cli.StringFlag{Name: "kid", Usage: "`URL` of the Azure key-exchange key, with its version (azure-byok)"},
-					&cli.StringFlag{Name: "out", Usage: "new `DIR` to write the files into (required)"}),
+					&cli.StringFlag{Name: "out", Usage: "new `DIR` to write the files into (required)"},
+					&cli.StringFlag{Name: "destination-ca", Usage: "hsmbackup: PEM `FILE` of the customer CA of the offer's cluster (default: its customer_ca in --config)"},
+					&cli.StringFlag{Name: "label", Usage: "hsmbackup: only keys labelled `LABEL`"},
+					&cli.StringFlag{Name: "type", Usage: "hsmbackup: only keys of `TYPE`"},
+					&cli.StringSliceFlag{Name: "attr", Usage: "hsmbackup: only keys with attribute `NAME` set (NAME=false: not set); repeatable"},
+					&cli.BoolFlag{Name: "dry-run", Usage: "hsmbackup: make every check and write nothing"}),
 				OnUsageError: usageError,
 				Action:       envAction("keys export", keysExport),
 			},
+			keysImportCommand(conn),
 			keysMigrateCommand(),
 			{
 				Name:  "delete",
@@ -639,12 +653,20 @@ func readBounded(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes: not a wrapped key", path, limit)
+		return nil, fmt.Errorf("%s: larger than %d bytes: not a file of this kind", path, limit)
 	}
 	return b, nil
 }
 
 func keysExport(c *cli.Context, e *env) error {
+	if c.String("to") == "hsmbackup" {
+		return keysExportPackage(c, e)
+	}
+	for _, f := range []string{"destination-ca", "label", "type", "attr", "dry-run"} {
+		if c.IsSet(f) {
+			return usagef("--%s is for --to hsmbackup: a cloud takes one key, --handle", f)
+		}
+	}
 	h, err := requireHandle(c)
 	if err != nil {
 		return err

@@ -70,17 +70,9 @@ func keysMigrate(c *cli.Context, e *env) error {
 	if mech != hsmcore.HPKEWrap && mech != hsmcore.RSAAES {
 		return usagef("--mechanism %s: a transport key is hpke or rsa-aes", mech)
 	}
-	mfr, _, err := e.roots()
+	mfr, opCerts, err := e.rootCertificates()
 	if err != nil {
 		return err
-	}
-	opPath, err := e.path("operator-root", e.cfg.OperatorRoot, "operator root")
-	if err != nil {
-		return err
-	}
-	opCerts, err := loadCertificates(opPath)
-	if err != nil {
-		return fmt.Errorf("operator root: %w", err)
 	}
 	if p := c.String("report"); p != "" {
 		if _, err := os.Lstat(p); err == nil {
@@ -121,17 +113,26 @@ func keysMigrate(c *cli.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("%s to %s: %w (what moved stays: run it again to finish)", from, to, err)
 	}
+	if err := membersBehind(c, dst, to); err != nil {
+		return err
+	}
+	if rep.Refused > 0 {
+		return fmt.Errorf("%d of %d keys refused: %w", rep.Refused, len(rep.Keys), hsmcore.ErrPermission)
+	}
+	return nil
+}
+
+// membersBehind names the members of cl, cluster id, that are down or
+// out of sync after keys moved to it.
+func membersBehind(c *cli.Context, cl *cluster.Cluster, id string) error {
 	var behind []string
-	for _, m := range dst.Members(c.Context) {
+	for _, m := range cl.Members(c.Context) {
 		if !m.Healthy || !m.InSync {
 			behind = append(behind, m.Addr)
 		}
 	}
 	if len(behind) > 0 {
-		return fmt.Errorf("%s: destination members %s are down or out of sync, so what moved is not on them yet: have the officer of %s open the cluster (e.g. 'hsmbackup users list --cluster %s') to re-sync them", to, strings.Join(behind, ", "), to, to)
-	}
-	if rep.Refused > 0 {
-		return fmt.Errorf("%d of %d keys refused: %w", rep.Refused, len(rep.Keys), hsmcore.ErrPermission)
+		return fmt.Errorf("%s: destination members %s are down or out of sync, so what moved is not on them yet: have the officer of %s open the cluster (e.g. 'hsmbackup users list --cluster %s') to re-sync them", id, strings.Join(behind, ", "), id, id)
 	}
 	return nil
 }
@@ -156,9 +157,20 @@ func (e *env) userTarget(c *cli.Context, id, user string) (*target, error) {
 // certificate t's members present, checked against t's customer CA and
 // cluster id: a transport key must come from an HSM holding that key.
 func clusterKeyHash(ctx context.Context, t *target) ([]byte, error) {
+	cert, err := clusterCertificate(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return hsmcore.PublicKeyHash(cert.PublicKey)
+}
+
+// clusterCertificate is the cluster certificate t's members present
+// (the first that answers), checked against t's customer CA and cluster
+// id.
+func clusterCertificate(ctx context.Context, t *target) (*x509.Certificate, error) {
 	var certs api.Certificates
 	var err error = errors.New("no members")
-	for _, addr := range t.members { // the first that answers
+	for _, addr := range t.members {
 		var cl *conn
 		if cl, err = t.dial(addr); err != nil {
 			continue
@@ -173,17 +185,27 @@ func clusterKeyHash(ctx context.Context, t *target) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: certificates: %w", t.clusterID, err)
 	}
-	cert, err := x509.ParseCertificate(certs.Cluster)
-	if err == nil {
-		err = cluster.CheckCertificate(cert, t.tls.CustomerCA)
+	cert, err := checkClusterCertificate(certs.Cluster, t.tls.CustomerCA, t.clusterID)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", t.clusterID, err)
 	}
-	if err == nil && cert.Subject.CommonName != t.clusterID {
+	return cert, nil
+}
+
+// checkClusterCertificate parses der, the certificate of cluster id, and
+// checks it against the cluster's customer CA.
+func checkClusterCertificate(der []byte, ca *x509.Certificate, id string) (*x509.Certificate, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err == nil {
+		err = cluster.CheckCertificate(cert, ca)
+	}
+	if err == nil && cert.Subject.CommonName != id {
 		err = fmt.Errorf("it names cluster %q", cert.Subject.CommonName)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s: cluster certificate: %w", t.clusterID, err)
+		return nil, fmt.Errorf("cluster certificate: %w", err)
 	}
-	return hsmcore.PublicKeyHash(cert.PublicKey)
+	return cert, nil
 }
 
 // destinationRoom is how many more keys the HSMs of t can hold: the
@@ -230,6 +252,19 @@ func writeMigrationReport(c *cli.Context, e *env, from, to string, rep *migrate.
 	if e.g.json {
 		return writeJSON(e.stdout, out)
 	}
+	if err := writeKeyTable(e, rep); err != nil {
+		return err
+	}
+	verb := "moved"
+	if rep.DryRun {
+		verb = "would move (dry run: nothing moved)"
+	}
+	_, err := fmt.Fprintf(e.stdout, "%s to %s: %d %s, %d skipped (present), %d refused\n", from, to, rep.Moved, verb, rep.Skipped, rep.Refused)
+	return err
+}
+
+// writeKeyTable prints rep's keys, one a line.
+func writeKeyTable(e *env, rep *migrate.Report) error {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "SOURCE\tLABEL\tKCV\tRESULT\tHANDLE\tREASON\n")
 	for _, k := range rep.Keys {
@@ -239,13 +274,5 @@ func writeMigrationReport(c *cli.Context, e *env, from, to string, rep *migrate.
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", k.Source, orDash(k.Label), orDash(k.KCV), k.Result, h, orDash(k.Reason))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	verb := "moved"
-	if rep.DryRun {
-		verb = "would move (dry run: nothing moved)"
-	}
-	_, err := fmt.Fprintf(e.stdout, "%s to %s: %d %s, %d skipped (present), %d refused\n", from, to, rep.Moved, verb, rep.Skipped, rep.Refused)
-	return err
+	return tw.Flush()
 }

@@ -154,8 +154,9 @@ func (s *Session) NewTransportKey(nonce []byte, mech hsmcore.Mechanism) (hsmcore
 }
 
 // checkOffer verifies a transport offer: the attestation chains to this
-// HSM's manufacturer root (and to opRoots for the operator), is fresh,
-// covers the key, and comes from an HSM of an initialized cluster, the
+// HSM's manufacturer root (and to opRoots for the operator),
+// covers the key (so it is as fresh as the key: made at most
+// hsmcore.TransportKeyTTL ago), and comes from an HSM of an initialized cluster, the
 // one the key names; the key is hpke, for another HSM, unexpired and
 // issued for at most hsmcore.TransportKeyTTL.
 func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) error {
@@ -191,7 +192,11 @@ func (d *Device) checkOffer(o hsmcore.TransportOffer, opRoots *x509.CertPool) er
 	// clusters of any hardware; the manufacturer is this HSM's.
 	want := hsmcore.Expectation{Serial: k.Serial, Manufacturer: d.id.Manufacturer}.Certified(o.Attestation)
 	st, err := hsmcore.VerifyAttestation(o.Attestation, hsmcore.VerifyOptions{ManufacturerRoots: mfr, OperatorRoots: opRoots,
-		Nonce: hsmcore.TransportNonce(o.Nonce, k), Expect: want, Now: now})
+		Nonce: hsmcore.TransportNonce(o.Nonce, k), Expect: want, Now: now,
+		// An offer may be carried by hand to a source no client reaches
+		// with the destination (keys export --to hsmbackup): it is good
+		// while its key is, and the key is single use.
+		MaxAge: hsmcore.TransportKeyTTL + time.Minute})
 	if err != nil {
 		return err
 	}

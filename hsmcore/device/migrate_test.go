@@ -406,3 +406,25 @@ func TestMigrateSameLabelAndCheckValue(t *testing.T) {
 		t.Fatalf("origin %q", got.Origin)
 	}
 }
+
+// An offer carried by hand to a source out of the destination's reach
+// (keys export --to hsmbackup) is good while its transport key is: hours
+// after it was made, not after the key's 24 hours.
+func TestMigrateOfferCarriedForHours(t *testing.T) {
+	m := newMigration(t)
+	k := mustGenerateKey(t, m.srcCU, hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Extractable: true})
+	o := m.offer(t)
+	made := time.Now()
+	m.src.opts.Now = func() time.Time { return made.Add(hsmcore.TransportKeyTTL + time.Minute) }
+	if _, _, err := m.srcCU.ExportBundle(o, m.opRoots, []uint64{k.Handle}, false); !errors.Is(err, hsmcore.ErrAttestation) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("an offer past its key's expiry: %v", err)
+	}
+	m.src.opts.Now = func() time.Time { return made.Add(6 * time.Hour) }
+	b, _, err := m.srcCU.ExportBundle(o, m.opRoots, []uint64{k.Handle}, false)
+	if err != nil {
+		t.Fatalf("an offer six hours old: %v", err)
+	}
+	if res, err := m.dstCU.ImportBundle(b); err != nil || res[0].Result != hsmcore.Moved {
+		t.Fatalf("import: %+v, %v", res, err)
+	}
+}
