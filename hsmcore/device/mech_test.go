@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -524,5 +525,134 @@ func TestAESGCMLayoutKnownAnswer(t *testing.T) {
 	wrapped[20] ^= 1
 	if _, err := unwrapMaterial(hsmcore.AESGCM, w, wrapped); !errors.Is(err, errUnwrap) {
 		t.Fatalf("a flipped byte: %v", err)
+	}
+}
+
+// wycheproofOAEP is a case of testdata/wycheproof/rsa_oaep.json.
+type wycheproofOAEP struct {
+	File, Mechanism, Comment, Result string
+	TcID                             int
+	PrivateKeyPkcs8, Msg, Ct, Label  string
+}
+
+func loadWycheproofOAEP(t *testing.T) []wycheproofOAEP {
+	t.Helper()
+	b, err := os.ReadFile("testdata/wycheproof/rsa_oaep.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Source string
+		Cases  []wycheproofOAEP
+	}
+	if err := json.Unmarshal(b, &f); err != nil || len(f.Cases) == 0 {
+		t.Fatalf("vectors: %v", err)
+	}
+	return f.Cases
+}
+
+func unhex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// rsa-oaep and rsa-oaep-sha1 unwrap Wycheproof's published OAEP cases
+// (RSA-2048; SHA-256 with MGF1-SHA-256, and SHA-1 with MGF1-SHA-1; empty
+// label) to their messages, and refuse its invalid paddings as tampered.
+func TestRSAOAEPWycheproof(t *testing.T) {
+	for _, c := range loadWycheproofOAEP(t) {
+		w := &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.RSA, Bits: 2048}, Material: unhex(t, c.PrivateKeyPkcs8)}
+		got, err := unwrapMaterial(hsmcore.Mechanism(c.Mechanism), w, unhex(t, c.Ct))
+		switch c.Result {
+		case "valid":
+			if err != nil || !bytes.Equal(got, unhex(t, c.Msg)) {
+				t.Errorf("%s tcId %d: %x, %v; want %s", c.File, c.TcID, got, err, c.Msg)
+			}
+		default:
+			if !errors.Is(err, errUnwrap) {
+				t.Errorf("%s tcId %d (%s): %v, want the one tampered error", c.File, c.TcID, c.Comment, err)
+			}
+		}
+	}
+}
+
+// rsa-aes and rsa-aes-sha1 are RSAES-OAEP of an AES-256 key E followed by
+// KWP(E, T). No published vector of CKM_RSA_AES_KEY_WRAP is known; this
+// one joins Wycheproof's OAEP case 7, whose message is the 32 bytes
+// e0…ff, taken as E, to the KWP of T = 00112233…ff under that E as
+// OpenSSL writes it:
+//
+//	printf '\x00\x11…\xff' | openssl enc -id-aes256-wrap-pad -iv A65959A6 -K e0e1…feff | xxd -p
+//
+// (docs/FORMATS.md §10).
+func TestRSAAESKnownAnswer(t *testing.T) {
+	kwp := unhex(t, "8a02417dd9ca9a98c2a50a89a54a4ca0acc0ea1814d93388")
+	want := unhex(t, "00112233445566778899aabbccddeeff")
+	mechs := map[string]hsmcore.Mechanism{"rsa-oaep": hsmcore.RSAAES, "rsa-oaep-sha1": hsmcore.RSAAESSHA1}
+	n := 0
+	for _, c := range loadWycheproofOAEP(t) {
+		if c.TcID != 7 || c.Result != "valid" {
+			continue
+		}
+		if !bytes.Equal(unhex(t, c.Msg), unhex(t, "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")) {
+			t.Fatalf("%s tcId 7 is not the E this vector was made with", c.File)
+		}
+		w := &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.RSA, Bits: 2048}, Material: unhex(t, c.PrivateKeyPkcs8)}
+		wrapped := append(unhex(t, c.Ct), kwp...)
+		got, err := unwrapMaterial(mechs[c.Mechanism], w, wrapped)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %x, %v", mechs[c.Mechanism], got, err)
+		}
+		wrapped[len(wrapped)-1] ^= 1
+		if _, err := unwrapMaterial(mechs[c.Mechanism], w, wrapped); !errors.Is(err, errUnwrap) {
+			t.Errorf("%s, a flipped byte: %v", mechs[c.Mechanism], err)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("%d vectors, want 2", n)
+	}
+}
+
+// An hpke key's material is the 32-byte seed of draft-ietf-hpke-pq's
+// MLKEM768-X25519 (KEM 0x647a): the published vector's private key gives
+// its public key as a key record of this HSM, and opens its published
+// ciphertext under the KEM and KDF (HKDF-SHA256) the hpke layout uses.
+// (The vector's AEAD is ChaCha20-Poly1305; the layout's AES-256-GCM is
+// checked by TestHPKEWrapOpensWithStandardHPKE.)
+func TestHPKEKeyKnownAnswer(t *testing.T) {
+	b, err := os.ReadFile("testdata/hpke/mlkem768x25519.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		SkRm, PkRm, Enc, Info string
+		Encryption            struct{ Aad, Ct, Pt string }
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	k := &keyRecord{KeyInfo: hsmcore.KeyInfo{Type: hsmcore.HPKE, Bits: 768}, Material: unhex(t, v.SkRm)}
+	if err := k.derive(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.PublicKey, unhex(t, v.PkRm)) {
+		t.Fatal("the published private key does not give the published public key")
+	}
+	sk, err := hpke.MLKEM768X25519().NewPrivateKey(k.Material)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := hpke.NewRecipient(unhex(t, v.Enc), sk, hpke.HKDFSHA256(), hpke.ChaCha20Poly1305(), unhex(t, v.Info))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := r.Open(unhex(t, v.Encryption.Aad), unhex(t, v.Encryption.Ct))
+	if err != nil || !bytes.Equal(pt, unhex(t, v.Encryption.Pt)) {
+		t.Fatalf("the published ciphertext: %x, %v", pt, err)
 	}
 }
