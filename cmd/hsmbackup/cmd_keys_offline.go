@@ -127,7 +127,7 @@ func keysPrepare(c *cli.Context, e *env) error {
 		}{out, t.clusterID, o.Member, t.user, k.ID, k.Mechanism, k.Expires})
 	}
 	_, err = fmt.Fprintf(e.stdout, "offer %s: a %s transport key of HSM %s (member %s of cluster %s) for %s, until %s\n"+
-		"next: at the source, 'hsmbackup keys export --to hsmbackup --wrapping-key %s --out DIR --cluster SOURCE --user %s'; then here, 'hsmbackup keys import --in DIR'\n",
+		"next: carry it, with this cluster's customer CA, to the source, and there run 'hsmbackup keys export --to hsmbackup --wrapping-key %s --destination-ca CA.crt --out DIR --cluster SOURCE --user %s'; then here, 'hsmbackup keys import --in DIR'\n",
 		out, k.Mechanism, k.Serial, o.Member, t.clusterID, t.user, k.Expires.Format(time.RFC3339), filepath.Base(out), t.user)
 	return err
 }

@@ -180,7 +180,7 @@ func TestKeysOfflineMigration(t *testing.T) {
 	prod := func(args ...string) []string { return at(config("prod.yaml", "prod", srcCfg.Members), "prod", args...) }
 
 	out, _, err := run(context.Background(), vault("import", "--prepare", "--out", p("offer.json"))...)
-	if err != nil || !strings.Contains(out, "offer "+p("offer.json")+": a hpke transport key of HSM") || !strings.Contains(out, "next: at the source") {
+	if err != nil || !strings.Contains(out, "offer "+p("offer.json")+": a hpke transport key of HSM") || !strings.Contains(out, "next: carry it, with this cluster's customer CA, to the source") {
 		t.Fatalf("prepare: %v\n%s", err, out)
 	}
 	export := func(extra ...string) []string {
