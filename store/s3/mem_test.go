@@ -2,8 +2,10 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"io"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 	"github.com/hsmbackup/hsmbackup/store"
+	"github.com/minio/minio-go/v7"
 )
 
 func TestReadPart(t *testing.T) {
@@ -124,4 +127,83 @@ func TestStreamMemory(t *testing.T) {
 	if err != nil || oi.Size != size {
 		t.Errorf("stat: %+v, %v", oi, err)
 	}
+}
+
+// gated is a body whose bytes after the first gate bytes come only once
+// ready says so (or, after a while, an error): a producer, like the HSM's
+// export, that is still writing when the upload should already be under
+// way.
+type gated struct {
+	r     io.Reader
+	gate  int64
+	ready func() bool
+	err   error // returned once the body is read to its end, if set
+}
+
+func (g *gated) Read(p []byte) (int, error) {
+	if g.gate == 0 {
+		deadline := time.Now().Add(20 * time.Second)
+		for !g.ready() {
+			if time.Now().After(deadline) {
+				return 0, errors.New("the upload had not started while the body was still being written")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		g.gate = -1
+	}
+	if g.gate > 0 && int64(len(p)) > g.gate {
+		p = p[:g.gate]
+	}
+	n, err := g.r.Read(p)
+	if g.gate > 0 {
+		g.gate -= int64(n)
+	}
+	if err == io.EOF && g.err != nil {
+		return n, g.err
+	}
+	return n, err
+}
+
+// TestStreamOverlapsUpload: a streamed Put sends its first part, S3's
+// smallest, while the rest of the body is still to come (the body waits,
+// mid-way, until the server holds that part), with the default part size;
+// a body that fails later leaves nothing listed and no upload behind.
+func TestStreamOverlapsUpload(t *testing.T) {
+	srv := miniotest.Shared(t)
+	cfg := config(t, srv, srv.NewBucket(t, miniotest.BucketOptions{}))
+	cfg.PartSize = DefaultPartSize
+	s := newStore(t, cfg)
+	ctx := context.Background()
+	partUploaded := func(key string) func() bool {
+		return func() bool {
+			core := minio.Core{Client: s.client}
+			for u := range s.client.ListIncompleteUploads(ctx, s.bucket, s.prefix+key, true) {
+				if u.Err != nil {
+					continue
+				}
+				lp, err := core.ListObjectParts(ctx, s.bucket, s.prefix+key, u.UploadID, 0, 10)
+				if err == nil && len(lp.ObjectParts) > 0 {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	const size = MinPartSize + DefaultPartSize + 1<<20 // three parts
+	body := &gated{r: &zeros{size}, gate: MinPartSize + 1, ready: partUploaded("image")}
+	if err := s.Put(ctx, "image", body, store.PutOptions{CreateOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if oi, err := s.Stat(ctx, "image"); err != nil || oi.Size != size {
+		t.Fatalf("stat: %+v, %v", oi, err)
+	}
+
+	broken := &gated{r: &zeros{size}, gate: MinPartSize + 1, ready: partUploaded("broken"), err: errors.New("export failed")}
+	if err := s.Put(ctx, "broken", broken, store.PutOptions{CreateOnly: true}); err == nil || !strings.Contains(err.Error(), "export failed") {
+		t.Fatalf("a body that fails: %v", err)
+	}
+	if _, err := s.Stat(ctx, "broken"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a failed put is there: %v", err)
+	}
+	noUploadsLeft(t, s, "broken")
 }

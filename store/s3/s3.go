@@ -2,9 +2,11 @@
 // RGW…) through minio-go; URL s3://BUCKET/PREFIX.
 //
 // Puts stream: a body of unknown length is read a part (Config.PartSize,
-// 16 MiB unless set) at a time, so memory stays at one part whatever the
-// object's size; a body that fits in one part goes up in one PUT, a longer
-// one as a multipart upload. A body that knows its length (it has a Len
+// 16 MiB unless set) at a time, and each part uploads while the next one
+// fills, so memory stays at two parts whatever the object's size; a body
+// under S3's smallest part (5 MiB) goes up in one PUT, a longer one as a
+// multipart upload whose first part is that smallest, so that the upload
+// starts early. A body that knows its length (it has a Len
 // method, like *bytes.Reader, or is an io.Seeker) is handed to minio-go's
 // PutObject, which uploads large ones in parallel parts. Create-only puts
 // send If-None-Match: * with the PUT or with both the start and the
@@ -443,14 +445,15 @@ func lockRefused(err error) error {
 	return err
 }
 
-// putStream uploads r, of unknown length, holding one part in memory: a
-// body that fits in one part goes in one PUT, a longer one as a multipart
-// upload. It drives the multipart upload itself, through minio.Core,
-// because minio-go's PutObject (v7.4.1) drops If-None-Match from
-// CompleteMultipartUpload, checking a create-only upload only when it
-// starts: two creators that start together would both win. A failed
-// multipart upload is aborted before putStream returns, even when ctx is
-// cancelled.
+// putStream uploads r, of unknown length, holding at most two parts in
+// memory, one uploading while the next fills: a body under MinPartSize
+// goes in one PUT, a longer one as a multipart upload. It drives the
+// multipart upload itself, through minio.Core, because minio-go's
+// PutObject (v7.4.1) drops If-None-Match from CompleteMultipartUpload,
+// checking a create-only upload only when it starts: two creators that
+// start together would both win. A failed multipart upload is aborted
+// before putStream returns, even when ctx is cancelled.
+//
 // abortTimeout bounds the abort of a failed multipart upload, which runs
 // detached from the (maybe cancelled) context of the Put, so that an
 // interrupted upload ends within seconds even against a slow endpoint. An
@@ -459,8 +462,12 @@ func lockRefused(err error) error {
 const abortTimeout = 4 * time.Second
 
 func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, opts store.PutOptions) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	r = ctxio.Reader(ctx, r)
-	part, rerr := readPart(r, nil, int(s.partSize))
+	// The first part is S3's smallest, so that the upload starts as soon
+	// as that much of the body is there, not a whole part later.
+	part, rerr := readPart(r, nil, int(min(s.partSize, MinPartSize)))
 	if rerr == io.EOF {
 		_, err := s.client.PutObject(ctx, s.bucket, name, bytes.NewReader(part), int64(len(part)), po)
 		return err
@@ -482,31 +489,72 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 			}
 		}
 	}()
+
+	// One part uploads while the next one fills: two buffers in all.
+	type job struct {
+		n    int
+		part []byte
+	}
+	jobs := make(chan job)
+	free := make(chan []byte, 2)
+	free <- nil // the second buffer, made as the body comes
 	var parts []minio.CompletePart
-	for n := 1; ; n++ {
-		if n > maxParts {
-			return fmt.Errorf("object larger than %d parts of %d bytes", maxParts, s.partSize)
+	uploaded := make(chan error, 1)
+	go func() {
+		var uerr error
+		for j := range jobs {
+			if uerr == nil {
+				var popts minio.PutObjectPartOptions
+				if po.SendContentMd5 {
+					sum := md5.Sum(j.part)
+					popts.Md5Base64 = base64.StdEncoding.EncodeToString(sum[:])
+				}
+				p, err := core.PutObjectPart(ctx, s.bucket, name, uploadID, j.n, bytes.NewReader(j.part), int64(len(j.part)), popts)
+				if err != nil {
+					uerr = fmt.Errorf("upload part %d: %w", j.n, err)
+					cancel() // the body need not be read further
+				} else {
+					parts = append(parts, minio.CompletePart{PartNumber: j.n, ETag: p.ETag})
+				}
+			}
+			free <- j.part
 		}
-		var popts minio.PutObjectPartOptions
-		if po.SendContentMd5 {
-			sum := md5.Sum(part)
-			popts.Md5Base64 = base64.StdEncoding.EncodeToString(sum[:])
+		uploaded <- uerr
+	}()
+	rerr = func() error {
+		for n := 1; ; n++ {
+			if n > maxParts {
+				return fmt.Errorf("object larger than %d parts of %d bytes", maxParts, s.partSize)
+			}
+			select {
+			case jobs <- job{n, part}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if rerr == io.EOF {
+				return nil
+			}
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			part, rerr = readPart(r, buf, int(s.partSize))
+			if rerr != nil && rerr != io.EOF {
+				return rerr
+			}
+			if len(part) == 0 {
+				return nil
+			}
 		}
-		p, err := core.PutObjectPart(ctx, s.bucket, name, uploadID, n, bytes.NewReader(part), int64(len(part)), popts)
-		if err != nil {
-			return fmt.Errorf("upload part %d: %w", n, err)
-		}
-		parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag})
-		if rerr == io.EOF {
-			break
-		}
-		part, rerr = readPart(r, part, int(s.partSize))
-		if rerr != nil && rerr != io.EOF {
-			return rerr
-		}
-		if len(part) == 0 {
-			break
-		}
+	}()
+	close(jobs)
+	if uerr := <-uploaded; uerr != nil {
+		return uerr // the cause, rather than the cancelled read it made
+	}
+	if rerr != nil {
+		return rerr
 	}
 	var copts minio.PutObjectOptions
 	setCondition(&copts, opts)
