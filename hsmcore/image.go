@@ -11,11 +11,15 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 )
 
-// Image format v1; docs/FORMATS.md is the specification.
+// Image format; docs/FORMATS.md is the specification.
 var imageMagic = [8]byte{'H', 'S', 'M', 'I', 'M', 'G', '\r', '\n'}
 
+// ImageVersion is the version of the images HSMs write now: 2, whose
+// contents are binary records. Version 1 (JSON contents, the same header)
+// is still read.
+const ImageVersion = 2
+
 const (
-	imageVersion     = 1
 	maxHeaderBody    = 4096
 	wrapAES256KWP    = 1 // EBK wrapped with AES-256-KWP under PBK
 	compressZstd     = 1
@@ -29,6 +33,7 @@ const ImageChunkSize = 64 << 10
 // ImageHeader is the clear-text, authenticated header of an image: what a
 // restore checks before it spends any effort on the body.
 type ImageHeader struct {
+	Version        uint8 // 1 or 2; 0 means ImageVersion
 	ImageID        [16]byte
 	Created        time.Time
 	Source         Identity // the exporting HSM
@@ -58,7 +63,14 @@ func (h *ImageHeader) Marshal() ([]byte, error) {
 	}
 	out := make([]byte, 0, len(imageMagic)+5+len(body))
 	out = append(out, imageMagic[:]...)
-	out = append(out, imageVersion)
+	v := h.Version
+	if v == 0 {
+		v = ImageVersion
+	}
+	if v < 1 || v > ImageVersion {
+		return nil, fmt.Errorf("image header: version %d: %w", v, ErrUnsupportedVersion)
+	}
+	out = append(out, v)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(body)))
 	return append(out, body...), nil
 }
@@ -81,7 +93,8 @@ func ReadImageHeader(r io.Reader) (*ImageHeader, []byte, error) {
 	if !bytes.Equal(pre[:len(imageMagic)], imageMagic[:]) {
 		return nil, nil, fmt.Errorf("image header: bad magic: %w", ErrMalformed)
 	}
-	if v := pre[len(imageMagic)]; v != imageVersion {
+	v := pre[len(imageMagic)]
+	if v < 1 || v > ImageVersion {
 		return nil, nil, fmt.Errorf("image header: version %d: %w", v, ErrUnsupportedVersion)
 	}
 	n := binary.BigEndian.Uint32(pre[len(imageMagic)+1:])
@@ -96,6 +109,7 @@ func ReadImageHeader(r io.Reader) (*ImageHeader, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("image header: %w: %w", err, ErrMalformed)
 	}
+	h.Version = v
 	return h, append(pre, body...), nil
 }
 

@@ -3,6 +3,7 @@ package device
 import (
 	"bytes"
 	"context"
+	"reflect"
 	"testing"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -45,22 +46,31 @@ func FuzzReadContents(f *testing.F) {
 	fillKeys(f, cu, 45)
 	f.Add(contentsBytes(f, d))
 	f.Add([]byte(`{"format":"hsmcore-contents/1","cluster_id":"","next_handle":1,"users":0,"keys":0}` + "\n"))
+	f.Add([]byte(richV1(f).ContentsV1))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := readContents(bytes.NewReader(data), 100)
-		if err != nil {
-			return
-		}
-		var once, twice bytes.Buffer
-		if err := writeContents(&once, c); err != nil {
-			t.Fatal(err)
-		}
-		c2, err := readContents(bytes.NewReader(once.Bytes()), 100)
-		if err != nil {
-			t.Fatalf("re-serialized contents do not parse: %v", err)
-		}
-		writeContents(&twice, c2)
-		if !bytes.Equal(once.Bytes(), twice.Bytes()) {
-			t.Fatal("contents do not round-trip")
+		for version := 1; version <= 2; version++ {
+			c, err := readContents(bytes.NewReader(data), version, 100)
+			if err != nil {
+				continue
+			}
+			var once, twice bytes.Buffer
+			if err := writeContents(&once, c); err != nil {
+				t.Fatal(err)
+			}
+			c2, err := readContents(bytes.NewReader(once.Bytes()), 2, 100)
+			if err != nil {
+				t.Fatalf("re-serialized contents do not parse: %v", err)
+			}
+			if version == 2 && !reflect.DeepEqual(c, c2) {
+				t.Fatal("contents change when written and read again")
+			}
+			writeContents(&twice, c2)
+			if !bytes.Equal(once.Bytes(), twice.Bytes()) {
+				t.Fatal("contents do not round-trip")
+			}
+			if version == 2 && !bytes.Equal(data, once.Bytes()) {
+				t.Fatal("version 2 contents accepted in a form the encoder does not write: two encodings of one state")
+			}
 		}
 	})
 }

@@ -47,7 +47,7 @@ func (s *Session) ExportImage(ctx context.Context) (*hsmcore.ImageHeader, hsmcor
 	if err != nil {
 		return nil, nil, fmt.Errorf("export image: %w", err)
 	}
-	h := &hsmcore.ImageHeader{Created: d.opts.now(), Source: d.id, ClusterID: snap.clusterID(), PBKFingerprint: pbkFingerprint(d.pbk), WrappedEBK: wrapped}
+	h := &hsmcore.ImageHeader{Version: hsmcore.ImageVersion, Created: d.opts.now(), Source: d.id, ClusterID: snap.clusterID(), PBKFingerprint: pbkFingerprint(d.pbk), WrappedEBK: wrapped}
 	rand.Read(h.ImageID[:])
 	raw, err := h.Marshal()
 	if err != nil {
@@ -346,7 +346,7 @@ func (d *Device) stageImage(ctx context.Context, h *hsmcore.ImageHeader, raw []b
 		return nil, err
 	}
 	defer zr.Close()
-	c, err := readContents(zr, d.capacity)
+	c, err := readContents(zr, int(h.Version), d.capacity)
 	if body.err != nil {
 		return nil, classifyStreamErr(body.err)
 	}

@@ -17,10 +17,9 @@ func sha1KCV(material []byte) string {
 	return hex.EncodeToString(h[:3])
 }
 
-// asLegacy rewrites, in memory, d's short generic secrets with the check
-// value today's images and sealed state carry for them.
-func asLegacy(t *testing.T, d *Device) {
-	t.Helper()
+// asLegacy returns d's contents with its short generic secrets given the
+// check value version 1 images and sealed state carried for them.
+func asLegacy(d *Device) *contents {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	next := d.st.clone()
@@ -31,9 +30,7 @@ func asLegacy(t *testing.T, d *Device) {
 			next.Keys[h] = nk
 		}
 	}
-	if err := d.commit(next); err != nil {
-		t.Fatal(err)
-	}
+	return next
 }
 
 // Images and sealed state written before short generic secrets lost their
@@ -50,8 +47,9 @@ func TestLegacyShortSecretCheckValueImports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	asLegacy(t, src)
-	img := exportImage(t, co)
+	legacy := asLegacy(src)
+	img := imageV1(t, src, legacy)
+	co.Logout()
 
 	check := func(what string, d *Device) {
 		t.Helper()
@@ -72,6 +70,7 @@ func TestLegacyShortSecretCheckValueImports(t *testing.T) {
 	check("imported", dst)
 
 	src.Close()
+	sealV1(t, src, legacy)
 	reopened, err := Open(src.dir, TestOptions())
 	if err != nil {
 		t.Fatalf("open of sealed state with old check values: %v", err)

@@ -1,7 +1,6 @@
 package device
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -52,13 +51,13 @@ func (c *contents) clone() *contents {
 // Limits of the state records; an image or sealed file that breaks them is
 // malformed.
 const (
-	maxRecordLine    = 64 << 10 // one JSON line
 	maxImageKeys     = 1 << 20
 	maxChangeRecords = 4 * maxImageKeys // the last change of every object, deleted ones included
 	maxClock         = 1024             // members that ever made a change
 )
 
-// contentsHeader is the first line of serialized contents.
+// contentsHeader is what the first record of serialized contents says:
+// in version 1 a JSON line, in version 2 a binary record.
 type contentsHeader struct {
 	Format     string         `json:"format"`
 	Cluster    *clusterRecord `json:"cluster,omitempty"`
@@ -72,74 +71,37 @@ type contentsHeader struct {
 	Changes int               `json:"changes,omitempty"`
 }
 
-const contentsFormat = "hsmcore-contents/1"
-
-// writeContents serializes c as JSON lines: a header, then every user, then
-// every token key, then the last change of every object, in a stable
-// order.
-func writeContents(w io.Writer, c *contents) error {
-	users := slices.Sorted(maps.Keys(c.Users))
-	var handles []uint64
-	for h, k := range c.Keys {
-		if k.Token {
-			handles = append(handles, h)
-		}
-	}
-	slices.Sort(handles)
-	enc := json.NewEncoder(w)
-	objects := slices.Sorted(maps.Keys(c.Changes))
-	h := contentsHeader{Format: contentsFormat, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles),
-		Members: c.Members, Changes: len(objects)}
-	if len(c.Clock) > 0 {
-		h.Clock = c.Clock
-	}
-	if err := enc.Encode(h); err != nil {
-		return err
-	}
-	for _, name := range users {
-		if err := enc.Encode(c.Users[name]); err != nil {
-			return err
-		}
-	}
-	for _, h := range handles {
-		if err := enc.Encode(c.Keys[h]); err != nil {
-			return err
-		}
-	}
-	for _, o := range objects {
-		if err := enc.Encode(c.Changes[o]); err != nil {
-			return err
-		}
-	}
-	return nil
+// recordSource yields the records of serialized contents in order, each
+// parsed but not yet checked.
+type recordSource interface {
+	header(*contentsHeader) error
+	user(*userRecord) error
+	key(*keyRecord) error
+	change(*changeMeta) error
+	end() error  // requires the end of the contents
+	record() int // the number of the record read last, for errors
 }
 
-// readContents parses what writeContents wrote, checking every record, and
-// requires the end of r right after the last one. maxKeys bounds the key
-// count.
-func readContents(r io.Reader, maxKeys int) (*contents, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), maxRecordLine)
-	line := 0
-	next := func(v any) error {
-		line++
-		if !sc.Scan() {
-			if err := sc.Err(); err != nil {
-				return fmt.Errorf("record %d: %w", line, err)
-			}
-			return fmt.Errorf("record %d: unexpected end: %w", line, hsmcore.ErrMalformed)
+// readContents parses contents of the given version (1, JSON lines; 2,
+// binary records), checking every record, and requires the end of r right
+// after the last one. maxKeys bounds the key count.
+func readContents(r io.Reader, version, maxKeys int) (*contents, error) {
+	var src recordSource
+	switch version {
+	case 1:
+		src = newJSONRecords(r)
+	case 2:
+		br, err := newBinaryRecords(r)
+		if err != nil {
+			return nil, err
 		}
-		if err := strictjson.Unmarshal(sc.Bytes(), v); err != nil {
-			return fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
-		}
-		return nil
+		src = br
+	default:
+		return nil, fmt.Errorf("contents version %d: %w", version, hsmcore.ErrUnsupportedVersion)
 	}
 	var h contentsHeader
-	if err := next(&h); err != nil {
+	if err := src.header(&h); err != nil {
 		return nil, err
-	}
-	if h.Format != contentsFormat {
-		return nil, fmt.Errorf("contents format %q: %w", h.Format, hsmcore.ErrUnsupportedVersion)
 	}
 	if h.NextHandle < 1 || h.NextHandle > 1<<62 {
 		return nil, fmt.Errorf("next handle %d: %w", h.NextHandle, hsmcore.ErrMalformed)
@@ -174,24 +136,30 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	c.NextHandle = h.NextHandle
 	for range h.Users {
 		u := new(userRecord)
-		if err := next(u); err != nil {
+		if err := src.user(u); err != nil {
 			return nil, err
 		}
 		if err := u.check(); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
 		if c.Users[u.Name] != nil {
-			return nil, fmt.Errorf("record %d: duplicate user: %w", line, hsmcore.ErrMalformed)
+			return nil, fmt.Errorf("record %d: duplicate user: %w", src.record(), hsmcore.ErrMalformed)
 		}
 		c.Users[u.Name] = u
 	}
 	for range h.Keys {
 		k := new(keyRecord)
-		if err := next(k); err != nil {
+		if err := src.key(k); err != nil {
 			return nil, err
 		}
+		kcv, bits := k.KCV, k.Bits
 		if err := k.check(c); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+		}
+		// Version 1 records may carry values the check derives anew (an
+		// older check value); version 2 ones carry exactly what it derives.
+		if version == 2 && (k.KCV != kcv || k.Bits != bits) {
+			return nil, fmt.Errorf("record %d: key %d: check value or size differs from its material: %w", src.record(), k.Handle, hsmcore.ErrMalformed)
 		}
 		c.Keys[k.Handle] = k
 	}
@@ -201,22 +169,19 @@ func readContents(r io.Reader, maxKeys int) (*contents, error) {
 	}
 	for range h.Changes {
 		m := new(changeMeta)
-		if err := next(m); err != nil {
+		if err := src.change(m); err != nil {
 			return nil, err
 		}
 		if err := m.check(); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", line, err, hsmcore.ErrMalformed)
+			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
 		if c.Changes[m.Object] != nil || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
-			return nil, fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", line, hsmcore.ErrMalformed)
+			return nil, fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", src.record(), hsmcore.ErrMalformed)
 		}
 		c.Changes[m.Object] = m
 	}
-	if sc.Scan() {
-		return nil, fmt.Errorf("record %d: data after the last record: %w", line+1, hsmcore.ErrMalformed)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("record %d: %w", line+1, err)
+	if err := src.end(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -245,9 +210,10 @@ type deviceRecord struct {
 	Claim []byte `json:"claim_secret,omitempty"`
 }
 
-// sealMagic starts the sealed state file; it is also the AEAD's
-// additional data.
-var sealMagic = []byte("HSMSEAL\x01")
+// sealMagic starts the sealed state file written now (its last byte is
+// the version, 2: binary contents); it is also the AEAD's additional data.
+// Version 1 files (JSON contents) still open.
+var sealMagic = []byte("HSMSEAL\x02")
 
 // writeState seals the device record and c, and atomically replaces the
 // state file. It returns the digest of c as serialized. On error the file
@@ -282,10 +248,15 @@ func (d *Device) writeState(c *contents) ([32]byte, error) {
 // readState unseals the state file into d.
 func (d *Device) readState(sealed []byte) error {
 	n := len(sealMagic) + d.seal.NonceSize()
-	if len(sealed) < n+d.seal.Overhead() || !bytes.Equal(sealed[:len(sealMagic)], sealMagic) {
+	if len(sealed) < n+d.seal.Overhead() || !bytes.Equal(sealed[:len(sealMagic)-1], sealMagic[:len(sealMagic)-1]) {
 		return fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
 	}
-	plain, err := d.seal.Open(nil, sealed[len(sealMagic):n], sealed[n:], sealMagic)
+	magic := sealed[:len(sealMagic)]
+	version := int(magic[len(magic)-1])
+	if version != 1 && version != 2 {
+		return fmt.Errorf("sealed state: version %d: %w", version, hsmcore.ErrUnsupportedVersion)
+	}
+	plain, err := d.seal.Open(nil, sealed[len(sealMagic):n], sealed[n:], magic)
 	if err != nil {
 		return fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
 	}
@@ -303,7 +274,7 @@ func (d *Device) readState(sealed []byte) error {
 	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 || (rec.Claim != nil && len(rec.Claim) != hsmcore.ClaimSecretSize) {
 		return fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
 	}
-	c, err := readContents(bytes.NewReader(rest), rec.Capacity)
+	c, err := readContents(bytes.NewReader(rest), version, rec.Capacity)
 	if err != nil {
 		return fmt.Errorf("sealed state: %w", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/hsmbackup/hsmbackup/internal/keywrap"
 )
 
-var update = flag.Bool("update", false, "rewrite the image test vectors in testdata/image")
+var update = flag.Bool("update", false, "rewrite the version 2 image test vectors in testdata/image/v2 (testdata/image/v1, made by the version 1 encoder, is kept as it is)")
 
 // imageVector is one file of testdata/image: an image, the hardware
 // secrets of a target HSM, and what importing the image into it must give.
@@ -77,12 +77,12 @@ func TestImageVectors(t *testing.T) {
 	if *update {
 		writeImageVectors(t)
 	}
-	files, err := filepath.Glob("testdata/image/*.json")
+	files, err := filepath.Glob("testdata/image/*/*.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no vectors in testdata/image: %v", err)
 	}
 	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) {
+		t.Run(filepath.Base(filepath.Dir(file))+"/"+filepath.Base(file), func(t *testing.T) {
 			b, err := os.ReadFile(file)
 			if err != nil {
 				t.Fatal(err)
@@ -159,8 +159,8 @@ func writeImageVectors(t *testing.T) {
 	}
 	good := img.Bytes()
 	flip := func(off int) []byte { b := bytes.Clone(good); b[off] ^= 1; return b }
-	ver2 := bytes.Clone(good)
-	ver2[8] = 2
+	ver3 := bytes.Clone(good)
+	ver3[8] = 3
 
 	tj := func(h hw) (v struct {
 		Class, Manufacturer, Operator, Firmware string
@@ -179,11 +179,11 @@ func writeImageVectors(t *testing.T) {
 		"04-truncated-after-header": {Description: "the body removed", Image: hex.EncodeToString(good[:len(raw)]), Expect: "ErrTruncated"},
 		"05-trailing-byte":          {Description: "one byte appended", Image: hex.EncodeToString(append(bytes.Clone(good), 0)), Expect: "ErrTampered"},
 		"06-bad-magic":              {Description: "magic changed", Image: hex.EncodeToString(flip(0)), Expect: "ErrMalformed"},
-		"07-version-2":              {Description: "version byte 2", Image: hex.EncodeToString(ver2), Expect: "ErrUnsupportedVersion"},
+		"07-version-3":              {Description: "version byte 3", Image: hex.EncodeToString(ver3), Expect: "ErrUnsupportedVersion"},
 		"08-other-operator-key":     {Description: "same names, different operator secret: PBK fingerprint differs", Image: hex.EncodeToString(good), Expect: "ErrHardwareMismatch", OperatorSecret: hex.EncodeToString(otherOpSecret)},
 		"09-older-firmware":         {Description: "target firmware 2.0.0 older than the source's 2.1.0", Image: hex.EncodeToString(good), Expect: "ErrFirmwareDowngrade"},
 	}
-	if err := os.MkdirAll("testdata/image", 0o755); err != nil {
+	if err := os.MkdirAll("testdata/image/v2", 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for name, v := range cases {
@@ -199,7 +199,7 @@ func writeImageVectors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join("testdata/image", name+".json"), append(b, '\n'), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join("testdata/image/v2", name+".json"), append(b, '\n'), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
