@@ -120,17 +120,9 @@ func checkObject(ctx context.Context, repo Repo, m *Manifest) error {
 // checkEnvelope opens and authenticates the envelope read from r and, with
 // opts.Deep, checks the inner header.
 func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOptions) error {
-	hdr, err := wrap.ReadHeader(r)
+	plain, err := openEnvelope(ctx, r, m, opts.Identities)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
-	}
-	raw, err := hdr.MarshalBinary()
-	if err != nil || !bytes.Equal(raw, m.OuterHeader) {
-		return fmt.Errorf("%w: header differs from the manifest's", ErrOuterLayer)
-	}
-	plain, err := wrap.Decrypt(ctx, io.MultiReader(bytes.NewReader(raw), r), opts.Identities...)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOuterLayer, err)
+		return err
 	}
 	pc := &readErr{r: plain}
 	cr := &counter{} // the inner size and SHA-256, for Deep
@@ -139,15 +131,12 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 	}
 	body := io.TeeReader(pc, cr)
 	if opts.Deep {
-		inner, _, err := hsmcore.ReadImageHeader(body)
+		err := readInnerHeader(body, m)
 		if pc.err != nil {
 			return fmt.Errorf("%w: %w", ErrOuterLayer, pc.err)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrInnerHeader, err)
-		}
-		if err := matchInner(inner, m); err != nil {
-			return fmt.Errorf("%w: %w", ErrInnerHeader, err)
+			return err
 		}
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
@@ -160,6 +149,69 @@ func checkEnvelope(ctx context.Context, r io.Reader, m *Manifest, opts VerifyOpt
 		return fmt.Errorf("%w: SHA-256 differs from the manifest's", ErrInnerHeader)
 	}
 	return nil
+}
+
+// openEnvelope checks that the envelope read from r has the manifest's
+// header and opens it with ids; the plaintext authenticates as it is read.
+func openEnvelope(ctx context.Context, r io.Reader, m *Manifest, ids []wrap.Identity) (io.Reader, error) {
+	hdr, err := wrap.ReadHeader(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOuterLayer, err)
+	}
+	raw, err := hdr.MarshalBinary()
+	if err != nil || !bytes.Equal(raw, m.OuterHeader) {
+		return nil, fmt.Errorf("%w: header differs from the manifest's", ErrOuterLayer)
+	}
+	plain, err := wrap.Decrypt(ctx, io.MultiReader(bytes.NewReader(raw), r), ids...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOuterLayer, err)
+	}
+	return plain, nil
+}
+
+// readInnerHeader reads the inner image header from r and checks it
+// against m (ErrInnerHeader).
+func readInnerHeader(r io.Reader, m *Manifest) error {
+	inner, _, err := hsmcore.ReadImageHeader(r)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInnerHeader, err)
+	}
+	if err := matchInner(inner, m); err != nil {
+		return fmt.Errorf("%w: %w", ErrInnerHeader, err)
+	}
+	return nil
+}
+
+// OpenImage reads backup m's stored object from r, in one pass: the
+// envelope must have the manifest's header and open with ids
+// (ErrOuterLayer), and the inner image header must name what the manifest
+// names (ErrInnerHeader) before OpenImage returns. The returned reader
+// gives the whole inner image, its header included, as the envelope
+// authenticates it; a chunk that fails later is a read error wrapping
+// ErrOuterLayer. It does not check the object's size and hash, which only
+// its end can tell: a caller streaming into an HSM withholds the end until
+// they match.
+func OpenImage(ctx context.Context, r io.Reader, m *Manifest, ids ...wrap.Identity) (io.Reader, error) {
+	plain, err := openEnvelope(ctx, r, m, ids)
+	if err != nil {
+		return nil, err
+	}
+	var head bytes.Buffer
+	if err := readInnerHeader(io.TeeReader(plain, &head), m); err != nil {
+		return nil, err
+	}
+	return io.MultiReader(&head, &outerErr{r: plain}), nil
+}
+
+// outerErr marks a failure of the envelope's body as ErrOuterLayer.
+type outerErr struct{ r io.Reader }
+
+func (o *outerErr) Read(p []byte) (int, error) {
+	n, err := o.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: %w", ErrOuterLayer, err)
+	}
+	return n, err
 }
 
 func matchInner(h *hsmcore.ImageHeader, m *Manifest) error {

@@ -284,8 +284,8 @@ func TestDrillFailures(t *testing.T) {
 	})
 
 	// A byte flipped in the newest backup's image: the drill takes it
-	// (not an older, good one), fails its verification, exits 4, and
-	// sends the scratch HSM nothing.
+	// (not an older, good one), fails its verification as it streams,
+	// exits 4, and leaves the scratch HSM's sealed state as it was.
 	t.Run("corrupted newest backup", func(t *testing.T) {
 		s.create(t)
 		id := s.create(t)
@@ -305,7 +305,9 @@ func TestDrillFailures(t *testing.T) {
 		if code != 4 || rep.OK || rep.BackupID != id || rep.Scratch != "unchanged" || !strings.Contains(rep.Reason, "image object does not match its manifest") {
 			t.Fatalf("exit %d, %+v\n%s", code, rep, stderr)
 		}
-		if want := "hsmbackup: scheduler drill: backup " + id + ": image object does not match its manifest"; lastLine(stderr) != want {
+		// The object is checked as it streams into the scratch HSM, which
+		// the error names; the scratch HSM changed nothing.
+		if want := "hsmbackup: scheduler drill: target " + scratch + ": backup " + id + ": image object does not match its manifest"; lastLine(stderr) != want {
 			t.Fatalf("error %q, want %q", lastLine(stderr), want)
 		}
 		c.wantNew(t, scratch)

@@ -76,8 +76,9 @@ var ErrNotNew = errors.New("target is not a new HSM")
 // onto the others, as CloudHSM makes a cluster from a backup: one HSM restored, the
 // rest added to it.
 //
-// Nothing changes before every check passed: the backup is verified in
-// full once, each target attests to a fresh nonce as in Restore, and every
+// Nothing changes before every check passed: the backup's manifest is
+// checked (with opts.DryRun, the whole backup), each target attests to a
+// fresh nonce as in Restore, and every
 // target after the first must be new (no users: ErrNotNew); the first, if
 // it holds users or keys the backup lacks, is refused (ErrWouldLose)
 // unless opts.Force. With opts.DryRun, Cluster stops there, every
@@ -94,8 +95,8 @@ func Cluster(ctx context.Context, req ClusterRequest, opts Options) ([]TargetRes
 	if len(targets) > 1 && req.Open == nil {
 		return nil, errors.New("cloning targets needs a way to open the restored cluster")
 	}
-	// The backup is verified once: the stream into the first target
-	// checks the stored object against the manifest again as it goes.
+	// The manifest is checked once; the stream into the first target
+	// checks the stored object against it as it goes.
 	b, err := verify(ctx, req.Repo, req.ClusterID, req.BackupID, opts)
 	if err != nil {
 		return nil, err

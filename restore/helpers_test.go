@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,16 +115,15 @@ func newTarget(tb testing.TB, a *authorities, cfg device.ManufactureConfig) (*cl
 	return newClient(tb, client.Config{Addr: h.Addr, ManufacturerRoots: a.mfrRoots, Timeout: 10 * time.Second, Claims: a.claims}), h.Addr
 }
 
-// swapStore wraps a Store; from the second Get of key on, it returns the
-// object at other instead: the object changes between verify and restore.
+// swapStore wraps a Store; every Get of key returns the object other
+// instead: an image object replaced after its manifest was written.
 type swapStore struct {
 	store.Store
 	key, other string
-	gets       atomic.Int32
 }
 
 func (s *swapStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	if key == s.key && s.gets.Add(1) > 1 {
+	if key == s.key {
 		key = s.other
 	}
 	return s.Store.Get(ctx, key)

@@ -87,18 +87,23 @@ type Result struct {
 }
 
 // Restore restores backup backupID of clusterID, stored in repo, into
-// target. In order: backup.Verify with Deep (signature,
-// object hash, outer layer, inner header); the target attests
+// target. In order: the manifest's signature and state; the target attests
 // to a fresh nonce and must be of the source's class, manufacturer and
 // operator, firmware no older, FIPS mode if the source was, the same PBK
 // fingerprint and opts.Serial if set (hsmcore.ErrAttestation), and is
 // bound to (target.Bind): the attestation came over a connection to the
 // attested HSM, and the image goes to it only; a target that is a Holder and
 // holds users or keys the backup's inventory lacks is refused with a
-// *LossError (ErrWouldLose) unless opts.Force; with opts.DryRun it stops
-// there. Errors name the backup ("backup <id>: …") or the step on the
-// target; the caller names the target.
-// Nothing is sent to the target's ImportImage before all these checks pass.
+// *LossError (ErrWouldLose) unless opts.Force; with opts.DryRun, which
+// also reads the whole backup first (backup.Verify with Deep: object
+// hash, outer layer, inner header), it stops there. Then the object
+// streams into the target in one pass: nothing is sent before the
+// envelope's and the inner image's headers match the manifest, and the
+// target commits nothing unless the object's size and hash, the outer
+// layer to its end and the HSM's statement of the image all match (the
+// end of the stream is withheld until they do). Errors name the backup
+// ("backup <id>: …") or the step on the target; the caller names the
+// target.
 func Restore(ctx context.Context, repo backup.Repo, clusterID, backupID string, target Target, opts Options) (*Result, error) {
 	b, err := verify(ctx, repo, clusterID, backupID, opts)
 	if err != nil {
@@ -116,17 +121,19 @@ type verified struct {
 	sum                 []byte // the stored object's SHA-256, as the manifest states it
 }
 
-// verify checks the backup: step 1 of Restore.
+// verify checks the backup: step 1 of Restore. A dry run reads the whole
+// backup (backup.Verify with Deep); a restore checks the manifest here and
+// the object as it streams into the target (into, step 4), so that it
+// downloads the object once.
 func verify(ctx context.Context, repo backup.Repo, clusterID, backupID string, opts Options) (*verified, error) {
 	if len(opts.Identities) == 0 || opts.PublicKey == nil || opts.ManufacturerRoots == nil || opts.OperatorRoots == nil {
 		return nil, errors.New("public key, identities and both attestation roots are required")
 	}
-
-	// 1. The backup, layer by layer. backup.Verify and backup.Describe
-	// name the backup.
-	vopts := backup.VerifyOptions{PublicKey: opts.PublicKey, Identities: opts.Identities, Deep: true}
-	if err := backup.Verify(ctx, repo, clusterID, backupID, vopts); err != nil {
-		return nil, err
+	if opts.DryRun {
+		vopts := backup.VerifyOptions{PublicKey: opts.PublicKey, Identities: opts.Identities, Deep: true}
+		if err := backup.Verify(ctx, repo, clusterID, backupID, vopts); err != nil {
+			return nil, err // names the backup
+		}
 	}
 	m, err := backup.Describe(ctx, repo, clusterID, backupID)
 	if err != nil {
@@ -189,20 +196,21 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 		return res, nil
 	}
 
-	// 4. Stream: store → outer envelope → target.
+	// 4. Stream: store → outer envelope → target, in one pass.
 	//
-	// The object is read a second time here and could have changed since
-	// Verify read it. The target stays unchanged whatever it became: the
-	// outer envelope is authenticated to its end by wrap.Decrypt, and the
-	// inner image end to end by the HSM under a key only HSMs of the
-	// source's hardware hold, before the HSM commits anything; a swapped or
-	// corrupted object fails one of the two. That leaves a swap for another
-	// genuine image (say an older backup of the same hardware, re-wrapped
-	// to our recipients). To refuse that too, the object is hashed as it
-	// streams and the plaintext's end of stream is withheld until the hash
-	// matches the manifest's: the HSM reads to the end of its stream before
-	// it commits (it refuses trailing data), so a mismatch reaches it as a
-	// read error and it commits nothing. No second pass is needed.
+	// The envelope's header and the inner image's header are checked
+	// against the manifest before the first byte goes to the target. The
+	// rest is checked as it streams, and the target changes nothing unless
+	// all of it passes: the outer envelope is authenticated to its end by
+	// wrap.Decrypt, the inner image end to end by the HSM under a key only
+	// HSMs of the source's hardware hold, before the HSM commits anything;
+	// a swapped or corrupted object fails one of the two. That leaves a
+	// swap for another genuine image (say an older backup of the same
+	// hardware, re-wrapped to our recipients). To refuse that too, the
+	// object is hashed as it streams and the plaintext's end of stream is
+	// withheld until the hash matches the manifest's: the HSM reads to the
+	// end of its stream before it commits (it refuses trailing data), so a
+	// mismatch reaches it as a read error and it commits nothing.
 	rc, err := repo.Store.Get(ctx, repo.ObjectKey(clusterID, backupID, backup.ImageObject))
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", backupID, err)
@@ -210,14 +218,13 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	defer rc.Close()
 	h := sha256.New()
 	obj := &countingReader{r: io.TeeReader(rc, h)}
-	plain, err := wrap.Decrypt(ctx, obj, opts.Identities...)
+	g := &guard{obj: obj, h: h, size: m.ObjectSize, sum: want}
+	plain, err := backup.OpenImage(ctx, obj, m, opts.Identities...)
 	if err != nil {
-		if obj.err != nil {
-			return nil, fmt.Errorf("backup %s: read image: %w", backupID, obj.err)
-		}
-		return nil, fmt.Errorf("backup %s: %w: %w", backupID, backup.ErrOuterLayer, err)
+		// A changed object is reported as such, as backup.Verify does.
+		return nil, fmt.Errorf("backup %s: %w", backupID, g.settle(err))
 	}
-	g := &guard{r: plain, obj: obj, h: h, size: m.ObjectSize, sum: want}
+	g.r = plain
 	if m.ImageSHA256 != "" { // the inner image as the HSM stated it
 		g.inner = &countingReader{r: plain}
 		g.innerHash = sha256.New()
@@ -227,7 +234,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	}
 	resp, err := target.ImportImage(ctx, g)
 	if g.err != nil {
-		return nil, fmt.Errorf("backup %s: stream image: %w", backupID, g.err)
+		return nil, fmt.Errorf("backup %s: %w", backupID, g.err) // as backup.Verify says it
 	}
 	if err != nil {
 		return nil, fmt.Errorf("import image: %w", err)
@@ -310,19 +317,29 @@ func (g *guard) Read(p []byte) (int, error) {
 	if err == nil {
 		return n, nil
 	}
-	// At the plaintext's end, or when it fails, the stored object decides:
-	// a changed object is always reported as such, as backup.Verify does.
+	if err = g.settle(err); err == nil {
+		return n, io.EOF
+	}
+	return n, err
+}
+
+// settle decides, at the plaintext's end (err io.EOF) or when it failed
+// with err, what the stream's outcome is: the stored object decides
+// first, so that a changed object is always reported as such, as
+// backup.Verify does. It returns nil for a stream that ended as the
+// manifest says.
+func (g *guard) settle(err error) error {
 	if _, cerr := io.Copy(io.Discard, g.obj); cerr != nil || g.obj.err != nil {
 		g.err = fmt.Errorf("read image: %w", cmp.Or(g.obj.err, cerr))
 	} else if g.obj.n != g.size || subtle.ConstantTimeCompare(g.h.Sum(nil), g.sum) != 1 {
-		g.err = fmt.Errorf("%w: changed since it was verified", backup.ErrObjectHash)
+		g.err = backup.ErrObjectHash
 	} else if err != io.EOF {
-		g.err = fmt.Errorf("%w: %w", backup.ErrOuterLayer, err)
+		g.err = err
+		if !errors.Is(err, backup.ErrOuterLayer) && !errors.Is(err, backup.ErrInnerHeader) {
+			g.err = fmt.Errorf("%w: %w", backup.ErrOuterLayer, err)
+		}
 	} else if g.inner != nil && (g.inner.n != g.innerSize || subtle.ConstantTimeCompare(g.innerHash.Sum(nil), g.innerSum) != 1) {
 		g.err = fmt.Errorf("%w: size or SHA-256 differs from the HSM's statement", backup.ErrInnerHeader)
 	}
-	if g.err != nil {
-		return n, g.err
-	}
-	return n, err
+	return g.err
 }

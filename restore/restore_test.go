@@ -268,11 +268,12 @@ func TestRefused(t *testing.T) {
 	}
 }
 
-// TestObjectChangedAfterVerify replaces the image object between verify
-// and restore: with another genuine image of the same source, encrypted to
-// the same recipients (both layers authenticate, only the hash differs),
-// and with a copy with a flipped byte. The target must commit nothing.
-func TestObjectChangedAfterVerify(t *testing.T) {
+// TestObjectChanged replaces the image object after its manifest was
+// written: with another genuine image of the same source, encrypted to the
+// same recipients (both layers authenticate, only the hash differs), and
+// with a copy with a byte flipped half-way, which reaches the target
+// before the flip does. The target must commit nothing.
+func TestObjectChanged(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, false)
 	kr := f.opts.Identities[0].(*wrap.Keyring)
@@ -303,7 +304,7 @@ func TestObjectChangedAfterVerify(t *testing.T) {
 			target, _ := newTarget(t, f.a, device.ManufactureConfig{})
 			before := health(t, target)
 			_, err := Restore(ctx, backup.Repo{Store: sw, Prefix: testPrefix}, testCluster, f.m.ID, target, f.opts)
-			if !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "stream image") {
+			if !errors.Is(err, backup.ErrObjectHash) || !strings.Contains(err.Error(), "backup "+f.m.ID+": image object does not match its manifest") {
 				t.Fatalf("restore of a changed object: %v", err)
 			}
 			unchanged(t, target, before)
