@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
 
 // BenchmarkImage measures export and import of a full hsm2m-sized HSM
@@ -37,6 +41,43 @@ func BenchmarkImage(b *testing.B) {
 			dst.mu.Unlock()
 			b.StartTimer()
 			if _, err := dst.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkKeyInFullHSM measures one key created in an HSM that holds
+// 16,000 keys (AES, EC, RSA and generic secrets as fillKeys makes them),
+// durable before it returns, against its floor: one fsync'd write of a
+// 4 KiB record.
+func BenchmarkKeyInFullHSM(b *testing.B) {
+	d := newDevice(b, stdHW)
+	_, cu := initDevice(b, d)
+	fillKeys(b, cu, 16_000)
+	b.Run("fsync-write-4KiB", func(b *testing.B) {
+		rec := make([]byte, 4096)
+		path := filepath.Join(b.TempDir(), "record")
+		for b.Loop() {
+			f, err := os.Create(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.Write(rec); err != nil {
+				b.Fatal(err)
+			}
+			if err := f.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+	})
+	b.Run("generate-key", func(b *testing.B) {
+		if b.N > 600 {
+			b.Fatalf("%d keys would not fit: run with -benchtime of at most 600x", b.N)
+		}
+		for b.Loop() {
+			if _, err := cu.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}); err != nil {
 				b.Fatal(err)
 			}
 		}

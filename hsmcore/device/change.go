@@ -164,7 +164,8 @@ func (d *Device) record(next *contents, s *Session, op, object string) {
 func (d *Device) State() (digest string, version map[string]uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return hex.EncodeToString(d.digest[:]), maps.Clone(d.st.Clock)
+	sum := d.stateDigest()
+	return hex.EncodeToString(sum[:]), maps.Clone(d.st.Clock)
 }
 
 // changeBody is the signed part of a change record.

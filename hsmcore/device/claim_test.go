@@ -256,7 +256,7 @@ func TestClaimLegacyState(t *testing.T) {
 	d := newDevice(t, stdHW)
 	d.mu.Lock()
 	d.claim = nil
-	if err := d.commit(d.st); err != nil { // sealed as a device made before claims
+	if err := d.writeBase(d.st); err != nil { // sealed as a device made before claims
 		t.Fatal(err)
 	}
 	d.mu.Unlock()

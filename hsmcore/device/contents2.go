@@ -157,12 +157,39 @@ func writeContents(w io.Writer, c *contents) error {
 		return err
 	}
 	rw := &recordWriter{w: w, b: make([]byte, 0, 4096)}
+	return rw.records(c, users, handles, objects)
+}
 
+// records writes the header of c, counting the given records, then the
+// user, key and change records named, in their order.
+func (rw *recordWriter) records(c *contents, users []string, handles []uint64, objects []string) error {
+	if err := rw.header(c, len(users), len(handles), len(objects)); err != nil {
+		return fmt.Errorf("contents header: %w", err)
+	}
+	for _, name := range users {
+		if err := rw.user(c.Users[name]); err != nil {
+			return fmt.Errorf("user %s: %w", name, err)
+		}
+	}
+	for _, h := range handles {
+		if err := rw.key(c.Keys[h]); err != nil {
+			return fmt.Errorf("key %d: %w", h, err)
+		}
+	}
+	for _, o := range objects {
+		if err := rw.change(c.Changes[o]); err != nil {
+			return fmt.Errorf("change of %s: %w", o, err)
+		}
+	}
+	return nil
+}
+
+func (rw *recordWriter) header(c *contents, users, keys, changes int) error {
 	rw.start()
 	rw.u64(c.NextHandle)
-	rw.u32(uint32(len(users)))
-	rw.u32(uint32(len(handles)))
-	rw.u32(uint32(len(objects)))
+	rw.u32(uint32(users))
+	rw.u32(uint32(keys))
+	rw.u32(uint32(changes))
 	if cl := c.Cluster; cl != nil {
 		rw.u8(1)
 		rw.str(cl.ID)
@@ -189,85 +216,73 @@ func writeContents(w io.Writer, c *contents) error {
 		rw.str(s)
 		rw.u64(c.Clock[s])
 	}
-	if err := rw.finish(); err != nil {
-		return fmt.Errorf("contents header: %w", err)
-	}
+	return rw.finish()
+}
 
-	for _, name := range users {
-		u := c.Users[name]
-		rw.start()
-		rw.str(u.Name)
-		rw.str(string(u.Role))
-		rw.bytes(u.Salt)
-		rw.bytes(u.Hash)
-		rw.u32(uint32(u.Iterations))
-		rw.bytes(u.SigningKey)
-		if err := rw.finish(); err != nil {
-			return fmt.Errorf("user %s: %w", name, err)
-		}
-	}
+func (rw *recordWriter) user(u *userRecord) error {
+	rw.start()
+	rw.str(u.Name)
+	rw.str(string(u.Role))
+	rw.bytes(u.Salt)
+	rw.bytes(u.Hash)
+	rw.u32(uint32(u.Iterations))
+	rw.bytes(u.SigningKey)
+	return rw.finish()
+}
 
-	for _, h := range handles {
-		k := c.Keys[h]
-		rw.start()
-		rw.u64(k.Handle)
-		rw.str(k.Label)
-		rw.bytes(k.ID)
-		rw.str(string(k.Type))
-		rw.u32(uint32(k.Bits))
-		rw.str(k.Curve)
-		rw.u32(boolFlag(k.Token, flagToken) | boolFlag(k.Extractable, flagExtractable) | boolFlag(k.Sensitive, flagSensitive) |
-			boolFlag(k.NeverExtractable, flagNeverExtractable) | boolFlag(k.Local, flagLocal) |
-			boolFlag(k.Encrypt, flagEncrypt) | boolFlag(k.Decrypt, flagDecrypt) | boolFlag(k.Sign, flagSign) | boolFlag(k.Verify, flagVerify) |
-			boolFlag(k.Wrap, flagWrap) | boolFlag(k.Unwrap, flagUnwrap) | boolFlag(k.Trusted, flagTrusted) | boolFlag(k.WrapWithTrusted, flagWrapWithTrusted))
-		rw.template(k.UnwrapTemplate)
-		rw.template(k.Bound)
-		rw.str(k.KCV)
-		rw.str(k.Owner)
-		rw.count(len(k.SharedWith))
-		for _, u := range k.SharedWith {
-			rw.str(u)
-		}
-		rw.str(k.Origin)
-		rw.bytes(k.Material)
-		if err := rw.finish(); err != nil {
-			return fmt.Errorf("key %d: %w", h, err)
-		}
+func (rw *recordWriter) key(k *keyRecord) error {
+	rw.start()
+	rw.u64(k.Handle)
+	rw.str(k.Label)
+	rw.bytes(k.ID)
+	rw.str(string(k.Type))
+	rw.u32(uint32(k.Bits))
+	rw.str(k.Curve)
+	rw.u32(boolFlag(k.Token, flagToken) | boolFlag(k.Extractable, flagExtractable) | boolFlag(k.Sensitive, flagSensitive) |
+		boolFlag(k.NeverExtractable, flagNeverExtractable) | boolFlag(k.Local, flagLocal) |
+		boolFlag(k.Encrypt, flagEncrypt) | boolFlag(k.Decrypt, flagDecrypt) | boolFlag(k.Sign, flagSign) | boolFlag(k.Verify, flagVerify) |
+		boolFlag(k.Wrap, flagWrap) | boolFlag(k.Unwrap, flagUnwrap) | boolFlag(k.Trusted, flagTrusted) | boolFlag(k.WrapWithTrusted, flagWrapWithTrusted))
+	rw.template(k.UnwrapTemplate)
+	rw.template(k.Bound)
+	rw.str(k.KCV)
+	rw.str(k.Owner)
+	rw.count(len(k.SharedWith))
+	for _, u := range k.SharedWith {
+		rw.str(u)
 	}
+	rw.str(k.Origin)
+	rw.bytes(k.Material)
+	return rw.finish()
+}
 
-	for _, o := range objects {
-		m := c.Changes[o]
-		rw.start()
-		rw.str(m.Object)
-		rw.stamp(m.Stamp)
-		if m.Prev != nil {
-			rw.u8(1)
-			rw.stamp(*m.Prev)
-		} else {
-			rw.u8(0)
-		}
-		rw.str(m.Actor)
-		rw.str(m.Op)
-		if p := m.Proof; p != nil {
-			rw.u8(1)
-			rw.b = append(rw.b, p.Token.ID[:]...)
-			rw.str(p.Token.Op)
-			rw.str(p.Token.Object)
-			rw.u64(uint64(p.Token.Issued.UnixNano()))
-			rw.u64(uint64(p.Token.Expires.UnixNano()))
-			rw.count(len(p.Approvals))
-			for _, a := range p.Approvals {
-				rw.str(a.Officer)
-				rw.bytes(a.Signature)
-			}
-		} else {
-			rw.u8(0)
-		}
-		if err := rw.finish(); err != nil {
-			return fmt.Errorf("change of %s: %w", o, err)
-		}
+func (rw *recordWriter) change(m *changeMeta) error {
+	rw.start()
+	rw.str(m.Object)
+	rw.stamp(m.Stamp)
+	if m.Prev != nil {
+		rw.u8(1)
+		rw.stamp(*m.Prev)
+	} else {
+		rw.u8(0)
 	}
-	return nil
+	rw.str(m.Actor)
+	rw.str(m.Op)
+	if p := m.Proof; p != nil {
+		rw.u8(1)
+		rw.b = append(rw.b, p.Token.ID[:]...)
+		rw.str(p.Token.Op)
+		rw.str(p.Token.Object)
+		rw.u64(uint64(p.Token.Issued.UnixNano()))
+		rw.u64(uint64(p.Token.Expires.UnixNano()))
+		rw.count(len(p.Approvals))
+		for _, a := range p.Approvals {
+			rw.str(a.Officer)
+			rw.bytes(a.Signature)
+		}
+	} else {
+		rw.u8(0)
+	}
+	return rw.finish()
 }
 
 // binaryRecords reads contents version 2 for readContents.
@@ -283,13 +298,15 @@ type binaryRecords struct {
 	lastObject string
 }
 
-func newBinaryRecords(r io.Reader) (*binaryRecords, error) {
-	magic := make([]byte, len(contentsMagic))
+// newBinaryRecords reads the magic (contentsMagic, or deltaMagic for a
+// journal entry) and returns a reader of the records after it.
+func newBinaryRecords(r io.Reader, want []byte) (*binaryRecords, error) {
+	magic := make([]byte, len(want))
 	if _, err := io.ReadFull(r, magic); err != nil {
 		return nil, fmt.Errorf("contents: %w: %w", noEOF(err), hsmcore.ErrMalformed)
 	}
-	if !bytes.Equal(magic, contentsMagic) {
-		return nil, fmt.Errorf("contents: not version 2: %w", hsmcore.ErrMalformed)
+	if !bytes.Equal(magic, want) {
+		return nil, fmt.Errorf("contents: not %q: %w", want, hsmcore.ErrMalformed)
 	}
 	return &binaryRecords{r: r, buf: make([]byte, 4096)}, nil
 }

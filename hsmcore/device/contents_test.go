@@ -56,6 +56,14 @@ func richContents(t *testing.T, f richFixture) *contents {
 	return c
 }
 
+// sameContents reports whether a and b hold the same records (whatever
+// either has counted).
+func sameContents(a, b *contents) bool {
+	x, y := *a, *b
+	x.tokens, y.tokens = 0, 0
+	return reflect.DeepEqual(&x, &y)
+}
+
 func encode(t *testing.T, c *contents) []byte {
 	t.Helper()
 	var b bytes.Buffer
@@ -104,7 +112,7 @@ func TestImageV1StillImports(t *testing.T) {
 	if h.Version != 1 || h.ClusterID != "vector-cluster" {
 		t.Fatalf("header: version %d, cluster %q", h.Version, h.ClusterID)
 	}
-	if !reflect.DeepEqual(d.st, want) {
+	if !sameContents(d.st, want) {
 		t.Fatal("the imported state differs from the image's contents")
 	}
 	cu := login(t, d, "alice")
@@ -149,7 +157,7 @@ func TestImageV1StillImports(t *testing.T) {
 	if _, err := d2.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(d2.st, want) {
+	if !sameContents(d2.st, want) {
 		t.Fatal("the state differs after a version 2 export and import")
 	}
 }
@@ -189,7 +197,7 @@ func TestStateV1Opens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(d.st, want) {
+	if !sameContents(d.st, want) {
 		d.Close()
 		t.Fatal("the opened state differs from what the version 1 code sealed")
 	}

@@ -95,7 +95,10 @@ type Device struct {
 
 	mu             sync.Mutex
 	st             *contents
-	digest         [32]byte // SHA-256 of st as sealed: equal on members in sync
+	digest         [32]byte // SHA-256 of st as version 2 encodes it: equal on members in sync
+	digestOK       bool     // digest is st's; else stateDigest computes it
+	jr             *journal // nil: the next commit writes a base
+	baseSize       int64    // plaintext size of the last base written or read
 	sessionHandles uint64
 	tracker        *quorum.Tracker     // quorum tokens: outstanding ones in memory only, spent ones also in spentFile
 	failures       map[string]*failure // failed logins by user; device-local, in failuresFile
@@ -200,7 +203,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (_ *Device, cl
 	}
 	d.seal = newGCM(sealKey)
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
-	if err := d.commit(d.st); err != nil {
+	if err := d.writeBase(d.st); err != nil {
 		lock.Close()
 		return nil, claim, fmt.Errorf("manufacture: %w", err)
 	}
@@ -243,9 +246,23 @@ func Open(dir string, opts Options) (d *Device, err error) {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
 	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0), ep: newEpoch()}
-	if err := d.readState(sealed); err != nil {
+	version, base, err := d.readState(sealed)
+	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
+	if version == 1 {
+		err = d.writeBase(d.st) // upgraded: version 2, with a journal
+	} else {
+		err = d.openJournal(base)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open device %s: %w", dir, err)
+	}
+	defer func(jr *journal) {
+		if err != nil && jr != nil {
+			jr.f.Close()
+		}
+	}(d.jr)
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.loadSpent(); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
@@ -297,6 +314,10 @@ func (d *Device) Close() error {
 	d.flushSuppressed() // best effort: counts not recorded are lost
 	err := d.alog.f.Close()
 	d.alog.f = nil
+	if d.jr != nil {
+		d.jr.f.Close()
+		d.jr = nil
+	}
 	d.lock.Close()
 	return err
 }

@@ -101,15 +101,19 @@ func exportImage(t testing.TB, co *Session) []byte {
 	return b
 }
 
-// stateBytes returns the sealed state file: a device whose file did not
-// change did not change.
+// stateBytes returns the sealed state file and the journal after it: a
+// device whose files did not change did not change.
 func stateBytes(t testing.TB, d *Device) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(d.dir, stateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	j, err := os.ReadFile(filepath.Join(d.dir, journalFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, j...)
 }
 
 // assertUnchanged checks that the device's sealed state is byte-for-byte

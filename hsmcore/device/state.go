@@ -36,6 +36,8 @@ type contents struct {
 	Members []memberRecord
 	Changes map[string]*changeMeta
 	Clock   map[string]uint64
+
+	tokens int // 1 + the number of token keys, once counted; 0: not yet
 }
 
 func newContents() *contents {
@@ -91,7 +93,7 @@ func readContents(r io.Reader, version, maxKeys int) (*contents, error) {
 	case 1:
 		src = newJSONRecords(r)
 	case 2:
-		br, err := newBinaryRecords(r)
+		br, err := newBinaryRecords(r, contentsMagic)
 		if err != nil {
 			return nil, err
 		}
@@ -99,37 +101,60 @@ func readContents(r io.Reader, version, maxKeys int) (*contents, error) {
 	default:
 		return nil, fmt.Errorf("contents version %d: %w", version, hsmcore.ErrUnsupportedVersion)
 	}
+	c := newContents()
+	if err := readInto(c, src, version, maxKeys, false); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readInto reads records from src into c, checking each. Whole contents
+// (delta false) fill an empty c; a delta (a journal entry) replaces c's
+// header and the records it carries.
+func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) error {
 	var h contentsHeader
 	if err := src.header(&h); err != nil {
-		return nil, err
+		return err
 	}
 	if h.NextHandle < 1 || h.NextHandle > 1<<62 {
-		return nil, fmt.Errorf("next handle %d: %w", h.NextHandle, hsmcore.ErrMalformed)
+		return fmt.Errorf("next handle %d: %w", h.NextHandle, hsmcore.ErrMalformed)
 	}
 	if h.Users < 0 || h.Users > MaxUsers || h.Keys < 0 || h.Keys > maxKeys || h.Changes < 0 || h.Changes > maxChangeRecords {
-		return nil, fmt.Errorf("contents holds %d users, %d keys and %d changes; limits %d, %d and %d: %w", h.Users, h.Keys, h.Changes, MaxUsers, maxKeys, maxChangeRecords, hsmcore.ErrMalformed)
+		return fmt.Errorf("contents holds %d users, %d keys and %d changes; limits %d, %d and %d: %w", h.Users, h.Keys, h.Changes, MaxUsers, maxKeys, maxChangeRecords, hsmcore.ErrMalformed)
 	}
 	if err := checkMembers(h.Members); err != nil {
-		return nil, err
+		return err
 	}
 	if len(h.Clock) > maxClock {
-		return nil, fmt.Errorf("state version names %d members: %w", len(h.Clock), hsmcore.ErrMalformed)
+		return fmt.Errorf("state version names %d members: %w", len(h.Clock), hsmcore.ErrMalformed)
 	}
 	for m, seq := range h.Clock {
 		if hsmcore.CheckName(m) != nil || seq == 0 {
-			return nil, fmt.Errorf("state version: %w", hsmcore.ErrMalformed)
+			return fmt.Errorf("state version: %w", hsmcore.ErrMalformed)
 		}
 	}
 	if h.Cluster != nil {
 		if err := h.Cluster.check(); err != nil {
-			return nil, fmt.Errorf("cluster: %w: %w", err, hsmcore.ErrMalformed)
+			return fmt.Errorf("cluster: %w: %w", err, hsmcore.ErrMalformed)
 		}
 	}
-	c := newContents()
+	if delta {
+		// A journal entry moves the state forward: handles and the state
+		// version never go back, so the records it leaves hold.
+		if h.NextHandle < c.NextHandle {
+			return fmt.Errorf("next handle %d, was %d: %w", h.NextHandle, c.NextHandle, hsmcore.ErrMalformed)
+		}
+		for m, seq := range c.Clock {
+			if h.Clock[m] < seq {
+				return fmt.Errorf("state version of %s goes back: %w", m, hsmcore.ErrMalformed)
+			}
+		}
+	}
 	c.Cluster = h.Cluster
+	c.Quorum = quorum.Policy{}
 	if h.Quorum != nil {
 		if err := h.Quorum.Validate(); err != nil || len(h.Quorum.Ops) == 0 {
-			return nil, fmt.Errorf("quorum policy: %v: %w", err, hsmcore.ErrMalformed)
+			return fmt.Errorf("quorum policy: %v: %w", err, hsmcore.ErrMalformed)
 		}
 		c.Quorum = *h.Quorum
 	}
@@ -137,53 +162,59 @@ func readContents(r io.Reader, version, maxKeys int) (*contents, error) {
 	for range h.Users {
 		u := new(userRecord)
 		if err := src.user(u); err != nil {
-			return nil, err
+			return err
 		}
 		if err := u.check(); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
-		if c.Users[u.Name] != nil {
-			return nil, fmt.Errorf("record %d: duplicate user: %w", src.record(), hsmcore.ErrMalformed)
+		if old := c.Users[u.Name]; old != nil && (!delta || old.Role != u.Role) {
+			return fmt.Errorf("record %d: duplicate user, or one whose role changed: %w", src.record(), hsmcore.ErrMalformed)
 		}
 		c.Users[u.Name] = u
 	}
 	for range h.Keys {
 		k := new(keyRecord)
 		if err := src.key(k); err != nil {
-			return nil, err
+			return err
+		}
+		if delta {
+			delete(c.Keys, k.Handle) // the key's new record replaces its old one
 		}
 		kcv, bits := k.KCV, k.Bits
 		if err := k.check(c); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
 		// Version 1 records may carry values the check derives anew (an
 		// older check value); version 2 ones carry exactly what it derives.
 		if version == 2 && (k.KCV != kcv || k.Bits != bits) {
-			return nil, fmt.Errorf("record %d: key %d: check value or size differs from its material: %w", src.record(), k.Handle, hsmcore.ErrMalformed)
+			return fmt.Errorf("record %d: key %d: check value or size differs from its material: %w", src.record(), k.Handle, hsmcore.ErrMalformed)
 		}
 		c.Keys[k.Handle] = k
 	}
 	c.Members = h.Members
-	if h.Clock != nil {
-		c.Clock = h.Clock
+	c.Clock = h.Clock
+	if c.Clock == nil {
+		c.Clock = map[string]uint64{}
 	}
 	for range h.Changes {
 		m := new(changeMeta)
 		if err := src.change(m); err != nil {
-			return nil, err
+			return err
 		}
 		if err := m.check(); err != nil {
-			return nil, fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
-		if c.Changes[m.Object] != nil || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
-			return nil, fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", src.record(), hsmcore.ErrMalformed)
+		if (c.Changes[m.Object] != nil && !delta) || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
+			return fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", src.record(), hsmcore.ErrMalformed)
 		}
 		c.Changes[m.Object] = m
 	}
-	if err := src.end(); err != nil {
-		return nil, err
+	if delta {
+		if n := tokenKeys(c); n > maxKeys {
+			return fmt.Errorf("%d keys, limit %d: %w", n, maxKeys, hsmcore.ErrMalformed)
+		}
 	}
-	return c, nil
+	return src.end()
 }
 
 func policyOrNil(p quorum.Policy) *quorum.Policy {
@@ -216,82 +247,83 @@ type deviceRecord struct {
 var sealMagic = []byte("HSMSEAL\x02")
 
 // writeState seals the device record and c, and atomically replaces the
-// state file. It returns the digest of c as serialized. On error the file
-// on disk is unchanged.
-func (d *Device) writeState(c *contents) ([32]byte, error) {
+// state file. It returns the file's nonce (which names it: the journal
+// extends it), the plaintext's size, and the digest of c as serialized.
+// On error the file on disk is unchanged.
+func (d *Device) writeState(c *contents) (nonce []byte, size int64, digest [32]byte, err error) {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(d.deviceKey)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
 	}
-	var buf bytes.Buffer
-	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
-	if err := json.NewEncoder(&buf).Encode(rec); err != nil {
-		return [32]byte{}, fmt.Errorf("seal state: %w", err)
-	}
-	deviceLen := buf.Len()
-	if err := writeContents(&buf, c); err != nil {
-		return [32]byte{}, fmt.Errorf("seal state: %w", err)
-	}
-	nonce := make([]byte, d.seal.NonceSize())
+	// The plaintext is built where the ciphertext goes, and sealed in
+	// place: one buffer of the state's size.
+	nonce = make([]byte, d.seal.NonceSize())
 	rand.Read(nonce)
-	out := make([]byte, 0, len(sealMagic)+len(nonce)+buf.Len()+d.seal.Overhead())
-	out = append(append(out, sealMagic...), nonce...)
-	out = d.seal.Seal(out, nonce, buf.Bytes(), sealMagic)
-	digest := sha256.Sum256(buf.Bytes()[deviceLen:])
-	clear(buf.Bytes())
-	if err := atomicfile.WriteFile(filepath.Join(d.dir, stateFile), out, 0o600); err != nil {
-		return [32]byte{}, fmt.Errorf("seal state: %w", err)
+	head := len(sealMagic) + len(nonce)
+	buf := bytes.NewBuffer(make([]byte, 0, int(d.baseSize)+head+d.seal.Overhead()+4096))
+	buf.Write(sealMagic)
+	buf.Write(nonce)
+	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
+	if err := json.NewEncoder(buf).Encode(rec); err != nil {
+		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
 	}
-	return digest, nil
+	deviceEnd := buf.Len()
+	if err := writeContents(buf, c); err != nil {
+		clear(buf.Bytes())
+		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
+	}
+	buf.Grow(d.seal.Overhead()) // so that Seal works in place
+	b := buf.Bytes()
+	digest = sha256.Sum256(b[deviceEnd:])
+	size = int64(len(b) - head)
+	out := d.seal.Seal(b[:head], nonce, b[head:], sealMagic)
+	if err := atomicfile.WriteFile(filepath.Join(d.dir, stateFile), out, 0o600); err != nil {
+		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
+	}
+	return nonce, size, digest, nil
 }
 
-// readState unseals the state file into d.
-func (d *Device) readState(sealed []byte) error {
+// readState unseals the state file into d, and returns its version and
+// nonce.
+func (d *Device) readState(sealed []byte) (version int, nonce []byte, err error) {
 	n := len(sealMagic) + d.seal.NonceSize()
 	if len(sealed) < n+d.seal.Overhead() || !bytes.Equal(sealed[:len(sealMagic)-1], sealMagic[:len(sealMagic)-1]) {
-		return fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
 	}
 	magic := sealed[:len(sealMagic)]
-	version := int(magic[len(magic)-1])
+	version = int(magic[len(magic)-1])
 	if version != 1 && version != 2 {
-		return fmt.Errorf("sealed state: version %d: %w", version, hsmcore.ErrUnsupportedVersion)
+		return 0, nil, fmt.Errorf("sealed state: version %d: %w", version, hsmcore.ErrUnsupportedVersion)
 	}
-	plain, err := d.seal.Open(nil, sealed[len(sealMagic):n], sealed[n:], magic)
+	nonce = sealed[len(sealMagic):n]
+	plain, err := d.seal.Open(nil, nonce, sealed[n:], magic)
 	if err != nil {
-		return fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
+		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
 	}
 	defer clear(plain)
 	first, rest, ok := bytes.Cut(plain, []byte("\n"))
 	if !ok {
-		return fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
 	}
 	var rec deviceRecord
 	if err := strictjson.Unmarshal(first, &rec); err != nil {
-		return fmt.Errorf("sealed state: %w: %w", err, hsmcore.ErrMalformed)
+		return 0, nil, fmt.Errorf("sealed state: %w: %w", err, hsmcore.ErrMalformed)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(rec.DeviceKey)
 	key, ok := k.(*ecdsa.PrivateKey)
 	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 || (rec.Claim != nil && len(rec.Claim) != hsmcore.ClaimSecretSize) {
-		return fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
+		return 0, nil, fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
 	}
 	c, err := readContents(bytes.NewReader(rest), version, rec.Capacity)
 	if err != nil {
-		return fmt.Errorf("sealed state: %w", err)
+		return 0, nil, fmt.Errorf("sealed state: %w", err)
 	}
 	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
 	d.mfrCert, d.opCert, d.mkbk, d.akbk, d.mfrRoot, d.claim = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK, rec.MfrRoot, rec.Claim
 	d.st = c
-	d.digest = sha256.Sum256(rest)
-	return nil
-}
-
-// commit makes next the device's contents: sealed to disk first, then
-// swapped in. The caller holds d.mu. On error nothing changed.
-func (d *Device) commit(next *contents) error {
-	digest, err := d.writeState(next)
-	if err != nil {
-		return err
+	d.baseSize = int64(len(plain))
+	if version == 2 {
+		d.digest, d.digestOK = sha256.Sum256(rest), true
 	}
-	d.st, d.digest = next, digest
-	return nil
+	return version, bytes.Clone(nonce), nil
 }

@@ -45,7 +45,8 @@ func (d *Device) syncKey() ([]byte, error) {
 func (d *Device) StateDigest() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return hex.EncodeToString(d.digest[:])
+	digest := d.stateDigest()
+	return hex.EncodeToString(digest[:])
 }
 
 func (d *Device) sealSync(r syncRecord) ([]byte, error) {
