@@ -68,18 +68,26 @@ func BenchmarkBackupFullHSM(b *testing.B) {
 	})
 	for _, tc := range []struct {
 		name string
+		src  ImageSource
 		st   store.Store
 	}{
-		{"create-to-minio", s3st},
-		{"create-to-file-store", backuptest.FileStore(b)},
+		{"create-to-minio", co, s3st},
+		{"create-to-file-store", co, backuptest.FileStore(b)},
+		// The same without the manifest's inventory (a source that cannot
+		// list its keys): the pipeline alone.
+		{"create-to-minio-no-inventory", exportOnly{co}, s3st},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
-				if _, err := Create(ctx, co, Repo{Store: tc.st}, opts); err != nil {
+				if _, err := Create(ctx, tc.src, Repo{Store: tc.st}, opts); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
 }
+
+// exportOnly is an ImageSource and nothing more: Create records no
+// inventory from it.
+type exportOnly struct{ ImageSource }
