@@ -154,15 +154,11 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 
 // inventory lists what the member holds.
 func inventory(ctx context.Context, src InventorySource) (*Inventory, error) {
-	users, err := src.Users(ctx)
+	hi, err := src.Inventory(ctx, MaxInventoryKeys)
 	if err != nil {
-		return nil, fmt.Errorf("list users: %w", err)
+		return nil, fmt.Errorf("list users and keys: %w", err)
 	}
-	keys, err := src.Keys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
-	}
-	return NewInventory(users, keys), nil
+	return inventoryOf(hi), nil
 }
 
 func checkCreateOptions(o *CreateOptions) error {

@@ -41,30 +41,41 @@ type Inventory struct {
 // officer's session (*hsmcore/client.Client is one). Create records an
 // inventory only from such a source.
 type InventorySource interface {
-	Users(ctx context.Context) ([]hsmcore.UserInfo, error)
-	Keys(ctx context.Context) ([]hsmcore.KeyInfo, error)
+	// Inventory lists the users and token keys, the keys only if there
+	// are at most maxKeys.
+	Inventory(ctx context.Context, maxKeys int) (hsmcore.Inventory, error)
 }
 
 // NewInventory returns the inventory of users and keys (token keys only;
 // session keys are never imaged).
 func NewInventory(users []hsmcore.UserInfo, keys []hsmcore.KeyInfo) *Inventory {
-	inv := &Inventory{Format: InventoryFormat, Users: slices.Clone(users)}
+	var refs []hsmcore.KeyRef
+	for _, k := range keys {
+		if k.Token {
+			refs = append(refs, hsmcore.KeyRef{Handle: k.Handle, KCV: k.KCV})
+		}
+	}
+	return inventoryOf(hsmcore.Inventory{Users: users, KeyCount: len(refs), Keys: refs})
+}
+
+// inventoryOf returns the manifest's inventory of what an HSM listed.
+func inventoryOf(hi hsmcore.Inventory) *Inventory {
+	inv := &Inventory{Format: InventoryFormat, Users: slices.Clone(hi.Users)}
 	if inv.Users == nil {
 		inv.Users = []hsmcore.UserInfo{}
 	}
 	slices.SortFunc(inv.Users, func(a, b hsmcore.UserInfo) int { return strings.Compare(a.Name, b.Name) })
-	var ks []hsmcore.KeyInfo
-	for _, k := range keys {
-		if k.Token {
-			ks = append(ks, k)
-		}
-	}
-	slices.SortFunc(ks, func(a, b hsmcore.KeyInfo) int { return cmp.Compare(a.Handle, b.Handle) })
-	inv.KeyCount = len(ks)
-	if len(ks) <= MaxInventoryKeys {
+	ks := slices.Clone(hi.Keys)
+	slices.SortFunc(ks, func(a, b hsmcore.KeyRef) int { return cmp.Compare(a.Handle, b.Handle) })
+	inv.KeyCount = hi.KeyCount
+	if len(ks) == hi.KeyCount && len(ks) <= MaxInventoryKeys {
+		inv.Keys = make([]string, 0, len(ks))
 		for _, k := range ks {
 			inv.Keys = append(inv.Keys, keyEntry(k.Handle, k.KCV))
 		}
+	}
+	if len(inv.Keys) == 0 {
+		inv.Keys = nil
 	}
 	return inv
 }

@@ -148,6 +148,9 @@ type UsersResponse struct {
 	Users []hsmcore.UserInfo `json:"users"`
 }
 
+// InventoryResponse is the answer to GET /v1/inventory (crypto officers).
+type InventoryResponse = hsmcore.Inventory
+
 // GenerateKeysRequest is POST /v1/keys; the answer is a KeysResponse.
 type GenerateKeysRequest struct {
 	Keys []hsmcore.KeySpec `json:"keys"`

@@ -572,6 +572,14 @@ func (c *Client) Users(ctx context.Context) ([]hsmcore.UserInfo, error) {
 	return out.Users, c.do(ctx, "GET", "/v1/users", nil, &out)
 }
 
+// Inventory lists the HSM's users and token keys by name (crypto
+// officers): what a backup's manifest records. The keys are listed if
+// there are at most maxKeys, else only counted.
+func (c *Client) Inventory(ctx context.Context, maxKeys int) (hsmcore.Inventory, error) {
+	var out api.InventoryResponse
+	return out, c.do(ctx, "GET", "/v1/inventory?max_keys="+strconv.Itoa(maxKeys), nil, &out)
+}
+
 // CreateUser adds a user.
 func (c *Client) CreateUser(ctx context.Context, name string, role hsmcore.Role, password string) error {
 	return c.secret(ctx, "POST", "/v1/users", api.CreateUserRequest{Name: name, Role: role, Password: password}, nil)

@@ -296,6 +296,9 @@ type binaryRecords struct {
 	lastUser   string
 	lastHandle uint64
 	lastObject string
+
+	f      fields            // the record being read
+	intern map[string]string // the short strings records repeat
 }
 
 // newBinaryRecords reads the magic (contentsMagic, or deltaMagic for a
@@ -308,7 +311,7 @@ func newBinaryRecords(r io.Reader, want []byte) (*binaryRecords, error) {
 	if !bytes.Equal(magic, want) {
 		return nil, fmt.Errorf("contents: not %q: %w", want, hsmcore.ErrMalformed)
 	}
-	return &binaryRecords{r: r, buf: make([]byte, 4096)}, nil
+	return &binaryRecords{r: r, buf: make([]byte, 4096), intern: map[string]string{}}, nil
 }
 
 func noEOF(err error) error {
@@ -338,7 +341,8 @@ func (br *binaryRecords) next() (*fields, error) {
 	if _, err := io.ReadFull(br.r, b); err != nil {
 		return nil, br.readErr(noEOF(err))
 	}
-	return &fields{s: cryptobyte.String(b)}, nil
+	br.f = fields{s: cryptobyte.String(b), intern: br.intern}
+	return &br.f, nil
 }
 
 // readErr keeps the source's own error (a failed chunk, say) and calls an
@@ -353,8 +357,9 @@ func (br *binaryRecords) readErr(err error) error {
 // fields reads one record's fields; a field missing or malformed is
 // remembered, and done reports it.
 type fields struct {
-	s   cryptobyte.String
-	bad bool // set by the first read that fails
+	s      cryptobyte.String
+	bad    bool // set by the first read that fails
+	intern map[string]string
 }
 
 func (f *fields) fail() { f.bad = true }
@@ -401,6 +406,20 @@ func (f *fields) raw() []byte {
 
 func (f *fields) str() string { return string(f.raw()) }
 
+// name reads a string that records repeat (a type, a user, an origin):
+// one copy of each serves them all, up to a bounded number.
+func (f *fields) name() string {
+	b := f.raw()
+	if s, ok := f.intern[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(s) <= 64 && len(f.intern) < 4096 {
+		f.intern[s] = s
+	}
+	return s
+}
+
 // bytes returns a copy of a byte string; nil when it is empty.
 func (f *fields) bytes() []byte {
 	if v := f.raw(); len(v) > 0 {
@@ -433,7 +452,7 @@ func (f *fields) template() *hsmcore.UnwrapTemplate {
 		Wrap: bits&tmplWrap != 0, Unwrap: bits&tmplUnwrap != 0, Extractable: bits&tmplExtractable != 0, WrapWithTrusted: bits&tmplWrapWithTrusted != 0}
 }
 
-func (f *fields) stamp() stamp { return stamp{Origin: f.str(), Seq: f.u64()} }
+func (f *fields) stamp() stamp { return stamp{Origin: f.name(), Seq: f.u64()} }
 
 // done reports whether every field read and nothing follows them.
 func (f *fields) done() error {
@@ -491,7 +510,7 @@ func (br *binaryRecords) user(u *userRecord) error {
 	if err != nil {
 		return err
 	}
-	u.Name, u.Role, u.Salt, u.Hash = f.str(), hsmcore.Role(f.str()), f.bytes(), f.bytes()
+	u.Name, u.Role, u.Salt, u.Hash = f.name(), hsmcore.Role(f.name()), f.bytes(), f.bytes()
 	u.Iterations = int(f.u32())
 	u.SigningKey = f.bytes()
 	if u.Name <= br.lastUser {
@@ -510,9 +529,9 @@ func (br *binaryRecords) key(k *keyRecord) error {
 		return err
 	}
 	k.Handle, k.Label, k.ID = f.u64(), f.str(), f.bytes()
-	k.Type = hsmcore.KeyType(f.str())
+	k.Type = hsmcore.KeyType(f.name())
 	k.Bits = int(f.u32())
-	k.Curve = f.str()
+	k.Curve = f.name()
 	fl := f.u32()
 	if fl&^keyFlags != 0 {
 		f.fail()
@@ -522,11 +541,11 @@ func (br *binaryRecords) key(k *keyRecord) error {
 	k.Encrypt, k.Decrypt, k.Sign, k.Verify = fl&flagEncrypt != 0, fl&flagDecrypt != 0, fl&flagSign != 0, fl&flagVerify != 0
 	k.Wrap, k.Unwrap, k.Trusted, k.WrapWithTrusted = fl&flagWrap != 0, fl&flagUnwrap != 0, fl&flagTrusted != 0, fl&flagWrapWithTrusted != 0
 	k.UnwrapTemplate, k.Bound = f.template(), f.template()
-	k.KCV, k.Owner = f.str(), f.str()
+	k.KCV, k.Owner = f.str(), f.name()
 	if n := f.u16(); n > 0 {
 		k.SharedWith = make([]string, n)
 		for i := range k.SharedWith {
-			k.SharedWith[i] = f.str()
+			k.SharedWith[i] = f.name()
 		}
 	}
 	k.Origin = f.str()
@@ -551,7 +570,7 @@ func (br *binaryRecords) change(m *changeMeta) error {
 		p := f.stamp()
 		m.Prev = &p
 	}
-	m.Actor, m.Op = f.str(), f.str()
+	m.Actor, m.Op = f.name(), f.name()
 	if f.flag() {
 		p := new(quorumProof)
 		var id []byte

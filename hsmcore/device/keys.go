@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"slices"
 
@@ -247,8 +248,9 @@ func plainKCV(t hsmcore.KeyType, secret, public []byte) string {
 		if err != nil {
 			panic("hsmcore: " + err.Error())
 		}
-		sum = make([]byte, aes.BlockSize)
-		b.Encrypt(sum, sum)
+		var block [aes.BlockSize]byte
+		b.Encrypt(block[:], block[:])
+		sum = block[:]
 	case public != nil:
 		h := sha1.Sum(public)
 		sum = h[:]
@@ -256,7 +258,7 @@ func plainKCV(t hsmcore.KeyType, secret, public []byte) string {
 		h := sha1.Sum(secret)
 		sum = h[:]
 	}
-	return fmt.Sprintf("%x", sum[:3])
+	return hex.EncodeToString(sum[:3])
 }
 
 // check validates an imported or unsealed key record against the users of

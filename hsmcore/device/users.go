@@ -1,6 +1,7 @@
 package device
 
 import (
+	"cmp"
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
@@ -326,10 +327,39 @@ func (s *Session) Users() ([]hsmcore.UserInfo, error) {
 	if err := s.check("user.list"); err != nil {
 		return nil, err
 	}
+	return d.st.users(), nil
+}
+
+// users lists c's users by name.
+func (c *contents) users() []hsmcore.UserInfo {
 	var out []hsmcore.UserInfo
-	for _, u := range d.st.Users {
+	for _, u := range c.Users {
 		out = append(out, hsmcore.UserInfo{Name: u.Name, Role: u.Role})
 	}
 	slices.SortFunc(out, func(a, b hsmcore.UserInfo) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
+	return out
+}
+
+// Inventory returns the users and token keys the device holds, from one
+// state: what a backup's manifest records. The keys are listed if there
+// are at most maxKeys, else only counted. Crypto officers only.
+func (s *Session) Inventory(maxKeys int) (hsmcore.Inventory, error) {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := s.check("key.list", hsmcore.CryptoOfficer); err != nil {
+		return hsmcore.Inventory{}, err
+	}
+	inv := hsmcore.Inventory{Users: d.st.users(), KeyCount: tokenKeys(d.st)}
+	if inv.KeyCount > maxKeys {
+		return inv, nil
+	}
+	inv.Keys = make([]hsmcore.KeyRef, 0, inv.KeyCount)
+	for h, k := range d.st.Keys {
+		if k.Token {
+			inv.Keys = append(inv.Keys, hsmcore.KeyRef{Handle: h, KCV: k.KCV})
+		}
+	}
+	slices.SortFunc(inv.Keys, func(a, b hsmcore.KeyRef) int { return cmp.Compare(a.Handle, b.Handle) })
+	return inv, nil
 }

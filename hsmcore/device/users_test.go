@@ -611,3 +611,35 @@ func TestLogoutEndsSession(t *testing.T) {
 		}
 	}
 }
+
+// TestInventory: an officer lists every user and token key by handle and
+// check value, as Keys and Users give them; session keys are left out; a
+// crypto user may not.
+func TestInventory(t *testing.T) {
+	d := newDevice(t, stdHW)
+	co, cu := initDevice(t, d)
+	fillKeys(t, cu, 45)
+	if _, err := cu.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Session: true}); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := co.Inventory(45)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counted, err := co.Inventory(44); err != nil || counted.KeyCount != 45 || counted.Keys != nil || len(counted.Users) != 2 {
+		t.Fatalf("an inventory of more keys than asked: %+v, %v", counted, err)
+	}
+	keys, _ := co.Keys()
+	users, _ := co.Users()
+	if inv.KeyCount != 45 || len(inv.Keys) != 45 || len(keys) != 45 || !slices.Equal(inv.Users, users) {
+		t.Fatalf("inventory of %d keys and %v; Keys gives %d, Users %v", len(inv.Keys), inv.Users, len(keys), users)
+	}
+	for i, k := range keys {
+		if inv.Keys[i] != (hsmcore.KeyRef{Handle: k.Handle, KCV: k.KCV}) {
+			t.Fatalf("inventory key %d: %+v, Keys gives %d:%s", i, inv.Keys[i], k.Handle, k.KCV)
+		}
+	}
+	if _, err := cu.Inventory(100); !errors.Is(err, hsmcore.ErrPermission) {
+		t.Fatalf("a crypto user's inventory: %v", err)
+	}
+}

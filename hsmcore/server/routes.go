@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 
@@ -52,6 +53,7 @@ func (s *Server) routes() http.Handler {
 	route("DELETE /v1/users/{name}", loggedIn, s.deleteUser)
 	route("POST /v1/users/{name}/unlock", loggedIn, s.unlockUser)
 	route("GET /v1/keys", loggedIn, s.keys)
+	route("GET /v1/inventory", loggedIn, s.inventory)
 	route("POST /v1/keys", loggedIn, s.generateKeys)
 	route("GET /v1/keys/{handle}", loggedIn, s.key)
 	route("DELETE /v1/keys/{handle}", loggedIn, s.deleteKey)
@@ -352,6 +354,21 @@ func (s *Server) unlockUser(r *http.Request, hs *device.Session) (any, error) {
 func (s *Server) keys(_ *http.Request, hs *device.Session) (any, error) {
 	k, err := hs.Keys()
 	return api.KeysResponse{Keys: k}, err
+}
+
+// inventory answers GET /v1/inventory?max_keys=N: the keys listed if
+// there are at most N (default: all the HSM can hold).
+func (s *Server) inventory(r *http.Request, hs *device.Session) (any, error) {
+	maxKeys := math.MaxInt
+	if q := r.URL.Query().Get("max_keys"); q != "" {
+		n, err := strconv.Atoi(q)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("max_keys %q: %w", q, hsmcore.ErrInvalid)
+		}
+		maxKeys = n
+	}
+	inv, err := hs.Inventory(maxKeys)
+	return api.InventoryResponse(inv), err
 }
 
 func (s *Server) generateKeys(r *http.Request, hs *device.Session) (any, error) {
