@@ -46,7 +46,7 @@ type service struct {
 
 // newService makes the keys with the CLI and writes the config for the
 // store at storeURL (a file store if it is file://).
-func newService(t *testing.T, c *cluster, storeURL string, env ...string) *service {
+func newService(t testing.TB, c *cluster, storeURL string, env ...string) *service {
 	t.Helper()
 	dir, err := os.MkdirTemp(c.dir, "service-")
 	if err != nil {
@@ -70,7 +70,7 @@ func newService(t *testing.T, c *cluster, storeURL string, env ...string) *servi
 // named name, in the service's directory and returns its path. Paths in
 // it are relative to it, as an operator would write them, but for the
 // cluster's files.
-func (s *service) writeConfig(t *testing.T, name, store string, members ...string) string {
+func (s *service) writeConfig(t testing.TB, name, store string, members ...string) string {
 	t.Helper()
 	cfg := map[string]any{
 		"store":             store,
@@ -105,7 +105,7 @@ func (s *service) writeConfig(t *testing.T, name, store string, members ...strin
 
 // run runs hsmbackup with the service's environment and records the
 // output, to be searched for the officer's password.
-func (s *service) run(t *testing.T, args ...string) Result {
+func (s *service) run(t testing.TB, args ...string) Result {
 	t.Helper()
 	res := RunWith(t, RunOptions{Env: s.env}, args...)
 	s.c.outputs = append(s.c.outputs, res.Stdout, res.Stderr)
@@ -113,7 +113,7 @@ func (s *service) run(t *testing.T, args ...string) Result {
 }
 
 // ok is run, failing t unless the command succeeds. It returns stdout.
-func (s *service) ok(t *testing.T, args ...string) string {
+func (s *service) ok(t testing.TB, args ...string) string {
 	t.Helper()
 	res := s.run(t, args...)
 	if res.Code != 0 {
@@ -123,13 +123,13 @@ func (s *service) ok(t *testing.T, args ...string) string {
 }
 
 // cli runs hsmbackup --config CONFIG args..., which must succeed.
-func (s *service) cli(t *testing.T, args ...string) string {
+func (s *service) cli(t testing.TB, args ...string) string {
 	t.Helper()
 	return s.ok(t, append([]string{"--config", s.config}, args...)...)
 }
 
 // cliRes runs hsmbackup --config CONFIG args... and returns the result.
-func (s *service) cliRes(t *testing.T, args ...string) Result {
+func (s *service) cliRes(t testing.TB, args ...string) Result {
 	t.Helper()
 	return s.run(t, append([]string{"--config", s.config}, args...)...)
 }
@@ -138,7 +138,7 @@ var createdLine = regexp.MustCompile(`(?m)^created (backup-\d{8}T\d{6}Z-[a-z2-7]
 
 // create runs backup create for the cluster and returns the new backup's
 // id, checking the line it prints.
-func (s *service) create(t *testing.T, extra ...string) string {
+func (s *service) create(t testing.TB, extra ...string) string {
 	t.Helper()
 	out := s.cli(t, append([]string{"backup", "create", "--cluster", testCluster}, extra...)...)
 	m := createdLine.FindStringSubmatch(out)
@@ -165,7 +165,7 @@ type summary struct {
 }
 
 // list runs backup list --json with args and parses it.
-func (s *service) list(t *testing.T, args ...string) []summary {
+func (s *service) list(t testing.TB, args ...string) []summary {
 	t.Helper()
 	out := s.cli(t, append([]string{"backup", "list", "--json"}, args...)...)
 	got := []summary{}
@@ -200,11 +200,11 @@ func (s *service) object(id, name string) string {
 // with the CLI, for the operator authority in opDir, at firmware, serves
 // it and returns its address. Its claim file (DIR.claim, as hsm
 // manufacture wrote it) is c.claims[addr].
-func (c *cluster) newHSM(t *testing.T, name, opDir, firmware string) string {
+func (c *cluster) newHSM(t testing.TB, name, opDir, firmware string, manufacture ...string) string {
 	t.Helper()
 	dir := filepath.Join(c.dir, name)
-	c.run(t, "hsm", "manufacture", "--class", testClass, "--firmware", firmware,
-		"--manufacturer", filepath.Join(c.dir, "mfr"), "--operator", opDir, "--out", dir)
+	c.run(t, append([]string{"hsm", "manufacture", "--class", testClass, "--firmware", firmware,
+		"--manufacturer", filepath.Join(c.dir, "mfr"), "--operator", opDir, "--out", dir}, manufacture...)...)
 	addr := StartDaemon(t, dir)
 	if c.claims == nil {
 		c.claims = map[string]string{}
@@ -232,7 +232,7 @@ func (c *cluster) claimArgs(addrs ...string) []string {
 
 // health returns what the HSM on addr reports of itself, trusting it as a
 // new device or as a member of the cluster.
-func (c *cluster) health(t *testing.T, addr string) api.Health {
+func (c *cluster) health(t testing.TB, addr string) api.Health {
 	t.Helper()
 	cl := c.memberClient(t, addr)
 	h, err := cl.Health(context.Background())
@@ -245,7 +245,7 @@ func (c *cluster) health(t *testing.T, addr string) api.Health {
 // memberClient returns a client of the HSM on addr with the officer's
 // client certificate, trusting it as a member of the cluster or, before
 // it is one, as a device of the manufacturer.
-func (c *cluster) memberClient(t *testing.T, addr string) *client.Client {
+func (c *cluster) memberClient(t testing.TB, addr string) *client.Client {
 	t.Helper()
 	pair, err := tls.LoadX509KeyPair(c.cert, c.key)
 	if err != nil {
@@ -451,7 +451,13 @@ func wantFailure(t *testing.T, res Result, wants ...string) {
 
 // fillKeys has a new crypto user of c make n 512-byte secret keys in
 // batches, for a large image of mostly incompressible key material.
-func fillKeys(t *testing.T, c *cluster, n int) {
+func fillKeys(t testing.TB, c *cluster, n int) {
+	t.Helper()
+	fillKeysOf(t, c, n, hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096})
+}
+
+// fillKeysOf gives the cluster a crypto user "app" with n keys of spec.
+func fillKeysOf(t testing.TB, c *cluster, n int, spec hsmcore.KeySpec) {
 	t.Helper()
 	ctx := context.Background()
 	co := c.client(t, c.cert, c.key)
@@ -468,7 +474,7 @@ func fillKeys(t *testing.T, c *cluster, n int) {
 	for done := 0; done < n; {
 		specs := make([]hsmcore.KeySpec, min(8000, n-done))
 		for i := range specs {
-			specs[i] = hsmcore.KeySpec{Type: hsmcore.GenericSecret, Bits: 4096}
+			specs[i] = spec
 		}
 		if _, err := cu.GenerateKeys(ctx, specs); err != nil {
 			t.Fatal(err)

@@ -378,7 +378,7 @@ func (s *service) aged(t *testing.T, id string, days int) string {
 
 // s3Service is a service whose store is a fresh bucket of MinIO, reached
 // at endpoint (MinIO's, or a proxy's), with the prefix "hsm".
-func s3Service(t *testing.T, c *cluster, srv *miniotest.Server, bucket, endpoint string) *service {
+func s3Service(t testing.TB, c *cluster, srv *miniotest.Server, bucket, endpoint string) *service {
 	t.Helper()
 	url := fmt.Sprintf("s3://%s/hsm?endpoint=%s&region=us-east-1", bucket, endpoint)
 	s := newService(t, c, url, "AWS_ACCESS_KEY_ID="+srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+srv.SecretKey)

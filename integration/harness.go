@@ -17,8 +17,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -91,7 +93,8 @@ func CleanupBinary() {
 // Result is what a finished command left.
 type Result struct {
 	Stdout, Stderr string
-	Code           int // exit code
+	Code           int   // exit code
+	MaxRSS         int64 // the process's peak resident set, in bytes, as last seen
 }
 
 func (r Result) String() string {
@@ -123,8 +126,15 @@ func RunWith(tb testing.TB, opts RunOptions, args ...string) Result {
 	cmd.Env = append(os.Environ(), opts.Env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	var peak atomic.Int64
+	err := cmd.Start()
+	if err == nil {
+		done := make(chan struct{})
+		go watchPeak(cmd.Process.Pid, &peak, done)
+		err = cmd.Wait()
+		close(done)
+	}
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String(), MaxRSS: peak.Load()}
 	var exit *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
@@ -136,6 +146,31 @@ func RunWith(tb testing.TB, opts RunOptions, args ...string) Result {
 		tb.Fatalf("hsmbackup %s: %v", strings.Join(args, " "), err)
 	}
 	return res
+}
+
+// watchPeak records in peak, until done, the high-water mark of process
+// pid's resident set (VmHWM; the rusage of a child also counts what it
+// shared with this process before its exec).
+func watchPeak(pid int, peak *atomic.Int64, done <-chan struct{}) {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if b, err := os.ReadFile(path); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					if kib, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil && kib<<10 > peak.Load() {
+						peak.Store(kib << 10)
+					}
+				}
+			}
+		}
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // daemon is one `hsmbackup hsm serve` process.

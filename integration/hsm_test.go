@@ -60,7 +60,7 @@ func (c *cluster) member() []string {
 
 // run runs hsmbackup, records its output, and fails t unless it succeeds
 // with nothing on stderr.
-func (c *cluster) run(t *testing.T, args ...string) string {
+func (c *cluster) run(t testing.TB, args ...string) string {
 	t.Helper()
 	res := Run(t, args...)
 	c.outputs = append(c.outputs, res.Stdout, res.Stderr)
@@ -72,7 +72,7 @@ func (c *cluster) run(t *testing.T, args ...string) string {
 
 // newCluster sets up a cluster with the CLI, checking each step's output.
 // manufacture are more flags of its HSM's `hsm manufacture`.
-func newCluster(t *testing.T, manufacture ...string) *cluster {
+func newCluster(t testing.TB, manufacture ...string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	c := &cluster{dir: dir, device: filepath.Join(dir, "hsm-a"), password: rand.Text()}
@@ -188,7 +188,7 @@ type status struct {
 	StateVersion       map[string]uint64 `json:"state_version"`
 }
 
-func (c *cluster) status(t *testing.T) status {
+func (c *cluster) status(t testing.TB) status {
 	t.Helper()
 	out := c.run(t, append([]string{"--json", "hsm", "status"}, c.member()...)...)
 	var s status
@@ -203,7 +203,7 @@ func (c *cluster) status(t *testing.T) status {
 
 // newStatus is `hsm status --json` of the new HSM on addr, trusted as a
 // device of the manufacturer.
-func (c *cluster) newStatus(t *testing.T, addr string) status {
+func (c *cluster) newStatus(t testing.TB, addr string) status {
 	t.Helper()
 	out := c.run(t, "--json", "hsm", "status", "--addr", addr, "--manufacturer-root", c.mfrRoot)
 	var s status
@@ -218,7 +218,7 @@ func (c *cluster) newStatus(t *testing.T, addr string) status {
 
 // client returns an hsmcore client presenting the certificate in
 // certFile and keyFile (none if empty) and trusting the customer CA.
-func (c *cluster) client(t *testing.T, certFile, keyFile string) *client.Client {
+func (c *cluster) client(t testing.TB, certFile, keyFile string) *client.Client {
 	t.Helper()
 	cfg := client.Config{Addr: c.addr, CustomerCA: loadCert(t, c.ca.Cert), ClusterID: testCluster, Timeout: 10 * time.Second}
 	if certFile != "" {
@@ -236,7 +236,7 @@ func (c *cluster) client(t *testing.T, certFile, keyFile string) *client.Client 
 	return cl
 }
 
-func loadCert(t *testing.T, path string) *x509.Certificate {
+func loadCert(t testing.TB, path string) *x509.Certificate {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -254,7 +254,7 @@ func loadCert(t *testing.T, path string) *x509.Certificate {
 }
 
 // wantLines fails t unless out has a line starting with each of wants.
-func wantLines(t *testing.T, out string, wants ...string) {
+func wantLines(t testing.TB, out string, wants ...string) {
 	t.Helper()
 	lines := strings.Split(out, "\n")
 	for _, w := range wants {
@@ -269,7 +269,7 @@ func wantLines(t *testing.T, out string, wants ...string) {
 }
 
 // field returns the value on the line "name   value" of out.
-func field(t *testing.T, out, name string) string {
+func field(t testing.TB, out, name string) string {
 	t.Helper()
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s+(\S.*)$`).FindStringSubmatch(out)
 	if m == nil {
@@ -280,7 +280,7 @@ func field(t *testing.T, out, name string) string {
 
 // wantRefusal fails t unless res is a failure reported as one line on
 // stderr, "hsmbackup: ...", containing every one of wants.
-func wantRefusal(t *testing.T, res Result, wants ...string) {
+func wantRefusal(t testing.TB, res Result, wants ...string) {
 	t.Helper()
 	if res.Code < 1 || res.Code > 6 || !strings.HasPrefix(res.Stderr, "hsmbackup: ") || strings.Count(res.Stderr, "\n") != 1 {
 		t.Fatalf("want a failure exit status (1-6) and one line \"hsmbackup: ...\" on stderr, got %s", res)

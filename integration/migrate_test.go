@@ -113,7 +113,7 @@ type migration struct {
 
 // ok runs hsmbackup --config CONFIG args..., which must succeed with no
 // more on stderr than info log lines, and returns stdout.
-func (m *migration) ok(t *testing.T, args ...string) string {
+func (m *migration) ok(t testing.TB, args ...string) string {
 	t.Helper()
 	res := m.run(t, RunTimeout, args...)
 	if res.Code != 0 {
@@ -129,7 +129,7 @@ func (m *migration) ok(t *testing.T, args ...string) string {
 
 // run runs hsmbackup --config CONFIG args..., under timeout, and records
 // its output, to be searched for the passwords.
-func (m *migration) run(t *testing.T, timeout time.Duration, args ...string) Result {
+func (m *migration) run(t testing.TB, timeout time.Duration, args ...string) Result {
 	t.Helper()
 	args = append([]string{"--config", m.config}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

@@ -22,7 +22,7 @@ type opensslCA struct {
 
 // newOpenSSLCA makes a self-signed EC P-256 CA called cn in a directory of
 // its own under dir.
-func newOpenSSLCA(t *testing.T, dir, cn string) *opensslCA {
+func newOpenSSLCA(t testing.TB, dir, cn string) *opensslCA {
 	t.Helper()
 	ca := &opensslCA{openssl: testenv.LookPath(t, "openssl"), dir: filepath.Join(dir, strings.ReplaceAll(cn, " ", "-"))}
 	if err := os.MkdirAll(ca.dir, 0o700); err != nil {
@@ -36,7 +36,7 @@ func newOpenSSLCA(t *testing.T, dir, cn string) *opensslCA {
 
 func (ca *opensslCA) path(name string) string { return filepath.Join(ca.dir, name) }
 
-func (ca *opensslCA) run(t *testing.T, args ...string) {
+func (ca *opensslCA) run(t testing.TB, args ...string) {
 	t.Helper()
 	cmd := exec.Command(ca.openssl, args...)
 	cmd.Dir = ca.dir
@@ -47,14 +47,14 @@ func (ca *opensslCA) run(t *testing.T, args ...string) {
 
 // Sign signs the PEM CSR in csr for a day and writes the certificate to
 // out, with `openssl x509 -req`.
-func (ca *opensslCA) Sign(t *testing.T, csr, out string) {
+func (ca *opensslCA) Sign(t testing.TB, csr, out string) {
 	t.Helper()
 	ca.run(t, "x509", "-req", "-in", csr, "-CA", ca.Cert, "-CAkey", ca.Key,
 		"-CAserial", ca.path("ca.srl"), "-CAcreateserial", "-days", "1", "-out", out)
 }
 
 // newKey makes an EC P-256 key and a CSR for cn; the key file is 0600.
-func (ca *opensslCA) newKey(t *testing.T, cn string) (csr, key string) {
+func (ca *opensslCA) newKey(t testing.TB, cn string) (csr, key string) {
 	t.Helper()
 	csr, key = ca.path(cn+".csr"), ca.path(cn+".key")
 	ca.run(t, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -68,7 +68,7 @@ func (ca *opensslCA) newKey(t *testing.T, cn string) (csr, key string) {
 
 // Client issues a client certificate for cn, valid for a day, and returns
 // the certificate and key files.
-func (ca *opensslCA) Client(t *testing.T, cn string) (cert, key string) {
+func (ca *opensslCA) Client(t testing.TB, cn string) (cert, key string) {
 	t.Helper()
 	csr, key := ca.newKey(t, cn)
 	cert = ca.path(cn + ".crt")

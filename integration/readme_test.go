@@ -219,7 +219,7 @@ type operator struct {
 	outputs   []string
 }
 
-func (op *operator) run(t *testing.T, args ...string) Result {
+func (op *operator) run(t testing.TB, args ...string) Result {
 	t.Helper()
 	res := RunWith(t, RunOptions{Dir: op.dir}, args...)
 	op.outputs = append(op.outputs, res.Stdout, res.Stderr)
@@ -228,7 +228,7 @@ func (op *operator) run(t *testing.T, args ...string) Result {
 
 // ok runs hsmbackup, which must succeed with no warning or error on
 // stderr (informational log lines are fine), and returns its stdout.
-func (op *operator) ok(t *testing.T, args ...string) string {
+func (op *operator) ok(t testing.TB, args ...string) string {
 	t.Helper()
 	res := op.run(t, args...)
 	if res.Code != 0 || strings.Contains(res.Stderr, "level=WARN") || strings.Contains(res.Stderr, "level=ERROR") {
@@ -289,7 +289,7 @@ func (op *operator) serialAt(addr string) string {
 
 // clusterEntry is the YAML of cluster-1 as activate's flags name its
 // files: what the README's comment before add-member lists.
-func (op *operator) clusterEntry(t *testing.T, activate []string, members ...string) string {
+func (op *operator) clusterEntry(t testing.TB, activate []string, members ...string) string {
 	t.Helper()
 	return fmt.Sprintf(`clusters:
   %s:
@@ -303,7 +303,7 @@ func (op *operator) clusterEntry(t *testing.T, activate []string, members ...str
 		flag(t, activate, "--cert"), flag(t, activate, "--key"), flag(t, activate, "--user"), flag(t, activate, "--password-file"))
 }
 
-func (op *operator) roots(t *testing.T, initCSR []string) string {
+func (op *operator) roots(t testing.TB, initCSR []string) string {
 	t.Helper()
 	return fmt.Sprintf("manufacturer_root: %s\noperator_root: %s\n",
 		flag(t, initCSR, "--manufacturer-root"), flag(t, initCSR, "--operator-root"))
@@ -329,7 +329,7 @@ func (op *operator) writeClusterYAML(t *testing.T, name string, activate, initCS
 // writeConfig writes the config of the README's backup lines as
 // docs/CLI.md describes it: a file store, the keyring and signing key the
 // lines before made, the roots and the cluster with both members.
-func (op *operator) writeConfig(t *testing.T, name string, activate, initCSR, create []string) {
+func (op *operator) writeConfig(t testing.TB, name string, activate, initCSR, create []string) {
 	t.Helper()
 	if flag(t, create, "--cluster") != flag(t, activate, "--cluster-id") {
 		t.Fatalf("README: backup create of cluster %s, but the cluster made by hand is %s", flag(t, create, "--cluster"), flag(t, activate, "--cluster-id"))
@@ -351,7 +351,7 @@ func (op *operator) writeConfig(t *testing.T, name string, activate, initCSR, cr
 		filepath.Join(op.dir, "store"), keyring, signingKey, publicKey)+op.roots(t, initCSR)+op.clusterEntry(t, activate, op.members...))
 }
 
-func (op *operator) writeFile(t *testing.T, name, data string) {
+func (op *operator) writeFile(t testing.TB, name, data string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(op.dir, name), []byte(data), 0o600); err != nil {
 		t.Fatal(err)
@@ -386,7 +386,7 @@ func (op *operator) checkNoPassword(t *testing.T) {
 }
 
 // readmeSection returns the text of README.md's "## title" section.
-func readmeSection(t *testing.T, title string) string {
+func readmeSection(t testing.TB, title string) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
@@ -405,7 +405,7 @@ func readmeSection(t *testing.T, title string) string {
 // readmeBlocks returns the commands of each ```sh block of README.md's
 // section title: continuation lines joined, comments and blank lines
 // dropped.
-func readmeBlocks(t *testing.T, title string) [][]string {
+func readmeBlocks(t testing.TB, title string) [][]string {
 	t.Helper()
 	var blocks [][]string
 	var cur []string
@@ -441,7 +441,7 @@ func readmeBlocks(t *testing.T, title string) [][]string {
 // that are one simple command: single and double quotes and backslashes;
 // a trailing & is a word of its own. Any other shell syntax fails t, as
 // the harness runs these commands itself.
-func shellWords(t *testing.T, line string) []string {
+func shellWords(t testing.TB, line string) []string {
 	t.Helper()
 	var words []string
 	var w strings.Builder
@@ -491,7 +491,7 @@ func shellWords(t *testing.T, line string) []string {
 }
 
 // flag returns the value of the flag name in args, failing t if absent.
-func flag(t *testing.T, args []string, name string) string {
+func flag(t testing.TB, args []string, name string) string {
 	t.Helper()
 	v := flagOr(args, name)
 	if v == "" {

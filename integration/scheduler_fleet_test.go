@@ -143,7 +143,7 @@ func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
 	return f
 }
 
-func (f *fleetEnv) writeConfig(t *testing.T) {
+func (f *fleetEnv) writeConfig(t testing.TB) {
 	t.Helper()
 	b, err := yaml.Marshal(f.cfg)
 	if err != nil {
@@ -157,7 +157,7 @@ func (f *fleetEnv) writeConfig(t *testing.T) {
 
 // cli runs hsmbackup --config with the fleet's environment; it must
 // succeed.
-func (f *fleetEnv) cli(t *testing.T, args ...string) string {
+func (f *fleetEnv) cli(t testing.TB, args ...string) string {
 	t.Helper()
 	res := RunWith(t, RunOptions{Env: f.env}, append([]string{"--config", f.config}, args...)...)
 	if res.Code != 0 {

@@ -2,7 +2,7 @@
 // RGW…) through minio-go; URL s3://BUCKET/PREFIX.
 //
 // Puts stream: a body of unknown length is read a part (Config.PartSize,
-// 16 MiB unless set) at a time, and each part uploads while the next one
+// 5 MiB unless set) at a time, and each part uploads while the next one
 // fills, so memory stays at two parts whatever the object's size; a body
 // under S3's smallest part (5 MiB) goes up in one PUT, a longer one as a
 // multipart upload whose first part is that smallest, so that the upload
@@ -60,8 +60,10 @@ const (
 // Part sizes.
 const (
 	// DefaultPartSize is the multipart part size when Config.PartSize is 0:
-	// the memory a streamed Put holds, and 10,000 parts of it make 156 GiB.
-	DefaultPartSize = 16 << 20
+	// S3's smallest, so that a streamed Put holds 10 MiB (two parts) and
+	// sends its first part early. 10,000 parts of it make 48.8 GiB, far
+	// beyond any HSM image (a million RSA-4096 keys are about 2.5 GB).
+	DefaultPartSize = MinPartSize
 	// MinPartSize is S3's smallest part (but the last).
 	MinPartSize = 5 << 20
 )
@@ -497,7 +499,7 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 	}
 	jobs := make(chan job)
 	free := make(chan []byte, 2)
-	free <- nil // the second buffer, made as the body comes
+	free <- make([]byte, 0, s.partSize) // the second buffer, at its size: no growing garbage
 	var parts []minio.CompletePart
 	uploaded := make(chan error, 1)
 	go func() {
