@@ -83,3 +83,55 @@ func BenchmarkKeyInFullHSM(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkImageMillion measures export and import of an HSM of raised
+// capacity holding 1,000,000 AES-256 keys, reporting image bytes per
+// second.
+func BenchmarkImageMillion(b *testing.B) {
+	mk := func() *Device {
+		d, _, err := Manufacture(filepath.Join(b.TempDir(), "hsm"), ManufactureConfig{Class: stdHW.class, Firmware: stdHW.firmware,
+			Capacity: 1 << 20, Manufacturer: authority(b, stdHW.mfr), Operator: authority(b, stdHW.op)}, TestOptions())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Close() })
+		return d
+	}
+	src := mk()
+	co, cu := initDevice(b, src)
+	specs := make([]hsmcore.KeySpec, 1_000_000)
+	for i := range specs {
+		specs[i] = hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Encrypt: true, Decrypt: true}
+	}
+	if _, err := cu.GenerateKeys(specs); err != nil {
+		b.Fatal(err)
+	}
+	img := exportImage(b, co)
+	b.Run("export", func(b *testing.B) {
+		b.SetBytes(int64(len(img)))
+		for b.Loop() {
+			_, r, err := co.ExportImage(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				b.Fatal(err)
+			}
+			r.Close()
+		}
+	})
+	b.Run("import", func(b *testing.B) {
+		dst := mk()
+		b.SetBytes(int64(len(img)))
+		for b.Loop() {
+			b.StopTimer()
+			dst.mu.Lock()
+			dst.st = newContents()
+			dst.mu.Unlock()
+			b.StartTimer()
+			if _, err := dst.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

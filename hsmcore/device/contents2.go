@@ -2,12 +2,14 @@ package device
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -144,41 +146,48 @@ func (rw *recordWriter) stamp(s stamp) {
 // every user by name, every token key by handle, and the last change of
 // every object by object name.
 func writeContents(w io.Writer, c *contents) error {
-	users := slices.Sorted(maps.Keys(c.Users))
-	var handles []uint64
-	for h, k := range c.Keys {
+	users := sortedValues(c.Users, func(u *userRecord) string { return u.Name })
+	keys := make([]*keyRecord, 0, len(c.Keys))
+	for _, k := range c.Keys {
 		if k.Token {
-			handles = append(handles, h)
+			keys = append(keys, k)
 		}
 	}
-	slices.Sort(handles)
-	objects := slices.Sorted(maps.Keys(c.Changes))
+	slices.SortFunc(keys, func(a, b *keyRecord) int { return cmp.Compare(a.Handle, b.Handle) })
+	changes := sortedValues(c.Changes, func(m *changeMeta) string { return m.Object })
 	if _, err := w.Write(contentsMagic); err != nil {
 		return err
 	}
 	rw := &recordWriter{w: w, b: make([]byte, 0, 4096)}
-	return rw.records(c, users, handles, objects)
+	return rw.records(c, users, keys, changes)
+}
+
+// sortedValues returns m's values ordered by the string key of each.
+func sortedValues[K comparable, V any](m map[K]V, key func(V) string) []V {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b V) int { return strings.Compare(key(a), key(b)) })
+	return out
 }
 
 // records writes the header of c, counting the given records, then the
-// user, key and change records named, in their order.
-func (rw *recordWriter) records(c *contents, users []string, handles []uint64, objects []string) error {
-	if err := rw.header(c, len(users), len(handles), len(objects)); err != nil {
+// user, key and change records given, in their order.
+func (rw *recordWriter) records(c *contents, users []*userRecord, keys []*keyRecord, changes []*changeMeta) error {
+	if err := rw.header(c, len(users), len(keys), len(changes)); err != nil {
 		return fmt.Errorf("contents header: %w", err)
 	}
-	for _, name := range users {
-		if err := rw.user(c.Users[name]); err != nil {
-			return fmt.Errorf("user %s: %w", name, err)
+	for _, u := range users {
+		if err := rw.user(u); err != nil {
+			return fmt.Errorf("user %s: %w", u.Name, err)
 		}
 	}
-	for _, h := range handles {
-		if err := rw.key(c.Keys[h]); err != nil {
-			return fmt.Errorf("key %d: %w", h, err)
+	for _, k := range keys {
+		if err := rw.key(k); err != nil {
+			return fmt.Errorf("key %d: %w", k.Handle, err)
 		}
 	}
-	for _, o := range objects {
-		if err := rw.change(c.Changes[o]); err != nil {
-			return fmt.Errorf("change of %s: %w", o, err)
+	for _, m := range changes {
+		if err := rw.change(m); err != nil {
+			return fmt.Errorf("change of %s: %w", m.Object, err)
 		}
 	}
 	return nil

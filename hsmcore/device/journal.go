@@ -258,10 +258,19 @@ func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
 	var buf bytes.Buffer
 	buf.Write(deltaMagic)
 	rw := &recordWriter{w: &buf, b: make([]byte, 0, 4096)}
-	if err := rw.records(next, users, handles, objects); err != nil {
+	if err := rw.records(next, values(next.Users, users), values(next.Keys, handles), values(next.Changes, objects)); err != nil {
 		return nil, false, err
 	}
 	return buf.Bytes(), true, nil
+}
+
+// values returns m's values for keys, in their order.
+func values[K comparable, V any](m map[K]V, keys []K) []V {
+	out := make([]V, len(keys))
+	for i, k := range keys {
+		out[i] = m[k]
+	}
+	return out
 }
 
 func allZero(b []byte) bool {

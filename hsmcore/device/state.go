@@ -260,7 +260,9 @@ func (d *Device) writeState(c *contents) (nonce []byte, size int64, digest [32]b
 	nonce = make([]byte, d.seal.NonceSize())
 	rand.Read(nonce)
 	head := len(sealMagic) + len(nonce)
-	buf := bytes.NewBuffer(make([]byte, 0, int(d.baseSize)+head+d.seal.Overhead()+4096))
+	// Room for the state as it was, or as its records suggest.
+	hint := max(int(d.baseSize), 128*len(c.Keys)+96*len(c.Changes))
+	buf := bytes.NewBuffer(make([]byte, 0, hint+head+d.seal.Overhead()+4096))
 	buf.Write(sealMagic)
 	buf.Write(nonce)
 	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
