@@ -152,18 +152,11 @@ func RunWith(tb testing.TB, opts RunOptions, args ...string) Result {
 // pid's resident set (VmHWM; the rusage of a child also counts what it
 // shared with this process before its exec).
 func watchPeak(pid int, peak *atomic.Int64, done <-chan struct{}) {
-	path := fmt.Sprintf("/proc/%d/status", pid)
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if b, err := os.ReadFile(path); err == nil {
-			for _, line := range strings.Split(string(b), "\n") {
-				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-					if kib, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil && kib<<10 > peak.Load() {
-						peak.Store(kib << 10)
-					}
-				}
-			}
+		if n := peakRSS(pid); n > peak.Load() {
+			peak.Store(n)
 		}
 		select {
 		case <-done:
@@ -171,6 +164,28 @@ func watchPeak(pid int, peak *atomic.Int64, done <-chan struct{}) {
 		case <-t.C:
 		}
 	}
+}
+
+// peakRSS is process pid's VmHWM in bytes, 0 if it cannot be read.
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kib, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kib << 10
+		}
+	}
+	return 0
+}
+
+// DaemonPeakRSS is the peak resident set, in bytes, of the daemon on addr
+// so far.
+func DaemonPeakRSS(tb testing.TB, addr string) int64 {
+	tb.Helper()
+	return peakRSS(lookup(tb, addr).cmd.Process.Pid)
 }
 
 // daemon is one `hsmbackup hsm serve` process.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -21,7 +22,8 @@ import (
 // HSM of 16,666 and one of 1,000,000 AES-256 keys, and reports for each
 // the CLI process's peak RSS for the backup and for the restore, their
 // wall times and the plain PutObject and GetObject of the same object,
-// timed in the same run. The pipeline's memory must not grow with the
+// timed in the same run, and the restored HSM daemon's peak RSS against
+// the size of its sealed state. The pipeline's memory must not grow with the
 // image: both peaks stay where the small image's are.
 func BenchmarkImageScale(b *testing.B) {
 	for _, n := range []int{16_666, 1_000_000} {
@@ -75,6 +77,12 @@ func BenchmarkImageScale(b *testing.B) {
 				if rres.Code != 0 {
 					b.Fatalf("restore: %s", rres)
 				}
+				st, err := os.Stat(filepath.Join(c.dir, fmt.Sprintf("target-%d", i), "device.sealed"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(DaemonPeakRSS(b, target))/(1<<20), "target-HSM-RSS-MiB")
+				b.ReportMetric(float64(st.Size())/(1<<20), "target-state-MiB")
 				b.ReportMetric(float64(oi.Size)/(1<<20), "object-MiB")
 				b.ReportMetric(float64(res.MaxRSS)/(1<<20), "backup-RSS-MiB")
 				b.ReportMetric(float64(rres.MaxRSS)/(1<<20), "restore-RSS-MiB")
