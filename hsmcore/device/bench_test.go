@@ -17,8 +17,14 @@ func BenchmarkImage(b *testing.B) {
 	src := newDevice(b, stdHW)
 	co, cu := initDevice(b, src)
 	fillKeys(b, cu, DefaultCapacity)
+	benchImage(b, "-16666-keys", co, func() *Device { return newDevice(b, stdHW) })
+}
+
+// benchImage measures export by co's device and import into a device
+// fresh makes, reporting image bytes per second.
+func benchImage(b *testing.B, suffix string, co *Session, fresh func() *Device) {
 	img := exportImage(b, co)
-	b.Run("export-16666-keys", func(b *testing.B) {
+	b.Run("export"+suffix, func(b *testing.B) {
 		b.SetBytes(int64(len(img)))
 		for b.Loop() {
 			_, r, err := co.ExportImage(context.Background())
@@ -31,8 +37,8 @@ func BenchmarkImage(b *testing.B) {
 			r.Close()
 		}
 	})
-	b.Run("import-16666-keys", func(b *testing.B) {
-		dst := newDevice(b, stdHW)
+	b.Run("import"+suffix, func(b *testing.B) {
+		dst := fresh()
 		b.SetBytes(int64(len(img)))
 		for b.Loop() {
 			b.StopTimer()
@@ -106,32 +112,5 @@ func BenchmarkImageMillion(b *testing.B) {
 	if _, err := cu.GenerateKeys(specs); err != nil {
 		b.Fatal(err)
 	}
-	img := exportImage(b, co)
-	b.Run("export", func(b *testing.B) {
-		b.SetBytes(int64(len(img)))
-		for b.Loop() {
-			_, r, err := co.ExportImage(context.Background())
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				b.Fatal(err)
-			}
-			r.Close()
-		}
-	})
-	b.Run("import", func(b *testing.B) {
-		dst := mk()
-		b.SetBytes(int64(len(img)))
-		for b.Loop() {
-			b.StopTimer()
-			dst.mu.Lock()
-			dst.st = newContents()
-			dst.mu.Unlock()
-			b.StartTimer()
-			if _, err := dst.claimImport(context.Background(), bytes.NewReader(img)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	benchImage(b, "", co, mk)
 }
