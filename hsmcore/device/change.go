@@ -143,7 +143,7 @@ func (d *Device) record(next *contents, s *Session, op, object string) {
 	seq := next.Clock[d.id.Serial] + 1
 	next.Clock[d.id.Serial] = seq
 	m := &changeMeta{Object: object, Stamp: stamp{Origin: d.id.Serial, Seq: seq}, Op: op}
-	if old := next.Changes[object]; old != nil {
+	if old := next.Changes.Get(object); old != nil {
 		prev := old.Stamp
 		m.Prev = &prev
 	}
@@ -154,7 +154,7 @@ func (d *Device) record(next *contents, s *Session, op, object string) {
 		}
 		s.proof = nil // approvals of an operation that is not replicated (image export) go nowhere
 	}
-	next.Changes[object] = m
+	next.Changes.Set(object, m)
 }
 
 // State returns the device's state digest (StateDigest) and version:
@@ -214,7 +214,7 @@ func (s *Session) ExportChanges(since uint64, to string) ([][]byte, uint64, erro
 		return nil, 0, fmt.Errorf("export changes: %w", err)
 	}
 	var metas []*changeMeta
-	for _, m := range d.st.Changes {
+	for _, m := range d.st.Changes.All() {
 		if m.Stamp.Origin == d.id.Serial && m.Stamp.Seq > since {
 			metas = append(metas, m)
 		}
@@ -268,7 +268,7 @@ func (c *contents) objectRecord(object string) ([]byte, error) {
 		}
 	default:
 		h, _ := strconv.ParseUint(object[len("key:"):], 10, 64)
-		if k := c.Keys[h]; k != nil {
+		if k := c.Keys.Get(h); k != nil {
 			v = k
 		}
 	}
@@ -487,7 +487,7 @@ func (s *Session) importChange(next *contents, rec []byte) (string, error) {
 		return refuse("stale", fmt.Errorf("change %d, but the next from %s is %d (replayed, or changes were missed): %w", b.Meta.Stamp.Seq, origin.Serial, want, hsmcore.ErrConflict))
 	}
 	var held *stamp
-	if m := next.Changes[object]; m != nil {
+	if m := next.Changes.Get(object); m != nil {
 		held = &m.Stamp
 	}
 	if !equalStamp(held, b.Meta.Prev) {
@@ -507,7 +507,7 @@ func (s *Session) importChange(next *contents, rec []byte) (string, error) {
 		return refuse("denied", err)
 	}
 	meta := b.Meta
-	next.Changes[object] = &meta
+	next.Changes.Set(object, &meta)
 	next.Clock[origin.Serial] = meta.Stamp.Seq
 	return fmt.Sprintf("%s %s from %s/%d", meta.Op, object, meta.Stamp.Origin, meta.Stamp.Seq), nil
 }

@@ -124,14 +124,14 @@ func (s *Session) applyUser(next *contents, m *changeMeta, name string, plain []
 // removeUser deletes user name from c, unsharing the keys shared with it;
 // a user who owns keys cannot be deleted.
 func removeUser(c *contents, name string) error {
-	for h, k := range c.Keys {
+	for h, k := range c.Keys.All() {
 		if k.Owner == name {
 			return fmt.Errorf("delete user %s: still owns key %d: %w", name, h, hsmcore.ErrInvalid)
 		}
 		if slices.Contains(k.SharedWith, name) {
 			nk := k.clone()
 			nk.SharedWith = slices.DeleteFunc(nk.SharedWith, func(u string) bool { return u == name })
-			c.Keys[h] = nk
+			c.Keys.Set(h, nk)
 		}
 	}
 	delete(c.Users, name)
@@ -139,7 +139,7 @@ func removeUser(c *contents, name string) error {
 }
 
 func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte) error {
-	old := next.Keys[h]
+	old := next.Keys.Get(h)
 	if old != nil && !old.Token {
 		old = nil
 	}
@@ -150,7 +150,7 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 		if old == nil || old.Owner != s.user {
 			return fmt.Errorf("delete key %d: not a key of yours: %w", h, hsmcore.ErrPermission)
 		}
-		delete(next.Keys, h)
+		next.Keys.Delete(h)
 		return nil
 	}
 	k := new(keyRecord)
@@ -162,13 +162,13 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 		if err := s.requireRole(m.Op, hsmcore.CryptoUser); err != nil {
 			return err
 		}
-		if old != nil || next.Keys[h] != nil {
+		if old != nil || next.Keys.Get(h) != nil {
 			return fmt.Errorf("key %d exists here: %w", h, hsmcore.ErrConflict)
 		}
 		if k.Owner != s.user || len(k.SharedWith) > 0 || k.Trusted || k.Local != (m.Op == "key.create") {
 			return fmt.Errorf("%s: key %d: a new key is its creator's, unshared, untrusted: %w", m.Op, h, hsmcore.ErrPermission)
 		}
-		if len(next.Keys) >= s.d.capacity {
+		if next.Keys.Len() >= s.d.capacity {
 			return fmt.Errorf("%s: %w", m.Op, hsmcore.ErrFull)
 		}
 		if next.NextHandle <= h {
@@ -199,14 +199,14 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 				return err
 			}
 		}
-		delete(next.Keys, h)
+		next.Keys.Delete(h)
 	default:
 		return fmt.Errorf("%s is not a change of a key: %w", m.Op, hsmcore.ErrInvalid)
 	}
 	if err := k.check(next); err != nil {
 		return fmt.Errorf("%s: %v: %w", m.Op, err, hsmcore.ErrMalformed)
 	}
-	next.Keys[h] = k
+	next.Keys.Set(h, k)
 	return nil
 }
 

@@ -147,14 +147,18 @@ func (rw *recordWriter) stamp(s stamp) {
 // every object by object name.
 func writeContents(w io.Writer, c *contents) error {
 	users := sortedValues(c.Users, func(u *userRecord) string { return u.Name })
-	keys := make([]*keyRecord, 0, len(c.Keys))
-	for _, k := range c.Keys {
+	keys := make([]*keyRecord, 0, c.Keys.Len())
+	for _, k := range c.Keys.All() {
 		if k.Token {
 			keys = append(keys, k)
 		}
 	}
 	slices.SortFunc(keys, func(a, b *keyRecord) int { return cmp.Compare(a.Handle, b.Handle) })
-	changes := sortedValues(c.Changes, func(m *changeMeta) string { return m.Object })
+	changes := make([]*changeMeta, 0, c.Changes.Len())
+	for _, m := range c.Changes.All() {
+		changes = append(changes, m)
+	}
+	slices.SortFunc(changes, func(a, b *changeMeta) int { return strings.Compare(a.Object, b.Object) })
 	if _, err := w.Write(contentsMagic); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
@@ -213,64 +215,60 @@ func (d *Device) openJournal(base []byte) error {
 // encodeDelta returns the journal entry that turns old into next: next's
 // header, then the users, token keys and changes that are new or replaced
 // (records are never modified in place, so a replaced one is another
-// pointer). ok is false when next deletes a user, a token key or a
-// change, or replaces most of the state: such a change writes a new base.
+// pointer; and only the shards a change copied can hold one). ok is false
+// when next deletes a user, a token key or a change, or replaces most of
+// the state: such a change writes a new base.
 func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
-	var users []string
+	var users []*userRecord
 	for name, u := range next.Users {
 		if old.Users[name] != u {
-			users = append(users, name)
+			users = append(users, u)
 		}
 	}
-	var handles []uint64
-	tokens := 0
-	for h, k := range next.Keys {
-		if !k.Token {
-			continue
-		}
-		tokens++
-		if old.Keys[h] != k {
-			handles = append(handles, h)
+	for name := range old.Users {
+		if next.Users[name] == nil {
+			return nil, false, nil // deleted
 		}
 	}
-	var objects []string
-	for o, m := range next.Changes {
-		if old.Changes[o] != m {
-			objects = append(objects, o)
+	var keys []*keyRecord
+	for now, was := range next.Keys.changed(&old.Keys) {
+		for h, k := range now {
+			if k.Token && was[h] != k {
+				keys = append(keys, k)
+			}
+		}
+		for h, k := range was {
+			if k.Token && now[h] == nil {
+				return nil, false, nil // deleted
+			}
 		}
 	}
-	next.tokens = tokens + 1 // known from now on, for the next delta
-	added := 0
-	for _, h := range handles {
-		if o := old.Keys[h]; o == nil || !o.Token {
-			added++
+	var changes []*changeMeta
+	for now, was := range next.Changes.changed(&old.Changes) {
+		for o, m := range now {
+			if was[o] != m {
+				changes = append(changes, m)
+			}
+		}
+		for o := range was {
+			if now[o] == nil {
+				return nil, false, nil // deleted
+			}
 		}
 	}
-	if len(next.Users) != len(old.Users)+countNew(old.Users, users) || tokens != tokenKeys(old)+added || len(next.Changes) != len(old.Changes)+countNew(old.Changes, objects) {
-		return nil, false, nil // something was deleted
-	}
-	if n := len(handles) + len(objects); n > 1024 && n > (tokens+len(next.Changes))/4 {
+	if n := len(keys) + len(changes); n > 1024 && n > (next.Keys.Len()+next.Changes.Len())/4 {
 		return nil, false, nil // most of the state: a new base is as cheap
 	}
-	slices.Sort(users)
-	slices.Sort(handles)
-	slices.Sort(objects)
+	slices.SortFunc(users, func(a, b *userRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(keys, func(a, b *keyRecord) int { return cmp.Compare(a.Handle, b.Handle) })
+	slices.SortFunc(changes, func(a, b *changeMeta) int { return strings.Compare(a.Object, b.Object) })
 	var buf bytes.Buffer
 	buf.Write(deltaMagic)
 	rw := &recordWriter{w: &buf, b: make([]byte, 0, 4096)}
-	if err := rw.records(next, values(next.Users, users), values(next.Keys, handles), values(next.Changes, objects)); err != nil {
+	if err := rw.records(next, users, keys, changes); err != nil {
 		return nil, false, err
 	}
 	return buf.Bytes(), true, nil
-}
-
-// values returns m's values for keys, in their order.
-func values[K comparable, V any](m map[K]V, keys []K) []V {
-	out := make([]V, len(keys))
-	for i, k := range keys {
-		out[i] = m[k]
-	}
-	return out
 }
 
 func allZero(b []byte) bool {
@@ -282,23 +280,10 @@ func allZero(b []byte) bool {
 	return true
 }
 
-func countNew[K comparable, V any](old map[K]V, keys []K) int {
-	n := 0
-	for _, k := range keys {
-		if _, ok := old[k]; !ok {
-			n++
-		}
-	}
-	return n
-}
-
 // tokenKeys counts c's token keys (session keys are never stored).
 func tokenKeys(c *contents) int {
-	if c.tokens > 0 {
-		return c.tokens - 1
-	}
 	n := 0
-	for _, k := range c.Keys {
+	for _, k := range c.Keys.All() {
 		if k.Token {
 			n++
 		}

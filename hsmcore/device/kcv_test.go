@@ -23,11 +23,11 @@ func asLegacy(d *Device) *contents {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	next := d.st.clone()
-	for h, k := range next.Keys {
+	for h, k := range next.Keys.All() {
 		if k.Type == hsmcore.GenericSecret && k.Bits < minCheckedSecretBits {
 			nk := k.clone()
 			nk.KCV = sha1KCV(k.Material)
-			next.Keys[h] = nk
+			next.Keys.Set(h, nk)
 		}
 	}
 	return next

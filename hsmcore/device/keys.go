@@ -267,7 +267,7 @@ func (k *keyRecord) check(c *contents) error {
 	if k.Handle == 0 || k.Handle >= c.NextHandle {
 		return fmt.Errorf("key handle %d outside 1..%d", k.Handle, c.NextHandle-1)
 	}
-	if c.Keys[k.Handle] != nil {
+	if c.Keys.Get(k.Handle) != nil {
 		return fmt.Errorf("duplicate key handle %d", k.Handle)
 	}
 	if !k.Token {
@@ -353,9 +353,9 @@ func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcor
 	if err := s.check(op, hsmcore.CryptoUser); err != nil {
 		return nil, err
 	}
-	if len(d.st.Keys)+len(recs) > d.capacity {
+	if d.st.Keys.Len()+len(recs) > d.capacity {
 		d.audit(s.user, op, "", "full")
-		return nil, fmt.Errorf("%s: %d keys would exceed capacity %d: %w", op, len(d.st.Keys)+len(recs), d.capacity, hsmcore.ErrFull)
+		return nil, fmt.Errorf("%s: %d keys would exceed capacity %d: %w", op, d.st.Keys.Len()+len(recs), d.capacity, hsmcore.ErrFull)
 	}
 	next := d.st.clone()
 	token := false
@@ -371,7 +371,7 @@ func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcor
 			k.session = s
 		}
 		token = token || k.Token
-		next.Keys[k.Handle] = k
+		next.Keys.Set(k.Handle, k)
 		if k.Token {
 			d.record(next, s, op, keyObject(k.Handle))
 		}
@@ -407,7 +407,7 @@ func handleRange(recs []*keyRecord) string {
 // usableKey returns key h if the session's crypto user owns it or it is
 // shared with them. The caller holds d.mu and has checked the session.
 func (s *Session) usableKey(op string, h uint64) (*keyRecord, error) {
-	k := s.d.st.Keys[h]
+	k := s.d.st.Keys.Get(h)
 	if k == nil || (k.Owner != s.user && !slices.Contains(k.SharedWith, s.user)) {
 		s.d.audit(s.user, op, fmt.Sprint(h), "denied")
 		return nil, fmt.Errorf("%s: key %d: %w", op, h, hsmcore.ErrNotFound)
@@ -441,7 +441,7 @@ func (s *Session) Key(h uint64) (hsmcore.KeyInfo, error) {
 		return hsmcore.KeyInfo{}, err
 	}
 	if s.role == hsmcore.CryptoOfficer {
-		if k := d.st.Keys[h]; k != nil && k.Token {
+		if k := d.st.Keys.Get(h); k != nil && k.Token {
 			return k.info(), nil
 		}
 		return hsmcore.KeyInfo{}, fmt.Errorf("key %d: %w", h, hsmcore.ErrNotFound)
@@ -462,7 +462,7 @@ func (s *Session) Keys() ([]hsmcore.KeyInfo, error) {
 		return nil, err
 	}
 	var out []hsmcore.KeyInfo
-	for _, k := range d.st.Keys {
+	for _, k := range d.st.Keys.All() {
 		visible := k.Token && s.role == hsmcore.CryptoOfficer ||
 			s.role == hsmcore.CryptoUser && (k.Owner == s.user || slices.Contains(k.SharedWith, s.user)) && (k.Token || k.session == s)
 		if visible {
@@ -504,10 +504,10 @@ func (s *Session) commitKey(op string, k *keyRecord, change func(k *keyRecord) (
 	}
 	next := d.st.clone()
 	if nk == nil {
-		delete(next.Keys, k.Handle)
+		next.Keys.Delete(k.Handle)
 	} else {
 		nk.session = k.session
-		next.Keys[k.Handle] = nk
+		next.Keys.Set(k.Handle, nk)
 	}
 	if k.Token {
 		d.record(next, s, op, keyObject(k.Handle))
@@ -583,7 +583,7 @@ func (s *Session) SetTrusted(h uint64, trusted bool) error {
 	if err := s.check("key.trust", hsmcore.CryptoOfficer); err != nil {
 		return err
 	}
-	k := d.st.Keys[h]
+	k := d.st.Keys.Get(h)
 	if k == nil || !k.Token {
 		return fmt.Errorf("key.trust: key %d: %w", h, hsmcore.ErrNotFound)
 	}

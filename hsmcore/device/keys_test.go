@@ -31,7 +31,7 @@ func keyMaterial(t testing.TB, d *Device, h uint64) []byte {
 	t.Helper()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	k := d.st.Keys[h]
+	k := d.st.Keys.Get(h)
 	if k == nil {
 		t.Fatalf("no key %d in the device", h)
 	}
@@ -42,13 +42,13 @@ func keyMaterial(t testing.TB, d *Device, h uint64) []byte {
 func hasKey(d *Device, h uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.st.Keys[h] != nil
+	return d.st.Keys.Get(h) != nil
 }
 
 func keyCount(d *Device) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.st.Keys)
+	return d.st.Keys.Len()
 }
 
 func mustGenerateKey(t testing.TB, s *Session, spec hsmcore.KeySpec) hsmcore.KeyInfo {

@@ -251,7 +251,7 @@ func TestMechanismsOpenSSL(t *testing.T) {
 	material := func(h uint64) []byte {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return bytes.Clone(d.st.Keys[h].Material)
+		return bytes.Clone(d.st.Keys.Get(h).Material)
 	}
 	run := func(in []byte, args ...string) []byte {
 		t.Helper()

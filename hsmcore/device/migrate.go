@@ -249,7 +249,7 @@ func (s *Session) ExportBundle(offer hsmcore.TransportOffer, opRoots *x509.CertP
 	seen := map[uint64]bool{}
 	for _, h := range handles {
 		r := hsmcore.Migrated{Source: h, Result: hsmcore.Moved}
-		k := d.st.Keys[h]
+		k := d.st.Keys.Get(h)
 		switch {
 		case seen[h]:
 			return nil, nil, fmt.Errorf("export bundle: key %d listed twice: %w", h, hsmcore.ErrInvalid)
@@ -341,7 +341,7 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 
 	d.mu.Lock()
 	held := map[[2]string]uint64{} // by origin and check value
-	for h, k := range d.st.Keys {
+	for h, k := range d.st.Keys.All() {
 		if k.Token && k.Owner == s.user && k.Origin != "" {
 			held[[2]string{k.Origin, k.KCV}] = h
 		}

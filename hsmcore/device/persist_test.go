@@ -212,7 +212,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 	}
 	secrets := [][]byte{d.mkbk, d.akbk, d.pbk, sealKey, d.deviceKey.D.Bytes(), d.claim}
 	d.mu.Lock()
-	for _, k := range d.st.Keys {
+	for _, k := range d.st.Keys.All() {
 		secrets = append(secrets, k.Material)
 	}
 	for _, u := range d.st.Users {

@@ -28,26 +28,24 @@ type contents struct {
 	Quorum     quorum.Policy  // operations that need M-of-N approval
 	NextHandle uint64
 	Users      map[string]*userRecord
-	Keys       map[uint64]*keyRecord
+	Keys       cowMap[uint64, *keyRecord]
 
 	// Replication (change.go): the cluster's members, the last change of
 	// every object (deleted ones included) and, per member, the last of its
 	// changes this state holds.
 	Members []memberRecord
-	Changes map[string]*changeMeta
+	Changes cowMap[string, *changeMeta]
 	Clock   map[string]uint64
-
-	tokens int // 1 + the number of token keys, once counted; 0: not yet
 }
 
 func newContents() *contents {
-	return &contents{NextHandle: 1, Users: map[string]*userRecord{}, Keys: map[uint64]*keyRecord{},
-		Changes: map[string]*changeMeta{}, Clock: map[string]uint64{}}
+	return &contents{NextHandle: 1, Users: map[string]*userRecord{}, Keys: newKeyMap(),
+		Changes: newChangeMap(), Clock: map[string]uint64{}}
 }
 
 func (c *contents) clone() *contents {
-	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: maps.Clone(c.Keys),
-		Members: slices.Clone(c.Members), Changes: maps.Clone(c.Changes), Clock: maps.Clone(c.Clock)}
+	return &contents{Cluster: c.Cluster, Quorum: c.Quorum, NextHandle: c.NextHandle, Users: maps.Clone(c.Users), Keys: c.Keys.clone(),
+		Members: slices.Clone(c.Members), Changes: c.Changes.clone(), Clock: maps.Clone(c.Clock)}
 }
 
 // Limits of the state records; an image or sealed file that breaks them is
@@ -178,7 +176,7 @@ func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) e
 			return err
 		}
 		if delta {
-			delete(c.Keys, k.Handle) // the key's new record replaces its old one
+			c.Keys.Delete(k.Handle) // the key's new record replaces its old one
 		}
 		kcv, bits := k.KCV, k.Bits
 		if err := k.check(c); err != nil {
@@ -189,7 +187,7 @@ func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) e
 		if version == 2 && (k.KCV != kcv || k.Bits != bits) {
 			return fmt.Errorf("record %d: key %d: check value or size differs from its material: %w", src.record(), k.Handle, hsmcore.ErrMalformed)
 		}
-		c.Keys[k.Handle] = k
+		c.Keys.Set(k.Handle, k)
 	}
 	c.Members = h.Members
 	c.Clock = h.Clock
@@ -204,10 +202,10 @@ func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) e
 		if err := m.check(); err != nil {
 			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
-		if (c.Changes[m.Object] != nil && !delta) || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
+		if (c.Changes.Get(m.Object) != nil && !delta) || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
 			return fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", src.record(), hsmcore.ErrMalformed)
 		}
-		c.Changes[m.Object] = m
+		c.Changes.Set(m.Object, m)
 	}
 	if delta {
 		if n := tokenKeys(c); n > maxKeys {
@@ -261,7 +259,7 @@ func (d *Device) writeState(c *contents) (nonce []byte, size int64, digest [32]b
 	rand.Read(nonce)
 	head := len(sealMagic) + len(nonce)
 	// Room for the state as it was, or as its records suggest.
-	hint := max(int(d.baseSize), 128*len(c.Keys)+96*len(c.Changes))
+	hint := max(int(d.baseSize), 128*c.Keys.Len()+96*c.Changes.Len())
 	buf := bytes.NewBuffer(make([]byte, 0, hint+head+d.seal.Overhead()+4096))
 	buf.Write(sealMagic)
 	buf.Write(nonce)

@@ -122,7 +122,7 @@ func (d *Device) Initialized() bool {
 func (d *Device) Counts() (keys, users int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, k := range d.st.Keys {
+	for _, k := range d.st.Keys.All() {
 		if k.Token {
 			keys++
 		}
@@ -222,12 +222,12 @@ func (s *Session) Logout() {
 	}
 	s.ended = true
 	var next *contents
-	for h, k := range d.st.Keys {
+	for h, k := range d.st.Keys.All() {
 		if k.session == s {
 			if next == nil {
 				next = d.st.clone()
 			}
-			delete(next.Keys, h)
+			next.Keys.Delete(h)
 		}
 	}
 	if next != nil {
@@ -355,7 +355,7 @@ func (s *Session) Inventory(maxKeys int) (hsmcore.Inventory, error) {
 		return inv, nil
 	}
 	inv.Keys = make([]hsmcore.KeyRef, 0, inv.KeyCount)
-	for h, k := range d.st.Keys {
+	for h, k := range d.st.Keys.All() {
 		if k.Token {
 			inv.Keys = append(inv.Keys, hsmcore.KeyRef{Handle: h, KCV: k.KCV})
 		}

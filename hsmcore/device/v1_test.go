@@ -25,14 +25,18 @@ import (
 func writeContentsV1(w io.Writer, c *contents) error {
 	users := slices.Sorted(maps.Keys(c.Users))
 	var handles []uint64
-	for h, k := range c.Keys {
+	for h, k := range c.Keys.All() {
 		if k.Token {
 			handles = append(handles, h)
 		}
 	}
 	slices.Sort(handles)
 	enc := json.NewEncoder(w)
-	objects := slices.Sorted(maps.Keys(c.Changes))
+	var objects []string
+	for o := range c.Changes.All() {
+		objects = append(objects, o)
+	}
+	slices.Sort(objects)
 	h := contentsHeader{Format: contentsFormat1, Cluster: c.Cluster, Quorum: policyOrNil(c.Quorum), NextHandle: c.NextHandle, Users: len(users), Keys: len(handles),
 		Members: c.Members, Changes: len(objects)}
 	if len(c.Clock) > 0 {
@@ -47,12 +51,12 @@ func writeContentsV1(w io.Writer, c *contents) error {
 		}
 	}
 	for _, h := range handles {
-		if err := enc.Encode(c.Keys[h]); err != nil {
+		if err := enc.Encode(c.Keys.Get(h)); err != nil {
 			return err
 		}
 	}
 	for _, o := range objects {
-		if err := enc.Encode(c.Changes[o]); err != nil {
+		if err := enc.Encode(c.Changes.Get(o)); err != nil {
 			return err
 		}
 	}

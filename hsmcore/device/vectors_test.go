@@ -139,7 +139,7 @@ func writeImageVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.Handle = 1
-	c.Keys[1] = k
+	c.Keys.Set(1, k)
 
 	ebk := bytes.Repeat([]byte{0x44}, 32)
 	wrapped, err := keywrap.Wrap(src.pbk, ebk)
