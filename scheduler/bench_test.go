@@ -48,6 +48,7 @@ func (j *copyJobs) Backup(ctx context.Context, cluster string, commit func(conte
 	m.ID = string(id)
 	m.Inventory = nil
 	repo := j.t.repo
+	m.Location = store.KeyPrefix(repo.Store) + repo.ObjectKey(cluster, m.ID, "") // where it is written, as backup.Create binds it
 	if err := repo.Store.Put(ctx, repo.ObjectKey(cluster, m.ID, backup.ImageObject), bytes.NewReader(j.image), store.PutOptions{CreateOnly: true}); err != nil {
 		return BackupResult{}, err
 	}
@@ -108,6 +109,7 @@ func benchFleet(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	runtime.GC()
+	goroutines := runtime.NumGoroutine()
 	resetPeakRSS()
 	stopPeak := samplePeak()
 	start := time.Now()
@@ -125,12 +127,21 @@ func benchFleet(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	goPeak := stopPeak()
+	// Every cluster's goroutines end with the run: none is left per cluster.
+	left := runtime.NumGoroutine()
+	for deadline := time.Now().Add(2 * time.Second); left > goroutines+8 && time.Now().Before(deadline); left = runtime.NumGoroutine() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if left > goroutines+8 {
+		b.Fatalf("%d goroutines after the run of %d clusters, %d before", left, n, goroutines)
+	}
 	if ms, err := backup.List(context.Background(), j.t.repo, backup.Filter{}); err != nil || len(ms) != n {
 		b.Fatalf("%d backups of %d clusters (%v)", len(ms), n, err)
 	}
 	b.ReportMetric(wall.Seconds(), "wall-s")
 	b.ReportMetric(float64(n)/wall.Seconds(), "clusters/s")
 	b.ReportMetric(float64(goPeak)/(1<<20), "peak-go-MiB")
+	b.ReportMetric(float64(left-goroutines), "goroutines-left")
 	if rss := peakRSS(); rss > 0 {
 		b.ReportMetric(float64(rss)/(1<<20), "peak-rss-MiB")
 	}
