@@ -51,9 +51,11 @@ vet:
 	GO=$(GO) ./scripts/layering.sh
 
 # test: all tests, with the race detector; a test that would skip for a
-# missing component fails instead.
+# missing component fails instead. Then every benchmark once, with -short
+# (smaller sizes): not to time them, only to keep them working.
 test: tools vet
 	HSMBACKUP_TEST_DISALLOW_SKIP=1 $(GO) test -race -count=1 ./...
+	HSMBACKUP_TEST_DISALLOW_SKIP=1 $(GO) test -short -count=1 -run '^$$' -bench . -benchtime 1x ./...
 
 # fuzz: every fuzz target for FUZZTIME each (scripts/fuzz.sh).
 fuzz:
