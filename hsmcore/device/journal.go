@@ -280,17 +280,6 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// tokenKeys counts c's token keys (session keys are never stored).
-func tokenKeys(c *contents) int {
-	n := 0
-	for _, k := range c.Keys.All() {
-		if k.Token {
-			n++
-		}
-	}
-	return n
-}
-
 // applyDelta applies a journal entry's delta to c, checking every record
 // as readContents does.
 func applyDelta(c *contents, delta []byte, maxKeys int) error {

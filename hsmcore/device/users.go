@@ -363,3 +363,14 @@ func (s *Session) Inventory(maxKeys int) (hsmcore.Inventory, error) {
 	slices.SortFunc(inv.Keys, func(a, b hsmcore.KeyRef) int { return cmp.Compare(a.Handle, b.Handle) })
 	return inv, nil
 }
+
+// tokenKeys counts c's token keys (session keys are never stored).
+func tokenKeys(c *contents) int {
+	n := 0
+	for _, k := range c.Keys.All() {
+		if k.Token {
+			n++
+		}
+	}
+	return n
+}
