@@ -69,13 +69,9 @@ func inventoryOf(hi hsmcore.Inventory) *Inventory {
 	slices.SortFunc(ks, func(a, b hsmcore.KeyRef) int { return cmp.Compare(a.Handle, b.Handle) })
 	inv.KeyCount = hi.KeyCount
 	if len(ks) == hi.KeyCount && len(ks) <= MaxInventoryKeys {
-		inv.Keys = make([]string, 0, len(ks))
 		for _, k := range ks {
 			inv.Keys = append(inv.Keys, keyEntry(k.Handle, k.KCV))
 		}
-	}
-	if len(inv.Keys) == 0 {
-		inv.Keys = nil
 	}
 	return inv
 }
