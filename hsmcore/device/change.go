@@ -136,10 +136,19 @@ var changeOps = []string{
 	"quorum.set", "member.add",
 }
 
+// commitChange records a change of object made in next (see record) and
+// commits next. The caller holds d.mu.
+func (d *Device) commitChange(next *contents, s *Session, op, object string) error {
+	if err := d.record(next, s, op, object); err != nil {
+		return err
+	}
+	return d.commit(next)
+}
+
 // record stamps a change of object made in next by the session's user
 // (s nil: by the device itself), with the quorum approvals the session
 // consumed for op, if it did. The caller holds d.mu.
-func (d *Device) record(next *contents, s *Session, op, object string) {
+func (d *Device) record(next *contents, s *Session, op, object string) error {
 	seq := next.Clock[d.id.Serial] + 1
 	next.Clock[d.id.Serial] = seq
 	m := &changeMeta{Object: object, Stamp: stamp{Origin: d.id.Serial, Seq: seq}, Op: op}
@@ -154,7 +163,7 @@ func (d *Device) record(next *contents, s *Session, op, object string) {
 		}
 		s.proof = nil // approvals of an operation that is not replicated (image export) go nowhere
 	}
-	next.Changes.Set(object, m)
+	return next.Changes.Set(m)
 }
 
 // State returns the device's state digest (StateDigest) and version:
@@ -507,7 +516,9 @@ func (s *Session) importChange(next *contents, rec []byte) (string, error) {
 		return refuse("denied", err)
 	}
 	meta := b.Meta
-	next.Changes.Set(object, &meta)
+	if err := next.Changes.Set(&meta); err != nil {
+		return refuse("refused", fmt.Errorf("%v: %w", err, hsmcore.ErrMalformed))
+	}
 	next.Clock[origin.Serial] = meta.Stamp.Seq
 	return fmt.Sprintf("%s %s from %s/%d", meta.Op, object, meta.Stamp.Origin, meta.Stamp.Seq), nil
 }

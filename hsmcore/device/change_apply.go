@@ -129,9 +129,11 @@ func removeUser(c *contents, name string) error {
 			return fmt.Errorf("delete user %s: still owns key %d: %w", name, h, hsmcore.ErrInvalid)
 		}
 		if slices.Contains(k.SharedWith, name) {
-			nk := k.clone()
+			nk := k.clone() // a session key's record is shared with the state before
 			nk.SharedWith = slices.DeleteFunc(nk.SharedWith, func(u string) bool { return u == name })
-			c.Keys.Set(h, nk)
+			if err := c.Keys.Set(h, nk); err != nil {
+				return fmt.Errorf("delete user %s: %w", name, err)
+			}
 		}
 	}
 	delete(c.Users, name)
@@ -206,7 +208,9 @@ func (s *Session) applyKey(next *contents, m *changeMeta, h uint64, plain []byte
 	if err := k.check(next); err != nil {
 		return fmt.Errorf("%s: %v: %w", m.Op, err, hsmcore.ErrMalformed)
 	}
-	next.Keys.Set(h, k)
+	if err := next.Keys.Set(h, k); err != nil {
+		return fmt.Errorf("%s: %v: %w", m.Op, err, hsmcore.ErrMalformed)
+	}
 	return nil
 }
 

@@ -192,8 +192,7 @@ func (d *Device) InitializeCluster(certDER, caDER []byte, p *hsmcore.ClaimProof)
 	next := d.st.clone()
 	next.Cluster = &clusterRecord{ID: c.ID, Key: c.Key, Cert: bytes.Clone(certDER), CA: bytes.Clone(caDER)}
 	next.Members = []memberRecord{d.self()}
-	d.record(next, nil, "member.add", membersObject)
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, nil, "member.add", membersObject); err != nil {
 		return fmt.Errorf("initialize cluster: %w", err)
 	}
 	d.claims.issued = nil
@@ -319,8 +318,7 @@ func (s *Session) AddMember(certDER []byte) error {
 		next.Members = append(next.Members, d.self())
 	}
 	next.Members = append(next.Members, m)
-	d.record(next, s, "member.add", membersObject)
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "member.add", membersObject); err != nil {
 		return fmt.Errorf("add member: %w", err)
 	}
 	return d.audit(s.user, "member.add", m.Serial, "ok")

@@ -147,23 +147,62 @@ func (rw *recordWriter) stamp(s stamp) {
 // every object by object name.
 func writeContents(w io.Writer, c *contents) error {
 	users := sortedValues(c.Users, func(u *userRecord) string { return u.Name })
-	keys := make([]*keyRecord, 0, c.Keys.Len())
-	for _, k := range c.Keys.All() {
-		if k.Token {
-			keys = append(keys, k)
-		}
+	keys := sortedRecords(&c.Keys.token, func(h uint64) uint64 { return h }, cmp.Compare[uint64])
+	for i, p := range keys {
+		keys[i] = keyRecordOf(p)
 	}
-	slices.SortFunc(keys, func(a, b *keyRecord) int { return cmp.Compare(a.Handle, b.Handle) })
-	changes := make([]*changeMeta, 0, c.Changes.Len())
-	for _, m := range c.Changes.All() {
-		changes = append(changes, m)
-	}
-	slices.SortFunc(changes, func(a, b *changeMeta) int { return strings.Compare(a.Object, b.Object) })
+	changes := sortedRecords(&c.Changes.m, namePrefix, strings.Compare)
 	if _, err := w.Write(contentsMagic); err != nil {
 		return err
 	}
 	rw := &recordWriter{w: w, b: make([]byte, 0, 4096)}
 	return rw.records(c, users, keys, changes)
+}
+
+// contentsSize returns about what writeContents writes of c: exactly its
+// key and change records, generously its header and users.
+func contentsSize(c *contents) int {
+	n := 64<<10 + len(c.Users)*1024
+	for _, p := range c.Keys.token.All() {
+		n += 4 + len(keyRecordOf(p))
+	}
+	for _, p := range c.Changes.m.All() {
+		n += 4 + len(p)
+	}
+	return n
+}
+
+// sortedRecords returns the values of m ordered by their keys: by
+// prefix(key), a number in the keys' order, then by compare.
+func sortedRecords[K comparable](m *cowMap[K, string], prefix func(K) uint64, compare func(a, b K) int) []string {
+	type entry struct {
+		pre uint64 // compared first, without following a pointer
+		k   K
+		p   string
+	}
+	entries := make([]entry, 0, m.Len())
+	for k, p := range m.All() {
+		entries = append(entries, entry{prefix(k), k, p})
+	}
+	slices.SortFunc(entries, func(a, b entry) int {
+		if c := cmp.Compare(a.pre, b.pre); c != 0 {
+			return c
+		}
+		return compare(a.k, b.k)
+	})
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = e.p
+	}
+	return out
+}
+
+// namePrefix returns the first 8 bytes of s, zero-padded, big-endian: in
+// the order of the strings wherever two differ.
+func namePrefix(s string) uint64 {
+	var b [8]byte
+	copy(b[:], s)
+	return binary.BigEndian.Uint64(b[:])
 }
 
 // sortedValues returns m's values ordered by the string key of each.
@@ -174,8 +213,9 @@ func sortedValues[K comparable, V any](m map[K]V, key func(V) string) []V {
 }
 
 // records writes the header of c, counting the given records, then the
-// user, key and change records given, in their order.
-func (rw *recordWriter) records(c *contents, users []*userRecord, keys []*keyRecord, changes []*changeMeta) error {
+// users given, and the key and change records given as encoded, in their
+// order.
+func (rw *recordWriter) records(c *contents, users []*userRecord, keys, changes []string) error {
 	if err := rw.header(c, len(users), len(keys), len(changes)); err != nil {
 		return fmt.Errorf("contents header: %w", err)
 	}
@@ -184,14 +224,11 @@ func (rw *recordWriter) records(c *contents, users []*userRecord, keys []*keyRec
 			return fmt.Errorf("user %s: %w", u.Name, err)
 		}
 	}
-	for _, k := range keys {
-		if err := rw.key(k); err != nil {
-			return fmt.Errorf("key %d: %w", k.Handle, err)
-		}
-	}
-	for _, m := range changes {
-		if err := rw.change(m); err != nil {
-			return fmt.Errorf("change of %s: %w", m.Object, err)
+	for _, r := range slices.Concat(keys, changes) {
+		rw.start()
+		rw.b = append(rw.b, r...)
+		if err := rw.finish(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -243,8 +280,8 @@ func (rw *recordWriter) user(u *userRecord) error {
 	return rw.finish()
 }
 
-func (rw *recordWriter) key(k *keyRecord) error {
-	rw.start()
+// keyBody appends the fields of k's record.
+func (rw *recordWriter) keyBody(k *keyRecord) {
 	rw.u64(k.Handle)
 	rw.str(k.Label)
 	rw.bytes(k.ID)
@@ -265,11 +302,10 @@ func (rw *recordWriter) key(k *keyRecord) error {
 	}
 	rw.str(k.Origin)
 	rw.bytes(k.Material)
-	return rw.finish()
 }
 
-func (rw *recordWriter) change(m *changeMeta) error {
-	rw.start()
+// changeBody appends the fields of m's record.
+func (rw *recordWriter) changeBody(m *changeMeta) {
 	rw.str(m.Object)
 	rw.stamp(m.Stamp)
 	if m.Prev != nil {
@@ -295,7 +331,6 @@ func (rw *recordWriter) change(m *changeMeta) error {
 	} else {
 		rw.u8(0)
 	}
-	return rw.finish()
 }
 
 // binaryRecords reads contents version 2 for readContents.
@@ -427,7 +462,7 @@ func (f *fields) name() string {
 		return s
 	}
 	s := string(b)
-	if len(s) <= 64 && len(f.intern) < 4096 {
+	if f.intern != nil && len(s) <= 64 && len(f.intern) < 4096 {
 		f.intern[s] = s
 	}
 	return s
@@ -541,6 +576,19 @@ func (br *binaryRecords) key(k *keyRecord) error {
 	if err != nil {
 		return err
 	}
+	f.key(k)
+	if k.Handle <= br.lastHandle {
+		f.fail()
+	}
+	br.lastHandle = k.Handle
+	if err := f.done(); err != nil {
+		return fmt.Errorf("record %d: key: %w: %w", br.n, err, hsmcore.ErrMalformed)
+	}
+	return nil
+}
+
+// key reads the fields of a key record into k.
+func (f *fields) key(k *keyRecord) {
 	k.Handle, k.Label, k.ID = f.u64(), f.str(), f.bytes()
 	k.Type = hsmcore.KeyType(f.name())
 	k.Bits = int(f.u32())
@@ -563,14 +611,6 @@ func (br *binaryRecords) key(k *keyRecord) error {
 	}
 	k.Origin = f.str()
 	k.Material = f.bytes()
-	if k.Handle <= br.lastHandle {
-		f.fail()
-	}
-	br.lastHandle = k.Handle
-	if err := f.done(); err != nil {
-		return fmt.Errorf("record %d: key: %w: %w", br.n, err, hsmcore.ErrMalformed)
-	}
-	return nil
 }
 
 func (br *binaryRecords) change(m *changeMeta) error {
@@ -578,6 +618,19 @@ func (br *binaryRecords) change(m *changeMeta) error {
 	if err != nil {
 		return err
 	}
+	f.change(m)
+	if m.Object <= br.lastObject {
+		f.fail()
+	}
+	br.lastObject = m.Object
+	if err := f.done(); err != nil {
+		return fmt.Errorf("record %d: change: %w: %w", br.n, err, hsmcore.ErrMalformed)
+	}
+	return nil
+}
+
+// change reads the fields of a change record into m.
+func (f *fields) change(m *changeMeta) {
 	m.Object, m.Stamp = f.str(), f.stamp()
 	if f.flag() {
 		p := f.stamp()
@@ -602,14 +655,6 @@ func (br *binaryRecords) change(m *changeMeta) error {
 		}
 		m.Proof = p
 	}
-	if m.Object <= br.lastObject {
-		f.fail()
-	}
-	br.lastObject = m.Object
-	if err := f.done(); err != nil {
-		return fmt.Errorf("record %d: change: %w: %w", br.n, err, hsmcore.ErrMalformed)
-	}
-	return nil
 }
 
 // end requires the contents to end after the last record.

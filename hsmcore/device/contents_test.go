@@ -71,7 +71,7 @@ func plainContents(c *contents) any {
 		Changes map[string]*changeMeta
 	}
 	p := plain{contents: *c, Keys: maps.Collect(c.Keys.All()), Changes: maps.Collect(c.Changes.All())}
-	p.contents.Keys, p.contents.Changes = cowMap[uint64, *keyRecord]{}, cowMap[string, *changeMeta]{}
+	p.contents.Keys, p.contents.Changes = keyMap{}, changeMap{}
 	return p
 }
 
@@ -186,24 +186,11 @@ func TestImageVersionBindsContents(t *testing.T) {
 }
 
 // TestStateV1Opens: an HSM directory the version 1 code sealed opens,
-// holding what it held; its first change seals version 2, which opens to
-// the same state plus the change.
+// holding what it held; it is sealed anew as version 3, which opens to
+// the same state plus the next change.
 func TestStateV1Opens(t *testing.T) {
 	want := richContents(t, richV1(t))
-	dir := filepath.Join(t.TempDir(), "hsm")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	files, _ := filepath.Glob("testdata/v1/state/*")
-	for _, src := range files {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(src)), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := copyState(t, "testdata/v1/state")
 	d, err := Open(dir, TestOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +205,7 @@ func TestStateV1Opens(t *testing.T) {
 		t.Fatal(err)
 	}
 	cu.Logout()
-	if sealed := stateBytes(t, d); !bytes.HasPrefix(sealed, []byte("HSMSEAL\x02")) {
+	if sealed := stateBytes(t, d); !bytes.HasPrefix(sealed, []byte("HSMSEAL\x03")) {
 		t.Fatalf("state sealed as %q", sealed[:8])
 	}
 	before := encode(t, d.st)
@@ -229,9 +216,71 @@ func TestStateV1Opens(t *testing.T) {
 	}
 	defer d.Close()
 	if !bytes.Equal(encode(t, d.st), before) || d.st.Keys.Get(k.Handle) == nil || d.st.Keys.Len() != want.Keys.Len()+1 {
-		t.Fatal("the version 2 state does not reopen as it was sealed")
+		t.Fatal("the version 3 state does not reopen as it was sealed")
 	}
 	if _, err := d.Login("alice", testPassword); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestStateV2Opens: an HSM directory the version 2 code left, a base and
+// a journal entry after it (testdata/v2/state: the version 1 fixture
+// opened by that code, then one key made), opens holding both, and is
+// sealed anew as version 3, with an empty journal, which reopens the same.
+func TestStateV2Opens(t *testing.T) {
+	want := richContents(t, richV1(t))
+	dir := copyState(t, "testdata/v2/state")
+	if b, err := os.ReadFile(filepath.Join(dir, stateFile)); err != nil || !bytes.HasPrefix(b, []byte("HSMSEAL\x02")) {
+		t.Fatalf("the fixture is not a version 2 state: %v", err)
+	}
+	d, err := Open(dir, TestOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var added *keyRecord
+	for _, k := range d.st.Keys.All() {
+		if !want.Keys.Has(k.Handle) {
+			added = k
+		}
+	}
+	if d.st.Keys.Len() != want.Keys.Len()+1 || added == nil || added.Label != "in version 2" {
+		d.Close()
+		t.Fatalf("opened %d keys of %d, the journal's key %+v", d.st.Keys.Len(), want.Keys.Len()+1, added)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, stateFile)); err != nil || !bytes.HasPrefix(b, []byte("HSMSEAL\x03")) {
+		t.Fatalf("not sealed anew as version 3: %v", err)
+	}
+	before := encode(t, d.st)
+	d.Close()
+	d, err = Open(dir, TestOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !bytes.Equal(encode(t, d.st), before) {
+		t.Fatal("the version 3 state does not reopen as it was sealed")
+	}
+	if _, err := d.Login("alice", testPassword); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// copyState copies an HSM directory from testdata into a new directory.
+func copyState(t *testing.T, from string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "hsm")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(from + "/*")
+	for _, src := range files {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(src)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

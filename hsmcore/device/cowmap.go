@@ -1,7 +1,6 @@
 package device
 
 import (
-	"hash/maphash"
 	"iter"
 	"maps"
 )
@@ -11,8 +10,8 @@ import (
 // copies only the shard it changes (copy on write). A state of a million
 // keys is copied for a change in a few microseconds instead of tens of
 // milliseconds, and the journal finds what a change touched by comparing
-// shard pointers. The zero value is not usable: see newKeyMap and
-// newChangeMap.
+// shard pointers. The zero value is not usable: it needs its shard
+// function (see newKeyMap and newChangeMap).
 type cowMap[K comparable, V any] struct {
 	shards [cowShards]*cowShard[K, V]
 	owned  [cowShards / 64]uint64 // shards this copy made, and may change in place
@@ -23,16 +22,6 @@ type cowMap[K comparable, V any] struct {
 const cowShards = 256
 
 type cowShard[K comparable, V any] struct{ m map[K]V }
-
-var changeSeed = maphash.MakeSeed()
-
-func newKeyMap() cowMap[uint64, *keyRecord] {
-	return cowMap[uint64, *keyRecord]{shard: func(h uint64) uint8 { return uint8(h) }}
-}
-
-func newChangeMap() cowMap[string, *changeMeta] {
-	return cowMap[string, *changeMeta]{shard: func(o string) uint8 { return uint8(maphash.String(changeSeed, o)) }}
-}
 
 // clone returns a copy that shares every shard with m; changing either
 // leaves the other as it was (both copy a shard before they change it).
@@ -110,6 +99,17 @@ func (m *cowMap[K, V]) changed(old *cowMap[K, V]) iter.Seq2[map[K]V, map[K]V] {
 			if !yield(a, b) {
 				return
 			}
+		}
+	}
+}
+
+// reserve makes room for n entries in an empty m, spread as its shards
+// spread them, so that filling it does not grow every shard many times.
+func (m *cowMap[K, V]) reserve(n int) {
+	for i := range m.shards {
+		if m.shards[i] == nil {
+			m.shards[i] = &cowShard[K, V]{m: make(map[K]V, n/cowShards+n/cowShards/8)}
+			m.owned[i/64] |= 1 << (i % 64)
 		}
 	}
 }

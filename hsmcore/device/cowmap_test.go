@@ -9,7 +9,7 @@ import (
 // change on either side never shows on the other; changed names exactly
 // the shards a change copied.
 func TestCowMap(t *testing.T) {
-	a := newKeyMap()
+	a := cowMap[uint64, *keyRecord]{shard: func(h uint64) uint8 { return uint8(h) }}
 	want := map[uint64]*keyRecord{}
 	for h := uint64(1); h <= 2000; h++ {
 		k := &keyRecord{}

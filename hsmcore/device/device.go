@@ -91,7 +91,8 @@ type Device struct {
 	mkbk      []byte
 	akbk      []byte
 	pbk       []byte
-	seal      cipher.AEAD
+	seal      cipher.AEAD // the journal's entries, quorum.spent, failures; a version 2 state
+	sealKey   []byte      // from which each state file's key is derived
 
 	mu             sync.Mutex
 	st             *contents
@@ -201,7 +202,7 @@ func Manufacture(dir string, cfg ManufactureConfig, opts Options) (_ *Device, cl
 		ep:        newEpoch(),
 		auditLog:  audit.New(audit.Head{}),
 	}
-	d.seal = newGCM(sealKey)
+	d.seal, d.sealKey = newGCM(sealKey), sealKey
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.writeBase(d.st); err != nil {
 		lock.Close()
@@ -241,28 +242,32 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	if len(sealKey) != 32 {
 		return nil, fmt.Errorf("open device: %s: %w", sealKeyFile, hsmcore.ErrMalformed)
 	}
-	sealed, err := atomicfile.ReadPrivate(filepath.Join(dir, stateFile))
+	f, err := atomicfile.OpenPrivate(filepath.Join(dir, stateFile))
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
-	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), lock: lock, tracker: quorum.NewTracker(opts.Now, 0), ep: newEpoch()}
-	version, base, err := d.readState(sealed)
+	d = &Device{dir: dir, opts: opts, seal: newGCM(sealKey), sealKey: sealKey, lock: lock, tracker: quorum.NewTracker(opts.Now, 0), ep: newEpoch()}
+	defer func(d *Device) {
+		if err != nil && d.jr != nil {
+			d.jr.f.Close()
+		}
+	}(d)
+	version, base, err := d.readState(f)
+	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
-	if version == 1 {
-		err = d.writeBase(d.st) // upgraded: version 2, with a journal
-	} else {
+	if version == 2 {
+		err = d.openJournal(base) // its changes, then the upgrade below
+	}
+	if err == nil && version < stateVersion {
+		err = d.writeBase(d.st) // upgraded
+	} else if err == nil {
 		err = d.openJournal(base)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)
 	}
-	defer func(jr *journal) {
-		if err != nil && jr != nil {
-			jr.f.Close()
-		}
-	}(d.jr)
 	d.pbk = derivePBK(d.mkbk, d.akbk, d.id)
 	if err := d.loadSpent(); err != nil {
 		return nil, fmt.Errorf("open device %s: %w", dir, err)

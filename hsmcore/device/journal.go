@@ -2,7 +2,6 @@ package device
 
 import (
 	"bytes"
-	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -77,11 +76,11 @@ func (d *Device) commit(next *contents) error {
 
 // writeBase seals next as device.sealed and starts an empty journal on it.
 func (d *Device) writeBase(next *contents) error {
-	base, size, digest, err := d.writeState(next)
+	base, size, err := d.writeState(next)
 	if err != nil {
 		return err
 	}
-	d.st, d.digest, d.digestOK, d.baseSize = next, digest, true, size
+	d.st, d.digestOK, d.baseSize = next, false, size
 	if d.jr != nil {
 		d.jr.f.Close()
 		d.jr = nil
@@ -190,9 +189,6 @@ func (d *Device) openJournal(base []byte) error {
 		j.size += int64(4 + n)
 		rest = rest[4+n:]
 	}
-	if j.seq > 0 {
-		d.digestOK = false
-	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
@@ -230,38 +226,46 @@ func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
 			return nil, false, nil // deleted
 		}
 	}
-	var keys []*keyRecord
-	for now, was := range next.Keys.changed(&old.Keys) {
+	var handles []uint64
+	for now, was := range next.Keys.token.changed(&old.Keys.token) {
 		for h, k := range now {
-			if k.Token && was[h] != k {
-				keys = append(keys, k)
+			if was[h] != k {
+				handles = append(handles, h)
 			}
 		}
-		for h, k := range was {
-			if k.Token && now[h] == nil {
+		for h := range was {
+			if _, ok := now[h]; !ok {
 				return nil, false, nil // deleted
 			}
 		}
 	}
-	var changes []*changeMeta
-	for now, was := range next.Changes.changed(&old.Changes) {
+	var objects []string
+	for now, was := range next.Changes.m.changed(&old.Changes.m) {
 		for o, m := range now {
 			if was[o] != m {
-				changes = append(changes, m)
+				objects = append(objects, o)
 			}
 		}
 		for o := range was {
-			if now[o] == nil {
+			if _, ok := now[o]; !ok {
 				return nil, false, nil // deleted
 			}
 		}
 	}
-	if n := len(keys) + len(changes); n > 1024 && n > (next.Keys.Len()+next.Changes.Len())/4 {
+	if n := len(handles) + len(objects); n > 1024 && n > (next.Keys.Tokens()+next.Changes.Len())/4 {
 		return nil, false, nil // most of the state: a new base is as cheap
 	}
 	slices.SortFunc(users, func(a, b *userRecord) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortFunc(keys, func(a, b *keyRecord) int { return cmp.Compare(a.Handle, b.Handle) })
-	slices.SortFunc(changes, func(a, b *changeMeta) int { return strings.Compare(a.Object, b.Object) })
+	slices.Sort(handles)
+	slices.Sort(objects)
+	keys := make([]string, len(handles))
+	for i, h := range handles {
+		keys[i] = keyRecordOf(next.Keys.token.Get(h))
+	}
+	changes := make([]string, len(objects))
+	for i, o := range objects {
+		changes[i] = next.Changes.m.Get(o)
+	}
 	var buf bytes.Buffer
 	buf.Write(deltaMagic)
 	rw := &recordWriter{w: &buf, b: make([]byte, 0, 4096)}

@@ -267,7 +267,7 @@ func (k *keyRecord) check(c *contents) error {
 	if k.Handle == 0 || k.Handle >= c.NextHandle {
 		return fmt.Errorf("key handle %d outside 1..%d", k.Handle, c.NextHandle-1)
 	}
-	if c.Keys.Get(k.Handle) != nil {
+	if c.Keys.Has(k.Handle) {
 		return fmt.Errorf("duplicate key handle %d", k.Handle)
 	}
 	if !k.Token {
@@ -371,9 +371,13 @@ func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcor
 			k.session = s
 		}
 		token = token || k.Token
-		next.Keys.Set(k.Handle, k)
+		if err := next.Keys.Set(k.Handle, k); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
 		if k.Token {
-			d.record(next, s, op, keyObject(k.Handle))
+			if err := d.record(next, s, op, keyObject(k.Handle)); err != nil {
+				return nil, fmt.Errorf("%s: %w", op, err)
+			}
 		}
 	}
 	if token {
@@ -507,11 +511,12 @@ func (s *Session) commitKey(op string, k *keyRecord, change func(k *keyRecord) (
 		next.Keys.Delete(k.Handle)
 	} else {
 		nk.session = k.session
-		next.Keys.Set(k.Handle, nk)
+		if err := next.Keys.Set(k.Handle, nk); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
 	}
 	if k.Token {
-		d.record(next, s, op, keyObject(k.Handle))
-		if err := d.commit(next); err != nil {
+		if err := d.commitChange(next, s, op, keyObject(k.Handle)); err != nil {
 			return fmt.Errorf("%s: key %d: %w", op, k.Handle, err)
 		}
 	} else {

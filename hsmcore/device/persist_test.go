@@ -9,6 +9,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -268,6 +269,63 @@ func TestDeviceDirIsLocked(t *testing.T) {
 	d2, err := Open(d.dir, TestOptions())
 	if err != nil {
 		t.Fatalf("open after close: %v", err)
+	}
+	d2.Close()
+}
+
+// TestStateFileTampering: a state file of several chunks refuses to open
+// after any change to it: a flipped bit in its salt or in any chunk, a cut
+// at a chunk boundary or inside a chunk, a chunk dropped or repeated, a
+// byte appended. Each is ErrTampered, and the file is left as it was.
+func TestStateFileTampering(t *testing.T) {
+	d := newDevice(t, stdHW)
+	_, cu := initDevice(t, d)
+	fillKeys(t, cu, 2000)
+	d.Close()
+	path := filepath.Join(d.dir, stateFile)
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const head, chunk = 8 + stateSalt, 64<<10 + 16
+	if len(orig) < head+3*chunk {
+		t.Fatalf("state of %d bytes: fewer than three chunks", len(orig))
+	}
+	flip := func(off int) func([]byte) []byte {
+		return func(b []byte) []byte { b[off] ^= 1; return b }
+	}
+	cases := map[string]func([]byte) []byte{
+		"salt flipped":            flip(8),
+		"first chunk flipped":     flip(head),
+		"middle chunk flipped":    flip(head + chunk + chunk/2),
+		"last byte flipped":       flip(len(orig) - 1),
+		"cut at a chunk boundary": func(b []byte) []byte { return b[:head+2*chunk] },
+		"cut inside a chunk":      func(b []byte) []byte { return b[:len(b)-5] },
+		"chunk dropped":           func(b []byte) []byte { return append(b[:head+chunk:head+chunk], b[head+2*chunk:]...) },
+		"chunk repeated":          func(b []byte) []byte { return slices.Concat(b[:head+2*chunk], b[head+chunk:]) },
+		"byte appended":           func(b []byte) []byte { return append(b, 0) },
+		"version 2 magic on it":   func(b []byte) []byte { b[7] = 2; return b },
+	}
+	for name, damage := range cases {
+		t.Run(name, func(t *testing.T) {
+			bad := damage(bytes.Clone(orig))
+			if err := os.WriteFile(path, bad, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Open(d.dir, TestOptions()); !errors.Is(err, hsmcore.ErrTampered) {
+				t.Fatalf("got %v, want ErrTampered", err)
+			}
+			if now, _ := os.ReadFile(path); !bytes.Equal(now, bad) {
+				t.Fatal("a refused open changed the state file")
+			}
+		})
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := Open(d.dir, TestOptions())
+	if err != nil {
+		t.Fatalf("the undamaged file: %v", err)
 	}
 	d2.Close()
 }

@@ -52,8 +52,7 @@ func (s *Session) RegisterSigningKey(pub ed25519.PublicKey) error {
 	u.SigningKey = bytes.Clone(pub)
 	next := d.st.clone()
 	next.Users[s.user] = &u
-	d.record(next, s, "quorum.key", userObject(s.user))
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "quorum.key", userObject(s.user)); err != nil {
 		return fmt.Errorf("register signing key: %w", err)
 	}
 	s.rec = &u
@@ -95,8 +94,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	}
 	next := d.st.clone()
 	next.Quorum = p
-	d.record(next, s, "quorum.set", quorumObject)
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "quorum.set", quorumObject); err != nil {
 		return fmt.Errorf("set quorum: %w", err)
 	}
 	return d.audit(s.user, "quorum.set", hsmcore.QuorumSetObject(op, m), "ok")

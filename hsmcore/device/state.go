@@ -1,10 +1,10 @@
 package device
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -14,6 +14,8 @@ import (
 	"slices"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device/internal/kbkdf"
+	"github.com/hsmbackup/hsmbackup/hsmcore/device/internal/stream"
 	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
 	"github.com/hsmbackup/hsmbackup/internal/strictjson"
@@ -28,13 +30,13 @@ type contents struct {
 	Quorum     quorum.Policy  // operations that need M-of-N approval
 	NextHandle uint64
 	Users      map[string]*userRecord
-	Keys       cowMap[uint64, *keyRecord]
+	Keys       keyMap
 
 	// Replication (change.go): the cluster's members, the last change of
 	// every object (deleted ones included) and, per member, the last of its
 	// changes this state holds.
 	Members []memberRecord
-	Changes cowMap[string, *changeMeta]
+	Changes changeMap
 	Clock   map[string]uint64
 }
 
@@ -176,9 +178,14 @@ func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) e
 		}
 		c.Users[u.Name] = u
 	}
+	if !delta {
+		c.Keys.token.reserve(h.Keys)
+		c.Changes.m.reserve(h.Changes)
+	}
+	var k keyRecord // each record is packed as it is stored: one serves them all
 	for range h.Keys {
-		k := new(keyRecord)
-		if err := src.key(k); err != nil {
+		k = keyRecord{}
+		if err := src.key(&k); err != nil {
 			return err
 		}
 		if delta {
@@ -193,25 +200,31 @@ func readInto(c *contents, src recordSource, version, maxKeys int, delta bool) e
 		if version == 2 && (k.KCV != kcv || k.Bits != bits) {
 			return fmt.Errorf("record %d: key %d: check value or size differs from its material: %w", src.record(), k.Handle, hsmcore.ErrMalformed)
 		}
-		c.Keys.Set(k.Handle, k)
+		if err := c.Keys.Set(k.Handle, &k); err != nil {
+			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+		}
 	}
 	c.Members = h.Members
 	c.Clock = h.Clock
 	if c.Clock == nil {
 		c.Clock = map[string]uint64{}
 	}
+	var m changeMeta
 	for range h.Changes {
-		m := new(changeMeta)
-		if err := src.change(m); err != nil {
+		m = changeMeta{}
+		if err := src.change(&m); err != nil {
 			return err
 		}
 		if err := m.check(); err != nil {
 			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
 		}
-		if (c.Changes.Get(m.Object) != nil && !delta) || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
+		// Version 2 lists objects in strictly ascending order: each once.
+		if (!delta && version == 1 && c.Changes.Has(m.Object)) || m.Stamp.Seq > c.Clock[m.Stamp.Origin] {
 			return fmt.Errorf("record %d: duplicate change, or one newer than the state: %w", src.record(), hsmcore.ErrMalformed)
 		}
-		c.Changes.Set(m.Object, m)
+		if err := c.Changes.Set(&m); err != nil {
+			return fmt.Errorf("record %d: %w: %w", src.record(), err, hsmcore.ErrMalformed)
+		}
 	}
 	if delta {
 		if n := c.Keys.Len(); n > maxKeys { // a state being read holds no session keys
@@ -254,74 +267,130 @@ type deviceRecord struct {
 	Claim []byte `json:"claim_secret,omitempty"`
 }
 
-// sealMagic starts the sealed state file written now (its last byte is
-// the version, 2: binary contents); it is also the AEAD's additional data.
-// Version 1 files (JSON contents) still open.
-var sealMagic = []byte("HSMSEAL\x02")
+// sealMagic starts the sealed state file written now; its last byte is
+// the version, 3: streamed, binary contents. Versions 1 (one AEAD seal,
+// JSON contents) and 2 (one AEAD seal, binary contents) still open.
+var sealMagic = []byte("HSMSEAL\x03")
 
-// writeState seals the device record and c, and atomically replaces the
-// state file. It returns the file's nonce (which names it: the journal
-// extends it), the plaintext's size, and the digest of c as serialized.
-// On error the file on disk is unchanged.
-func (d *Device) writeState(c *contents) (nonce []byte, size int64, digest [32]byte, err error) {
-	keyDER, err := x509.MarshalPKCS8PrivateKey(d.deviceKey)
-	if err != nil {
-		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
-	}
-	// The plaintext is built where the ciphertext goes, and sealed in
-	// place: one buffer of the state's size.
-	nonce = make([]byte, d.seal.NonceSize())
-	rand.Read(nonce)
-	head := len(sealMagic) + len(nonce)
-	// Room for the state as it was, or as its records suggest.
-	hint := max(int(d.baseSize), 128*c.Keys.Len()+96*c.Changes.Len())
-	buf := bytes.NewBuffer(make([]byte, 0, hint+head+d.seal.Overhead()+4096))
-	buf.Write(sealMagic)
-	buf.Write(nonce)
-	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
-	if err := json.NewEncoder(buf).Encode(rec); err != nil {
-		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
-	}
-	deviceEnd := buf.Len()
-	if err := writeContents(buf, c); err != nil {
-		clear(buf.Bytes())
-		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
-	}
-	buf.Grow(d.seal.Overhead()) // so that Seal works in place
-	b := buf.Bytes()
-	digest = sha256.Sum256(b[deviceEnd:])
-	size = int64(len(b) - head)
-	out := d.seal.Seal(b[:head], nonce, b[head:], sealMagic)
-	if err := atomicfile.WriteFile(filepath.Join(d.dir, stateFile), out, 0o600); err != nil {
-		return nil, 0, digest, fmt.Errorf("seal state: %w", err)
-	}
-	return nonce, size, digest, nil
+const (
+	stateVersion = 3
+	stateSalt    = 32 // random bytes that name a state file and give its key
+)
+
+// stateKey derives the key of the state file with salt from the seal key.
+func (d *Device) stateKey(salt []byte) []byte {
+	return kbkdf.Derive(d.sealKey, []byte("hsmcore state v3"), salt, 32)
 }
 
-// readState unseals the state file into d, and returns its version and
-// nonce.
-func (d *Device) readState(sealed []byte) (version int, nonce []byte, err error) {
-	n := len(sealMagic) + d.seal.NonceSize()
-	if len(sealed) < n+d.seal.Overhead() || !bytes.Equal(sealed[:len(sealMagic)-1], sealMagic[:len(sealMagic)-1]) {
+func stateAAD(salt []byte) []byte { return append(bytes.Clone(sealMagic), salt...) }
+
+// writeState seals the device record and c as a state file, streamed in
+// chunks (so that no buffer of the state's size is made), and atomically
+// replaces the state file. It returns the file's salt (which names it: the
+// journal extends it) and the plaintext's size. On error the file on disk
+// is unchanged.
+func (d *Device) writeState(c *contents) (salt []byte, size int64, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(d.deviceKey)
+	if err != nil {
+		return nil, 0, fmt.Errorf("seal state: %w", err)
+	}
+	defer clear(keyDER)
+	salt = make([]byte, stateSalt)
+	rand.Read(salt)
+	key := d.stateKey(salt)
+	defer clear(key)
+	rec := deviceRecord{Identity: d.id, Capacity: d.capacity, DeviceKey: keyDER, MfrCert: d.mfrCert, OpCert: d.opCert, MKBK: d.mkbk, AKBK: d.akbk, MfrRoot: d.mfrRoot, Claim: d.claim}
+	err = atomicfile.Write(filepath.Join(d.dir, stateFile), 0o600, func(f io.Writer) error {
+		w := bufio.NewWriterSize(f, 1<<20)
+		w.Write(sealMagic)
+		w.Write(salt)
+		sw, err := stream.NewWriter(w, key, stateAAD(salt))
+		if err != nil {
+			return err
+		}
+		cw := &countWriter{w: sw}
+		if err := json.NewEncoder(cw).Encode(rec); err != nil {
+			return err
+		}
+		if err := writeContents(cw, c); err != nil {
+			return err
+		}
+		if err := sw.Close(); err != nil {
+			return err
+		}
+		size = cw.n
+		return w.Flush()
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("seal state: %w", err)
+	}
+	return salt, size, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// readState reads a state file into d, and returns its version and the
+// name of the base it is (a version 2 file's nonce, a version 3 file's
+// salt).
+func (d *Device) readState(r io.Reader) (version int, base []byte, err error) {
+	magic := make([]byte, len(sealMagic))
+	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic[:len(magic)-1], sealMagic[:len(sealMagic)-1]) {
 		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
 	}
-	magic := sealed[:len(sealMagic)]
 	version = int(magic[len(magic)-1])
-	if version != 1 && version != 2 {
+	var plain io.Reader
+	switch version {
+	case 1, 2:
+		base = make([]byte, d.seal.NonceSize())
+		if _, err := io.ReadFull(r, base); err != nil {
+			return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+		}
+		sealed, err := io.ReadAll(r)
+		if err != nil {
+			return 0, nil, fmt.Errorf("sealed state: %w", err)
+		}
+		p, err := d.seal.Open(sealed[:0], base, sealed, magic)
+		if err != nil {
+			return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
+		}
+		defer clear(p)
+		plain = bytes.NewReader(p)
+	case 3:
+		base = make([]byte, stateSalt)
+		if _, err := io.ReadFull(r, base); err != nil {
+			return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+		}
+		key := d.stateKey(base)
+		defer clear(key)
+		sr, err := stream.NewReader(bufio.NewReaderSize(r, 1<<20), key, stateAAD(base))
+		if err != nil {
+			return 0, nil, fmt.Errorf("sealed state: %w", err)
+		}
+		plain = sr
+	default:
 		return 0, nil, fmt.Errorf("sealed state: version %d: %w", version, hsmcore.ErrUnsupportedVersion)
 	}
-	nonce = sealed[len(sealMagic):n]
-	plain, err := d.seal.Open(nil, nonce, sealed[n:], magic)
-	if err != nil {
+	src := &errRecorder{r: plain}
+	cr := &countReader{r: src}
+	br := bufio.NewReaderSize(cr, 64<<10)
+	first, err := br.ReadSlice('\n')
+	if src.err != nil {
 		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrTampered)
 	}
-	defer clear(plain)
-	first, rest, ok := bytes.Cut(plain, []byte("\n"))
-	if !ok {
-		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrMalformed)
+	if err != nil {
+		return 0, nil, fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
 	}
 	var rec deviceRecord
-	if err := strictjson.Unmarshal(first, &rec); err != nil {
+	if err := strictjson.Unmarshal(first[:len(first)-1], &rec); err != nil {
 		return 0, nil, fmt.Errorf("sealed state: %w: %w", err, hsmcore.ErrMalformed)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(rec.DeviceKey)
@@ -329,16 +398,27 @@ func (d *Device) readState(sealed []byte) (version int, nonce []byte, err error)
 	if err != nil || !ok || len(rec.MKBK) != 32 || len(rec.AKBK) != 32 || (rec.Claim != nil && len(rec.Claim) != hsmcore.ClaimSecretSize) {
 		return 0, nil, fmt.Errorf("sealed state: device record: %w", hsmcore.ErrMalformed)
 	}
-	c, err := readContents(bytes.NewReader(rest), version, rec.Capacity)
+	c, err := readContents(br, min(version, 2), rec.Capacity)
+	if src.err != nil {
+		return 0, nil, fmt.Errorf("sealed state: %w", hsmcore.ErrTampered) // a chunk failed, or the file was cut
+	}
 	if err != nil {
 		return 0, nil, fmt.Errorf("sealed state: %w", err)
 	}
 	d.id, d.capacity, d.deviceKey = rec.Identity, rec.Capacity, key
 	d.mfrCert, d.opCert, d.mkbk, d.akbk, d.mfrRoot, d.claim = rec.MfrCert, rec.OpCert, rec.MKBK, rec.AKBK, rec.MfrRoot, rec.Claim
 	d.st = c
-	d.baseSize = int64(len(plain))
-	if version == 2 {
-		d.digest, d.digestOK = sha256.Sum256(rest), true
-	}
-	return version, bytes.Clone(nonce), nil
+	d.baseSize = cr.n
+	return version, base, nil
+}
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

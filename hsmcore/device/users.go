@@ -103,8 +103,7 @@ func (d *Device) Initialize(name, password string) error {
 	}
 	next := d.st.clone()
 	next.Users[name] = u
-	d.record(next, nil, "user.create", userObject(name))
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, nil, "user.create", userObject(name)); err != nil {
 		return fmt.Errorf("initialize: %w", err)
 	}
 	return d.auditUnauth("device.initialize", name, "ok")
@@ -122,12 +121,7 @@ func (d *Device) Initialized() bool {
 func (d *Device) Counts() (keys, users int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, k := range d.st.Keys.All() {
-		if k.Token {
-			keys++
-		}
-	}
-	return keys, len(d.st.Users)
+	return d.st.Keys.Tokens(), len(d.st.Users)
 }
 
 // Session is a logged-in user on one device. Every operation re-checks that
@@ -222,7 +216,7 @@ func (s *Session) Logout() {
 	}
 	s.ended = true
 	var next *contents
-	for h, k := range d.st.Keys.All() {
+	for h, k := range d.st.Keys.Session() {
 		if k.session == s {
 			if next == nil {
 				next = d.st.clone()
@@ -259,8 +253,7 @@ func (s *Session) CreateUser(name string, role hsmcore.Role, password string) er
 	}
 	next := d.st.clone()
 	next.Users[name] = u
-	d.record(next, s, "user.create", userObject(name))
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "user.create", userObject(name)); err != nil {
 		return fmt.Errorf("create user %s: %w", name, err)
 	}
 	return d.audit(s.user, "user.create", name+" "+string(role), "ok")
@@ -289,8 +282,7 @@ func (s *Session) DeleteUser(name string) error {
 	if err := s.requireQuorum("user.delete", hsmcore.UserDeleteObject(name, victim.Role)); err != nil {
 		return err
 	}
-	d.record(next, s, "user.delete", userObject(name))
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "user.delete", userObject(name)); err != nil {
 		return fmt.Errorf("delete user %s: %w", name, err)
 	}
 	return d.audit(s.user, "user.delete", name, "ok")
@@ -311,8 +303,7 @@ func (s *Session) ChangePassword(password string) error {
 	u.SigningKey = s.rec.SigningKey
 	next := d.st.clone()
 	next.Users[s.user] = u
-	d.record(next, s, "user.password", userObject(s.user))
-	if err := d.commit(next); err != nil {
+	if err := d.commitChange(next, s, "user.password", userObject(s.user)); err != nil {
 		return fmt.Errorf("change password: %w", err)
 	}
 	s.rec = u // this session goes on; the user's other sessions end
@@ -350,27 +341,14 @@ func (s *Session) Inventory(maxKeys int) (hsmcore.Inventory, error) {
 	if err := s.check("key.list", hsmcore.CryptoOfficer); err != nil {
 		return hsmcore.Inventory{}, err
 	}
-	inv := hsmcore.Inventory{Users: d.st.users(), KeyCount: tokenKeys(d.st)}
+	inv := hsmcore.Inventory{Users: d.st.users(), KeyCount: d.st.Keys.Tokens()}
 	if inv.KeyCount > maxKeys {
 		return inv, nil
 	}
 	inv.Keys = make([]hsmcore.KeyRef, 0, inv.KeyCount)
-	for h, k := range d.st.Keys.All() {
-		if k.Token {
-			inv.Keys = append(inv.Keys, hsmcore.KeyRef{Handle: h, KCV: k.KCV})
-		}
+	for h, kcv := range d.st.Keys.CheckValues() {
+		inv.Keys = append(inv.Keys, hsmcore.KeyRef{Handle: h, KCV: kcv})
 	}
 	slices.SortFunc(inv.Keys, func(a, b hsmcore.KeyRef) int { return cmp.Compare(a.Handle, b.Handle) })
 	return inv, nil
-}
-
-// tokenKeys counts c's token keys (session keys are never stored).
-func tokenKeys(c *contents) int {
-	n := 0
-	for _, k := range c.Keys.All() {
-		if k.Token {
-			n++
-		}
-	}
-	return n
 }

@@ -72,22 +72,34 @@ func SyncDir(dir string) error {
 // that only its owner can read or write (mode 0600 or stricter). The mode is
 // checked on the open file, so a swap between check and read cannot slip by.
 func ReadPrivate(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := OpenPrivate(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	return io.ReadAll(f)
+}
+
+// OpenPrivate opens a secret file for reading, as ReadPrivate reads it.
+func OpenPrivate(path string) (*os.File, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
 	if !fi.Mode().IsRegular() {
+		f.Close()
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		f.Close()
 		return nil, fmt.Errorf("%s has mode %04o; a secret file must be 0600", path, perm)
 	}
-	return io.ReadAll(f)
+	return f, nil
 }
 
 // WriteNew writes data to path, which must not exist, with perm, and

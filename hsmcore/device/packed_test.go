@@ -1,0 +1,116 @@
+package device
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hsmbackup/hsmbackup/hsmcore"
+)
+
+// TestPackedRecordsLossless: every key and change record of the rich
+// fixture (keys of every type, shared, trusted, under templates; changes
+// with approvals and previous stamps) reads back from the packed maps
+// exactly as its version 1 JSON line says, with what the check derives
+// from the material; Stamps yields what the records hold.
+func TestPackedRecordsLossless(t *testing.T) {
+	f := richV1(t)
+	c := richContents(t, f)
+	keys, changes := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(f.ContentsV1), "\n")[1:] {
+		var probe map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(line), &probe); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case probe["handle"] != nil:
+			var want keyRecord
+			if err := json.Unmarshal([]byte(line), &want); err != nil {
+				t.Fatal(err)
+			}
+			if err := want.derive(); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Keys.Get(want.Handle); !reflect.DeepEqual(got, &want) {
+				t.Errorf("key %d:\n got %+v\nwant %+v", want.Handle, got, &want)
+			}
+			keys++
+		case probe["object"] != nil:
+			var want changeMeta
+			if err := json.Unmarshal([]byte(line), &want); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Changes.Get(want.Object); !reflect.DeepEqual(got, &want) {
+				t.Errorf("change of %s:\n got %+v\nwant %+v", want.Object, got, &want)
+			}
+			changes++
+		}
+	}
+	if keys != c.Keys.Len() || changes != c.Changes.Len() || keys < 40 || changes < 40 {
+		t.Fatalf("compared %d keys and %d changes of %d and %d", keys, changes, c.Keys.Len(), c.Changes.Len())
+	}
+	n := 0
+	for o, s := range c.Changes.Stamps() {
+		if m := c.Changes.Get(o); m == nil || m.Stamp != s {
+			t.Errorf("Stamps gives %s %+v, the record %+v", o, s, m)
+		}
+		n++
+	}
+	if n != changes {
+		t.Fatalf("Stamps yields %d of %d", n, changes)
+	}
+	n = 0
+	for h, kcv := range c.Keys.CheckValues() {
+		if k := c.Keys.Get(h); k == nil || k.KCV != kcv {
+			t.Errorf("CheckValues gives %d %q, the record %+v", h, kcv, k)
+		}
+		n++
+	}
+	if n != keys {
+		t.Fatalf("CheckValues yields %d of %d", n, keys)
+	}
+}
+
+// TestKeyMap: session keys are kept as they are set and never packed; a
+// clone is independent of its original; a key too large to store is
+// refused and changes nothing.
+func TestKeyMap(t *testing.T) {
+	m := newKeyMap()
+	tok, err := newKeyRecord(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 128, Encrypt: true}, make([]byte, 16), "cu", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.Handle = 1
+	sess := tok.clone()
+	sess.Token, sess.Handle, sess.session = false, firstSessionHandle+1, &Session{}
+	for _, k := range []*keyRecord{tok, sess} {
+		if err := m.Set(k.Handle, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.Get(sess.Handle) != sess || m.Tokens() != 1 || m.Len() != 2 || !m.Has(1) || !m.Has(sess.Handle) {
+		t.Fatalf("session key not kept as set, or counts off: %d tokens, %d keys", m.Tokens(), m.Len())
+	}
+	if got := m.Get(1); got == tok || !reflect.DeepEqual(got, tok) {
+		t.Fatal("a token key reads back as other than a copy of what was set")
+	}
+
+	c := m.clone()
+	c.Delete(sess.Handle)
+	c.Delete(1)
+	if m.Len() != 2 || c.Len() != 0 {
+		t.Fatalf("deleting from a clone: original holds %d, clone %d", m.Len(), c.Len())
+	}
+
+	big := tok.clone()
+	for i := range 2000 {
+		big.SharedWith = append(big.SharedWith, strings.Repeat("u", 30)+string(rune('a'+i%26))+strings.Repeat("x", i%7))
+	}
+	if err := m.Set(1, big); err == nil {
+		t.Fatal("a record over the size limit was stored")
+	}
+	if got := m.Get(1); !reflect.DeepEqual(got, tok) {
+		t.Fatal("a refused Set changed the key")
+	}
+}
