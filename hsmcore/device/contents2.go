@@ -173,10 +173,11 @@ func contentsSize(c *contents) int {
 }
 
 // sortedRecords returns the values of m ordered by their keys: by
-// prefix(key), a number in the keys' order, then by compare.
+// prefix(key), a number in the keys' order, then, where prefixes are
+// equal, by compare.
 func sortedRecords[K comparable](m *cowMap[K, string], prefix func(K) uint64, compare func(a, b K) int) []string {
 	type entry struct {
-		pre uint64 // compared first, without following a pointer
+		pre uint64
 		k   K
 		p   string
 	}
@@ -184,12 +185,39 @@ func sortedRecords[K comparable](m *cowMap[K, string], prefix func(K) uint64, co
 	for k, p := range m.All() {
 		entries = append(entries, entry{prefix(k), k, p})
 	}
-	slices.SortFunc(entries, func(a, b entry) int {
-		if c := cmp.Compare(a.pre, b.pre); c != 0 {
-			return c
+	// A radix sort on the prefixes, least significant byte first, skipping
+	// the bytes all of them share: no comparisons, no pointers followed.
+	tmp := make([]entry, len(entries))
+	for shift := uint(0); shift < 64 && len(entries) > 1; shift += 8 {
+		var count [256]int
+		for _, e := range entries {
+			count[byte(e.pre>>shift)]++
 		}
-		return compare(a.k, b.k)
-	})
+		if count[byte(entries[0].pre>>shift)] == len(entries) {
+			continue
+		}
+		pos := 0
+		for i, c := range count {
+			count[i] = pos
+			pos += c
+		}
+		for _, e := range entries {
+			d := byte(e.pre >> shift)
+			tmp[count[d]] = e
+			count[d]++
+		}
+		entries, tmp = tmp, entries
+	}
+	for i := 0; i < len(entries); { // runs of one prefix, in key order
+		j := i + 1
+		for j < len(entries) && entries[j].pre == entries[i].pre {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(entries[i:j], func(a, b entry) int { return compare(a.k, b.k) })
+		}
+		i = j
+	}
 	out := make([]string, len(entries))
 	for i, e := range entries {
 		out[i] = e.p

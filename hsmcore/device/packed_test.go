@@ -1,8 +1,12 @@
 package device
 
 import (
+	"cmp"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -112,5 +116,50 @@ func TestKeyMap(t *testing.T) {
 	}
 	if got := m.Get(1); !reflect.DeepEqual(got, tok) {
 		t.Fatal("a refused Set changed the key")
+	}
+}
+
+// TestSortedRecords: the radix sort orders values by their keys, for
+// handles over the whole range and for names that share prefixes of every
+// length (shorter than, as long as and longer than the 8 bytes the radix
+// pass sees).
+func TestSortedRecords(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	keys := cowMap[uint64, string]{shard: func(h uint64) uint8 { return uint8(h) }}
+	var handles []uint64
+	for range 5000 {
+		h := rng.Uint64() >> rng.IntN(64)
+		if keys.Get(h) == "" {
+			keys.Set(h, fmt.Sprint(h))
+			handles = append(handles, h)
+		}
+	}
+	slices.Sort(handles)
+	want := make([]string, len(handles))
+	for i, h := range handles {
+		want[i] = fmt.Sprint(h)
+	}
+	if got := sortedRecords(&keys, func(h uint64) uint64 { return h }, cmp.Compare[uint64]); !slices.Equal(got, want) {
+		t.Fatal("handles out of order")
+	}
+
+	names := cowMap[string, string]{shard: func(o string) uint8 { return uint8(len(o)) }}
+	var objects []string
+	for range 5000 {
+		o := strings.Repeat("key:", rng.IntN(4)) + fmt.Sprint(rng.IntN(100000))
+		if rng.IntN(10) == 0 {
+			o += "\x00"
+		}
+		if names.Get(o) == "" {
+			names.Set(o, "v"+o)
+			objects = append(objects, o)
+		}
+	}
+	slices.Sort(objects)
+	for i, o := range objects {
+		objects[i] = "v" + o
+	}
+	if got := sortedRecords(&names, namePrefix, strings.Compare); !slices.Equal(got, objects) {
+		t.Fatal("names out of order")
 	}
 }
