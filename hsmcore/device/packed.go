@@ -123,11 +123,19 @@ func (m *keyMap) CheckValues() iter.Seq2[uint64, string] {
 // Session yields the session keys.
 func (m *keyMap) Session() iter.Seq2[uint64, *keyRecord] { return maps.All(m.session) }
 
-// packKey returns k packed: its class and public key, which the record
-// leaves to be derived from the material, then its record.
+// packKey returns k packed: its class (a byte: 0 secret, 1 private) and
+// public key, which the record leaves to be derived from the material,
+// then its record.
 func packKey(k *keyRecord) (string, error) {
 	rw := &recordWriter{b: make([]byte, 0, 96+len(k.PublicKey)+len(k.Material)+len(k.Label))}
-	rw.str(string(k.Class))
+	switch k.Class {
+	case hsmcore.SecretKey:
+		rw.u8(0)
+	case hsmcore.PrivateKey:
+		rw.u8(1)
+	default:
+		return "", fmt.Errorf("key class %q", k.Class)
+	}
 	rw.bytes(k.PublicKey)
 	start := len(rw.b)
 	rw.keyBody(k)
@@ -142,7 +150,7 @@ func packKey(k *keyRecord) (string, error) {
 
 // keyRecordOf returns the contents record in packed key p.
 func keyRecordOf(p string) string {
-	off := 2 + u16At(p, 0)   // the class
+	off := 1                 // the class
 	off += 2 + u16At(p, off) // the public key
 	return p[off:]
 }
@@ -153,7 +161,10 @@ func u16At(p string, off int) int { return int(p[off])<<8 | int(p[off+1]) }
 func unpackKey(p string) *keyRecord {
 	f := fields{s: []byte(p)}
 	k := &keyRecord{}
-	k.Class = hsmcore.KeyClass(f.name())
+	k.Class = hsmcore.SecretKey
+	if f.u8() == 1 {
+		k.Class = hsmcore.PrivateKey
+	}
 	k.PublicKey = f.bytes()
 	f.key(k)
 	if err := f.done(); err != nil {
