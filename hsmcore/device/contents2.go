@@ -436,6 +436,10 @@ type fields struct {
 	s      cryptobyte.String
 	bad    bool // set by the first read that fails
 	intern map[string]string
+	// borrow: byte strings read are slices of s, not copies. For records
+	// used before s is reused: those a state read packs at once, and
+	// those unpacked from a copy of their own.
+	borrow bool
 }
 
 func (f *fields) fail() { f.bad = true }
@@ -496,9 +500,13 @@ func (f *fields) name() string {
 	return s
 }
 
-// bytes returns a copy of a byte string; nil when it is empty.
+// bytes returns a byte string, a copy unless f borrows; nil when it is
+// empty.
 func (f *fields) bytes() []byte {
 	if v := f.raw(); len(v) > 0 {
+		if f.borrow {
+			return v // capped by cryptobyte: an append copies, never overwrites what follows
+		}
 		return bytes.Clone(v)
 	}
 	return nil
@@ -604,6 +612,7 @@ func (br *binaryRecords) key(k *keyRecord) error {
 	if err != nil {
 		return err
 	}
+	f.borrow = true // k is packed before the next record is read
 	f.key(k)
 	if k.Handle <= br.lastHandle {
 		f.fail()
@@ -646,6 +655,7 @@ func (br *binaryRecords) change(m *changeMeta) error {
 	if err != nil {
 		return err
 	}
+	f.borrow = true // m is packed before the next record is read
 	f.change(m)
 	if m.Object <= br.lastObject {
 		f.fail()

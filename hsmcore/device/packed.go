@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"iter"
 	"maps"
+	"sync"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 )
@@ -123,11 +124,25 @@ func (m *keyMap) CheckValues() iter.Seq2[uint64, string] {
 // Session yields the session keys.
 func (m *keyMap) Session() iter.Seq2[uint64, *keyRecord] { return maps.All(m.session) }
 
+// builders are the buffers records are packed in, reused: a state read
+// packs every record, and would otherwise leave a buffer of garbage per
+// record.
+var builders = sync.Pool{New: func() any { return &recordWriter{b: make([]byte, 0, 512)} }}
+
+func putBuilder(rw *recordWriter) {
+	clear(rw.b) // it held key material
+	rw.b, rw.err = rw.b[:0], nil
+	if cap(rw.b) <= 64<<10 {
+		builders.Put(rw)
+	}
+}
+
 // packKey returns k packed: its class (a byte: 0 secret, 1 private) and
 // public key, which the record leaves to be derived from the material,
 // then its record.
 func packKey(k *keyRecord) (string, error) {
-	rw := &recordWriter{b: make([]byte, 0, 96+len(k.PublicKey)+len(k.Material)+len(k.Label))}
+	rw := builders.Get().(*recordWriter)
+	defer putBuilder(rw)
 	switch k.Class {
 	case hsmcore.SecretKey:
 		rw.u8(0)
@@ -159,7 +174,7 @@ func keyRecordOf(p string) string {
 func u16At(p string, off int) int { return int(p[off])<<8 | int(p[off+1]) }
 
 func unpackKey(p string) *keyRecord {
-	f := fields{s: []byte(p)}
+	f := fields{s: []byte(p), borrow: true} // the record keeps its copy
 	k := &keyRecord{}
 	k.Class = hsmcore.SecretKey
 	if f.u8() == 1 {
@@ -199,7 +214,8 @@ func (m *changeMap) Get(object string) *changeMeta {
 // Set records c as the last change of its object; it fails if c is too
 // large to be stored.
 func (m *changeMap) Set(c *changeMeta) error {
-	rw := &recordWriter{b: make([]byte, 0, 64+len(c.Object))}
+	rw := builders.Get().(*recordWriter)
+	defer putBuilder(rw)
 	rw.changeBody(c)
 	if rw.err != nil {
 		return fmt.Errorf("change of %s: %w", c.Object, rw.err)
@@ -242,7 +258,7 @@ func (m *changeMap) Stamps() iter.Seq2[string, stamp] {
 }
 
 func unpackChange(p string) *changeMeta {
-	f := fields{s: []byte(p)}
+	f := fields{s: []byte(p), borrow: true} // the record keeps its copy
 	m := &changeMeta{}
 	f.change(m)
 	if err := f.done(); err != nil {

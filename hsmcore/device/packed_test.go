@@ -1,6 +1,7 @@
 package device
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -85,7 +86,7 @@ func TestKeyMap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok.Handle = 1
+	tok.Handle, tok.ID = 1, []byte("id-1")
 	sess := tok.clone()
 	sess.Token, sess.Handle, sess.session = false, firstSessionHandle+1, &Session{}
 	for _, k := range []*keyRecord{tok, sess} {
@@ -98,6 +99,14 @@ func TestKeyMap(t *testing.T) {
 	}
 	if got := m.Get(1); got == tok || !reflect.DeepEqual(got, tok) {
 		t.Fatal("a token key reads back as other than a copy of what was set")
+	}
+	// A record read shares one buffer among its byte strings: growing one
+	// must not write over another, nor over what the map holds.
+	got := m.Get(1)
+	material := bytes.Clone(got.Material)
+	got.ID = append(got.ID, bytes.Repeat([]byte{0xff}, 64)...)
+	if !bytes.Equal(got.Material, material) || !reflect.DeepEqual(m.Get(1), tok) {
+		t.Fatal("appending to a read record's id overwrote its material or the stored key")
 	}
 
 	c := m.clone()

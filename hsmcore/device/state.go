@@ -74,7 +74,8 @@ type contentsHeader struct {
 }
 
 // recordSource yields the records of serialized contents in order, each
-// parsed but not yet checked.
+// parsed but not yet checked. A key or change record's byte strings may
+// be valid only until the next record is read: readInto packs each first.
 type recordSource interface {
 	header(*contentsHeader) error
 	user(*userRecord) error
