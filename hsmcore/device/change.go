@@ -223,9 +223,9 @@ func (s *Session) ExportChanges(since uint64, to string) ([][]byte, uint64, erro
 		return nil, 0, fmt.Errorf("export changes: %w", err)
 	}
 	var metas []*changeMeta
-	for _, m := range d.st.Changes.All() {
-		if m.Stamp.Origin == d.id.Serial && m.Stamp.Seq > since {
-			metas = append(metas, m)
+	for o, st := range d.st.Changes.Stamps() { // decode only the changes sent
+		if st.Origin == d.id.Serial && st.Seq > since {
+			metas = append(metas, d.st.Changes.Get(o))
 		}
 	}
 	slices.SortFunc(metas, func(a, b *changeMeta) int { return cmp.Compare(a.Stamp.Seq, b.Stamp.Seq) })

@@ -159,19 +159,6 @@ func writeContents(w io.Writer, c *contents) error {
 	return rw.records(c, users, keys, changes)
 }
 
-// contentsSize returns about what writeContents writes of c: exactly its
-// key and change records, generously its header and users.
-func contentsSize(c *contents) int {
-	n := 64<<10 + len(c.Users)*1024
-	for _, p := range c.Keys.token.All() {
-		n += 4 + len(keyRecordOf(p))
-	}
-	for _, p := range c.Changes.m.All() {
-		n += 4 + len(p)
-	}
-	return n
-}
-
 // sortedRecords returns the values of m ordered by their keys: by
 // prefix(key), a number in the keys' order, then, where prefixes are
 // equal, by compare.

@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -210,8 +211,8 @@ func (d *Device) openJournal(base []byte) error {
 
 // encodeDelta returns the journal entry that turns old into next: next's
 // header, then the users, token keys and changes that are new or replaced
-// (records are never modified in place, so a replaced one is another
-// pointer; and only the shards a change copied can hold one). ok is false
+// (a replaced record differs in its packed bytes, and only the shards a
+// change copied can hold one). ok is false
 // when next deletes a user, a token key or a change, or replaces most of
 // the state: such a change writes a new base.
 func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
@@ -226,45 +227,20 @@ func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
 			return nil, false, nil // deleted
 		}
 	}
-	var handles []uint64
-	for now, was := range next.Keys.token.changed(&old.Keys.token) {
-		for h, k := range now {
-			if was[h] != k {
-				handles = append(handles, h)
-			}
-		}
-		for h := range was {
-			if _, ok := now[h]; !ok {
-				return nil, false, nil // deleted
-			}
-		}
+	keys, deleted := changedRecords(&next.Keys.token, &old.Keys.token)
+	if deleted {
+		return nil, false, nil
 	}
-	var objects []string
-	for now, was := range next.Changes.m.changed(&old.Changes.m) {
-		for o, m := range now {
-			if was[o] != m {
-				objects = append(objects, o)
-			}
-		}
-		for o := range was {
-			if _, ok := now[o]; !ok {
-				return nil, false, nil // deleted
-			}
-		}
+	changes, deleted := changedRecords(&next.Changes.m, &old.Changes.m)
+	if deleted {
+		return nil, false, nil
 	}
-	if n := len(handles) + len(objects); n > 1024 && n > (next.Keys.Tokens()+next.Changes.Len())/4 {
+	if n := len(keys) + len(changes); n > 1024 && n > (next.Keys.Tokens()+next.Changes.Len())/4 {
 		return nil, false, nil // most of the state: a new base is as cheap
 	}
 	slices.SortFunc(users, func(a, b *userRecord) int { return strings.Compare(a.Name, b.Name) })
-	slices.Sort(handles)
-	slices.Sort(objects)
-	keys := make([]string, len(handles))
-	for i, h := range handles {
-		keys[i] = keyRecordOf(next.Keys.token.Get(h))
-	}
-	changes := make([]string, len(objects))
-	for i, o := range objects {
-		changes[i] = next.Changes.m.Get(o)
+	for i, p := range keys {
+		keys[i] = keyRecordOf(p)
 	}
 	var buf bytes.Buffer
 	buf.Write(deltaMagic)
@@ -273,6 +249,30 @@ func encodeDelta(old, next *contents) (_ []byte, ok bool, err error) {
 		return nil, false, err
 	}
 	return buf.Bytes(), true, nil
+}
+
+// changedRecords returns the values in m that old does not hold, ordered
+// by their keys, or deleted if old holds a key m does not.
+func changedRecords[K cmp.Ordered](m, old *cowMap[K, string]) (values []string, deleted bool) {
+	var ks []K
+	for now, was := range m.changed(old) {
+		for k, v := range now {
+			if was[k] != v {
+				ks = append(ks, k)
+			}
+		}
+		for k := range was {
+			if _, ok := now[k]; !ok {
+				return nil, true
+			}
+		}
+	}
+	slices.Sort(ks)
+	values = make([]string, len(ks))
+	for i, k := range ks {
+		values[i] = m.Get(k)
+	}
+	return values, false
 }
 
 func allZero(b []byte) bool {
