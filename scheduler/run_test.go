@@ -203,10 +203,20 @@ func TestReplicasTakeEachSlotOnce(t *testing.T) {
 func TestLongBackupNextSlot(t *testing.T) {
 	const spec = "*/2 * * * * *"
 	f := newFleet(t, backuptest.FileStore(t), "c1")
-	j := &jobs{f: f, commit: func(ctx context.Context, n int32) {
-		if n == 1 { // until just after the next slot began
+	// The first backup lasts until just after the slot following the one
+	// it started in: measured from its start, not from its commit, so a
+	// slow machine does not stretch it over two slots (which the
+	// scheduler rightly folds into one backup).
+	var started time.Time
+	j := &jobs{f: f, before: func(_ context.Context, _ string, n int32) error {
+		if n == 1 {
+			started = time.Now()
+		}
+		return nil
+	}, commit: func(ctx context.Context, n int32) {
+		if n == 1 {
 			select {
-			case <-time.After(time.Until(Next(mustParse(t, spec), time.Now()).Add(500 * time.Millisecond))):
+			case <-time.After(time.Until(Next(mustParse(t, spec), started).Add(500 * time.Millisecond))):
 			case <-ctx.Done():
 			}
 		}
