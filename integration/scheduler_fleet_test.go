@@ -52,8 +52,16 @@ type fleetEnv struct {
 
 const fleetPassword = "fleet officer password 7f3a"
 
-// newFleetEnv serves n clusters (fleet-00, fleet-01…) on schedule.
-func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
+// newFleetEnv serves n clusters (fleet-00, fleet-01…) on schedule, each
+// HSM an `hsm serve` process.
+func newFleetEnv(t testing.TB, n int, schedule string) *fleetEnv {
+	t.Helper()
+	return newFleetEnvServed(t, n, schedule, StartDaemon)
+}
+
+// newFleetEnvServed is newFleetEnv with each HSM's device directory served
+// by serve, which returns its address.
+func newFleetEnvServed(t testing.TB, n int, schedule string, serve func(tb testing.TB, deviceDir string) string) *fleetEnv {
 	t.Helper()
 	dir := t.TempDir()
 	mfr, err := device.NewAuthority(device.Manufacturer, "acme")
@@ -100,12 +108,15 @@ func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
 	clusters := map[string]any{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8) // a thousand at once would outrun the bootstrap's timeouts
 	for i := range n {
 		id := fmt.Sprintf("fleet-%02d", i)
 		f.ids = append(f.ids, id)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			devDir := filepath.Join(dir, "hsm-"+id)
 			d, claim, err := device.Manufacture(devDir, device.ManufactureConfig{Manufacturer: mfr, Operator: op, Class: testClass, Firmware: testFirmware},
 				device.Options{PasswordIterations: TestPasswordIterations})
@@ -114,7 +125,7 @@ func newFleetEnv(t *testing.T, n int, schedule string) *fleetEnv {
 				return
 			}
 			d.Close()
-			addr := StartDaemon(t, devDir)
+			addr := serve(t, devDir)
 			hsmtest.InitCluster(t, addr, claim, mfrRoots, opRoots, ca, id, testOfficer, fleetPassword)
 			mu.Lock()
 			clusters[id] = map[string]any{
@@ -191,7 +202,7 @@ type replica struct {
 	exited       chan struct{}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -203,7 +214,7 @@ func freeAddr(t *testing.T) string {
 
 // startReplica starts a `scheduler run` process, killed when the test
 // ends if still running.
-func (f *fleetEnv) startReplica(t *testing.T, name string) *replica {
+func (f *fleetEnv) startReplica(t testing.TB, name string) *replica {
 	t.Helper()
 	r := &replica{name: name, listen: freeAddr(t), logs: new(syncBuffer), exited: make(chan struct{})}
 	r.cmd = exec.Command(Binary(t), "--config", f.config, "scheduler", "run", "--listen", r.listen, "--replica", name)
@@ -224,7 +235,7 @@ func (f *fleetEnv) startReplica(t *testing.T, name string) *replica {
 }
 
 // stop sends sig and waits for the exit; it returns the exit code.
-func (r *replica) stop(t *testing.T, sig syscall.Signal, within time.Duration) int {
+func (r *replica) stop(t testing.TB, sig syscall.Signal, within time.Duration) int {
 	t.Helper()
 	r.cmd.Process.Signal(sig) //nolint:errcheck
 	select {
@@ -235,7 +246,7 @@ func (r *replica) stop(t *testing.T, sig syscall.Signal, within time.Duration) i
 	return r.cmd.ProcessState.ExitCode()
 }
 
-func (r *replica) get(t *testing.T, path string) string {
+func (r *replica) get(t testing.TB, path string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + r.listen + path)
 	if err != nil {
