@@ -242,6 +242,12 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	if len(sealKey) != 32 {
 		return nil, fmt.Errorf("open device: %s: %w", sealKeyFile, hsmcore.ErrMalformed)
 	}
+	// A daemon killed while it wrote a file (the state, a journal head, an
+	// audit head) left its temporary copy; the lock says no one else
+	// writes here now.
+	if _, err := atomicfile.RemoveTemps(dir); err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
 	f, err := atomicfile.OpenPrivate(filepath.Join(dir, stateFile))
 	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // WriteFile atomically replaces path with data, created with mode perm.
@@ -53,6 +54,45 @@ func Write(path string, perm os.FileMode, fill func(w io.Writer) error) (err err
 		return fmt.Errorf("rename %s: %w", path, err)
 	}
 	return SyncDir(dir)
+}
+
+// RemoveTemps removes from dir the temporary files Write left there when
+// its process died before the rename, and returns how many. The caller
+// must be the directory's only writer (hold its lock): a Write in
+// progress would lose its file.
+func RemoveTemps(dir string) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("remove temp files: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if name := e.Name(); e.Type().IsRegular() && isTemp(name) {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				return n, fmt.Errorf("remove temp files: %w", err)
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		return n, SyncDir(dir)
+	}
+	return 0, nil
+}
+
+// isTemp reports whether name is one of Write's temporary files:
+// "." + the target's name + ".tmp-" + CreateTemp's random digits.
+func isTemp(name string) bool {
+	i := strings.LastIndex(name, ".tmp-")
+	if !strings.HasPrefix(name, ".") || i < 2 || i+len(".tmp-") == len(name) {
+		return false
+	}
+	for _, c := range name[i+len(".tmp-"):] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // SyncDir fsyncs a directory so that renames and creations in it are durable.

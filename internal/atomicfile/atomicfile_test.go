@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -67,5 +68,45 @@ func TestReadPrivateRefusesLooseModes(t *testing.T) {
 	}
 	if _, err := ReadPrivate(dir); err == nil {
 		t.Fatal("a directory was read as a key file")
+	}
+}
+
+// TestRemoveTemps: the temporary files a killed Write leaves are removed,
+// and nothing else: not the targets, not names that only look alike.
+func TestRemoveTemps(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"state", ".hidden", "state.tmp-123", ".state.tmp-", ".state.tmp-12a", ".tmp-123"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("keep"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, ".d.tmp-1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// What Write leaves when its process dies after writing: a temp file
+	// of the pattern it creates.
+	for range 2 {
+		f, err := os.CreateTemp(dir, ".state.tmp-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("half a state")
+		f.Close()
+	}
+	n, err := RemoveTemps(dir)
+	if err != nil || n != 2 {
+		t.Fatalf("RemoveTemps = %d, %v; want 2 removed", n, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	want := []string{".d.tmp-1", ".hidden", ".state.tmp-", ".state.tmp-12a", ".tmp-123", "state", "state.tmp-123"}
+	if !slices.Equal(left, want) {
+		t.Errorf("left %q, want %q", left, want)
 	}
 }
