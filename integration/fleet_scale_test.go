@@ -36,7 +36,7 @@ func BenchmarkFleetScale(b *testing.B) {
 		b.Run(fmt.Sprintf("%d-clusters", n), func(b *testing.B) {
 			hsms := &countingHSMs{}
 			f := newFleetEnvServed(b, n, "0 * * * *", hsms.serve) // hourly: every cluster is due at start
-			f.cfg["scheduler"] = map[string]any{"jitter": "0s"}      // the default concurrency (4)
+			f.cfg["scheduler"] = map[string]any{"jitter": "0s"}   // the default concurrency (4)
 			for i := 0; b.Loop(); i++ {
 				f.cfg["store"] = fmt.Sprintf("s3://%s/round-%d?endpoint=%s&region=us-east-1", f.bucket, i, f.srv.URL())
 				f.writeConfig(b)
