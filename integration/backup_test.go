@@ -647,8 +647,10 @@ func TestBackupKilledMidUpload(t *testing.T) {
 		// What is left is the multipart upload the kill interrupted, with
 		// its first part: never an object, never listed. (MinIO lists
 		// incomplete uploads for the whole bucket or one exact key, not
-		// for a prefix, so the store's RemoveStaleUploads, which lists
-		// under its prefix, cannot find it there; MinIO expires it.)
+		// for a prefix, so the store's RemoveStaleUploads lists the
+		// bucket's and keeps those under its prefix; it aborts them once
+		// a day old, as one younger may be another backup's in progress:
+		// store/s3 TestRemoveStaleUploads.)
 		key, uploadID := strings.TrimPrefix(up[0], "/"+bucket+"/"), up[1]
 		var uploads []string
 		for u := range srv.Client(t).ListIncompleteUploads(context.Background(), bucket, "", true) {

@@ -15,18 +15,25 @@
 // died).
 //
 // minio-go itself retries each request (and each part, which it holds in
-// memory) up to Config.MaxRetries times; errors still retryable after that
-// are marked store.ErrTransient for store/retry.
+// memory) up to Config.MaxRetries times, within about ten seconds; a
+// streamed Put then goes on repeating its requests (each part it holds,
+// the upload's start and completion) for Config.Persist (30 s), and the
+// abort of an upload that failed as long again, so that a SlowDown
+// episode or a short outage neither fails a backup nor leaves an upload
+// behind. Errors still retryable after that are marked
+// store.ErrTransient for store/retry.
 package s3
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/md5"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -67,6 +74,11 @@ const (
 	// MinPartSize is S3's smallest part (but the last).
 	MinPartSize = 5 << 20
 )
+
+// DefaultPersist is Config.Persist's default: a streamed upload rides out
+// a SlowDown episode or an outage of half a minute (minio-go's own
+// retries give up within about ten seconds).
+const DefaultPersist = 30 * time.Second
 
 // Config configures a Store. Only Bucket is required; the zero value of
 // every other field is a documented default.
@@ -119,6 +131,15 @@ type Config struct {
 	// default (10), 1 means no retries.
 	MaxRetries int
 
+	// Persist is how long a streamed Put (a body of unknown length, such
+	// as an image coming from its HSM) keeps repeating a request that
+	// failed transiently (503 SlowDown, a reset, a refused connection)
+	// after minio-go's own retries gave up: each part, which it holds in
+	// memory, the upload's start and completion, and the abort of an
+	// upload that failed. 0 means DefaultPersist; negative, never. A body
+	// of known length is repeated whole by store/retry instead.
+	Persist time.Duration
+
 	// Transport carries the requests; nil means minio-go's default. Tests
 	// use it to inject faults; deployments to add a CA.
 	Transport http.RoundTripper
@@ -130,6 +151,7 @@ type Store struct {
 	bucket   string
 	prefix   string // "" or ending in "/"
 	partSize uint64
+	persist  time.Duration
 	md5      bool
 	sse      encrypt.ServerSide
 	url      string
@@ -275,6 +297,7 @@ func New(cfg Config) (*Store, error) {
 		bucket:   cfg.Bucket,
 		prefix:   prefix,
 		partSize: partSize,
+		persist:  cmp.Or(cfg.Persist, DefaultPersist),
 		md5:      cfg.SendContentMD5,
 		sse:      sse,
 		url:      "s3://" + cfg.Bucket + "/" + strings.TrimSuffix(prefix, "/"),
@@ -456,14 +479,17 @@ func lockRefused(err error) error {
 // start together would both win. A failed multipart upload is aborted
 // before putStream returns, even when ctx is cancelled.
 //
-// abortTimeout bounds the abort of a failed multipart upload, which runs
-// detached from the (maybe cancelled) context of the Put, so that an
-// interrupted upload ends within seconds even against a slow endpoint. An
+// abortTimeout bounds each try to abort a failed multipart upload, which
+// runs detached from the (maybe cancelled) context of the Put. An upload
+// the store failed is aborted with the store's persistence (the outage
+// that failed it may go on); an upload its caller interrupted is tried
+// once, so that it ends within seconds even against a slow endpoint. An
 // upload whose abort fails is left for RemoveStaleUploads (or the
 // bucket's lifecycle rule).
 const abortTimeout = 4 * time.Second
 
 func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po minio.PutObjectOptions, opts store.PutOptions) (err error) {
+	caller := ctx // cancelled only by the caller; ctx also by a failed part
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r = ctxio.Reader(ctx, r)
@@ -471,22 +497,26 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 	// as that much of the body is there, not a whole part later.
 	part, rerr := readPart(r, nil, int(min(s.partSize, MinPartSize)))
 	if rerr == io.EOF {
-		_, err := s.client.PutObject(ctx, s.bucket, name, bytes.NewReader(part), int64(len(part)), po)
-		return err
+		return again(ctx, s.persist, func(ctx context.Context) error {
+			_, err := s.client.PutObject(ctx, s.bucket, name, bytes.NewReader(part), int64(len(part)), po)
+			return err
+		})
 	}
 	if rerr != nil {
 		return rerr
 	}
 	core := minio.Core{Client: s.client}
-	uploadID, err := core.NewMultipartUpload(ctx, s.bucket, name, po)
+	var uploadID string
+	err = again(ctx, s.persist, func(ctx context.Context) (err error) {
+		uploadID, err = core.NewMultipartUpload(ctx, s.bucket, name, po)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("start multipart upload: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-			defer cancel()
-			if aerr := core.AbortMultipartUpload(actx, s.bucket, name, uploadID); aerr != nil {
+			if aerr := s.abort(caller, core, name, uploadID); aerr != nil {
 				err = fmt.Errorf("%w (and abort multipart upload %s: %w)", err, uploadID, aerr)
 			}
 		}
@@ -511,7 +541,11 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 					sum := md5.Sum(j.part)
 					popts.Md5Base64 = base64.StdEncoding.EncodeToString(sum[:])
 				}
-				p, err := core.PutObjectPart(ctx, s.bucket, name, uploadID, j.n, bytes.NewReader(j.part), int64(len(j.part)), popts)
+				var p minio.ObjectPart
+				err := again(ctx, s.persist, func(ctx context.Context) (err error) {
+					p, err = core.PutObjectPart(ctx, s.bucket, name, uploadID, j.n, bytes.NewReader(j.part), int64(len(j.part)), popts)
+					return err
+				})
 				if err != nil {
 					uerr = fmt.Errorf("upload part %d: %w", j.n, err)
 					cancel() // the body need not be read further
@@ -560,10 +594,60 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 	}
 	var copts minio.PutObjectOptions
 	setCondition(&copts, opts)
-	if _, err := core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, copts); err != nil {
+	err = again(ctx, s.persist, func(ctx context.Context) error {
+		_, err := core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, copts)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("complete multipart upload: %w", err)
 	}
 	return nil
+}
+
+// abort aborts a failed multipart upload, detached from ctx, the Put's:
+// once if ctx is done (the caller gave up); else, as the store failed
+// it, with the store's persistence again (at least 10 s), since the
+// outage that failed the upload may well go on. An upload already gone
+// counts as aborted.
+func (s *Store) abort(ctx context.Context, core minio.Core, name, uploadID string) error {
+	try := func(actx context.Context) error {
+		tctx, cancel := context.WithTimeout(actx, abortTimeout)
+		defer cancel()
+		err := core.AbortMultipartUpload(tctx, s.bucket, name, uploadID)
+		if err != nil && errors.Is(classify(tctx, err, nil), store.ErrNotFound) {
+			return nil // a repeat after a lost answer
+		}
+		return err
+	}
+	actx := context.WithoutCancel(ctx)
+	if ctx.Err() != nil || s.persist < 0 {
+		return try(actx)
+	}
+	return again(actx, max(s.persist, 10*time.Second), try)
+}
+
+// again runs op, a request of a streamed Put, until it succeeds, fails
+// other than transiently, ctx is done, or persist is spent in waits
+// between tries (the last one shortened to fit): 0.5 s doubling to 8 s,
+// drawn from the upper half of each so that uploads that failed together
+// do not come back together.
+func again(ctx context.Context, persist time.Duration, op func(context.Context) error) error {
+	var waited time.Duration
+	backoff := 500 * time.Millisecond
+	for {
+		err := op(ctx)
+		if err == nil || !errors.Is(classify(ctx, err, nil), store.ErrTransient) || waited >= persist {
+			return err
+		}
+		d := min(backoff/2+rand.N(backoff/2), persist-waited)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(d):
+		}
+		waited += d
+		backoff = min(2*backoff, 8*time.Second)
+	}
 }
 
 // setCondition adds opts' condition, if any, to po: If-None-Match: * for
