@@ -52,10 +52,13 @@ vet:
 
 # test: all tests, with the race detector; a test that would skip for a
 # missing component fails instead. Then every benchmark once, with -short
-# (smaller sizes): not to time them, only to keep them working.
+# (smaller sizes): not to time them, only to keep them working. Then every
+# fuzz target for a second (about 1.5 minutes in all): `make fuzz` runs
+# them longer.
 test: tools vet
 	HSMBACKUP_TEST_DISALLOW_SKIP=1 $(GO) test -race -count=1 ./...
 	HSMBACKUP_TEST_DISALLOW_SKIP=1 $(GO) test -short -count=1 -run '^$$' -bench . -benchtime 1x ./...
+	FUZZTIME=1s GO=$(GO) ./scripts/fuzz.sh
 
 # fuzz: every fuzz target for FUZZTIME each (scripts/fuzz.sh).
 fuzz:
