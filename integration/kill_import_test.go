@@ -41,8 +41,8 @@ func TestDaemonKilledMidImport(t *testing.T) {
 		go func() { done <- s.cliRes(t, c.restoreArgs(id, target)...) }()
 		if i%2 == 0 { // at a random moment of the restore
 			time.Sleep(time.Duration(rand.Int64N(int64(whole))))
-		} else { // as the new state is being written
-			waitForTemp(t, dir, whole*3)
+		} else if !waitForTemp(t, dir, whole*3) { // as the new state is being written
+			t.Errorf("trial %d: the restore wrote no state file to kill it in: the trial tests nothing", i)
 		}
 		Kill(t, target)
 		<-done
@@ -88,15 +88,16 @@ func temps(t *testing.T, dir string) []string {
 	return out
 }
 
-// waitForTemp returns once dir holds a temporary file of the state, or
-// after within.
-func waitForTemp(t *testing.T, dir string, within time.Duration) {
+// waitForTemp reports whether dir held a temporary file of the state
+// within the given time, returning as soon as it does.
+func waitForTemp(t *testing.T, dir string, within time.Duration) bool {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if m, _ := filepath.Glob(filepath.Join(dir, ".device.sealed.tmp-*")); len(m) > 0 {
-			return
+			return true
 		}
 		time.Sleep(time.Millisecond)
 	}
+	return false
 }

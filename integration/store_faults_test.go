@@ -114,6 +114,16 @@ func newEpisodeProxy(t *testing.T, endpoint string) *episodeProxy {
 	rp := httputil.NewSingleHostReverseProxy(target) // keeps the signed Host
 	rp.ErrorLog = log.New(io.Discard, "", 0)
 	p := &episodeProxy{}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if r := resp.Request; r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "1" && resp.StatusCode == http.StatusOK {
+			p.mu.Lock()
+			if p.armed && p.until.IsZero() {
+				p.until = time.Now().Add(p.lasting)
+			}
+			p.mu.Unlock()
+		}
+		return nil
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		in := p.armed && !p.until.IsZero() && time.Now().Before(p.until)
@@ -136,15 +146,7 @@ func newEpisodeProxy(t *testing.T, endpoint string) *episodeProxy {
 			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w}
-		rp.ServeHTTP(rec, r)
-		if r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "1" && rec.status == http.StatusOK {
-			p.mu.Lock()
-			if p.armed && p.until.IsZero() {
-				p.until = time.Now().Add(p.lasting)
-			}
-			p.mu.Unlock()
-		}
+		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	p.URL = srv.URL
@@ -163,21 +165,4 @@ func (p *episodeProxy) disarm() int {
 	defer p.mu.Unlock()
 	p.armed = false
 	return p.failed
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
 }
