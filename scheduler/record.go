@@ -115,6 +115,14 @@ func readRunOnce(ctx context.Context, st store.Store, prefix, cluster, kind stri
 	if err != nil {
 		return nil, fmt.Errorf("read run record: %w", err)
 	}
+	return parseRun(b, cluster, kind, pub)
+}
+
+// parseRun reads b as the run record of cluster's kind of job: nil if it
+// is not one (unreadable, too large, another format or job), an error
+// wrapping ErrRecordUnverified if pub is set and its signature does not
+// verify.
+func parseRun(b []byte, cluster, kind string, pub ed25519.PublicKey) (*RunRecord, error) {
 	var r RunRecord
 	if len(b) > maxRunRecord || strictjson.Unmarshal(b, &r) != nil || r.Format != runRecordFormat ||
 		r.Cluster != cluster || r.Kind != kind {
