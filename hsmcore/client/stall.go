@@ -39,9 +39,11 @@ func (w *watchdog) stop() {
 }
 
 // explain returns the stall, if that is what ended the transfer, else err.
+// The stall's error does not wrap err, the context.Canceled it ended
+// with: nobody interrupted the caller.
 func (w *watchdog) explain(err error) error {
 	if cause := context.Cause(w.ctx); err != nil && errors.Is(cause, ErrStalled) {
-		return fmt.Errorf("%w (%w)", cause, err)
+		return fmt.Errorf("%w (%v)", cause, err)
 	}
 	return err
 }
