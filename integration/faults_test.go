@@ -68,6 +68,7 @@ func TestFaultsEverywhere(t *testing.T) {
 	ready := []string{ref}
 
 	var st faultStats
+	seen := map[string]bool{} // leftovers reported
 	start := time.Now()
 	for i := range faultBackups {
 		f := hsmpx.randomFault(i, backupBytes)
@@ -96,7 +97,7 @@ func TestFaultsEverywhere(t *testing.T) {
 			st.backupsFailed++
 			st.failure(t, what, res)
 		}
-		st.partial += clean.leftovers(t, srv, bucket, ready)
+		st.partial += clean.leftovers(t, what, srv, bucket, ready, seen)
 	}
 
 	// Restores of the newest backup, each into a new HSM behind a TCP
@@ -209,26 +210,32 @@ func (s *faultStats) failure(t *testing.T, what string, res Result) {
 }
 
 // leftovers counts what the store holds that is no part of a backup in
-// ready: objects under the backups' prefix of another id, and incomplete
-// multipart uploads. It fails t for each.
-func (s *service) leftovers(t *testing.T, srv *miniotest.Server, bucket string, ready []string) int {
+// ready and was not counted before (seen): objects under the backups'
+// prefix of another id, and incomplete multipart uploads. It fails t for
+// each, after what.
+func (s *service) leftovers(t *testing.T, what string, srv *miniotest.Server, bucket string, ready []string, seen map[string]bool) int {
 	t.Helper()
-	n := 0
+	var left []string
 	prefix := "hsm/clusters/" + testCluster + "/backups/"
 	for _, k := range objects(t, srv, bucket, prefix) {
 		id, _, _ := strings.Cut(strings.TrimPrefix(k, prefix), "/")
 		if !slices.Contains(ready, id) {
-			t.Errorf("object %s of no READY backup left in the store", k)
+			left = append(left, "object "+k)
+		}
+	}
+	for _, u := range incompleteUploads(t, srv, bucket) {
+		left = append(left, "incomplete upload of "+u)
+	}
+	n := 0
+	for _, l := range left {
+		if !seen[l] {
+			seen[l] = true
+			t.Errorf("%s: %s left in the store", what, l)
 			n++
 		}
 	}
-	if up := incompleteUploads(t, srv, bucket); len(up) > 0 {
-		t.Errorf("incomplete uploads left: %q", up)
-		n += len(up)
-	}
-	listed := s.list(t)
-	if len(listed) != len(ready) {
-		t.Errorf("backup list shows %d backups, %d are READY", len(listed), len(ready))
+	if listed := s.list(t); len(listed) != len(ready) {
+		t.Errorf("%s: backup list shows %d backups, %d are READY", what, len(listed), len(ready))
 		n++
 	}
 	return n

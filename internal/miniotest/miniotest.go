@@ -63,11 +63,15 @@ type Server struct {
 	SecretKey string
 	KMSKeyID  string
 
+	dir     string
+	console string // the console's address
+	kmsKey  string // MINIO_KMS_SECRET_KEY
+	log     *syncBuffer
+	once    sync.Once
+
+	mu   sync.Mutex
 	cmd  *exec.Cmd
-	dir  string
-	log  *syncBuffer
 	done chan struct{} // closed when the process has exited
-	once sync.Once
 }
 
 // URL returns the server's base URL.
@@ -217,49 +221,74 @@ func startOnce(bin, dir string) (*Server, error) {
 		AccessKey: "test-" + hex.EncodeToString(key[:6]),
 		KMSKeyID:  KMSKeyID,
 		dir:       dir,
+		console:   fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		log:       &syncBuffer{},
-		done:      make(chan struct{}),
 	}
 	secret := make([]byte, 20)
 	rand.Read(secret)
 	s.SecretKey = hex.EncodeToString(secret)
 	rand.Read(key)
+	s.kmsKey = KMSKeyID + ":" + base64.StdEncoding.EncodeToString(key)
+	if err := s.launch(bin); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
-	s.cmd = exec.Command(bin, "server",
+// launch starts the server's process and waits until it is live.
+func (s *Server) launch(bin string) error {
+	cmd := exec.Command(bin, "server",
 		"--address", s.Endpoint,
-		"--console-address", fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		"--certs-dir", dir+"/certs",
+		"--console-address", s.console,
+		"--certs-dir", s.dir+"/certs",
 		"--quiet",
-		dir+"/data")
+		s.dir+"/data")
 	env := []string{
 		"MINIO_ROOT_USER=" + s.AccessKey,
 		"MINIO_ROOT_PASSWORD=" + s.SecretKey,
 		"MINIO_BROWSER=off",
 		"MINIO_UPDATE=off",
-		"MINIO_KMS_SECRET_KEY=" + KMSKeyID + ":" + base64.StdEncoding.EncodeToString(key),
+		"MINIO_KMS_SECRET_KEY=" + s.kmsKey,
 	}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MINIO_") {
 			env = append(env, kv)
 		}
 	}
-	s.cmd.Env = env
-	s.cmd.Stdout = s.log
-	s.cmd.Stderr = s.log
+	cmd.Env = env
+	cmd.Stdout = s.log
+	cmd.Stderr = s.log
 	// Die with the test binary even if it is killed before cleanup.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
+	done := make(chan struct{})
 	go func() {
-		s.cmd.Wait()
-		close(s.done)
+		cmd.Wait()
+		close(done)
 	}()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
 	if err := s.waitLive(); err != nil {
 		s.kill()
-		return nil, fmt.Errorf("%w; server log:\n%s", err, s.log.String())
+		return fmt.Errorf("%w; server log:\n%s", err, s.log.String())
 	}
-	return s, nil
+	return nil
+}
+
+// Kill stops the server at once (SIGKILL), as a crash or a lost host,
+// keeping its data for Restart. Not for the shared server.
+func (s *Server) Kill() { s.kill() }
+
+// Restart starts a server Kill stopped again, on the same address with
+// the same data, credentials and KMS key, and waits until it is live.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	if err := s.launch(lookBinary(tb)); err != nil {
+		tb.Fatalf("miniotest: restart: %v", err)
+	}
 }
 
 // waitLive polls the liveness endpoint until it answers 200.
@@ -274,9 +303,12 @@ func (s *Server) waitLive() error {
 				return nil
 			}
 		}
+		s.mu.Lock()
+		cmd, done := s.cmd, s.done
+		s.mu.Unlock()
 		select {
-		case <-s.done:
-			return fmt.Errorf("minio exited during start-up: %v", s.cmd.ProcessState)
+		case <-done:
+			return fmt.Errorf("minio exited during start-up: %v", cmd.ProcessState)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -287,9 +319,12 @@ func (s *Server) waitLive() error {
 // removes its data. It is safe to call more than once.
 func (s *Server) Stop() {
 	s.once.Do(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
+		s.mu.Lock()
+		cmd, done := s.cmd, s.done
+		s.mu.Unlock()
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-s.done:
+		case <-done:
 		case <-time.After(stopTimeout):
 			s.kill()
 		}
@@ -298,8 +333,11 @@ func (s *Server) Stop() {
 }
 
 func (s *Server) kill() {
-	s.cmd.Process.Kill()
-	<-s.done
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	cmd.Process.Kill()
+	<-done
 }
 
 // Log returns what the server has printed so far.

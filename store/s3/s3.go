@@ -20,7 +20,9 @@
 // the upload's start and completion) for Config.Persist (30 s), and the
 // abort of an upload that failed as long again, so that a SlowDown
 // episode or a short outage neither fails a backup nor leaves an upload
-// behind. Errors still retryable after that are marked
+// behind. A read of an object that fails on the way resumes where it
+// stopped (a GET of the rest, if the object is still the same) with the
+// same persistence. Errors still retryable after that are marked
 // store.ErrTransient for store/retry.
 package s3
 
@@ -40,6 +42,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -282,11 +285,17 @@ func New(cfg Config) (*Store, error) {
 			&credentials.IAM{},
 		})
 	}
+	transport := cfg.Transport
+	if transport == nil {
+		if transport, err = minio.DefaultTransport(ep.secure); err != nil {
+			return nil, fmt.Errorf("s3 store: %w", err)
+		}
+	}
 	client, err := minio.New(ep.host, &minio.Options{
 		Creds:      creds,
 		Secure:     ep.secure,
 		Region:     ep.region,
-		Transport:  cfg.Transport,
+		Transport:  countingTransport{transport},
 		MaxRetries: cfg.MaxRetries,
 	})
 	if err != nil {
@@ -507,8 +516,9 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 	}
 	core := minio.Core{Client: s.client}
 	var uploadID string
+	var starts atomic.Int32 // requests sent to start the upload
 	err = again(ctx, s.persist, func(ctx context.Context) (err error) {
-		uploadID, err = core.NewMultipartUpload(ctx, s.bucket, name, po)
+		uploadID, err = core.NewMultipartUpload(context.WithValue(ctx, requestsKey{}, &starts), s.bucket, name, po)
 		return err
 	})
 	if err != nil {
@@ -519,6 +529,9 @@ func (s *Store) putStream(ctx context.Context, name string, r io.Reader, po mini
 			if aerr := s.abort(caller, core, name, uploadID); aerr != nil {
 				err = fmt.Errorf("%w (and abort multipart upload %s: %w)", err, uploadID, aerr)
 			}
+		}
+		if starts.Load() > 1 && opts.CreateOnly {
+			s.abortStrays(caller, core, name, uploadID)
 		}
 	}()
 
@@ -626,6 +639,47 @@ func (s *Store) abort(ctx context.Context, core minio.Core, name, uploadID strin
 	return again(actx, max(s.persist, 10*time.Second), try)
 }
 
+// abortStrays aborts the multipart uploads of name other than ours, once
+// the start of ours took more than one request. A start whose answer was
+// lost (a reset, a response cut short) is sent again, by minio-go or by
+// again, and the upload the store began for the lost one would stay,
+// never completed, until RemoveStaleUploads sweeps it a day later. A
+// create-only streamed Put writes a new name (an image under a new backup
+// id), so every other upload of it is one of its own. (Were another
+// writer racing for the name, its upload aborted would fail it, as its
+// completion would have.) Best effort: what a failed listing leaves, the
+// sweep removes.
+func (s *Store) abortStrays(ctx context.Context, core minio.Core, name, ours string) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	var strays []string
+	for u := range s.client.ListIncompleteUploads(lctx, s.bucket, name, false) {
+		if u.Err != nil {
+			break
+		}
+		if u.Key == name && u.UploadID != ours {
+			strays = append(strays, u.UploadID)
+		}
+	}
+	for _, id := range strays {
+		s.abort(ctx, core, name, id)
+	}
+}
+
+// requestsKey keys a context's *atomic.Int32 that countingTransport adds
+// each request sent with it to: minio-go repeats a request whose answer
+// was lost without telling its caller.
+type requestsKey struct{}
+
+type countingTransport struct{ inner http.RoundTripper }
+
+func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if n, ok := r.Context().Value(requestsKey{}).(*atomic.Int32); ok {
+		n.Add(1)
+	}
+	return t.inner.RoundTrip(r)
+}
+
 // again runs op, a request of a streamed Put, until it succeeds, fails
 // other than transiently, ctx is done, or persist is spent in waits
 // between tries (the last one shortened to fit): 0.5 s doubling to 8 s,
@@ -728,11 +782,12 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, errReplaced))
 	}
 	// Stat sends the GET, so a missing object shows here, not on Read.
-	if _, err := obj.Stat(); err != nil {
+	info, err := obj.Stat()
+	if err != nil {
 		obj.Close()
 		return nil, fmt.Errorf("get %s: %w", key, s.classify(ctx, err, errReplaced))
 	}
-	return &objectReader{obj: obj, s: s, ctx: ctx, key: key}, nil
+	return &objectReader{obj: obj, s: s, ctx: ctx, key: key, etag: info.ETag}, nil
 }
 
 // errReplaced is a GET's failed precondition: the object was replaced
@@ -740,23 +795,73 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 // ErrNotFound.
 var errReplaced = fmt.Errorf("replaced while read: %w", store.ErrConflict)
 
-// objectReader classifies a GET's later errors as Get's: minio-go reads
-// the rest of an object with If-Match on the ETag it first saw, so an
-// object replaced meanwhile fails the read with ErrConflict instead of
-// mixing two versions.
+// objectReader classifies a GET's later errors as Get's, and resumes a
+// read that fails transiently (a reset connection, a restarted server)
+// where it stopped: a GET of the rest, with If-Match on the ETag first
+// seen, repeated with the store's persistence. An object replaced
+// meanwhile fails the read with ErrConflict instead of mixing two
+// versions.
 type objectReader struct {
-	obj *minio.Object
-	s   *Store
-	ctx context.Context
-	key string
+	obj  *minio.Object
+	s    *Store
+	ctx  context.Context
+	key  string
+	etag string
+	off  int64 // bytes read
+	// stuck counts resumes since the last byte read: a server that
+	// answers each resumed GET and then fails it is given up on.
+	stuck int
 }
 
+// maxStuckResumes bounds the resumes of a read that get no byte further.
+const maxStuckResumes = 3
+
 func (r *objectReader) Read(p []byte) (int, error) {
-	n, err := r.obj.Read(p)
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("get %s: %w", r.key, r.s.classify(r.ctx, err, errReplaced))
+	for {
+		n, err := r.obj.Read(p)
+		r.off += int64(n)
+		if n > 0 {
+			r.stuck = 0
+		}
+		if err == nil || err == io.EOF {
+			return n, err
+		}
+		err = r.s.classify(r.ctx, err, errReplaced)
+		if !store.IsTransient(err) || r.s.persist < 0 || r.stuck >= maxStuckResumes || r.resume() != nil {
+			return n, fmt.Errorf("get %s: %w", r.key, err)
+		}
+		if n > 0 {
+			return n, nil
+		}
 	}
-	return n, err
+}
+
+// resume replaces the failed GET with one of the rest of the same object.
+func (r *objectReader) resume() error {
+	r.obj.Close()
+	r.stuck++
+	return again(r.ctx, r.s.persist, func(ctx context.Context) error {
+		opts := minio.GetObjectOptions{}
+		if err := opts.SetMatchETag(r.etag); err != nil {
+			return err
+		}
+		if r.off > 0 {
+			if err := opts.SetRange(r.off, 0); err != nil {
+				return err
+			}
+		}
+		obj, err := r.s.client.GetObject(ctx, r.s.bucket, r.s.prefix+r.key, opts)
+		if err == nil {
+			if _, err = obj.Stat(); err != nil {
+				obj.Close()
+			}
+		}
+		if err != nil {
+			return err
+		}
+		r.obj = obj
+		return nil
+	})
 }
 
 func (r *objectReader) Close() error { return r.obj.Close() }
