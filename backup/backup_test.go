@@ -303,6 +303,75 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestCreateFailureRidesOutCleanup: a manifest stored but answered with a
+// transient failure (a lost answer), then deletions that fail
+// transiently for a while, as the store fault goes on: Create fails, and
+// removes the manifest first and then the image, so that no backup is
+// listed without its image and nothing is left. Interrupted, it tries
+// only for CleanupTimeout.
+func TestCreateFailureRidesOutCleanup(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 300)
+	kr, _, priv := backuptest.Keys(t)
+	base := backuptest.FileStore(t)
+	opts := CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv}
+	var deletes []string
+	failing := 3 // deletions that fail before the store answers again
+	st := &mockStore{Store: base,
+		put: func(ctx context.Context, key string, r io.Reader, o store.PutOptions) error {
+			err := base.Put(ctx, key, r, o)
+			if err == nil && strings.HasSuffix(key, "/"+ManifestObject) {
+				return store.Transient(errors.New("connection reset after the manifest was stored"))
+			}
+			return err
+		},
+		del: func(ctx context.Context, key string) error {
+			deletes = append(deletes, key[strings.LastIndexByte(key, '/')+1:])
+			if failing > 0 {
+				failing--
+				return store.Transient(errors.New("503 SlowDown"))
+			}
+			return base.Delete(ctx, key)
+		},
+	}
+	_, err := Create(ctx, member, Repo{Store: st, Prefix: testPrefix}, opts)
+	if err == nil || !strings.Contains(err.Error(), "write manifest") {
+		t.Fatalf("Create = %v, want the manifest's failure", err)
+	}
+	if keys := allKeys(t, base); len(keys) != 0 {
+		t.Fatalf("left %v", keys)
+	}
+	want := []string{ManifestObject, ManifestObject, ManifestObject, ManifestObject, ImageObject}
+	if !slices.Equal(deletes, want) {
+		t.Fatalf("deletions %v, want %v (the manifest first, repeated until it went)", deletes, want)
+	}
+
+	// Interrupted: the store never answers; the cleanup gives up within
+	// CleanupTimeout, leaving the image for Orphans and Prune.
+	failing = 1 << 30
+	deletes = nil
+	ictx, cancel := context.WithCancel(ctx)
+	st.put = func(ctx context.Context, key string, r io.Reader, o store.PutOptions) error {
+		err := base.Put(ctx, key, r, o)
+		if strings.HasSuffix(key, "/"+ImageObject) {
+			cancel()
+			return context.Canceled
+		}
+		return err
+	}
+	start := time.Now()
+	_, err = Create(ictx, member, Repo{Store: st, Prefix: testPrefix}, opts)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted Create = %v", err)
+	}
+	if took := time.Since(start); took > CleanupTimeout+2*time.Second {
+		t.Errorf("an interrupted Create took %v to give up its cleanup; the bound is %v", took, CleanupTimeout)
+	}
+	if len(deletes) == 0 {
+		t.Error("no deletion of the image was tried")
+	}
+}
+
 func TestCreateRejects(t *testing.T) {
 	ctx := context.Background()
 	member := newMember(t, 0)

@@ -147,7 +147,14 @@ func Create(ctx context.Context, src ImageSource, repo Repo, opts CreateOptions)
 		err = st.Put(ctx, manifestKey, bytes.NewReader(b), store.PutOptions{CreateOnly: true, Retention: lock})
 	}
 	if err != nil {
-		return nil, cleanupAfter(ctx, st, imageKey, fmt.Errorf("write manifest %s: %w", id, err))
+		err = fmt.Errorf("write manifest %s: %w", id, err)
+		// The manifest may be stored all the same, its answer lost: it
+		// goes first, so that no backup is ever listed without its image.
+		// If it stays, so does the image: a whole backup.
+		if derr := cleanup(ctx, st, manifestKey); derr != nil {
+			return nil, fmt.Errorf("%w (and its deletion failed: backup %s may be listed, whole: %w)", err, id, derr)
+		}
+		return nil, cleanupAfter(ctx, st, imageKey, err)
 	}
 	return m, nil
 }
@@ -199,20 +206,39 @@ func cloneTags(t map[string]string) map[string]string {
 	return c
 }
 
-// CleanupTimeout bounds the deletion of the image object of a backup that
-// failed or was interrupted: it runs detached from the cancelled context,
-// under this deadline of its own, so that an interrupt ends Create within
-// seconds even against a slow store. An image left behind (the deadline
+// The deletion of the image object of a backup that failed or was
+// interrupted runs detached from the (maybe cancelled) context, under a
+// deadline of its own: CleanupTimeout if the caller interrupted Create,
+// so that it ends within seconds even against a slow store; else
+// CleanupPersist, repeating transient failures, since the store fault
+// that failed the backup may go on. An image left behind (the deadline
 // passed, the process was killed) has no manifest: Orphans reports it and
 // Prune removes it.
-const CleanupTimeout = 4 * time.Second
+const (
+	CleanupTimeout = 4 * time.Second
+	CleanupPersist = 30 * time.Second
+)
 
-// cleanup deletes a backup's image object after a failure, even if ctx is
-// done, within CleanupTimeout, and returns the store's error.
+// cleanup deletes a backup's object after a failure, even if ctx is done,
+// and returns the store's error.
 func cleanup(ctx context.Context, st store.Store, key string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
+	bound := CleanupPersist
+	if ctx.Err() != nil {
+		bound = CleanupTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
-	return st.Delete(ctx, key)
+	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 8*time.Second) {
+		err := st.Delete(ctx, key)
+		if !store.IsTransient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // cleanupAfter is cleanup after err, which it returns, saying so if the
