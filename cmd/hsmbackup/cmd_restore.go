@@ -170,11 +170,11 @@ func restoreBackup(ctx context.Context, e *env, opts restoreOptions, clusterID s
 	// restored, the targets present that certificate. It is trusted only
 	// once the manifest's signature is checked.
 	m, err := backup.Describe(ctx, e.repo, clusterID, id)
-	if err == nil {
-		err = m.Verify(pub)
-	}
 	if err != nil {
 		return nil, err
+	}
+	if err := m.Verify(pub); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
 	switch m.State {
 	case backup.StateReady:
