@@ -19,6 +19,8 @@ package backup
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -33,7 +35,7 @@ var (
 	// cluster say it should be, or its signature does not verify.
 	ErrManifest = errors.New("invalid manifest")
 	// ErrObjectHash: the stored image object's SHA-256 or size differs
-	// from the manifest's.
+	// from the manifest's, or the object is missing.
 	ErrObjectHash = errors.New("image object does not match its manifest")
 	// ErrOuterLayer: the outer envelope does not open (no identity given
 	// holds a key for it: wrap.ErrUnknownKey), does not authenticate
@@ -88,6 +90,17 @@ func (r Repo) prefix() (string, error) {
 // backup id of cluster in r.
 func (r Repo) ObjectKey(cluster, id, object string) string {
 	return r.clusterDir(cluster) + id + "/" + object
+}
+
+// GetImage opens the image object of backup id of cluster. A missing
+// object is ErrObjectHash (and store.ErrNotFound): a backup whose manifest
+// is there and whose image is not fails its check, as a changed one does.
+func (r Repo) GetImage(ctx context.Context, cluster, id string) (io.ReadCloser, error) {
+	rc, err := r.Store.Get(ctx, r.ObjectKey(cluster, id, ImageObject))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: the image object is missing (%w)", ErrObjectHash, err)
+	}
+	return rc, err
 }
 
 // clusterDir returns the key prefix of cluster's backups in r.

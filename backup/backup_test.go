@@ -439,3 +439,30 @@ func TestCreateBeforeCommit(t *testing.T) {
 		t.Fatalf("List = %d, %v", len(ms), err)
 	}
 }
+
+// TestVerifyMissingImage: a READY backup whose image object is gone fails
+// its check as a changed one does (ErrObjectHash, the CLI's exit status
+// 4), the missing object named.
+func TestVerifyMissingImage(t *testing.T) {
+	ctx := context.Background()
+	member := newMember(t, 50)
+	kr, pub, priv := backuptest.Keys(t)
+	st := backuptest.FileStore(t)
+	repo := Repo{Store: st, Prefix: testPrefix}
+	m, err := Create(ctx, member, repo, CreateOptions{Recipients: []wrap.Recipient{kr}, SigningKey: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, repo.ObjectKey(testCluster, m.ID, ImageObject)); err != nil {
+		t.Fatal(err)
+	}
+	for _, deep := range []bool{false, true} {
+		err := Verify(ctx, repo, testCluster, m.ID, VerifyOptions{PublicKey: pub, Identities: []wrap.Identity{kr}, Deep: deep})
+		if !errors.Is(err, ErrObjectHash) || !errors.Is(err, store.ErrNotFound) || !strings.Contains(err.Error(), "image object is missing") {
+			t.Errorf("verify (deep %t) of a backup without its image: %v; want ErrObjectHash, the object missing", deep, err)
+		}
+	}
+	if err := CheckObject(ctx, repo, m); !errors.Is(err, ErrObjectHash) {
+		t.Errorf("CheckObject of a backup without its image: %v; want ErrObjectHash", err)
+	}
+}

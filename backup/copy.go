@@ -104,7 +104,7 @@ func copyOnce(ctx context.Context, src Repo, cluster, id string, dst Repo, opts 
 	m.Tags = cloneTags(sm.Tags)
 	m.Lock = nil // the source's lock is the source's: the copy is stored without one
 
-	rc, err := src.Store.Get(ctx, src.ObjectKey(cluster, id, ImageObject))
+	rc, err := src.GetImage(ctx, cluster, id)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}

@@ -251,7 +251,7 @@ func TestCopyRefuses(t *testing.T) {
 		{name: "image truncated by 1 byte", id: good.ID, want: layer, prepare: setImage(image[:len(image)-1])},
 		{name: "image truncated to its header", id: good.ID, want: layer, prepare: setImage(image[:hdr])},
 		{name: "image with a byte appended", id: good.ID, want: layer, prepare: setImage(append(bytes.Clone(image), 0))},
-		{name: "image missing", id: good.ID, want: []error{store.ErrNotFound},
+		{name: "image missing", id: good.ID, want: []error{ErrObjectHash},
 			prepare: func(t *testing.T) {
 				if err := src.Delete(ctx, imageKey); err != nil {
 					t.Fatal(err)

@@ -59,7 +59,7 @@ func verify(ctx context.Context, repo Repo, cluster, id string, opts VerifyOptio
 	if m.State == StateDeleted {
 		return fmt.Errorf("%w: it is DELETED and its image purged; only its manifest remains", ErrState)
 	}
-	rc, err := repo.Store.Get(ctx, repo.ObjectKey(cluster, id, ImageObject))
+	rc, err := repo.GetImage(ctx, cluster, id)
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func CheckObject(ctx context.Context, repo Repo, m *Manifest) error {
 
 // checkObject is CheckObject without naming the backup.
 func checkObject(ctx context.Context, repo Repo, m *Manifest) error {
-	rc, err := repo.Store.Get(ctx, repo.ObjectKey(m.ClusterID, m.ID, ImageObject))
+	rc, err := repo.GetImage(ctx, m.ClusterID, m.ID)
 	if err != nil {
 		return err
 	}

@@ -183,8 +183,8 @@ type victim struct {
 	// untouched), INVALID, or "" (not listed at all).
 	listed string
 	// code is the exit status of verify (0: any failure status, as for
-	// a missing object, exit 1 today); wants, words of its error (and of
-	// restore's) besides the backup id.
+	// a backup not listed at all: no such backup, exit 1); wants, words of
+	// its error (and of restore's) besides the backup id.
 	code  int
 	wants []string
 }
@@ -537,7 +537,7 @@ func (e *hostileStore) deleteCase(r backupRef, name string) hostileCase {
 	if name == backup.ManifestObject {
 		return k.with(e.goneAs(r))
 	}
-	return k.with(victim{ref: r, listed: "READY", wants: []string{"object not found"}})
+	return k.with(victim{ref: r, listed: "READY", code: exitCodeVerify, wants: []string{wantHash, "the image object is missing"}})
 }
 
 // replayCase puts the manifest of the older backup over the newer's.

@@ -211,7 +211,7 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 	// withheld until the hash matches the manifest's: the HSM reads to the
 	// end of its stream before it commits (it refuses trailing data), so a
 	// mismatch reaches it as a read error and it commits nothing.
-	rc, err := repo.Store.Get(ctx, repo.ObjectKey(clusterID, backupID, backup.ImageObject))
+	rc, err := repo.GetImage(ctx, clusterID, backupID)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", backupID, err)
 	}
