@@ -9,7 +9,7 @@ BENCHTIME ?= 1x
 
 export PATH := $(TOOLS_DIR)/bin:$(PATH)
 
-.PHONY: all build test demo tools fuzz bench vet clean
+.PHONY: all build test demo tools fuzz bench soak vet clean
 
 all: build
 
@@ -63,6 +63,13 @@ test: tools vet
 # fuzz: every fuzz target for FUZZTIME each (scripts/fuzz.sh).
 fuzz:
 	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
+
+# soak: the soak test longer than in `make test` (SOAK_OPS operations, not
+# 8: about a minute for every 12), under the race detector; its counts go
+# to docs/RELIABILITY.md.
+SOAK_OPS ?= 40
+soak: tools
+	HSMBACKUP_TEST_DISALLOW_SKIP=1 HSMBACKUP_SOAK_OPS=$(SOAK_OPS) $(GO) test -race -count=1 -timeout 60m -run '^TestSoak$$' -v ./integration
 
 # bench: the benchmarks behind docs/BENCHMARKS.md.
 bench:

@@ -41,26 +41,47 @@ const (
 	RunTimeout = time.Minute
 )
 
-var build struct {
-	once      sync.Once
-	dir, path string
-	err       error
+// builds are the binaries built for the tests: plain (Binary) and with
+// the race detector (RaceBinary), in one temporary directory.
+var builds struct {
+	mu          sync.Mutex
+	dir         string
+	plain, race builtBinary
+}
+
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 // Binary returns the path of hsmbackup built from this checkout. The first
 // call builds it into a temporary directory, which CleanupBinary removes.
 func Binary(tb testing.TB) string {
 	tb.Helper()
-	build.once.Do(func() {
-		build.path, build.err = buildBinary()
-	})
-	if build.err != nil {
-		tb.Fatalf("build hsmbackup: %v", build.err)
-	}
-	return build.path
+	return builtOnce(tb, &builds.plain, "hsmbackup")
 }
 
-func buildBinary() (string, error) {
+// RaceBinary is Binary built with the race detector: a process that meets
+// a data race prints "WARNING: DATA RACE" on stderr (and exits 66 at
+// the end).
+func RaceBinary(tb testing.TB) string {
+	tb.Helper()
+	return builtOnce(tb, &builds.race, "hsmbackup-race", "-race")
+}
+
+func builtOnce(tb testing.TB, b *builtBinary, name string, flags ...string) string {
+	tb.Helper()
+	b.once.Do(func() {
+		b.path, b.err = buildBinary(name, flags...)
+	})
+	if b.err != nil {
+		tb.Fatalf("build %s: %v", name, b.err)
+	}
+	return b.path
+}
+
+func buildBinary(name string, flags ...string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
@@ -69,12 +90,17 @@ func buildBinary() (string, error) {
 	if gomod == "" || gomod == os.DevNull {
 		return "", errors.New("not inside the hsmbackup module")
 	}
-	build.dir, err = os.MkdirTemp("", "hsmbackup-integration-")
+	builds.mu.Lock()
+	if builds.dir == "" {
+		builds.dir, err = os.MkdirTemp("", "hsmbackup-integration-")
+	}
+	dir := builds.dir
+	builds.mu.Unlock()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(build.dir, "hsmbackup")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/hsmbackup")
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/hsmbackup")...)
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
@@ -82,11 +108,11 @@ func buildBinary() (string, error) {
 	return bin, nil
 }
 
-// CleanupBinary removes what Binary built. TestMain calls it once the
-// tests are done.
+// CleanupBinary removes what Binary and RaceBinary built. TestMain calls
+// it once the tests are done.
 func CleanupBinary() {
-	if build.dir != "" {
-		os.RemoveAll(build.dir)
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
 	}
 }
 
@@ -106,6 +132,7 @@ func (r Result) String() string {
 type RunOptions struct {
 	Dir string   // working directory
 	Env []string // added to the environment, "KEY=value"
+	Bin string   // the binary run: Binary if empty
 }
 
 // Run runs hsmbackup with args and returns its output and exit code. It
@@ -121,7 +148,11 @@ func RunWith(tb testing.TB, opts RunOptions, args ...string) Result {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), RunTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Binary(tb), args...)
+	bin := opts.Bin
+	if bin == "" {
+		bin = Binary(tb)
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = opts.Dir
 	cmd.Env = append(os.Environ(), opts.Env...)
 	var stdout, stderr bytes.Buffer
@@ -191,6 +222,7 @@ func DaemonPeakRSS(tb testing.TB, addr string) int64 {
 // daemon is one `hsmbackup hsm serve` process.
 type daemon struct {
 	addr, dir string
+	bin       string // the binary it runs
 	cmd       *exec.Cmd
 	logs      *syncBuffer
 	done      chan struct{} // closed when the process has exited
@@ -209,7 +241,14 @@ var daemons struct {
 // log is shown if the test failed.
 func StartDaemon(tb testing.TB, deviceDir string) string {
 	tb.Helper()
-	return startDaemon(tb, deviceDir, "127.0.0.1:0")
+	return startDaemon(tb, Binary(tb), deviceDir, "127.0.0.1:0")
+}
+
+// StartDaemonOf is StartDaemon running bin (RaceBinary, say), which
+// RestartDaemon runs again.
+func StartDaemonOf(tb testing.TB, bin, deviceDir string) string {
+	tb.Helper()
+	return startDaemon(tb, bin, deviceDir, "127.0.0.1:0")
 }
 
 // RestartDaemon starts the daemon that ran on addr again, on the same
@@ -226,16 +265,16 @@ func RestartDaemon(tb testing.TB, addr string) {
 	daemons.Lock()
 	delete(daemons.byAddr, addr)
 	daemons.Unlock()
-	if got := startDaemon(tb, old.dir, addr); got != addr {
+	if got := startDaemon(tb, old.bin, old.dir, addr); got != addr {
 		tb.Fatalf("restarted daemon listens on %s, want %s", got, addr)
 	}
 }
 
-func startDaemon(tb testing.TB, deviceDir, listen string) string {
+func startDaemon(tb testing.TB, bin, deviceDir, listen string) string {
 	tb.Helper()
-	d := &daemon{dir: deviceDir, logs: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{dir: deviceDir, bin: bin, logs: &syncBuffer{}, done: make(chan struct{})}
 	listening := make(chan string, 1)
-	d.cmd = exec.Command(Binary(tb), "hsm", "serve", "--device", deviceDir, "--listen", listen,
+	d.cmd = exec.Command(bin, "hsm", "serve", "--device", deviceDir, "--listen", listen,
 		"--password-iterations", fmt.Sprint(TestPasswordIterations))
 	d.cmd.Stdout = &lineWatcher{prefix: "listening on ", found: listening}
 	d.cmd.Stderr = d.logs
@@ -389,4 +428,11 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Len is the number of bytes written.
+func (b *syncBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
 }

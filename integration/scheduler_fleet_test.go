@@ -48,6 +48,9 @@ type fleetEnv struct {
 	bucket string
 	env    []string // S3 credentials
 	cfg    map[string]any
+	// mfr and op are the authorities every HSM of the fleet is
+	// manufactured by (newHSM makes more).
+	mfr, op *device.Authority
 }
 
 const fleetPassword = "fleet officer password 7f3a"
@@ -102,7 +105,7 @@ func newFleetEnvServed(t testing.TB, n int, schedule string, serve func(tb testi
 		t.Fatal(err)
 	}
 
-	f := &fleetEnv{dir: dir, srv: miniotest.Shared(t)}
+	f := &fleetEnv{dir: dir, srv: miniotest.Shared(t), mfr: mfr, op: op}
 	f.bucket = f.srv.NewBucket(t, miniotest.BucketOptions{})
 	f.env = []string{"AWS_ACCESS_KEY_ID=" + f.srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + f.srv.SecretKey}
 	clusters := map[string]any{}
@@ -152,6 +155,24 @@ func newFleetEnvServed(t testing.TB, n int, schedule string, serve func(tb testi
 	}
 	f.writeConfig(t)
 	return f
+}
+
+// newHSM manufactures a new HSM of the fleet's authorities in the fleet's
+// directory, named name, has serve serve it and returns its address and
+// the claim file written for it (relative to the config's directory).
+func (f *fleetEnv) newHSM(t testing.TB, name string, serve func(tb testing.TB, deviceDir string) string) (addr, claimFile string) {
+	t.Helper()
+	dir := filepath.Join(f.dir, name)
+	d, claim, err := device.Manufacture(dir, device.ManufactureConfig{Manufacturer: f.mfr, Operator: f.op, Class: testClass, Firmware: testFirmware},
+		device.Options{PasswordIterations: TestPasswordIterations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := os.WriteFile(dir+".claim", claim.Marshal(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return serve(t, dir), name + ".claim"
 }
 
 func (f *fleetEnv) writeConfig(t testing.TB) {
@@ -216,8 +237,14 @@ func freeAddr(t testing.TB) string {
 // ends if still running.
 func (f *fleetEnv) startReplica(t testing.TB, name string) *replica {
 	t.Helper()
+	return f.startReplicaOf(t, name, Binary(t))
+}
+
+// startReplicaOf is startReplica running bin (RaceBinary, say).
+func (f *fleetEnv) startReplicaOf(t testing.TB, name, bin string) *replica {
+	t.Helper()
 	r := &replica{name: name, listen: freeAddr(t), logs: new(syncBuffer), exited: make(chan struct{})}
-	r.cmd = exec.Command(Binary(t), "--config", f.config, "scheduler", "run", "--listen", r.listen, "--replica", name)
+	r.cmd = exec.Command(bin, "--config", f.config, "scheduler", "run", "--listen", r.listen, "--replica", name)
 	r.cmd.Env = append(os.Environ(), f.env...)
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	if err := r.cmd.Start(); err != nil {
