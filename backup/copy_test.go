@@ -356,7 +356,7 @@ func TestFind(t *testing.T) {
 	// The same id in two clusters: Find cannot choose.
 	putObject(t, st, Repo{Prefix: testPrefix}.ObjectKey("cluster-2", m.ID, ManifestObject), readObject(t, st, Repo{Prefix: testPrefix}.ObjectKey(testCluster, m.ID, ManifestObject)))
 	c, err := Find(ctx, Repo{Store: st, Prefix: testPrefix}, m.ID)
-	if err == nil || errors.Is(err, store.ErrNotFound) || c != "" || !strings.Contains(err.Error(), "cluster-2") {
+	if !errors.Is(err, ErrAmbiguous) || errors.Is(err, store.ErrNotFound) || c != "" || !strings.Contains(err.Error(), "cluster-2") {
 		t.Fatalf("Find of an id in two clusters = %q, %v", c, err)
 	}
 }

@@ -215,7 +215,8 @@ func readManifest(ctx context.Context, st store.Store, key, cluster, id string) 
 
 // Find returns the cluster of backup id in repo, by listing keys (no
 // manifest is read). A missing backup is an error wrapping
-// store.ErrNotFound.
+// store.ErrNotFound; one in several clusters (copied there by hand: a
+// backup's id is its own) an error wrapping ErrAmbiguous.
 func Find(ctx context.Context, repo Repo, id string) (string, error) {
 	p, err := repo.prefix()
 	if err != nil {
@@ -238,7 +239,7 @@ func Find(ctx context.Context, repo Repo, id string) (string, error) {
 	case len(found) == 0:
 		return "", fmt.Errorf("backup %s: %w", id, store.ErrNotFound)
 	case len(found) > 1:
-		return "", fmt.Errorf("backup %s: in clusters %v: name the cluster", id, found)
+		return "", fmt.Errorf("backup %s: %w: in clusters %s: name the cluster", id, ErrAmbiguous, strings.Join(found, ", "))
 	}
 	return found[0], nil
 }
