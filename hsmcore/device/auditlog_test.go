@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -403,5 +404,49 @@ func TestUnauthenticatedEntriesBoundedPerWindow(t *testing.T) {
 	}
 	if e := entries[len(entries)-1]; e.Op != "login" || e.Result != "denied" || e.Actor != Unauthenticated {
 		t.Fatalf("last entry %+v, want the new window's failed login", e)
+	}
+}
+
+// A change the disk refuses (its state commit fails) is in the audit log
+// as an error of its operation, by its user, on its object, and changes
+// nothing; the same change then succeeds. Without the entry, an officer
+// reading the log would not know a key or user was attempted.
+func TestFailedCommitAudited(t *testing.T) {
+	d := newDevice(t, stdHW)
+	co, cu := initDevice(t, d)
+	k, err := cu.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Label: "kept", Encrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		actor, op, object string
+		do                func() error
+	}{
+		{"alice", "key.create", fmt.Sprint(k.Handle + 1), func() error {
+			_, err := cu.GenerateKey(hsmcore.KeySpec{Type: hsmcore.AES, Bits: 256, Label: "refused", Encrypt: true})
+			return err
+		}},
+		{"admin", "user.create", "bob " + string(hsmcore.CryptoUser), func() error { return co.CreateUser("bob", hsmcore.CryptoUser, testPassword) }},
+		{"alice", "key.delete", fmt.Sprint(k.Handle), func() error { return cu.DeleteKey(k.Handle) }},
+		{"alice", "user.password", "alice", func() error { return cu.ChangePassword(testPassword + " again") }},
+	} {
+		sealed, contents := snapshot(t, d)
+		head := d.auditLog.Head()
+		d.failCommits = 1
+		if err := c.do(); !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("%s on a full disk: %v, want ENOSPC", c.op, err)
+		}
+		assertUnchanged(t, d, sealed, contents)
+		entries, _, err := d.AuditLog()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := entries[head.Seq:]
+		if len(got) != 1 || got[0].Actor != c.actor || got[0].Op != c.op || got[0].Object != c.object || got[0].Result != "error" {
+			t.Fatalf("audit entries of %s refused by the disk: %+v, want one: %s %s %s error", c.op, got, c.actor, c.op, c.object)
+		}
+		if err := c.do(); err != nil {
+			t.Fatalf("%s once the disk takes it: %v", c.op, err)
+		}
 	}
 }

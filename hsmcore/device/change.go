@@ -137,7 +137,9 @@ var changeOps = []string{
 }
 
 // commitChange records a change of object made in next (see record) and
-// commits next. The caller holds d.mu.
+// commits next. The caller holds d.mu, and audits a failed commit (a full
+// or failing disk) as an error of its operation, so that the log shows
+// what was attempted.
 func (d *Device) commitChange(next *contents, s *Session, op, object string) error {
 	if err := d.record(next, s, op, object); err != nil {
 		return err
@@ -452,6 +454,7 @@ func (s *Session) ImportChanges(recs [][]byte) (int, error) {
 		return 0, refusal
 	}
 	if err := d.commit(next); err != nil {
+		d.audit(s.user, "sync.import", fmt.Sprintf("%d changes", len(done)), "error")
 		return 0, fmt.Errorf("import change: %w", err)
 	}
 	if u := next.Users[s.user]; u != nil {

@@ -319,6 +319,7 @@ func (s *Session) AddMember(certDER []byte) error {
 	}
 	next.Members = append(next.Members, m)
 	if err := d.commitChange(next, s, "member.add", membersObject); err != nil {
+		d.audit(s.user, "member.add", m.Serial, "error")
 		return fmt.Errorf("add member: %w", err)
 	}
 	return d.audit(s.user, "member.add", m.Serial, "ok")

@@ -100,6 +100,7 @@ type Device struct {
 	digestOK       bool     // digest is st's; else stateDigest computes it
 	jr             *journal // nil: the next commit writes a base
 	baseSize       int64    // plaintext size of the last base written or read
+	failCommits    int      // tests only: commits that fail as on a full disk
 	sessionHandles uint64
 	tracker        *quorum.Tracker     // quorum tokens: outstanding ones in memory only, spent ones also in spentFile
 	failures       map[string]*failure // failed logins by user; device-local, in failuresFile

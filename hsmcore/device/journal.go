@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/internal/atomicfile"
@@ -56,6 +57,10 @@ func journalAAD(base []byte, seq uint64) []byte {
 // commit makes next the device's contents: durable first, then swapped
 // in. The caller holds d.mu. On error nothing changed.
 func (d *Device) commit(next *contents) error {
+	if d.failCommits > 0 {
+		d.failCommits--
+		return fmt.Errorf("seal state: write: %w", syscall.ENOSPC)
+	}
 	if d.jr != nil {
 		delta, ok, err := encodeDelta(d.st, next)
 		if err != nil {

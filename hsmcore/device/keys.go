@@ -380,8 +380,13 @@ func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcor
 			}
 		}
 	}
+	object := handleRange(recs)
+	if detail != "" {
+		object += " " + detail
+	}
 	if token {
 		if err := d.commit(next); err != nil {
+			d.audit(s.user, op, object, "error")
 			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 	} else {
@@ -390,10 +395,6 @@ func (s *Session) addKeys(op string, recs []*keyRecord, detail string) ([]hsmcor
 	out := make([]hsmcore.KeyInfo, len(recs))
 	for i, k := range recs {
 		out[i] = k.info()
-	}
-	object := handleRange(recs)
-	if detail != "" {
-		object += " " + detail
 	}
 	if err := d.audit(s.user, op, object, "ok"); err != nil {
 		return nil, err
@@ -517,6 +518,7 @@ func (s *Session) commitKey(op string, k *keyRecord, change func(k *keyRecord) (
 	}
 	if k.Token {
 		if err := d.commitChange(next, s, op, keyObject(k.Handle)); err != nil {
+			d.audit(s.user, op, fmt.Sprint(k.Handle), "error")
 			return fmt.Errorf("%s: key %d: %w", op, k.Handle, err)
 		}
 	} else {

@@ -53,6 +53,7 @@ func (s *Session) RegisterSigningKey(pub ed25519.PublicKey) error {
 	next := d.st.clone()
 	next.Users[s.user] = &u
 	if err := d.commitChange(next, s, "quorum.key", userObject(s.user)); err != nil {
+		d.audit(s.user, "quorum.key", s.user, "error")
 		return fmt.Errorf("register signing key: %w", err)
 	}
 	s.rec = &u
@@ -95,6 +96,7 @@ func (s *Session) SetQuorum(op string, m int) error {
 	next := d.st.clone()
 	next.Quorum = p
 	if err := d.commitChange(next, s, "quorum.set", quorumObject); err != nil {
+		d.audit(s.user, "quorum.set", hsmcore.QuorumSetObject(op, m), "error")
 		return fmt.Errorf("set quorum: %w", err)
 	}
 	return d.audit(s.user, "quorum.set", hsmcore.QuorumSetObject(op, m), "ok")

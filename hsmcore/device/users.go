@@ -254,6 +254,7 @@ func (s *Session) CreateUser(name string, role hsmcore.Role, password string) er
 	next := d.st.clone()
 	next.Users[name] = u
 	if err := d.commitChange(next, s, "user.create", userObject(name)); err != nil {
+		d.audit(s.user, "user.create", name+" "+string(role), "error")
 		return fmt.Errorf("create user %s: %w", name, err)
 	}
 	return d.audit(s.user, "user.create", name+" "+string(role), "ok")
@@ -283,6 +284,7 @@ func (s *Session) DeleteUser(name string) error {
 		return err
 	}
 	if err := d.commitChange(next, s, "user.delete", userObject(name)); err != nil {
+		d.audit(s.user, "user.delete", name, "error")
 		return fmt.Errorf("delete user %s: %w", name, err)
 	}
 	return d.audit(s.user, "user.delete", name, "ok")
@@ -304,6 +306,7 @@ func (s *Session) ChangePassword(password string) error {
 	next := d.st.clone()
 	next.Users[s.user] = u
 	if err := d.commitChange(next, s, "user.password", userObject(s.user)); err != nil {
+		d.audit(s.user, "user.password", s.user, "error")
 		return fmt.Errorf("change password: %w", err)
 	}
 	s.rec = u // this session goes on; the user's other sessions end
