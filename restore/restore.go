@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/backup"
@@ -237,7 +238,10 @@ func (b *verified) into(ctx context.Context, target Target, opts Options) (*Resu
 		return nil, fmt.Errorf("backup %s: %w", backupID, g.err) // as backup.Verify says it
 	}
 	if err != nil {
-		return nil, fmt.Errorf("import image: %w", err)
+		if !strings.HasPrefix(err.Error(), "import image: ") { // the HSM's refusals name it already
+			err = fmt.Errorf("import image: %w", err)
+		}
+		return nil, err
 	}
 	if id := hex.EncodeToString(resp.ImageID); id != m.ImageID {
 		return nil, fmt.Errorf("import image: target imported image %s, manifest says %s", id, m.ImageID)
