@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -342,7 +343,12 @@ func bare(err error) error {
 	}
 	var op *net.OpError
 	if errors.As(inner, &op) && op.Err != nil {
-		return &requestError{msg: op.Op + ": " + op.Err.Error(), err: err}
+		cause := op.Err
+		var sys *os.SyscallError // "read: connection reset by peer", not "read: read: …"
+		if errors.As(cause, &sys) && sys.Syscall == op.Op {
+			cause = sys.Err
+		}
+		return &requestError{msg: op.Op + ": " + cause.Error(), err: err}
 	}
 	return &requestError{msg: inner.Error(), err: err}
 }
