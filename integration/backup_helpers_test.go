@@ -247,6 +247,12 @@ func (c *cluster) health(t testing.TB, addr string) api.Health {
 // it is one, as a device of the manufacturer.
 func (c *cluster) memberClient(t testing.TB, addr string) *client.Client {
 	t.Helper()
+	return c.clientIn(t, addr, testCluster)
+}
+
+// clientIn is memberClient for an HSM of cluster.
+func (c *cluster) clientIn(t testing.TB, addr, cluster string) *client.Client {
+	t.Helper()
 	pair, err := tls.LoadX509KeyPair(c.cert, c.key)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +260,7 @@ func (c *cluster) memberClient(t testing.TB, addr string) *client.Client {
 	roots := x509.NewCertPool()
 	roots.AddCert(loadCert(t, c.mfrRoot))
 	cl, err := client.New(client.Config{Addr: addr, Certificate: &pair, CustomerCA: loadCert(t, c.ca.Cert),
-		ClusterID: testCluster, ManufacturerRoots: roots, Timeout: 10 * time.Second})
+		ClusterID: cluster, ManufacturerRoots: roots, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,11 +433,21 @@ func (w *s3Watch) seen() []string {
 
 var logLine = regexp.MustCompile(`^time=\S+ level=(INFO|WARN) msg=`)
 
-// wantFailure fails t unless res is a failure reported as one line
+// wantFailure fails t now unless res is a failure reported as one line
 // "hsmbackup: ..." on stderr, last, containing every one of wants; the
 // lines before it may only be the command's log lines (docs/CLI.md: logs
 // go to stderr).
-func wantFailure(t *testing.T, res Result, wants ...string) {
+func wantFailure(t testing.TB, res Result, wants ...string) {
+	t.Helper()
+	if !cleanFailure(t, "the command", res, wants...) {
+		t.FailNow()
+	}
+}
+
+// cleanFailure reports whether res is a failure reported as one line
+// "hsmbackup: ..." last on stderr, after log lines only, that mentions
+// every one of wants; it reports what is wrong.
+func cleanFailure(t testing.TB, what string, res Result, wants ...string) bool {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(res.Stderr, "\n"), "\n")
 	last := lines[len(lines)-1]
@@ -440,13 +456,17 @@ func wantFailure(t *testing.T, res Result, wants ...string) {
 		ok = ok && logLine.MatchString(l)
 	}
 	if !ok {
-		t.Fatalf("want a failure exit status (1-6) and one line \"hsmbackup: ...\" last on stderr, after log lines only; got %s", res)
+		t.Errorf("%s: want a failure exit status (1-6) and one line \"hsmbackup: ...\" last on stderr, after log lines only; got %s", what, res)
+		return false
 	}
 	for _, w := range wants {
 		if !strings.Contains(last, w) {
-			t.Errorf("error %q does not mention %q", last, w)
+			t.Errorf("%s: error %q does not mention %q", what, last, w)
+			ok = false
 		}
 	}
+	t.Logf("%s: %s", what, last)
+	return ok
 }
 
 // fillKeys has a new crypto user of c make n 512-byte secret keys in

@@ -470,31 +470,6 @@ func (s *service) holdsOnly(t *testing.T, ids []string) bool {
 	return ok
 }
 
-// cleanFailure reports whether res is a failure reported as one line
-// "hsmbackup: ..." last on stderr, after log lines only, that mentions
-// every one of wants; it reports what is wrong.
-func cleanFailure(t *testing.T, what string, res Result, wants ...string) bool {
-	t.Helper()
-	lines := strings.Split(strings.TrimSuffix(res.Stderr, "\n"), "\n")
-	last := lines[len(lines)-1]
-	ok := res.Code >= 1 && res.Code <= 6 && strings.HasPrefix(last, "hsmbackup: ") && strings.HasSuffix(res.Stderr, "\n")
-	for _, l := range lines[:len(lines)-1] {
-		ok = ok && logLine.MatchString(l)
-	}
-	if !ok {
-		t.Errorf("%s: want a failure exit status (1-6) and one line \"hsmbackup: ...\" last on stderr, after log lines only; got %s", what, res)
-		return false
-	}
-	for _, w := range wants {
-		if !strings.Contains(last, w) {
-			t.Errorf("%s: error %q does not mention %q", what, last, w)
-			ok = false
-		}
-	}
-	t.Logf("%s: %s", what, last)
-	return ok
-}
-
 // cleanError reports whether err is an error mentioning every one of
 // wants; it reports what is wrong.
 func cleanError(t *testing.T, what string, err error, wants ...string) bool {

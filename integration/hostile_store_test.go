@@ -3,8 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,7 +22,6 @@ import (
 	"github.com/hsmbackup/hsmbackup/backup"
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
-	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/internal/miniotest"
 )
 
@@ -1034,29 +1031,10 @@ func (s *service) createIn(t *testing.T, cluster, serial string) string {
 	return m[1]
 }
 
-// clientIn is a client of the HSM on addr with the officer's client
-// certificate, trusting it as a member of cluster or as a new device.
-func clientIn(t *testing.T, c *cluster, addr, cluster string) *client.Client {
-	t.Helper()
-	pair, err := tls.LoadX509KeyPair(c.cert, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(loadCert(t, c.mfrRoot))
-	cl, err := client.New(client.Config{Addr: addr, Certificate: &pair, CustomerCA: loadCert(t, c.ca.Cert),
-		ClusterID: cluster, ManufacturerRoots: roots, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
 // healthIn is c.health for an HSM of cluster.
 func healthIn(t *testing.T, c *cluster, addr, cluster string) api.Health {
 	t.Helper()
-	h, err := clientIn(t, c, addr, cluster).Health(context.Background())
+	h, err := c.clientIn(t, addr, cluster).Health(context.Background())
 	if err != nil {
 		t.Fatalf("health of %s: %v", addr, err)
 	}
@@ -1068,7 +1046,7 @@ func healthIn(t *testing.T, c *cluster, addr, cluster string) api.Health {
 func addUser(t *testing.T, c *cluster, addr, cluster, name string) {
 	t.Helper()
 	ctx := context.Background()
-	cl := clientIn(t, c, addr, cluster)
+	cl := c.clientIn(t, addr, cluster)
 	if _, err := cl.Login(ctx, testOfficer, c.password); err != nil {
 		t.Fatal(err)
 	}
