@@ -56,7 +56,7 @@ func TestSoak(t *testing.T) {
 	if s := os.Getenv(soakOpsVar); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 4 {
-			t.Fatalf("$%s=%q: want a number of operations, at least 4", soakOpsVar, s)
+			t.Fatalf("$%s=%q (make soak SOAK_OPS=…): want a number of operations, at least 4", soakOpsVar, s)
 		}
 		ops = n
 	}
