@@ -255,15 +255,25 @@ func (sh SignedHead) SignedMessage() []byte {
 // head signed by the device whose certificate (from a verified
 // attestation) is given.
 func VerifyAuditLog(entries []audit.Entry, sh SignedHead, deviceCert *x509.Certificate) error {
+	if err := VerifyAuditHead(sh, deviceCert); err != nil {
+		return err
+	}
+	if err := audit.Verify(entries, &sh.Head); err != nil {
+		return fmt.Errorf("verify audit log: %w", err)
+	}
+	return nil
+}
+
+// VerifyAuditHead checks that sh is signed by the device whose
+// certificate (from a verified attestation) is given: a log whose chain
+// ends at sh.Head (audit.Verify) is then the device's whole log.
+func VerifyAuditHead(sh SignedHead, deviceCert *x509.Certificate) error {
 	pub, ok := deviceCert.PublicKey.(*ecdsa.PublicKey)
 	if !ok || deviceCert.Subject.SerialNumber != sh.Serial {
 		return fmt.Errorf("verify audit log: certificate is not the device's: %w", ErrTampered)
 	}
 	if !ecdsa.VerifyASN1(pub, DomainDigest(AuditHeadDomain, sh.SignedMessage()), sh.Signature) {
 		return fmt.Errorf("verify audit log: head signature: %w", ErrTampered)
-	}
-	if err := audit.Verify(entries, &sh.Head); err != nil {
-		return fmt.Errorf("verify audit log: %w", err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/cluster"
 	"github.com/urfave/cli/v2"
 )
@@ -118,7 +119,8 @@ func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.Ch
 		return err
 	}
 	defer cl.Logout(ctx) //nolint:errcheck // the session also ends with the connection
-	al, err := cl.AuditLog(ctx)
+	entries := 0
+	head, err := cl.AuditLog(ctx, func(page []audit.Entry) error { entries += len(page); return nil })
 	if err != nil {
 		return fmt.Errorf("%s: fetch audit log: %w", cl.addr, cl.explain(err))
 	}
@@ -129,11 +131,11 @@ func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.Ch
 	if t.clusterID != "" && st.ClusterID != t.clusterID {
 		return fmt.Errorf("HSM %s is in cluster %q, not %q: %w", st.Serial, st.ClusterID, t.clusterID, hsmcore.ErrAttestation)
 	}
-	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, st.Certificate); err != nil {
+	if err := hsmcore.VerifyAuditHead(head, st.Certificate); err != nil {
 		return fmt.Errorf("audit log of %s: %w", st.Serial, err)
 	}
 	p := &printer{w: e.stdout}
 	p.printf("attestation verified: %s\n", describeStatement(st))
-	p.printf("audit log of %s: %d entries, chain intact, head signed\n", st.Serial, len(al.Entries))
+	p.printf("audit log of %s: %d entries, chain intact, head signed\n", st.Serial, entries)
 	return p.err
 }

@@ -25,6 +25,10 @@ const (
 	// header form) on the calls that set up a new HSM: the cluster CSR,
 	// the cluster initialization and an image import without a session.
 	ClaimHeader = "Hsm-Claim"
+	// MaxAuditPage bounds the entries of one answer to GET /v1/audit: at
+	// most audit.MaxLineLen bytes each, 8,192 of them are far within what
+	// a client reads of an answer (64 MiB).
+	MaxAuditPage = 8192
 )
 
 // ClaimNonceResponse answers POST /v1/claim/nonce: a nonce for one claim
@@ -275,7 +279,11 @@ type MemberRequest struct {
 	Certificate []byte `json:"certificate"`
 }
 
-// AuditResponse is the answer to GET /v1/audit.
+// AuditResponse is the answer to GET /v1/audit?from=N&limit=M: the
+// entries of the audit log from sequence number N (default 1), at most M
+// (default and at most MaxAuditPage) and none past the end of the segment
+// holding N, so possibly fewer, and the log's head as it is now, signed
+// by the device. Past the head, Entries is empty.
 type AuditResponse struct {
 	Entries []audit.Entry      `json:"entries"`
 	Head    hsmcore.SignedHead `json:"head"`

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/quorum"
 )
 
@@ -752,10 +753,56 @@ func (c *Client) AddMember(ctx context.Context, certDER []byte) error {
 	return c.do(ctx, "POST", "/v1/cluster/members", api.MemberRequest{Certificate: certDER}, nil)
 }
 
-// AuditLog returns the HSM's audit log and its signed head.
-func (c *Client) AuditLog(ctx context.Context) (api.AuditResponse, error) {
-	var out api.AuditResponse
-	return out, c.do(ctx, "GET", "/v1/audit", nil, &out)
+// AuditLog reads the HSM's whole audit log, a page at a time (GET
+// /v1/audit?from=…), up to the head the first page brings, and calls
+// visit with each page's entries in order; it returns that head, signed
+// by the device. The pages must form one chain, from the first entry to
+// that head: one that does not continue the ones before, or a log that
+// stops short of the head, fails with an error wrapping audit.ErrBroken
+// and hsmcore.ErrTampered. The head's signature is the caller's to check,
+// against the device certificate of an attestation
+// (hsmcore.VerifyAuditHead); the log is then the device's.
+func (c *Client) AuditLog(ctx context.Context, visit func([]audit.Entry) error) (hsmcore.SignedHead, error) {
+	return readAuditLog(func(from uint64) (api.AuditResponse, error) {
+		var page api.AuditResponse
+		return page, c.do(ctx, "GET", "/v1/audit?from="+strconv.FormatUint(from, 10), nil, &page)
+	}, visit)
+}
+
+// readAuditLog is AuditLog with the pages from fetch.
+func readAuditLog(fetch func(from uint64) (api.AuditResponse, error), visit func([]audit.Entry) error) (hsmcore.SignedHead, error) {
+	var head hsmcore.SignedHead
+	at := audit.Head{} // the last entry checked
+	for first := true; first || at.Seq < head.Head.Seq; first = false {
+		page, err := fetch(at.Seq + 1)
+		if err != nil {
+			return hsmcore.SignedHead{}, err
+		}
+		if first {
+			head = page.Head
+		}
+		entries := page.Entries
+		if len(entries) == 0 && at.Seq < head.Head.Seq {
+			return hsmcore.SignedHead{}, fmt.Errorf("audit log: the HSM sent no entry after %d, its head is %d: %w: %w", at.Seq, head.Head.Seq, audit.ErrBroken, hsmcore.ErrTampered)
+		}
+		if err := audit.VerifyFrom(at, entries, nil); err != nil {
+			return hsmcore.SignedHead{}, fmt.Errorf("audit log: %w: %w", err, hsmcore.ErrTampered)
+		}
+		if n := head.Head.Seq - at.Seq; uint64(len(entries)) > n {
+			entries = entries[:n] // appended since the first page: past its head
+		}
+		if len(entries) > 0 {
+			if err := visit(entries); err != nil {
+				return hsmcore.SignedHead{}, err
+			}
+			last := entries[len(entries)-1]
+			at = audit.Head{Seq: last.Seq, Hash: last.Hash}
+		}
+	}
+	if at != head.Head {
+		return hsmcore.SignedHead{}, fmt.Errorf("audit log: the chain ends at entry %d, not at the head the HSM signed: %w: %w", at.Seq, audit.ErrBroken, hsmcore.ErrTampered)
+	}
+	return head, nil
 }
 
 // ExportImage streams the HSM's image; the caller closes it. Cancelling

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -347,21 +348,34 @@ func (d *Device) readSegments(n int, visit func([]audit.Entry)) (audit.Head, err
 	return start, nil
 }
 
-// readSegment reads closed segment k, which must continue the chain
-// after start and end at the head the device signed when closing it.
-func (d *Device) readSegment(k int, start audit.Head) ([]audit.Entry, audit.Head, error) {
-	path := filepath.Join(d.dir, segmentName(k))
-	b, err := os.ReadFile(path + auditHeadExt)
+// segmentHead reads the head the device signed when it closed segment k
+// (k 0: the log's start, before any entry).
+func (d *Device) segmentHead(k int) (audit.Head, error) {
+	if k == 0 {
+		return audit.Head{}, nil
+	}
+	b, err := os.ReadFile(filepath.Join(d.dir, segmentName(k)+auditHeadExt))
 	if err != nil {
-		return nil, audit.Head{}, err
+		return audit.Head{}, err
 	}
 	var sh hsmcore.SignedHead
 	if err := strictjson.Unmarshal(b, &sh); err != nil {
-		return nil, audit.Head{}, fmt.Errorf("head: %w", err)
+		return audit.Head{}, fmt.Errorf("head: %w", err)
 	}
 	if !d.signedHeadValid(sh) {
-		return nil, audit.Head{}, errors.New("head: not signed by this device")
+		return audit.Head{}, errors.New("head: not signed by this device")
 	}
+	return sh.Head, nil
+}
+
+// readSegment reads closed segment k, which must continue the chain
+// after start and end at the head the device signed when closing it.
+func (d *Device) readSegment(k int, start audit.Head) ([]audit.Entry, audit.Head, error) {
+	head, err := d.segmentHead(k)
+	if err != nil {
+		return nil, audit.Head{}, err
+	}
+	path := filepath.Join(d.dir, segmentName(k))
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, audit.Head{}, err
@@ -369,12 +383,12 @@ func (d *Device) readSegment(k int, start audit.Head) ([]audit.Entry, audit.Head
 	defer f.Close()
 	entries, err := audit.Decode(f)
 	if err == nil {
-		err = audit.VerifyFrom(start, entries, &sh.Head)
+		err = audit.VerifyFrom(start, entries, &head)
 	}
 	if err == nil && len(entries) == 0 {
 		err = errors.New("empty segment")
 	}
-	return entries, sh.Head, err
+	return entries, head, err
 }
 
 func (d *Device) signedHeadValid(sh hsmcore.SignedHead) bool {
@@ -411,6 +425,78 @@ func (d *Device) AuditLog() ([]audit.Entry, hsmcore.SignedHead, error) {
 	}
 	sh, err := d.signHead(head)
 	return append(all, entries...), sh, err
+}
+
+// AuditPage returns a page of the audit log: the entries from sequence
+// number from (1 is the first), at most limit of them and none past the
+// end of the segment holding from, with the log's head signed by the
+// device key. The segment is checked as AuditLog checks it (a closed one
+// against its signed head, the active one as the continuation of the last
+// closed one up to the head); a from past the head returns no entry.
+// Paging from 1 to a head returns the whole log without holding it at
+// once, on either side: hsmcore/client's AuditLog checks that the pages
+// chain to the head of the first. Refusals of unauthenticated calls not
+// yet recorded are recorded first.
+func (d *Device) AuditPage(from uint64, limit int) ([]audit.Entry, hsmcore.SignedHead, error) {
+	if from < 1 || limit < 1 {
+		return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: a page of %d entries from %d: %w", limit, from, hsmcore.ErrInvalid)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.alog.f == nil {
+		return nil, hsmcore.SignedHead{}, errors.New("audit log: device closed")
+	}
+	d.flushSuppressed() // on failure they stay counted, for later
+	head := d.auditLog.Head()
+	var page []audit.Entry
+	if from <= head.Seq {
+		entries, err := d.segmentOf(from, head)
+		if err != nil {
+			return nil, hsmcore.SignedHead{}, fmt.Errorf("audit log: %w: %w", err, hsmcore.ErrTampered)
+		}
+		i := from - entries[0].Seq
+		page = entries[i:min(uint64(len(entries)), i+uint64(limit))]
+	}
+	sh, err := d.signHead(head)
+	return page, sh, err
+}
+
+// segmentOf reads and checks the segment holding entry seq, at most head:
+// the first closed segment whose signed head is at or past seq (a binary
+// search over the heads), else the active one. The caller holds d.mu.
+func (d *Device) segmentOf(seq uint64, head audit.Head) ([]audit.Entry, error) {
+	n := d.alog.closed
+	var headErr error
+	k := 1 + sort.Search(n, func(i int) bool {
+		h, err := d.segmentHead(i + 1)
+		if err != nil {
+			headErr = fmt.Errorf("%s: %w", segmentName(i+1), err)
+			return true
+		}
+		return h.Seq >= seq
+	})
+	if headErr != nil {
+		return nil, headErr
+	}
+	start, err := d.segmentHead(k - 1)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", segmentName(k-1), err)
+	}
+	var entries []audit.Entry
+	name := auditFile
+	if k <= n {
+		name = segmentName(k)
+		entries, _, err = d.readSegment(k, start)
+	} else if entries, err = audit.Decode(io.NewSectionReader(d.alog.f, 0, d.alog.off)); err == nil {
+		err = audit.VerifyFrom(start, entries, &head)
+	}
+	if err == nil && (len(entries) == 0 || seq <= start.Seq || seq > entries[len(entries)-1].Seq) {
+		err = fmt.Errorf("entry %d: not in the segment its heads place it in", seq)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return entries, nil
 }
 
 // Unauthenticated is the actor of the audit entries of calls made without

@@ -450,3 +450,88 @@ func TestFailedCommitAudited(t *testing.T) {
 		}
 	}
 }
+
+// AuditPage pages through the log as AuditLog returns it whole: from
+// every sequence number, with every limit, a page is the entries from
+// there, at most limit and none past its segment's end; past the head it
+// is empty; a damaged segment fails its pages as tampering, the others
+// still read.
+func TestAuditPage(t *testing.T) {
+	dir := segmentedDevice(t)
+	d, err := Open(dir, TestOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for d.alog.closed < 4 {
+		login(t, d, "alice").Logout()
+	}
+	whole, head, err := d.AuditLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := map[uint64]bool{head.Head.Seq: true} // the last entry of each segment
+	for k := 1; k <= d.alog.closed; k++ {
+		h, err := d.segmentHead(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends[h.Seq] = true
+	}
+	for _, limit := range []int{1, 3, 8, 100} {
+		for from := uint64(1); from <= head.Head.Seq+2; from++ {
+			page, sh, err := d.AuditPage(from, limit)
+			if err != nil {
+				t.Fatalf("page of %d from %d: %v", limit, from, err)
+			}
+			if sh.Head.Seq < head.Head.Seq || !d.signedHeadValid(sh) {
+				t.Fatalf("page of %d from %d: head %d, signed %t; want the head, signed", limit, from, sh.Head.Seq, d.signedHeadValid(sh))
+			}
+			if from > head.Head.Seq {
+				if len(page) != 0 {
+					t.Fatalf("page from %d, past the head %d: %d entries", from, head.Head.Seq, len(page))
+				}
+				continue
+			}
+			last := from + uint64(len(page)) - 1
+			if len(page) == 0 || len(page) > limit || !slices.Equal(page, whole[from-1:last]) {
+				t.Fatalf("page of %d from %d: %d entries, not the log's from there", limit, from, len(page))
+			}
+			if len(page) < limit && !ends[last] {
+				t.Fatalf("page of %d from %d: %d entries, ending at %d, within a segment", limit, from, len(page), last)
+			}
+			for s := from; s < last; s++ {
+				if ends[s] {
+					t.Fatalf("page of %d from %d runs past the end of a segment at %d", limit, from, s)
+				}
+			}
+		}
+	}
+	if _, _, err := d.AuditPage(0, 8); !errors.Is(err, hsmcore.ErrInvalid) {
+		t.Errorf("page from 0: %v, want ErrInvalid", err)
+	}
+	if _, _, err := d.AuditPage(1, 0); !errors.Is(err, hsmcore.ErrInvalid) {
+		t.Errorf("page of 0 entries: %v, want ErrInvalid", err)
+	}
+
+	// Segment 2 edited under the running device: its pages fail, the
+	// first segment's and the active one's still read.
+	seg := filepath.Join(dir, segmentName(2))
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(seg, []byte(strings.Replace(string(b), `"alice"`, `"mallory"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := d.segmentHead(1)
+	if _, _, err := d.AuditPage(first.Seq+1, 8); !errors.Is(err, hsmcore.ErrTampered) {
+		t.Errorf("page of an edited segment: %v, want ErrTampered", err)
+	}
+	if _, _, err := d.AuditPage(1, 8); err != nil {
+		t.Errorf("page of the first segment, the second edited: %v", err)
+	}
+	if _, _, err := d.AuditPage(head.Head.Seq, 8); err != nil {
+		t.Errorf("page of the active segment, the second edited: %v", err)
+	}
+}

@@ -71,18 +71,19 @@ func (w *wireHSM) restart(t *testing.T) {
 // chain, from its first entry, against the head signed by the device.
 func (w *wireHSM) auditLog(t *testing.T) ([]audit.Entry, audit.Head) {
 	t.Helper()
-	al, err := w.co.AuditLog(context.Background())
+	var entries []audit.Entry
+	head, err := w.co.AuditLog(context.Background(), func(page []audit.Entry) error { entries = append(entries, page...); return nil })
 	if err != nil {
 		t.Fatalf("audit log: %v", err)
 	}
 	mc, _ := w.h.Dev.Certificates()
-	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, mc); err != nil {
+	if err := hsmcore.VerifyAuditLog(entries, head, mc); err != nil {
 		t.Fatalf("audit log does not verify: %v", err)
 	}
-	if len(al.Entries) == 0 || al.Entries[0].Seq != 1 || uint64(len(al.Entries)) != al.Head.Head.Seq {
-		t.Fatalf("audit log is not the whole chain: %d entries, head seq %d", len(al.Entries), al.Head.Head.Seq)
+	if len(entries) == 0 || entries[0].Seq != 1 || uint64(len(entries)) != head.Head.Seq {
+		t.Fatalf("audit log is not the whole chain: %d entries, head seq %d", len(entries), head.Head.Seq)
 	}
-	return al.Entries, al.Head.Head
+	return entries, head.Head
 }
 
 // refusals counts the entries of op with result since start, and the
@@ -397,4 +398,46 @@ func checkAuditFiles(t *testing.T, dir string) (closed int) {
 		}
 	}
 	return closed
+}
+
+// GET /v1/audit answers a page at a time: an officer's client reads a log
+// of many segments whole, page by page, to the head of the first page,
+// though entries are appended while it reads, and the log verifies
+// against the head the device signed.
+func TestWireAuditLogPaged(t *testing.T) {
+	old := audit.MaxEntries
+	audit.MaxEntries = 8 // segments of 8 entries: a page each at most
+	t.Cleanup(func() { audit.MaxEntries = old })
+	w := serveInitialized(t)
+	ctx := context.Background()
+	other := w.client(t)
+	for range 30 {
+		if _, err := other.Login(ctx, "admin", wirePassword); err != nil {
+			t.Fatal(err)
+		}
+		other.Logout(ctx)
+	}
+	var got []audit.Entry
+	pages := 0
+	head, err := w.co.AuditLog(ctx, func(p []audit.Entry) error {
+		pages++
+		got = append(got, p...)
+		_, err := other.Login(ctx, "admin", wirePassword) // the log grows meanwhile
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc, _ := w.h.Dev.Certificates()
+	if err := hsmcore.VerifyAuditLog(got, head, mc); err != nil {
+		t.Fatalf("the paged log does not verify: %v", err)
+	}
+	if pages < int(head.Head.Seq)/8 || uint64(len(got)) != head.Head.Seq {
+		t.Fatalf("%d entries in %d pages, head %d: want every entry to the head, in pages of a segment at most", len(got), pages, head.Head.Seq)
+	}
+	now, _, err := w.h.Dev.AuditLog()
+	if err != nil || uint64(len(now)) <= head.Head.Seq {
+		t.Fatalf("the log grew to %d entries while read (%v), want more than %d", len(now), err, head.Head.Seq)
+	}
+	t.Logf("%d entries in %d pages; %d by the end", len(got), pages, len(now))
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
@@ -575,15 +576,42 @@ func (s *Server) importRecord(r *http.Request, hs *device.Session) (any, error) 
 	return nil, hs.ImportChange(req.Record)
 }
 
-func (s *Server) audit(_ *http.Request, hs *device.Session) (any, error) {
+// audit answers a page of the audit log (api.AuditResponse): crypto
+// officers only.
+func (s *Server) audit(r *http.Request, hs *device.Session) (any, error) {
 	if hs.User().Role != hsmcore.CryptoOfficer {
 		return nil, fmt.Errorf("audit log: crypto officers only: %w", hsmcore.ErrPermission)
 	}
-	entries, head, err := s.dev.AuditLog()
+	from, limit, err := auditQuery(r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	entries, head, err := s.dev.AuditPage(from, limit)
 	if err != nil {
 		return nil, err
 	}
 	return api.AuditResponse{Entries: entries, Head: head}, nil
+}
+
+// auditQuery reads the page GET /v1/audit asks for: from (default 1) and
+// limit (default and at most api.MaxAuditPage).
+func auditQuery(q url.Values) (from uint64, limit int, err error) {
+	from, limit = 1, api.MaxAuditPage
+	if v := q.Get("from"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n < 1 {
+			return 0, 0, fmt.Errorf("audit log: from %.40q: want a sequence number, 1 or more: %w", v, hsmcore.ErrInvalid)
+		}
+		from = n
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > api.MaxAuditPage {
+			return 0, 0, fmt.Errorf("audit log: limit %.40q: want 1 to %d entries: %w", v, api.MaxAuditPage, hsmcore.ErrInvalid)
+		}
+		limit = n
+	}
+	return from, limit, nil
 }
 
 // exportImage streams the device's image to the client: a crypto

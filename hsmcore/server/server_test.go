@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/client"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 	"github.com/hsmbackup/hsmbackup/hsmcore/hsmtest"
@@ -147,12 +148,13 @@ func TestClusterInitOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The audit log read over the API verifies against the device.
-	al, err := co.AuditLog(ctx)
+	var entries []audit.Entry
+	head, err := co.AuditLog(ctx, func(page []audit.Entry) error { entries = append(entries, page...); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
 	mc, _ := d.Certificates()
-	if err := hsmcore.VerifyAuditLog(al.Entries, al.Head, mc); err != nil {
+	if err := hsmcore.VerifyAuditLog(entries, head, mc); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -208,7 +210,7 @@ func TestRefusals(t *testing.T) {
 		if _, err := cu.ExportImage(ctx); !errors.Is(err, hsmcore.ErrPermission) {
 			t.Fatalf("export: got %v, want ErrPermission", err)
 		}
-		if _, err := cu.AuditLog(ctx); !errors.Is(err, hsmcore.ErrPermission) {
+		if _, err := cu.AuditLog(ctx, func([]audit.Entry) error { return nil }); !errors.Is(err, hsmcore.ErrPermission) {
 			t.Fatalf("audit: got %v, want ErrPermission", err)
 		}
 	})
