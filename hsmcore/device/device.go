@@ -94,6 +94,8 @@ type Device struct {
 	seal      cipher.AEAD // the journal's entries, quorum.spent, failures; a version 2 state
 	sealKey   []byte      // from which each state file's key is derived
 
+	importMu sync.Mutex // held by ImportBundle throughout, before mu
+
 	mu             sync.Mutex
 	st             *contents
 	digest         [32]byte // SHA-256 of st as version 2 encodes it: equal on members in sync

@@ -339,6 +339,11 @@ func (s *Session) ImportBundle(b *hsmcore.Bundle) ([]hsmcore.Migrated, error) {
 		return nil, fmt.Errorf("import bundle: %w", hsmcore.ErrTampered)
 	}
 
+	// One import at a time, from the check of what the user holds to the
+	// commit: two bundles carrying the same key (two runs at once) would
+	// otherwise both find it absent and both add it.
+	d.importMu.Lock()
+	defer d.importMu.Unlock()
 	d.mu.Lock()
 	held := map[[2]string]uint64{} // by origin and check value
 	for h, k := range d.st.Keys.All() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -426,5 +427,49 @@ func TestMigrateOfferCarriedForHours(t *testing.T) {
 	}
 	if res, err := m.dstCU.ImportBundle(b); err != nil || res[0].Result != hsmcore.Moved {
 		t.Fatalf("import: %+v, %v", res, err)
+	}
+}
+
+// Two bundles of the same keys imported at once (two runs of a migration
+// at the same time) add each key once: the second finds what the first
+// added. EC keys, whose records take long enough to make that the two
+// imports overlap (without the lock around each import, every round adds
+// every key twice).
+func TestMigrateConcurrentImportsAddOnce(t *testing.T) {
+	m := newMigration(t)
+	const rounds, perBundle = 2, hsmcore.MaxBundleKeys
+	for round := range rounds {
+		var handles []uint64
+		for range perBundle {
+			handles = append(handles, mustGenerateKey(t, m.srcCU, hsmcore.KeySpec{Type: hsmcore.EC, Curve: "P-384", Sign: true, Extractable: true}).Handle)
+		}
+		b1, _ := m.bundle(t, handles...)
+		b2, _ := m.bundle(t, handles...)
+		results := make([][]hsmcore.Migrated, 2)
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i, b := range []*hsmcore.Bundle{b1, b2} {
+			wg.Add(1)
+			go func() { defer wg.Done(); results[i], errs[i] = m.dstCU.ImportBundle(b) }()
+		}
+		wg.Wait()
+		for i := range 2 {
+			if errs[i] != nil {
+				t.Fatalf("round %d, import %d: %v", round, i+1, errs[i])
+			}
+		}
+		for j := range handles {
+			a, b := results[0][j], results[1][j]
+			if a.Handle != b.Handle || (a.Result == hsmcore.Moved) == (b.Result == hsmcore.Moved) {
+				t.Fatalf("round %d, key %d imported by two bundles at once: %+v and %+v, want one moved, one skipped, one handle", round, handles[j], a, b)
+			}
+		}
+	}
+	keys, err := m.dstCU.Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != rounds*perBundle {
+		t.Fatalf("the destination holds %d keys of %d moved twice at once", len(keys), rounds*perBundle)
 	}
 }
