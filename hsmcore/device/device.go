@@ -248,7 +248,8 @@ func Open(dir string, opts Options) (d *Device, err error) {
 	// A daemon killed while it wrote a file (the state, a journal head, an
 	// audit head) left its temporary copy; the lock says no one else
 	// writes here now.
-	if _, err := atomicfile.RemoveTemps(dir); err != nil {
+	temps, err := atomicfile.RemoveTemps(dir)
+	if err != nil {
 		return nil, fmt.Errorf("open device: %w", err)
 	}
 	f, err := atomicfile.OpenPrivate(filepath.Join(dir, stateFile))
@@ -287,6 +288,11 @@ func Open(dir string, opts Options) (d *Device, err error) {
 
 	if err := d.openAudit(); err != nil {
 		return nil, fmt.Errorf("open device %s: audit log: %w", dir, err)
+	}
+	if temps > 0 {
+		// An officer reading the log learns of the crash. Best effort: the
+		// files are gone, and a full disk must not keep the device shut.
+		d.audit("", "state.recovered", fmt.Sprintf("temporary files of an interrupted write removed: %d", temps), "ok")
 	}
 	return d, nil
 }

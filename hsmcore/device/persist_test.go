@@ -66,6 +66,14 @@ func TestCrashMidWriteKeepsCommittedState(t *testing.T) {
 	if err != nil || len(got) != len(keys) {
 		t.Fatalf("after crash: %d keys, %v", len(got), err)
 	}
+	// The audit log says what Open removed.
+	entries, _, err := d2.AuditLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := entries[len(entries)-2]; e.Op != "state.recovered" || e.Actor != "" || e.Object != "temporary files of an interrupted write removed: 1" {
+		t.Fatalf("entry before the login after the crash: %+v, want state.recovered", e)
+	}
 }
 
 // When sealing fails, the operation fails and memory keeps the committed
