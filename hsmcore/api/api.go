@@ -25,10 +25,14 @@ const (
 	// header form) on the calls that set up a new HSM: the cluster CSR,
 	// the cluster initialization and an image import without a session.
 	ClaimHeader = "Hsm-Claim"
-	// MaxAuditPage bounds the entries of one answer to GET /v1/audit: at
-	// most audit.MaxLineLen bytes each, 8,192 of them are far within what
-	// a client reads of an answer (64 MiB).
-	MaxAuditPage = 8192
+	// MaxAuditPage bounds the entries of one answer to GET /v1/audit: a
+	// segment's (the device's segments hold 65,536), so that a whole log
+	// is read with each segment read once.
+	MaxAuditPage = 1 << 16
+	// MaxAuditPageBytes bounds the encoded entries of one such answer:
+	// half of what a client reads of an answer (64 MiB). A log of
+	// ordinary entries (some 300 bytes each) fits a segment in a page.
+	MaxAuditPageBytes = 32 << 20
 )
 
 // ClaimNonceResponse answers POST /v1/claim/nonce: a nonce for one claim
@@ -281,7 +285,8 @@ type MemberRequest struct {
 
 // AuditResponse is the answer to GET /v1/audit?from=N&limit=M: the
 // entries of the audit log from sequence number N (default 1), at most M
-// (default and at most MaxAuditPage) and none past the end of the segment
+// (default and at most MaxAuditPage), at most MaxAuditPageBytes of them
+// encoded (but at least one), and none past the end of the segment
 // holding N, so possibly fewer, and the log's head as it is now, signed
 // by the device. Past the head, Entries is empty.
 type AuditResponse struct {

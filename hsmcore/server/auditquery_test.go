@@ -1,13 +1,18 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 )
 
 // GET /v1/audit's page: defaults, bounds, and a clear refusal of
@@ -34,6 +39,39 @@ func TestAuditQuery(t *testing.T) {
 		q, _ := url.ParseQuery(query)
 		if _, _, err := auditQuery(q); !errors.Is(err, hsmcore.ErrInvalid) {
 			t.Errorf("%q: %v, want ErrInvalid", query, err)
+		}
+	}
+}
+
+// A page stays within its byte budget, cut between entries, and holds at
+// least one entry whatever its size.
+func TestPageWithin(t *testing.T) {
+	l := audit.New(audit.Head{})
+	var entries []audit.Entry
+	for i := range 10 {
+		entries = append(entries, l.Append(time.Unix(1_800_000_000, 0), "alice", "key.wrap", strings.Repeat("x", 100*i), "ok"))
+	}
+	size := func(es []audit.Entry) int {
+		n := 0
+		for _, e := range es {
+			b, _ := json.Marshal(e)
+			n += len(b) + 1
+		}
+		return n
+	}
+	for _, budget := range []int{1, 500, 2000, 5000, size(entries), 1 << 20} {
+		got, err := pageWithin(entries, budget)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := len(got)
+		switch {
+		case n == 0 || !slices.Equal(got, entries[:n]):
+			t.Fatalf("budget %d: %d entries, not a prefix of at least one", budget, n)
+		case n > 1 && size(got) > budget:
+			t.Fatalf("budget %d: %d entries of %d bytes", budget, n, size(got))
+		case n < len(entries) && size(entries[:n+1]) <= budget:
+			t.Fatalf("budget %d: cut at %d entries, though %d fit", budget, n, n+1)
 		}
 	}
 }

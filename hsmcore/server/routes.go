@@ -18,6 +18,7 @@ import (
 
 	"github.com/hsmbackup/hsmbackup/hsmcore"
 	"github.com/hsmbackup/hsmbackup/hsmcore/api"
+	"github.com/hsmbackup/hsmbackup/hsmcore/audit"
 	"github.com/hsmbackup/hsmbackup/hsmcore/device"
 )
 
@@ -590,7 +591,27 @@ func (s *Server) audit(r *http.Request, hs *device.Session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	entries, err = pageWithin(entries, api.MaxAuditPageBytes)
+	if err != nil {
+		return nil, err
+	}
 	return api.AuditResponse{Entries: entries, Head: head}, nil
+}
+
+// pageWithin returns the first of entries whose JSON takes at most budget
+// bytes, at least one: the rest go in the next page.
+func pageWithin(entries []audit.Entry, budget int) ([]audit.Entry, error) {
+	size := 0
+	for i, e := range entries {
+		b, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		if size += len(b) + 1; size > budget && i > 0 {
+			return entries[:i], nil
+		}
+	}
+	return entries, nil
 }
 
 // auditQuery reads the page GET /v1/audit asks for: from (default 1) and
