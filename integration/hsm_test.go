@@ -352,7 +352,7 @@ func TestClusterLifecycle(t *testing.T) {
 	}
 	out := c.run(t, append(append([]string{"hsm", "audit", "verify"}, c.member()...),
 		"--user", testOfficer, "--password-file", c.passwordFile, "--manufacturer-root", c.mfrRoot, "--operator-root", c.opRoot)...)
-	if !regexp.MustCompile(`(?m)^audit log of ` + c.serial + `: \d+ entries, chain intact, head signed$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^audit log of ` + c.serial + `: \d+ entries, chain intact, head signed: entry \d+, hash [0-9a-f]{64}$`).MatchString(out) {
 		t.Fatalf("hsm audit verify:\n%s", out)
 	}
 }
@@ -566,7 +566,7 @@ func TestAuditVerify(t *testing.T) {
 	}
 	out := c.run(t, args(c.key, "--password-file", c.passwordFile)...)
 	wantLines(t, out, fmt.Sprintf("attestation verified: serial %s, class %s, manufacturer %s, operator %s, firmware %s", c.serial, testClass, testMfr, testOperator, testFirmware))
-	if !regexp.MustCompile(`(?m)^audit log of ` + c.serial + `: [1-9]\d* entries, chain intact, head signed$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^audit log of ` + c.serial + `: [1-9]\d* entries, chain intact, head signed: entry [1-9]\d*, hash [0-9a-f]{64}$`).MatchString(out) {
 		t.Fatalf("hsm audit verify:\n%s", out)
 	}
 	res := RunWith(t, RunOptions{Env: []string{"HSMBACKUP_PASSWORD=" + c.password}}, args(c.key)...)

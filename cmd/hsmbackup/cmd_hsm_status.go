@@ -136,6 +136,8 @@ func runAuditVerify(ctx context.Context, e *env, t *target, challenge hsmcore.Ch
 	}
 	p := &printer{w: e.stdout}
 	p.printf("attestation verified: %s\n", describeStatement(st))
-	p.printf("audit log of %s: %d entries, chain intact, head signed\n", st.Serial, entries)
+	// The head, for the officer's records: a log found shorter or other
+	// later was cut or replaced (an HSM cannot tell; docs/THREATS.md).
+	p.printf("audit log of %s: %d entries, chain intact, head signed: entry %d, hash %s\n", st.Serial, entries, head.Head.Seq, head.Head.Hash)
 	return p.err
 }

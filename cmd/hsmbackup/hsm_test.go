@@ -191,9 +191,12 @@ func TestClusterCommands(t *testing.T) {
 	t.Setenv(passwordEnv, "correct horse battery")
 	out = mustRun(t, append(append([]string{"hsm", "audit", "verify"}, member...), "--user", "admin",
 		"--manufacturer-root", p("mfr/root.crt"), "--operator-root", p("op/root.crt"))...)
-	m := regexp.MustCompile(`(?m)^audit log of HSM-TEST-1: (\d+) entries, chain intact, head signed$`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`(?m)^audit log of HSM-TEST-1: (\d+) entries, chain intact, head signed: entry (\d+), hash [0-9a-f]{64}$`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("audit verify:\n%s", out)
+	}
+	if m[1] != m[2] {
+		t.Fatalf("audit verify: %s entries to a head at entry %s, want the whole log", m[1], m[2])
 	}
 	if n, _ := strconv.Atoi(m[1]); n <= 2*audit.MaxEntries {
 		t.Fatalf("audit verify checked %d entries, want the whole log, more than 2 segments of %d", n, audit.MaxEntries)
